@@ -1,0 +1,85 @@
+//! Payload codecs, selected by the tag byte stored in every event record.
+//!
+//! Every record on disk starts with a [`Codec`] tag. Only the payload is encoded by the codec; the
+//! envelope has a fixed little-endian layout (see `docs/format.md`). The tag is what lets a verified
+//! migration (`recode`) move the log to another codec without guessing what old bytes mean: bincode 2
+//! is flagged unmaintained (RUSTSEC-2025-0141), so we must be able to leave it.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The encoding of an event payload. The discriminant is the tag byte on disk and never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum Codec {
+    /// bincode 2 through serde, `config::standard()` (varint integers, little-endian).
+    Bincode2 = 1,
+}
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The tag byte names no codec this build knows (written by a newer version, or damaged).
+    #[error("unknown codec tag {tag}")]
+    UnknownTag { tag: u8 },
+    /// The value could not be encoded.
+    #[error("cannot encode payload with {codec:?}: {reason}")]
+    Encode { codec: Codec, reason: String },
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("cannot decode payload with {codec:?}: {reason}")]
+    Decode { codec: Codec, reason: String },
+}
+
+impl Codec {
+    /// The codec new records are written with.
+    pub const DEFAULT: Codec = Codec::Bincode2;
+
+    /// The tag byte stored on disk.
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// The codec a tag byte names.
+    pub fn from_tag(tag: u8) -> Result<Codec, CodecError> {
+        match tag {
+            1 => Ok(Codec::Bincode2),
+            _ => Err(CodecError::UnknownTag { tag }),
+        }
+    }
+
+    /// Encodes a payload.
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Codec::Bincode2 => bincode::serde::encode_to_vec(value, bincode::config::standard())
+                .map_err(|e| CodecError::Encode {
+                    codec: self,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Decodes a payload; trailing bytes are an error, so one payload has exactly one encoding.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
+        match self {
+            Codec::Bincode2 => {
+                let (value, used) = bincode::serde::decode_from_slice::<T, _>(
+                    bytes,
+                    bincode::config::standard().with_limit::<{ 1 << 20 }>(),
+                )
+                .map_err(|e| CodecError::Decode {
+                    codec: self,
+                    reason: e.to_string(),
+                })?;
+                if used != bytes.len() {
+                    return Err(CodecError::Decode {
+                        codec: self,
+                        reason: format!("{} trailing bytes", bytes.len() - used),
+                    });
+                }
+                Ok(value)
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Domain events: the facts the log records, and their stable names, versions and payload bytes.
+//!
+//! Why: events are immutable once written, so their on-disk identity must never depend on Rust
+//! enum order or variant indices. Each event is identified by an explicit type name (e.g.
+//! `wallet.paid`) plus a schema version; the payload is the codec encoding of that event's own
+//! struct only, so reordering or adding variants here never changes existing bytes.
+//!
+//! Invariants kept:
+//! - Type names and versions are listed once (see `WalletEvent::TYPES`, `IdentityEvent::TYPES`)
+//!   and never reused or renamed.
+//!   A change to a payload struct is a new schema version with an upcast, never an edit.
+//! - Decoding is total: an unknown type, an unsupported version or bad bytes is a
+//!   [`DecodeEventError`], never a panic. Ids inside payloads are re-validated on decode.
+//! - Wallet events only ever go to wallet streams, identity events only to identity streams.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Codec, CodecError};
+use crate::timestamp::Timestamp;
+
+use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, StreamKind, Yen};
+
+/// A wallet was opened. The first event of every wallet stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletOpened {
+    /// The owner; equals the member in the stream name.
+    pub member: MemberId,
+}
+
+/// Money came in from outside the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToppedUp {
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+/// Money left to a merchant; creates a refundable payment keyed by the command id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paid {
+    /// The `pay` command's id, later named by `refund`.
+    pub payment: CommandId,
+    /// Always >= 1.
+    pub amount: Yen,
+    /// Free text, 1 to 64 characters.
+    pub merchant: String,
+}
+
+/// Part or all of an earlier payment came back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refunded {
+    /// The payment being refunded.
+    pub payment: CommandId,
+    /// Always >= 1; the payment's total refunded never exceeds what was paid.
+    pub amount: Yen,
+}
+
+/// Money left this wallet for another member's wallet (paired with `TransferredIn` there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferredOut {
+    /// The receiving member.
+    pub to: MemberId,
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+/// Money arrived from another member's wallet (paired with `TransferredOut` there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferredIn {
+    /// The sending member.
+    pub from: MemberId,
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+/// A new miles lot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilesEarned {
+    /// The next lot id of this wallet (lots are numbered 1, 2, ... in earn order).
+    pub lot: LotId,
+    /// Always >= 1.
+    pub miles: Miles,
+    /// The lot cannot be redeemed at or after this time.
+    pub expires_at: Timestamp,
+}
+
+/// Miles were spent. The FIFO choice is recorded so that folding needs no policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilesRedeemed {
+    /// The total; equals the sum of `consumed`.
+    pub miles: Miles,
+    /// Which lots gave how many miles, in consumption order.
+    pub consumed: Vec<(LotId, Miles)>,
+}
+
+/// The rest of a lot expired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilesExpired {
+    /// The lot.
+    pub lot: LotId,
+    /// What was left in it.
+    pub miles: Miles,
+}
+
+/// A badge was awarded (at most once per member and badge).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadgeAwarded {
+    /// The badge.
+    pub badge: Badge,
+}
+
+/// A coupon was issued (coupon ids are unique per member, whatever their state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponIssued {
+    /// The coupon.
+    pub coupon: CouponId,
+    /// Face value; 0 is allowed (e.g. a free-item coupon).
+    pub value: Yen,
+    /// Redeemable strictly before this time.
+    pub expires_at: Timestamp,
+}
+
+/// An active coupon was used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRedeemed {
+    /// The coupon.
+    pub coupon: CouponId,
+}
+
+/// An active coupon passed its expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponExpired {
+    /// The coupon.
+    pub coupon: CouponId,
+}
+
+/// An identity stream was created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The login name, 1 to 128 characters.
+    pub login: String,
+}
+
+/// The member changed their password (no secret is ever recorded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged;
+
+/// An operator forced a password reset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordReset {
+    /// Why, 1 to 256 characters, if given.
+    pub reason: Option<String>,
+}
+
+/// Why stored bytes could not become a [`DomainEvent`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeEventError {
+    /// No event of this build has this type name.
+    #[error("unknown event type {event_type:?}")]
+    UnknownType {
+        /// The type name as stored.
+        event_type: String,
+    },
+    /// The type is known but this schema version is not (written by a newer build, or damaged).
+    #[error("event type {event_type} has no schema version {version} (this build reads up to {supported})")]
+    UnsupportedVersion {
+        /// The type name.
+        event_type: &'static str,
+        /// The version as stored.
+        version: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
+    /// The payload bytes are not a valid encoding of the type's payload.
+    #[error("payload of event type {event_type} v{version} does not decode: {source}")]
+    Payload {
+        /// The type name.
+        event_type: &'static str,
+        /// The version.
+        version: u16,
+        /// What the codec said.
+        source: CodecError,
+    },
+}
+
+/// Decodes `payload` as `T` once the version is known to be supported.
+fn decode_payload<T: serde::de::DeserializeOwned>(
+    event_type: &'static str,
+    version: u16,
+    supported: u16,
+    codec: Codec,
+    payload: &[u8],
+) -> Result<T, DecodeEventError> {
+    // Every type is at version 1 today; when a v2 appears, its older versions get an upcast here.
+    if version != supported {
+        return Err(DecodeEventError::UnsupportedVersion {
+            event_type,
+            version,
+            supported,
+        });
+    }
+    codec
+        .decode(payload)
+        .map_err(|source| DecodeEventError::Payload {
+            event_type,
+            version,
+            source,
+        })
+}
+
+/// Declares an event enum whose variants each wrap the payload struct of the same name, with
+/// its type name and version, so that the name/version table is written exactly once.
+macro_rules! event_enum {
+    ($(#[$doc:meta])* $enum:ident { $($variant:ident => $name:literal v $version:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum $enum {
+            $(
+                #[doc = concat!("`", $name, "` v", stringify!($version), ".")]
+                $variant($variant),
+            )*
+        }
+
+        impl $enum {
+            /// Every (type name, current schema version) of this enum.
+            pub const TYPES: &'static [(&'static str, u16)] = &[$(($name, $version),)*];
+
+            /// The stable type name stored in the envelope.
+            pub fn event_type(&self) -> &'static str {
+                match self { $($enum::$variant(_) => $name,)* }
+            }
+
+            /// The schema version this build writes for the event's type.
+            pub fn schema_version(&self) -> u16 {
+                match self { $($enum::$variant(_) => $version,)* }
+            }
+
+            /// The payload bytes: the codec encoding of the payload struct only.
+            pub fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
+                match self { $($enum::$variant(payload) => codec.encode(payload),)* }
+            }
+
+            /// `None` when `event_type` is not one of this enum's names.
+            fn decode_known(
+                event_type: &str,
+                version: u16,
+                codec: Codec,
+                payload: &[u8],
+            ) -> Option<Result<Self, DecodeEventError>> {
+                match event_type {
+                    $($name => Some(
+                        decode_payload::<$variant>($name, version, $version, codec, payload)
+                            .map($enum::$variant),
+                    ),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_enum!(
+    /// Events of a wallet stream.
+    WalletEvent {
+        WalletOpened => "wallet.opened" v 1,
+        ToppedUp => "wallet.topped_up" v 1,
+        Paid => "wallet.paid" v 1,
+        Refunded => "wallet.refunded" v 1,
+        TransferredOut => "wallet.transferred_out" v 1,
+        TransferredIn => "wallet.transferred_in" v 1,
+        MilesEarned => "wallet.miles_earned" v 1,
+        MilesRedeemed => "wallet.miles_redeemed" v 1,
+        MilesExpired => "wallet.miles_expired" v 1,
+        BadgeAwarded => "wallet.badge_awarded" v 1,
+        CouponIssued => "wallet.coupon_issued" v 1,
+        CouponRedeemed => "wallet.coupon_redeemed" v 1,
+        CouponExpired => "wallet.coupon_expired" v 1,
+    }
+);
+
+event_enum!(
+    /// Events of an identity stream. None of them may change a wallet projection.
+    IdentityEvent {
+        Registered => "identity.registered" v 1,
+        PasswordChanged => "identity.password_changed" v 1,
+        PasswordReset => "identity.password_reset" v 1,
+    }
+);
+
+/// Any event the ledger stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// Goes to `wallet-<member>`.
+    Wallet(WalletEvent),
+    /// Goes to `identity-<member>`.
+    Identity(IdentityEvent),
+}
+
+impl DomainEvent {
+    /// The stable type name, e.g. `wallet.paid`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            DomainEvent::Wallet(e) => e.event_type(),
+            DomainEvent::Identity(e) => e.event_type(),
+        }
+    }
+
+    /// The schema version this build writes for the event's type.
+    pub fn schema_version(&self) -> u16 {
+        match self {
+            DomainEvent::Wallet(e) => e.schema_version(),
+            DomainEvent::Identity(e) => e.schema_version(),
+        }
+    }
+
+    /// The kind of stream this event may be appended to.
+    pub fn stream_kind(&self) -> StreamKind {
+        match self {
+            DomainEvent::Wallet(_) => StreamKind::Wallet,
+            DomainEvent::Identity(_) => StreamKind::Identity,
+        }
+    }
+
+    /// The payload bytes (the type name and version travel in the envelope, not here).
+    pub fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
+        match self {
+            DomainEvent::Wallet(e) => e.encode(codec),
+            DomainEvent::Identity(e) => e.encode(codec),
+        }
+    }
+
+    /// Rebuilds an event from its envelope's type name and version and its payload bytes.
+    pub fn decode(
+        event_type: &str,
+        schema_version: u16,
+        codec: Codec,
+        payload: &[u8],
+    ) -> Result<DomainEvent, DecodeEventError> {
+        if let Some(result) = WalletEvent::decode_known(event_type, schema_version, codec, payload)
+        {
+            return result.map(DomainEvent::Wallet);
+        }
+        if let Some(result) =
+            IdentityEvent::decode_known(event_type, schema_version, codec, payload)
+        {
+            return result.map(DomainEvent::Identity);
+        }
+        Err(DecodeEventError::UnknownType {
+            event_type: event_type.chars().take(64).collect(),
+        })
+    }
+}
+
+impl From<WalletEvent> for DomainEvent {
+    fn from(event: WalletEvent) -> Self {
+        DomainEvent::Wallet(event)
+    }
+}
+
+impl From<IdentityEvent> for DomainEvent {
+    fn from(event: IdentityEvent) -> Self {
+        DomainEvent::Identity(event)
+    }
+}

@@ -1,0 +1,1 @@
+//! Wallet domain (work in progress).

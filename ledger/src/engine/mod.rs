@@ -1,0 +1,153 @@
+//! The storage engine trait: the one narrow door through which the ledger touches disk.
+//!
+//! An engine is a set of named, ordered key/value tables (keys compare as bytes) with two
+//! operations: take a consistent read [`Snapshot`], and [`Engine::commit`] a [`WriteBatch`] that
+//! spans any number of tables atomically.
+//!
+//! # Durability contract
+//!
+//! Every backend must keep these promises; the conformance suite (`tests/conformance.rs`) checks
+//! what can be checked from inside a process, and the kill -9 test checks the rest.
+//!
+//! 1. **Atomic**: after `commit` returns, either every operation of the batch is visible to later
+//!    snapshots or (on `Err`) none is. A crash during `commit` leaves the store as it was before the
+//!    batch or as it is after it, never in between.
+//! 2. **Durable on return**: when `commit` returns `Ok`, the batch survives a process crash and
+//!    reopen. For the redb backend this is one `fdatasync`-backed commit (`Durability::Immediate`)
+//!    and it also survives power loss. For the sled backend it is `Db::flush`, which uses
+//!    `sync_file_range`, not `fsync` (sled issues #1351, #1452): it survives a process crash but
+//!    makes no promise for power loss or kernel crash. That is why sled is not the default.
+//! 3. **Snapshot isolation**: a snapshot sees every batch committed before it was taken and none
+//!    after (redb). The sled backend reads live data: within one snapshot, reads of keys written by
+//!    a later commit may see the new value. The ledger never relies on more than "later snapshots
+//!    see earlier commits", because all writes go through its single writer.
+//! 4. **Single writer**: `commit` may be called from one thread at a time; the ledger's writer
+//!    thread is the only caller in normal operation.
+//! 5. Reading a table that was never written returns nothing, not an error.
+
+use std::fmt;
+use std::ops::Bound;
+
+pub mod redb;
+#[cfg(feature = "sled")]
+pub mod sled;
+
+/// An owned key/value pair as returned by scans.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A storage engine: named ordered tables, consistent snapshots, atomic durable batches.
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for messages and benchmarks, e.g. `redb`.
+    fn name(&self) -> &'static str;
+
+    /// A consistent read view (see the durability contract for how consistent per backend).
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError>;
+
+    /// Applies every operation of `batch` atomically and durably (see the module doc).
+    fn commit(&self, batch: WriteBatch) -> Result<(), EngineError>;
+}
+
+/// A read view of the tables.
+pub trait Snapshot {
+    /// The value stored under `key`, if any.
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+
+    /// Up to `limit` entries with keys in the range, in ascending key order.
+    fn scan(
+        &self,
+        table: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError>;
+
+    /// The entry with the greatest key in the range, if any.
+    fn last(
+        &self,
+        table: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+    ) -> Result<Option<Entry>, EngineError>;
+}
+
+/// One write inside a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`, replacing any value.
+    Put {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove `key` if present.
+    Delete { table: &'static str, key: Vec<u8> },
+    /// Remove every entry of `table`.
+    Clear { table: &'static str },
+}
+
+/// Operations applied in order, all or nothing, by [`Engine::commit`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The operations, applied in this order.
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(WriteOp::Put { table, key, value });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, table: &'static str, key: Vec<u8>) {
+        self.ops.push(WriteOp::Delete { table, key });
+    }
+
+    /// Adds the removal of every entry of a table.
+    pub fn clear(&mut self, table: &'static str) {
+        self.ops.push(WriteOp::Clear { table });
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Another process has the store open for writing.
+    #[error("store {path} is locked by another process")]
+    Locked { path: String },
+    /// The file exists but is not a store of this backend, or its structure is damaged.
+    #[error("store {path} is damaged or not a ledger store: {reason}")]
+    Corrupted { path: String, reason: String },
+    /// An I/O or backend error, with the operation that failed.
+    #[error("storage error during {operation}: {reason}")]
+    Io {
+        operation: &'static str,
+        reason: String,
+    },
+    /// A failure injected by a test engine.
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+impl EngineError {
+    pub(crate) fn io(operation: &'static str, err: impl fmt::Display) -> EngineError {
+        EngineError::Io {
+            operation,
+            reason: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The default backend: one redb file, `Durability::Immediate` commits (one fdatasync each).
+//!
+//! Tables are redb tables of `&[u8] -> &[u8]`, created on first write. redb locks the file for
+//! its writer (`ConcurrencyMode::ExclusiveWriter`), so a second process gets
+//! [`EngineError::Locked`] instead of corrupting the store.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, StorageError, TableDefinition,
+    TableError,
+};
+
+use super::{Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+
+/// Page cache for the redb file. Bounded so that 16.5M-member stores stay within memory targets.
+const CACHE_SIZE_BYTES: usize = 512 * 1024 * 1024;
+
+/// A redb-backed engine.
+pub struct RedbEngine {
+    db: Database,
+    path: PathBuf,
+}
+
+fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+impl RedbEngine {
+    /// Opens the redb file at `path`, creating it when `create` is true and it does not exist.
+    pub fn open(path: &Path, create: bool) -> Result<RedbEngine, EngineError> {
+        let shown = path.display().to_string();
+        if !create && !path.exists() {
+            return Err(EngineError::Io {
+                operation: "open",
+                reason: format!("{shown} does not exist"),
+            });
+        }
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_SIZE_BYTES);
+        // redb panics on some malformed files; a damaged store must be an error, never a crash.
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(path)));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(EngineError::Locked { path: shown })
+            }
+            Ok(Err(DatabaseError::Storage(StorageError::Io(e)))) => {
+                return Err(EngineError::io("open", e))
+            }
+            Ok(Err(e)) => {
+                return Err(EngineError::Corrupted {
+                    path: shown,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(EngineError::Corrupted {
+                    path: shown,
+                    reason: "redb could not parse the file".into(),
+                })
+            }
+        };
+        Ok(RedbEngine {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn storage_error(&self, operation: &'static str, err: impl Into<redb::Error>) -> EngineError {
+        match err.into() {
+            redb::Error::Corrupted(reason) => EngineError::Corrupted {
+                path: self.path.display().to_string(),
+                reason,
+            },
+            other => EngineError::io(operation, other),
+        }
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        {
+            let mut open = HashMap::new();
+            for op in batch.ops {
+                match op {
+                    WriteOp::Put {
+                        table: name,
+                        key,
+                        value,
+                    } => {
+                        let t = open_for_write(&txn, &mut open, name)
+                            .map_err(|e| self.storage_error("open table", e))?;
+                        t.insert(key.as_slice(), value.as_slice())
+                            .map_err(|e| self.storage_error("insert", e))?;
+                    }
+                    WriteOp::Delete { table: name, key } => {
+                        let t = open_for_write(&txn, &mut open, name)
+                            .map_err(|e| self.storage_error("open table", e))?;
+                        t.remove(key.as_slice())
+                            .map_err(|e| self.storage_error("remove", e))?;
+                    }
+                    WriteOp::Clear { table: name } => {
+                        open.remove(name);
+                        txn.delete_table(table(name))
+                            .map_err(|e| self.storage_error("delete table", e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.storage_error("commit", e))
+    }
+}
+
+fn open_for_write<'t, 'm>(
+    txn: &'t redb::WriteTransaction,
+    open: &'m mut HashMap<&'static str, redb::Table<'t, &'static [u8], &'static [u8]>>,
+    name: &'static str,
+) -> Result<&'m mut redb::Table<'t, &'static [u8], &'static [u8]>, TableError> {
+    if !open.contains_key(name) {
+        let t = txn.open_table(table(name))?;
+        open.insert(name, t);
+    }
+    Ok(open.get_mut(name).expect("inserted just above"))
+}
+
+impl Engine for RedbEngine {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.storage_error("begin read", e))?;
+        Ok(Box::new(RedbSnapshot { txn, engine: self }))
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        // A damaged file can make redb panic mid-transaction; report it as corruption instead.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch))) {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Corrupted {
+                path: self.path.display().to_string(),
+                reason: "redb panicked while committing".into(),
+            }),
+        }
+    }
+}
+
+struct RedbSnapshot<'e> {
+    txn: ReadTransaction,
+    engine: &'e RedbEngine,
+}
+
+impl RedbSnapshot<'_> {
+    fn with_table<T>(
+        &self,
+        name: &str,
+        operation: &'static str,
+        empty: T,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StorageError>,
+    ) -> Result<T, EngineError> {
+        let run = || match self.txn.open_table(table(name)) {
+            Ok(t) => f(&t).map_err(|e| self.engine.storage_error(operation, e)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(empty),
+            Err(e) => Err(self.engine.storage_error(operation, e)),
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Corrupted {
+                path: self.engine.path.display().to_string(),
+                reason: format!("redb panicked during {operation} on table {name}"),
+            }),
+        }
+    }
+}
+
+impl Snapshot for RedbSnapshot<'_> {
+    fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.with_table(name, "get", None, |t| {
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn scan(
+        &self,
+        name: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        self.with_table(name, "scan", Vec::new(), |t| {
+            let mut out = Vec::new();
+            for item in t.range::<&[u8]>(range)?.take(limit) {
+                let (k, v) = item?;
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn last(
+        &self,
+        name: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+    ) -> Result<Option<Entry>, EngineError> {
+        self.with_table(name, "last", None, |t| {
+            match t.range::<&[u8]>(range)?.next_back() {
+                Some(item) => {
+                    let (k, v) = item?;
+                    Ok(Some((k.value().to_vec(), v.value().to_vec())))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! Limits on everything the ledger accepts (TigerBeetle style: every queue and size is bounded).
+//! They are part of the contract: exceeding one is a typed error, never a silent truncation.
+
+/// Longest stream id in bytes (`identity-` + a 64-byte member id fits with room to spare).
+pub const MAX_STREAM_ID_BYTES: usize = 128;
+/// Longest command id in bytes (SPEC: 1-128 chars; ids are validated as ASCII-safe text).
+pub const MAX_COMMAND_ID_BYTES: usize = 128;
+/// Longest event type name in bytes.
+pub const MAX_EVENT_TYPE_BYTES: usize = 64;
+/// Largest payload of one event.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most events in one append call (one command).
+pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
+/// Most streams in one append call.
+pub const MAX_STREAMS_PER_APPEND: usize = 1_000;
+/// Most events the writer puts in one group commit. A larger single append still commits alone.
+pub const MAX_EVENTS_PER_COMMIT: usize = 16_384;
+/// Most appends the writer puts in one group commit.
+pub const MAX_APPENDS_PER_COMMIT: usize = 4_096;
+/// Capacity of the writer's queue; callers wait (back-pressure) when it is full.
+pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
+/// Most events a single read call returns.
+pub const MAX_READ_EVENTS: usize = 100_000;

@@ -1,0 +1,308 @@
+//! The log's tables and key layouts, and the read side: head, stream reads, global reads.
+//!
+//! Tables (see `docs/format.md` for the byte layouts):
+//! - `events`: position (u64 big-endian, so keys sort by position) -> [`EventRecord`] bytes.
+//! - `stream_index`: stream id bytes, 0x00, version (u64 big-endian) -> position (u64 LE).
+//!   Stream ids never contain 0x00, so one stream's keys are contiguous and sorted by version.
+//! - `commands`: command id bytes -> first position (u64 LE), event count (u32 LE),
+//!   fingerprint (32 bytes). Written in the same transaction as the command's events.
+//! - `meta`: `format_version` -> u32 LE.
+//!
+//! Invariants kept by the writer (and checked by `verify`): positions 1..=head all present;
+//! each stream's versions 1..=n all present and increasing with position; event ids strictly
+//! increase with position (so they are unique); each command's events are contiguous.
+
+use std::ops::Bound;
+
+use crate::engine::{EngineError, Snapshot};
+use crate::record::{EventRecord, RecordError};
+use crate::types::{Head, Position, StreamVersion};
+
+/// Table names owned by the ledger. Projections use their own names, prefixed `view_`.
+pub mod tables {
+    /// position -> event record.
+    pub const EVENTS: &str = "events";
+    /// stream, 0x00, version -> position.
+    pub const STREAM_INDEX: &str = "stream_index";
+    /// command id -> first position, count, fingerprint.
+    pub const COMMANDS: &str = "commands";
+    /// store metadata.
+    pub const META: &str = "meta";
+}
+
+/// The on-disk format version this build writes. A store with a greater one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// Key of the format version in `meta`.
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A stored record could not be parsed.
+    #[error("event record at position {position} is damaged: {source}")]
+    Damaged {
+        position: u64,
+        #[source]
+        source: RecordError,
+    },
+    /// A stored index or command entry has the wrong size.
+    #[error("{table} entry {key} is damaged: {reason}")]
+    DamagedEntry {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Key of an event: its position, big-endian.
+pub fn event_key(position: Position) -> [u8; 8] {
+    position.0.to_be_bytes()
+}
+
+/// Key of a stream index entry.
+pub fn stream_key(stream: &str, version: StreamVersion) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.0.to_be_bytes());
+    key
+}
+
+/// The key range holding every entry of one stream from `from` on.
+fn stream_range(stream: &str, from: StreamVersion) -> (Vec<u8>, Vec<u8>) {
+    let start = stream_key(stream, from);
+    let mut end = stream.as_bytes().to_vec();
+    end.push(1);
+    (start, end)
+}
+
+/// Splits a stream index key into stream id and version.
+pub fn parse_stream_key(key: &[u8]) -> Option<(&str, StreamVersion)> {
+    if key.len() < 10 || key[key.len() - 9] != 0 {
+        return None;
+    }
+    let (stream, rest) = key.split_at(key.len() - 9);
+    let version = u64::from_be_bytes(rest[1..].try_into().ok()?);
+    Some((std::str::from_utf8(stream).ok()?, StreamVersion(version)))
+}
+
+/// A command's stored outcome: where its events are and what it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandEntry {
+    /// Position of its first event (for a command with no events: the head + 1 at the time).
+    pub first_position: Position,
+    /// Number of events it appended.
+    pub count: u32,
+    /// Fingerprint of its content, to tell a retry from a different command reusing the id.
+    pub fingerprint: [u8; 32],
+}
+
+impl CommandEntry {
+    /// Stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(44);
+        out.extend_from_slice(&self.first_position.0.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.fingerprint);
+        out
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Option<CommandEntry> {
+        if bytes.len() != 44 {
+            return None;
+        }
+        Some(CommandEntry {
+            first_position: Position(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
+            count: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+            fingerprint: bytes[12..44].try_into().ok()?,
+        })
+    }
+}
+
+/// The last event's position and hash.
+pub fn read_head(snap: &dyn Snapshot) -> Result<(Head, Option<EventRecord>), ReadError> {
+    match snap.last(tables::EVENTS, (Bound::Unbounded, Bound::Unbounded))? {
+        None => Ok((Head::default(), None)),
+        Some((key, value)) => {
+            let position = decode_event_key(&key)?;
+            let record = EventRecord::decode(&value).map_err(|source| ReadError::Damaged {
+                position: position.0,
+                source,
+            })?;
+            Ok((
+                Head {
+                    position,
+                    hash: record.hash,
+                },
+                Some(record),
+            ))
+        }
+    }
+}
+
+fn decode_event_key(key: &[u8]) -> Result<Position, ReadError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| ReadError::DamagedEntry {
+        table: tables::EVENTS,
+        key: format!("{key:02x?}"),
+        reason: format!("key has {} bytes, expected 8", key.len()),
+    })?;
+    Ok(Position(u64::from_be_bytes(bytes)))
+}
+
+/// The current version of a stream (0 when it has no events).
+pub fn stream_version(snap: &dyn Snapshot, stream: &str) -> Result<StreamVersion, ReadError> {
+    let (start, end) = stream_range(stream, StreamVersion(0));
+    let last = snap.last(
+        tables::STREAM_INDEX,
+        (Bound::Included(&start), Bound::Excluded(&end)),
+    )?;
+    Ok(last
+        .and_then(|(k, _)| parse_stream_key(&k).map(|(_, v)| v))
+        .unwrap_or_default())
+}
+
+/// The stored outcome of a command id, if it was used.
+pub fn command_entry(
+    snap: &dyn Snapshot,
+    command_id: &str,
+) -> Result<Option<CommandEntry>, ReadError> {
+    match snap.get(tables::COMMANDS, command_id.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => {
+            CommandEntry::decode(&bytes)
+                .map(Some)
+                .ok_or_else(|| ReadError::DamagedEntry {
+                    table: tables::COMMANDS,
+                    key: command_id.to_owned(),
+                    reason: format!("value has {} bytes, expected 44", bytes.len()),
+                })
+        }
+    }
+}
+
+/// One event by position.
+pub fn read_event(
+    snap: &dyn Snapshot,
+    position: Position,
+) -> Result<Option<EventRecord>, ReadError> {
+    match snap.get(tables::EVENTS, &event_key(position))? {
+        None => Ok(None),
+        Some(bytes) => EventRecord::decode(&bytes)
+            .map(Some)
+            .map_err(|source| ReadError::Damaged {
+                position: position.0,
+                source,
+            }),
+    }
+}
+
+/// Up to `limit` events in log order starting at `from` (inclusive).
+pub fn read_all(
+    snap: &dyn Snapshot,
+    from: Position,
+    limit: usize,
+) -> Result<Vec<EventRecord>, ReadError> {
+    let start = event_key(from);
+    let entries = snap.scan(
+        tables::EVENTS,
+        (Bound::Included(&start), Bound::Unbounded),
+        limit.min(crate::limits::MAX_READ_EVENTS),
+    )?;
+    entries
+        .into_iter()
+        .map(|(k, v)| {
+            let position = decode_event_key(&k)?;
+            EventRecord::decode(&v).map_err(|source| ReadError::Damaged {
+                position: position.0,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Up to `limit` events of one stream from version `from` (inclusive), in version order.
+pub fn read_stream(
+    snap: &dyn Snapshot,
+    stream: &str,
+    from: StreamVersion,
+    limit: usize,
+) -> Result<Vec<EventRecord>, ReadError> {
+    let (start, end) = stream_range(stream, from);
+    let entries = snap.scan(
+        tables::STREAM_INDEX,
+        (Bound::Included(&start), Bound::Excluded(&end)),
+        limit.min(crate::limits::MAX_READ_EVENTS),
+    )?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        let position = decode_position_value(&key, &value)?;
+        match read_event(snap, position)? {
+            Some(record) => out.push(record),
+            None => {
+                return Err(ReadError::DamagedEntry {
+                    table: tables::STREAM_INDEX,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: format!("points at missing position {position}"),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn decode_position_value(key: &[u8], value: &[u8]) -> Result<Position, ReadError> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| ReadError::DamagedEntry {
+        table: tables::STREAM_INDEX,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("value has {} bytes, expected 8", value.len()),
+    })?;
+    Ok(Position(u64::from_le_bytes(bytes)))
+}
+
+/// Every stream id with at least one event, from `after` (exclusive) on, up to `limit` of them,
+/// in byte order. Walks the stream index one stream at a time (seeking past each stream's entries).
+pub fn list_streams(
+    snap: &dyn Snapshot,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, ReadError> {
+    let mut out = Vec::new();
+    let mut cursor: Vec<u8> = match after {
+        Some(s) => {
+            let mut k = s.as_bytes().to_vec();
+            k.push(1);
+            k
+        }
+        None => prefix.as_bytes().to_vec(),
+    };
+    while out.len() < limit {
+        let found = snap.scan(
+            tables::STREAM_INDEX,
+            (Bound::Included(&cursor), Bound::Unbounded),
+            1,
+        )?;
+        let Some((key, _)) = found.into_iter().next() else {
+            break;
+        };
+        let Some((stream, _)) = parse_stream_key(&key) else {
+            return Err(ReadError::DamagedEntry {
+                table: tables::STREAM_INDEX,
+                key: format!("{key:02x?}"),
+                reason: "not a stream key".into(),
+            });
+        };
+        if !stream.starts_with(prefix) {
+            break;
+        }
+        out.push(stream.to_owned());
+        cursor = stream.as_bytes().to_vec();
+        cursor.push(1);
+    }
+    Ok(out)
+}

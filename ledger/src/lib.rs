@@ -15,6 +15,7 @@
 
 pub mod append;
 pub mod codec;
+pub mod domain;
 pub mod engine;
 pub mod ledger;
 pub mod limits;

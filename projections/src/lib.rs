@@ -1,1 +1,52 @@
-//! placeholder
+//! Wallet projections: state derived only by folding the log.
+//!
+//! # Layout
+//! - [`views`]: the view tables (wallet state per member, member hashes, digest buckets,
+//!   checkpoint) and their encodings.
+//! - [`hook`]: [`ProjectionHook`], the ledger commit hook that writes views in the same
+//!   transaction as their events.
+//! - [`fold`]: bounded-memory folds of the whole log or one member, as of any moment.
+//! - [`digest`]: the order-independent, bucketed digest and how to localise differences.
+//! - [`rebuild`](mod@rebuild): drop and re-derive every view.
+//!
+//! The fold itself (`WalletState::apply`) lives in `ledger::domain`, because `decide` needs the
+//! same state to enforce the rules; one definition serves both, so a command is always decided
+//! against exactly the state the projections show.
+
+pub mod digest;
+pub mod fold;
+pub mod hook;
+pub mod rebuild;
+pub mod service;
+pub mod views;
+
+pub use fold::{AsOf, EventTotals, FoldStats};
+pub use hook::ProjectionHook;
+pub use rebuild::{rebuild, RebuildReport};
+pub use service::{StatementLine, SubmitError, Submitted, WalletService};
+
+/// Why a projection operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// The store failed.
+    #[error(transparent)]
+    Engine(#[from] ledger::EngineError),
+    /// The log could not be read.
+    #[error(transparent)]
+    Read(#[from] ledger::log::ReadError),
+    /// An event could not be decoded or folded.
+    #[error("event at position {position} cannot be folded: {reason}")]
+    Event { position: u64, reason: String },
+    /// A stored view is damaged.
+    #[error("view of {member} is damaged: {reason}")]
+    View { member: String, reason: String },
+    /// Views are not at the log head.
+    #[error(
+        "views are at position {checkpoint} but the log is at {head}: run `migrate-tool rebuild`"
+    )]
+    Behind { checkpoint: u64, head: u64 },
+    /// The fold could not proceed.
+    #[error("fold failed: {reason}")]
+    Fold { reason: String },
+}

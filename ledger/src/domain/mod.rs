@@ -1,1 +1,43 @@
-//! Wallet domain (work in progress).
+//! The wallet domain: identifiers, commands, events, the state fold and `decide`. Pure: no
+//! storage, no I/O, no clock, no async.
+//!
+//! Why a separate, pure module: the one direction of data is
+//! command -> [`decide`] -> events -> append -> [`WalletState::apply`] (projections). Keeping the
+//! two ends pure means the store, the projections and the tests all share one definition of the
+//! rules, and a decision can be replayed from its inputs.
+//!
+//! # Layout
+//! - [`ids`]: validated newtypes (`MemberId`, `CommandId`, `Yen`, ...) and stream names.
+//! - [`command`]: the JSON Lines command format (SPEC section 2), strict parsing, fingerprints.
+//! - [`events`]: events with stable type names, schema versions and payload encoding.
+//! - [`state`]: `WalletState` / `IdentityState` and their checked, all-or-nothing `apply`.
+//! - [`decide`](mod@decide): the rules, as a pure function from command and states to events.
+//!
+//! Invariants kept across the module: no floats for money; no panics on input (every error is
+//! a typed value with a one-line message); identity commands and events never touch a wallet
+//! stream and wallet commands never touch an identity stream.
+
+pub mod command;
+pub mod decide;
+pub mod events;
+pub mod ids;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Command, CommandBody, InputError};
+pub use decide::{decide, decide_expire, DecideInput, InactiveReason, Rejection, StreamEvents};
+pub use events::{
+    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, DecodeEventError, DomainEvent,
+    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged, PasswordReset,
+    Refunded, Registered, ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened,
+};
+pub use ids::{
+    identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,
+    MemberId, Miles, StreamKind, StreamRef, Yen,
+};
+pub use state::{
+    apply_identity_event, apply_wallet_event, Coupon, CouponStatus, FoldError, IdentityState,
+    MilesLot, Payment, WalletState,
+};

@@ -471,7 +471,11 @@ impl WalletState {
 
     fn apply_miles_expired(&mut self, e: &MilesExpired) -> Result<(), FoldError> {
         let index = self.lot_index(e.lot)?;
-        let remaining = self.sub("lot remaining miles", self.lots[index].remaining.0, e.miles.0)?;
+        let remaining = self.sub(
+            "lot remaining miles",
+            self.lots[index].remaining.0,
+            e.miles.0,
+        )?;
         self.lots[index].remaining = Miles(remaining);
         Ok(())
     }

@@ -1,0 +1,1577 @@
+//! Tests of the wallet domain: every rule and message as a table, the bad-input corpus, codec and
+//! JSON round trips, fold damage, and property tests of conservation over random command runs.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::codec::Codec;
+use crate::timestamp::Timestamp;
+
+/// The "now" the harness uses for commands without `at`.
+const NOW: &str = "2024-01-01T00:00:00Z";
+
+fn member(id: &str) -> MemberId {
+    MemberId::new(id).expect("test member ids are valid")
+}
+
+fn time(text: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(text).expect("test times are valid RFC 3339")
+}
+
+fn parse(line: &str) -> Command {
+    Command::parse_json_line(line).unwrap_or_else(|e| panic!("test line {line} must parse: {e}"))
+}
+
+/// An in-memory stand-in for store + projections: loads the states decide needs, applies what
+/// it decides, and keeps the log so that a fresh fold can be compared with the live state.
+#[derive(Default)]
+struct World {
+    wallets: BTreeMap<MemberId, WalletState>,
+    identities: BTreeMap<MemberId, IdentityState>,
+    log: Vec<(String, DomainEvent)>,
+}
+
+impl World {
+    fn submit(&mut self, cmd: &Command, now: Timestamp) -> Result<Vec<StreamEvents>, Rejection> {
+        let at = cmd.at.unwrap_or(now);
+        let decision = match &cmd.body {
+            CommandBody::Expire {
+                as_of,
+                member: None,
+            } => self.expire_all(*as_of),
+            _ => decide(cmd, at, &self.input_for(cmd))?,
+        };
+        self.apply(&decision);
+        Ok(decision)
+    }
+
+    fn input_for(&self, cmd: &Command) -> DecideInput<'_> {
+        cmd.stream_refs()
+            .into_iter()
+            .fold(DecideInput::new(), |input, r| match r.kind {
+                StreamKind::Wallet => {
+                    let state = self.wallets.get(&r.member);
+                    input.with_wallet(r.member, state)
+                }
+                StreamKind::Identity => {
+                    let state = self.identities.get(&r.member);
+                    input.with_identity(r.member, state)
+                }
+            })
+    }
+
+    /// What the caller does for `expire` without a member: decide_expire on every wallet.
+    fn expire_all(&self, as_of: Timestamp) -> Vec<StreamEvents> {
+        self.wallets
+            .iter()
+            .map(|(m, w)| StreamEvents {
+                stream: wallet_stream(m),
+                events: decide_expire(w, as_of)
+                    .into_iter()
+                    .map(DomainEvent::Wallet)
+                    .collect(),
+            })
+            .filter(|s| !s.events.is_empty())
+            .collect()
+    }
+
+    fn apply(&mut self, decision: &[StreamEvents]) {
+        for stream in decision {
+            let (kind, m) = member_of_stream(&stream.stream).expect("decide names valid streams");
+            for event in &stream.events {
+                assert_eq!(event.stream_kind(), kind, "event kind matches stream kind");
+                self.apply_one(&m, event);
+                self.log.push((stream.stream.clone(), event.clone()));
+            }
+        }
+    }
+
+    fn apply_one(&mut self, m: &MemberId, event: &DomainEvent) {
+        match event {
+            DomainEvent::Wallet(e) => {
+                let mut state = self.wallets.remove(m);
+                apply_wallet_event(&mut state, e).expect("decided events always apply");
+                self.wallets
+                    .insert(m.clone(), state.expect("applied wallet exists"));
+            }
+            DomainEvent::Identity(e) => {
+                let mut state = self.identities.remove(m);
+                apply_identity_event(&mut state, e).expect("decided events always apply");
+                self.identities
+                    .insert(m.clone(), state.expect("applied identity exists"));
+            }
+        }
+    }
+
+    /// Folds the whole log from nothing, as `rebuild` would.
+    fn refold(&self) -> BTreeMap<MemberId, WalletState> {
+        let mut states: BTreeMap<MemberId, Option<WalletState>> = BTreeMap::new();
+        for (stream, event) in &self.log {
+            let (_, m) = member_of_stream(stream).expect("logged streams are valid");
+            if let DomainEvent::Wallet(e) = event {
+                let state = states.entry(m).or_default();
+                apply_wallet_event(state, e).expect("the log folds cleanly");
+            }
+        }
+        states
+            .into_iter()
+            .filter_map(|(m, s)| s.map(|s| (m, s)))
+            .collect()
+    }
+
+    fn wallet(&self, id: &str) -> &WalletState {
+        self.wallets
+            .get(&member(id))
+            .expect("the test opened this wallet")
+    }
+}
+
+/// What a table row expects: the (stream, event type) pairs written, or a rejection message.
+type Expect = Result<&'static [(&'static str, &'static str)], &'static str>;
+
+fn run_table(world: &mut World, rows: &[(&str, Expect)]) {
+    for (line, expected) in rows {
+        let cmd = parse(line);
+        let got = world.submit(&cmd, time(NOW));
+        match (got, expected) {
+            (Ok(decision), Ok(want)) => {
+                let written: Vec<(String, &str)> = decision
+                    .iter()
+                    .flat_map(|s| s.events.iter().map(|e| (s.stream.clone(), e.event_type())))
+                    .collect();
+                let want: Vec<(String, &str)> =
+                    want.iter().map(|(s, t)| (s.to_string(), *t)).collect();
+                assert_eq!(written, want, "events of {line}");
+            }
+            (Err(rejection), Err(want)) => assert_eq!(rejection.to_string(), *want, "{line}"),
+            (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+// Every wallet rule of SPEC section 2 and its exact message, in one running world so that each
+// row sees the state the rows above it left.
+#[test]
+fn wallet_rules_accept_and_reject_with_exact_messages() {
+    let mut world = World::default();
+    run_table(&mut world, WALLET_ROWS_MONEY);
+    assert_eq!(world.wallet("m1").balance(), Yen(600));
+    assert_eq!(world.wallet("m2").balance(), Yen(2100));
+    run_table(&mut world, WALLET_ROWS_LOYALTY);
+    assert_eq!(world.refold(), world.wallets, "rebuild equals incremental");
+}
+
+const W1: &str = "wallet-m1";
+const W2: &str = "wallet-m2";
+
+const WALLET_ROWS_MONEY: &[(&str, Expect)] = &[
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100}"#,
+        Err("member m1 has no wallet"),
+    ),
+    (
+        r#"{"id":"c2","type":"open_wallet","member":"m1"}"#,
+        Ok(&[(W1, "wallet.opened")]),
+    ),
+    (
+        r#"{"id":"c3","type":"open_wallet","member":"m1"}"#,
+        Err("member m1 already has a wallet"),
+    ),
+    (
+        r#"{"id":"c4","type":"top_up","member":"m1","amount":1500}"#,
+        Ok(&[(W1, "wallet.topped_up")]),
+    ),
+    (
+        r#"{"id":"p1","type":"pay","member":"m1","amount":1000,"merchant":"shop"}"#,
+        Ok(&[(W1, "wallet.paid")]),
+    ),
+    (
+        r#"{"id":"c5","type":"pay","member":"m1","amount":1000,"merchant":"shop"}"#,
+        Err("insufficient balance: member m1 has 500 yen, needs 1000"),
+    ),
+    (
+        r#"{"id":"c6","type":"refund","member":"m1","payment":"p9","amount":100}"#,
+        Err("payment p9 is not a payment of member m1"),
+    ),
+    (
+        r#"{"id":"c7","type":"refund","member":"m1","payment":"p1","amount":500}"#,
+        Ok(&[(W1, "wallet.refunded")]),
+    ),
+    (
+        r#"{"id":"c8","type":"refund","member":"m1","payment":"p1","amount":700}"#,
+        Err("refund of 700 yen exceeds what is left to refund on payment p1 (500 of 1000 yen)"),
+    ),
+    (
+        r#"{"id":"c9","type":"open_wallet","member":"m2"}"#,
+        Ok(&[(W2, "wallet.opened")]),
+    ),
+    (
+        r#"{"id":"c10","type":"top_up","member":"m2","amount":2000}"#,
+        Ok(&[(W2, "wallet.topped_up")]),
+    ),
+    (
+        r#"{"id":"p2","type":"pay","member":"m2","amount":300,"merchant":"cafe"}"#,
+        Ok(&[(W2, "wallet.paid")]),
+    ),
+    // A payment of another member is not refundable through this one.
+    (
+        r#"{"id":"c11","type":"refund","member":"m1","payment":"p2","amount":1}"#,
+        Err("payment p2 is not a payment of member m1"),
+    ),
+    (
+        r#"{"id":"c12","type":"transfer","from":"m1","to":"m1","amount":1}"#,
+        Err("cannot transfer to the same member m1"),
+    ),
+    (
+        r#"{"id":"c13","type":"transfer","from":"m1","to":"m3","amount":1}"#,
+        Err("member m3 has no wallet"),
+    ),
+    (
+        r#"{"id":"c14","type":"transfer","from":"m3","to":"m1","amount":1}"#,
+        Err("member m3 has no wallet"),
+    ),
+    (
+        r#"{"id":"c15","type":"transfer","from":"m1","to":"m2","amount":5000}"#,
+        Err("insufficient balance: member m1 has 1000 yen, needs 5000"),
+    ),
+    (
+        r#"{"id":"c16","type":"transfer","from":"m1","to":"m2","amount":400}"#,
+        Ok(&[
+            (W1, "wallet.transferred_out"),
+            (W2, "wallet.transferred_in"),
+        ]),
+    ),
+];
+
+const WALLET_ROWS_LOYALTY: &[(&str, Expect)] = &[
+    (
+        r#"{"id":"e1","type":"earn_miles","member":"m1","miles":50,"expires_at":"2024-01-01T00:00:00Z"}"#,
+        Err(r#"field "expires_at" must be after the command time"#),
+    ),
+    (
+        r#"{"id":"e2","type":"earn_miles","member":"m1","miles":50,"expires_at":"2024-03-01T00:00:00Z","at":"2024-03-02T00:00:00Z"}"#,
+        Err(r#"field "expires_at" must be after the command time"#),
+    ),
+    (
+        r#"{"id":"e3","type":"earn_miles","member":"m1","miles":50,"expires_at":"2024-03-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.miles_earned")]),
+    ),
+    (
+        r#"{"id":"e4","type":"earn_miles","member":"m1","miles":30,"expires_at":"2024-02-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.miles_earned")]),
+    ),
+    (
+        r#"{"id":"e5","type":"earn_miles","member":"m1","miles":20,"expires_at":"2024-03-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.miles_earned")]),
+    ),
+    (
+        r#"{"id":"r1","type":"redeem_miles","member":"m1","miles":200}"#,
+        Err("insufficient miles: member m1 has 100 available, needs 200"),
+    ),
+    // Earliest expiry first: lot 2 (Feb) before lots 1 and 3 (Mar).
+    (
+        r#"{"id":"r2","type":"redeem_miles","member":"m1","miles":10}"#,
+        Ok(&[(W1, "wallet.miles_redeemed")]),
+    ),
+    // At lot 2's expiry instant it no longer counts: 40 + 20 + ... = 70 available, not 90.
+    (
+        r#"{"id":"r3","type":"redeem_miles","member":"m1","miles":100,"at":"2024-02-01T00:00:00Z"}"#,
+        Err("insufficient miles: member m1 has 70 available, needs 100"),
+    ),
+    // Lots 1 and 3 expire together: ties go in earn order, lot 1 first.
+    (
+        r#"{"id":"r4","type":"redeem_miles","member":"m1","miles":60,"at":"2024-02-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.miles_redeemed")]),
+    ),
+    (
+        r#"{"id":"b1","type":"award_badge","member":"m1","badge":"first-purchase"}"#,
+        Ok(&[(W1, "wallet.badge_awarded")]),
+    ),
+    (
+        r#"{"id":"b2","type":"award_badge","member":"m1","badge":"first-purchase"}"#,
+        Err("member m1 already holds badge first-purchase"),
+    ),
+    (
+        r#"{"id":"k1","type":"issue_coupon","member":"m1","coupon":"cp-1","value":0,"expires_at":"2024-06-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.coupon_issued")]),
+    ),
+    (
+        r#"{"id":"k2","type":"issue_coupon","member":"m1","coupon":"cp-1","value":5,"expires_at":"2024-06-01T00:00:00Z"}"#,
+        Err("member m1 already has coupon cp-1"),
+    ),
+    (
+        r#"{"id":"k3","type":"issue_coupon","member":"m1","coupon":"cp-x","value":5,"expires_at":"2023-06-01T00:00:00Z"}"#,
+        Err(r#"field "expires_at" must be after the command time"#),
+    ),
+    (
+        r#"{"id":"k4","type":"redeem_coupon","member":"m1","coupon":"cp-9"}"#,
+        Err("member m1 has no coupon cp-9"),
+    ),
+    (
+        r#"{"id":"k5","type":"redeem_coupon","member":"m1","coupon":"cp-1"}"#,
+        Ok(&[(W1, "wallet.coupon_redeemed")]),
+    ),
+    (
+        r#"{"id":"k6","type":"redeem_coupon","member":"m1","coupon":"cp-1"}"#,
+        Err("coupon cp-1 is not active: redeemed"),
+    ),
+    // Redeemed coupons still own their id.
+    (
+        r#"{"id":"k7","type":"issue_coupon","member":"m1","coupon":"cp-1","value":5,"expires_at":"2024-06-01T00:00:00Z"}"#,
+        Err("member m1 already has coupon cp-1"),
+    ),
+    (
+        r#"{"id":"k8","type":"issue_coupon","member":"m1","coupon":"cp-2","value":100,"expires_at":"2024-03-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.coupon_issued")]),
+    ),
+    (
+        r#"{"id":"k9","type":"redeem_coupon","member":"m1","coupon":"cp-2","at":"2024-03-01T09:00:00+09:00"}"#,
+        Err("coupon cp-2 is not active: expired at 2024-03-01T00:00:00Z"),
+    ),
+    (
+        r#"{"id":"x1","type":"expire","as_of":"2024-03-01T00:00:00Z","member":"m1"}"#,
+        Ok(&[
+            (W1, "wallet.miles_expired"),
+            (W1, "wallet.miles_expired"),
+            (W1, "wallet.coupon_expired"),
+        ]),
+    ),
+    (
+        r#"{"id":"k10","type":"redeem_coupon","member":"m1","coupon":"cp-2"}"#,
+        Err("coupon cp-2 is not active: expired"),
+    ),
+    // Nothing left to expire: a success with no events.
+    (
+        r#"{"id":"x2","type":"expire","as_of":"2024-03-01T00:00:00Z","member":"m1"}"#,
+        Ok(&[]),
+    ),
+    (
+        r#"{"id":"x3","type":"expire","as_of":"2024-03-01T00:00:00Z","member":"m9"}"#,
+        Err("member m9 has no wallet"),
+    ),
+    (
+        r#"{"id":"k11","type":"issue_coupon","member":"m1","coupon":"cp-3","value":1,"expires_at":"2025-01-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.coupon_issued")]),
+    ),
+    (
+        r#"{"id":"e6","type":"earn_miles","member":"m2","miles":7,"expires_at":"2025-01-01T00:00:00Z"}"#,
+        Ok(&[(W2, "wallet.miles_earned")]),
+    ),
+    // Expire without a member: the caller runs decide_expire on every wallet.
+    (
+        r#"{"id":"x4","type":"expire","as_of":"2030-01-01T00:00:00Z"}"#,
+        Ok(&[(W1, "wallet.coupon_expired"), (W2, "wallet.miles_expired")]),
+    ),
+];
+
+// The FIFO decisions and expiry amounts recorded in the events, exactly.
+#[test]
+fn miles_events_record_exact_lots_and_amounts() {
+    let mut world = World::default();
+    run_table(&mut world, WALLET_ROWS_MONEY);
+    run_table(&mut world, WALLET_ROWS_LOYALTY);
+    let wallet_events: Vec<&WalletEvent> = world
+        .log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            DomainEvent::Wallet(w) => Some(w),
+            DomainEvent::Identity(_) => None,
+        })
+        .collect();
+    let redeemed: Vec<&MilesRedeemed> = wallet_events
+        .iter()
+        .filter_map(|e| match e {
+            WalletEvent::MilesRedeemed(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        redeemed,
+        [
+            &MilesRedeemed {
+                miles: Miles(10),
+                consumed: vec![(LotId(2), Miles(10))],
+            },
+            &MilesRedeemed {
+                miles: Miles(60),
+                consumed: vec![(LotId(1), Miles(50)), (LotId(3), Miles(10))],
+            },
+        ]
+    );
+    let expired: Vec<&MilesExpired> = wallet_events
+        .iter()
+        .filter_map(|e| match e {
+            WalletEvent::MilesExpired(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        expired,
+        [
+            &MilesExpired {
+                lot: LotId(2),
+                miles: Miles(20),
+            },
+            &MilesExpired {
+                lot: LotId(3),
+                miles: Miles(10),
+            },
+        ]
+    );
+    let m1 = world.wallet("m1");
+    assert_eq!(m1.miles_outstanding(), Miles(0));
+    assert_eq!(
+        m1.coupons()[&CouponId::new("cp-1").expect("valid")].status,
+        CouponStatus::Redeemed
+    );
+    assert_eq!(
+        m1.coupons()[&CouponId::new("cp-2").expect("valid")].status,
+        CouponStatus::Expired
+    );
+}
+
+// Identity rules and messages; identity commands leave every wallet untouched.
+#[test]
+fn identity_rules_touch_only_identity_streams() {
+    let mut world = World::default();
+    run_table(&mut world, &WALLET_ROWS_MONEY[..2]);
+    let wallets_before = world.wallets.clone();
+    const I1: &str = "identity-m1";
+    run_table(
+        &mut world,
+        &[
+            (
+                r#"{"id":"i1","type":"change_password","member":"m1"}"#,
+                Err("member m1 is not registered"),
+            ),
+            (
+                r#"{"id":"i2","type":"reset_password","member":"m1","reason":"leak"}"#,
+                Err("member m1 is not registered"),
+            ),
+            (
+                r#"{"id":"i3","type":"register","member":"m1","login":"alice@example.com"}"#,
+                Ok(&[(I1, "identity.registered")]),
+            ),
+            (
+                r#"{"id":"i4","type":"register","member":"m1","login":"alice"}"#,
+                Err("member m1 is already registered"),
+            ),
+            (
+                r#"{"id":"i5","type":"change_password","member":"m1"}"#,
+                Ok(&[(I1, "identity.password_changed")]),
+            ),
+            (
+                r#"{"id":"i6","type":"reset_password","member":"m1","reason":"7pay"}"#,
+                Ok(&[(I1, "identity.password_reset")]),
+            ),
+            (
+                r#"{"id":"i7","type":"reset_password","member":"m1"}"#,
+                Ok(&[(I1, "identity.password_reset")]),
+            ),
+            // An identity without a wallet is fine: registration does not need one.
+            (
+                r#"{"id":"i8","type":"register","member":"m2","login":"bob"}"#,
+                Ok(&[("identity-m2", "identity.registered")]),
+            ),
+        ],
+    );
+    assert_eq!(world.wallets, wallets_before);
+    assert_eq!(
+        world.identities[&member("m1")],
+        IdentityState {
+            login: "alice@example.com".to_owned(),
+            password_changes: 1,
+            resets: 2,
+        }
+    );
+}
+
+// Every command type names only streams of its own kind, and decide writes only to those.
+#[test]
+fn commands_name_and_write_only_their_own_kind_of_stream() {
+    let cases = [
+        (
+            r#"{"id":"a","type":"open_wallet","member":"m1"}"#,
+            vec!["wallet-m1"],
+        ),
+        (
+            r#"{"id":"a","type":"transfer","from":"m1","to":"m2","amount":1}"#,
+            vec!["wallet-m1", "wallet-m2"],
+        ),
+        (
+            r#"{"id":"a","type":"expire","as_of":"2024-01-01T00:00:00Z"}"#,
+            vec![],
+        ),
+        (
+            r#"{"id":"a","type":"expire","as_of":"2024-01-01T00:00:00Z","member":"m1"}"#,
+            vec!["wallet-m1"],
+        ),
+        (
+            r#"{"id":"a","type":"register","member":"m1","login":"x"}"#,
+            vec!["identity-m1"],
+        ),
+        (
+            r#"{"id":"a","type":"change_password","member":"m1"}"#,
+            vec!["identity-m1"],
+        ),
+        (
+            r#"{"id":"a","type":"reset_password","member":"m1"}"#,
+            vec!["identity-m1"],
+        ),
+        (
+            r#"{"id":"a","type":"redeem_coupon","member":"m1","coupon":"c"}"#,
+            vec!["wallet-m1"],
+        ),
+    ];
+    for (line, streams) in cases {
+        assert_eq!(parse(line).streams(), streams, "{line}");
+    }
+    // Decide on an empty world: whatever succeeds writes only to the streams it named.
+    let mut world = World::default();
+    for line in SAMPLE_LINES {
+        let cmd = parse(line);
+        let named = cmd.streams();
+        if let Ok(decision) = world.submit(&cmd, time(NOW)) {
+            for s in &decision {
+                assert!(named.contains(&s.stream), "{line} wrote {}", s.stream);
+            }
+        }
+    }
+}
+
+/// One valid line per command type, in an order where all of them succeed.
+const SAMPLE_LINES: &[&str] = &[
+    r#"{"id":"s1","type":"open_wallet","member":"m1"}"#,
+    r#"{"id":"s2","type":"open_wallet","member":"m2"}"#,
+    r#"{"id":"s3","type":"top_up","member":"m1","amount":100}"#,
+    r#"{"id":"s4","type":"pay","member":"m1","amount":40,"merchant":"x"}"#,
+    r#"{"id":"s5","type":"refund","member":"m1","payment":"s4","amount":10}"#,
+    r#"{"id":"s6","type":"transfer","from":"m1","to":"m2","amount":5}"#,
+    r#"{"id":"s7","type":"earn_miles","member":"m1","miles":9,"expires_at":"2025-01-01T00:00:00Z"}"#,
+    r#"{"id":"s8","type":"redeem_miles","member":"m1","miles":4}"#,
+    r#"{"id":"s9","type":"award_badge","member":"m1","badge":"b"}"#,
+    r#"{"id":"s10","type":"issue_coupon","member":"m1","coupon":"c","value":1,"expires_at":"2025-01-01T00:00:00Z"}"#,
+    r#"{"id":"s11","type":"redeem_coupon","member":"m1","coupon":"c"}"#,
+    r#"{"id":"s12","type":"expire","as_of":"2026-01-01T00:00:00Z","member":"m1"}"#,
+    r#"{"id":"s13","type":"register","member":"m1","login":"l"}"#,
+    r#"{"id":"s14","type":"change_password","member":"m1"}"#,
+    r#"{"id":"s15","type":"reset_password","member":"m1","reason":"r"}"#,
+];
+
+// A caller that forgets to load a stream gets an internal error, never "does not exist".
+#[test]
+fn decide_refuses_to_guess_unloaded_state() {
+    let cmd = parse(r#"{"id":"a","type":"open_wallet","member":"m1"}"#);
+    let got = decide(&cmd, time(NOW), &DecideInput::new());
+    assert_eq!(
+        got.map_err(|e| e.to_string()),
+        Err("internal error: the state of stream wallet-m1 was not passed to decide".to_owned())
+    );
+}
+
+// Every bad line of the corpus gets exactly its one-line message.
+#[test]
+fn bad_lines_get_exact_messages() {
+    assert!(
+        BAD_LINES.len() >= 50,
+        "the corpus has {} lines",
+        BAD_LINES.len()
+    );
+    for (line, want) in BAD_LINES {
+        let got = Command::parse_json_line(line).map_err(|e| e.to_string());
+        assert_eq!(got, Err(want.to_string()), "line {line:?}");
+        assert!(!want.contains('\n'), "messages are one line");
+    }
+}
+
+const BAD_LINES: &[(&str, &str)] = &[
+    (r#""#, r#"empty line"#),
+    (r#"   "#, r#"empty line"#),
+    (
+        r#"{"#,
+        r#"malformed JSON: EOF while parsing an object at line 1 column 1"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100"#,
+        r#"malformed JSON: EOF while parsing an object at line 1 column 53"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100}}"#,
+        r#"malformed JSON: trailing characters at line 1 column 55"#,
+    ),
+    (
+        r#"{'id':'c1'}"#,
+        r#"malformed JSON: key must be a string at line 1 column 2"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":0x10}"#,
+        r#"malformed JSON: expected `,` or `}` at line 1 column 52"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":NaN}"#,
+        r#"malformed JSON: expected value at line 1 column 51"#,
+    ),
+    (
+        r#"[1,2,3]"#,
+        r#"command must be a JSON object, got an array"#,
+    ),
+    (
+        r#""top_up""#,
+        r#"command must be a JSON object, got a string"#,
+    ),
+    (r#"42"#, r#"command must be a JSON object, got a number"#),
+    (r#"null"#, r#"command must be a JSON object, got null"#),
+    (r#"true"#, r#"command must be a JSON object, got a boolean"#),
+    (
+        r#"{"id":"c1","member":"m1","amount":100}"#,
+        r#"missing field "type""#,
+    ),
+    (
+        r#"{"id":"c1","type":7,"member":"m1","amount":100}"#,
+        r#"field "type" must be a string, got 7"#,
+    ),
+    (
+        r#"{"id":"c1","type":null}"#,
+        r#"field "type" must be a string, got null"#,
+    ),
+    (
+        r#"{"id":"c1","type":"topup","member":"m1","amount":100}"#,
+        r#"unknown type "topup""#,
+    ),
+    (
+        r#"{"id":"c1","type":"TOP_UP","member":"m1","amount":100}"#,
+        r#"unknown type "TOP_UP""#,
+    ),
+    (
+        r#"{"id":"c1","type":"","member":"m1"}"#,
+        r#"unknown type """#,
+    ),
+    (
+        r#"{"type":"top_up","member":"m1","amount":100}"#,
+        r#"missing field "id" for top_up"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","amount":100}"#,
+        r#"missing field "member" for top_up"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1"}"#,
+        r#"missing field "amount" for top_up"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"foo":1}"#,
+        r#"unknown field "foo" for top_up"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amout":100}"#,
+        r#"unknown field "amout" for top_up"#,
+    ),
+    (
+        r#"{"id":"c1","type":"open_wallet","member":"m1","amount":100}"#,
+        r#"unknown field "amount" for open_wallet"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"amount":200}"#,
+        r#"duplicate field "amount""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":"100"}"#,
+        r#"field "amount" must be an integer, got string "100""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":1.5}"#,
+        r#"field "amount" must be an integer, got 1.5"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100.0}"#,
+        r#"field "amount" must be an integer, got 100.0"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":1e2}"#,
+        r#"field "amount" must be an integer, got 100.0"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":-1}"#,
+        r#"field "amount" must be between 1 and 100000000, got -1"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":0}"#,
+        r#"field "amount" must be between 1 and 100000000, got 0"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100000001}"#,
+        r#"field "amount" must be between 1 and 100000000, got 100000001"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":1e30}"#,
+        r#"field "amount" must be between 1 and 100000000, got 1e+30"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":99999999999999999999}"#,
+        r#"field "amount" must be between 1 and 100000000, got 1e+20"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":-99999999999999999999}"#,
+        r#"field "amount" must be between 1 and 100000000, got -1e+20"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":18446744073709551615}"#,
+        r#"field "amount" must be between 1 and 100000000, got 18446744073709551615"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":null}"#,
+        r#"field "amount" must be an integer, got null"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":true}"#,
+        r#"field "amount" must be an integer, got true"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":[100]}"#,
+        r#"field "amount" must be an integer, got an array"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":{"yen":100}}"#,
+        r#"field "amount" must be an integer, got an object"#,
+    ),
+    (
+        r#"{"id":"c1","type":"pay","member":"m1","amount":-5,"merchant":"shop"}"#,
+        r#"field "amount" must be between 1 and 100000000, got -5"#,
+    ),
+    (
+        r#"{"id":"c1","type":"pay","member":"m1","amount":5,"merchant":""}"#,
+        r#"field "merchant" must be 1 to 64 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"pay","member":"m1","amount":5,"merchant":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#,
+        r#"field "merchant" must be 1 to 64 characters without control characters, got "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...""#,
+    ),
+    (
+        r#"{"id":"c1","type":"pay","member":"m1","amount":5,"merchant":"tab\there"}"#,
+        r#"field "merchant" must be 1 to 64 characters without control characters, got "tab\there""#,
+    ),
+    (
+        r#"{"id":"c1","type":"pay","member":"m1","amount":5,"merchant":42}"#,
+        r#"field "merchant" must be a string, got 42"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m 1","amount":100}"#,
+        r#"field "member" must match [A-Za-z0-9._-]{1,64}, got "m 1""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"","amount":100}"#,
+        r#"field "member" must match [A-Za-z0-9._-]{1,64}, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm","amount":100}"#,
+        r#"field "member" must match [A-Za-z0-9._-]{1,64}, got "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm...""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m\u00e9","amount":100}"#,
+        r#"field "member" must match [A-Za-z0-9._-]{1,64}, got "mé""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":5,"amount":100}"#,
+        r#"field "member" must be a string, got 5"#,
+    ),
+    (
+        r#"{"id":"","type":"top_up","member":"m1","amount":100}"#,
+        r#"field "id" must be 1 to 128 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":5,"type":"top_up","member":"m1","amount":100}"#,
+        r#"field "id" must be a string, got 5"#,
+    ),
+    (
+        r#"{"id":"a\nb","type":"top_up","member":"m1","amount":100}"#,
+        r#"field "id" must be 1 to 128 characters without control characters, got "a\nb""#,
+    ),
+    (
+        r#"{"id":"iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii","type":"top_up","member":"m1","amount":100}"#,
+        r#"field "id" must be 1 to 128 characters without control characters, got "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii...""#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"yesterday"}"#,
+        r#"field "at" must be an RFC 3339 time: got "yesterday" (expected e.g. 2019-07-30T13:00:00+09:00)"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"2024-01-01"}"#,
+        r#"field "at" must be an RFC 3339 time: got "2024-01-01" (expected e.g. 2019-07-30T13:00:00+09:00)"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"2024-01-01T00:00:00"}"#,
+        r#"field "at" must be an RFC 3339 time: got "2024-01-01T00:00:00" (expected e.g. 2019-07-30T13:00:00+09:00)"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"2024-01-01T00:00:00.0000001Z"}"#,
+        r#"field "at" must be an RFC 3339 time: got "2024-01-01T00:00:00.0000001Z", which is finer than microseconds"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"1969-12-31T23:59:59Z"}"#,
+        r#"field "at" must be an RFC 3339 time: got "1969-12-31T23:59:59Z", which is outside the years 1970 to 9999"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":1704067200}"#,
+        r#"field "at" must be an RFC 3339 time string, got 1704067200"#,
+    ),
+    (
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":null}"#,
+        r#"field "at" must be an RFC 3339 time string, got null"#,
+    ),
+    (
+        r#"{"id":"c1","type":"earn_miles","member":"m1","miles":0,"expires_at":"2030-01-01T00:00:00Z"}"#,
+        r#"field "miles" must be between 1 and 100000000, got 0"#,
+    ),
+    (
+        r#"{"id":"c1","type":"earn_miles","member":"m1","miles":10}"#,
+        r#"missing field "expires_at" for earn_miles"#,
+    ),
+    (
+        r#"{"id":"c1","type":"earn_miles","member":"m1","miles":10,"expires_at":"never"}"#,
+        r#"field "expires_at" must be an RFC 3339 time: got "never" (expected e.g. 2019-07-30T13:00:00+09:00)"#,
+    ),
+    (
+        r#"{"id":"c1","type":"redeem_miles","member":"m1","miles":100000001}"#,
+        r#"field "miles" must be between 1 and 100000000, got 100000001"#,
+    ),
+    (
+        r#"{"id":"c1","type":"issue_coupon","member":"m1","coupon":"cp 1","value":0,"expires_at":"2030-01-01T00:00:00Z"}"#,
+        r#"field "coupon" must match [A-Za-z0-9._-]{1,64}, got "cp 1""#,
+    ),
+    (
+        r#"{"id":"c1","type":"issue_coupon","member":"m1","coupon":"cp-1","value":-1,"expires_at":"2030-01-01T00:00:00Z"}"#,
+        r#"field "value" must be between 0 and 100000000, got -1"#,
+    ),
+    (
+        r#"{"id":"c1","type":"issue_coupon","member":"m1","coupon":"cp-1","value":100000001,"expires_at":"2030-01-01T00:00:00Z"}"#,
+        r#"field "value" must be between 0 and 100000000, got 100000001"#,
+    ),
+    (
+        r#"{"id":"c1","type":"award_badge","member":"m1","badge":""}"#,
+        r#"field "badge" must be 1 to 64 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"award_badge","member":"m1","badge":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}"#,
+        r#"field "badge" must be 1 to 64 characters without control characters, got "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb...""#,
+    ),
+    (
+        r#"{"id":"c1","type":"transfer","from":"m1","amount":100}"#,
+        r#"missing field "to" for transfer"#,
+    ),
+    (
+        r#"{"id":"c1","type":"transfer","from":"m1","to":"m2","member":"m1","amount":100}"#,
+        r#"unknown field "member" for transfer"#,
+    ),
+    (
+        r#"{"id":"c1","type":"refund","member":"m1","payment":"","amount":100}"#,
+        r#"field "payment" must be 1 to 128 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"expire"}"#,
+        r#"missing field "as_of" for expire"#,
+    ),
+    (
+        r#"{"id":"c1","type":"expire","as_of":"2030-01-01T00:00:00Z","member":null}"#,
+        r#"field "member" must be a string, got null"#,
+    ),
+    (
+        r#"{"id":"c1","type":"register","member":"m1"}"#,
+        r#"missing field "login" for register"#,
+    ),
+    (
+        r#"{"id":"c1","type":"register","member":"m1","login":""}"#,
+        r#"field "login" must be 1 to 128 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"reset_password","member":"m1","reason":""}"#,
+        r#"field "reason" must be 1 to 256 characters without control characters, got """#,
+    ),
+    (
+        r#"{"id":"c1","type":"reset_password","member":"m1","reason":"r","foo":"x"}"#,
+        r#"unknown field "foo" for reset_password"#,
+    ),
+    (
+        r#"{"id":"c1","type":"change_password","member":"m1","password":"hunter2"}"#,
+        r#"unknown field "password" for change_password"#,
+    ),
+];
+
+// Key order and whitespace do not change a command or its fingerprint; every field does,
+// including `at`, and an absent `at` differs from any present one.
+#[test]
+fn fingerprint_depends_on_content_only() {
+    let a = parse(r#"{"id":"c1","type":"top_up","member":"m1","amount":100}"#);
+    let b = parse(r#" { "amount" : 100 , "member":"m1", "type":"top_up","id":"c1" } "#);
+    assert_eq!(a, b);
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    let variants = [
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":101}"#,
+        r#"{"id":"c1","type":"top_up","member":"m2","amount":100}"#,
+        r#"{"id":"c2","type":"top_up","member":"m1","amount":100}"#,
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"1970-01-01T00:00:00Z"}"#,
+        r#"{"id":"c1","type":"top_up","member":"m1","amount":100,"at":"2024-01-01T00:00:00Z"}"#,
+        r#"{"id":"c1","type":"pay","member":"m1","amount":100,"merchant":"m1"}"#,
+    ];
+    let mut seen = vec![a.fingerprint()];
+    for line in variants {
+        let fp = parse(line).fingerprint();
+        assert!(!seen.contains(&fp), "{line} collides");
+        seen.push(fp);
+    }
+    // The same instant in two spellings is the same command.
+    let utc =
+        parse(r#"{"id":"c1","type":"open_wallet","member":"m1","at":"2024-01-01T00:00:00Z"}"#);
+    let jst =
+        parse(r#"{"id":"c1","type":"open_wallet","member":"m1","at":"2024-01-01T09:00:00+09:00"}"#);
+    assert_eq!(utc.fingerprint(), jst.fingerprint());
+    // Pinned so that a change to the canonical encoding (a migration) cannot go unnoticed.
+    assert_eq!(hex(&a.fingerprint()), PINNED_FINGERPRINT);
+}
+
+const PINNED_FINGERPRINT: &str =
+    "51911100816cc5f5d839e2f2b42e5d1cfbff9ec37dbbe4f6d314d304e65307c6";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// The JSON writer's output for a sample line is stable and human-readable.
+#[test]
+fn to_json_line_writes_id_type_at_then_fields() {
+    let cmd = parse(
+        r#"{"type":"pay","merchant":"caf\u00e9 \"x\"","amount":5,"member":"m1","id":"p1","at":"2024-01-01T09:00:00+09:00"}"#,
+    );
+    assert_eq!(
+        cmd.to_json_line(),
+        r#"{"id":"p1","type":"pay","at":"2024-01-01T00:00:00Z","member":"m1","amount":5,"merchant":"café \"x\""}"#
+    );
+}
+
+// Ids, stream names and their parser.
+#[test]
+fn ids_and_stream_names() {
+    assert_eq!(wallet_stream(&member("m-1.x_Y")), "wallet-m-1.x_Y");
+    assert_eq!(identity_stream(&member("m1")), "identity-m1");
+    assert_eq!(
+        member_of_stream("wallet-m1"),
+        Some((StreamKind::Wallet, member("m1")))
+    );
+    assert_eq!(
+        member_of_stream("identity-wallet-m1"),
+        Some((StreamKind::Identity, member("wallet-m1")))
+    );
+    assert_eq!(member_of_stream("wallet-"), None);
+    assert_eq!(member_of_stream("wallet-m 1"), None);
+    assert_eq!(member_of_stream("other-m1"), None);
+    assert!(MemberId::new("a".repeat(64)).is_ok());
+    assert_eq!(
+        MemberId::new("a".repeat(65)).map_err(|e| e.to_string()),
+        Err(format!(
+            "must match [A-Za-z0-9._-]{{1,64}}, got \"{}...\"",
+            "a".repeat(40)
+        ))
+    );
+    assert!(CommandId::new("日本語の注文 #1").is_ok());
+    assert!(CommandId::new("x".repeat(129)).is_err());
+    assert!(Badge::new("a\u{7}").is_err());
+}
+
+// Type names and versions are the stored contract: pinned here so a rename is a test failure.
+#[test]
+fn event_type_names_and_versions_are_pinned() {
+    let all: Vec<(&str, u16)> = WalletEvent::TYPES
+        .iter()
+        .chain(IdentityEvent::TYPES)
+        .copied()
+        .collect();
+    assert_eq!(
+        all,
+        [
+            ("wallet.opened", 1),
+            ("wallet.topped_up", 1),
+            ("wallet.paid", 1),
+            ("wallet.refunded", 1),
+            ("wallet.transferred_out", 1),
+            ("wallet.transferred_in", 1),
+            ("wallet.miles_earned", 1),
+            ("wallet.miles_redeemed", 1),
+            ("wallet.miles_expired", 1),
+            ("wallet.badge_awarded", 1),
+            ("wallet.coupon_issued", 1),
+            ("wallet.coupon_redeemed", 1),
+            ("wallet.coupon_expired", 1),
+            ("identity.registered", 1),
+            ("identity.password_changed", 1),
+            ("identity.password_reset", 1),
+        ]
+    );
+}
+
+// Payload bytes are pinned for one event, so a codec or struct change is noticed.
+#[test]
+fn paid_payload_bytes_are_pinned() {
+    let event = DomainEvent::Wallet(WalletEvent::Paid(Paid {
+        payment: CommandId::new("p1").expect("valid"),
+        amount: Yen(1000),
+        merchant: "shop".to_owned(),
+    }));
+    let bytes = event.encode(Codec::Bincode2).expect("encodes");
+    assert_eq!(hex(&bytes), PINNED_PAID_HEX);
+}
+
+/// len 2 "p1", varint 1000 (fb e8 03), len 4 "shop".
+const PINNED_PAID_HEX: &str = "027031fbe8030473686f70";
+
+// Unknown types, unsupported versions and bad bytes are typed errors, not panics.
+#[test]
+fn decode_errors_are_typed() {
+    let codec = Codec::Bincode2;
+    let opened = DomainEvent::Wallet(WalletEvent::WalletOpened(WalletOpened {
+        member: member("m1"),
+    }));
+    let bytes = opened.encode(codec).expect("encodes");
+    let show = |r: Result<DomainEvent, DecodeEventError>| r.map_err(|e| e.to_string());
+    assert_eq!(
+        show(DomainEvent::decode("wallet.opened", 1, codec, &bytes)),
+        Ok(opened)
+    );
+    assert_eq!(
+        show(DomainEvent::decode("wallet.closed", 1, codec, &bytes)),
+        Err(r#"unknown event type "wallet.closed""#.to_owned())
+    );
+    assert_eq!(
+        show(DomainEvent::decode("wallet.opened", 2, codec, &bytes)),
+        Err(
+            "event type wallet.opened has no schema version 2 (this build reads up to 1)"
+                .to_owned()
+        )
+    );
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        DomainEvent::decode("wallet.opened", 1, codec, &trailing),
+        Err(DecodeEventError::Payload {
+            event_type: "wallet.opened",
+            version: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        DomainEvent::decode("wallet.paid", 1, codec, &[]),
+        Err(DecodeEventError::Payload { .. })
+    ));
+    // A member id that breaks its rule is refused on decode, not smuggled into a state.
+    let bad = codec.encode(&("m 1".to_owned(),)).expect("encodes");
+    assert!(matches!(
+        DomainEvent::decode("wallet.opened", 1, codec, &bad),
+        Err(DecodeEventError::Payload { .. })
+    ));
+}
+
+// A damaged log gives a typed FoldError and leaves the state as it was.
+#[test]
+fn damaged_events_are_fold_errors_and_change_nothing() {
+    let mut world = World::default();
+    run_table(&mut world, &WALLET_ROWS_MONEY[..5]);
+    let before = world.wallet("m1").clone();
+    let p1 = CommandId::new("p1").expect("valid");
+    let damaged = [
+        (
+            WalletEvent::Paid(Paid {
+                payment: CommandId::new("p2").expect("valid"),
+                amount: Yen(501),
+                merchant: "x".into(),
+            }),
+            "balance of member m1 would go negative: 500 - 501",
+        ),
+        (
+            WalletEvent::Paid(Paid {
+                payment: p1.clone(),
+                amount: Yen(1),
+                merchant: "x".into(),
+            }),
+            "payment p1 of member m1 is recorded twice",
+        ),
+        (
+            WalletEvent::Refunded(Refunded {
+                payment: p1.clone(),
+                amount: Yen(1001),
+            }),
+            "refundable amount of member m1 would go negative: 1000 - 1001",
+        ),
+        (
+            WalletEvent::ToppedUp(ToppedUp {
+                amount: Yen(u64::MAX),
+            }),
+            "balance of member m1 would overflow: 500 + 18446744073709551615",
+        ),
+        (
+            WalletEvent::MilesEarned(MilesEarned {
+                lot: LotId(2),
+                miles: Miles(1),
+                expires_at: time(NOW),
+            }),
+            "lot 2 of member m1 is out of earn order, expected lot 1",
+        ),
+        (
+            WalletEvent::MilesRedeemed(MilesRedeemed {
+                miles: Miles(1),
+                consumed: vec![(LotId(1), Miles(1))],
+            }),
+            "lot 1 of member m1 does not exist",
+        ),
+        (
+            WalletEvent::CouponRedeemed(CouponRedeemed {
+                coupon: CouponId::new("cp").expect("valid"),
+            }),
+            "coupon cp of member m1 does not exist",
+        ),
+        (
+            WalletEvent::WalletOpened(WalletOpened {
+                member: member("m1"),
+            }),
+            "wallet of member m1 is opened twice",
+        ),
+    ];
+    for (event, want) in damaged {
+        let mut state = before.clone();
+        assert_eq!(
+            state.apply(&event).map_err(|e| e.to_string()),
+            Err(want.to_owned())
+        );
+        assert_eq!(state, before, "a failed apply changes nothing");
+    }
+    let mut none = None;
+    assert_eq!(
+        apply_wallet_event(
+            &mut none,
+            &WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) })
+        )
+        .map_err(|e| e.to_string()),
+        Err("wallet.topped_up on a stream that has no wallet".to_owned())
+    );
+}
+
+// A redemption that names a lot twice or does not add up is refused without partial effects.
+#[test]
+fn damaged_redemptions_change_nothing() {
+    let mut state = Some(WalletState::new(member("m1")));
+    let earn = WalletEvent::MilesEarned(MilesEarned {
+        lot: LotId(1),
+        miles: Miles(10),
+        expires_at: time(NOW),
+    });
+    apply_wallet_event(&mut state, &earn).expect("first lot applies");
+    let mut state = state.expect("opened");
+    let before = state.clone();
+    let twice = WalletEvent::MilesRedeemed(MilesRedeemed {
+        miles: Miles(12),
+        consumed: vec![(LotId(1), Miles(6)), (LotId(1), Miles(6))],
+    });
+    assert_eq!(
+        state.apply(&twice).map_err(|e| e.to_string()),
+        Err("lot remaining miles of member m1 would go negative: 4 - 6".to_owned())
+    );
+    let mismatch = WalletEvent::MilesRedeemed(MilesRedeemed {
+        miles: Miles(5),
+        consumed: vec![(LotId(1), Miles(4))],
+    });
+    assert_eq!(
+        state.apply(&mismatch).map_err(|e| e.to_string()),
+        Err("redemption of 5 miles by member m1 consumes 4 miles of lots".to_owned())
+    );
+    assert_eq!(state, before);
+}
+
+// ---------- property tests ----------
+
+fn arb_member() -> impl Strategy<Value = MemberId> {
+    "[A-Za-z0-9._-]{1,64}".prop_map(|s| MemberId::new(s).expect("regex matches the rule"))
+}
+
+fn arb_text(max: usize) -> impl Strategy<Value = String> {
+    proptest::string::string_regex(&format!("\\PC{{1,{max}}}")).expect("valid regex")
+}
+
+fn arb_command_id() -> impl Strategy<Value = CommandId> {
+    arb_text(128).prop_map(|s| CommandId::new(s).expect("\\PC has no control characters"))
+}
+
+fn arb_coupon() -> impl Strategy<Value = CouponId> {
+    "[A-Za-z0-9._-]{1,64}".prop_map(|s| CouponId::new(s).expect("regex matches the rule"))
+}
+
+fn arb_badge() -> impl Strategy<Value = Badge> {
+    arb_text(64).prop_map(|s| Badge::new(s).expect("\\PC has no control characters"))
+}
+
+fn arb_time() -> impl Strategy<Value = Timestamp> {
+    (0i64..253_402_300_800_000_000).prop_map(Timestamp)
+}
+
+fn arb_yen(min: u64) -> impl Strategy<Value = Yen> {
+    (min..=100_000_000u64).prop_map(Yen)
+}
+
+fn arb_miles() -> impl Strategy<Value = Miles> {
+    (1..=100_000_000u64).prop_map(Miles)
+}
+
+fn arb_body() -> impl Strategy<Value = CommandBody> {
+    prop_oneof![
+        arb_member().prop_map(|member| CommandBody::OpenWallet { member }),
+        (arb_member(), arb_yen(1))
+            .prop_map(|(member, amount)| CommandBody::TopUp { member, amount }),
+        (arb_member(), arb_yen(1), arb_text(64)).prop_map(|(member, amount, merchant)| {
+            CommandBody::Pay {
+                member,
+                amount,
+                merchant,
+            }
+        }),
+        (arb_member(), arb_command_id(), arb_yen(1)).prop_map(|(member, payment, amount)| {
+            CommandBody::Refund {
+                member,
+                payment,
+                amount,
+            }
+        }),
+        (arb_member(), arb_member(), arb_yen(1))
+            .prop_map(|(from, to, amount)| CommandBody::Transfer { from, to, amount }),
+        (arb_member(), arb_miles(), arb_time()).prop_map(|(member, miles, expires_at)| {
+            CommandBody::EarnMiles {
+                member,
+                miles,
+                expires_at,
+            }
+        }),
+        (arb_member(), arb_miles())
+            .prop_map(|(member, miles)| CommandBody::RedeemMiles { member, miles }),
+        (arb_member(), arb_badge())
+            .prop_map(|(member, badge)| CommandBody::AwardBadge { member, badge }),
+        (arb_member(), arb_coupon(), arb_yen(0), arb_time()).prop_map(
+            |(member, coupon, value, expires_at)| {
+                CommandBody::IssueCoupon {
+                    member,
+                    coupon,
+                    value,
+                    expires_at,
+                }
+            }
+        ),
+        (arb_member(), arb_coupon())
+            .prop_map(|(member, coupon)| CommandBody::RedeemCoupon { member, coupon }),
+        (arb_time(), proptest::option::of(arb_member()))
+            .prop_map(|(as_of, member)| CommandBody::Expire { as_of, member }),
+        (arb_member(), arb_text(128))
+            .prop_map(|(member, login)| CommandBody::Register { member, login }),
+        arb_member().prop_map(|member| CommandBody::ChangePassword { member }),
+        (arb_member(), proptest::option::of(arb_text(256)))
+            .prop_map(|(member, reason)| CommandBody::ResetPassword { member, reason }),
+    ]
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    (
+        arb_command_id(),
+        proptest::option::of(arb_time()),
+        arb_body(),
+    )
+        .prop_map(|(id, at, body)| Command { id, at, body })
+}
+
+fn arb_wallet_event() -> impl Strategy<Value = WalletEvent> {
+    let yen = || any::<u64>().prop_map(Yen);
+    let miles = || any::<u64>().prop_map(Miles);
+    let lot = || any::<u32>().prop_map(LotId);
+    prop_oneof![
+        arb_member().prop_map(|member| WalletEvent::WalletOpened(WalletOpened { member })),
+        yen().prop_map(|amount| WalletEvent::ToppedUp(ToppedUp { amount })),
+        (arb_command_id(), yen(), arb_text(64)).prop_map(|(payment, amount, merchant)| {
+            WalletEvent::Paid(Paid {
+                payment,
+                amount,
+                merchant,
+            })
+        }),
+        (arb_command_id(), yen())
+            .prop_map(|(payment, amount)| WalletEvent::Refunded(Refunded { payment, amount })),
+        (arb_member(), yen())
+            .prop_map(|(to, amount)| WalletEvent::TransferredOut(TransferredOut { to, amount })),
+        (arb_member(), yen())
+            .prop_map(|(from, amount)| WalletEvent::TransferredIn(TransferredIn { from, amount })),
+        (lot(), miles(), arb_time()).prop_map(|(lot, miles, expires_at)| WalletEvent::MilesEarned(
+            MilesEarned {
+                lot,
+                miles,
+                expires_at
+            }
+        )),
+        (miles(), proptest::collection::vec((lot(), miles()), 0..5)).prop_map(
+            |(miles, consumed)| WalletEvent::MilesRedeemed(MilesRedeemed { miles, consumed })
+        ),
+        (lot(), miles())
+            .prop_map(|(lot, miles)| WalletEvent::MilesExpired(MilesExpired { lot, miles })),
+        arb_badge().prop_map(|badge| WalletEvent::BadgeAwarded(BadgeAwarded { badge })),
+        (arb_coupon(), yen(), arb_time()).prop_map(|(coupon, value, expires_at)| {
+            WalletEvent::CouponIssued(CouponIssued {
+                coupon,
+                value,
+                expires_at,
+            })
+        }),
+        arb_coupon().prop_map(|coupon| WalletEvent::CouponRedeemed(CouponRedeemed { coupon })),
+        arb_coupon().prop_map(|coupon| WalletEvent::CouponExpired(CouponExpired { coupon })),
+    ]
+}
+
+fn arb_event() -> impl Strategy<Value = DomainEvent> {
+    prop_oneof![
+        4 => arb_wallet_event().prop_map(DomainEvent::Wallet),
+        1 => arb_text(128).prop_map(|login| DomainEvent::Identity(IdentityEvent::Registered(Registered { login }))),
+        1 => Just(DomainEvent::Identity(IdentityEvent::PasswordChanged(PasswordChanged))),
+        1 => proptest::option::of(arb_text(256))
+            .prop_map(|reason| DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset { reason }))),
+    ]
+}
+
+/// One step of a random run over members m0..m3, with small amounts so that rules both pass and fail.
+#[derive(Clone, Debug)]
+enum Op {
+    Open(u8),
+    TopUp(u8, u64),
+    Pay(u8, u64),
+    Refund(u8, usize, u64),
+    Transfer(u8, u8, u64),
+    Earn(u8, u64, i64),
+    Redeem(u8, u64),
+    Badge(u8, u8),
+    Issue(u8, u8, u64, i64),
+    RedeemCoupon(u8, u8),
+    Expire(Option<u8>),
+    Advance(i64),
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    let m = || 0u8..4;
+    prop_oneof![
+        m().prop_map(Op::Open),
+        (m(), 1u64..3000).prop_map(|(a, b)| Op::TopUp(a, b)),
+        (m(), 1u64..3000).prop_map(|(a, b)| Op::Pay(a, b)),
+        (m(), 0usize..8, 1u64..1500).prop_map(|(a, b, c)| Op::Refund(a, b, c)),
+        (m(), m(), 1u64..3000).prop_map(|(a, b, c)| Op::Transfer(a, b, c)),
+        (m(), 1u64..500, -2i64..10).prop_map(|(a, b, c)| Op::Earn(a, b, c)),
+        (m(), 1u64..800).prop_map(|(a, b)| Op::Redeem(a, b)),
+        (m(), 0u8..3).prop_map(|(a, b)| Op::Badge(a, b)),
+        (m(), 0u8..4, 0u64..1000, -2i64..10).prop_map(|(a, b, c, d)| Op::Issue(a, b, c, d)),
+        (m(), 0u8..4).prop_map(|(a, b)| Op::RedeemCoupon(a, b)),
+        proptest::option::of(m()).prop_map(Op::Expire),
+        (0i64..4).prop_map(Op::Advance),
+    ]
+}
+
+const DAY_SECONDS: i64 = 86_400;
+
+fn op_member(i: u8) -> MemberId {
+    member(&format!("m{i}"))
+}
+
+/// Turns an op into a command at business time `now`; `Advance` moves `now` instead.
+fn op_command(op: &Op, seq: usize, now: &mut Timestamp, payments: &[CommandId]) -> Option<Command> {
+    let day = |d: i64| now.plus_seconds(d * DAY_SECONDS);
+    let body = match *op {
+        Op::Advance(days) => {
+            *now = day(days);
+            return None;
+        }
+        Op::Open(m) => CommandBody::OpenWallet {
+            member: op_member(m),
+        },
+        Op::TopUp(m, a) => CommandBody::TopUp {
+            member: op_member(m),
+            amount: Yen(a),
+        },
+        Op::Pay(m, a) => CommandBody::Pay {
+            member: op_member(m),
+            amount: Yen(a),
+            merchant: "shop".into(),
+        },
+        Op::Refund(m, p, a) => CommandBody::Refund {
+            member: op_member(m),
+            payment: payments
+                .get(p % payments.len().max(1))
+                .cloned()
+                .unwrap_or_else(|| CommandId::new("none").expect("valid")),
+            amount: Yen(a),
+        },
+        Op::Transfer(f, t, a) => CommandBody::Transfer {
+            from: op_member(f),
+            to: op_member(t),
+            amount: Yen(a),
+        },
+        Op::Earn(m, miles, d) => CommandBody::EarnMiles {
+            member: op_member(m),
+            miles: Miles(miles),
+            expires_at: day(d),
+        },
+        Op::Redeem(m, miles) => CommandBody::RedeemMiles {
+            member: op_member(m),
+            miles: Miles(miles),
+        },
+        Op::Badge(m, b) => CommandBody::AwardBadge {
+            member: op_member(m),
+            badge: Badge::new(format!("b{b}")).expect("valid"),
+        },
+        Op::Issue(m, c, v, d) => CommandBody::IssueCoupon {
+            member: op_member(m),
+            coupon: CouponId::new(format!("cp{c}")).expect("valid"),
+            value: Yen(v),
+            expires_at: day(d),
+        },
+        Op::RedeemCoupon(m, c) => CommandBody::RedeemCoupon {
+            member: op_member(m),
+            coupon: CouponId::new(format!("cp{c}")).expect("valid"),
+        },
+        Op::Expire(m) => CommandBody::Expire {
+            as_of: *now,
+            member: m.map(op_member),
+        },
+    };
+    let id = CommandId::new(format!("op{seq}")).expect("valid");
+    Some(Command {
+        id,
+        at: Some(*now),
+        body,
+    })
+}
+
+/// Per-member totals computed from the log alone, independently of WalletState.
+#[derive(Default, Debug)]
+struct Totals {
+    credits: u64,
+    debits: u64,
+    miles_earned: u64,
+    miles_gone: u64,
+    coupons_issued: usize,
+}
+
+fn totals_from_log(log: &[(String, DomainEvent)]) -> BTreeMap<MemberId, Totals> {
+    let mut totals: BTreeMap<MemberId, Totals> = BTreeMap::new();
+    for (stream, event) in log {
+        let (_, m) = member_of_stream(stream).expect("valid stream");
+        let t = totals.entry(m).or_default();
+        let DomainEvent::Wallet(e) = event else {
+            continue;
+        };
+        match e {
+            WalletEvent::ToppedUp(x) => t.credits += x.amount.0,
+            WalletEvent::Refunded(x) => t.credits += x.amount.0,
+            WalletEvent::TransferredIn(x) => t.credits += x.amount.0,
+            WalletEvent::Paid(x) => t.debits += x.amount.0,
+            WalletEvent::TransferredOut(x) => t.debits += x.amount.0,
+            WalletEvent::MilesEarned(x) => t.miles_earned += x.miles.0,
+            WalletEvent::MilesRedeemed(x) => t.miles_gone += x.miles.0,
+            WalletEvent::MilesExpired(x) => t.miles_gone += x.miles.0,
+            WalletEvent::CouponIssued(_) => t.coupons_issued += 1,
+            _ => {}
+        }
+    }
+    totals
+}
+
+fn check_invariants(world: &World) {
+    let totals = totals_from_log(&world.log);
+    for (m, w) in &world.wallets {
+        let t = &totals[m];
+        assert_eq!(
+            w.balance().0 + t.debits,
+            t.credits,
+            "money conserved for {m}"
+        );
+        assert_eq!(
+            t.miles_earned,
+            t.miles_gone + w.miles_outstanding().0,
+            "miles conserved for {m}"
+        );
+        for lot in w.lots() {
+            assert!(lot.remaining <= lot.earned, "lot within its earning");
+        }
+        for p in w.payments().values() {
+            assert!(p.refunded <= p.paid, "refunds within payment");
+        }
+        assert_eq!(
+            w.coupons().len(),
+            t.coupons_issued,
+            "each coupon in exactly one state"
+        );
+    }
+    let moved_out: u64 = transfers(&world.log, true);
+    let moved_in: u64 = transfers(&world.log, false);
+    assert_eq!(moved_out, moved_in, "transfers net to zero");
+}
+
+fn transfers(log: &[(String, DomainEvent)], out: bool) -> u64 {
+    log.iter()
+        .map(|(_, e)| match (e, out) {
+            (DomainEvent::Wallet(WalletEvent::TransferredOut(x)), true) => x.amount.0,
+            (DomainEvent::Wallet(WalletEvent::TransferredIn(x)), false) => x.amount.0,
+            _ => 0,
+        })
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    // Random command runs: decided events always fold, nothing goes negative, money and miles
+    // are conserved, and a fresh fold of the log equals the incremental state.
+    #[test]
+    fn random_runs_keep_every_invariant(ops in proptest::collection::vec(arb_op(), 1..120)) {
+        let mut world = World::default();
+        let mut now = time(NOW);
+        let mut payments: Vec<CommandId> = Vec::new();
+        for (seq, op) in ops.iter().enumerate() {
+            let Some(cmd) = op_command(op, seq, &mut now, &payments) else { continue };
+            let accepted = world.submit(&cmd, now).is_ok();
+            if accepted && matches!(cmd.body, CommandBody::Pay { .. }) {
+                payments.push(cmd.id.clone());
+            }
+            check_invariants(&world);
+        }
+        prop_assert_eq!(world.refold(), world.wallets.clone());
+    }
+
+    // Every event survives encode -> decode unchanged, with its type name and version.
+    #[test]
+    fn events_round_trip_through_the_codec(event in arb_event()) {
+        let bytes = event.encode(Codec::Bincode2).expect("every event encodes");
+        let back = DomainEvent::decode(event.event_type(), event.schema_version(), Codec::Bincode2, &bytes)
+            .expect("what was encoded decodes");
+        prop_assert_eq!(back, event);
+    }
+
+    // Every valid command survives to_json_line -> parse_json_line unchanged, fingerprint included.
+    #[test]
+    fn commands_round_trip_through_json(cmd in arb_command()) {
+        let line = cmd.to_json_line();
+        prop_assert!(!line.contains('\n'));
+        let back = Command::parse_json_line(&line).expect("written lines parse");
+        prop_assert_eq!(back.fingerprint(), cmd.fingerprint());
+        prop_assert_eq!(back, cmd);
+    }
+
+    // Arbitrary text never panics the parser.
+    #[test]
+    fn parser_never_panics(line in "\\PC{0,200}") {
+        let _ = Command::parse_json_line(&line);
+    }
+
+    // Arbitrary bytes never panic the decoder.
+    #[test]
+    fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64), i in 0usize..16) {
+        let types: Vec<&str> = WalletEvent::TYPES.iter().chain(IdentityEvent::TYPES).map(|t| t.0).collect();
+        let _ = DomainEvent::decode(types[i], 1, Codec::Bincode2, &bytes);
+    }
+}

@@ -1,0 +1,251 @@
+//! The wallet digest: one hash over every member's canonical wallet state.
+//!
+//! # Design
+//! - **Member hash** = BLAKE3(`"wallet-state-v1\0"` || canonical JSON of the [`WalletState`]).
+//!   The canonical JSON has a fixed field order and sorted maps, so it depends on the state
+//!   only: not on storage layout, codec, or the order in which events or members were written.
+//!   Identity events never reach it (they are not folded into wallet state at all).
+//! - **Buckets**: member `m` belongs to bucket `u16(BLAKE3(m)[0..2])`, one of 65,536. A bucket's
+//!   value is the sum modulo 2^256 of its members' hashes. Addition is commutative, so the value
+//!   does not depend on write order, and it updates in O(1) when one member changes (subtract the
+//!   old hash, add the new). The sums are stored in `view_digest_bucket`, maintained by the hook.
+//! - **Root** = BLAKE3(`"wallet-digest-v1\0"` || the 65,536 bucket values in bucket order). Reading
+//!   it costs 2 MiB whatever the member count.
+//! - **Finding differences**: two stores with equal roots hold equal states. When roots differ,
+//!   compare the 65,536 bucket values, then only the member hashes of the differing buckets
+//!   (about 250 members per bucket at 16.5M members): one changed member among 16.5M is found by
+//!   reading ~2 MiB + one bucket, not 16.5M rows.
+//!
+//! The sum is a consistency check between two computations of state, not the tamper evidence:
+//! that is the log's hash chain (`verify`). A sum of hashes can be forced to collide by someone
+//! who chooses many states freely (Wagner's generalized birthday attack), so a digest match is
+//! never used as proof that the log is unaltered.
+
+use std::ops::Bound;
+
+use ledger::domain::{MemberId, WalletState};
+use ledger::{Hash, Snapshot};
+
+use crate::views::tables;
+use crate::ProjectionError;
+
+/// Number of digest buckets.
+pub const BUCKET_COUNT: usize = 65_536;
+
+/// A 256-bit value with wrapping addition, as four little-endian u64 limbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSum([u64; 4]);
+
+impl BucketSum {
+    /// Parses the 32 stored bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> BucketSum {
+        let mut limbs = [0u64; 4];
+        for (i, limb) in limbs.iter_mut().enumerate() {
+            *limb = u64::from_le_bytes(
+                bytes[i * 8..i * 8 + 8]
+                    .try_into()
+                    .expect("8-byte slice of a 32-byte array"),
+            );
+        }
+        BucketSum(limbs)
+    }
+
+    /// The 32 stored bytes.
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, limb) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
+
+    /// self + hash (mod 2^256).
+    pub fn add(&mut self, hash: &[u8; 32]) {
+        let other = BucketSum::from_bytes(hash).0;
+        let mut carry = false;
+        for (a, b) in self.0.iter_mut().zip(other) {
+            let (s1, c1) = a.overflowing_add(b);
+            let (s2, c2) = s1.overflowing_add(u64::from(carry));
+            *a = s2;
+            carry = c1 || c2;
+        }
+    }
+
+    /// self - hash (mod 2^256).
+    pub fn sub(&mut self, hash: &[u8; 32]) {
+        let other = BucketSum::from_bytes(hash).0;
+        let mut borrow = false;
+        for (a, b) in self.0.iter_mut().zip(other) {
+            let (d1, b1) = a.overflowing_sub(b);
+            let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
+            *a = d2;
+            borrow = b1 || b2;
+        }
+    }
+}
+
+/// The canonical hash of one member's wallet state.
+pub fn member_hash(state: &WalletState) -> [u8; 32] {
+    let canonical =
+        serde_json::to_vec(state).expect("WalletState has only string keys and integer values");
+    let mut h = blake3::Hasher::new();
+    h.update(b"wallet-state-v1\0");
+    h.update(&canonical);
+    *h.finalize().as_bytes()
+}
+
+/// The bucket a member belongs to.
+pub fn bucket_of(member: &MemberId) -> u16 {
+    let h = blake3::hash(member.as_str().as_bytes());
+    u16::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1]])
+}
+
+/// Key in `view_member_hash`.
+pub fn member_hash_key(member: &MemberId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + member.as_str().len());
+    key.extend_from_slice(&bucket_of(member).to_be_bytes());
+    key.extend_from_slice(member.as_str().as_bytes());
+    key
+}
+
+/// Accumulates member hashes into bucket sums in memory (for a fresh fold or a rebuild).
+#[derive(Clone)]
+pub struct DigestBuilder {
+    buckets: Vec<BucketSum>,
+}
+
+impl Default for DigestBuilder {
+    fn default() -> Self {
+        DigestBuilder {
+            buckets: vec![BucketSum::default(); BUCKET_COUNT],
+        }
+    }
+}
+
+impl DigestBuilder {
+    /// Adds one member's state.
+    pub fn add(&mut self, member: &MemberId, state_hash: &[u8; 32]) {
+        self.buckets[usize::from(bucket_of(member))].add(state_hash);
+    }
+
+    /// The bucket sums.
+    pub fn buckets(&self) -> &[BucketSum] {
+        &self.buckets
+    }
+
+    /// The root over all buckets.
+    pub fn root(&self) -> Hash {
+        root_of(&self.buckets)
+    }
+}
+
+/// Root = BLAKE3("wallet-digest-v1\0" || bucket values in order).
+pub fn root_of(buckets: &[BucketSum]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"wallet-digest-v1\0");
+    for b in buckets {
+        h.update(&b.to_bytes());
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+/// Reads the stored bucket sums (missing buckets are zero).
+pub fn stored_buckets(snap: &dyn Snapshot) -> Result<Vec<BucketSum>, ProjectionError> {
+    let mut buckets = vec![BucketSum::default(); BUCKET_COUNT];
+    let entries = snap.scan(
+        tables::DIGEST_BUCKETS,
+        (Bound::Unbounded, Bound::Unbounded),
+        BUCKET_COUNT + 1,
+    )?;
+    for (key, value) in entries {
+        let (Ok(k), Ok(v)) = (
+            <[u8; 2]>::try_from(key.as_slice()),
+            <[u8; 32]>::try_from(value.as_slice()),
+        ) else {
+            return Err(ProjectionError::View {
+                member: "(digest bucket)".into(),
+                reason: format!(
+                    "bucket entry has a {}-byte key and {}-byte value",
+                    key.len(),
+                    value.len()
+                ),
+            });
+        };
+        buckets[usize::from(u16::from_be_bytes(k))] = BucketSum::from_bytes(&v);
+    }
+    Ok(buckets)
+}
+
+/// The digest of the stored views.
+pub fn stored_digest(snap: &dyn Snapshot) -> Result<Hash, ProjectionError> {
+    Ok(root_of(&stored_buckets(snap)?))
+}
+
+/// Buckets whose sums differ between two stores' views.
+pub fn differing_buckets(a: &[BucketSum], b: &[BucketSum]) -> Vec<u16> {
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| u16::try_from(i).expect("at most 65536 buckets"))
+        .collect()
+}
+
+/// Member hashes stored for one bucket, sorted by member id.
+pub fn bucket_members(
+    snap: &dyn Snapshot,
+    bucket: u16,
+) -> Result<Vec<(String, [u8; 32])>, ProjectionError> {
+    let start = bucket.to_be_bytes();
+    let end = (u32::from(bucket) + 1).to_be_bytes();
+    let upper = if bucket == u16::MAX {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(&end[2..4])
+    };
+    let entries = snap.scan(
+        tables::MEMBER_HASHES,
+        (Bound::Included(&start[..]), upper),
+        usize::MAX,
+    )?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let member = String::from_utf8(k.get(2..)?.to_vec()).ok()?;
+            Some((member, <[u8; 32]>::try_from(v.as_slice()).ok()?))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_are_order_independent_and_subtract_back() {
+        let h1 = *blake3::hash(b"one").as_bytes();
+        let h2 = *blake3::hash(b"two").as_bytes();
+        let mut a = BucketSum::default();
+        a.add(&h1);
+        a.add(&h2);
+        let mut b = BucketSum::default();
+        b.add(&h2);
+        b.add(&h1);
+        assert_eq!(a, b);
+        a.sub(&h1);
+        assert_eq!(a, BucketSum::from_bytes(&h2));
+        a.sub(&h2);
+        assert_eq!(a, BucketSum::default());
+    }
+
+    #[test]
+    fn carries_propagate_across_limbs() {
+        let mut a = BucketSum([u64::MAX, u64::MAX, 0, 0]);
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        a.add(&one);
+        assert_eq!(a, BucketSum([0, 0, 1, 0]));
+        a.sub(&one);
+        assert_eq!(a, BucketSum([u64::MAX, u64::MAX, 0, 0]));
+    }
+}

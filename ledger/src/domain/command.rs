@@ -430,7 +430,7 @@ fn is_whole_beyond_64_bits(number: &Number) -> bool {
     const MINUS_TWO_POW_63: f64 = -9_223_372_036_854_775_808.0;
     number
         .as_f64()
-        .is_some_and(|f| f.fract() == 0.0 && (f >= TWO_POW_64 || f < MINUS_TWO_POW_63))
+        .is_some_and(|f| f.fract() == 0.0 && !(MINUS_TWO_POW_63..TWO_POW_64).contains(&f))
 }
 
 fn time_value(field: &'static str, value: &Value) -> Result<Timestamp, InputError> {
@@ -626,9 +626,9 @@ impl Command {
     /// fingerprint means `id <id> already used for a different command`.
     ///
     /// Encoding (version `ledger.command.v1`): a domain-separation string, then for each field
-    /// in [`Command::write_fields`] order a kind byte (`s`, `i`, `t`), the field name and the
-    /// value, strings as u64-LE length + UTF-8, integers as u64 LE, times as i64 LE
-    /// microseconds. Optional fields that are absent are left out, so absence differs from
+    /// in canonical order (`id`, `type`, `at`, then the fields in SPEC section 2's table order)
+    /// a kind byte (`s`, `i`, `t`), the field name and the value: strings as u64-LE length +
+    /// UTF-8, integers as u64 LE, times as i64 LE microseconds. Optional fields that are absent are left out, so absence differs from
     /// every present value. Times are compared as instants: `+09:00` and `Z` spellings of the
     /// same instant are the same command.
     pub fn fingerprint(&self) -> [u8; 32] {

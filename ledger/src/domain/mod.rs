@@ -2,7 +2,7 @@
 //! storage, no I/O, no clock, no async.
 //!
 //! Why a separate, pure module: the one direction of data is
-//! command -> [`decide`] -> events -> append -> [`WalletState::apply`] (projections). Keeping the
+//! command -> [`decide()`] -> events -> append -> [`WalletState::apply`] (projections). Keeping the
 //! two ends pure means the store, the projections and the tests all share one definition of the
 //! rules, and a decision can be replayed from its inputs.
 //!

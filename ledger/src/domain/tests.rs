@@ -375,6 +375,7 @@ fn miles_events_record_exact_lots_and_amounts() {
     let wallet_events: Vec<&WalletEvent> = world
         .log
         .iter()
+        .filter(|(stream, _)| stream == W1)
         .filter_map(|(_, e)| match e {
             DomainEvent::Wallet(w) => Some(w),
             DomainEvent::Identity(_) => None,
@@ -930,8 +931,7 @@ fn fingerprint_depends_on_content_only() {
     assert_eq!(hex(&a.fingerprint()), PINNED_FINGERPRINT);
 }
 
-const PINNED_FINGERPRINT: &str =
-    "51911100816cc5f5d839e2f2b42e5d1cfbff9ec37dbbe4f6d314d304e65307c6";
+const PINNED_FINGERPRINT: &str = "51911100816cc5f5d839e2f2b42e5d1cfbff9ec37dbbe4f6d314d304e65307c6";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1356,19 +1356,21 @@ enum Op {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     let m = || 0u8..4;
+    // Weights favour the commands that change balances and lots; the random runs start with
+    // three of the four wallets open (see the proptest), so "no wallet" stays a minority case.
     prop_oneof![
-        m().prop_map(Op::Open),
-        (m(), 1u64..3000).prop_map(|(a, b)| Op::TopUp(a, b)),
-        (m(), 1u64..3000).prop_map(|(a, b)| Op::Pay(a, b)),
-        (m(), 0usize..8, 1u64..1500).prop_map(|(a, b, c)| Op::Refund(a, b, c)),
-        (m(), m(), 1u64..3000).prop_map(|(a, b, c)| Op::Transfer(a, b, c)),
-        (m(), 1u64..500, -2i64..10).prop_map(|(a, b, c)| Op::Earn(a, b, c)),
-        (m(), 1u64..800).prop_map(|(a, b)| Op::Redeem(a, b)),
-        (m(), 0u8..3).prop_map(|(a, b)| Op::Badge(a, b)),
-        (m(), 0u8..4, 0u64..1000, -2i64..10).prop_map(|(a, b, c, d)| Op::Issue(a, b, c, d)),
-        (m(), 0u8..4).prop_map(|(a, b)| Op::RedeemCoupon(a, b)),
-        proptest::option::of(m()).prop_map(Op::Expire),
-        (0i64..4).prop_map(Op::Advance),
+        1 => m().prop_map(Op::Open),
+        4 => (m(), 1u64..3000).prop_map(|(a, b)| Op::TopUp(a, b)),
+        4 => (m(), 1u64..3000).prop_map(|(a, b)| Op::Pay(a, b)),
+        3 => (m(), 0usize..8, 1u64..1500).prop_map(|(a, b, c)| Op::Refund(a, b, c)),
+        3 => (m(), m(), 1u64..3000).prop_map(|(a, b, c)| Op::Transfer(a, b, c)),
+        4 => (m(), 1u64..500, -1i64..10).prop_map(|(a, b, c)| Op::Earn(a, b, c)),
+        3 => (m(), 1u64..800).prop_map(|(a, b)| Op::Redeem(a, b)),
+        1 => (m(), 0u8..3).prop_map(|(a, b)| Op::Badge(a, b)),
+        2 => (m(), 0u8..4, 0u64..1000, -1i64..10).prop_map(|(a, b, c, d)| Op::Issue(a, b, c, d)),
+        2 => (m(), 0u8..4).prop_map(|(a, b)| Op::RedeemCoupon(a, b)),
+        1 => proptest::option::of(m()).prop_map(Op::Expire),
+        2 => (0i64..4).prop_map(Op::Advance),
     ]
 }
 
@@ -1532,7 +1534,8 @@ proptest! {
         let mut world = World::default();
         let mut now = time(NOW);
         let mut payments: Vec<CommandId> = Vec::new();
-        for (seq, op) in ops.iter().enumerate() {
+        let opening = [Op::Open(0), Op::Open(1), Op::Open(2)];
+        for (seq, op) in opening.iter().chain(&ops).enumerate() {
             let Some(cmd) = op_command(op, seq, &mut now, &payments) else { continue };
             let accepted = world.submit(&cmd, now).is_ok();
             if accepted && matches!(cmd.body, CommandBody::Pay { .. }) {

@@ -1,1 +1,109 @@
-fn main() {}
+//! `migrate-tool`: the operator command line of the wallet ledger (SPEC section 3).
+//!
+//! # Layout
+//! - [`cli`]: argument parsing (clap), help texts with an example per command.
+//! - [`store`]: opening a store directory with clear errors, scratch copies for the gate.
+//! - [`output`]: the shared outcome type (exit codes), the `show --json` wallet shape, progress bars.
+//! - [`import`]: `import`, streaming with a bounded window of concurrent, order-safe submits.
+//! - [`read`]: `show`, `export`, `digest`, `log`.
+//! - [`check`]: `verify`, `check` (the invariants of SPEC section 4), `rebuild`.
+//! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
+//! - [`demo`]: `demo`, deterministic seeded activity.
+//!
+//! Exit codes everywhere: 0 success, 1 something was rejected or a check failed, 2 the tool could
+//! not do its job (an `anyhow` error reaching `main`). Human output goes to stdout, errors to
+//! stderr; `--json` writes exactly one JSON document to stdout.
+
+mod check;
+mod cli;
+mod demo;
+mod import;
+mod output;
+mod read;
+mod reset;
+mod store;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Cmd};
+use crate::output::Outcome;
+
+fn main() -> ExitCode {
+    // clap exits with 2 on bad arguments and 0 on --help/--version, as SPEC section 3 wants.
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = run(cli, &mut out).and_then(|outcome| {
+        out.flush()?;
+        Ok(outcome)
+    });
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(e) if is_broken_pipe(&e) => {
+            // The reader of our stdout went away (e.g. `export | head`): nothing left to do.
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let dir = cli.store;
+    match cli.command {
+        Cmd::Import { file } => import::run(&dir, &file, out),
+        Cmd::Show {
+            member,
+            as_of,
+            json,
+        } => read::show(&dir, &member, as_of.as_deref(), json, out),
+        Cmd::Export { as_of } => read::export(&dir, as_of.as_deref(), out),
+        Cmd::Digest { as_of } => read::digest(&dir, as_of.as_deref(), out),
+        Cmd::Log {
+            stream,
+            from,
+            limit,
+            json,
+        } => read::log(&dir, stream.as_deref(), from, limit, json, out),
+        Cmd::Verify { json } => check::verify_cmd(&dir, json, out),
+        Cmd::Check { json } => check::check_cmd(&dir, json, out),
+        Cmd::Rebuild => check::rebuild_cmd(&dir, out),
+        Cmd::ResetCredentials {
+            all,
+            member,
+            reason,
+            dry_run,
+            json,
+        } => reset::run(
+            &dir,
+            reset::Options {
+                all,
+                members: member,
+                reason,
+                dry_run,
+                json,
+            },
+            out,
+        ),
+        Cmd::Demo {
+            members,
+            events_per_member,
+            seed,
+        } => demo::run(&dir, members, events_per_member, seed, out),
+    }
+}

@@ -103,21 +103,10 @@ fn write_changes(
     let mut buckets: BTreeMap<u16, BucketSum> = BTreeMap::new();
     for (member, change) in changed {
         let bucket = digest::bucket_of(&member);
-        if !buckets.contains_key(&bucket) {
-            let stored = snap.get(tables::DIGEST_BUCKETS, &bucket.to_be_bytes())?;
-            let sum = match stored.as_deref().map(<[u8; 32]>::try_from) {
-                None => BucketSum::default(),
-                Some(Ok(bytes)) => BucketSum::from_bytes(&bytes),
-                Some(Err(_)) => {
-                    return Err(ProjectionError::View {
-                        member: format!("(digest bucket {bucket})"),
-                        reason: "bucket value is not 32 bytes".into(),
-                    })
-                }
-            };
-            buckets.insert(bucket, sum);
-        }
-        let sum = buckets.get_mut(&bucket).expect("inserted just above");
+        let sum = match buckets.entry(bucket) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(stored_bucket(snap, bucket)?),
+        };
         if let Some(old) = change.old_hash {
             sum.sub(&old);
         }
@@ -147,6 +136,18 @@ fn write_changes(
         );
     }
     Ok(())
+}
+
+fn stored_bucket(snap: &dyn Snapshot, bucket: u16) -> Result<BucketSum, ProjectionError> {
+    let stored = snap.get(tables::DIGEST_BUCKETS, &bucket.to_be_bytes())?;
+    match stored.as_deref().map(<[u8; 32]>::try_from) {
+        None => Ok(BucketSum::default()),
+        Some(Ok(bytes)) => Ok(BucketSum::from_bytes(&bytes)),
+        Some(Err(_)) => Err(ProjectionError::View {
+            member: format!("(digest bucket {bucket})"),
+            reason: "bucket value is not 32 bytes".into(),
+        }),
+    }
 }
 
 impl CommitHook for ProjectionHook {

@@ -1,0 +1,345 @@
+//! Read commands: `show`, `export`, `digest`, `log`. They open the engine without a writer, read
+//! one consistent snapshot, and stream their output (bounded memory at any store size).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::Bound;
+use std::path::Path;
+
+use anyhow::bail;
+use ledger::domain::{DomainEvent, IdentityEvent, MemberId, WalletEvent, WalletState};
+use ledger::log;
+use ledger::record::EventRecord;
+use ledger::{Position, Snapshot, StreamVersion};
+use projections::digest::{self, DigestBuilder};
+use projections::fold::{self, AsOf, FoldOptions};
+use projections::views::{self, tables};
+use serde_json::{json, Value};
+
+use crate::output::{Outcome, WalletJson};
+use crate::store;
+
+/// Rows or streams read per chunk.
+const CHUNK: usize = 4_096;
+
+/// Parses `--as-of`; a bad value is a bad argument (exit 2).
+pub fn parse_as_of(input: Option<&str>) -> anyhow::Result<AsOf> {
+    match input {
+        None => Ok(AsOf::Head),
+        Some(text) => AsOf::parse(text).map_err(|e| anyhow::anyhow!("--as-of: {e}")),
+    }
+}
+
+/// Parses a member argument; a bad id is a bad argument (exit 2).
+pub fn parse_member(input: &str) -> anyhow::Result<MemberId> {
+    MemberId::new(input).map_err(|e| anyhow::anyhow!("member id {e}"))
+}
+
+/// `show MEMBER [--as-of T] [--json]`.
+pub fn show(
+    dir: &Path,
+    member: &str,
+    as_of: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let member = parse_member(member)?;
+    let as_of = parse_as_of(as_of)?;
+    let engine = store::open_existing(dir)?;
+    let snap = engine.snapshot()?;
+    let state = match as_of {
+        AsOf::Head => {
+            store::require_current_views(&*snap)?;
+            views::load_wallet(&*snap, &member)?
+        }
+        other => fold::fold_member(&*snap, &member, other)?,
+    };
+    let Some(state) = state else {
+        eprintln!("member {member} has no wallet");
+        return Ok(Outcome::Failed);
+    };
+    let shown = WalletJson::of(&state);
+    if json {
+        writeln!(out, "{}", shown.to_line())?;
+    } else {
+        write_human(&shown, out)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "member:   {}", w.member)?;
+    writeln!(out, "balance:  {} yen", w.balance)?;
+    writeln!(out, "miles:    {}", w.miles)?;
+    writeln!(out, "badges:   {}", list_or_none(&w.badges))?;
+    writeln!(out, "coupons:  active: {}", list_or_none(&w.coupons.active))?;
+    writeln!(
+        out,
+        "          redeemed: {}",
+        list_or_none(&w.coupons.redeemed)
+    )?;
+    writeln!(
+        out,
+        "          expired: {}",
+        list_or_none(&w.coupons.expired)
+    )
+}
+
+/// Calls `each` for every stored wallet view, in member id order, reading in chunks.
+pub fn for_each_view(
+    snap: &dyn Snapshot,
+    each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let rows = snap.scan(tables::WALLETS, (lower, Bound::Unbounded), CHUNK)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        for (key, value) in &rows {
+            let member = String::from_utf8_lossy(key);
+            each(views::decode_state(&member, value)?)?;
+        }
+    }
+}
+
+/// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`
+/// from its own stream (members with no wallet at that moment are skipped).
+pub fn for_each_folded(
+    snap: &dyn Snapshot,
+    as_of: AsOf,
+    each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let streams = log::list_streams(snap, "wallet-", after.as_deref(), CHUNK)?;
+        let Some(last) = streams.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        for stream in &streams {
+            let Some((_, member)) = ledger::domain::member_of_stream(stream) else {
+                bail!("stream {stream} is not a wallet stream of a valid member id");
+            };
+            if let Some(state) = fold::fold_member(snap, &member, as_of)? {
+                each(state)?;
+            }
+        }
+    }
+}
+
+/// `export [--as-of T]`.
+pub fn export(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let as_of = parse_as_of(as_of)?;
+    let engine = store::open_existing(dir)?;
+    let snap = engine.snapshot()?;
+    let mut write = |state: WalletState| -> anyhow::Result<()> {
+        writeln!(out, "{}", WalletJson::of(&state).to_line())?;
+        Ok(())
+    };
+    match as_of {
+        AsOf::Head => {
+            store::require_current_views(&*snap)?;
+            for_each_view(&*snap, &mut write)?;
+        }
+        other => for_each_folded(&*snap, other, &mut write)?,
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The digest of a fresh fold as of a moment (identity events are never folded).
+pub fn fresh_digest(snap: &dyn Snapshot, as_of: AsOf) -> anyhow::Result<ledger::Hash> {
+    let mut builder = DigestBuilder::default();
+    let mut sink = |states: BTreeMap<MemberId, Option<WalletState>>| {
+        for (member, state) in states {
+            if let Some(state) = state {
+                builder.add(&member, &digest::member_hash(&state));
+            }
+        }
+        Ok(())
+    };
+    let mut progress = |_| {};
+    fold::fold_log(snap, FoldOptions::new(as_of, &mut progress), &mut sink)?;
+    Ok(builder.root())
+}
+
+/// `digest [--as-of T]`.
+pub fn digest(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let as_of = parse_as_of(as_of)?;
+    let engine = store::open_existing(dir)?;
+    let snap = engine.snapshot()?;
+    let root = match as_of {
+        AsOf::Head => {
+            store::require_current_views(&*snap)?;
+            digest::stored_digest(&*snap)?
+        }
+        other => fresh_digest(&*snap, other)?,
+    };
+    writeln!(out, "{root}")?;
+    Ok(Outcome::Ok)
+}
+
+/// `log [--stream S] [--from N] [--limit K] [--json]`.
+pub fn log(
+    dir: &Path,
+    stream: Option<&str>,
+    from: u64,
+    limit: Option<u64>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let engine = store::open_existing(dir)?;
+    let snap = engine.snapshot()?;
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut first = true;
+    if json {
+        write!(out, "{{\"events\":[")?;
+    }
+    let mut emit = |record: &EventRecord| -> anyhow::Result<()> {
+        if json {
+            if !first {
+                write!(out, ",")?;
+            }
+            first = false;
+            write!(out, "{}", record_json(record))?;
+        } else {
+            writeln!(out, "{}", record_line(record))?;
+        }
+        Ok(())
+    };
+    match stream {
+        Some(stream) => {
+            let mut version = StreamVersion(1);
+            while left > 0 {
+                let records = log::read_stream(&*snap, stream, version, CHUNK)?;
+                let Some(last) = records.last() else { break };
+                version = StreamVersion(last.version.0 + 1);
+                for r in records.iter().filter(|r| r.position.0 >= from) {
+                    if left == 0 {
+                        break;
+                    }
+                    emit(r)?;
+                    left -= 1;
+                }
+            }
+        }
+        None => {
+            let mut next = Position(from.max(1));
+            while left > 0 {
+                let records = log::read_all(&*snap, next, CHUNK)?;
+                let Some(last) = records.last() else { break };
+                next = last.position.next();
+                for r in &records {
+                    if left == 0 {
+                        break;
+                    }
+                    emit(r)?;
+                    left -= 1;
+                }
+            }
+        }
+    }
+    if json {
+        writeln!(out, "]}}")?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn decoded(record: &EventRecord) -> Result<DomainEvent, String> {
+    DomainEvent::decode(
+        &record.event_type,
+        record.schema_version,
+        record.codec,
+        &record.payload,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn record_line(r: &EventRecord) -> String {
+    let payload = match decoded(r) {
+        Ok(e) => payload_json(&e).to_string(),
+        Err(e) => format!("(payload does not decode: {e})"),
+    };
+    format!(
+        "{} {} v{} {} at={} cmd={} {}",
+        r.position, r.stream, r.version, r.event_type, r.at, r.command_id, payload
+    )
+}
+
+fn record_json(r: &EventRecord) -> Value {
+    let (payload, error) = match decoded(r) {
+        Ok(e) => (payload_json(&e), Value::Null),
+        Err(e) => (Value::Null, Value::String(e)),
+    };
+    let mut v = json!({
+        "position": r.position.0,
+        "stream": r.stream,
+        "version": r.version.0,
+        "type": r.event_type,
+        "schema_version": r.schema_version,
+        "at": r.at.to_rfc3339(),
+        "recorded_at": r.recorded_at.to_rfc3339(),
+        "event_id": r.event_id.to_string(),
+        "command_id": r.command_id,
+        "payload": payload,
+        "hash": r.hash.to_hex(),
+    });
+    if !error.is_null() {
+        v["payload_error"] = error;
+    }
+    v
+}
+
+/// The payload as JSON. `DomainEvent` itself does not implement `Serialize` (its on-disk
+/// identity is the type name, not a Rust variant), so each payload struct is serialized through
+/// serde here; times are shown as RFC 3339 instead of raw microseconds.
+pub fn payload_json(event: &DomainEvent) -> Value {
+    fn to<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or_else(|e| Value::String(format!("(unprintable: {e})")))
+    }
+    let time = |t: ledger::Timestamp| Value::String(t.to_rfc3339());
+    match event {
+        DomainEvent::Wallet(w) => match w {
+            WalletEvent::WalletOpened(p) => to(p),
+            WalletEvent::ToppedUp(p) => to(p),
+            WalletEvent::Paid(p) => to(p),
+            WalletEvent::Refunded(p) => to(p),
+            WalletEvent::TransferredOut(p) => to(p),
+            WalletEvent::TransferredIn(p) => to(p),
+            WalletEvent::MilesEarned(p) => {
+                let mut v = to(p);
+                v["expires_at"] = time(p.expires_at);
+                v
+            }
+            WalletEvent::MilesRedeemed(p) => to(p),
+            WalletEvent::MilesExpired(p) => to(p),
+            WalletEvent::BadgeAwarded(p) => to(p),
+            WalletEvent::CouponIssued(p) => {
+                let mut v = to(p);
+                v["expires_at"] = time(p.expires_at);
+                v
+            }
+            WalletEvent::CouponRedeemed(p) => to(p),
+            WalletEvent::CouponExpired(p) => to(p),
+        },
+        DomainEvent::Identity(i) => match i {
+            IdentityEvent::Registered(p) => to(p),
+            // A unit struct serializes as null; an empty object reads better.
+            IdentityEvent::PasswordChanged(_) => json!({}),
+            IdentityEvent::PasswordReset(p) => to(p),
+        },
+    }
+}

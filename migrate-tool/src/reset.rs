@@ -1,0 +1,523 @@
+//! `reset-credentials`: a forced password reset of some or all members, behind the migration gate
+//! of SPEC section 5.
+//!
+//! The work never runs on the store itself. The store is copied to a scratch directory (beside
+//! it, so that the result can be renamed in atomically; in the temp dir for `--dry-run`), and on
+//! the copy the gate runs: check + digest + digest buckets before, the resets, the same after.
+//! A reset is an identity operation, so it declares exactly one change: the head moves by one
+//! event per member reset. Everything else must be equal: every invariant holds before and after,
+//! and the wallet digest is identical. Only then is the copy renamed over the store's file (while
+//! this process holds the store's lock, so nobody wrote meanwhile). On any difference the copy is
+//! deleted, the store is untouched, and the members whose wallet changed are named, found through
+//! the digest buckets (only differing buckets are read member by member) and a read snapshot
+//! taken before the work (redb keeps it consistent while the writer appends).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use ledger::domain::{identity_stream, Command, CommandBody, CommandId, MemberId};
+use ledger::{AppendError, Engine, Head, Snapshot, Timestamp};
+use projections::digest::{self, BucketSum};
+use projections::{views, SubmitError, Submitted, WalletService};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use crate::check::{self, CheckReport};
+use crate::output::{self, Outcome, WalletJson};
+use crate::store;
+
+/// Resets in flight at once (the ledger's writer queue holds 8,192).
+const IN_FLIGHT: usize = 4_096;
+/// Identity streams listed per read when resetting everyone.
+const LIST_CHUNK: usize = 10_000;
+/// Changed members described in the report; the rest are counted.
+const MAX_CHANGED_SHOWN: usize = 100;
+
+/// What the command line asked for.
+pub struct Options {
+    /// Every member with an identity stream.
+    pub all: bool,
+    /// Named members.
+    pub members: Vec<String>,
+    /// Reason recorded with each reset.
+    pub reason: Option<String>,
+    /// Run on a scratch copy only.
+    pub dry_run: bool,
+    /// JSON report.
+    pub json: bool,
+}
+
+/// Invariants, digest and digest buckets at one moment.
+struct Figures {
+    check: CheckReport,
+    buckets: Vec<BucketSum>,
+}
+
+impl Figures {
+    fn take(snap: &dyn Snapshot, bar: &indicatif::ProgressBar) -> anyhow::Result<Figures> {
+        Ok(Figures {
+            check: check::check_snapshot(snap, &check::spinner_progress(bar))?,
+            buckets: digest::stored_buckets(snap)?,
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "head": self.check.head.position.0,
+            "head_hash": self.check.head.hash.to_hex(),
+            "digest": self.check.digest.to_hex(),
+            "members": self.check.members,
+            "ok": self.check.ok(),
+            "invariants": self.check.invariants,
+        })
+    }
+}
+
+/// What the resets did.
+#[derive(Default)]
+struct Work {
+    applied: u64,
+    duplicate: u64,
+    rejected: Vec<String>,
+    events: u64,
+    members: Vec<String>,
+}
+
+/// The gate's findings on the scratch copy.
+struct GateRun {
+    before: Figures,
+    after: Option<Figures>,
+    work: Work,
+    /// Why the gate refused, empty when it passed.
+    failures: Vec<String>,
+    /// Members whose wallet differs, with before/after.
+    changed: Vec<Value>,
+}
+
+/// `reset-credentials`.
+pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let start_time = Timestamp::now();
+    let run_id: String = start_time
+        .to_rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    let named = opts
+        .members
+        .iter()
+        .map(|m| MemberId::new(m.as_str()).map_err(|e| anyhow::anyhow!("--member: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(r) = &opts.reason {
+        if !ledger::domain::ids::is_plain_text(r, 256) {
+            bail!("--reason must be 1 to 256 characters without control characters");
+        }
+    }
+    let scratch = if opts.dry_run {
+        store::temp_scratch(&run_id)
+    } else {
+        store::sibling_scratch(dir, &run_id)
+    };
+    let source = copy_locked(dir, &scratch)?;
+    let source = if opts.dry_run {
+        drop(source);
+        None
+    } else {
+        Some(source)
+    };
+    let gate = gate(&scratch, &opts, &named, &run_id, start_time);
+    let (gate, applied) = match gate {
+        Ok(g) if g.failures.is_empty() && source.is_some() => {
+            let swapped = store::swap_in(&scratch, dir);
+            store::remove_scratch(&scratch);
+            swapped?;
+            (g, true)
+        }
+        other => {
+            store::remove_scratch(&scratch);
+            (other?, false)
+        }
+    };
+    drop(source);
+    let report = Report {
+        dir,
+        run_id: &run_id,
+        dry_run: opts.dry_run,
+        applied,
+        gate: &gate,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if opts.json {
+        writeln!(out, "{}", report.to_json())?;
+    } else {
+        report.write_human(out)?;
+    }
+    Ok(Outcome::from_ok(gate.failures.is_empty()))
+}
+
+/// Copies the store to `scratch` and returns the store's engine, open (locked) again, after
+/// checking that its head did not move while the copy was taken. The store is closed during the
+/// copy so the copied file is a cleanly closed redb file (an open one is flagged for recovery).
+fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+    let head_of =
+        |engine: &Arc<dyn Engine>| -> anyhow::Result<Head> { store::head(&*engine.snapshot()?) };
+    let source = store::open_existing(dir)?;
+    let head = head_of(&source)?;
+    drop(source);
+    if let Err(e) = store::copy_store(dir, scratch) {
+        store::remove_scratch(scratch);
+        return Err(e);
+    }
+    let source = store::open_existing(dir);
+    let moved = match &source {
+        Ok(engine) => head_of(engine)? != head,
+        Err(_) => false,
+    };
+    if moved || source.is_err() {
+        store::remove_scratch(scratch);
+    }
+    let source = source?;
+    if moved {
+        bail!(
+            "store {} changed while it was being copied; run again",
+            dir.display()
+        );
+    }
+    Ok(source)
+}
+
+fn gate(
+    scratch: &Path,
+    opts: &Options,
+    named: &[MemberId],
+    run_id: &str,
+    at: Timestamp,
+) -> anyhow::Result<GateRun> {
+    let engine = store::open_existing(scratch)?;
+    let before_snap = engine.snapshot()?;
+    let bar = output::progress(None, "gate: before");
+    let before = Figures::take(&*before_snap, &bar)?;
+    let mut run = GateRun {
+        before,
+        after: None,
+        work: Work::default(),
+        failures: Vec::new(),
+        changed: Vec::new(),
+    };
+    if !run.before.check.ok() {
+        bar.finish_and_clear();
+        run.failures
+            .push("the store fails `check` before the reset; nothing was done".into());
+        return Ok(run);
+    }
+    for m in named {
+        if ledger::log::stream_version(&*before_snap, &identity_stream(m))?.0 == 0 {
+            let line = format!("member {m} has no identity stream");
+            bar.suspend(|| eprintln!("{line}"));
+            run.failures.push(line);
+        }
+    }
+    if !run.failures.is_empty() {
+        bar.finish_and_clear();
+        return Ok(run);
+    }
+    let service = WalletService::with_engine(Arc::clone(&engine), Vec::new())
+        .context("cannot start the wallet service on the scratch copy")?;
+    bar.set_message("reset: members");
+    bar.set_position(0);
+    let runtime = output::runtime()?;
+    let target = if opts.all { None } else { Some(named) };
+    run.work = runtime.block_on(reset_members(
+        &service,
+        &*before_snap,
+        target,
+        ResetSpec {
+            run_id,
+            reason: opts.reason.as_deref(),
+            at,
+        },
+        &bar,
+    ))?;
+    // Stops the writer thread: the after figures see everything it committed.
+    drop(service);
+    bar.set_message("gate: after");
+    let after_snap = engine.snapshot()?;
+    let after = Figures::take(&*after_snap, &bar)?;
+    bar.finish_and_clear();
+    compare(&mut run, &after, &*before_snap, &*after_snap)?;
+    run.after = Some(after);
+    Ok(run)
+}
+
+/// The gate's comparison: what a reset declares (head + one event per reset) and nothing else.
+fn compare(
+    run: &mut GateRun,
+    after: &Figures,
+    before_snap: &dyn Snapshot,
+    after_snap: &dyn Snapshot,
+) -> anyhow::Result<()> {
+    let before = &run.before;
+    for (b, a) in before.check.invariants.iter().zip(&after.check.invariants) {
+        if b.ok && !a.ok {
+            run.failures.push(format!(
+                "invariant {} held before and fails after: {}",
+                a.name,
+                a.details.join("; ")
+            ));
+        }
+    }
+    let expected_head = before.check.head.position.0 + run.work.events;
+    if after.check.head.position.0 != expected_head {
+        run.failures.push(format!(
+            "head moved to {} but the resets appended {} events from {}",
+            after.check.head.position, run.work.events, before.check.head.position
+        ));
+    }
+    if !run.work.rejected.is_empty() {
+        run.failures
+            .push(format!("{} resets were rejected", run.work.rejected.len()));
+    }
+    if after.check.digest != before.check.digest {
+        run.failures.push(format!(
+            "wallet digest changed from {} to {}",
+            before.check.digest, after.check.digest
+        ));
+        run.changed = changed_members(before, after, before_snap, after_snap)?;
+        if run.changed.is_empty() {
+            run.changed.push(json!({"member": null, "note": "digest buckets differ but no member hash does: the bucket sums are damaged"}));
+        }
+    }
+    Ok(())
+}
+
+/// Members whose wallet differs between the two snapshots, found through the differing buckets.
+fn changed_members(
+    before: &Figures,
+    after: &Figures,
+    before_snap: &dyn Snapshot,
+    after_snap: &dyn Snapshot,
+) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for bucket in digest::differing_buckets(&before.buckets, &after.buckets) {
+        let old = digest::bucket_members(before_snap, bucket)?;
+        let new = digest::bucket_members(after_snap, bucket)?;
+        let mut names: Vec<&String> = old
+            .iter()
+            .filter(|entry| !new.contains(entry))
+            .chain(new.iter().filter(|entry| !old.contains(entry)))
+            .map(|(m, _)| m)
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            total += 1;
+            if out.len() < MAX_CHANGED_SHOWN {
+                out.push(describe_change(name, before_snap, after_snap)?);
+            }
+        }
+    }
+    if total > out.len() {
+        out.push(
+            json!({"member": null, "note": format!("{} more members changed", total - out.len())}),
+        );
+    }
+    Ok(out)
+}
+
+fn describe_change(
+    name: &str,
+    before: &dyn Snapshot,
+    after: &dyn Snapshot,
+) -> anyhow::Result<Value> {
+    let shown = |snap: &dyn Snapshot| -> anyhow::Result<Value> {
+        let Ok(member) = MemberId::new(name) else {
+            return Ok(Value::Null);
+        };
+        Ok(match views::load_wallet(snap, &member)? {
+            Some(s) => serde_json::to_value(WalletJson::of(&s))?,
+            None => Value::Null,
+        })
+    };
+    Ok(json!({"member": name, "before": shown(before)?, "after": shown(after)?}))
+}
+
+struct ResetSpec<'a> {
+    run_id: &'a str,
+    reason: Option<&'a str>,
+    at: Timestamp,
+}
+
+impl ResetSpec<'_> {
+    fn command(&self, member: MemberId) -> anyhow::Result<Command> {
+        let id = format!("reset-{}-{member}", self.run_id);
+        Ok(Command {
+            id: CommandId::new(id).map_err(|e| anyhow::anyhow!("command id {e}"))?,
+            at: Some(self.at),
+            body: CommandBody::ResetPassword {
+                member,
+                reason: self.reason.map(str::to_owned),
+            },
+        })
+    }
+}
+
+type Done = (MemberId, Result<Submitted, SubmitError>);
+
+/// Submits one reset per member (named, or every identity stream of `snap` in chunks), keeping
+/// up to [`IN_FLIGHT`] in flight so that the writer commits them in large groups.
+async fn reset_members(
+    service: &WalletService,
+    snap: &dyn Snapshot,
+    named: Option<&[MemberId]>,
+    spec: ResetSpec<'_>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Work> {
+    let mut work = Work::default();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut after: Option<String> = None;
+    let mut named_left = named.map(|n| n.iter());
+    loop {
+        let batch: Vec<MemberId> = match &mut named_left {
+            Some(iter) => iter.by_ref().take(LIST_CHUNK).cloned().collect(),
+            None => {
+                let streams =
+                    ledger::log::list_streams(snap, "identity-", after.as_deref(), LIST_CHUNK)?;
+                after = streams.last().cloned();
+                streams
+                    .iter()
+                    .filter_map(|s| ledger::domain::member_of_stream(s).map(|(_, m)| m))
+                    .collect()
+            }
+        };
+        if batch.is_empty() {
+            break;
+        }
+        for member in batch {
+            while tasks.len() >= IN_FLIGHT {
+                if let Some(done) = tasks.join_next().await {
+                    record(&mut work, done?, bar)?;
+                }
+            }
+            let cmd = spec.command(member.clone())?;
+            let svc = service.clone();
+            tasks.spawn(async move { (member, svc.submit(&cmd).await) });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        record(&mut work, done?, bar)?;
+    }
+    Ok(work)
+}
+
+fn record(
+    work: &mut Work,
+    (member, result): Done,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    bar.inc(1);
+    match result {
+        Ok(s) if s.duplicate => work.duplicate += 1,
+        Ok(s) => {
+            work.applied += 1;
+            work.events += u64::from(s.outcome.count);
+            if work.members.len() < MAX_CHANGED_SHOWN {
+                work.members.push(member.to_string());
+            }
+        }
+        Err(
+            e @ (SubmitError::Read(_)
+            | SubmitError::Ledger(AppendError::Storage { .. } | AppendError::Closed)),
+        ) => {
+            return Err(anyhow::Error::new(e).context(format!("reset of member {member}")));
+        }
+        Err(e) => {
+            let line = format!("member {member}: {e}");
+            bar.suspend(|| eprintln!("{line}"));
+            work.rejected.push(line);
+        }
+    }
+    Ok(())
+}
+
+/// The report, human or JSON.
+struct Report<'a> {
+    dir: &'a Path,
+    run_id: &'a str,
+    dry_run: bool,
+    applied: bool,
+    gate: &'a GateRun,
+    seconds: f64,
+}
+
+impl Report<'_> {
+    fn to_json(&self) -> Value {
+        let g = self.gate;
+        json!({
+            "ok": g.failures.is_empty(),
+            "store": PathBuf::from(self.dir).display().to_string(),
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "applied_to_store": self.applied,
+            "before": g.before.to_json(),
+            "after": g.after.as_ref().map(Figures::to_json),
+            "members_reset": g.work.applied,
+            "members_reset_sample": g.work.members,
+            "duplicate": g.work.duplicate,
+            "rejected": g.work.rejected,
+            "events_appended": g.work.events,
+            "digest_unchanged": g.after.as_ref().map(|a| a.check.digest == g.before.check.digest),
+            "changed_members": g.changed,
+            "failures": g.failures,
+            "duration_ms": (self.seconds * 1000.0).round() as u64,
+        })
+    }
+
+    fn write_human(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let g = self.gate;
+        writeln!(out, "run id {}", self.run_id)?;
+        let figures = |f: &Figures| {
+            format!(
+                "head {} ({}), digest {}, check {}",
+                f.check.head.position,
+                f.check.head.hash,
+                f.check.digest,
+                if f.check.ok() { "ok" } else { "FAILED" }
+            )
+        };
+        writeln!(out, "before: {}", figures(&g.before))?;
+        writeln!(
+            out,
+            "reset {} members ({} duplicate, {} rejected), {} events appended",
+            g.work.applied,
+            g.work.duplicate,
+            g.work.rejected.len(),
+            g.work.events
+        )?;
+        if let Some(after) = &g.after {
+            writeln!(out, "after:  {}", figures(after))?;
+        }
+        if g.failures.is_empty() {
+            writeln!(
+                out,
+                "gate: passed: every invariant holds and no wallet changed"
+            )?;
+        } else {
+            for f in &g.failures {
+                writeln!(out, "gate: FAILED: {f}")?;
+            }
+            for c in &g.changed {
+                writeln!(out, "  changed: {c}")?;
+            }
+        }
+        let fate = match (self.dry_run, self.applied) {
+            (true, _) => "dry run: the store was not touched",
+            (false, true) => "applied to the store",
+            (false, false) => "not applied: the store was not touched",
+        };
+        writeln!(out, "{fate}; took {:.1} s", self.seconds)
+    }
+}

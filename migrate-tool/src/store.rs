@@ -1,0 +1,124 @@
+//! Opening a store for the CLI, and scratch copies for the migration gate.
+//!
+//! Read commands open with `Create::No`, so a mistyped `--store` is an error (exit 2), never a
+//! fresh empty store. Every [`ledger::OpenError`] variant (missing, not a store, locked, newer
+//! format, damaged, I/O) already carries a one-line message naming the path and the rule; the
+//! CLI prints it as it is.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use ledger::log;
+use ledger::{Backend, Create, Engine, Head, Snapshot};
+use projections::views;
+use projections::WalletService;
+
+/// Opens an existing store's engine (no writer thread, no view rebuild): read commands and
+/// `verify`, which must work on a damaged store.
+pub fn open_existing(dir: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(ledger::store::open_engine(dir, Create::No, Backend::Redb)?)
+}
+
+/// Opens or creates a store and starts the wallet service on it (import, demo).
+pub fn open_service(dir: &Path) -> anyhow::Result<WalletService> {
+    let engine = ledger::store::open_engine(dir, Create::IfMissing, Backend::Redb)?;
+    WalletService::with_engine(engine, Vec::new())
+        .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
+}
+
+/// The log head of a snapshot.
+pub fn head(snap: &dyn Snapshot) -> anyhow::Result<Head> {
+    Ok(log::read_head(snap)?.0)
+}
+
+/// Refuses to serve views that are not at the log head (a crashed rebuild): they would show a
+/// state the log does not have.
+pub fn require_current_views(snap: &dyn Snapshot) -> anyhow::Result<()> {
+    let head = head(snap)?.position.0;
+    let checkpoint = views::checkpoint(snap)?.0;
+    if checkpoint != head {
+        bail!(projections::ProjectionError::Behind { checkpoint, head });
+    }
+    Ok(())
+}
+
+/// Copies a store directory (files and subdirectories) to `to`, which must not exist.
+/// The caller makes sure no process writes the source meanwhile.
+pub fn copy_store(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if to.exists() {
+        bail!("scratch directory {} already exists", to.display());
+    }
+    copy_dir(from, to).with_context(|| {
+        format!(
+            "cannot copy store {} to scratch {}",
+            from.display(),
+            to.display()
+        )
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a scratch directory; a failure is reported but does not change the outcome.
+pub fn remove_scratch(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!(
+                "warning: could not remove scratch directory {}: {e}",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// A scratch directory beside `dir` (same file system, so a finished copy can be renamed in).
+pub fn sibling_scratch(dir: &Path, run_id: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger-data".into());
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    parent.join(format!(".{name}.reset-{run_id}"))
+}
+
+/// A scratch directory under the system temp dir (dry runs).
+pub fn temp_scratch(run_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "migrate-tool-dry-run-{run_id}-{}",
+        std::process::id()
+    ))
+}
+
+/// Replaces the store file of `dir` with the one of `scratch` (rename: atomic on one file
+/// system), then syncs the directory so the rename is durable.
+pub fn swap_in(scratch: &Path, dir: &Path) -> anyhow::Result<()> {
+    let file = ledger::store::REDB_FILE;
+    std::fs::rename(scratch.join(file), dir.join(file)).with_context(|| {
+        format!(
+            "cannot move the checked store {} into {}",
+            scratch.display(),
+            dir.display()
+        )
+    })?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))?;
+    Ok(())
+}

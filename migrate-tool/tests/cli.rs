@@ -1,0 +1,627 @@
+//! End-to-end tests of the `migrate-tool` binary: every command, every exit code, the import
+//! error corpus (golden file `data/bad.expected`), and the 7Pay story (a bulk password reset
+//! leaves every wallet byte-identical).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
+use ledger::{Backend, Create, Position, WriteBatch};
+use projections::views::{self, tables};
+
+const SETUP: &str = include_str!("data/setup.jsonl");
+const BAD: &[u8] = include_bytes!("data/bad.jsonl");
+const BAD_EXPECTED: &str = include_str!("data/bad.expected");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_with(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
+    cmd.arg("--store").arg(store).args(args);
+    cmd.env_remove("LEDGER_STORE");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the binary was built by cargo");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for the binary");
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+fn run(store: &Path, args: &[&str]) -> Run {
+    run_with(store, args, None)
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write test file");
+    path
+}
+
+/// A store holding `data/setup.jsonl` (m1 with activity, m2 empty, m1 registered).
+fn setup_store(tmp: &Path) -> PathBuf {
+    let store = tmp.join("store");
+    let file = write_file(tmp, "setup.jsonl", SETUP.as_bytes());
+    let r = run(&store, &["import", file.to_str().unwrap()]);
+    assert_eq!(
+        r.stdout, "applied 9, duplicate 0, rejected 0\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.code, 0);
+    store
+}
+
+fn head(store: &Path) -> u64 {
+    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).expect("open store");
+    let snap = engine.snapshot().expect("snapshot");
+    ledger::log::read_head(&*snap).expect("head").0.position.0
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn import_reports_every_bad_line_in_order_and_writes_nothing_for_them() {
+    // 63 bad lines (syntax, shape, types, ranges, ids, times, every closed rule, id reuse,
+    // invalid UTF-8) each get their golden message; the log head does not move.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    assert_eq!(head(&store), 9);
+    let bad = write_file(tmp.path(), "bad.jsonl", BAD);
+    let r = run(&store, &["import", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "applied 0, duplicate 0, rejected 63\n");
+    assert_eq!(r.stderr, BAD_EXPECTED);
+    assert!(BAD_EXPECTED.lines().count() >= 50);
+    assert_eq!(head(&store), 9, "rejected lines must not write");
+    let log = json(&run(&store, &["log", "--json"]).stdout);
+    assert_eq!(log["events"].as_array().unwrap().len(), 9);
+}
+
+#[test]
+fn importing_the_same_file_twice_is_all_duplicates_also_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let file = tmp.path().join("setup.jsonl");
+    let again = run(&store, &["import", file.to_str().unwrap()]);
+    assert_eq!(
+        (again.code, again.stdout.as_str()),
+        (0, "applied 0, duplicate 9, rejected 0\n")
+    );
+    let piped = run_with(&store, &["import", "-"], Some(SETUP.as_bytes()));
+    assert_eq!(
+        (piped.code, piped.stdout.as_str()),
+        (0, "applied 0, duplicate 9, rejected 0\n")
+    );
+    assert_eq!(head(&store), 9);
+}
+
+#[test]
+fn import_keeps_file_order_per_member_under_concurrency() {
+    // 600 members, each: open, top up 1000, pay 999, pay 1. Any reordering within a member
+    // would reject a pay (insufficient balance).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for step in 0..4 {
+        for m in 0..600 {
+            let line = match step {
+                0 => format!(
+                    r#"{{"id":"o{m}","type":"open_wallet","member":"u{m}","at":"2019-07-01T00:00:00Z"}}"#
+                ),
+                1 => format!(
+                    r#"{{"id":"t{m}","type":"top_up","member":"u{m}","amount":1000,"at":"2019-07-01T00:00:01Z"}}"#
+                ),
+                2 => format!(
+                    r#"{{"id":"p{m}","type":"pay","member":"u{m}","amount":999,"merchant":"x","at":"2019-07-01T00:00:02Z"}}"#
+                ),
+                _ => format!(
+                    r#"{{"id":"q{m}","type":"pay","member":"u{m}","amount":1,"merchant":"x","at":"2019-07-01T00:00:03Z"}}"#
+                ),
+            };
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+    }
+    let file = write_file(tmp.path(), "many.jsonl", lines.as_bytes());
+    let store = tmp.path().join("store");
+    let r = run(&store, &["import", file.to_str().unwrap()]);
+    assert_eq!(r.stderr, "");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "applied 2400, duplicate 0, rejected 0\n")
+    );
+    let show = run(&store, &["show", "u599", "--json"]);
+    assert_eq!(
+        show.stdout,
+        "{\"member\":\"u599\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]}}\n"
+    );
+}
+
+#[test]
+fn show_gives_the_spec_shape_now_and_as_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let r = run(&store, &["show", "m1", "--json"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        r.stdout,
+        "{\"member\":\"m1\",\"balance\":4300,\"miles\":100,\"badges\":[\"first-purchase\"],\"coupons\":{\"active\":[],\"redeemed\":[\"cp-1\"],\"expired\":[]}}\n"
+    );
+    let human = run(&store, &["show", "m1"]);
+    assert_eq!(human.code, 0);
+    assert!(
+        human.stdout.contains("balance:  4300 yen"),
+        "{}",
+        human.stdout
+    );
+    let at_pos = json(&run(&store, &["show", "m1", "--as-of", "@2", "--json"]).stdout);
+    assert_eq!(at_pos["balance"], 5000);
+    let at_time = run(
+        &store,
+        &[
+            "show",
+            "m1",
+            "--as-of",
+            "2019-07-01T10:05:30+09:00",
+            "--json",
+        ],
+    );
+    let at_time = json(&at_time.stdout);
+    assert_eq!(at_time["coupons"]["active"][0], "cp-1");
+    assert_eq!(at_time["balance"], 4300);
+    let none = run(&store, &["show", "m9"]);
+    assert_eq!(
+        (none.code, none.stderr.as_str()),
+        (1, "member m9 has no wallet\n")
+    );
+    // m1 is registered but m3 has nothing at all; both identity-only and unknown exit 1.
+    assert_eq!(run(&store, &["show", "m3"]).code, 1);
+    assert_eq!(
+        run(&store, &["show", "m1", "--as-of", "@1", "--json"]).code,
+        0
+    );
+    assert_eq!(run(&store, &["show", "bad id"]).code, 2);
+    assert_eq!(run(&store, &["show", "m1", "--as-of", "tomorrow"]).code, 2);
+}
+
+#[test]
+fn export_is_sorted_one_line_per_wallet_and_digest_matches_as_of_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let r = run(&store, &["export"]);
+    assert_eq!(r.code, 0);
+    let members: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| json(l)["member"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, ["m1", "m2"]);
+    // At position 1 only m1's wallet exists, empty.
+    let early = run(&store, &["export", "--as-of", "@1"]);
+    assert_eq!(
+        early.stdout,
+        "{\"member\":\"m1\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]}}\n"
+    );
+    // As of the head, the fold equals the views.
+    let head_now = head(&store).to_string();
+    let folded = run(&store, &["export", "--as-of", &format!("@{head_now}")]);
+    assert_eq!(folded.stdout, r.stdout);
+    let stored = run(&store, &["digest"]);
+    let fresh = run(&store, &["digest", "--as-of", &format!("@{head_now}")]);
+    assert_eq!(stored.code, 0);
+    assert_eq!(stored.stdout.trim().len(), 64);
+    assert_eq!(stored.stdout, fresh.stdout);
+    let before_all = run(&store, &["digest", "--as-of", "2019-06-01T00:00:00Z"]);
+    assert_ne!(before_all.stdout, stored.stdout);
+}
+
+#[test]
+fn log_lists_events_in_order_with_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let all = run(&store, &["log"]);
+    assert_eq!((all.code, all.stdout.lines().count()), (0, 9));
+    assert!(all.stdout.starts_with("1 wallet-m1 v1 wallet.opened "));
+    let doc = json(
+        &run(
+            &store,
+            &[
+                "log",
+                "--stream",
+                "wallet-m1",
+                "--from",
+                "3",
+                "--limit",
+                "2",
+                "--json",
+            ],
+        )
+        .stdout,
+    );
+    let events = doc["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["position"], 3);
+    assert_eq!(events[0]["type"], "wallet.paid");
+    assert_eq!(events[0]["payload"]["merchant"], "7-Eleven Shinjuku");
+    assert_eq!(events[1]["payload"]["expires_at"], "2019-07-31T15:00:00Z");
+    assert_eq!(events[1]["command_id"], "s4");
+}
+
+#[test]
+fn verify_passes_and_names_the_first_tampered_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let ok = run(&store, &["verify", "--json"]);
+    let doc = json(&ok.stdout);
+    assert_eq!(
+        (ok.code, doc["ok"].clone(), doc["head"].clone()),
+        (0, true.into(), 9.into())
+    );
+    {
+        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let key = ledger::log::event_key(Position(4));
+        let mut bytes = engine
+            .snapshot()
+            .unwrap()
+            .get("events", &key)
+            .unwrap()
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let mut batch = WriteBatch::new();
+        batch.put("events", key.to_vec(), bytes);
+        engine.commit(batch).unwrap();
+    }
+    let bad = run(&store, &["verify"]);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stdout.contains("FAILED at position 4"),
+        "{}",
+        bad.stdout
+    );
+    let check = json(&run(&store, &["check", "--json"]).stdout);
+    assert_eq!(check["ok"], false);
+    assert_eq!(check["invariants"][0]["name"], "hash-chain");
+    assert_eq!(check["invariants"][0]["ok"], false);
+}
+
+/// Replaces m1's stored view with its state plus one yen (the log is untouched).
+fn damage_view_of_m1(store: &Path) {
+    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).unwrap();
+    let member = MemberId::new("m1").unwrap();
+    let mut state = views::load_wallet(&*engine.snapshot().unwrap(), &member)
+        .unwrap()
+        .unwrap();
+    state
+        .apply(&WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }))
+        .unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(
+        tables::WALLETS,
+        b"m1".to_vec(),
+        views::encode_state(&state).unwrap(),
+    );
+    engine.commit(batch).unwrap();
+}
+
+#[test]
+fn check_passes_then_catches_a_damaged_view_naming_the_member_and_rebuild_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let ok = run(&store, &["check", "--json"]);
+    let doc = json(&ok.stdout);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["head"], 9);
+    let names: Vec<&str> = doc["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "hash-chain",
+            "views-match-log",
+            "no-negative",
+            "conservation",
+            "identity-neutral-digest"
+        ]
+    );
+    damage_view_of_m1(&store);
+    let bad = run(&store, &["check", "--json"]);
+    assert_eq!(bad.code, 1);
+    let doc = json(&bad.stdout);
+    let views_inv = &doc["invariants"][1];
+    assert_eq!(views_inv["ok"], false);
+    let detail = views_inv["details"][0].as_str().unwrap();
+    assert!(detail.starts_with("member m1: stored view"), "{detail}");
+    assert!(detail.contains("\"balance\":4301"), "{detail}");
+    let human = run(&store, &["check"]);
+    assert_eq!(human.code, 1);
+    assert!(human.stdout.contains("views-match-log          FAILED"));
+    // The gate refuses to work on a store that fails check, and leaves it as it is.
+    let reset = run(&store, &["reset-credentials", "--all"]);
+    assert_eq!(reset.code, 1);
+    assert!(
+        reset.stdout.contains("fails `check` before"),
+        "{}",
+        reset.stdout
+    );
+    assert_eq!(head(&store), 9);
+    let rebuilt = run(&store, &["rebuild"]);
+    assert_eq!(rebuilt.code, 0);
+    assert!(rebuilt.stdout.starts_with("digest before: "));
+    assert!(rebuilt.stdout.contains("digest after:  "));
+    assert_eq!(run(&store, &["check"]).code, 0);
+    assert_eq!(
+        json(&run(&store, &["show", "m1", "--json"]).stdout)["balance"],
+        4300
+    );
+}
+
+#[test]
+fn reset_credentials_for_named_members_with_dry_run_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let export_before = run(&store, &["export"]).stdout;
+    let dry = run(
+        &store,
+        &["reset-credentials", "--member", "m1", "--dry-run", "--json"],
+    );
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    let doc = json(&dry.stdout);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["applied_to_store"], false);
+    assert_eq!(doc["members_reset"], 1);
+    assert_eq!(doc["before"]["head"], 9);
+    assert_eq!(doc["after"]["head"], 10);
+    assert_eq!(doc["before"]["digest"], doc["after"]["digest"]);
+    assert!(doc["duration_ms"].is_u64());
+    assert_eq!(head(&store), 9, "a dry run leaves the store untouched");
+    let real = run(
+        &store,
+        &["reset-credentials", "--member", "m1", "--reason", "leak"],
+    );
+    assert_eq!(real.code, 0, "{}{}", real.stdout, real.stderr);
+    assert!(real.stdout.contains("gate: passed"));
+    assert_eq!(head(&store), 10);
+    assert_eq!(run(&store, &["export"]).stdout, export_before);
+    let last = json(&run(&store, &["log", "--from", "10", "--json"]).stdout);
+    assert_eq!(last["events"][0]["type"], "identity.password_reset");
+    assert_eq!(last["events"][0]["payload"]["reason"], "leak");
+    // m2 has a wallet but never registered: no identity stream, nothing done.
+    let missing = run(
+        &store,
+        &["reset-credentials", "--member", "m1", "--member", "m2"],
+    );
+    assert_eq!(missing.code, 1);
+    assert_eq!(missing.stderr, "member m2 has no identity stream\n");
+    assert_eq!(head(&store), 10);
+    // Bad arguments.
+    assert_eq!(run(&store, &["reset-credentials"]).code, 2);
+    assert_eq!(
+        run(&store, &["reset-credentials", "--member", "a b"]).code,
+        2
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".reset-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "scratch copies left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn the_7pay_story_a_reset_of_everyone_changes_no_wallet() {
+    // 2,000 members with a month of activity; reset every password behind the gate; every
+    // wallet export is byte-identical, the digest too, and check holds.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let demo = run(&store, &["demo", "--members", "2000", "--seed", "7"]);
+    println!(
+        "$ migrate-tool demo --members 2000 --seed 7\n{}",
+        demo.stdout
+    );
+    assert_eq!(demo.code, 0, "{}", demo.stderr);
+    assert!(demo
+        .stdout
+        .contains("members 2000, commands 20000 (0 duplicate, 0 rejected)"));
+    let export_before = run(&store, &["export"]);
+    assert_eq!(export_before.stdout.lines().count(), 2000);
+    let digest_before = run(&store, &["digest"]).stdout;
+    let reset = run(
+        &store,
+        &[
+            "reset-credentials",
+            "--all",
+            "--reason",
+            "7iD leak 2019-07-30",
+        ],
+    );
+    println!(
+        "$ migrate-tool reset-credentials --all --reason '7iD leak 2019-07-30'\n{}",
+        reset.stdout
+    );
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    assert!(reset
+        .stdout
+        .contains("reset 2000 members (0 duplicate, 0 rejected), 2000 events appended"));
+    let export_after = run(&store, &["export"]);
+    assert!(
+        export_after.stdout == export_before.stdout,
+        "exports differ"
+    );
+    let digest_after = run(&store, &["digest"]).stdout;
+    println!("digest before {digest_before}digest after  {digest_after}");
+    assert_eq!(digest_after, digest_before);
+    let check = run(&store, &["check"]);
+    println!("$ migrate-tool check\n{}", check.stdout);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    let again = run(&store, &["demo", "--members", "2000", "--seed", "7"]);
+    assert!(again
+        .stdout
+        .contains("commands 20000 (20000 duplicate, 0 rejected), events 0"));
+}
+
+#[test]
+fn demo_is_deterministic_per_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    for store in [&a, &b] {
+        let r = run(
+            store,
+            &[
+                "demo",
+                "--members",
+                "150",
+                "--events-per-member",
+                "12",
+                "--seed",
+                "3",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_eq!(run(&a, &["export"]).stdout, run(&b, &["export"]).stdout);
+    assert_eq!(run(&a, &["digest"]).stdout, run(&b, &["digest"]).stdout);
+    let other = tmp.path().join("c");
+    run(
+        &other,
+        &[
+            "demo",
+            "--members",
+            "150",
+            "--events-per-member",
+            "12",
+            "--seed",
+            "4",
+        ],
+    );
+    assert_ne!(run(&a, &["digest"]).stdout, run(&other, &["digest"]).stdout);
+}
+
+#[test]
+fn the_tool_exits_2_when_it_cannot_open_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    for args in [
+        vec!["show", "m1"],
+        vec!["export"],
+        vec!["digest"],
+        vec!["log"],
+        vec!["verify"],
+        vec!["check"],
+        vec!["rebuild"],
+        vec!["reset-credentials", "--all"],
+    ] {
+        let r = run(&missing, &args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stderr.contains("no store at"), "{args:?}: {}", r.stderr);
+        assert!(!missing.exists(), "read commands must not create a store");
+    }
+    let file = write_file(tmp.path(), "plain.txt", b"hello");
+    let r = run(&file, &["show", "m1"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is not a ledger store"), "{}", r.stderr);
+    let other_dir = tmp.path().join("photos");
+    std::fs::create_dir(&other_dir).unwrap();
+    write_file(&other_dir, "cat.jpg", b"meow");
+    let r = run(&other_dir, &["import", file.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a ledger store"), "{}", r.stderr);
+    let garbage = tmp.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    write_file(&garbage, "ledger.redb", &[0x42; 8192]);
+    let r = run(&garbage, &["verify"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    let r = run(tmp.path(), &["import", "/nonexistent/file.jsonl"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cannot open /nonexistent/file.jsonl"));
+}
+
+#[test]
+fn newer_format_and_locked_stores_are_refused_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    {
+        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let r = run(&store, &["show", "m1"]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("locked"), "{}", r.stderr);
+        let r = run(&store, &["import", "-"]);
+        assert_eq!(r.code, 2);
+        let mut batch = WriteBatch::new();
+        batch.put(
+            "meta",
+            b"format_version".to_vec(),
+            99u32.to_le_bytes().to_vec(),
+        );
+        engine.commit(batch).unwrap();
+    }
+    let r = run(&store, &["check"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("format version 99"), "{}", r.stderr);
+}
+
+#[test]
+fn store_comes_from_env_and_bad_arguments_exit_2_and_help_has_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_migrate-tool"))
+        .args(["show", "m1", "--json"])
+        .env("LEDGER_STORE", &store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"balance\":4300"));
+    assert_eq!(run(&store, &[]).code, 2);
+    assert_eq!(run(&store, &["show"]).code, 2);
+    assert_eq!(run(&store, &["export", "--bogus"]).code, 2);
+    assert_eq!(run(&store, &["log", "--from", "x"]).code, 2);
+    for cmd in [
+        "import",
+        "show",
+        "export",
+        "digest",
+        "log",
+        "verify",
+        "check",
+        "rebuild",
+        "reset-credentials",
+        "demo",
+    ] {
+        let help = run(&store, &[cmd, "--help"]);
+        assert_eq!(help.code, 0, "{cmd}");
+        assert!(help.stdout.contains("Example:"), "{cmd}: {}", help.stdout);
+        assert!(
+            help.stdout.contains(&format!("migrate-tool {cmd}"))
+                || cmd == "import" && help.stdout.contains("migrate-tool import"),
+            "{cmd}"
+        );
+    }
+}

@@ -293,8 +293,7 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        state = group_commit(engine, state, jobs, hooks);
-        head_tx.send_replace(state.head);
+        state = group_commit(engine, state, jobs, hooks, head_tx);
     }
 }
 
@@ -304,6 +303,7 @@ fn group_commit(
     state: WriterState,
     jobs: Vec<Job>,
     hooks: &[Arc<dyn CommitHook>],
+    head_tx: &watch::Sender<Head>,
 ) -> WriterState {
     let snap = match engine.snapshot() {
         Ok(s) => s,
@@ -337,6 +337,9 @@ fn group_commit(
     drop(snap);
     match result {
         Ok(()) => {
+            // Publish the new head before any caller hears back, so a caller that reads
+            // `head()` after its append returns always sees its own events.
+            head_tx.send_replace(planned.head);
             for (reply, outcome) in pending {
                 let _ = reply.send(Ok(outcome));
             }
@@ -347,7 +350,9 @@ fn group_commit(
                 let _ = reply.send(Err(err.clone()));
             }
             // The commit did not happen: the durable state is the truth, not our plan.
-            load_state(engine).unwrap_or(state)
+            let state = load_state(engine).unwrap_or(state);
+            head_tx.send_replace(state.head);
+            state
         }
     }
 }

@@ -184,8 +184,25 @@ impl WalletService {
             CommandBody::Expire {
                 as_of,
                 member: None,
-            } => expire_all(&*snap, *as_of)?,
-            _ => decide_with_states(&*snap, cmd, at)?,
+            } => expire_all(&*snap, *as_of),
+            _ => decide_with_states(&*snap, cmd, at),
+        };
+        drop(snap);
+        let decided = match decided {
+            Ok(d) => d,
+            // A backend without read snapshots (sled) may have shown state that already holds
+            // this very command, applied concurrently: then it is a duplicate, not a rejection.
+            Err(SubmitError::Rejected(rejection)) => {
+                let fresh = self.snapshot()?;
+                if log::command_entry(&*fresh, cmd.id.as_str())
+                    .map_err(ProjectionError::from)?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                return Err(SubmitError::Rejected(rejection));
+            }
+            Err(e) => return Err(e),
         };
         let mut streams = Vec::with_capacity(decided.len());
         let total: usize = decided.iter().map(|(s, _)| s.events.len()).sum();

@@ -212,7 +212,7 @@ impl Ledger {
     /// Follows the log from `from` (inclusive): first the stored events, then new ones live.
     pub fn subscribe(&self, from: Position) -> Subscription {
         Subscription {
-            ledger: self.clone(),
+            ledger: Arc::downgrade(&self.inner),
             next: Position(from.0.max(1)),
             buffer: std::collections::VecDeque::new(),
             head: self.inner.head.clone(),
@@ -223,7 +223,8 @@ impl Ledger {
 /// A catch-up-then-live reader of the log, in position order, without gaps or duplicates:
 /// it always reads from the durable log by position, and waits on the head when caught up.
 pub struct Subscription {
-    ledger: Ledger,
+    /// Weak, so that a subscription does not keep the writer (and the store lock) alive.
+    ledger: std::sync::Weak<Inner>,
     next: Position,
     buffer: std::collections::VecDeque<EventRecord>,
     head: watch::Receiver<Head>,
@@ -241,7 +242,10 @@ impl Subscription {
                 return Some(Ok(record));
             }
             if self.head.borrow_and_update().position >= self.next {
-                match self.ledger.read_all(self.next, SUBSCRIPTION_CHUNK) {
+                let ledger = Ledger {
+                    inner: self.ledger.upgrade()?,
+                };
+                match ledger.read_all(self.next, SUBSCRIPTION_CHUNK) {
                     Ok(records) => self.buffer.extend(records),
                     Err(e) => return Some(Err(e)),
                 }

@@ -80,6 +80,14 @@ fn stream_range(stream: &str, from: StreamVersion) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// A stream index key for messages: `stream@version`, or its bytes when it does not parse.
+fn describe_stream_key(key: &[u8]) -> String {
+    match parse_stream_key(key) {
+        Some((stream, version)) => format!("{stream}@{version}"),
+        None => format!("{key:02x?}"),
+    }
+}
+
 /// Splits a stream index key into stream id and version.
 pub fn parse_stream_key(key: &[u8]) -> Option<(&str, StreamVersion)> {
     if key.len() < 10 || key[key.len() - 9] != 0 {
@@ -246,7 +254,7 @@ pub fn read_stream(
             None => {
                 return Err(ReadError::DamagedEntry {
                     table: tables::STREAM_INDEX,
-                    key: String::from_utf8_lossy(&key).into_owned(),
+                    key: describe_stream_key(&key),
                     reason: format!("points at missing position {position}"),
                 })
             }
@@ -258,7 +266,7 @@ pub fn read_stream(
 pub(crate) fn decode_position_value(key: &[u8], value: &[u8]) -> Result<Position, ReadError> {
     let bytes: [u8; 8] = value.try_into().map_err(|_| ReadError::DamagedEntry {
         table: tables::STREAM_INDEX,
-        key: String::from_utf8_lossy(key).into_owned(),
+        key: describe_stream_key(key),
         reason: format!("value has {} bytes, expected 8", value.len()),
     })?;
     Ok(Position(u64::from_le_bytes(bytes)))

@@ -110,17 +110,24 @@ pub fn open_engine(
             reason: e.to_string(),
         })?;
     }
-    let backend = found.unwrap_or(backend);
-    let engine = open_backend(dir, backend).map_err(|e| map_engine_error(&path, e))?;
+    let engine = match found {
+        Some(existing) => open_backend(dir, existing, false),
+        None => open_backend(dir, backend, true),
+    }
+    .map_err(|e| map_engine_error(&path, e))?;
     check_format(&path, &*engine)?;
     Ok(engine)
 }
 
-fn open_backend(dir: &Path, backend: Backend) -> Result<Arc<dyn Engine>, EngineError> {
+fn open_backend(
+    dir: &Path,
+    backend: Backend,
+    create: bool,
+) -> Result<Arc<dyn Engine>, EngineError> {
     match backend {
         Backend::Redb => Ok(Arc::new(crate::engine::redb::RedbEngine::open(
             &dir.join(REDB_FILE),
-            true,
+            create,
         )?)),
         #[cfg(feature = "sled")]
         Backend::Sled => Ok(Arc::new(crate::engine::sled::SledEngine::open(

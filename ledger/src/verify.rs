@@ -103,9 +103,13 @@ impl Pass<'_> {
         }
         let key = log::stream_key(stream, version);
         let indexed = self.snap.get(tables::STREAM_INDEX, &key)?;
-        let indexed = indexed
+        let indexed = match indexed
             .map(|v| log::decode_position_value(&key, &v))
-            .transpose()?;
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         if indexed != Some(record.position) {
             return Ok(Err(format!(
                 "stream {stream} version {version} is indexed at {indexed:?}, not here (duplicate version?)"
@@ -114,9 +118,13 @@ impl Pass<'_> {
         if version.0 > 1 {
             let prev_key = log::stream_key(stream, StreamVersion(version.0 - 1));
             let prev = self.snap.get(tables::STREAM_INDEX, &prev_key)?;
-            let prev = prev
+            let prev = match prev
                 .map(|v| log::decode_position_value(&prev_key, &v))
-                .transpose()?;
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
             match prev {
                 Some(pos) if pos < record.position => {}
                 other => {
@@ -143,7 +151,17 @@ impl Pass<'_> {
                 return Ok(Ok(()));
             }
         }
-        let Some(entry) = log::command_entry(self.snap, &record.command_id)? else {
+        let entry = match log::command_entry(self.snap, &record.command_id) {
+            Ok(entry) => entry,
+            Err(ReadError::DamagedEntry { reason, .. }) => {
+                return Ok(Err(format!(
+                    "command index entry of {} is damaged: {reason}",
+                    record.command_id
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(entry) = entry else {
             return Ok(Err(format!(
                 "command {} is not in the command index",
                 record.command_id

@@ -1,1 +1,15 @@
 //! Shared helpers for the cross-crate tests and benchmark programs.
+//!
+//! # Layout
+//! - [`fixture`]: temporary store directories for every backend, and request builders.
+//! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
+//!   tests can put several appends into one group commit and make that commit fail.
+
+pub mod faulty;
+pub mod fixture;
+pub mod wallet;
+
+pub use faulty::FaultyEngine;
+pub use fixture::{
+    append_request, backends, new_event, stream_append, TestStore, BASE_TIME_MICROS,
+};

@@ -20,8 +20,18 @@ const CACHE_SIZE_BYTES: usize = 512 * 1024 * 1024;
 
 /// A redb-backed engine.
 pub struct RedbEngine {
-    db: Database,
+    /// `Option` only so that `Drop` can close it inside `catch_unwind`.
+    db: Option<Database>,
     path: PathBuf,
+}
+
+impl Drop for RedbEngine {
+    fn drop(&mut self) {
+        // Closing writes allocator state and can panic on a damaged file; never crash on drop.
+        if let Some(db) = self.db.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        }
+    }
 }
 
 fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -38,17 +48,32 @@ impl RedbEngine {
                 reason: format!("{shown} does not exist"),
             });
         }
+        if path.exists() && std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+            // redb would initialise an empty file as a new database: for a store that already
+            // existed, an empty file means its contents were lost, not that it is new.
+            return Err(EngineError::Corrupted {
+                path: shown,
+                reason: "the file is empty".into(),
+            });
+        }
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_SIZE_BYTES);
         // redb panics on some malformed files; a damaged store must be an error, never a crash.
-        let opened =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(path)));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if create {
+                builder.create(path)
+            } else {
+                builder.open(path)
+            }
+        }));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {
                 return Err(EngineError::Locked { path: shown })
             }
-            Ok(Err(DatabaseError::Storage(StorageError::Io(e)))) => {
+            Ok(Err(DatabaseError::Storage(StorageError::Io(e))))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
                 return Err(EngineError::io("open", e))
             }
             Ok(Err(e)) => {
@@ -65,9 +90,15 @@ impl RedbEngine {
             }
         };
         Ok(RedbEngine {
-            db,
+            db: Some(db),
             path: path.to_path_buf(),
         })
+    }
+
+    fn db(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("the database is only taken out in Drop")
     }
 
     fn storage_error(&self, operation: &'static str, err: impl Into<redb::Error>) -> EngineError {
@@ -82,7 +113,7 @@ impl RedbEngine {
 
     fn apply(&self, batch: WriteBatch) -> Result<(), EngineError> {
         let txn = self
-            .db
+            .db()
             .begin_write()
             .map_err(|e| self.storage_error("begin write", e))?;
         {
@@ -136,7 +167,7 @@ impl Engine for RedbEngine {
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
         let txn = self
-            .db
+            .db()
             .begin_read()
             .map_err(|e| self.storage_error("begin read", e))?;
         Ok(Box::new(RedbSnapshot { txn, engine: self }))

@@ -27,6 +27,20 @@ pub struct SledEngine {
 impl SledEngine {
     /// Opens or creates the sled database directory at `path`.
     pub fn open(path: &Path) -> Result<SledEngine, EngineError> {
+        // sled 0.34 releases its file lock a little after the last handle in this process is
+        // dropped (sled issue #1234); retry a lock conflict briefly before calling it locked.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match SledEngine::try_open(path) {
+                Err(EngineError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<SledEngine, EngineError> {
         let shown = path.display().to_string();
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -103,6 +117,15 @@ impl Engine for SledEngine {
                 WriteOp::Delete { table, key } => ops.push((index[table], None, key)),
                 WriteOp::Clear { table } => {
                     let i = index[table];
+                    // Keys put earlier in this batch are not in the tree yet: delete them too.
+                    let earlier: Vec<Vec<u8>> = ops
+                        .iter()
+                        .filter(|(t, v, _)| *t == i && v.is_some())
+                        .map(|(_, _, k)| k.clone())
+                        .collect();
+                    for key in earlier {
+                        ops.push((i, None, key));
+                    }
                     for item in trees[i].iter().keys() {
                         let key = item.map_err(|e| self.error("scan", e))?;
                         ops.push((i, None, key.to_vec()));

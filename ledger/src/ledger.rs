@@ -149,8 +149,10 @@ impl Ledger {
     }
 
     /// Appends atomically; resolves once the events are durable (or the append was refused).
-    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+    pub async fn append(&self, mut request: AppendRequest) -> Result<AppendOutcome, AppendError> {
         request.validate()?;
+        // Hash the payloads here, on the caller's thread, not on the single writer thread.
+        request.fingerprint = Some(request.effective_fingerprint());
         let (reply, answer) = oneshot::channel();
         self.sender()?
             .send(Job { request, reply })
@@ -160,8 +162,12 @@ impl Ledger {
     }
 
     /// [`Ledger::append`] for code outside an async runtime. Must not be called from inside one.
-    pub fn append_blocking(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+    pub fn append_blocking(
+        &self,
+        mut request: AppendRequest,
+    ) -> Result<AppendOutcome, AppendError> {
         request.validate()?;
+        request.fingerprint = Some(request.effective_fingerprint());
         let (reply, answer) = oneshot::channel();
         self.sender()?
             .blocking_send(Job { request, reply })

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod ledger;
 pub mod limits;
 pub mod log;
+pub mod multiset;
 pub mod record;
 pub mod store;
 pub mod timestamp;

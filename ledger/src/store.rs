@@ -116,7 +116,91 @@ pub fn open_engine(
     }
     .map_err(|e| map_engine_error(&path, e))?;
     check_format(&path, &*engine)?;
+    recover_interrupted_guard(&*engine).map_err(|e| OpenError::Damaged {
+        path: path.clone(),
+        reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+    })?;
     Ok(engine)
+}
+
+/// Key in `meta` marking a guarded bulk operation in progress: the rollback point id (u64 LE),
+/// or [`GUARD_PENDING`] while the point is being created.
+pub const META_GUARD: &[u8] = b"guard";
+const GUARD_PENDING: [u8; 8] = [0xff; 8];
+
+/// A bulk operation running under a rollback point (the migration gate's safety net).
+///
+/// While a guard is open, the `meta` table says so. If the process dies, the next
+/// [`open_engine`] of the store (by any writer or reader) rolls the store back to the point, so
+/// an interrupted gated operation (or dry run) leaves the store exactly as it was before it.
+/// Nothing else may write while a guard is open: the caller holds the store (its lock).
+pub struct Guard {
+    engine: Arc<dyn Engine>,
+    id: u64,
+}
+
+impl Guard {
+    /// Opens a guard, or `Ok(None)` if the backend has no rollback points (sled).
+    pub fn begin(engine: &Arc<dyn Engine>) -> Result<Option<Guard>, EngineError> {
+        set_guard_marker(&**engine, Some(GUARD_PENDING))?;
+        let Some(id) = engine.create_rollback_point()? else {
+            set_guard_marker(&**engine, None)?;
+            return Ok(None);
+        };
+        set_guard_marker(&**engine, Some(id.to_le_bytes()))?;
+        Ok(Some(Guard {
+            engine: Arc::clone(engine),
+            id,
+        }))
+    }
+
+    /// Keeps everything written since the guard began.
+    pub fn keep(self) -> Result<(), EngineError> {
+        self.engine.release_rollback_point(self.id)?;
+        set_guard_marker(&*self.engine, None)
+    }
+
+    /// Leaves the guard unresolved, as a crash would: the next [`open_engine`] of the store rolls
+    /// it back. For callers that must stop without writing again, and for crash tests.
+    pub fn abandon(self) {}
+
+    /// Restores the store to what it was when the guard began.
+    pub fn roll_back(self) -> Result<(), EngineError> {
+        self.engine.rollback_to(self.id)?;
+        set_guard_marker(&*self.engine, None)
+    }
+}
+
+fn set_guard_marker(engine: &dyn Engine, value: Option<[u8; 8]>) -> Result<(), EngineError> {
+    let mut batch = WriteBatch::new();
+    match value {
+        Some(v) => batch.put(tables::META, META_GUARD.to_vec(), v.to_vec()),
+        None => batch.delete(tables::META, META_GUARD.to_vec()),
+    }
+    engine.commit(batch)
+}
+
+/// Rolls back a guarded operation that did not finish (see [`Guard`]).
+fn recover_interrupted_guard(engine: &dyn Engine) -> Result<(), EngineError> {
+    let marker = engine.snapshot()?.get(tables::META, META_GUARD)?;
+    let Some(marker) = marker else {
+        return Ok(());
+    };
+    match <[u8; 8]>::try_from(marker.as_slice()) {
+        Ok(bytes) if bytes != GUARD_PENDING => {
+            let id = u64::from_le_bytes(bytes);
+            if engine.rollback_points()?.contains(&id) {
+                engine.rollback_to(id)?;
+            }
+        }
+        _ => {
+            // Died while creating the point: nothing was written under it; drop any stray point.
+            for id in engine.rollback_points()? {
+                engine.release_rollback_point(id)?;
+            }
+        }
+    }
+    set_guard_marker(engine, None)
 }
 
 fn open_backend(

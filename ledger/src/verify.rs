@@ -12,11 +12,21 @@
 //!
 //! A second sequential pass counts the stream index entries: equal to the number of events means
 //! no index entry points nowhere. The first failure stops the pass and is reported by position.
+//!
+//! # Fast path
+//! Looking up two index entries and a command entry per event makes the pass above bound by
+//! random reads. [`verify`] first runs the same pass without the lookups: instead it adds each
+//! (stream, version, position) and each (command, first position, count) to order-independent
+//! multiset sums ([`crate::multiset`]), then reads the stream index and the command index once
+//! each, sequentially, checking per stream that versions run 1..=n at increasing positions and
+//! adding the same tuples. Equal sums mean the indexes hold exactly what the log says. Only when
+//! something disagrees does it re-run the precise pass above to name the first bad position.
 
 use std::ops::Bound;
 
 use crate::engine::Snapshot;
 use crate::log::{self, tables, ReadError};
+use crate::multiset::Sum256;
 use crate::record::EventRecord;
 use crate::types::{Hash, Head, Position, StreamVersion};
 
@@ -49,6 +59,53 @@ struct Pass<'s> {
     prev_hash: Hash,
     prev_event_id: Option<uuid::Uuid>,
     command: Option<(String, u32)>,
+    /// `Some`: fast mode, index lookups replaced by multiset sums.
+    fast: Option<Sums>,
+}
+
+/// Multiset sums of what the log says the indexes must hold.
+#[derive(Default)]
+struct Sums {
+    streams: Sum256,
+    commands: Sum256,
+    /// The command whose events are being read: id, first position, events so far.
+    current: Option<(String, u64, u32)>,
+}
+
+impl Sums {
+    fn add_record(&mut self, record: &EventRecord) {
+        add_stream_item(
+            &mut self.streams,
+            &record.stream,
+            record.version,
+            record.position,
+        );
+        match &mut self.current {
+            Some((id, _, count)) if *id == record.command_id => *count += 1,
+            _ => {
+                self.close_command();
+                self.current = Some((record.command_id.clone(), record.position.0, 1));
+            }
+        }
+    }
+
+    fn close_command(&mut self) {
+        if let Some((id, first, count)) = self.current.take() {
+            add_command_item(&mut self.commands, &id, first, count);
+        }
+    }
+}
+
+fn add_stream_item(sum: &mut Sum256, stream: &str, version: StreamVersion, position: Position) {
+    sum.add_item(&[
+        stream.as_bytes(),
+        &version.0.to_le_bytes(),
+        &position.0.to_le_bytes(),
+    ]);
+}
+
+fn add_command_item(sum: &mut Sum256, id: &str, first: u64, count: u32) {
+    sum.add_item(&[id.as_bytes(), &first.to_le_bytes(), &count.to_le_bytes()]);
 }
 
 impl Pass<'_> {
@@ -83,11 +140,18 @@ impl Pass<'_> {
                 record.event_id
             )));
         }
-        if let Err(reason) = self.check_stream(&record)? {
-            return Ok(Err(reason));
-        }
-        if let Err(reason) = self.check_command(&record)? {
-            return Ok(Err(reason));
+        if let Some(sums) = &mut self.fast {
+            if record.version.0 == 0 {
+                return Ok(Err(format!("stream {} has version 0", record.stream)));
+            }
+            sums.add_record(&record);
+        } else {
+            if let Err(reason) = self.check_stream(&record)? {
+                return Ok(Err(reason));
+            }
+            if let Err(reason) = self.check_command(&record)? {
+                return Ok(Err(reason));
+            }
         }
         self.prev_hash = record.hash;
         self.prev_event_id = Some(record.event_id);
@@ -179,65 +243,229 @@ impl Pass<'_> {
 }
 
 /// Verifies the whole log. `progress` is called with the number of events checked so far.
+///
+/// Runs the fast pass (sequential reads only); if the indexes disagree with the log, runs the
+/// precise pass to name the first bad position.
 pub fn verify(
     snap: &dyn Snapshot,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, ReadError> {
-    let mut pass = Pass {
+    let (report, sums) = run_pass(snap, progress, Some(Sums::default()))?;
+    let Some(mut sums) = sums else {
+        return Ok(report);
+    };
+    sums.close_command();
+    let head = report.head.position;
+    match check_indexes(snap, head, &sums)? {
+        Ok(()) => Ok(report),
+        Err(reason) => {
+            let (precise, _) = run_pass(snap, &mut |_| {}, None)?;
+            if precise.failure.is_some() {
+                return Ok(precise);
+            }
+            Ok(VerifyReport {
+                failure: Some(VerifyFailure {
+                    position: head.0 + 1,
+                    reason,
+                }),
+                ..precise
+            })
+        }
+    }
+}
+
+/// The precise pass alone: index lookups per event (slower; names the first bad position).
+pub fn verify_precise(
+    snap: &dyn Snapshot,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
+    Ok(run_pass(snap, progress, None)?.0)
+}
+
+/// Reads both indexes sequentially: per-stream version runs, and the multiset sums.
+fn check_indexes(
+    snap: &dyn Snapshot,
+    head: Position,
+    sums: &Sums,
+) -> Result<Result<(), String>, ReadError> {
+    let mut streams = Sum256::default();
+    let mut last: Option<(String, StreamVersion, Position)> = None;
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let lower = match &cursor {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let chunk = snap.scan(
+            tables::STREAM_INDEX,
+            (lower, Bound::Unbounded),
+            CHUNK_EVENTS,
+        )?;
+        let Some((k, _)) = chunk.last() else { break };
+        cursor = Some(k.clone());
+        for (key, value) in &chunk {
+            let Some((stream, version)) = log::parse_stream_key(key) else {
+                return Ok(Err(format!("stream index key {key:02x?} does not parse")));
+            };
+            let position = match log::decode_position_value(key, value) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            let expected_version = match &last {
+                Some((s, v, p)) if s == stream => {
+                    if position <= *p {
+                        return Ok(Err(format!("stream {stream} version {version} is at position {position}, not after version {v} at {p}")));
+                    }
+                    v.0 + 1
+                }
+                _ => 1,
+            };
+            if version.0 != expected_version || position > head {
+                return Ok(Err(format!("stream {stream} has index entry version {version} at position {position}: expected version {expected_version} at or before the head {head}")));
+            }
+            add_stream_item(&mut streams, stream, version, position);
+            last = Some((stream.to_owned(), version, position));
+        }
+    }
+    if streams != sums.streams {
+        return Ok(Err(
+            "the stream index does not hold exactly the log's (stream, version, position) entries"
+                .into(),
+        ));
+    }
+    let mut commands = Sum256::default();
+    cursor = None;
+    loop {
+        let lower = match &cursor {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let chunk = snap.scan(tables::COMMANDS, (lower, Bound::Unbounded), CHUNK_EVENTS)?;
+        let Some((k, _)) = chunk.last() else { break };
+        cursor = Some(k.clone());
+        for (key, value) in &chunk {
+            let id = String::from_utf8_lossy(key);
+            let Some(entry) = log::CommandEntry::decode(value) else {
+                return Ok(Err(format!("command index entry of {id} is damaged")));
+            };
+            if entry.count > 0 {
+                add_command_item(&mut commands, &id, entry.first_position.0, entry.count);
+            } else if entry.first_position.0 > head.0 + 1 {
+                return Ok(Err(format!(
+                    "command {id} with no events is indexed after the head"
+                )));
+            }
+        }
+    }
+    if commands != sums.commands {
+        return Ok(Err("the command index does not match the log's commands (an id reused, or events not contiguous)".into()));
+    }
+    Ok(Ok(()))
+}
+
+/// Verifies only the events after `from`, a head that an earlier verification vouched for:
+/// the chain must continue from `from.hash`, and each new event is checked against the stream
+/// and command indexes (precise pass). Gates use it after an append-only bulk operation, so the
+/// "after" proof costs the new events, not the whole log. Index entries not reachable from the
+/// new events (an orphan entry) are only found by a full [`verify`].
+pub fn verify_after(
+    snap: &dyn Snapshot,
+    from: Head,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
+    let prev_event_id = match from.position.0 {
+        0 => None,
+        _ => log::read_event(snap, from.position)?.map(|r| r.event_id),
+    };
+    let pass = Pass {
+        snap,
+        expected: from.position.next(),
+        prev_hash: from.hash,
+        prev_event_id,
+        command: None,
+        fast: None,
+    };
+    Ok(pass.run(progress, false)?.0)
+}
+
+fn run_pass(
+    snap: &dyn Snapshot,
+    progress: &mut dyn FnMut(u64),
+    fast: Option<Sums>,
+) -> Result<(VerifyReport, Option<Sums>), ReadError> {
+    let pass = Pass {
         snap,
         expected: Position(1),
         prev_hash: Hash::GENESIS,
         prev_event_id: None,
         command: None,
+        fast,
     };
-    let fail = |pass: &Pass, reason: String| VerifyReport {
-        head: Head {
-            position: Position(pass.expected.0 - 1),
-            hash: pass.prev_hash,
-        },
-        events_checked: pass.expected.0 - 1,
-        failure: Some(VerifyFailure {
-            position: pass.expected.0,
-            reason,
-        }),
-    };
-    loop {
-        let start = log::event_key(pass.expected);
-        let chunk = snap.scan(
-            tables::EVENTS,
-            (Bound::Included(&start[..]), Bound::Unbounded),
-            CHUNK_EVENTS,
-        )?;
-        if chunk.is_empty() {
-            break;
+    pass.run(progress, true)
+}
+
+impl Pass<'_> {
+    /// Runs from `self.expected` to the end of the log. `count_index`: in precise mode, also
+    /// check that the stream index has exactly one entry per event (needs the whole log).
+    fn run(
+        self,
+        progress: &mut dyn FnMut(u64),
+        count_index: bool,
+    ) -> Result<(VerifyReport, Option<Sums>), ReadError> {
+        let snap = self.snap;
+        let mut pass = self;
+        let fail = |pass: &Pass, reason: String| VerifyReport {
+            head: Head {
+                position: Position(pass.expected.0 - 1),
+                hash: pass.prev_hash,
+            },
+            events_checked: pass.expected.0 - 1,
+            failure: Some(VerifyFailure {
+                position: pass.expected.0,
+                reason,
+            }),
+        };
+        loop {
+            let start = log::event_key(pass.expected);
+            let chunk = snap.scan(
+                tables::EVENTS,
+                (Bound::Included(&start[..]), Bound::Unbounded),
+                CHUNK_EVENTS,
+            )?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (key, value) in &chunk {
+                if let Err(reason) = pass.check(key, value)? {
+                    return Ok((fail(&pass, reason), None));
+                }
+            }
+            progress(pass.expected.0 - 1);
         }
-        for (key, value) in &chunk {
-            if let Err(reason) = pass.check(key, value)? {
-                return Ok(fail(&pass, reason));
+        if let Some((id, remaining)) = &pass.command {
+            if *remaining > 0 {
+                let reason = format!("command {id} is missing its last {remaining} events");
+                return Ok((fail(&pass, reason), None));
             }
         }
-        progress(pass.expected.0 - 1);
-    }
-    if let Some((id, remaining)) = &pass.command {
-        if *remaining > 0 {
-            let reason = format!("command {id} is missing its last {remaining} events");
-            return Ok(fail(&pass, reason));
+        let events = pass.expected.0 - 1;
+        if pass.fast.is_none() && count_index {
+            let indexed = count_entries(snap, tables::STREAM_INDEX)?;
+            if indexed != events {
+                let reason = format!("stream index has {indexed} entries for {events} events");
+                return Ok((fail(&pass, reason), None));
+            }
         }
+        let report = VerifyReport {
+            head: Head {
+                position: Position(events),
+                hash: pass.prev_hash,
+            },
+            events_checked: events,
+            failure: None,
+        };
+        Ok((report, pass.fast))
     }
-    let events = pass.expected.0 - 1;
-    let indexed = count_entries(snap, tables::STREAM_INDEX)?;
-    if indexed != events {
-        let reason = format!("stream index has {indexed} entries for {events} events");
-        return Ok(fail(&pass, reason));
-    }
-    Ok(VerifyReport {
-        head: Head {
-            position: Position(events),
-            hash: pass.prev_hash,
-        },
-        events_checked: events,
-        failure: None,
-    })
 }
 
 fn count_entries(snap: &dyn Snapshot, table: &str) -> Result<u64, ReadError> {

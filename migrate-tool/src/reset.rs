@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use ledger::domain::{identity_stream, Command, CommandBody, CommandId, MemberId};
-use ledger::{AppendError, Engine, Head, Snapshot, Timestamp};
+use ledger::domain::{identity_stream, DomainEvent, IdentityEvent, MemberId, PasswordReset};
+use ledger::store::Guard;
+use ledger::{
+    AppendError, AppendOutcome, AppendRequest, Codec, Engine, ExpectedVersion, Head, Ledger,
+    NewEvent, Snapshot, StreamAppend, Timestamp,
+};
 use projections::digest::{self, BucketSum};
-use projections::{views, SubmitError, Submitted, WalletService};
+use projections::{views, WalletService};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -29,10 +33,8 @@ use crate::check::{self, CheckReport};
 use crate::output::{self, Outcome, WalletJson};
 use crate::store;
 
-/// Resets in flight at once (the ledger's writer queue holds 8,192).
-const IN_FLIGHT: usize = 4_096;
-/// Identity streams listed per read when resetting everyone.
-const LIST_CHUNK: usize = 10_000;
+/// Reset appends in flight at once (each of up to [`RESET_CHUNK`] members).
+const IN_FLIGHT_CHUNKS: usize = 16;
 /// Changed members described in the report; the rest are counted.
 const MAX_CHANGED_SHOWN: usize = 100;
 
@@ -116,32 +118,16 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
             bail!("--reason must be 1 to 256 characters without control characters");
         }
     }
-    let scratch = if opts.dry_run {
-        store::temp_scratch(&run_id)
+    let source = store::open_existing(dir)?;
+    let (gate, applied) = if source.name() == "redb" {
+        // In place, under a rollback point: no copy of the store, so it scales to 16.5M members.
+        let gate = gate(Arc::clone(&source), &opts, &named, &run_id, start_time, true)?;
+        let applied = gate.failures.is_empty() && !opts.dry_run;
+        (gate, applied)
     } else {
-        store::sibling_scratch(dir, &run_id)
-    };
-    let source = copy_locked(dir, &scratch)?;
-    let source = if opts.dry_run {
         drop(source);
-        None
-    } else {
-        Some(source)
+        gate_on_copy(dir, &opts, &named, &run_id, start_time)?
     };
-    let gate = gate(&scratch, &opts, &named, &run_id, start_time);
-    let (gate, applied) = match gate {
-        Ok(g) if g.failures.is_empty() && source.is_some() => {
-            let swapped = store::swap_in(&scratch, dir);
-            store::remove_scratch(&scratch);
-            swapped?;
-            (g, true)
-        }
-        other => {
-            store::remove_scratch(&scratch);
-            (other?, false)
-        }
-    };
-    drop(source);
     let report = Report {
         dir,
         run_id: &run_id,
@@ -156,6 +142,45 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
         report.write_human(out)?;
     }
     Ok(Outcome::from_ok(gate.failures.is_empty()))
+}
+
+/// The gate on a scratch copy, for backends without rollback points (sled): the copy is renamed
+/// over the store only if the gate passes (and this is not a dry run).
+fn gate_on_copy(
+    dir: &Path,
+    opts: &Options,
+    named: &[MemberId],
+    run_id: &str,
+    at: Timestamp,
+) -> anyhow::Result<(GateRun, bool)> {
+    let scratch = if opts.dry_run {
+        store::temp_scratch(run_id)
+    } else {
+        store::sibling_scratch(dir, run_id)
+    };
+    let source = copy_locked(dir, &scratch)?;
+    let source = if opts.dry_run {
+        drop(source);
+        None
+    } else {
+        Some(source)
+    };
+    let gate = store::open_existing(&scratch)
+        .and_then(|engine| gate(engine, opts, named, run_id, at, false));
+    let result = match gate {
+        Ok(g) if g.failures.is_empty() && source.is_some() => {
+            let swapped = store::swap_in(&scratch, dir);
+            store::remove_scratch(&scratch);
+            swapped?;
+            (g, true)
+        }
+        other => {
+            store::remove_scratch(&scratch);
+            (other?, false)
+        }
+    };
+    drop(source);
+    Ok(result)
 }
 
 /// Copies the store to `scratch` and returns the store's engine, open (locked) again, after
@@ -189,14 +214,17 @@ fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<dyn Engine>> {
     Ok(source)
 }
 
+/// Runs the resets between the before and after figures. `guarded`: work on `engine` in place
+/// under a rollback point ([`ledger::store::Guard`]) and roll back unless the gate passes and
+/// this is not a dry run; otherwise `engine` is a scratch copy and the caller decides.
 fn gate(
-    scratch: &Path,
+    engine: Arc<dyn Engine>,
     opts: &Options,
     named: &[MemberId],
     run_id: &str,
     at: Timestamp,
+    guarded: bool,
 ) -> anyhow::Result<GateRun> {
-    let engine = store::open_existing(scratch)?;
     let before_snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: before");
     let before = Figures::take(&*before_snap, &bar)?;
@@ -224,14 +252,45 @@ fn gate(
         bar.finish_and_clear();
         return Ok(run);
     }
-    let service = WalletService::with_engine(Arc::clone(&engine), Vec::new())
-        .context("cannot start the wallet service on the scratch copy")?;
+    // No read transaction may outlive the work: a rollback restores the file under it.
+    drop(before_snap);
+    let guard = if guarded {
+        Some(Guard::begin(&engine)?.context("the backend has no rollback points")?)
+    } else {
+        None
+    };
+    let outcome = reset_and_compare(&engine, &mut run, opts, named, run_id, at, &bar);
+    bar.finish_and_clear();
+    if let Some(guard) = guard {
+        let keep = outcome.is_ok() && run.failures.is_empty() && !opts.dry_run;
+        if keep {
+            guard.keep()?;
+        } else {
+            guard.roll_back()?;
+        }
+    }
+    outcome?;
+    Ok(run)
+}
+
+fn reset_and_compare(
+    engine: &Arc<dyn Engine>,
+    run: &mut GateRun,
+    opts: &Options,
+    named: &[MemberId],
+    run_id: &str,
+    at: Timestamp,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let before_snap = engine.snapshot()?;
+    let service = WalletService::with_engine(Arc::clone(engine), Vec::new())
+        .context("cannot start the wallet service")?;
     bar.set_message("reset: members");
     bar.set_position(0);
     let runtime = output::runtime()?;
     let target = if opts.all { None } else { Some(named) };
     run.work = runtime.block_on(reset_members(
-        &service,
+        service.ledger(),
         &*before_snap,
         target,
         ResetSpec {
@@ -239,17 +298,16 @@ fn gate(
             reason: opts.reason.as_deref(),
             at,
         },
-        &bar,
+        bar,
     ))?;
     // Stops the writer thread: the after figures see everything it committed.
     drop(service);
     bar.set_message("gate: after");
     let after_snap = engine.snapshot()?;
-    let after = Figures::take(&*after_snap, &bar)?;
-    bar.finish_and_clear();
-    compare(&mut run, &after, &*before_snap, &*after_snap)?;
+    let after = Figures::take(&*after_snap, bar)?;
+    compare(run, &after, &*before_snap, &*after_snap)?;
     run.after = Some(after);
-    Ok(run)
+    Ok(())
 }
 
 /// The gate's comparison: what a reset declares (head + one event per reset) and nothing else.
@@ -351,26 +409,46 @@ struct ResetSpec<'a> {
     at: Timestamp,
 }
 
+/// Identity streams reset by one atomic append (one command id per chunk).
+const RESET_CHUNK: usize = 1_000;
+
 impl ResetSpec<'_> {
-    fn command(&self, member: MemberId) -> anyhow::Result<Command> {
-        let id = format!("reset-{}-{member}", self.run_id);
-        Ok(Command {
-            id: CommandId::new(id).map_err(|e| anyhow::anyhow!("command id {e}"))?,
-            at: Some(self.at),
-            body: CommandBody::ResetPassword {
-                member,
-                reason: self.reason.map(str::to_owned),
-            },
+    /// One atomic append of a forced reset (`identity.password_reset`, what `reset_password`
+    /// decides for a registered member) to each member's identity stream.
+    fn request(&self, chunk: u64, members: &[MemberId]) -> anyhow::Result<AppendRequest> {
+        let event = DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset {
+            reason: self.reason.map(str::to_owned),
+        }));
+        let payload = event.encode(Codec::DEFAULT)?;
+        let streams = members
+            .iter()
+            .map(|m| StreamAppend {
+                stream: identity_stream(m),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event_type: event.event_type().to_owned(),
+                    schema_version: event.schema_version(),
+                    codec: Codec::DEFAULT,
+                    payload: payload.clone(),
+                    at: self.at,
+                }],
+            })
+            .collect();
+        Ok(AppendRequest {
+            command_id: format!("reset-{}-{chunk}", self.run_id),
+            fingerprint: None,
+            streams,
         })
     }
 }
 
-type Done = (MemberId, Result<Submitted, SubmitError>);
+type Done = (Vec<MemberId>, Result<AppendOutcome, AppendError>);
 
-/// Submits one reset per member (named, or every identity stream of `snap` in chunks), keeping
-/// up to [`IN_FLIGHT`] in flight so that the writer commits them in large groups.
+/// Appends one forced reset per member (named, or every identity stream of `snap`, listed in
+/// key order so each chunk's index entries are neighbours), [`RESET_CHUNK`] members per atomic
+/// append and up to [`IN_FLIGHT_CHUNKS`] appends in flight so the writer commits large groups.
 async fn reset_members(
-    service: &WalletService,
+    ledger: &Ledger,
     snap: &dyn Snapshot,
     named: Option<&[MemberId]>,
     spec: ResetSpec<'_>,
@@ -380,12 +458,13 @@ async fn reset_members(
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut after: Option<String> = None;
     let mut named_left = named.map(|n| n.iter());
+    let mut chunk = 0u64;
     loop {
         let batch: Vec<MemberId> = match &mut named_left {
-            Some(iter) => iter.by_ref().take(LIST_CHUNK).cloned().collect(),
+            Some(iter) => iter.by_ref().take(RESET_CHUNK).cloned().collect(),
             None => {
                 let streams =
-                    ledger::log::list_streams(snap, "identity-", after.as_deref(), LIST_CHUNK)?;
+                    ledger::log::list_streams(snap, "identity-", after.as_deref(), RESET_CHUNK)?;
                 after = streams.last().cloned();
                 streams
                     .iter()
@@ -396,16 +475,15 @@ async fn reset_members(
         if batch.is_empty() {
             break;
         }
-        for member in batch {
-            while tasks.len() >= IN_FLIGHT {
-                if let Some(done) = tasks.join_next().await {
-                    record(&mut work, done?, bar)?;
-                }
+        while tasks.len() >= IN_FLIGHT_CHUNKS {
+            if let Some(done) = tasks.join_next().await {
+                record(&mut work, done?, bar)?;
             }
-            let cmd = spec.command(member.clone())?;
-            let svc = service.clone();
-            tasks.spawn(async move { (member, svc.submit(&cmd).await) });
         }
+        let request = spec.request(chunk, &batch)?;
+        chunk += 1;
+        let ledger = ledger.clone();
+        tasks.spawn(async move { (batch, ledger.append(request).await) });
     }
     while let Some(done) = tasks.join_next().await {
         record(&mut work, done?, bar)?;
@@ -415,27 +493,27 @@ async fn reset_members(
 
 fn record(
     work: &mut Work,
-    (member, result): Done,
+    (members, result): Done,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    bar.inc(1);
+    bar.inc(members.len() as u64);
     match result {
-        Ok(s) if s.duplicate => work.duplicate += 1,
-        Ok(s) => {
-            work.applied += 1;
-            work.events += u64::from(s.outcome.count);
-            if work.members.len() < MAX_CHANGED_SHOWN {
-                work.members.push(member.to_string());
+        Ok(outcome) if outcome.duplicate => work.duplicate += members.len() as u64,
+        Ok(outcome) => {
+            work.applied += members.len() as u64;
+            work.events += u64::from(outcome.count);
+            for m in members {
+                if work.members.len() >= MAX_CHANGED_SHOWN {
+                    break;
+                }
+                work.members.push(m.to_string());
             }
         }
-        Err(
-            e @ (SubmitError::Read(_)
-            | SubmitError::Ledger(AppendError::Storage { .. } | AppendError::Closed)),
-        ) => {
-            return Err(anyhow::Error::new(e).context(format!("reset of member {member}")));
+        Err(e @ (AppendError::Storage { .. } | AppendError::Closed)) => {
+            return Err(anyhow::Error::new(e).context("appending resets"));
         }
         Err(e) => {
-            let line = format!("member {member}: {e}");
+            let line = format!("resets of {} members: {e}", members.len());
             bar.suspend(|| eprintln!("{line}"));
             work.rejected.push(line);
         }

@@ -45,6 +45,32 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies every operation of `batch` atomically and durably (see the module doc).
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError>;
+
+    /// Creates a durable rollback point for a bulk operation (the migration gate): the state as
+    /// of now, which [`Engine::rollback_to`] can restore. It survives a crash until released.
+    /// `Ok(None)`: the backend has no rollback points (callers then work on a copy instead).
+    fn create_rollback_point(&self) -> Result<Option<u64>, EngineError> {
+        Ok(None)
+    }
+
+    /// Restores the state saved by a rollback point, discarding every commit made after it,
+    /// and releases the point. Nothing else may be writing.
+    fn rollback_to(&self, id: u64) -> Result<(), EngineError> {
+        Err(EngineError::Io {
+            operation: "rollback",
+            reason: format!("{} has no rollback points (asked for {id})", self.name()),
+        })
+    }
+
+    /// Releases a rollback point (its saved pages become reusable).
+    fn release_rollback_point(&self, _id: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Rollback points that exist (left by an interrupted bulk operation, for instance).
+    fn rollback_points(&self) -> Result<Vec<u64>, EngineError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A read view of the tables.

@@ -173,6 +173,56 @@ impl Engine for RedbEngine {
         Ok(Box::new(RedbSnapshot { txn, engine: self }))
     }
 
+    fn create_rollback_point(&self) -> Result<Option<u64>, EngineError> {
+        let txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        let id = txn
+            .persistent_savepoint()
+            .map_err(|e| EngineError::io("create savepoint", e))?;
+        txn.commit().map_err(|e| self.storage_error("commit", e))?;
+        Ok(Some(id))
+    }
+
+    fn rollback_to(&self, id: u64) -> Result<(), EngineError> {
+        let mut txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        let savepoint = txn
+            .get_persistent_savepoint(id)
+            .map_err(|e| EngineError::io("find savepoint", e))?;
+        txn.restore_savepoint(&savepoint)
+            .map_err(|e| EngineError::io("restore savepoint", e))?;
+        txn.delete_persistent_savepoint(id)
+            .map_err(|e| EngineError::io("delete savepoint", e))?;
+        txn.commit().map_err(|e| self.storage_error("commit", e))
+    }
+
+    fn release_rollback_point(&self, id: u64) -> Result<(), EngineError> {
+        let txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        txn.delete_persistent_savepoint(id)
+            .map_err(|e| EngineError::io("delete savepoint", e))?;
+        txn.commit().map_err(|e| self.storage_error("commit", e))
+    }
+
+    fn rollback_points(&self) -> Result<Vec<u64>, EngineError> {
+        let txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        let ids = txn
+            .list_persistent_savepoints()
+            .map_err(|e| EngineError::io("list savepoints", e))?
+            .collect();
+        txn.abort().map_err(|e| EngineError::io("abort", e))?;
+        Ok(ids)
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
         // A damaged file can make redb panic mid-transaction; report it as corruption instead.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch))) {

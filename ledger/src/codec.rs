@@ -15,6 +15,9 @@ use serde::Serialize;
 pub enum Codec {
     /// bincode 2 through serde, `config::standard()` (varint integers, little-endian).
     Bincode2 = 1,
+    /// postcard 1 through serde (varint integers, no schema). The target of the `recode`
+    /// migration: maintained, `no_std`-friendly, and one encoding per value like bincode.
+    Postcard = 2,
 }
 
 /// Why a payload could not be encoded or decoded.
@@ -45,6 +48,7 @@ impl Codec {
     pub fn from_tag(tag: u8) -> Result<Codec, CodecError> {
         match tag {
             1 => Ok(Codec::Bincode2),
+            2 => Ok(Codec::Postcard),
             _ => Err(CodecError::UnknownTag { tag }),
         }
     }
@@ -57,6 +61,10 @@ impl Codec {
                     codec: self,
                     reason: e.to_string(),
                 }),
+            Codec::Postcard => postcard::to_allocvec(value).map_err(|e| CodecError::Encode {
+                codec: self,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -80,6 +88,65 @@ impl Codec {
                 }
                 Ok(value)
             }
+            Codec::Postcard => {
+                let (value, rest) =
+                    postcard::take_from_bytes::<T>(bytes).map_err(|e| CodecError::Decode {
+                        codec: self,
+                        reason: e.to_string(),
+                    })?;
+                if !rest.is_empty() {
+                    return Err(CodecError::Decode {
+                        codec: self,
+                        reason: format!("{} trailing bytes", rest.len()),
+                    });
+                }
+                Ok(value)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        member: String,
+        amount: u64,
+        lots: Vec<(u32, u64)>,
+        reason: Option<String>,
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            member: "m1".into(),
+            amount: 4_300,
+            lots: vec![(1, 70), (2, 30)],
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn every_codec_round_trips_and_rejects_trailing_bytes() {
+        for codec in [Codec::Bincode2, Codec::Postcard] {
+            assert_eq!(Codec::from_tag(codec.tag()).unwrap(), codec);
+            let mut bytes = codec.encode(&sample()).unwrap();
+            assert_eq!(codec.decode::<Sample>(&bytes).unwrap(), sample());
+            bytes.push(0);
+            let err = codec.decode::<Sample>(&bytes).unwrap_err().to_string();
+            assert!(err.contains("1 trailing bytes"), "{codec:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tags_are_fixed_and_unknown_tags_are_errors() {
+        assert_eq!(Codec::Bincode2.tag(), 1);
+        assert_eq!(Codec::Postcard.tag(), 2);
+        assert_eq!(Codec::DEFAULT, Codec::Bincode2);
+        assert!(matches!(
+            Codec::from_tag(3),
+            Err(CodecError::UnknownTag { tag: 3 })
+        ));
     }
 }

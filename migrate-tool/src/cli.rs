@@ -124,6 +124,22 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Named migrations behind the gate of SPEC section 5: copy-transform, prove, cut over.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  migrate-tool migrate list\n  \
+                      migrate-tool migrate run upcast --dry-run --json\n  \
+                      migrate-tool migrate status\n  migrate-tool migrate rollback"
+    )]
+    Migrate(MigrateCmd),
+    /// Pre-deploy gate: this binary re-derives every projection from the log and compares it
+    /// with the stored views; exit 1 names the members and fields that differ.
+    #[command(after_help = "Example:\n  migrate-tool gate --json")]
+    Gate {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write deterministic, realistic activity into the store.
     #[command(
         after_help = "Example:\n  migrate-tool demo --members 2000 --events-per-member 8 --seed 7"
@@ -138,5 +154,49 @@ pub enum Cmd {
         /// Seed of the generator.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+}
+
+/// `migrate` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum MigrateCmd {
+    /// The migrations this build knows and what each declares it changes.
+    #[command(after_help = "Example:\n  migrate-tool migrate list --json")]
+    List {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a migration inside the gate; exit 1 (store untouched) on any undeclared difference.
+    #[command(
+        after_help = "Example:\n  migrate-tool migrate run upcast --dry-run\n  \
+                            migrate-tool migrate run recode --json"
+    )]
+    Run {
+        /// Migration name (see `migrate list`).
+        name: String,
+        /// Run everything on a scratch store; the store is not touched.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+        /// A deliberately faulty transform, for tests of the gate only.
+        #[arg(long, hide = true, value_enum)]
+        fault: Option<crate::migrate_copy::Fault>,
+    },
+    /// Lock holder, encodings and schema versions in the log, applied migrations, kept stores.
+    #[command(after_help = "Example:\n  migrate-tool migrate status --json")]
+    Status {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put back the store kept by the last cut-over (the migrated one is kept beside it).
+    #[command(after_help = "Example:\n  migrate-tool migrate rollback")]
+    Rollback {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }

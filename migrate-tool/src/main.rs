@@ -9,6 +9,10 @@
 //! - [`check`]: `verify`, `check` (the invariants of SPEC section 4), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
 //! - [`demo`]: `demo`, deterministic seeded activity.
+//! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
+//! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
+//!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report.
+//! - [`gate`]: `gate`, the pre-deploy projection gate.
 //!
 //! Exit codes everywhere: 0 success, 1 something was rejected or a check failed, 2 the tool could
 //! not do its job (an `anyhow` error reaching `main`). Human output goes to stdout, errors to
@@ -17,7 +21,12 @@
 mod check;
 mod cli;
 mod demo;
+mod gate;
 mod import;
+mod lock;
+mod migrate;
+mod migrate_copy;
+mod migrate_report;
 mod output;
 mod read;
 mod reset;
@@ -28,7 +37,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Cmd};
+use crate::cli::{Cli, Cmd, MigrateCmd};
+use crate::lock::StoreLock;
 use crate::output::Outcome;
 
 fn main() -> ExitCode {
@@ -63,9 +73,45 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The name under which a writing command holds the store lock; `None` for readers.
+fn writer_name(cmd: &Cmd) -> Option<&'static str> {
+    match cmd {
+        Cmd::Import { .. } => Some("import"),
+        Cmd::Rebuild => Some("rebuild"),
+        Cmd::ResetCredentials { .. } => Some("reset-credentials"),
+        Cmd::Demo { .. } => Some("demo"),
+        // `migrate run` and `migrate rollback` take the lock themselves (they rename the store).
+        _ => None,
+    }
+}
+
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let dir = cli.store;
+    lock::recover_if_free(&dir)?;
+    let _lock = match writer_name(&cli.command) {
+        Some(name) => Some(StoreLock::acquire(&dir, name)?),
+        None => None,
+    };
     match cli.command {
+        Cmd::Migrate(MigrateCmd::List { json }) => migrate::list(json, out),
+        Cmd::Migrate(MigrateCmd::Run {
+            name,
+            dry_run,
+            json,
+            fault,
+        }) => migrate::run(
+            &dir,
+            &migrate::RunOptions {
+                name,
+                dry_run,
+                json,
+                fault,
+            },
+            out,
+        ),
+        Cmd::Migrate(MigrateCmd::Status { json }) => migrate::status(&dir, json, out),
+        Cmd::Migrate(MigrateCmd::Rollback { json }) => migrate::rollback(&dir, json, out),
+        Cmd::Gate { json } => gate::gate_cmd(&dir, json, out),
         Cmd::Import { file } => import::run(&dir, &file, out),
         Cmd::Show {
             member,

@@ -121,7 +121,14 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
     let source = store::open_existing(dir)?;
     let (gate, applied) = if source.name() == "redb" {
         // In place, under a rollback point: no copy of the store, so it scales to 16.5M members.
-        let gate = gate(Arc::clone(&source), &opts, &named, &run_id, start_time, true)?;
+        let gate = gate(
+            Arc::clone(&source),
+            &opts,
+            &named,
+            &run_id,
+            start_time,
+            true,
+        )?;
         let applied = gate.failures.is_empty() && !opts.dry_run;
         (gate, applied)
     } else {

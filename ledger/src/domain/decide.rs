@@ -20,9 +20,9 @@ use crate::timestamp::Timestamp;
 
 use super::command::{Command, CommandBody};
 use super::events::{
-    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, DomainEvent, IdentityEvent,
-    MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged, PasswordReset, Refunded,
-    Registered, ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened,
+    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DomainEvent,
+    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged, PasswordReset,
+    Refunded, Registered, ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened,
 };
 use super::ids::{
     identity_stream, wallet_stream, Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen,
@@ -385,6 +385,8 @@ fn decide_pay(
         payment: id.clone(),
         amount,
         merchant: merchant.to_owned(),
+        currency: Currency::JPY,
+        merchant_category: None,
     }))
 }
 

@@ -35,14 +35,119 @@ pub struct ToppedUp {
 }
 
 /// Money left to a merchant; creates a refundable payment keyed by the command id.
+/// `wallet.paid` v2: v1 ([`PaidV1`]) plus the currency and the merchant category, which a
+/// payment network needs (card-scheme rules, fraud scoring by category, receipts). v1 records are
+/// upcast on read ([`PaidV1::upcast`]) and rewritten by the `upcast` migration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Paid {
+    /// The `pay` command's id, later named by `refund`.
+    pub payment: CommandId,
+    /// Always >= 1, in units of `currency` (yen have no minor unit).
+    pub amount: Yen,
+    /// Free text, 1 to 64 characters.
+    pub merchant: String,
+    /// ISO 4217 alphabetic code of the amount. Always [`Currency::JPY`] today: the ledger holds
+    /// integer yen only (SPEC section 2), and the fold refuses any other currency.
+    pub currency: Currency,
+    /// ISO 18245 merchant category code, when the acquirer sent one. `None` for every payment
+    /// recorded before v2 and for `pay` commands (their JSON has no such field yet): ISO 18245 has
+    /// no "unknown" code, so none is invented.
+    pub merchant_category: Option<MerchantCategory>,
+}
+
+/// `wallet.paid` v1, as written before v2 existed. Its bytes never change (see the pinned test).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidV1 {
     /// The `pay` command's id, later named by `refund`.
     pub payment: CommandId,
     /// Always >= 1.
     pub amount: Yen,
     /// Free text, 1 to 64 characters.
     pub merchant: String,
+}
+
+impl PaidV1 {
+    /// The v1 -> v2 upcast: every v1 field unchanged, currency `JPY` (the only currency the
+    /// ledger has ever held), no merchant category (v1 never recorded one).
+    pub fn upcast(self) -> Paid {
+        Paid {
+            payment: self.payment,
+            amount: self.amount,
+            merchant: self.merchant,
+            currency: Currency::JPY,
+            merchant_category: None,
+        }
+    }
+}
+
+/// An ISO 4217 alphabetic currency code: three ASCII uppercase letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    /// Japanese yen.
+    pub const JPY: Currency = Currency(*b"JPY");
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("constructed from ASCII uppercase letters only")
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match <[u8; 3]>::try_from(value.as_bytes()) {
+            Ok(code) if code.iter().all(u8::is_ascii_uppercase) => Ok(Currency(code)),
+            _ => Err(format!(
+                "currency {value:?} is not an ISO 4217 code (three uppercase letters)"
+            )),
+        }
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An ISO 18245 merchant category code, 0000 to 9999 (e.g. 5411 grocery stores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u16", into = "u16")]
+pub struct MerchantCategory(u16);
+
+impl MerchantCategory {
+    /// The code, 0..=9999.
+    pub fn code(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<u16> for MerchantCategory {
+    type Error = String;
+    fn try_from(code: u16) -> Result<Self, Self::Error> {
+        if code <= 9_999 {
+            Ok(MerchantCategory(code))
+        } else {
+            Err(format!(
+                "merchant category {code} is not an ISO 18245 code (0000-9999)"
+            ))
+        }
+    }
+}
+
+impl From<MerchantCategory> for u16 {
+    fn from(m: MerchantCategory) -> u16 {
+        m.0
+    }
 }
 
 /// Part or all of an earlier payment came back.
@@ -151,6 +256,23 @@ pub struct PasswordReset {
     pub reason: Option<String>,
 }
 
+/// The system stream where the log records the migrations applied to it.
+pub const SYSTEM_MIGRATIONS_STREAM: &str = "system-migrations";
+
+/// A gated migration was applied to the log: the first event written after a copy-transform
+/// cut-over (or after any other migration), so the log itself says how it came to be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationApplied {
+    /// The migration's name, e.g. `upcast`.
+    pub name: String,
+    /// BLAKE3 (hex) of the migration report's content (see `docs/migrations.md`).
+    pub report_blake3: String,
+    /// Head position of the log the migration read.
+    pub source_head_position: u64,
+    /// Head hash (hex) of the log the migration read: it ties the new chain to the old one.
+    pub source_head_hash: String,
+}
+
 /// Why stored bytes could not become a [`DomainEvent`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -191,7 +313,7 @@ fn decode_payload<T: serde::de::DeserializeOwned>(
     codec: Codec,
     payload: &[u8],
 ) -> Result<T, DecodeEventError> {
-    // Every type is at version 1 today; when a v2 appears, its older versions get an upcast here.
+    // Older versions that are still read are upcast in `decode_legacy` before this is reached.
     if version != supported {
         return Err(DecodeEventError::UnsupportedVersion {
             event_type,
@@ -264,7 +386,7 @@ event_enum!(
     WalletEvent {
         WalletOpened => "wallet.opened" v 1,
         ToppedUp => "wallet.topped_up" v 1,
-        Paid => "wallet.paid" v 1,
+        Paid => "wallet.paid" v 2,
         Refunded => "wallet.refunded" v 1,
         TransferredOut => "wallet.transferred_out" v 1,
         TransferredIn => "wallet.transferred_in" v 1,
@@ -286,6 +408,52 @@ event_enum!(
         PasswordReset => "identity.password_reset" v 1,
     }
 );
+
+event_enum!(
+    /// Events of system streams (`system-...`), written by operators' tools, never by commands.
+    /// Kept out of [`DomainEvent`] on purpose: no wallet or identity fold may ever see them.
+    SystemEvent {
+        MigrationApplied => "system.migration_applied" v 1,
+    }
+);
+
+impl SystemEvent {
+    /// Decodes a system event; `None` when `event_type` is not a system event type.
+    pub fn decode(
+        event_type: &str,
+        schema_version: u16,
+        codec: Codec,
+        payload: &[u8],
+    ) -> Option<Result<SystemEvent, DecodeEventError>> {
+        SystemEvent::decode_known(event_type, schema_version, codec, payload)
+    }
+}
+
+/// Older schema versions this build still reads, each upcast to the current one on decode.
+pub const LEGACY_TYPES: &[(&str, u16)] = &[("wallet.paid", 1)];
+
+/// Decodes an older schema version into the current event, or `None` when (type, version) is
+/// not a legacy one.
+fn decode_legacy(
+    event_type: &str,
+    version: u16,
+    codec: Codec,
+    payload: &[u8],
+) -> Option<Result<DomainEvent, DecodeEventError>> {
+    match (event_type, version) {
+        ("wallet.paid", 1) => Some(
+            codec
+                .decode::<PaidV1>(payload)
+                .map(|v1| DomainEvent::Wallet(WalletEvent::Paid(v1.upcast())))
+                .map_err(|source| DecodeEventError::Payload {
+                    event_type: "wallet.paid",
+                    version: 1,
+                    source,
+                }),
+        ),
+        _ => None,
+    }
+}
 
 /// Any event the ledger stores.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -336,6 +504,9 @@ impl DomainEvent {
         codec: Codec,
         payload: &[u8],
     ) -> Result<DomainEvent, DecodeEventError> {
+        if let Some(result) = decode_legacy(event_type, schema_version, codec, payload) {
+            return result;
+        }
         if let Some(result) = WalletEvent::decode_known(event_type, schema_version, codec, payload)
         {
             return result.map(DomainEvent::Wallet);

@@ -29,9 +29,11 @@ mod tests;
 pub use command::{Command, CommandBody, InputError};
 pub use decide::{decide, decide_expire, DecideInput, InactiveReason, Rejection, StreamEvents};
 pub use events::{
-    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, DecodeEventError, DomainEvent,
-    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged, PasswordReset,
-    Refunded, Registered, ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened,
+    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError,
+    DomainEvent, IdentityEvent, MerchantCategory, MigrationApplied, MilesEarned, MilesExpired,
+    MilesRedeemed, Paid, PaidV1, PasswordChanged, PasswordReset, Refunded, Registered, SystemEvent,
+    ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened, LEGACY_TYPES,
+    SYSTEM_MIGRATIONS_STREAM,
 };
 pub use ids::{
     identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,

@@ -74,6 +74,16 @@ pub enum FoldError {
         /// The payment.
         payment: CommandId,
     },
+    /// `wallet.paid` in a currency the ledger does not hold (it holds yen only).
+    #[error("payment {payment} of member {member} is in {currency}; this ledger holds JPY only")]
+    ForeignCurrency {
+        /// The wallet's member.
+        member: MemberId,
+        /// The payment.
+        payment: CommandId,
+        /// The payment's currency.
+        currency: super::events::Currency,
+    },
     /// `wallet.refunded` names a payment the wallet does not have.
     #[error("payment {payment} of member {member} does not exist")]
     UnknownPayment {
@@ -374,7 +384,15 @@ impl WalletState {
         Ok(())
     }
 
+    /// v1 payments arrive here upcast to v2 (currency JPY), so both versions fold identically.
     fn apply_paid(&mut self, e: &Paid) -> Result<(), FoldError> {
+        if e.currency != super::events::Currency::JPY {
+            return Err(FoldError::ForeignCurrency {
+                member: self.member.clone(),
+                payment: e.payment.clone(),
+                currency: e.currency,
+            });
+        }
         if self.payments.contains_key(&e.payment) {
             return Err(FoldError::DuplicatePayment {
                 member: self.member.clone(),

@@ -991,7 +991,7 @@ fn event_type_names_and_versions_are_pinned() {
         [
             ("wallet.opened", 1),
             ("wallet.topped_up", 1),
-            ("wallet.paid", 1),
+            ("wallet.paid", 2),
             ("wallet.refunded", 1),
             ("wallet.transferred_out", 1),
             ("wallet.transferred_in", 1),
@@ -1009,20 +1009,75 @@ fn event_type_names_and_versions_are_pinned() {
     );
 }
 
-// Payload bytes are pinned for one event, so a codec or struct change is noticed.
+// Payload bytes are pinned for one event, so a codec or struct change is noticed: v1 bytes
+// (still in every store written before v2) must decode, upcast, to the v2 event.
 #[test]
 fn paid_payload_bytes_are_pinned() {
-    let event = DomainEvent::Wallet(WalletEvent::Paid(Paid {
+    let v1 = PaidV1 {
         payment: CommandId::new("p1").expect("valid"),
         amount: Yen(1000),
         merchant: "shop".to_owned(),
-    }));
-    let bytes = event.encode(Codec::Bincode2).expect("encodes");
+    };
+    let bytes = Codec::Bincode2.encode(&v1).expect("encodes");
     assert_eq!(hex(&bytes), PINNED_PAID_HEX);
+    let upcast = DomainEvent::decode("wallet.paid", 1, Codec::Bincode2, &bytes).expect("v1 reads");
+    let v2 = DomainEvent::Wallet(WalletEvent::Paid(Paid {
+        payment: CommandId::new("p1").expect("valid"),
+        amount: Yen(1000),
+        merchant: "shop".to_owned(),
+        currency: Currency::JPY,
+        merchant_category: None,
+    }));
+    assert_eq!(upcast, v2);
+    let bytes2 = v2.encode(Codec::Bincode2).expect("encodes");
+    assert_eq!(hex(&bytes2), PINNED_PAID_V2_HEX);
+    assert_eq!(v2.schema_version(), 2);
+    let mut with_mcc = v2.clone();
+    if let DomainEvent::Wallet(WalletEvent::Paid(p)) = &mut with_mcc {
+        p.merchant_category = Some(MerchantCategory::try_from(5411).expect("valid MCC"));
+    }
+    for codec in [Codec::Bincode2, Codec::Postcard] {
+        let b = with_mcc.encode(codec).expect("encodes");
+        assert_eq!(
+            DomainEvent::decode("wallet.paid", 2, codec, &b).unwrap(),
+            with_mcc
+        );
+    }
 }
 
 /// len 2 "p1", varint 1000 (fb e8 03), len 4 "shop".
 const PINNED_PAID_HEX: &str = "027031fbe8030473686f70";
+/// v1 bytes, then len 3 "JPY", then `None` (00).
+const PINNED_PAID_V2_HEX: &str = "027031fbe8030473686f70034a505900";
+
+// Currency and merchant category are validated on decode; the fold refuses a foreign currency.
+#[test]
+fn paid_v2_fields_are_validated() {
+    assert!(Currency::try_from("jpy".to_owned()).is_err());
+    assert!(Currency::try_from("JPYY".to_owned()).is_err());
+    assert_eq!(
+        Currency::try_from("USD".to_owned()).unwrap().as_str(),
+        "USD"
+    );
+    assert!(MerchantCategory::try_from(10_000).is_err());
+    let mut world = World::default();
+    run_table(&mut world, &WALLET_ROWS_MONEY[..5]);
+    let mut state = Some(world.wallet("m1").clone());
+    let usd = WalletEvent::Paid(Paid {
+        payment: CommandId::new("p-usd").expect("valid"),
+        amount: Yen(1),
+        merchant: "x".into(),
+        currency: Currency::try_from("USD".to_owned()).unwrap(),
+        merchant_category: None,
+    });
+    let err = apply_wallet_event(&mut state, &usd)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "payment p-usd of member m1 is in USD; this ledger holds JPY only"
+    );
+}
 
 // Unknown types, unsupported versions and bad bytes are typed errors, not panics.
 #[test]
@@ -1083,6 +1138,8 @@ fn damaged_events_are_fold_errors_and_change_nothing() {
                 payment: CommandId::new("p2").expect("valid"),
                 amount: Yen(501),
                 merchant: "x".into(),
+                currency: Currency::JPY,
+                merchant_category: None,
             }),
             "balance of member m1 would go negative: 500 - 501",
         ),
@@ -1091,6 +1148,8 @@ fn damaged_events_are_fold_errors_and_change_nothing() {
                 payment: p1.clone(),
                 amount: Yen(1),
                 merchant: "x".into(),
+                currency: Currency::JPY,
+                merchant_category: None,
             }),
             "payment p1 of member m1 is recorded twice",
         ),
@@ -1294,6 +1353,8 @@ fn arb_wallet_event() -> impl Strategy<Value = WalletEvent> {
                 payment,
                 amount,
                 merchant,
+                currency: Currency::JPY,
+                merchant_category: None,
             })
         }),
         (arb_command_id(), yen())

@@ -1,0 +1,286 @@
+//! The store-level lock: one writing `migrate-tool` command per store path at a time.
+//!
+//! Why a lock of our own when redb already locks its file: a copy-transform migration renames
+//! the store *directory* (cut-over, rollback), and between closing the source engine and the
+//! rename a writer could open the old file; redb's lock covers one open file, not a path. This
+//! lock is an advisory `flock` (std `File::try_lock`) on `<parent>/<name>.lock`, a file *beside*
+//! the store directory, so that it names the path, survives the renames, and never makes a fresh
+//! store directory non-empty. Every writing command (import, demo, rebuild, reset-credentials,
+//! migrate run/rollback) takes it; the second one gets a clear error naming the holder. The kernel
+//! drops a flock when its process dies, so kill -9 never leaves a stale lock behind (the file
+//! stays, with the last holder's description, and is reused). Lock files are never deleted, so
+//! two processes can never hold locks on two different files of one name.
+//!
+//! The cut-over journal `<parent>/<name>.cutover` lives here too: it is written (and synced)
+//! before a cut-over's two renames and removed after them, so a process killed between the two
+//! renames leaves enough to finish the cut-over the next time anyone takes the lock.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of the holder description kept in the lock file.
+const MAX_HOLDER_BYTES: u64 = 512;
+
+/// The store's parent directory and its file name, as used for every sibling path.
+pub fn split(dir: &Path) -> (PathBuf, String) {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger-data".into());
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    (parent, name)
+}
+
+/// A path beside the store: `<parent>/<name><suffix>`.
+pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let (parent, name) = split(dir);
+    parent.join(format!("{name}{suffix}"))
+}
+
+/// The lock file of a store path.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    sibling(dir, ".lock")
+}
+
+/// An exclusive hold on a store path; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct StoreLock {
+    /// Kept open: closing it would release the flock.
+    file: File,
+    /// The store directory this lock covers.
+    dir: PathBuf,
+}
+
+impl StoreLock {
+    /// Takes the lock without waiting; if another process holds it, fails naming the holder.
+    /// Finishes an interrupted cut-over once the lock is held.
+    pub fn acquire(dir: &Path, purpose: &str) -> anyhow::Result<StoreLock> {
+        let path = lock_path(dir);
+        let (parent, _) = split(dir);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&file).take(MAX_HOLDER_BYTES).read_to_string(&mut holder);
+                let holder = holder.trim();
+                bail!(
+                    "store {} is locked by another migrate-tool process ({}); wait for it to finish (lock file {})",
+                    dir.display(),
+                    if holder.is_empty() { "holder unknown" } else { holder },
+                    path.display()
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        let description = format!(
+            "pid {}: {purpose}, since {}",
+            std::process::id(),
+            ledger::Timestamp::now().to_rfc3339()
+        );
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(description.as_bytes())?;
+        file.sync_data()?;
+        let lock = StoreLock {
+            file,
+            dir: dir.to_path_buf(),
+        };
+        recover_cutover(&lock)?;
+        Ok(lock)
+    }
+
+    /// The store directory covered.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Who holds the lock of `dir` right now, or `None` when it is free.
+    pub fn holder(dir: &Path) -> anyhow::Result<Option<String>> {
+        let path = lock_path(dir);
+        let Ok(mut file) = File::open(&path) else {
+            return Ok(None);
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&mut file)
+                    .take(MAX_HOLDER_BYTES)
+                    .read_to_string(&mut holder);
+                Ok(Some(holder.trim().to_owned()))
+            }
+            Err(TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // Unlocking explicitly only documents intent: closing the file releases the flock too.
+        let _ = self.file.unlock();
+    }
+}
+
+/// What a cut-over is about to do: `store` -> `kept`, then `incoming` -> `store`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Journal {
+    /// Where the current store directory goes (kept for rollback).
+    pub kept: PathBuf,
+    /// The checked new store directory that takes its place.
+    pub incoming: PathBuf,
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    sibling(dir, ".cutover")
+}
+
+/// Replaces the store directory by `incoming`, keeping the current one at `kept`. Both renames
+/// are journaled first, so a crash between them is finished by the next lock holder.
+pub fn cut_over(lock: &StoreLock, incoming: &Path, kept: &Path) -> anyhow::Result<()> {
+    let dir = lock.dir();
+    if kept.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            kept.display()
+        );
+    }
+    let journal = Journal {
+        kept: kept.to_path_buf(),
+        incoming: incoming.to_path_buf(),
+    };
+    let path = journal_path(dir);
+    let mut file = File::create(&path)
+        .with_context(|| format!("cannot write cut-over journal {}", path.display()))?;
+    file.write_all(&serde_json::to_vec(&journal)?)?;
+    file.sync_all()?;
+    sync_parent(dir)?;
+    finish(dir, &journal)
+}
+
+/// Completes a journaled cut-over from whatever point it reached, then removes the journal.
+fn finish(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
+    if dir.exists() && journal.incoming.exists() {
+        std::fs::rename(dir, &journal.kept).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                dir.display(),
+                journal.kept.display()
+            )
+        })?;
+    }
+    if !dir.exists() && journal.incoming.exists() {
+        std::fs::rename(&journal.incoming, dir).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                journal.incoming.display(),
+                dir.display()
+            )
+        })?;
+    }
+    sync_parent(dir)?;
+    std::fs::remove_file(journal_path(dir))?;
+    sync_parent(dir)
+}
+
+/// Finishes a cut-over that a killed process left between its two renames.
+fn recover_cutover(lock: &StoreLock) -> anyhow::Result<()> {
+    let path = journal_path(lock.dir());
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<Journal>(&bytes) {
+        Ok(journal) => {
+            eprintln!(
+                "note: finishing an interrupted cut-over of {} (journal {})",
+                lock.dir().display(),
+                path.display()
+            );
+            finish(lock.dir(), &journal)
+        }
+        // A torn journal was written before either rename (it is synced before them): drop it.
+        Err(_) => Ok(std::fs::remove_file(&path)?),
+    }
+}
+
+/// Finishes an interrupted cut-over before any command reads the store, if the lock is free
+/// (a held lock means a live migration whose journal is current: leave it alone).
+pub fn recover_if_free(dir: &Path) -> anyhow::Result<()> {
+    if journal_path(dir).exists() && StoreLock::holder(dir)?.is_none() {
+        drop(StoreLock::acquire(dir, "cut-over recovery")?);
+    }
+    Ok(())
+}
+
+/// Makes renames in the store's parent directory durable.
+pub fn sync_parent(dir: &Path) -> anyhow::Result<()> {
+    let (parent, _) = split(dir);
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", parent.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the second taker is refused with the holder named, and that dropping releases.
+    #[test]
+    fn second_taker_is_refused_naming_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let first = StoreLock::acquire(&dir, "migrate run upcast").unwrap();
+        let err = StoreLock::acquire(&dir, "import").unwrap_err().to_string();
+        assert!(
+            err.contains("is locked by another migrate-tool process"),
+            "{err}"
+        );
+        assert!(err.contains("migrate run upcast"), "{err}");
+        assert!(StoreLock::holder(&dir).unwrap().is_some());
+        drop(first);
+        assert_eq!(StoreLock::holder(&dir).unwrap(), None);
+        let again = StoreLock::acquire(&dir, "import").unwrap();
+        assert_eq!(again.dir(), dir.as_path());
+        assert!(!dir.exists(), "the lock never creates the store directory");
+    }
+
+    // Proves a cut-over interrupted between its renames is finished by the next lock holder.
+    #[test]
+    fn interrupted_cut_over_is_finished_on_next_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let incoming = tmp.path().join("store.migrating-x");
+        let kept = tmp.path().join("store.before-x");
+        std::fs::create_dir_all(&incoming).unwrap();
+        std::fs::write(incoming.join("f"), b"new").unwrap();
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("f"), b"old").unwrap();
+        // State after the first rename only: the store path is missing.
+        let journal = Journal {
+            kept: kept.clone(),
+            incoming: incoming.clone(),
+        };
+        std::fs::write(journal_path(&dir), serde_json::to_vec(&journal).unwrap()).unwrap();
+        let _lock = StoreLock::acquire(&dir, "test").unwrap();
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"new");
+        assert_eq!(std::fs::read(kept.join("f")).unwrap(), b"old");
+        assert!(!journal_path(&dir).exists());
+    }
+}

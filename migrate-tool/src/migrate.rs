@@ -1,0 +1,594 @@
+//! `migrate list | run NAME | status | rollback`: migrations that prove themselves.
+//!
+//! A migration is named and declares what it changes. It runs inside the gate of SPEC section 5:
+//!
+//! 1. take the store lock ([`crate::lock`]); nothing else writes the store path meanwhile;
+//! 2. **before**: every invariant of `check`, the digest, the head position and head hash of
+//!    the source, read from one snapshot (the source is only read, never written);
+//! 3. **copy-transform** ([`crate::migrate_copy`]): read the source log in position order,
+//!    transform each record, write it into a new store `<store>.migrating-<name>` with the same
+//!    positions, stream versions, event ids, command ids and times, a recomputed hash chain, and
+//!    the command table copied; then rebuild the projections there with this binary;
+//! 4. **after**: the same figures on the new store;
+//! 5. **compare** everything the migration did not declare: every invariant holds on both; the
+//!    digest is equal (else the differing members are found through the digest buckets and named
+//!    with the fields that differ); the event count is equal; position by position the envelope
+//!    is equal and the decoded event is equal under the declared mapping; the command table is
+//!    equal. The head hash differs by declaration (the payload bytes change, so the chain does);
+//! 6. on any difference: exit 1, the new store is deleted, the source is untouched. Otherwise,
+//!    unless `--dry-run`: append a `system.migration_applied` event (with the report's BLAKE3) to
+//!    `system-migrations` in the new store, then cut over atomically: `store` ->
+//!    `store.before-<run>-<name>` (kept as it was, for `migrate rollback`), new -> `store`.
+//!
+//! kill -9 at any point before the cut-over leaves the source untouched and a scratch directory
+//! that the next run deletes; during the cut-over, a journal lets the next lock holder finish it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use ledger::domain::{MigrationApplied, SystemEvent, SYSTEM_MIGRATIONS_STREAM};
+use ledger::{
+    AppendRequest, Codec, Create, ExpectedVersion, Ledger, NewEvent, Snapshot, StreamAppend,
+    StreamVersion, Timestamp,
+};
+use projections::digest;
+use serde_json::{json, Value};
+
+use crate::check::{self, CheckReport};
+use crate::lock::{self, StoreLock};
+use crate::migrate_copy::{self, CopyStats, Fault, LogCompare};
+use crate::migrate_report::{self, Report};
+use crate::output::{self, Outcome, WalletJson};
+use crate::store;
+
+/// What a migration does to each record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Rewrite older schema versions to the current one (`wallet.paid` v1 -> v2).
+    Upcast,
+    /// Re-encode every payload with another codec (bincode 2 -> postcard).
+    Recode,
+    /// Rewrite current schema versions back to the legacy one where that loses nothing
+    /// (`wallet.paid` v2 with JPY and no category -> v1), so an older binary can read the store.
+    Downcast,
+    /// Listed for completeness: runs as `reset-credentials`, in place, appending only.
+    ResetCredentials,
+}
+
+/// A named migration and what it declares it changes.
+pub struct Migration {
+    /// The name given to `migrate run`.
+    pub name: &'static str,
+    /// One line on what it is for.
+    pub summary: &'static str,
+    /// Everything it may change; the gate compares everything else.
+    pub declares: &'static [&'static str],
+    /// How it transforms.
+    pub kind: Kind,
+}
+
+/// Every migration this build knows.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "upcast",
+        summary: "rewrite wallet.paid v1 events as v2 (currency JPY, no merchant category)",
+        declares: &[
+            "schema of wallet.paid: v1 -> v2 (every v1 field kept; currency = JPY; merchant_category = none)",
+            "payload bytes, hence each record's hash and the head hash",
+            "system-migrations: +1 system.migration_applied event",
+        ],
+        kind: Kind::Upcast,
+    },
+    Migration {
+        name: "recode",
+        summary: "re-encode every payload from bincode 2 to postcard (codec tag 1 -> 2)",
+        declares: &[
+            "encoding only: codec tag and payload bytes of every record",
+            "payload bytes, hence each record's hash and the head hash",
+            "system-migrations: +1 system.migration_applied event",
+        ],
+        kind: Kind::Recode,
+    },
+    Migration {
+        name: "downcast",
+        summary: "rewrite wallet.paid v2 events as v1 for an older binary (refused if any payment has a non-JPY currency or a merchant category)",
+        declares: &[
+            "schema of wallet.paid: v2 -> v1 (only where currency = JPY and merchant_category = none)",
+            "payload bytes, hence each record's hash and the head hash",
+            "system-migrations: +1 system.migration_applied event",
+        ],
+        kind: Kind::Downcast,
+    },
+    Migration {
+        name: "reset-credentials",
+        summary: "forced password reset; run it as `migrate-tool reset-credentials` (same gate, in place)",
+        declares: &[
+            "identity streams only: +1 identity.password_reset per member reset",
+        ],
+        kind: Kind::ResetCredentials,
+    },
+];
+
+/// Options of `migrate run`.
+pub struct RunOptions {
+    /// Migration name.
+    pub name: String,
+    /// Everything on the scratch store; no cut-over.
+    pub dry_run: bool,
+    /// One JSON document on stdout.
+    pub json: bool,
+    /// A deliberately faulty transform (hidden; tests prove the gate catches it).
+    pub fault: Option<Fault>,
+}
+
+fn find(name: &str) -> anyhow::Result<&'static Migration> {
+    MIGRATIONS.iter().find(|m| m.name == name).ok_or_else(|| {
+        let known: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        anyhow::anyhow!("no migration named {name:?}; known: {}", known.join(", "))
+    })
+}
+
+/// `migrate list`.
+pub fn list(json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    if json {
+        let doc: Vec<Value> = MIGRATIONS
+            .iter()
+            .map(|m| json!({"name": m.name, "summary": m.summary, "declares": m.declares}))
+            .collect();
+        writeln!(out, "{}", json!({ "migrations": doc }))?;
+    } else {
+        for m in MIGRATIONS {
+            writeln!(out, "{:<18} {}", m.name, m.summary)?;
+            for d in m.declares {
+                writeln!(out, "{:<18}   declares: {d}", "")?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// A compact, sortable id for this run (UTC time to the microsecond).
+pub fn run_id() -> String {
+    let now = Timestamp::now();
+    // Fixed width (the RFC 3339 form trims the fraction), so ids sort as times do.
+    let seconds: String = now
+        .to_rfc3339()
+        .chars()
+        .take(19)
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("{seconds}{:06}Z", now.0.rem_euclid(1_000_000))
+}
+
+/// The gate's findings.
+pub struct GateFindings {
+    /// Why the gate refused; empty when it passed.
+    pub failures: Vec<String>,
+    /// Members whose wallet differs, with the fields.
+    pub changed: Vec<Value>,
+    /// Members named by the log comparison (their stream's events differ).
+    pub members_named: Vec<String>,
+}
+
+/// `migrate run NAME`.
+pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let migration = find(&opts.name)?;
+    if migration.kind == Kind::ResetCredentials {
+        bail!("run this migration as `migrate-tool reset-credentials` (it appends in place)");
+    }
+    let started = Instant::now();
+    let lock = StoreLock::acquire(dir, &format!("migrate run {}", migration.name))?;
+    let run_id = run_id();
+    let scratch = lock::sibling(dir, &format!(".migrating-{}", migration.name));
+    if scratch.exists() {
+        eprintln!(
+            "note: removing {} left by an interrupted run",
+            scratch.display()
+        );
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("cannot remove {}", scratch.display()))?;
+    }
+    let source_copy = lock::sibling(dir, &format!(".migrating-{}.source", migration.name));
+    if source_copy.exists() {
+        std::fs::remove_dir_all(&source_copy)
+            .with_context(|| format!("cannot remove {}", source_copy.display()))?;
+    }
+    let result = copy_source(dir, &source_copy).and_then(|()| {
+        run_on_scratch(
+            &source_copy,
+            dir,
+            migration,
+            opts,
+            &scratch,
+            &run_id,
+            started,
+        )
+    });
+    store::remove_scratch(&source_copy);
+    let (report, ok) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            store::remove_scratch(&scratch);
+            return Err(e);
+        }
+    };
+    let mut report = report;
+    let applied = ok && !opts.dry_run;
+    if applied {
+        let position = append_applied(&scratch, migration, &report)?;
+        report.migration_event_position = Some(position);
+        let kept = lock::sibling(dir, &format!(".before-{run_id}-{}", migration.name));
+        lock::cut_over(&lock, &scratch, &kept)?;
+        report.kept = Some(kept.display().to_string());
+    } else {
+        store::remove_scratch(&scratch);
+    }
+    let path = migrate_report::write(dir, &report)?;
+    drop(lock);
+    if opts.json {
+        writeln!(out, "{}", report.file_json(&path))?;
+    } else {
+        report.write_human(out, &path)?;
+    }
+    Ok(Outcome::from_ok(ok))
+}
+
+/// Copies the source store for reading. Even a read-only session of redb rewrites bytes of the
+/// file header, and the source must stay byte-identical (and intact for rollback), so the
+/// migration reads a copy. A shared flock on the source file during the copy keeps any writer
+/// (redb takes an exclusive one) from opening it meanwhile, so the copy is of a closed file.
+fn copy_source(dir: &Path, to: &Path) -> anyhow::Result<()> {
+    let file_path = dir.join(ledger::store::REDB_FILE);
+    let file = std::fs::File::open(&file_path).with_context(|| {
+        format!(
+            "no store at {} (cannot open {})",
+            dir.display(),
+            file_path.display()
+        )
+    })?;
+    match file.try_lock_shared() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "store {} is in use by another process (it is locked); wait for it to finish",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    store::copy_store(dir, to)
+}
+
+/// Steps 2 to 5 on the scratch store. Returns the report and whether the gate passed.
+fn run_on_scratch(
+    source_copy: &Path,
+    dir: &Path,
+    migration: &Migration,
+    opts: &RunOptions,
+    scratch: &Path,
+    run_id: &str,
+    started: Instant,
+) -> anyhow::Result<(Report, bool)> {
+    let source = store::open_existing(source_copy)?;
+    let src_snap = source.snapshot()?;
+    let bar = output::progress(None, "gate: before");
+    let before = check::check_snapshot(&*src_snap, &check::spinner_progress(&bar))?;
+    let mut report = Report::new(dir, migration, run_id, opts.dry_run, &before);
+    if !before.ok() {
+        bar.finish_and_clear();
+        report
+            .failures
+            .push("the source store fails `check` before the migration; nothing was done".into());
+        report.finish(started);
+        return Ok((report, false));
+    }
+    bar.set_message("migrate: copy-transform");
+    let target = ledger::store::open_engine(scratch, Create::IfMissing, ledger::Backend::Redb)?;
+    let stats: CopyStats =
+        migrate_copy::copy_transform(&*src_snap, &*target, migration.kind, opts.fault, &mut |n| {
+            bar.set_position(n)
+        })?;
+    bar.set_message("migrate: rebuild projections");
+    projections::rebuild(&*target, &mut |n| bar.set_position(n))?;
+    bar.set_message("gate: after");
+    let dst_snap = target.snapshot()?;
+    let after = check::check_snapshot(&*dst_snap, &check::spinner_progress(&bar))?;
+    bar.set_message("gate: compare logs");
+    let logs = migrate_copy::compare_logs(&*src_snap, &*dst_snap, migration.kind)?;
+    bar.finish_and_clear();
+    let findings = compare(&before, &after, &logs, &*src_snap, &*dst_snap)?;
+    report.set_after(&after, stats, &logs, findings);
+    report.finish(started);
+    let ok = report.failures.is_empty();
+    Ok((report, ok))
+}
+
+/// The comparison of everything not declared.
+fn compare(
+    before: &CheckReport,
+    after: &CheckReport,
+    logs: &LogCompare,
+    src: &dyn Snapshot,
+    dst: &dyn Snapshot,
+) -> anyhow::Result<GateFindings> {
+    let mut failures = Vec::new();
+    for (b, a) in before.invariants.iter().zip(&after.invariants) {
+        if !a.ok {
+            failures.push(format!(
+                "invariant {} held before and fails after: {}",
+                a.name,
+                a.details.join("; ")
+            ));
+        } else if !b.ok {
+            failures.push(format!("invariant {} failed before", b.name));
+        }
+    }
+    if after.head.position != before.head.position {
+        failures.push(format!(
+            "head position moved from {} to {} (a copy-transform keeps every position)",
+            before.head.position, after.head.position
+        ));
+    }
+    if after.members != before.members {
+        failures.push(format!(
+            "members with a wallet: {} before, {} after",
+            before.members, after.members
+        ));
+    }
+    failures.extend(logs.failures.iter().cloned());
+    let mut changed = Vec::new();
+    if after.digest != before.digest {
+        failures.push(format!(
+            "wallet digest changed from {} to {}",
+            before.digest, after.digest
+        ));
+        changed = changed_members(src, dst)?;
+        let names: Vec<String> = changed
+            .iter()
+            .filter_map(|c| c["member"].as_str().map(str::to_owned))
+            .collect();
+        if !names.is_empty() {
+            failures.push(format!("wallets that differ: {}", names.join(", ")));
+        }
+    }
+    if !logs.members.is_empty() {
+        failures.push(format!(
+            "members whose events differ: {}",
+            logs.members.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(GateFindings {
+        failures,
+        changed,
+        members_named: logs.members.iter().cloned().collect(),
+    })
+}
+
+/// Members whose stored wallet differs between two stores, found through the differing digest
+/// buckets only (at 16.5M members: 2 MiB of bucket sums plus ~250 members per differing bucket).
+pub fn changed_members(a: &dyn Snapshot, b: &dyn Snapshot) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let (ba, bb) = (digest::stored_buckets(a)?, digest::stored_buckets(b)?);
+    for bucket in digest::differing_buckets(&ba, &bb) {
+        let old = digest::bucket_members(a, bucket)?;
+        let new = digest::bucket_members(b, bucket)?;
+        let mut names: Vec<&String> = old
+            .iter()
+            .filter(|e| !new.contains(e))
+            .chain(new.iter().filter(|e| !old.contains(e)))
+            .map(|(m, _)| m)
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if out.len() >= crate::gate::MAX_MEMBERS_SHOWN {
+                return Ok(out);
+            }
+            let Ok(member) = ledger::domain::MemberId::new(name.as_str()) else {
+                continue;
+            };
+            let sa = projections::views::load_wallet(a, &member)?;
+            let sb = projections::views::load_wallet(b, &member)?;
+            let fields = match (&sa, &sb) {
+                (Some(x), Some(y)) => crate::gate::differing_fields(x, y)?,
+                _ => vec!["wallet".to_owned()],
+            };
+            let show = |s: &Option<ledger::domain::WalletState>| {
+                s.as_ref().map_or(Value::Null, |s| json!(WalletJson::of(s)))
+            };
+            out.push(
+                json!({"member": name, "fields": fields, "before": show(&sa), "after": show(&sb)}),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Appends the `system.migration_applied` event to the new store (projections follow through the
+/// hook: the checkpoint moves, no wallet changes) and returns its position. Checks the declared
+/// effect: exactly one event, and the digest unchanged.
+fn append_applied(scratch: &Path, migration: &Migration, report: &Report) -> anyhow::Result<u64> {
+    let engine = store::open_existing(scratch)?;
+    let digest_before = digest::stored_digest(&*engine.snapshot()?)?;
+    let ledger = Ledger::with_engine(
+        Arc::clone(&engine),
+        vec![Arc::new(projections::ProjectionHook)],
+    )?;
+    let event = SystemEvent::MigrationApplied(MigrationApplied {
+        name: migration.name.to_owned(),
+        report_blake3: report.content_hash(),
+        source_head_position: report.before_head_position(),
+        source_head_hash: report.before_head_hash(),
+    });
+    let codec = match migration.kind {
+        Kind::Recode => Codec::Postcard,
+        _ => Codec::DEFAULT,
+    };
+    let outcome = ledger.append_blocking(AppendRequest {
+        command_id: format!("migration-{}-{}", migration.name, report.run_id),
+        fingerprint: None,
+        streams: vec![StreamAppend {
+            stream: SYSTEM_MIGRATIONS_STREAM.to_owned(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                codec,
+                payload: event.encode(codec)?,
+                at: Timestamp::now(),
+            }],
+        }],
+    })?;
+    drop(ledger);
+    let snap = engine.snapshot()?;
+    let head = store::head(&*snap)?;
+    if outcome.count != 1 || head.position != outcome.first_position {
+        bail!(
+            "appending the migration event moved the head to {} (expected {})",
+            head.position,
+            outcome.first_position
+        );
+    }
+    if digest::stored_digest(&*snap)? != digest_before {
+        bail!("appending the migration event changed the wallet digest");
+    }
+    Ok(outcome.first_position.0)
+}
+
+/// `migrate status`: lock holder, head, encodings and schema versions in the log (hence which
+/// migrations have work to do), migrations the log records, kept stores for rollback.
+pub fn status(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let holder = StoreLock::holder(dir)?;
+    let engine = store::open_existing(dir)?;
+    let snap = engine.snapshot()?;
+    let head = store::head(&*snap)?;
+    let census = migrate_copy::census(&*snap)?;
+    let applied = applied_migrations(&*snap)?;
+    let kept = kept_stores(dir)?;
+    let pending_upcast: u64 = census
+        .types
+        .iter()
+        .filter(|((t, v), _)| ledger::domain::LEGACY_TYPES.contains(&(t.as_str(), *v)))
+        .map(|(_, n)| n)
+        .sum();
+    let pending_recode: u64 = census
+        .codecs
+        .iter()
+        .filter(|(c, _)| **c != Codec::Postcard.tag())
+        .map(|(_, n)| n)
+        .sum();
+    let doc = json!({
+        "store": dir.display().to_string(),
+        "locked_by": holder,
+        "head": head.position.0,
+        "head_hash": head.hash.to_hex(),
+        "codecs": census.codecs.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "event_types": census.types.iter().map(|((t, v), n)| (format!("{t} v{v}"), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "pending": {"upcast": pending_upcast, "recode": pending_recode},
+        "applied": applied,
+        "kept_for_rollback": kept.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+    });
+    if json {
+        writeln!(out, "{doc}")?;
+        return Ok(Outcome::Ok);
+    }
+    writeln!(out, "store {}", dir.display())?;
+    writeln!(
+        out,
+        "lock: {}",
+        holder
+            .as_deref()
+            .unwrap_or("free (no migration or writer running)")
+    )?;
+    writeln!(out, "head {} ({})", head.position, head.hash)?;
+    for (c, n) in &census.codecs {
+        let name = Codec::from_tag(*c).map_or("unknown".to_owned(), |c| format!("{c:?}"));
+        writeln!(out, "codec {c} ({name}): {n} events")?;
+    }
+    for ((t, v), n) in &census.types {
+        writeln!(out, "{t} v{v}: {n} events")?;
+    }
+    writeln!(
+        out,
+        "pending: upcast {pending_upcast} events, recode {pending_recode} events"
+    )?;
+    for a in &applied {
+        writeln!(out, "applied: {a}")?;
+    }
+    for k in &kept {
+        writeln!(out, "kept for rollback: {}", k.display())?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The `system.migration_applied` events of the log, as JSON.
+fn applied_migrations(snap: &dyn Snapshot) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let records =
+        ledger::log::read_stream(snap, SYSTEM_MIGRATIONS_STREAM, StreamVersion(1), 10_000)?;
+    for r in records {
+        let decoded = SystemEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload);
+        if let Some(Ok(SystemEvent::MigrationApplied(m))) = decoded {
+            out.push(json!({
+                "position": r.position.0,
+                "at": r.at.to_rfc3339(),
+                "name": m.name,
+                "report_blake3": m.report_blake3,
+                "source_head_position": m.source_head_position,
+                "source_head_hash": m.source_head_hash,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Store directories kept by cut-overs, oldest first.
+fn kept_stores(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (parent, name) = lock::split(dir);
+    let prefix = format!("{name}.before-");
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for e in entries {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `migrate rollback`: puts back the store kept by the last cut-over, exactly as it was; the
+/// migrated store is kept beside it as `<store>.rolled-back-<run>`.
+pub fn rollback(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let lock = StoreLock::acquire(dir, "migrate rollback")?;
+    let Some(kept) = kept_stores(dir)?.pop() else {
+        bail!(
+            "no kept store beside {} (nothing to roll back to)",
+            dir.display()
+        );
+    };
+    let aside = lock::sibling(dir, &format!(".rolled-back-{}", run_id()));
+    lock::cut_over(&lock, &kept, &aside)?;
+    drop(lock);
+    // The restored store is not opened here: even a read session of redb rewrites header bytes,
+    // and a rollback promises the store exactly as it was kept.
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"ok": true, "restored": kept.display().to_string(), "migrated_store_kept": aside.display().to_string()})
+        )?;
+    } else {
+        writeln!(
+            out,
+            "restored {} as {}; the migrated store is kept at {}",
+            kept.display(),
+            dir.display(),
+            aside.display()
+        )?;
+    }
+    Ok(Outcome::Ok)
+}

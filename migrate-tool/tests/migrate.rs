@@ -1,0 +1,430 @@
+//! End-to-end tests of `migrate` and `gate`: each migration's happy path and rollback, faulty
+//! transforms refused by the gate with the member named and the source byte-identical, the store
+//! lock, kill -9 at random points during a migration, and the pre-deploy gate catching a view
+//! damaged in storage. (A changed fold is tested in `src/gate.rs`: it is built only in tests.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
+use ledger::{Backend, Create, WriteBatch};
+use projections::views::{self, tables};
+use serde_json::Value;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn command(store: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
+    cmd.arg("--store").arg(store).args(args);
+    cmd.env_remove("LEDGER_STORE");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(store: &Path, args: &[&str]) -> Run {
+    let out = command(store, args).output().expect("run the binary");
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8"),
+    }
+}
+
+fn ok(store: &Path, args: &[&str]) -> Run {
+    let r = run(store, args);
+    assert_eq!(
+        r.code, 0,
+        "{args:?} failed\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    r
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn redb_bytes(store: &Path) -> Vec<u8> {
+    std::fs::read(store.join("ledger.redb")).expect("read the store file")
+}
+
+/// Entries beside the store whose name starts with `<store>` + `infix`.
+fn siblings(store: &Path, infix: &str) -> Vec<PathBuf> {
+    let name = store.file_name().unwrap().to_string_lossy().into_owned();
+    let mut out: Vec<PathBuf> = std::fs::read_dir(store.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}{infix}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A demo store whose payments are all `wallet.paid` v1, as a store written before v2 existed:
+/// new writes are v2, so the `downcast` migration (itself gated) produces the v1 fixture.
+fn v1_store(tmp: &Path, members: &str) -> PathBuf {
+    let store = tmp.join("store");
+    ok(&store, &["demo", "--members", members, "--seed", "3"]);
+    ok(&store, &["migrate", "run", "downcast"]);
+    let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
+    assert!(status["event_types"]["wallet.paid v1"].as_u64().unwrap() > 0);
+    assert_eq!(status["event_types"].get("wallet.paid v2"), None);
+    // Forget the downcast's kept store, so `rollback` in the tests means the run under test.
+    for kept in siblings(&store, ".before-") {
+        std::fs::remove_dir_all(kept).unwrap();
+    }
+    store
+}
+
+fn export(store: &Path) -> String {
+    ok(store, &["export"]).stdout
+}
+
+// Proves the upcast rewrites every v1 payment to v2 and nothing else: wallets, invariants and
+// digest equal, the report hashed and recorded in the log, dry run leaves the store byte-identical,
+// rollback restores it byte-identical.
+#[test]
+fn upcast_rewrites_every_v1_payment_keeps_every_wallet_and_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = v1_store(tmp.path(), "150");
+    let v1_count = json(&ok(&store, &["migrate", "status", "--json"]).stdout)["event_types"]
+        ["wallet.paid v1"]
+        .as_u64()
+        .unwrap();
+    let exported = export(&store);
+    let bytes = redb_bytes(&store);
+
+    let dry = json(&ok(&store, &["migrate", "run", "upcast", "--dry-run", "--json"]).stdout);
+    assert_eq!(dry["content"]["ok"], true);
+    assert_eq!(dry["content"]["dry_run"], true);
+    assert_eq!(dry["migration_event_position"], Value::Null);
+    assert_eq!(
+        redb_bytes(&store),
+        bytes,
+        "a dry run leaves the store as it was"
+    );
+
+    let doc = json(&ok(&store, &["migrate", "run", "upcast", "--json"]).stdout);
+    let content = &doc["content"];
+    assert_eq!(content["ok"], true, "{doc}");
+    assert_eq!(
+        content["counts"]["events_rewritten"].as_u64(),
+        Some(v1_count)
+    );
+    assert_eq!(content["before"]["digest"], content["after"]["digest"]);
+    assert_eq!(content["before"]["head"], content["after"]["head"]);
+    assert_eq!(content["head_hash_changed"], true);
+    assert_eq!(content["before"]["invariants"].as_array().unwrap().len(), 5);
+    let hash = blake3::hash(&serde_json::to_vec(content).unwrap())
+        .to_hex()
+        .to_string();
+    assert_eq!(doc["content_blake3"], hash.as_str());
+    let report_file = json(
+        &std::fs::read_to_string(doc["report_file"].as_str().unwrap()).expect("report written"),
+    );
+    assert_eq!(report_file["content_blake3"], hash.as_str());
+    let head = content["before"]["head"].as_u64().unwrap();
+    assert_eq!(doc["migration_event_position"].as_u64(), Some(head + 1));
+
+    let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
+    assert_eq!(status["event_types"].get("wallet.paid v1"), None);
+    assert_eq!(
+        status["event_types"]["wallet.paid v2"].as_u64(),
+        Some(v1_count)
+    );
+    let applied = status["applied"].as_array().unwrap();
+    let last = applied.last().unwrap();
+    assert_eq!(last["name"], "upcast");
+    assert_eq!(last["report_blake3"], hash.as_str());
+    assert_eq!(last["source_head_hash"], content["before"]["head_hash"]);
+    assert_eq!(export(&store), exported, "every wallet is as it was");
+    ok(&store, &["verify"]);
+    ok(&store, &["check"]);
+    ok(&store, &["gate"]);
+
+    let back = json(&ok(&store, &["migrate", "rollback", "--json"]).stdout);
+    assert_eq!(back["ok"], true);
+    assert_eq!(
+        redb_bytes(&store),
+        bytes,
+        "rollback restores the store byte for byte"
+    );
+    assert_eq!(export(&store), exported);
+    let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
+    assert_eq!(status["head"].as_u64(), Some(head));
+    assert_eq!(
+        status["event_types"]["wallet.paid v1"].as_u64(),
+        Some(v1_count)
+    );
+}
+
+// Proves the recode moves every record to postcard (tag 2) and the store reads and verifies
+// exactly as before: same wallets, same digest, same log contents.
+#[test]
+fn recode_moves_every_record_to_postcard_and_reads_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    ok(&store, &["demo", "--members", "150", "--seed", "5"]);
+    let exported = export(&store);
+    let log_before = json(&ok(&store, &["log", "--json"]).stdout);
+    let digest = ok(&store, &["digest"]).stdout;
+    let doc = json(&ok(&store, &["migrate", "run", "recode", "--json"]).stdout);
+    assert_eq!(doc["content"]["ok"], true, "{doc}");
+    let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
+    let codecs = status["codecs"].as_object().unwrap();
+    assert_eq!(codecs.keys().collect::<Vec<_>>(), vec!["2"], "{status}");
+    assert_eq!(status["pending"]["recode"], 0);
+    ok(&store, &["verify"]);
+    ok(&store, &["check"]);
+    assert_eq!(export(&store), exported);
+    assert_eq!(ok(&store, &["digest"]).stdout, digest);
+    let log_after = json(&ok(&store, &["log", "--json"]).stdout);
+    let (before, after) = (
+        log_before["events"].as_array().unwrap(),
+        log_after["events"].as_array().unwrap(),
+    );
+    assert_eq!(after.len(), before.len() + 1, "plus the migration event");
+    for (b, a) in before.iter().zip(after) {
+        for key in ["position", "stream", "version", "type", "payload", "at"] {
+            assert_eq!(a[key], b[key], "{key} of {b}");
+        }
+    }
+}
+
+/// Chooses the event a fault strikes, given it and the whole log.
+type Pick<'a> = &'a dyn Fn(&Value, &[Value]) -> bool;
+
+/// The member of the first wallet event at or after the middle of the log matching `pick`
+/// (the faults strike there; this finds it independently, from `log --json`).
+fn member_at_middle(store: &Path, pick: Pick<'_>) -> String {
+    let events = json(&ok(store, &["log", "--json"]).stdout)["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mid = events.len() / 2 + 1;
+    let e = events
+        .iter()
+        .filter(|e| e["position"].as_u64().unwrap() >= mid as u64)
+        .find(|e| e["stream"].as_str().unwrap().starts_with("wallet-") && pick(e, &events))
+        .expect("an event to fault");
+    e["stream"].as_str().unwrap()["wallet-".len()..].to_owned()
+}
+
+// Proves each faulty transform (drop one event, alter one amount, reorder two events of a
+// stream) is refused by the gate of each migration: exit 1, the member named, the source
+// byte-identical, nothing cut over, no scratch left.
+#[test]
+fn faulty_transforms_are_refused_naming_the_member_and_leave_the_source_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = v1_store(tmp.path(), "60");
+    let later = |e: &Value, _: &[Value]| e["version"].as_u64().unwrap() > 1;
+    let top_up = |e: &Value, _: &[Value]| e["type"] == "wallet.topped_up";
+    let with_successor = |e: &Value, all: &[Value]| {
+        later(e, all)
+            && all.iter().any(|o| {
+                o["stream"] == e["stream"]
+                    && o["version"].as_u64() == e["version"].as_u64().map(|v| v + 1)
+            })
+    };
+    let cases: [(&str, Pick<'_>); 3] = [
+        ("drop-one", &later),
+        ("alter-amount", &top_up),
+        ("reorder", &with_successor),
+    ];
+    for migration in ["upcast", "recode"] {
+        for (fault, pick) in cases {
+            let member = member_at_middle(&store, pick);
+            let bytes = redb_bytes(&store);
+            let r = run(&store, &["migrate", "run", migration, "--fault", fault]);
+            assert_eq!(r.code, 1, "{migration} {fault}: {}\n{}", r.stdout, r.stderr);
+            let named = r
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("gate: FAILED: members whose events differ: "))
+                .unwrap_or_else(|| panic!("{migration} {fault}: no member named:\n{}", r.stdout));
+            assert!(
+                named.split(", ").any(|m| m == member),
+                "{migration} {fault} must name {member}:\n{}",
+                r.stdout
+            );
+            assert!(r.stdout.contains("not applied: the store was not touched"));
+            assert_eq!(redb_bytes(&store), bytes, "{migration} {fault}");
+            assert!(siblings(&store, ".before-").is_empty());
+            assert!(siblings(&store, ".migrating-").is_empty());
+            let doc = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
+            assert_eq!(
+                doc["applied"].as_array().unwrap().len(),
+                1,
+                "only the fixture's"
+            );
+        }
+    }
+    // The amount change is also seen in the wallets, found through the digest buckets.
+    let r = run(
+        &store,
+        &[
+            "migrate",
+            "run",
+            "upcast",
+            "--fault",
+            "alter-amount",
+            "--json",
+        ],
+    );
+    let doc = json(&r.stdout);
+    let changed = doc["content"]["changed_members"].as_array().unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["fields"], serde_json::json!(["balance"]));
+    assert_eq!(
+        changed[0]["after"]["balance"].as_u64().unwrap(),
+        changed[0]["before"]["balance"].as_u64().unwrap() + 1
+    );
+    ok(&store, &["verify"]);
+    ok(&store, &["check"]);
+}
+
+// Proves the store lock: while another process holds it, a migration and a writer are refused
+// with a clear error (exit 2) and change nothing; once released, the migration runs.
+#[test]
+fn a_second_migration_or_a_writer_is_refused_while_the_store_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = v1_store(tmp.path(), "20");
+    let bytes = redb_bytes(&store);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path().join("store.lock"))
+        .expect("the lock file exists once a writing command ran");
+    lock.try_lock().expect("free");
+    for args in [
+        &["migrate", "run", "upcast"][..],
+        &["migrate", "rollback"][..],
+        &["demo", "--members", "1"][..],
+        &["rebuild"][..],
+    ] {
+        let r = run(&store, args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains("is locked by another migrate-tool process"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(redb_bytes(&store), bytes);
+    lock.unlock().unwrap();
+    ok(&store, &["migrate", "run", "upcast"]);
+}
+
+// Proves kill -9 at random points of a migration (copy, rebuild, gate, cut-over, report) never
+// harms the store: after every kill it verifies and checks clean, and the re-run succeeds.
+#[test]
+fn kill_9_during_a_migration_leaves_a_clean_store_and_the_rerun_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = v1_store(tmp.path(), "1500");
+    let started = Instant::now();
+    ok(&store, &["migrate", "run", "upcast", "--dry-run"]);
+    let span_ms = started.elapsed().as_millis().max(50) as u64;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let iterations = 12;
+    for i in 0..iterations {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay_ms = seed % (span_ms + span_ms / 4);
+        let migration = if i % 2 == 0 { "upcast" } else { "recode" };
+        let mut child = command(&store, &["migrate", "run", migration])
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+        child.wait().expect("reap");
+        let v = run(&store, &["verify"]);
+        assert_eq!(
+            v.code, 0,
+            "iteration {i} after {delay_ms} ms: {}{}",
+            v.stdout, v.stderr
+        );
+        let c = run(&store, &["check"]);
+        assert_eq!(
+            c.code, 0,
+            "iteration {i} after {delay_ms} ms: {}{}",
+            c.stdout, c.stderr
+        );
+    }
+    ok(&store, &["migrate", "run", "upcast"]);
+    ok(&store, &["migrate", "run", "recode"]);
+    ok(&store, &["check"]);
+    assert!(siblings(&store, ".migrating-").is_empty());
+    assert!(!tmp.path().join("store.cutover").exists());
+}
+
+/// Replaces m1's stored view with its state plus one yen (the log and the digest tables are
+/// untouched: storage damage, not a fold change).
+fn damage_view_of_m1(store: &Path) {
+    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).unwrap();
+    let member = MemberId::new("m1").unwrap();
+    let mut state = views::load_wallet(&*engine.snapshot().unwrap(), &member)
+        .unwrap()
+        .unwrap();
+    state
+        .apply(&WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }))
+        .unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(
+        tables::WALLETS,
+        b"m1".to_vec(),
+        views::encode_state(&state).unwrap(),
+    );
+    engine.commit(batch).unwrap();
+}
+
+// Proves the pre-deploy gate passes on a healthy store and catches a view damaged in storage,
+// naming the member and the field, with exit 1.
+#[test]
+fn gate_catches_a_view_damaged_in_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    ok(&store, &["demo", "--members", "40", "--seed", "9"]);
+    let file = tmp.path().join("m1.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":\"g1\",\"type\":\"open_wallet\",\"member\":\"m1\"}\n\
+         {\"id\":\"g2\",\"type\":\"top_up\",\"member\":\"m1\",\"amount\":500}\n",
+    )
+    .unwrap();
+    ok(&store, &["import", file.to_str().unwrap()]);
+    let good = json(&ok(&store, &["gate", "--json"]).stdout);
+    assert_eq!(good["ok"], true);
+    assert_eq!(good["members"], 41);
+    damage_view_of_m1(&store);
+    let r = run(&store, &["gate", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let doc = json(&r.stdout);
+    assert_eq!(doc["differing_members"], 1);
+    assert_eq!(doc["differing_buckets"], 1);
+    let shown = &doc["members_shown"][0];
+    assert_eq!(shown["member"], "m1");
+    assert_eq!(shown["fields"], serde_json::json!(["balance"]));
+    assert_eq!(shown["stored"]["balance"], 501);
+    assert_eq!(shown["derived"]["balance"], 500);
+    let human = run(&store, &["gate"]);
+    assert_eq!(human.code, 1);
+    assert!(
+        human.stdout.contains("member m1: balance differ"),
+        "{}",
+        human.stdout
+    );
+}

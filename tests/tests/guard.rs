@@ -18,7 +18,9 @@ fn append_n(ledger: &Ledger, prefix: &str, n: usize) {
                 vec![new_event("test.e", format!("{prefix}{i}").as_bytes(), 0)],
             )],
         );
-        ledger.append_blocking(req).expect("append to a healthy test ledger");
+        ledger
+            .append_blocking(req)
+            .expect("append to a healthy test ledger");
     }
 }
 
@@ -43,7 +45,9 @@ fn roll_back_restores_the_exact_head_and_keep_keeps_the_work() {
     let before = head_of(&store.dir());
 
     let engine = store.engine();
-    let guard = Guard::begin(&engine).expect("guard").expect("redb has rollback points");
+    let guard = Guard::begin(&engine)
+        .expect("guard")
+        .expect("redb has rollback points");
     let ledger = Ledger::with_engine(Arc::clone(&engine), Vec::new()).expect("ledger starts");
     append_n(&ledger, "under-guard", 25);
     drop(ledger);
@@ -53,7 +57,9 @@ fn roll_back_restores_the_exact_head_and_keep_keeps_the_work() {
     assert_eq!(head_of(&store.dir()), before);
 
     let engine = store.engine();
-    let guard = Guard::begin(&engine).expect("guard").expect("redb has rollback points");
+    let guard = Guard::begin(&engine)
+        .expect("guard")
+        .expect("redb has rollback points");
     let ledger = Ledger::with_engine(Arc::clone(&engine), Vec::new()).expect("ledger starts");
     append_n(&ledger, "kept", 5);
     drop(ledger);
@@ -73,7 +79,9 @@ fn an_unfinished_guard_is_rolled_back_by_the_next_open() {
     let before = head_of(&store.dir());
 
     let engine = store.engine();
-    let guard = Guard::begin(&engine).expect("guard").expect("redb has rollback points");
+    let guard = Guard::begin(&engine)
+        .expect("guard")
+        .expect("redb has rollback points");
     let ledger = Ledger::with_engine(Arc::clone(&engine), Vec::new()).expect("ledger starts");
     append_n(&ledger, "lost", 40);
     drop(ledger);

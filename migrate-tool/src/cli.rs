@@ -117,12 +117,16 @@ pub enum Cmd {
         /// Recorded with each reset (1-256 characters).
         #[arg(long)]
         reason: Option<String>,
-        /// Run everything on a scratch copy; the store is not touched.
+        /// Run everything, then roll back (or work on a scratch copy): the store is not touched.
         #[arg(long)]
         dry_run: bool,
         /// One JSON report on stdout.
         #[arg(long)]
         json: bool,
+        /// Test only: also credit 1 yen to the first member's wallet, a deliberately faulty
+        /// reset that the gate must refuse and roll back.
+        #[arg(long, hide = true)]
+        fault_touch_wallet: bool,
     },
     /// Named migrations behind the gate of SPEC section 5: copy-transform, prove, cut over.
     #[command(

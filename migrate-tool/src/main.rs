@@ -135,6 +135,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             reason,
             dry_run,
             json,
+            fault_touch_wallet,
         } => reset::run(
             &dir,
             reset::Options {
@@ -143,6 +144,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 reason,
                 dry_run,
                 json,
+                fault_touch_wallet,
             },
             out,
         ),

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use ledger::domain::{identity_stream, DomainEvent, IdentityEvent, MemberId, PasswordReset};
+use ledger::domain::{
+    identity_stream, DomainEvent, IdentityEvent, MemberId, PasswordReset, ToppedUp, WalletEvent,
+    Yen,
+};
 use ledger::store::Guard;
 use ledger::{
     AppendError, AppendOutcome, AppendRequest, Codec, Engine, ExpectedVersion, Head, Ledger,
@@ -50,6 +53,8 @@ pub struct Options {
     pub dry_run: bool,
     /// JSON report.
     pub json: bool,
+    /// Test only: a faulty reset that also credits the first member's wallet.
+    pub fault_touch_wallet: bool,
 }
 
 /// Invariants, digest and digest buckets at one moment.
@@ -62,6 +67,23 @@ impl Figures {
     fn take(snap: &dyn Snapshot, bar: &indicatif::ProgressBar) -> anyhow::Result<Figures> {
         Ok(Figures {
             check: check::check_snapshot(snap, &check::spinner_progress(bar))?,
+            buckets: digest::stored_buckets(snap)?,
+        })
+    }
+
+    /// The figures after the resets, proven incrementally from `before` (see
+    /// [`check::check_after_identity_appends`]).
+    fn take_after(
+        before: &Figures,
+        snap: &dyn Snapshot,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Figures> {
+        Ok(Figures {
+            check: check::check_after_identity_appends(
+                snap,
+                &before.check,
+                &check::spinner_progress(bar),
+            )?,
             buckets: digest::stored_buckets(snap)?,
         })
     }
@@ -304,6 +326,7 @@ fn reset_and_compare(
             run_id,
             reason: opts.reason.as_deref(),
             at,
+            fault_touch_wallet: opts.fault_touch_wallet,
         },
         bar,
     ))?;
@@ -311,7 +334,7 @@ fn reset_and_compare(
     drop(service);
     bar.set_message("gate: after");
     let after_snap = engine.snapshot()?;
-    let after = Figures::take(&*after_snap, bar)?;
+    let after = Figures::take_after(&run.before, &*after_snap, bar)?;
     compare(run, &after, &*before_snap, &*after_snap)?;
     run.after = Some(after);
     Ok(())
@@ -414,6 +437,7 @@ struct ResetSpec<'a> {
     run_id: &'a str,
     reason: Option<&'a str>,
     at: Timestamp,
+    fault_touch_wallet: bool,
 }
 
 /// Identity streams reset by one atomic append (one command id per chunk).
@@ -441,12 +465,32 @@ impl ResetSpec<'_> {
                 }],
             })
             .collect();
+        let mut streams: Vec<StreamAppend> = streams;
+        if let (true, 0, Some(first)) = (self.fault_touch_wallet, chunk, members.first()) {
+            streams.push(fault_top_up(first, self.at)?);
+        }
         Ok(AppendRequest {
             command_id: format!("reset-{}-{chunk}", self.run_id),
             fingerprint: None,
             streams,
         })
     }
+}
+
+/// The deliberate fault of `--fault-touch-wallet`: a 1-yen top-up of `member`'s wallet.
+fn fault_top_up(member: &MemberId, at: Timestamp) -> anyhow::Result<StreamAppend> {
+    let event = DomainEvent::Wallet(WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }));
+    Ok(StreamAppend {
+        stream: ledger::domain::wallet_stream(member),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            codec: Codec::DEFAULT,
+            payload: event.encode(Codec::DEFAULT)?,
+            at,
+        }],
+    })
 }
 
 type Done = (Vec<MemberId>, Result<AppendOutcome, AppendError>);

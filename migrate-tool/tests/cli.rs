@@ -435,6 +435,44 @@ fn reset_credentials_for_named_members_with_dry_run_and_errors() {
 }
 
 #[test]
+fn a_faulty_reset_that_touches_a_wallet_is_refused_named_and_rolled_back() {
+    // Proves the gate of SPEC section 5 on the reset: a reset that (deliberately, via a hidden
+    // test flag) also credits a wallet exits 1, names the member and what changed, and leaves
+    // the store as it was: same head hash, same export, same digest, verify and check clean.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    assert_eq!(run(&store, &["demo", "--members", "50", "--seed", "3"]).code, 0);
+    let export_before = run(&store, &["export"]).stdout;
+    let digest_before = run(&store, &["digest"]).stdout;
+    let verify_before = json(&run(&store, &["verify", "--json"]).stdout);
+    let faulty = run(
+        &store,
+        &["reset-credentials", "--all", "--fault-touch-wallet", "--json"],
+    );
+    assert_eq!(faulty.code, 1, "{}{}", faulty.stdout, faulty.stderr);
+    let doc = json(&faulty.stdout);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["applied_to_store"], false);
+    assert_eq!(doc["changed_members"][0]["member"], "m00000000");
+    let before_balance = doc["changed_members"][0]["before"]["balance"].as_u64().unwrap();
+    let after_balance = doc["changed_members"][0]["after"]["balance"].as_u64().unwrap();
+    assert_eq!(after_balance, before_balance + 1);
+    assert!(
+        doc["failures"].to_string().contains("digest changed"),
+        "{}",
+        doc["failures"]
+    );
+    assert_eq!(json(&run(&store, &["verify", "--json"]).stdout), verify_before);
+    assert_eq!(run(&store, &["export"]).stdout, export_before);
+    assert_eq!(run(&store, &["digest"]).stdout, digest_before);
+    assert_eq!(run(&store, &["check"]).code, 0);
+    // The honest reset still goes through afterwards.
+    let real = run(&store, &["reset-credentials", "--all"]);
+    assert_eq!(real.code, 0, "{}{}", real.stdout, real.stderr);
+    assert_eq!(run(&store, &["export"]).stdout, export_before);
+}
+
+#[test]
 fn the_7pay_story_a_reset_of_everyone_changes_no_wallet() {
     // 2,000 members with a month of activity; reset every password behind the gate; every
     // wallet export is byte-identical, the digest too, and check holds.

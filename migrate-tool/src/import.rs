@@ -2,16 +2,16 @@
 //!
 //! Why concurrent: the ledger's writer group-commits whatever is queued (one fsync per group), so
 //! submitting one command at a time would pay one fsync per line. Why careful: commands of the
-//! same member must apply in file order (a `pay` after its `top_up`), so a command is only
-//! started when none of its streams is used by a command in flight; otherwise the scheduler waits
-//! (it never reorders past a blocked line). `expire` without a member touches every wallet and
-//! runs alone.
+//! same member must apply in file order (a `pay` after its `top_up`), so a command waits for
+//! every earlier unfinished line that touches one of its streams, while later lines of other
+//! members go ahead ([`Order`]). `expire` without a member touches every wallet: it waits for
+//! everything before it, and everything after it waits for it.
 //!
 //! Limits: at most [`WINDOW`] lines between the oldest unreported line and the newest started
 //! one (results are reported in line order), lines of at most [`MAX_LINE_BYTES`] bytes, and a
 //! bounded channel from the reader thread. Memory is bounded whatever the file size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -25,8 +25,9 @@ use tokio::task::JoinSet;
 use crate::output::{self, Outcome};
 use crate::store;
 
-/// Most lines started but not yet reported.
-const WINDOW: u64 = 256;
+/// Most lines read but not yet reported (started, waiting for a predecessor, or done out of
+/// order); bounds memory whatever the file size.
+const WINDOW: u64 = 8_192;
 /// Longest accepted line (a command is a few hundred bytes; this only stops runaway input).
 const MAX_LINE_BYTES: usize = 1 << 20;
 /// Parsed lines buffered between the reader thread and the scheduler.
@@ -152,44 +153,80 @@ fn parse_line(raw: &[u8]) -> Result<Command, String> {
 
 type Done = (u64, Vec<String>, Result<Submitted, SubmitError>);
 
-/// Streams in use by commands in flight.
+/// The order commands must keep: a line waits for every earlier unfinished line that touches
+/// one of its streams (and for everything before an `expire` of every wallet, which everything
+/// after waits for). Lines without such a predecessor run concurrently, so one member's ten
+/// consecutive lines do not hold up the next member's.
 #[derive(Default)]
-struct InFlight {
-    streams: HashMap<String, u32>,
-    /// An `expire` of every wallet is running.
-    barrier: bool,
-    tasks: usize,
+struct Order {
+    /// The newest unfinished line touching each stream.
+    last: HashMap<String, u64>,
+    /// Unfinished lines (started or waiting), for a barrier.
+    unfinished: BTreeSet<u64>,
+    /// The unfinished `expire` of every wallet, if any.
+    barrier: Option<u64>,
+    /// Lines waiting, with their count of unfinished predecessors.
+    waiting: HashMap<u64, (u32, Command, Vec<String>)>,
+    /// Lines that wait for each line.
+    successors: HashMap<u64, Vec<u64>>,
 }
 
-impl InFlight {
-    fn may_start(&self, streams: &[String]) -> bool {
+impl Order {
+    /// Registers a line; returns it back if it may start now.
+    fn add(
+        &mut self,
+        number: u64,
+        cmd: Command,
+        streams: Vec<String>,
+    ) -> Option<(u64, Command, Vec<String>)> {
+        let mut preds: BTreeSet<u64> = BTreeSet::new();
         if streams.is_empty() {
-            return self.tasks == 0;
+            preds.extend(self.unfinished.iter().copied());
+        } else {
+            preds.extend(streams.iter().filter_map(|s| self.last.get(s).copied()));
         }
-        !self.barrier && streams.iter().all(|s| !self.streams.contains_key(s))
+        preds.extend(self.barrier);
+        for s in &streams {
+            self.last.insert(s.clone(), number);
+        }
+        if streams.is_empty() {
+            self.barrier = Some(number);
+        }
+        self.unfinished.insert(number);
+        for p in &preds {
+            self.successors.entry(*p).or_default().push(number);
+        }
+        if preds.is_empty() {
+            return Some((number, cmd, streams));
+        }
+        let count = u32::try_from(preds.len()).expect("at most WINDOW predecessors");
+        self.waiting.insert(number, (count, cmd, streams));
+        None
     }
 
-    fn start(&mut self, streams: &[String]) {
-        self.tasks += 1;
-        self.barrier |= streams.is_empty();
+    /// Marks a line finished; returns the lines that may start now.
+    fn finish(&mut self, number: u64, streams: &[String]) -> Vec<(u64, Command, Vec<String>)> {
+        self.unfinished.remove(&number);
         for s in streams {
-            *self.streams.entry(s.clone()).or_default() += 1;
-        }
-    }
-
-    fn finish(&mut self, streams: &[String]) {
-        self.tasks -= 1;
-        if streams.is_empty() {
-            self.barrier = false;
-        }
-        for s in streams {
-            if let Some(n) = self.streams.get_mut(s) {
-                *n -= 1;
-                if *n == 0 {
-                    self.streams.remove(s);
-                }
+            if self.last.get(s) == Some(&number) {
+                self.last.remove(s);
             }
         }
+        if self.barrier == Some(number) {
+            self.barrier = None;
+        }
+        let mut ready = Vec::new();
+        for succ in self.successors.remove(&number).unwrap_or_default() {
+            let Some((count, _, _)) = self.waiting.get_mut(&succ) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                let (_, cmd, streams) = self.waiting.remove(&succ).expect("present just above");
+                ready.push((succ, cmd, streams));
+            }
+        }
+        ready
     }
 }
 
@@ -239,52 +276,55 @@ async fn schedule(
         summary: Summary::default(),
         bar: output::progress(None, "lines"),
     };
-    let mut inflight = InFlight::default();
+    let mut order = Order::default();
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut fatal: Option<anyhow::Error> = None;
-    let mut waiting: Option<(u64, Command, Vec<String>)> = None;
+    let mut newest = 0u64;
+    let mut input_open = true;
+    let spawn = |tasks: &mut JoinSet<Done>, (number, cmd, streams): (u64, Command, Vec<String>)| {
+        let svc = service.clone();
+        tasks.spawn(async move {
+            let result = svc.submit(&cmd).await;
+            (number, streams, result)
+        });
+    };
     loop {
-        if waiting.is_none() && fatal.is_none() {
-            match rx.recv().await {
-                None => break,
-                Some(FromReader::Failed(reason)) => {
-                    fatal = Some(anyhow::anyhow!(reason));
-                }
-                Some(FromReader::Line(Line { number, parsed })) => match parsed {
-                    Err(reason) => reporter.record(number, LineResult::Rejected(reason)),
-                    Ok(cmd) => {
-                        let streams = cmd.streams();
-                        waiting = Some((number, cmd, streams));
-                    }
-                },
-            }
-        }
-        if fatal.is_some() {
+        let may_read = input_open && fatal.is_none() && newest + 1 - reporter.next < WINDOW;
+        if !may_read && tasks.is_empty() {
             break;
         }
-        let Some((number, cmd, streams)) = waiting.take() else {
-            continue;
-        };
-        let window_full = number - reporter.next >= WINDOW;
-        if !window_full && inflight.may_start(&streams) {
-            inflight.start(&streams);
-            let svc = service.clone();
-            tasks.spawn(async move {
-                let result = svc.submit(&cmd).await;
-                (number, streams, result)
-            });
-        } else {
-            waiting = Some((number, cmd, streams));
-            // Something is in flight (else the line could start): wait for it to finish.
-            if let Some(joined) = tasks.join_next().await {
-                finish(joined?, &mut inflight, &mut reporter, &mut fatal);
+        tokio::select! {
+            received = rx.recv(), if may_read => match received {
+                None => input_open = false,
+                Some(FromReader::Failed(reason)) => fatal = Some(anyhow::anyhow!(reason)),
+                Some(FromReader::Line(Line { number, parsed })) => {
+                    newest = number;
+                    match parsed {
+                        Err(reason) => {
+                            // Order is by line number: a rejected line finishes at once.
+                            reporter.record(number, LineResult::Rejected(reason));
+                        }
+                        Ok(cmd) => {
+                            let streams = cmd.streams();
+                            if let Some(ready) = order.add(number, cmd, streams) {
+                                spawn(&mut tasks, ready);
+                            }
+                        }
+                    }
+                }
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let (number, streams, result) = joined?;
+                for ready in order.finish(number, &streams) {
+                    if fatal.is_none() {
+                        spawn(&mut tasks, ready);
+                    }
+                }
+                finish((number, streams, result), &mut reporter, &mut fatal);
             }
         }
     }
     drop(rx);
-    while let Some(joined) = tasks.join_next().await {
-        finish(joined?, &mut inflight, &mut reporter, &mut fatal);
-    }
     reporter.bar.finish_and_clear();
     match fatal {
         Some(e) => {
@@ -302,12 +342,10 @@ async fn schedule(
 }
 
 fn finish(
-    (number, streams, result): Done,
-    inflight: &mut InFlight,
+    (number, _streams, result): Done,
     reporter: &mut Reporter,
     fatal: &mut Option<anyhow::Error>,
 ) {
-    inflight.finish(&streams);
     let line = match result {
         Ok(s) if s.duplicate => LineResult::Duplicate,
         Ok(_) => LineResult::Applied,

@@ -73,6 +73,18 @@ fn head(store: &Path) -> u64 {
     ledger::log::read_head(&*snap).expect("head").0.position.0
 }
 
+/// The log position of version `version` of `stream`.
+fn position_of(store: &Path, stream: &str, version: u64) -> u64 {
+    let doc = json(&run(store, &["log", "--stream", stream, "--json"]).stdout);
+    let event = doc["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == version)
+        .unwrap_or_else(|| panic!("{stream} has no version {version}: {doc}"));
+    event["position"].as_u64().unwrap()
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -171,7 +183,15 @@ fn show_gives_the_spec_shape_now_and_as_of() {
         "{}",
         human.stdout
     );
-    let at_pos = json(&run(&store, &["show", "m1", "--as-of", "@2", "--json"]).stdout);
+    // Import keeps each member's file order, not the global one: find the top-up's position.
+    let top_up = position_of(&store, "wallet-m1", 2);
+    let at_pos = json(
+        &run(
+            &store,
+            &["show", "m1", "--as-of", &format!("@{top_up}"), "--json"],
+        )
+        .stdout,
+    );
     assert_eq!(at_pos["balance"], 5000);
     let at_time = run(
         &store,
@@ -238,7 +258,21 @@ fn log_lists_events_in_order_with_filters() {
     let store = setup_store(tmp.path());
     let all = run(&store, &["log"]);
     assert_eq!((all.code, all.stdout.lines().count()), (0, 9));
-    assert!(all.stdout.starts_with("1 wallet-m1 v1 wallet.opened "));
+    let positions: Vec<&str> = all
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(positions, ["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    let opened = position_of(&store, "wallet-m1", 1);
+    assert!(
+        all.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{opened} wallet-m1 v1 wallet.opened "))),
+        "{}",
+        all.stdout
+    );
+    let third = position_of(&store, "wallet-m1", 3);
     let doc = json(
         &run(
             &store,
@@ -247,7 +281,7 @@ fn log_lists_events_in_order_with_filters() {
                 "--stream",
                 "wallet-m1",
                 "--from",
-                "3",
+                &third.to_string(),
                 "--limit",
                 "2",
                 "--json",
@@ -257,7 +291,7 @@ fn log_lists_events_in_order_with_filters() {
     );
     let events = doc["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0]["position"], 3);
+    assert_eq!(events[0]["position"], third);
     assert_eq!(events[0]["type"], "wallet.paid");
     assert_eq!(events[0]["payload"]["merchant"], "7-Eleven Shinjuku");
     assert_eq!(events[1]["payload"]["expires_at"], "2019-07-31T15:00:00Z");
@@ -441,28 +475,43 @@ fn a_faulty_reset_that_touches_a_wallet_is_refused_named_and_rolled_back() {
     // the store as it was: same head hash, same export, same digest, verify and check clean.
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    assert_eq!(run(&store, &["demo", "--members", "50", "--seed", "3"]).code, 0);
+    assert_eq!(
+        run(&store, &["demo", "--members", "50", "--seed", "3"]).code,
+        0
+    );
     let export_before = run(&store, &["export"]).stdout;
     let digest_before = run(&store, &["digest"]).stdout;
     let verify_before = json(&run(&store, &["verify", "--json"]).stdout);
     let faulty = run(
         &store,
-        &["reset-credentials", "--all", "--fault-touch-wallet", "--json"],
+        &[
+            "reset-credentials",
+            "--all",
+            "--fault-touch-wallet",
+            "--json",
+        ],
     );
     assert_eq!(faulty.code, 1, "{}{}", faulty.stdout, faulty.stderr);
     let doc = json(&faulty.stdout);
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["applied_to_store"], false);
     assert_eq!(doc["changed_members"][0]["member"], "m00000000");
-    let before_balance = doc["changed_members"][0]["before"]["balance"].as_u64().unwrap();
-    let after_balance = doc["changed_members"][0]["after"]["balance"].as_u64().unwrap();
+    let before_balance = doc["changed_members"][0]["before"]["balance"]
+        .as_u64()
+        .unwrap();
+    let after_balance = doc["changed_members"][0]["after"]["balance"]
+        .as_u64()
+        .unwrap();
     assert_eq!(after_balance, before_balance + 1);
     assert!(
         doc["failures"].to_string().contains("digest changed"),
         "{}",
         doc["failures"]
     );
-    assert_eq!(json(&run(&store, &["verify", "--json"]).stdout), verify_before);
+    assert_eq!(
+        json(&run(&store, &["verify", "--json"]).stdout),
+        verify_before
+    );
     assert_eq!(run(&store, &["export"]).stdout, export_before);
     assert_eq!(run(&store, &["digest"]).stdout, digest_before);
     assert_eq!(run(&store, &["check"]).code, 0);

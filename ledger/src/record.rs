@@ -144,52 +144,13 @@ impl EventRecord {
 
     /// Parses on-disk bytes. Checks structure only; the hash is checked by `verify`.
     pub fn decode(bytes: &[u8]) -> Result<EventRecord, RecordError> {
-        let mut r = Reader { bytes, at: 0 };
-        let codec = Codec::from_tag(r.u8()?)?;
-        let layout = r.u8()?;
-        if layout != LAYOUT_VERSION {
-            return Err(RecordError::Layout(layout));
-        }
-        let position = Position(r.u64()?);
-        let version = StreamVersion(r.u64()?);
-        let event_id = uuid::Uuid::from_bytes(r.array::<16>()?);
-        let at = Timestamp(r.i64()?);
-        let recorded_at = Timestamp(r.i64()?);
-        let schema_version = u16::from_le_bytes(r.array::<2>()?);
-        let stream = r.short_str("stream", limits::MAX_STREAM_ID_BYTES)?;
-        let command_id = r.short_str("command_id", limits::MAX_COMMAND_ID_BYTES)?;
-        let event_type = r.short_str("event_type", limits::MAX_EVENT_TYPE_BYTES)?;
-        let payload_len = u32::from_le_bytes(r.array::<4>()?) as usize;
-        if payload_len > limits::MAX_PAYLOAD_BYTES {
-            return Err(RecordError::Length {
-                field: "payload",
-                len: payload_len,
-                max: limits::MAX_PAYLOAD_BYTES,
-            });
-        }
-        let payload = r.take(payload_len)?.to_vec();
-        let prev_hash = Hash(r.array::<32>()?);
-        let hash = Hash(r.array::<32>()?);
-        if r.at != bytes.len() {
-            return Err(RecordError::Trailing {
-                extra: bytes.len() - r.at,
-            });
-        }
-        Ok(EventRecord {
-            codec,
-            position,
-            stream,
-            version,
-            event_id,
-            command_id,
-            event_type,
-            schema_version,
-            at,
-            recorded_at,
-            payload,
-            prev_hash,
-            hash,
-        })
+        RecordView::parse(bytes).map(|v| v.to_record())
+    }
+
+    /// Parses on-disk bytes into a view that borrows them (no allocation), with exactly the
+    /// checks of [`EventRecord::decode`]. For scans that look at most records only briefly.
+    pub fn view(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+        RecordView::parse(bytes)
     }
 
     /// Decodes the payload with the record's codec.
@@ -215,6 +176,129 @@ pub fn chain_hash(prev: &Hash, canonical: &[u8]) -> Hash {
     hasher.update(&prev.0);
     hasher.update(canonical);
     Hash(*hasher.finalize().as_bytes())
+}
+
+/// An event record borrowed from its on-disk bytes: the same fields as [`EventRecord`], with the
+/// text fields and the payload as slices of the record. Built by [`EventRecord::view`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// Encoding of `payload`.
+    pub codec: Codec,
+    /// Place in the global log.
+    pub position: Position,
+    /// Stream the event belongs to.
+    pub stream: &'a str,
+    /// Place within its stream.
+    pub version: StreamVersion,
+    /// Unique id, UUID v7.
+    pub event_id: uuid::Uuid,
+    /// The idempotency key of the command that produced it.
+    pub command_id: &'a str,
+    /// Event type name.
+    pub event_type: &'a str,
+    /// Version of the payload schema for `event_type`.
+    pub schema_version: u16,
+    /// Business time.
+    pub at: Timestamp,
+    /// When the ledger wrote it.
+    pub recorded_at: Timestamp,
+    /// Encoded payload.
+    pub payload: &'a [u8],
+    /// Hash of the event at `position - 1`.
+    pub prev_hash: Hash,
+    /// Hash of this event.
+    pub hash: Hash,
+}
+
+impl<'a> RecordView<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<RecordView<'a>, RecordError> {
+        let mut r = Reader { bytes, at: 0 };
+        let codec = Codec::from_tag(r.u8()?)?;
+        let layout = r.u8()?;
+        if layout != LAYOUT_VERSION {
+            return Err(RecordError::Layout(layout));
+        }
+        let position = Position(r.u64()?);
+        let version = StreamVersion(r.u64()?);
+        let event_id = uuid::Uuid::from_bytes(r.array::<16>()?);
+        let at = Timestamp(r.i64()?);
+        let recorded_at = Timestamp(r.i64()?);
+        let schema_version = u16::from_le_bytes(r.array::<2>()?);
+        let stream = r.short_str("stream", limits::MAX_STREAM_ID_BYTES)?;
+        let command_id = r.short_str("command_id", limits::MAX_COMMAND_ID_BYTES)?;
+        let event_type = r.short_str("event_type", limits::MAX_EVENT_TYPE_BYTES)?;
+        let payload_len = u32::from_le_bytes(r.array::<4>()?) as usize;
+        if payload_len > limits::MAX_PAYLOAD_BYTES {
+            return Err(RecordError::Length {
+                field: "payload",
+                len: payload_len,
+                max: limits::MAX_PAYLOAD_BYTES,
+            });
+        }
+        let payload = r.take(payload_len)?;
+        let prev_hash = Hash(r.array::<32>()?);
+        let hash = Hash(r.array::<32>()?);
+        if r.at != bytes.len() {
+            return Err(RecordError::Trailing {
+                extra: bytes.len() - r.at,
+            });
+        }
+        Ok(RecordView {
+            codec,
+            position,
+            stream,
+            version,
+            event_id,
+            command_id,
+            event_type,
+            schema_version,
+            at,
+            recorded_at,
+            payload,
+            prev_hash,
+            hash,
+        })
+    }
+
+    /// The owned record.
+    pub fn to_record(&self) -> EventRecord {
+        EventRecord {
+            codec: self.codec,
+            position: self.position,
+            stream: self.stream.to_owned(),
+            version: self.version,
+            event_id: self.event_id,
+            command_id: self.command_id.to_owned(),
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            at: self.at,
+            recorded_at: self.recorded_at,
+            payload: self.payload.to_vec(),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+impl EventRecord {
+    /// This record as a borrowed view.
+    pub fn as_view(&self) -> RecordView<'_> {
+        RecordView {
+            codec: self.codec,
+            position: self.position,
+            stream: &self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            command_id: &self.command_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            at: self.at,
+            recorded_at: self.recorded_at,
+            payload: &self.payload,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
 }
 
 fn push_short(out: &mut Vec<u8>, s: &str) {
@@ -261,13 +345,13 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(self.array::<8>()?))
     }
 
-    fn short_str(&mut self, field: &'static str, max: usize) -> Result<String, RecordError> {
+    fn short_str(&mut self, field: &'static str, max: usize) -> Result<&'a str, RecordError> {
         let len = self.u8()? as usize;
         if len == 0 || len > max {
             return Err(RecordError::Length { field, len, max });
         }
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| RecordError::Utf8 { field })
+        std::str::from_utf8(bytes).map_err(|_| RecordError::Utf8 { field })
     }
 }
 
@@ -304,6 +388,8 @@ mod tests {
         assert_eq!(bytes[0], 1, "codec tag first");
         assert_eq!(&bytes[2..10], &7u64.to_le_bytes());
         assert_eq!(EventRecord::decode(&bytes).unwrap(), r);
+        assert_eq!(EventRecord::view(&bytes).unwrap(), r.as_view());
+        assert_eq!(EventRecord::view(&bytes).unwrap().to_record(), r);
     }
 
     #[test]
@@ -311,6 +397,7 @@ mod tests {
         let bytes = sample().encode();
         for len in 0..bytes.len() {
             assert!(EventRecord::decode(&bytes[..len]).is_err(), "len {len}");
+            assert!(EventRecord::view(&bytes[..len]).is_err(), "view, len {len}");
         }
     }
 

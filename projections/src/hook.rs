@@ -12,6 +12,7 @@ use std::sync::Arc;
 use ledger::domain::{
     apply_wallet_event, member_of_stream, DomainEvent, MemberId, StreamKind, WalletState,
 };
+use ledger::record::RecordView;
 use ledger::{CommitHook, EventRecord, Snapshot, WriteBatch};
 
 use crate::digest::{self, BucketSum};
@@ -34,18 +35,26 @@ pub fn wallet_event_of(
     let Some((StreamKind::Wallet, member)) = member_of_stream(&record.stream) else {
         return Ok(None);
     };
+    decode_wallet_event(&record.as_view()).map(|event| Some((member, event)))
+}
+
+/// Decodes the payload of a record known to be in a wallet stream; an identity event there is
+/// an error.
+pub fn decode_wallet_event(
+    record: &RecordView<'_>,
+) -> Result<ledger::domain::WalletEvent, ProjectionError> {
     let event = DomainEvent::decode(
-        &record.event_type,
+        record.event_type,
         record.schema_version,
         record.codec,
-        &record.payload,
+        record.payload,
     )
     .map_err(|e| ProjectionError::Event {
         position: record.position.0,
         reason: e.to_string(),
     })?;
     match event {
-        DomainEvent::Wallet(e) => Ok(Some((member, e))),
+        DomainEvent::Wallet(e) => Ok(e),
         DomainEvent::Identity(_) => Err(ProjectionError::Event {
             position: record.position.0,
             reason: format!("identity event {} in wallet stream", record.event_type),

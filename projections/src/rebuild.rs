@@ -5,14 +5,20 @@
 //! checkpoint goes with them, so a crash mid-rebuild leaves views visibly behind the head and the
 //! next open rebuilds again); fold the log partition by partition ([`crate::fold`]), writing
 //! states and member hashes in chunks; then write the bucket sums and, last, the checkpoint.
+//!
+//! Both the fold and the writing use two threads (a rebuild owns the engine): the log is
+//! scanned on one while the other folds, and member hashes are computed on one while the other
+//! commits.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ledger::domain::{MemberId, WalletState};
 use ledger::log;
 use ledger::{Engine, Hash, Position, WriteBatch};
 
 use crate::digest::{self, DigestBuilder};
-use crate::fold::{fold_log, AsOf, FoldOptions, FoldStats};
+use crate::fold::{fold_log_pipelined, AsOf, FoldOptions, FoldStats};
 use crate::views::{self, tables, CHECKPOINT_KEY};
 use crate::ProjectionError;
 
@@ -49,38 +55,13 @@ pub fn rebuild(
     }
     engine.commit(clear)?;
     let mut builder = DigestBuilder::default();
-    let mut sink = |states: std::collections::BTreeMap<_, _>| {
-        let mut batch = WriteBatch::new();
-        let mut in_batch = 0;
-        for (member, state) in states {
-            let Some(state) = state else { continue };
-            let hash = digest::member_hash(&state);
-            builder.add(&member, &hash);
-            batch.put(
-                tables::WALLETS,
-                ledger::domain::MemberId::as_str(&member)
-                    .as_bytes()
-                    .to_vec(),
-                views::encode_state(&state)?,
-            );
-            batch.put(
-                tables::MEMBER_HASHES,
-                digest::member_hash_key(&member),
-                hash.to_vec(),
-            );
-            in_batch += 1;
-            if in_batch == MEMBERS_PER_COMMIT {
-                engine.commit(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        if !batch.is_empty() {
-            engine.commit(batch)?;
-        }
-        Ok(())
+    let mut sink = |states: BTreeMap<MemberId, Option<WalletState>>| {
+        write_states(engine, states, &mut builder)
     };
-    // The snapshot predates the clear, and the log is append-only, so it still shows the log.
-    let stats = fold_log(&*snap, FoldOptions::new(AsOf::Head, progress), &mut sink)?;
+    // No writer runs during a rebuild and the log is append-only, so the scanner's own
+    // snapshots show the same log as `snap`; reading up to `head` only makes that explicit.
+    let as_of = AsOf::Position(head.position);
+    let stats = fold_log_pipelined(engine, FoldOptions::new(as_of, progress), &mut sink)?;
     let mut last = WriteBatch::new();
     for (i, sum) in builder.buckets().iter().enumerate() {
         if *sum != digest::BucketSum::default() {
@@ -105,6 +86,69 @@ pub fn rebuild(
         stats,
         elapsed: started.elapsed(),
     })
+}
+
+/// One commit's worth of rows, prepared off the committing thread.
+struct Prepared {
+    batch: WriteBatch,
+    hashes: Vec<(MemberId, [u8; 32])>,
+}
+
+/// Writes one partition's states and adds their hashes to `builder`. Two threads: one computes
+/// member hashes (canonical JSON + BLAKE3) and view encodings, the caller's thread commits, so
+/// hashing overlaps the engine's writes and fsyncs.
+fn write_states(
+    engine: &dyn Engine,
+    states: BTreeMap<MemberId, Option<WalletState>>,
+    builder: &mut DigestBuilder,
+) -> Result<(), ProjectionError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, ProjectionError>>(1);
+        scope.spawn(move || {
+            let mut members = states.into_iter().filter_map(|(m, s)| Some((m, s?)));
+            loop {
+                let prepared = prepare_rows(members.by_ref().take(MEMBERS_PER_COMMIT));
+                let last = !matches!(&prepared, Ok(p) if !p.hashes.is_empty());
+                // A closed channel means the committing side failed and stopped.
+                if tx.send(prepared).is_err() || last {
+                    return;
+                }
+            }
+        });
+        for prepared in rx {
+            let prepared = prepared?;
+            if prepared.hashes.is_empty() {
+                break;
+            }
+            for (member, hash) in &prepared.hashes {
+                builder.add(member, hash);
+            }
+            engine.commit(prepared.batch)?;
+        }
+        Ok(())
+    })
+}
+
+fn prepare_rows(
+    members: impl Iterator<Item = (MemberId, WalletState)>,
+) -> Result<Prepared, ProjectionError> {
+    let mut batch = WriteBatch::new();
+    let mut hashes = Vec::new();
+    for (member, state) in members {
+        let hash = digest::member_hash(&state);
+        batch.put(
+            tables::WALLETS,
+            member.as_str().as_bytes().to_vec(),
+            views::encode_state(&state)?,
+        );
+        batch.put(
+            tables::MEMBER_HASHES,
+            digest::member_hash_key(&member),
+            hash.to_vec(),
+        );
+        hashes.push((member, hash));
+    }
+    Ok(Prepared { batch, hashes })
 }
 
 /// True when the views stand exactly at the log head (nothing to rebuild).

@@ -78,7 +78,9 @@ pub trait Snapshot {
     /// The value stored under `key`, if any.
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
-    /// Up to `limit` entries with keys in the range, in ascending key order.
+    /// Up to `limit` entries with keys in the range, in strictly ascending key order. A backend
+    /// whose storage yields anything else (a damaged tree) returns [`EngineError::Corrupted`], so
+    /// callers that page through a table by "after the last key" always make progress.
     fn scan(
         &self,
         table: &str,
@@ -92,6 +94,38 @@ pub trait Snapshot {
         table: &str,
         range: (Bound<&[u8]>, Bound<&[u8]>),
     ) -> Result<Option<Entry>, EngineError>;
+}
+
+/// Checks what a backend's scan returned: keys strictly ascending and inside the range.
+pub(crate) fn check_scan(
+    table: &str,
+    range: (Bound<&[u8]>, Bound<&[u8]>),
+    entries: &[Entry],
+) -> Result<(), String> {
+    let inside = |k: &[u8]| {
+        let lower = match range.0 {
+            Bound::Included(b) => k >= b,
+            Bound::Excluded(b) => k > b,
+            Bound::Unbounded => true,
+        };
+        let upper = match range.1 {
+            Bound::Included(b) => k <= b,
+            Bound::Excluded(b) => k < b,
+            Bound::Unbounded => true,
+        };
+        lower && upper
+    };
+    for (i, (key, _)) in entries.iter().enumerate() {
+        if !inside(key) {
+            return Err(format!(
+                "table {table}: scan returned key {key:02x?} outside the range"
+            ));
+        }
+        if i > 0 && entries[i - 1].0 >= *key {
+            return Err(format!("table {table}: keys out of order near {key:02x?}"));
+        }
+    }
+    Ok(())
 }
 
 /// One write inside a [`WriteBatch`].

@@ -276,14 +276,19 @@ impl Snapshot for RedbSnapshot<'_> {
         range: (Bound<&[u8]>, Bound<&[u8]>),
         limit: usize,
     ) -> Result<Vec<Entry>, EngineError> {
-        self.with_table(name, "scan", Vec::new(), |t| {
+        let out = self.with_table(name, "scan", Vec::new(), |t| {
             let mut out = Vec::new();
             for item in t.range::<&[u8]>(range)?.take(limit) {
                 let (k, v) = item?;
                 out.push((k.value().to_vec(), v.value().to_vec()));
             }
             Ok(out)
-        })
+        })?;
+        super::check_scan(name, range, &out).map_err(|reason| EngineError::Corrupted {
+            path: self.engine.path.display().to_string(),
+            reason,
+        })?;
+        Ok(out)
     }
 
     fn last(

@@ -190,6 +190,10 @@ impl Snapshot for SledSnapshot<'_> {
             let (k, v) = item.map_err(|e| self.engine.error("scan", e))?;
             out.push((k.to_vec(), v.to_vec()));
         }
+        super::check_scan(table, range, &out).map_err(|reason| EngineError::Corrupted {
+            path: self.engine.path.display().to_string(),
+            reason,
+        })?;
         Ok(out)
     }
 

@@ -1,0 +1,967 @@
+//! `bench_wallet`: the `rebuild` and `commands` workloads of SPEC section 6, each with a baseline
+//! measured in the same run.
+//!
+//! - `rebuild`: prepares a store with at least `--events` realistic wallet events (appended
+//!   directly as large [`AppendRequest`]s through a [`Ledger`] running the [`ProjectionHook`], so
+//!   the views are current and their digest is known; the preparation is not timed), then times
+//!   `projections::rebuild` and reports events/s and peak RSS of the rebuild alone. It checks
+//!   that the rebuilt digest equals the one the hook maintained. Baseline: a raw sequential scan
+//!   of the `events` table through the same engine API with no decoding (events/s and MB/s).
+//! - `commands`: prepares `--members` funded wallets with coupons, then `--clients` tokio tasks
+//!   submit SPEC section 2 commands (40% pay, 20% top_up, 20% transfer, 10% earn_miles, 10%
+//!   redeem_coupon) through `WalletService::submit` (decide + durable append + views) for
+//!   `--seconds`; reports commands/s and p50/p99 latency. Baseline: the same number of calls,
+//!   same concurrency and the same events per call (2 for a transfer) as raw durable
+//!   `Ledger::append`s to a fresh store with no hook and no decide.
+//!
+//! Peak RSS is `VmHWM` from `/proc/self/status`, reset before each measured phase by writing
+//! `5` to `/proc/self/clear_refs` (Linux >= 4.0), so preparation does not count.
+//!
+//! Run: `cargo run --release -p ledger-tests --bin bench_wallet -- rebuild --events 10000000`
+//! and `cargo run --release -p ledger-tests --bin bench_wallet -- commands --seconds 10`.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::{Parser, Subcommand};
+use ledger::domain::{
+    Badge, BadgeAwarded, Command, CommandBody, CommandId, CouponExpired, CouponId, CouponIssued,
+    CouponRedeemed, Currency, DomainEvent, IdentityEvent, LotId, MemberId, Miles, MilesEarned,
+    MilesExpired, MilesRedeemed, Paid, Refunded, Registered, ToppedUp, TransferredIn,
+    TransferredOut, WalletEvent, WalletOpened, Yen,
+};
+use ledger::log::tables;
+use ledger::{
+    AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions, NewEvent,
+    StreamAppend, Timestamp,
+};
+use projections::{ProjectionHook, SubmitError, WalletService};
+use tokio::task::JoinSet;
+
+/// Members per preparation append (one stream each, plus its identity stream in round 0).
+const PREP_MEMBERS_PER_APPEND: usize = 400;
+/// Generated wallet events per member per preparation round (transfers add one more each).
+const PREP_EVENTS_PER_ROUND: usize = 16;
+/// Preparation appends in flight, so the writer can group-commit and generate concurrently.
+const PREP_IN_FLIGHT: usize = 3;
+/// Events per raw scan call in the rebuild baseline.
+const BASELINE_SCAN_CHUNK: usize = 16_384;
+/// Business time of the generated data: 2019-07-01T00:00:00+09:00 in microseconds.
+const BASE_AT_US: i64 = 1_561_906_800_000_000;
+/// Coupon expiry far in the future, so that `redeem_coupon` at "now" is valid.
+const FAR_FUTURE_US: i64 = 4_070_908_800_000_000;
+const DAY_US: i64 = 86_400_000_000;
+/// Payload bytes per event in the raw-append baseline (about a bincode `wallet.paid`).
+const BASELINE_PAYLOAD_BYTES: usize = 64;
+/// Starting balance of each member in the `commands` workload (the `top_up` maximum).
+const FUNDING_YEN: u64 = 100_000_000;
+const MERCHANTS: &[&str] = &[
+    "7-Eleven Shinjuku 3-chome",
+    "Ito-Yokado Omori",
+    "Loft Shibuya",
+];
+const BADGES: &[&str] = &["first-purchase", "night-owl", "commuter", "coffee-lover"];
+
+#[derive(Parser, Debug)]
+#[command(about = "rebuild / commands benchmark with same-run baselines")]
+struct Args {
+    #[command(subcommand)]
+    workload: Workload,
+    /// Where temporary stores go (default: the current directory).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Workload {
+    /// Rebuild every view from a log of at least --events events.
+    Rebuild {
+        /// Events in the prepared log (at least).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Members in the prepared log.
+        #[arg(long, default_value_t = 100_000)]
+        members: usize,
+        /// Keep (or reuse, if it has events) the prepared store in this directory.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// 64 clients submitting SPEC commands through the wallet service.
+    Commands {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Funded members.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Seconds of submitting.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("current directory")?,
+    };
+    println!(
+        "bench_wallet: {} cores ({}), RAM {}, redb backend, stores under {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model().unwrap_or_else(|| "unknown CPU".into()),
+        mem_total().unwrap_or_else(|| "unknown".into()),
+        base.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    match args.workload {
+        Workload::Rebuild {
+            events,
+            members,
+            store,
+            seed,
+        } => {
+            ensure!(members >= 2, "--members must be at least 2");
+            let tmp = tempfile::Builder::new()
+                .prefix("bench-wallet-")
+                .tempdir_in(&base)
+                .with_context(|| format!("temp dir under {}", base.display()))?;
+            let dir = store.unwrap_or_else(|| tmp.path().join("store"));
+            runtime.block_on(bench_rebuild(&dir, events, members, seed))
+        }
+        Workload::Commands {
+            clients,
+            members,
+            seconds,
+            seed,
+        } => {
+            ensure!(
+                clients >= 1 && members >= 2 * clients,
+                "need --members >= 2 * --clients"
+            );
+            ensure!(seconds > 0.0, "--seconds must be positive");
+            let tmp = tempfile::Builder::new()
+                .prefix("bench-wallet-")
+                .tempdir_in(&base)
+                .with_context(|| format!("temp dir under {}", base.display()))?;
+            runtime.block_on(bench_commands(tmp.path(), clients, members, seconds, seed))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rebuild
+
+async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> anyhow::Result<()> {
+    let existing = if dir.exists() {
+        let engine = ledger::store::open_engine(dir, Create::No, Backend::Redb)?;
+        let snap = engine.snapshot()?;
+        ledger::log::read_head(&*snap)?.0.position.0
+    } else {
+        0
+    };
+    if existing > 0 {
+        println!("rebuild: reusing {} with {existing} events", dir.display());
+    } else {
+        let started = Instant::now();
+        let n = prepare_log(dir, events, members, seed).await?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "rebuild: prepared {n} events for {members} members in {secs:.1} s ({:.0} events/s, not the figure)",
+            n as f64 / secs
+        );
+    }
+    let engine = ledger::store::open_engine(dir, Create::No, Backend::Redb)?;
+    let file_bytes = std::fs::metadata(dir.join("ledger.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+
+    // Baseline: raw scan, no decoding.
+    reset_peak_rss();
+    let started = Instant::now();
+    let (scanned, bytes) = raw_scan(&*engine)?;
+    let scan = started.elapsed();
+    let scan_rss = peak_rss_kib();
+    println!(
+        "baseline raw scan : {scanned} events, {:.1} MB of records in {:.2} s: {:.0} events/s, {:.0} MB/s, peak RSS {}",
+        bytes as f64 / 1e6,
+        scan.as_secs_f64(),
+        scanned as f64 / scan.as_secs_f64(),
+        bytes as f64 / 1e6 / scan.as_secs_f64(),
+        fmt_kib(scan_rss)
+    );
+
+    let digest_stored = projections::digest::stored_digest(&*engine.snapshot()?)?;
+    reset_peak_rss();
+    let cpu_before = process_cpu_ticks();
+    let started = Instant::now();
+    let report = projections::rebuild(&*engine, &mut |_| {})?;
+    let wall = started.elapsed();
+    let cpu = cpu_share(cpu_before, wall);
+    let rss = peak_rss_kib();
+    let head = report.head.0;
+    println!(
+        "rebuild           : {head} events, {} members, {} wallet events, {} pass(es) in {:.2} s: {:.0} events/s, peak RSS {}, CPU {cpu}",
+        report.stats.members,
+        report.stats.wallet_events,
+        report.stats.passes,
+        wall.as_secs_f64(),
+        head as f64 / wall.as_secs_f64(),
+        fmt_kib(rss)
+    );
+    println!(
+        "rebuild / raw scan: {:.2}x the scan time; store file {:.1} MB",
+        wall.as_secs_f64() / scan.as_secs_f64(),
+        file_bytes as f64 / 1e6
+    );
+    ensure!(
+        report.digest_after == digest_stored,
+        "rebuilt digest {} differs from the hook-maintained digest {}",
+        report.digest_after,
+        digest_stored
+    );
+    println!(
+        "digest after rebuild equals the incrementally maintained digest: {}",
+        report.digest_after
+    );
+    let target = 2_000_000.0;
+    let rate = head as f64 / wall.as_secs_f64();
+    println!(
+        "target >= 2,000,000 events/s over >= 10M events: {}",
+        if rate >= target && head >= 10_000_000 {
+            "MET"
+        } else if rate >= target {
+            "rate met, but fewer than 10M events"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
+/// Sequential scan of the events table, counting records and bytes without decoding.
+fn raw_scan(engine: &dyn ledger::Engine) -> anyhow::Result<(u64, u64)> {
+    let snap = engine.snapshot()?;
+    let mut from = 1u64.to_be_bytes().to_vec();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    loop {
+        let chunk = snap.scan(
+            tables::EVENTS,
+            (Bound::Included(&from[..]), Bound::Unbounded),
+            BASELINE_SCAN_CHUNK,
+        )?;
+        let Some((last, _)) = chunk.last() else { break };
+        let mut next = last.clone();
+        next.push(0); // the smallest key after `last`
+        for (_, v) in &chunk {
+            bytes += v.len() as u64;
+        }
+        n += chunk.len() as u64;
+        from = next;
+    }
+    Ok((n, bytes))
+}
+
+/// splitmix64: tiny, fast, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn member_id(index: usize) -> MemberId {
+    MemberId::new(format!("m{index:08}")).expect("m + 8 digits matches the member id rule")
+}
+
+/// Just enough of a member's wallet to generate only valid events.
+#[derive(Default)]
+struct Local {
+    balance: u64,
+    /// Remaining miles per lot, lot `i + 1` at index `i`.
+    lots: Vec<u64>,
+    /// First lot that may still have miles (FIFO).
+    first_lot: usize,
+    coupons_issued: u32,
+    active_coupons: Vec<u32>,
+    badges: u8,
+    payments: u32,
+    /// Last payment not yet refunded: (number, amount).
+    refundable: Option<(u32, u64)>,
+}
+
+impl Local {
+    fn advance_first_lot(&mut self) {
+        while self.first_lot < self.lots.len() && self.lots[self.first_lot] == 0 {
+            self.first_lot += 1;
+        }
+    }
+
+    fn lot_id(index: usize) -> LotId {
+        LotId(u32::try_from(index + 1).expect("fewer than 2^32 lots per member"))
+    }
+
+    /// The next event for this member; `Some(amount)` in the second slot means "transfer out
+    /// this amount" (the caller pairs it with a `TransferredIn`).
+    fn next_event(&mut self, rng: &mut Rng, at: Timestamp) -> (WalletEvent, Option<u64>) {
+        let roll = rng.below(100);
+        let top_up = |s: &mut Local, rng: &mut Rng| {
+            let amount = 500 + rng.below(20_000);
+            s.balance += amount;
+            WalletEvent::ToppedUp(ToppedUp {
+                amount: Yen(amount),
+            })
+        };
+        let event = match roll {
+            0..=24 => top_up(self, rng),
+            25..=59 if self.balance > 0 => {
+                let amount = 1 + rng.below(self.balance.min(8_000));
+                self.balance -= amount;
+                self.payments += 1;
+                self.refundable = Some((self.payments, amount));
+                WalletEvent::Paid(Paid {
+                    payment: CommandId::new(format!("pay-{}", self.payments))
+                        .expect("short plain text"),
+                    amount: Yen(amount),
+                    merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+                    currency: Currency::JPY,
+                    merchant_category: None,
+                })
+            }
+            60..=63 if self.refundable.is_some() => {
+                let (n, amount) = self.refundable.take().expect("checked just above");
+                self.balance += amount;
+                WalletEvent::Refunded(Refunded {
+                    payment: CommandId::new(format!("pay-{n}")).expect("short plain text"),
+                    amount: Yen(amount),
+                })
+            }
+            64..=71 if self.balance > 0 => {
+                let amount = 1 + rng.below(self.balance.min(3_000));
+                self.balance -= amount;
+                return (top_up(self, rng), Some(amount));
+            }
+            72..=81 => {
+                let miles = 10 + rng.below(491);
+                self.lots.push(miles);
+                WalletEvent::MilesEarned(MilesEarned {
+                    lot: Local::lot_id(self.lots.len() - 1),
+                    miles: Miles(miles),
+                    expires_at: Timestamp(at.0 + DAY_US * (1 + rng.below(20) as i64)),
+                })
+            }
+            82..=86 if self.first_lot < self.lots.len() => {
+                let mut want = 1 + rng.below(300);
+                let mut consumed = Vec::new();
+                let mut total = 0;
+                let mut i = self.first_lot;
+                while want > 0 && i < self.lots.len() {
+                    let take = want.min(self.lots[i]);
+                    if take > 0 {
+                        self.lots[i] -= take;
+                        consumed.push((Local::lot_id(i), Miles(take)));
+                        total += take;
+                        want -= take;
+                    }
+                    i += 1;
+                }
+                self.advance_first_lot();
+                WalletEvent::MilesRedeemed(MilesRedeemed {
+                    miles: Miles(total),
+                    consumed,
+                })
+            }
+            87..=91 => {
+                self.coupons_issued += 1;
+                self.active_coupons.push(self.coupons_issued);
+                WalletEvent::CouponIssued(CouponIssued {
+                    coupon: coupon_id(self.coupons_issued),
+                    value: Yen(50 * rng.below(21)),
+                    expires_at: Timestamp(at.0 + DAY_US * (1 + rng.below(15) as i64)),
+                })
+            }
+            92..=95 if !self.active_coupons.is_empty() => {
+                let i = rng.below(self.active_coupons.len() as u64) as usize;
+                let n = self.active_coupons.swap_remove(i);
+                WalletEvent::CouponRedeemed(CouponRedeemed {
+                    coupon: coupon_id(n),
+                })
+            }
+            96..=97 if self.badges.count_ones() < BADGES.len() as u32 => {
+                let i = (0..BADGES.len())
+                    .find(|i| self.badges & (1 << i) == 0)
+                    .expect("a badge is not held yet");
+                self.badges |= 1 << i;
+                WalletEvent::BadgeAwarded(BadgeAwarded {
+                    badge: Badge::new(BADGES[i]).expect("constant badge names are valid"),
+                })
+            }
+            98..=99 if self.first_lot < self.lots.len() => {
+                let i = self.first_lot;
+                let miles = self.lots[i];
+                self.lots[i] = 0;
+                self.advance_first_lot();
+                WalletEvent::MilesExpired(MilesExpired {
+                    lot: Local::lot_id(i),
+                    miles: Miles(miles),
+                })
+            }
+            98..=99 if !self.active_coupons.is_empty() => {
+                let n = self.active_coupons.swap_remove(0);
+                WalletEvent::CouponExpired(CouponExpired {
+                    coupon: coupon_id(n),
+                })
+            }
+            _ => top_up(self, rng),
+        };
+        (event, None)
+    }
+}
+
+fn coupon_id(n: u32) -> CouponId {
+    CouponId::new(format!("cp-{n}")).expect("cp-N matches the coupon id rule")
+}
+
+fn new_event(event: DomainEvent, at: Timestamp) -> NewEvent {
+    NewEvent {
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        codec: Codec::DEFAULT,
+        payload: event
+            .encode(Codec::DEFAULT)
+            .expect("generated events always encode"),
+        at,
+    }
+}
+
+fn open_prep_ledger(dir: &Path) -> anyhow::Result<Ledger> {
+    Ok(Ledger::open(
+        dir,
+        LedgerOptions {
+            create: Create::IfMissing,
+            backend: Backend::Redb,
+            hooks: vec![Arc::new(ProjectionHook)],
+        },
+    )?)
+}
+
+/// Appends rounds of generated events (every member gets [`PREP_EVENTS_PER_ROUND`] per round)
+/// until at least `target` events are in the log. Returns the number of events.
+async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyhow::Result<u64> {
+    let ledger = open_prep_ledger(dir)?;
+    let mut locals: Vec<Local> = (0..members).map(|_| Local::default()).collect();
+    let mut rng = Rng(seed);
+    let mut appended = 0u64;
+    let mut in_flight = JoinSet::new();
+    let mut request_no = 0u64;
+    let mut round = 0i64;
+    while appended < target {
+        let at = Timestamp(BASE_AT_US + round * DAY_US / 4);
+        for block in (0..members).step_by(PREP_MEMBERS_PER_APPEND) {
+            let end = (block + PREP_MEMBERS_PER_APPEND).min(members);
+            let mut per_member: Vec<Vec<NewEvent>> = vec![Vec::new(); end - block];
+            let mut identities = Vec::new();
+            // Every wallet of the block is opened before any transfer into it.
+            for m in block..end {
+                let slot = m - block;
+                if round == 0 {
+                    let member = member_id(m);
+                    per_member[slot].push(new_event(
+                        DomainEvent::Wallet(WalletEvent::WalletOpened(WalletOpened {
+                            member: member.clone(),
+                        })),
+                        at,
+                    ));
+                    identities.push(StreamAppend {
+                        stream: ledger::domain::identity_stream(&member),
+                        expected: ExpectedVersion::Any,
+                        events: vec![new_event(
+                            DomainEvent::Identity(IdentityEvent::Registered(Registered {
+                                login: format!("{member}@example.jp"),
+                            })),
+                            at,
+                        )],
+                    });
+                }
+            }
+            for m in block..end {
+                let slot = m - block;
+                for _ in 0..PREP_EVENTS_PER_ROUND {
+                    let (event, transfer) = locals[m].next_event(&mut rng, at);
+                    per_member[slot].push(new_event(DomainEvent::Wallet(event), at));
+                    if let Some(amount) = transfer {
+                        // Paired within this append: the next member of the block receives.
+                        let to = if m + 1 < end { m + 1 } else { block };
+                        let out = WalletEvent::TransferredOut(TransferredOut {
+                            to: member_id(to),
+                            amount: Yen(amount),
+                        });
+                        per_member[slot].push(new_event(DomainEvent::Wallet(out), at));
+                        let incoming = WalletEvent::TransferredIn(TransferredIn {
+                            from: member_id(m),
+                            amount: Yen(amount),
+                        });
+                        locals[to].balance += amount;
+                        per_member[to - block].push(new_event(DomainEvent::Wallet(incoming), at));
+                    }
+                }
+            }
+            let mut streams: Vec<StreamAppend> = per_member
+                .into_iter()
+                .enumerate()
+                .map(|(i, events)| StreamAppend {
+                    stream: ledger::domain::wallet_stream(&member_id(block + i)),
+                    expected: ExpectedVersion::Any,
+                    events,
+                })
+                .collect();
+            streams.extend(identities);
+            let count: usize = streams.iter().map(|s| s.events.len()).sum();
+            appended += count as u64;
+            request_no += 1;
+            let request = AppendRequest {
+                command_id: format!("bench-prep-{seed}-{request_no}"),
+                fingerprint: None,
+                streams,
+            };
+            while in_flight.len() >= PREP_IN_FLIGHT {
+                in_flight.join_next().await.expect("not empty")??;
+            }
+            let l = ledger.clone();
+            in_flight.spawn(async move { l.append(request).await });
+        }
+        round += 1;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    Ok(appended)
+}
+
+// ---------------------------------------------------------------------------------------------
+// commands
+
+/// What one client did.
+#[derive(Default)]
+struct ClientTally {
+    commands: u64,
+    events: u64,
+    rejected: u64,
+    coupon_fallbacks: u64,
+    latencies_us: Vec<u64>,
+    /// Events per call, for the baseline: 1 or 2 (transfer).
+    shapes: Vec<u8>,
+    first_error: Option<String>,
+}
+
+async fn bench_commands(
+    tmp: &Path,
+    clients: usize,
+    members: usize,
+    seconds: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    // Enough coupons that redeem_coupon never runs dry at 100k commands/s.
+    let coupons = ((seconds * 100_000.0 * 0.1) / members as f64)
+        .ceil()
+        .max(4.0) as u32;
+    let dir = tmp.join("commands");
+    let started = Instant::now();
+    prepare_members(&dir, members, coupons).await?;
+    println!(
+        "commands: prepared {members} wallets (balance {FUNDING_YEN} yen, {coupons} coupons each) in {:.1} s (not the figure)",
+        started.elapsed().as_secs_f64()
+    );
+    let service = WalletService::open(
+        &dir,
+        LedgerOptions {
+            create: Create::No,
+            backend: Backend::Redb,
+            hooks: Vec::new(),
+        },
+    )?;
+    reset_peak_rss();
+    let cpu_before = process_cpu_ticks();
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(seconds);
+    let mut tasks = JoinSet::new();
+    for c in 0..clients {
+        let svc = service.clone();
+        tasks.spawn(run_client(svc, c, clients, members, coupons, seed, stop));
+    }
+    let mut tally = ClientTally::default();
+    while let Some(done) = tasks.join_next().await {
+        let t = done?;
+        tally.commands += t.commands;
+        tally.events += t.events;
+        tally.rejected += t.rejected;
+        tally.coupon_fallbacks += t.coupon_fallbacks;
+        tally.latencies_us.extend(t.latencies_us);
+        tally.shapes.extend(t.shapes);
+        if tally.first_error.is_none() {
+            tally.first_error = t.first_error;
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_share(cpu_before, wall);
+    let rss = peak_rss_kib();
+    let views_ok = {
+        let snap = service.ledger().snapshot()?;
+        projections::views::checkpoint(&*snap)? == service.ledger().head().position
+    };
+    drop(service);
+    tally.latencies_us.sort_unstable();
+    let rate = tally.commands as f64 / wall.as_secs_f64();
+    println!(
+        "commands          : {clients} clients, {} commands ({} events) in {:.2} s: {rate:.0} commands/s, {:.0} events/s, p50 {} us, p99 {} us, CPU {cpu}, peak RSS {}",
+        tally.commands,
+        tally.events,
+        wall.as_secs_f64(),
+        tally.events as f64 / wall.as_secs_f64(),
+        percentile(&tally.latencies_us, 0.50),
+        percentile(&tally.latencies_us, 0.99),
+        fmt_kib(rss)
+    );
+    println!(
+        "                    rejected {}, coupon fallbacks to top_up {}, views at head: {views_ok}",
+        tally.rejected, tally.coupon_fallbacks
+    );
+    if let Some(e) = &tally.first_error {
+        println!("                    first error: {e}");
+    }
+    ensure!(views_ok, "views are not at the log head after the run");
+
+    let base = raw_appends(&tmp.join("baseline"), clients, &tally.shapes).await?;
+    println!(
+        "baseline raw append: {clients} writers, {} calls ({} events) in {:.2} s: {:.0} calls/s, {:.0} events/s, p50 {} us, p99 {} us, CPU {}",
+        base.calls,
+        base.events,
+        base.wall.as_secs_f64(),
+        base.calls as f64 / base.wall.as_secs_f64(),
+        base.events as f64 / base.wall.as_secs_f64(),
+        percentile(&base.latencies_us, 0.50),
+        percentile(&base.latencies_us, 0.99),
+        base.cpu
+    );
+    println!(
+        "commands / raw appends: {:.0}% of the raw call rate",
+        100.0 * rate / (base.calls as f64 / base.wall.as_secs_f64())
+    );
+    println!(
+        "target >= 50,000 commands/s: {}",
+        if rate >= 50_000.0 { "MET" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+/// Opens `members` wallets, funds them and issues `coupons` coupons each, as direct appends.
+async fn prepare_members(dir: &Path, members: usize, coupons: u32) -> anyhow::Result<()> {
+    let ledger = open_prep_ledger(dir)?;
+    let at = Timestamp(BASE_AT_US);
+    let mut in_flight = JoinSet::new();
+    for (n, block) in (0..members).step_by(PREP_MEMBERS_PER_APPEND).enumerate() {
+        let end = (block + PREP_MEMBERS_PER_APPEND).min(members);
+        let streams = (block..end)
+            .map(|m| {
+                let member = member_id(m);
+                let mut events = vec![
+                    WalletEvent::WalletOpened(WalletOpened {
+                        member: member.clone(),
+                    }),
+                    WalletEvent::ToppedUp(ToppedUp {
+                        amount: Yen(FUNDING_YEN),
+                    }),
+                ];
+                events.extend((1..=coupons).map(|c| {
+                    WalletEvent::CouponIssued(CouponIssued {
+                        coupon: coupon_id(c),
+                        value: Yen(500),
+                        expires_at: Timestamp(FAR_FUTURE_US),
+                    })
+                }));
+                StreamAppend {
+                    stream: ledger::domain::wallet_stream(&member),
+                    expected: ExpectedVersion::NoStream,
+                    events: events
+                        .into_iter()
+                        .map(|e| new_event(DomainEvent::Wallet(e), at))
+                        .collect(),
+                }
+            })
+            .collect();
+        let request = AppendRequest {
+            command_id: format!("bench-members-{n}"),
+            fingerprint: None,
+            streams,
+        };
+        while in_flight.len() >= PREP_IN_FLIGHT {
+            in_flight.join_next().await.expect("not empty")??;
+        }
+        let l = ledger.clone();
+        in_flight.spawn(async move { l.append(request).await });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+async fn run_client(
+    service: WalletService,
+    client: usize,
+    clients: usize,
+    members: usize,
+    coupons: u32,
+    seed: u64,
+    stop: Instant,
+) -> ClientTally {
+    let mut rng = Rng(seed ^ (client as u64).wrapping_mul(0xd134_2543_de82_ef95));
+    // This client owns members client, client + clients, ...: it alone redeems their coupons.
+    let own: Vec<usize> = (client..members).step_by(clients).collect();
+    let mut next_coupon: Vec<u32> = vec![1; own.len()];
+    let mut tally = ClientTally::default();
+    let mut n = 0u64;
+    while Instant::now() < stop {
+        n += 1;
+        let slot = rng.below(own.len() as u64) as usize;
+        let member = member_id(own[slot]);
+        let roll = rng.below(100);
+        let mut shape = 1u8;
+        let body = match roll {
+            0..=39 => CommandBody::Pay {
+                member,
+                amount: Yen(1 + rng.below(8_000)),
+                merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+            },
+            40..=59 => CommandBody::TopUp {
+                member,
+                amount: Yen(500 + rng.below(20_000)),
+            },
+            60..=79 => {
+                let mut to = rng.below(members as u64) as usize;
+                if to == own[slot] {
+                    to = (to + 1) % members;
+                }
+                shape = 2;
+                CommandBody::Transfer {
+                    from: member,
+                    to: member_id(to),
+                    amount: Yen(1 + rng.below(3_000)),
+                }
+            }
+            80..=89 => CommandBody::EarnMiles {
+                member,
+                miles: Miles(10 + rng.below(491)),
+                expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
+            },
+            _ => {
+                let found = (0..own.len())
+                    .map(|k| (slot + k) % own.len())
+                    .find(|&s| next_coupon[s] <= coupons);
+                match found {
+                    Some(s) => {
+                        let coupon = coupon_id(next_coupon[s]);
+                        next_coupon[s] += 1;
+                        CommandBody::RedeemCoupon {
+                            member: member_id(own[s]),
+                            coupon,
+                        }
+                    }
+                    None => {
+                        tally.coupon_fallbacks += 1;
+                        CommandBody::TopUp {
+                            member,
+                            amount: Yen(500),
+                        }
+                    }
+                }
+            }
+        };
+        let cmd = Command {
+            id: CommandId::new(format!("bench-{seed}-{client}-{n}")).expect("short plain text"),
+            at: None,
+            body,
+        };
+        let t = Instant::now();
+        let result = service.submit(&cmd).await;
+        tally.latencies_us.push(t.elapsed().as_micros() as u64);
+        tally.commands += 1;
+        match result {
+            Ok(s) => {
+                tally.events += u64::from(s.outcome.count);
+                tally.shapes.push(shape);
+            }
+            Err(e @ (SubmitError::Rejected(_) | SubmitError::Contention { .. })) => {
+                tally.rejected += 1;
+                tally.first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                tally.first_error.get_or_insert_with(|| e.to_string());
+                break;
+            }
+        }
+    }
+    tally
+}
+
+struct RawAppends {
+    calls: u64,
+    events: u64,
+    wall: Duration,
+    latencies_us: Vec<u64>,
+    cpu: String,
+}
+
+/// The baseline: the same calls (1 event, or 2 streams of 1 event for a transfer), spread over
+/// `clients` writers, as plain durable appends to a fresh store without hooks.
+async fn raw_appends(dir: &Path, clients: usize, shapes: &[u8]) -> anyhow::Result<RawAppends> {
+    let ledger = Ledger::open(dir, LedgerOptions::default())?;
+    let per_client: Vec<Vec<u8>> = (0..clients)
+        .map(|c| shapes.iter().skip(c).step_by(clients).copied().collect())
+        .collect();
+    let cpu_before = process_cpu_ticks();
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (c, calls) in per_client.into_iter().enumerate() {
+        let l = ledger.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(calls.len());
+            let mut events = 0u64;
+            for (i, shape) in calls.into_iter().enumerate() {
+                let at = Timestamp::now();
+                let streams = (0..shape)
+                    .map(|s| StreamAppend {
+                        stream: format!("raw-{c}-{}", (i + usize::from(s)) % 157),
+                        expected: ExpectedVersion::Any,
+                        events: vec![NewEvent {
+                            event_type: "bench.raw".into(),
+                            schema_version: 1,
+                            codec: Codec::DEFAULT,
+                            payload: vec![0xA5; BASELINE_PAYLOAD_BYTES],
+                            at,
+                        }],
+                    })
+                    .collect();
+                let request = AppendRequest {
+                    command_id: format!("raw-{c}-{i}"),
+                    fingerprint: None,
+                    streams,
+                };
+                let t = Instant::now();
+                let outcome = l.append(request).await?;
+                latencies.push(t.elapsed().as_micros() as u64);
+                events += u64::from(outcome.count);
+            }
+            anyhow::Ok((latencies, events))
+        });
+    }
+    let mut latencies_us = Vec::new();
+    let mut events = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (l, e) = done??;
+        latencies_us.extend(l);
+        events += e;
+    }
+    let wall = started.elapsed();
+    latencies_us.sort_unstable();
+    Ok(RawAppends {
+        calls: latencies_us.len() as u64,
+        events,
+        wall,
+        latencies_us,
+        cpu: cpu_share(cpu_before, wall),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// machine and process figures
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn mem_total() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split(':').nth(1)?.trim().to_owned())
+}
+
+/// Resets `VmHWM` to the current RSS (Linux >= 4.0); ignored where unsupported.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn fmt_kib(kib: Option<u64>) -> String {
+    kib.map_or("unknown".into(), |k| {
+        format!("{:.0} MiB", k as f64 / 1024.0)
+    })
+}
+
+/// user + system clock ticks of this process (1/100 s each on Linux).
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the `(comm)` that may contain spaces: utime is field 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU used since `before` as a share of one core, e.g. `180% of one core`.
+fn cpu_share(before: Option<u64>, wall: Duration) -> String {
+    match (before, process_cpu_ticks()) {
+        (Some(a), Some(b)) => format!(
+            "{:.0}% of one core",
+            (b - a) as f64 / 100.0 / wall.as_secs_f64() * 100.0
+        ),
+        _ => "unknown".into(),
+    }
+}

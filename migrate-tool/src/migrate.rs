@@ -290,7 +290,28 @@ fn run_on_scratch(
             bar.set_position(n)
         })?;
     bar.set_message("migrate: rebuild projections");
-    projections::rebuild(&*target, &mut |n| bar.set_position(n))?;
+    if let Err(e) = projections::rebuild(&*target, &mut |n| bar.set_position(n)) {
+        if !matches!(e, projections::ProjectionError::Event { .. }) {
+            return Err(e.into());
+        }
+        // A transformed log that cannot even be folded is a refusal, not a tool failure:
+        // name what differs from the source log.
+        let dst_snap = target.snapshot()?;
+        let logs = migrate_copy::compare_logs(&*src_snap, &*dst_snap, migration.kind)?;
+        bar.finish_and_clear();
+        report
+            .failures
+            .push(format!("the transformed log cannot be folded: {e}"));
+        report.failures.extend(logs.failures.iter().cloned());
+        if !logs.members.is_empty() {
+            report.failures.push(format!(
+                "members whose events differ: {}",
+                logs.members.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        report.finish(started);
+        return Ok((report, false));
+    }
     bar.set_message("gate: after");
     let dst_snap = target.snapshot()?;
     let after = check::check_snapshot(&*dst_snap, &check::spinner_progress(&bar))?;

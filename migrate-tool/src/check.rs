@@ -219,8 +219,8 @@ impl FoldPass<'_> {
 /// 2. `views-match-log`: every new event is on an identity stream (the operation's declared
 ///    change), so no wallet's fold changed; the stored digest equals `before`'s (no view row
 ///    changed) and the checkpoint is at the new head.
-/// 3-4. `no-negative`, `conservation`: wallet states are those `before` proved, since no wallet
-///    event was added and the digest is unchanged.
+/// 3. `no-negative` and 4. `conservation`: wallet states are those `before` proved, since no
+///    wallet event was added and the digest is unchanged.
 /// 5. `identity-neutral-digest`: the stored digest equals `before`'s.
 ///
 /// Its cost is the new events, not the log: this is what lets the gate run at 16.5M members.

@@ -32,57 +32,8 @@ use crate::ProjectionError;
 /// Number of digest buckets.
 pub const BUCKET_COUNT: usize = 65_536;
 
-/// A 256-bit value with wrapping addition, as four little-endian u64 limbs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketSum([u64; 4]);
-
-impl BucketSum {
-    /// Parses the 32 stored bytes.
-    pub fn from_bytes(bytes: &[u8; 32]) -> BucketSum {
-        let mut limbs = [0u64; 4];
-        for (i, limb) in limbs.iter_mut().enumerate() {
-            *limb = u64::from_le_bytes(
-                bytes[i * 8..i * 8 + 8]
-                    .try_into()
-                    .expect("8-byte slice of a 32-byte array"),
-            );
-        }
-        BucketSum(limbs)
-    }
-
-    /// The 32 stored bytes.
-    pub fn to_bytes(self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, limb) in self.0.iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
-        }
-        out
-    }
-
-    /// self + hash (mod 2^256).
-    pub fn add(&mut self, hash: &[u8; 32]) {
-        let other = BucketSum::from_bytes(hash).0;
-        let mut carry = false;
-        for (a, b) in self.0.iter_mut().zip(other) {
-            let (s1, c1) = a.overflowing_add(b);
-            let (s2, c2) = s1.overflowing_add(u64::from(carry));
-            *a = s2;
-            carry = c1 || c2;
-        }
-    }
-
-    /// self - hash (mod 2^256).
-    pub fn sub(&mut self, hash: &[u8; 32]) {
-        let other = BucketSum::from_bytes(hash).0;
-        let mut borrow = false;
-        for (a, b) in self.0.iter_mut().zip(other) {
-            let (d1, b1) = a.overflowing_sub(b);
-            let (d2, b2) = d1.overflowing_sub(u64::from(borrow));
-            *a = d2;
-            borrow = b1 || b2;
-        }
-    }
-}
+/// A bucket's value: the sum mod 2^256 of its members' hashes (the ledger's multiset sum).
+pub use ledger::multiset::Sum256 as BucketSum;
 
 /// The canonical hash of one member's wallet state.
 pub fn member_hash(state: &WalletState) -> [u8; 32] {
@@ -215,37 +166,4 @@ pub fn bucket_members(
             Some((member, <[u8; 32]>::try_from(v.as_slice()).ok()?))
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_are_order_independent_and_subtract_back() {
-        let h1 = *blake3::hash(b"one").as_bytes();
-        let h2 = *blake3::hash(b"two").as_bytes();
-        let mut a = BucketSum::default();
-        a.add(&h1);
-        a.add(&h2);
-        let mut b = BucketSum::default();
-        b.add(&h2);
-        b.add(&h1);
-        assert_eq!(a, b);
-        a.sub(&h1);
-        assert_eq!(a, BucketSum::from_bytes(&h2));
-        a.sub(&h2);
-        assert_eq!(a, BucketSum::default());
-    }
-
-    #[test]
-    fn carries_propagate_across_limbs() {
-        let mut a = BucketSum([u64::MAX, u64::MAX, 0, 0]);
-        let mut one = [0u8; 32];
-        one[0] = 1;
-        a.add(&one);
-        assert_eq!(a, BucketSum([0, 0, 1, 0]));
-        a.sub(&one);
-        assert_eq!(a, BucketSum([u64::MAX, u64::MAX, 0, 0]));
-    }
 }

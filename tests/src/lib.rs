@@ -1,10 +1,12 @@
 //! Shared helpers for the cross-crate tests and benchmark programs.
 //!
 //! # Layout
+//! - [`child`]: run a real child process and SIGKILL it (the crash tests' harness).
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
 //!   tests can put several appends into one group commit and make that commit fail.
 
+pub mod child;
 pub mod faulty;
 pub mod fixture;
 pub mod wallet;

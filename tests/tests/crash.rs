@@ -26,13 +26,11 @@
 //! Runs `CRASH_ITERATIONS` iterations (default 200) on one store per backend; the seed is
 //! printed and can be replayed with `CRASH_SEED`.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ledger_tests::child::run_and_kill;
 
 use ledger::{
     AppendRequest, Backend, Codec, Create, ExpectedVersion, Head, Ledger, LedgerError,
@@ -44,7 +42,6 @@ const DEFAULT_ITERATIONS: u64 = 200;
 /// Payload size the writer uses.
 const PAYLOAD_BYTES: usize = 200;
 /// Longest wait for the writer to open the store (recovery of a large redb file included).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Every this many iterations (and after the last) the whole log goes through `verify`; the
 /// others check the chain of the events added since the previous iteration. A full verify of a
 /// 100k-event log takes ~0.3 s in the test profile, so verifying every time would make the run
@@ -179,7 +176,17 @@ fn run_crash_iterations(name: &str, backend: Backend) {
         } else {
             Duration::from_micros(5_000 + splitmix64(&mut rng) % 75_000)
         };
-        let lines = run_and_kill(store.path(), name, run_seed, &stderr_path, early, delay);
+        let lines = run_and_kill(
+            Path::new(env!("CARGO_BIN_EXE_crash_writer")),
+            [
+                store.path().as_os_str(),
+                OsStr::new(name),
+                OsStr::new(&run_seed.to_string()),
+            ],
+            &stderr_path,
+            early,
+            delay,
+        );
         if early && !lines.iter().any(|l| l.starts_with("ready")) {
             early_kills += 1;
         }
@@ -210,87 +217,6 @@ fn run_crash_iterations(name: &str, backend: Backend) {
         acks_total >= iterations,
         "only {acks_total} acks in {iterations} runs: the test barely exercised the writer"
     );
-}
-
-/// Starts the writer, waits for `ready` (unless `early`), sleeps `delay`, SIGKILLs it, and
-/// returns the complete lines it printed.
-fn run_and_kill(
-    store: &Path,
-    name: &str,
-    seed: u64,
-    stderr_path: &Path,
-    early: bool,
-    delay: Duration,
-) -> Vec<String> {
-    let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crash_writer"))
-        .arg(store)
-        .arg(name)
-        .arg(seed.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("start crash_writer");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let reader = spawn_reader(stdout, ready_tx);
-    if !early && ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
-        fail_with_stderr(&mut child, stderr_path, "the writer never became ready");
-    }
-    std::thread::sleep(delay);
-    if let Ok(Some(status)) = child.try_wait() {
-        fail_with_stderr(
-            &mut child,
-            stderr_path,
-            &format!("the writer exited by itself with {status}"),
-        );
-    }
-    // std's Child::kill sends SIGKILL on Unix: no destructor, no flush, no chance to clean up.
-    child.kill().expect("SIGKILL the writer");
-    let status = child.wait().expect("reap the writer");
-    let lines = reader.join().expect("the stdout reader does not panic");
-    if status.signal() != Some(9) {
-        fail_with_stderr(
-            &mut child,
-            stderr_path,
-            &format!("the writer ended with {status}, not by SIGKILL"),
-        );
-    }
-    lines
-}
-
-/// Reads stdout to EOF; keeps only lines ending in a newline (a kill may cut the last one).
-fn spawn_reader(
-    stdout: impl Read + Send + 'static,
-    ready: mpsc::Sender<()>,
-) -> JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return lines,
-                Ok(_) if buf.last() != Some(&b'\n') => return lines,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    if line.starts_with("ready") {
-                        let _ = ready.send(());
-                    }
-                    lines.push(line);
-                }
-            }
-        }
-    })
-}
-
-fn fail_with_stderr(child: &mut Child, stderr_path: &Path, what: &str) -> ! {
-    let _ = child.kill();
-    let _ = child.wait();
-    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
-    panic!("{what}; its stderr:\n{stderr}");
 }
 
 /// Reopens the store and checks every acknowledged append, the chain (the new part, or all of

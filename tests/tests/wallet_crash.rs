@@ -13,13 +13,12 @@
 //!
 //! `WALLET_CRASH_ITERATIONS` (default 30) sets the kills; `WALLET_CRASH_SEED` replays a run.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ledger_tests::child::run_and_kill;
 
 use ledger::{Backend, Create, Engine, Head, OpenError, Position};
 use ledger_tests::wallet::{
@@ -29,9 +28,6 @@ use ledger_tests::wallet::{
 
 /// Kills when `WALLET_CRASH_ITERATIONS` is not set.
 const DEFAULT_ITERATIONS: u64 = 30;
-/// Longest wait for the child to open the store.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
 #[test]
 fn acknowledged_commands_survive_kill_9_with_views_at_the_head_equal_to_the_fold() {
     // Every ack is in the commands index with its events; checkpoint == head; views == fold;
@@ -61,7 +57,13 @@ fn acknowledged_commands_survive_kill_9_with_views_at_the_head_equal_to_the_fold
         } else {
             Duration::from_micros(2_000 + splitmix64(&mut rng) % 100_000)
         };
-        let lines = run_and_kill(&store, run_seed, &stderr_path, early, delay);
+        let lines = run_and_kill(
+            Path::new(env!("CARGO_BIN_EXE_wallet_crash_child")),
+            [store.as_os_str(), OsStr::new(&run_seed.to_string())],
+            &stderr_path,
+            early,
+            delay,
+        );
         if !lines.iter().any(|l| l.starts_with("ready")) {
             early_kills += 1;
         }
@@ -172,83 +174,4 @@ fn check_views_and_rebuild(engine: &dyn Engine, previous: Head, context: &str) -
         "{context}: rebuilt views differ from the incremental ones"
     );
     before.head
-}
-
-/// Starts the child, waits for `ready` (unless `early`), sleeps `delay`, SIGKILLs it, and
-/// returns the complete lines it printed.
-fn run_and_kill(
-    store: &Path,
-    seed: u64,
-    stderr_path: &Path,
-    early: bool,
-    delay: Duration,
-) -> Vec<String> {
-    let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wallet_crash_child"))
-        .arg(store)
-        .arg(seed.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("start wallet_crash_child");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let reader = spawn_reader(stdout, ready_tx);
-    if !early && ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
-        fail_with_stderr(&mut child, stderr_path, "the child never became ready");
-    }
-    std::thread::sleep(delay);
-    if let Ok(Some(status)) = child.try_wait() {
-        fail_with_stderr(
-            &mut child,
-            stderr_path,
-            &format!("the child exited by itself with {status}"),
-        );
-    }
-    // std's Child::kill sends SIGKILL on Unix: no destructor, no flush, no clean-up.
-    child.kill().expect("SIGKILL the child");
-    let status = child.wait().expect("reap the child");
-    let lines = reader.join().expect("the stdout reader does not panic");
-    if status.signal() != Some(9) {
-        fail_with_stderr(
-            &mut child,
-            stderr_path,
-            &format!("the child ended with {status}, not by SIGKILL"),
-        );
-    }
-    lines
-}
-
-/// Reads stdout to EOF; keeps only lines ending in a newline (a kill may cut the last one).
-fn spawn_reader(
-    stdout: impl Read + Send + 'static,
-    ready: mpsc::Sender<()>,
-) -> JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return lines,
-                Ok(_) if buf.last() != Some(&b'\n') => return lines,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len() - 1]).into_owned();
-                    if line.starts_with("ready") {
-                        let _ = ready.send(());
-                    }
-                    lines.push(line);
-                }
-            }
-        }
-    })
-}
-
-fn fail_with_stderr(child: &mut Child, stderr_path: &Path, what: &str) -> ! {
-    let _ = child.kill();
-    let _ = child.wait();
-    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
-    panic!("{what}; its stderr:\n{stderr}");
 }

@@ -24,6 +24,9 @@ use crate::ProjectionError;
 
 /// Members written per commit during a rebuild.
 const MEMBERS_PER_COMMIT: usize = 20_000;
+/// Member hash rows written per commit during a rebuild (sorted by key, see
+/// [`write_member_hashes`]).
+const MEMBER_HASHES_PER_COMMIT: usize = 100_000;
 
 /// What a rebuild did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub fn rebuild(
     let snap = engine.snapshot()?;
     let (head, _) = log::read_head(&*snap)?;
     let digest_before = digest::stored_digest(&*snap)?;
+    // A live read snapshot keeps every page freed by later commits from being reused: holding it
+    // through the rebuild made the file grow by gigabytes at 16.5M members.
+    drop(snap);
     let mut clear = WriteBatch::new();
     for table in tables::ALL {
         clear.clear(table);
@@ -115,6 +121,7 @@ fn write_states(
                 }
             }
         });
+        let mut hash_rows: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
         for prepared in rx {
             let prepared = prepared?;
             if prepared.hashes.is_empty() {
@@ -122,11 +129,30 @@ fn write_states(
             }
             for (member, hash) in &prepared.hashes {
                 builder.add(member, hash);
+                hash_rows.push((digest::member_hash_key(member), *hash));
             }
             engine.commit(prepared.batch)?;
         }
-        Ok(())
+        write_member_hashes(engine, hash_rows)
     })
+}
+
+/// Writes member hash rows in key order. Their keys start with the member's digest bucket, so
+/// in member order they land all over the table: 20,000 of them touched ~18,000 pages per commit
+/// (copy-on-write) at 16.5M members. Sorted, each commit touches a contiguous key range.
+fn write_member_hashes(
+    engine: &dyn Engine,
+    mut rows: Vec<(Vec<u8>, [u8; 32])>,
+) -> Result<(), ProjectionError> {
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for chunk in rows.chunks(MEMBER_HASHES_PER_COMMIT) {
+        let mut batch = WriteBatch::new();
+        for (key, hash) in chunk {
+            batch.put(tables::MEMBER_HASHES, key.clone(), hash.to_vec());
+        }
+        engine.commit(batch)?;
+    }
+    Ok(())
 }
 
 fn prepare_rows(
@@ -140,11 +166,6 @@ fn prepare_rows(
             tables::WALLETS,
             member.as_str().as_bytes().to_vec(),
             views::encode_state(&state)?,
-        );
-        batch.put(
-            tables::MEMBER_HASHES,
-            digest::member_hash_key(&member),
-            hash.to_vec(),
         );
         hashes.push((member, hash));
     }

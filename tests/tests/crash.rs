@@ -34,13 +34,13 @@ use ledger_tests::child::run_and_kill;
 
 use ledger::{
     AppendRequest, Backend, Codec, Create, ExpectedVersion, Head, Ledger, LedgerError,
-    LedgerOptions, NewEvent, OpenError, Position, StreamAppend, StreamVersion, Timestamp,
+    LedgerOptions, NewEvent, OpenError, Position, StreamAppend, StreamVersion,
 };
+use ledger_tests::crash_content::event_content;
+use ledger_tests::wallet::splitmix64;
 
 /// Iterations when `CRASH_ITERATIONS` is not set.
 const DEFAULT_ITERATIONS: u64 = 200;
-/// Payload size the writer uses.
-const PAYLOAD_BYTES: usize = 200;
 /// Longest wait for the writer to open the store (recovery of a large redb file included).
 /// Every this many iterations (and after the last) the whole log goes through `verify`; the
 /// others check the chain of the events added since the previous iteration. A full verify of a
@@ -405,32 +405,4 @@ fn check_ack(ledger: &Ledger, ack: &Ack, head: Head, context: &str) {
         "{context}: {id}"
     );
     assert_eq!(entry.count, ack.count, "{context}: {id}");
-}
-
-// ---- Keep identical to the copy in src/bin/crash_writer.rs. ----
-
-/// Type, business time and payload of event `index` of command `command_id`.
-fn event_content(command_id: &str, index: u32) -> (String, Timestamp, Vec<u8>) {
-    let mut state = fnv1a64(command_id.as_bytes()) ^ u64::from(index).wrapping_mul(0x9E37_79B9);
-    let mut payload = Vec::with_capacity(PAYLOAD_BYTES);
-    while payload.len() < PAYLOAD_BYTES {
-        payload.extend_from_slice(&splitmix64(&mut state).to_le_bytes());
-    }
-    payload.truncate(PAYLOAD_BYTES);
-    let at = Timestamp(1_600_000_000_000_000 + (splitmix64(&mut state) % 1_000_000_000_000) as i64);
-    (format!("crash.kind{}", index % 3), at, payload)
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -25,15 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use ledger::{
     AppendRequest, Backend, Codec, ExpectedVersion, Ledger, LedgerError, LedgerOptions, NewEvent,
-    OpenError, StreamAppend, StreamVersion, Timestamp,
+    OpenError, StreamAppend, StreamVersion,
 };
+use ledger_tests::crash_content::event_content;
+use ledger_tests::wallet::splitmix64;
 
 /// Concurrent appender tasks: even ones append one event, odd ones multi-stream commands.
 const WRITERS: u32 = 8;
 /// Streams each writer owns.
 const STREAMS_PER_WRITER: usize = 3;
-/// Payload size of every event, as in SPEC section 6.
-const PAYLOAD_BYTES: usize = 200;
 /// How long to wait for a store another holder still has locked (see `open_waiting_for_lock`).
 const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(10);
 /// Pause between open attempts on a locked store.
@@ -210,32 +210,4 @@ fn new_event(command_id: &str, index: u32) -> NewEvent {
         payload,
         at,
     }
-}
-
-// ---- Keep identical to the copy in tests/crash.rs. ----
-
-/// Type, business time and payload of event `index` of command `command_id`.
-fn event_content(command_id: &str, index: u32) -> (String, Timestamp, Vec<u8>) {
-    let mut state = fnv1a64(command_id.as_bytes()) ^ u64::from(index).wrapping_mul(0x9E37_79B9);
-    let mut payload = Vec::with_capacity(PAYLOAD_BYTES);
-    while payload.len() < PAYLOAD_BYTES {
-        payload.extend_from_slice(&splitmix64(&mut state).to_le_bytes());
-    }
-    payload.truncate(PAYLOAD_BYTES);
-    let at = Timestamp(1_600_000_000_000_000 + (splitmix64(&mut state) % 1_000_000_000_000) as i64);
-    (format!("crash.kind{}", index % 3), at, payload)
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

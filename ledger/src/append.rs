@@ -285,7 +285,9 @@ impl<'s> Plan<'s> {
 
     /// Adds a request to the group commit, or says why it cannot be added (then nothing of it
     /// is in the batch). A duplicate is answered from the command index and adds nothing.
-    pub fn add(&mut self, req: &AppendRequest) -> Result<AppendOutcome, AppendError> {
+    /// Takes the request by value so the payloads move into the records instead of being
+    /// copied on the single writer thread.
+    pub fn add(&mut self, req: AppendRequest) -> Result<AppendOutcome, AppendError> {
         let fingerprint = req.effective_fingerprint();
         if let Some(entry) = self.known_command(&req.command_id)? {
             if entry.fingerprint != fingerprint {
@@ -317,26 +319,27 @@ impl<'s> Plan<'s> {
             starts.push(actual);
         }
         let first_position = self.state.head.position.next();
-        for (s, start) in req.streams.iter().zip(starts) {
+        let count =
+            u32::try_from(req.event_count()).expect("events per append are limited to 10000");
+        for (s, start) in req.streams.into_iter().zip(starts) {
             let mut version = start;
-            for e in &s.events {
+            for e in s.events {
                 version = StreamVersion(version.0 + 1);
                 self.push_record(&req.command_id, &s.stream, version, e);
             }
-            self.versions.insert(s.stream.clone(), version);
+            self.versions.insert(s.stream, version);
         }
         let entry = CommandEntry {
             first_position,
-            count: u32::try_from(req.event_count())
-                .expect("events per append are limited to 10000"),
+            count,
             fingerprint,
         };
-        self.commands.insert(req.command_id.clone(), entry);
         self.batch.put(
             tables::COMMANDS,
             req.command_id.as_bytes().to_vec(),
             entry.encode(),
         );
+        self.commands.insert(req.command_id, entry);
         Ok(AppendOutcome {
             first_position,
             count: entry.count,
@@ -344,13 +347,7 @@ impl<'s> Plan<'s> {
         })
     }
 
-    fn push_record(
-        &mut self,
-        command_id: &str,
-        stream: &str,
-        version: StreamVersion,
-        e: &NewEvent,
-    ) {
+    fn push_record(&mut self, command_id: &str, stream: &str, version: StreamVersion, e: NewEvent) {
         let position = self.state.head.position.next();
         let event_id = next_event_id(self.state.last_event_id);
         let mut record = EventRecord {
@@ -360,20 +357,17 @@ impl<'s> Plan<'s> {
             version,
             event_id,
             command_id: command_id.to_owned(),
-            event_type: e.event_type.clone(),
+            event_type: e.event_type,
             schema_version: e.schema_version,
             at: e.at,
             recorded_at: self.recorded_at,
-            payload: e.payload.clone(),
+            payload: e.payload,
             prev_hash: self.state.head.hash,
             hash: Hash::GENESIS,
         };
-        record.seal();
-        self.batch.put(
-            tables::EVENTS,
-            log::event_key(position).to_vec(),
-            record.encode(),
-        );
+        let bytes = record.seal_and_encode();
+        self.batch
+            .put(tables::EVENTS, log::event_key(position).to_vec(), bytes);
         self.batch.put(
             tables::STREAM_INDEX,
             log::stream_key(stream, version),

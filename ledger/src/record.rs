@@ -98,14 +98,8 @@ pub enum RecordError {
 impl EventRecord {
     /// Bytes the hash covers: the record without its two hashes.
     fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            FIXED_PREFIX_BYTES
-                + 7
-                + self.stream.len()
-                + self.command_id.len()
-                + self.event_type.len()
-                + self.payload.len(),
-        );
+        // Room for the two hashes too, so `seal_and_encode` appends them without reallocating.
+        let mut out = Vec::with_capacity(self.encoded_len());
         out.push(self.codec.tag());
         out.push(LAYOUT_VERSION);
         out.extend_from_slice(&self.position.0.to_le_bytes());
@@ -132,6 +126,17 @@ impl EventRecord {
     /// Sets `hash` from the other fields. Called once, when the writer seals the record.
     pub fn seal(&mut self) {
         self.hash = self.compute_hash();
+    }
+
+    /// [`EventRecord::seal`] and [`EventRecord::encode`] in one pass: the canonical bytes are
+    /// built once, hashed, and become the on-disk bytes (the writer's hot path).
+    pub fn seal_and_encode(&mut self) -> Vec<u8> {
+        let mut out = self.canonical_bytes();
+        self.hash = chain_hash(&self.prev_hash, &out);
+        out.extend_from_slice(&self.prev_hash.0);
+        out.extend_from_slice(&self.hash.0);
+        debug_assert_eq!(out.len(), self.encoded_len());
+        out
     }
 
     /// The on-disk bytes.
@@ -377,6 +382,19 @@ mod tests {
         };
         r.seal();
         r
+    }
+
+    /// The writer's one-pass seal-and-encode must give exactly the bytes and hash of the
+    /// two-step seal-then-encode that `verify` and the format doc describe.
+    #[test]
+    fn seal_and_encode_equals_seal_then_encode() {
+        let expected = sample();
+        let mut r = sample();
+        r.hash = Hash([0; 32]);
+        let bytes = r.seal_and_encode();
+        assert_eq!(r.hash, expected.hash);
+        assert_eq!(bytes, expected.encode());
+        assert_eq!(r.compute_hash(), r.hash);
     }
 
     #[test]

@@ -70,6 +70,38 @@ struct Args {
     /// One JSON document on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// How writers make command ids: `v7` (UUID v7, time-ordered: what README asks clients to
+    /// send, so the command index grows at its right edge), `random` (uniformly random
+    /// UUID-shaped ids: one B-tree leaf per command), `writer` (`w<writer>-<call>`).
+    #[arg(long, value_enum, default_value = "v7")]
+    command_ids: CommandIds,
+}
+
+/// The command-id scheme of a run (see `--command-ids`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum CommandIds {
+    V7,
+    Random,
+    Writer,
+}
+
+impl CommandIds {
+    fn make(self, writer: u32, call: u64) -> String {
+        match self {
+            CommandIds::V7 => uuid::Uuid::now_v7().to_string(),
+            CommandIds::Random => {
+                let mut h = blake3::Hasher::new();
+                h.update(&writer.to_le_bytes());
+                h.update(&call.to_le_bytes());
+                let bytes: [u8; 16] = h.finalize().as_bytes()[..16]
+                    .try_into()
+                    .expect("a BLAKE3 digest has 32 bytes");
+                uuid::Uuid::from_bytes(bytes).to_string()
+            }
+            CommandIds::Writer => format!("w{writer}-{call}"),
+        }
+    }
 }
 
 /// When a run stops.
@@ -145,9 +177,10 @@ fn main() -> anyhow::Result<()> {
         .context("tokio runtime")?;
     if !args.json {
         println!(
-            "bench_append: backend {}, {cores} cores, RAM {ram}, stores under {}",
+            "bench_append: backend {}, {cores} cores, RAM {ram}, stores under {}, command ids {:?}",
             args.backend,
-            base_dir.display()
+            base_dir.display(),
+            args.command_ids
         );
         match args.events {
             Some(n) => println!("each run: {n} events (raw baseline: the same number of events)"),
@@ -166,7 +199,14 @@ fn main() -> anyhow::Result<()> {
                 Some(n) => Stop::Calls(n.div_ceil(u64::from(c) * u64::from(k)).max(1)),
                 None => Stop::At(start + Duration::from_secs_f64(seconds)),
             };
-            let run = runtime.block_on(run_ledger(store.path(), backend, c, k, stop))?;
+            let run = runtime.block_on(run_ledger(
+                store.path(),
+                backend,
+                c,
+                k,
+                args.command_ids,
+                stop,
+            ))?;
             let avg_group = (run.events as f64 / run.group_commits.max(1) as f64)
                 .round()
                 .max(1.0);
@@ -193,6 +233,7 @@ fn main() -> anyhow::Result<()> {
     if args.json {
         let doc = json!({
             "backend": args.backend,
+            "command_ids": args.command_ids,
             "cores": cores,
             "ram": ram,
             "seconds_per_run": args.events.is_none().then_some(seconds),
@@ -211,6 +252,7 @@ async fn run_ledger(
     backend: Backend,
     writers: u32,
     events_per_call: u32,
+    command_ids: CommandIds,
     stop: impl Fn(Instant) -> Stop,
 ) -> anyhow::Result<LedgerRun> {
     let options = LedgerOptions {
@@ -230,7 +272,7 @@ async fn run_ledger(
         let payload = Arc::clone(&payload);
         let (ready, go, mut stop_rx) = (Arc::clone(&ready), Arc::clone(&go), stop_rx.clone());
         tasks.spawn(async move {
-            let mut writer = Writer::new(ledger, w, events_per_call, payload);
+            let mut writer = Writer::new(ledger, w, events_per_call, command_ids, payload);
             for _ in 0..WARMUP_CALLS {
                 writer.call().await?;
             }
@@ -309,12 +351,20 @@ struct Writer {
     version: u64,
     calls: u64,
     events_per_call: u32,
+    command_ids: CommandIds,
     payload: Arc<Vec<u8>>,
 }
 
 impl Writer {
-    fn new(ledger: Ledger, id: u32, events_per_call: u32, payload: Arc<Vec<u8>>) -> Writer {
+    fn new(
+        ledger: Ledger,
+        id: u32,
+        events_per_call: u32,
+        command_ids: CommandIds,
+        payload: Arc<Vec<u8>>,
+    ) -> Writer {
         Writer {
+            command_ids,
             ledger,
             id,
             stream: format!("bench-{id:04}"),
@@ -336,7 +386,7 @@ impl Writer {
             })
             .collect();
         let request = AppendRequest {
-            command_id: format!("w{}-{}", self.id, self.calls),
+            command_id: self.command_ids.make(self.id, self.calls),
             fingerprint: None,
             streams: vec![StreamAppend {
                 stream: self.stream.clone(),

@@ -36,7 +36,9 @@ What it does
      one transaction = one INSERT ... SELECT of K rows to the client's own stream
      'bench-NNNN' (NNNN = pgbench client_id), versions max(version)+1 .. max(version)+K of that
      stream computed in the same statement (unique (stream, version) rejects a concurrent writer,
-     which would abort the run), event_id = gen_random_uuid(), K payloads of 200 bytes sent by the
+     which would abort the run), event_id = a time-ordered UUID v7 (--event-ids v7, the default:
+     our ledger's event ids are UUID v7 too) or gen_random_uuid() (--event-ids random), K
+     payloads of 200 bytes sent by the
      client as a bound parameter on every call (a text[] of hex strings, decoded by the server).
      Each run is then verified with SQL: rows = (C*2 + txns) * K, every stream's versions are
      exactly 1..count, C streams; any mismatch fails the script.
@@ -59,6 +61,7 @@ Options
   --batch LIST     events per call, comma separated (1 = append-1, 100 = append-100)   [1,100]
   --seconds N      seconds per timed run (integer, pgbench -T)   [5]
   --dir DIR        where the temp dir (cluster, socket, logs) goes   [/tmp]
+  --event-ids v7|random  event_id of each row: time-ordered UUID v7 (like ours) or gen_random_uuid()  [v7]
   --json           one JSON document on stdout (progress and info on stderr)
   --keep           keep the temp dir (server log, pgbench logs) instead of removing it
   --pg-bin DIR     PostgreSQL bin dir (initdb, pg_ctl, postgres, pgbench, psql)
@@ -77,6 +80,7 @@ BATCH="1,100"
 RUN_SECONDS=5
 BASE_DIR=/tmp
 JSON=0
+EVENT_IDS=v7
 KEEP=0
 PG_BIN=""
 while (($# > 0)); do
@@ -91,6 +95,8 @@ while (($# > 0)); do
         --dir=*) BASE_DIR="${1#*=}"; shift ;;
         --pg-bin) PG_BIN="${2:?--pg-bin needs a value}"; shift 2 ;;
         --pg-bin=*) PG_BIN="${1#*=}"; shift ;;
+        --event-ids) EVENT_IDS="${2:?--event-ids needs a value}"; shift 2 ;;
+        --event-ids=*) EVENT_IDS="${1#*=}"; shift ;;
         --json) JSON=1; shift ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -113,6 +119,7 @@ done
 if ! [[ $RUN_SECONDS =~ ^[0-9]+$ ]] || ((RUN_SECONDS < 1)); then
     die "--seconds: '$RUN_SECONDS' is not a positive integer (pgbench -T takes whole seconds)"
 fi
+[[ $EVENT_IDS == v7 || $EVENT_IDS == random ]] || die "--event-ids: '$EVENT_IDS' must be v7 or random"
 [[ -d $BASE_DIR ]] || die "--dir: '$BASE_DIR' is not a directory"
 BASE_DIR=$(cd "$BASE_DIR" && pwd)
 
@@ -250,6 +257,14 @@ CREATE TABLE events (
     payload     bytea       NOT NULL,
     UNIQUE (stream, version)
 );
+-- UUID v7 layout (RFC 9562): 48-bit Unix milliseconds, version 7, variant 10, random rest.
+-- PostgreSQL 15 has no uuidv7(); time-ordered ids keep the event_id index growing at its right
+-- edge, as our ledger's v7 event ids do, so neither side pays for random index pages.
+CREATE FUNCTION uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $f$
+    SELECT (lpad(to_hex(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+            || '7' || substr(md5(random()::text), 1, 3)
+            || to_hex(8 + floor(random() * 4)::int) || substr(md5(random()::text), 1, 15))::uuid
+$f$;
 EOF
 
 # ---------------------------------------------------------------- settings, printed back
@@ -273,9 +288,10 @@ say "each run: ${RUN_SECONDS} s timed after $WARMUP_CALLS untimed calls per writ
 # ---------------------------------------------------------------- the pgbench script
 # One call = one transaction = one statement. The stream's next version is computed in the same
 # statement from the (stream, version) index; K payloads arrive as one bound text[] parameter.
-cat >"$TMP/append.sql" <<'EOF'
+if [[ $EVENT_IDS == v7 ]]; then EVENT_ID_FN=uuid_v7; else EVENT_ID_FN=gen_random_uuid; fi
+cat >"$TMP/append.sql" <<EOF
 INSERT INTO events (event_id, stream, version, event_type, payload)
-SELECT gen_random_uuid(), w.stream, w.base + p.n, 'bench.appended', decode(p.hex, 'hex')
+SELECT $EVENT_ID_FN(), w.stream, w.base + p.n, 'bench.appended', decode(p.hex, 'hex')
 FROM (SELECT s.stream,
              coalesce((SELECT max(e.version) FROM events e WHERE e.stream = s.stream), 0) AS base
       FROM (SELECT 'bench-' || lpad(:client_id::text, 4, '0') AS stream) s) w,
@@ -460,7 +476,7 @@ if ((JSON)); then
         settings_json+="${settings_json:+,}\"$name\":\"${SETTINGS[$name]}\""
     done
     runs_json=$(IFS=,; echo "${ROWS_JSON[*]}")
-    printf '{"system":"postgresql","version":"%s","version_full":"%s","settings":{%s},"cores":%d,"seconds_per_run":%.1f,"warmup_calls_per_writer":%d,"events_per_s_from":"pgbench -l log: txns*batch / (last txn end - first txn start)","runs":[%s]}\n' \
+    printf '{"system":"postgresql","event_ids":"'"$EVENT_IDS"'","version":"%s","version_full":"%s","settings":{%s},"cores":%d,"seconds_per_run":%.1f,"warmup_calls_per_writer":%d,"events_per_s_from":"pgbench -l log: txns*batch / (last txn end - first txn start)","runs":[%s]}\n' \
         "$PG_VERSION" "${SETTINGS[server_version]}" "$settings_json" "$CORES" "$RUN_SECONDS" \
         "$WARMUP_CALLS" "$runs_json"
 else

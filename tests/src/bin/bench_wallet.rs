@@ -14,6 +14,17 @@
 //!   same concurrency and the same events per call (2 for a transfer) as raw durable
 //!   `Ledger::append`s to a fresh store with no hook and no decide.
 //!
+//! - `scan`: the raw sequential scan of an existing store's `events` table (the baseline of
+//!   `migrate-tool check` / `verify` events/s in the `bench` suite).
+//! - `digest`: on an existing store with views (e.g. from `migrate-tool demo`), times reading the
+//!   stored digest buckets, folding the log into fresh buckets, comparing the two sets, and,
+//!   after changing one member's folded state, finding exactly that member (the migration
+//!   gate's localisation: differing buckets, then that bucket's stored member hashes against
+//!   each member folded from its own stream).
+//!
+//! `--json` prints one JSON document on stdout (the human lines go to stderr); the `bench`
+//! suite driver reads it.
+//!
 //! Peak RSS is `VmHWM` from `/proc/self/status`, reset before each measured phase by writing
 //! `5` to `/proc/self/clear_refs` (Linux >= 4.0), so preparation does not count.
 //!
@@ -22,6 +33,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +51,22 @@ use ledger::{
     StreamAppend, Timestamp,
 };
 use projections::{ProjectionHook, SubmitError, WalletService};
+use serde_json::json;
 use tokio::task::JoinSet;
+
+/// Set by `--json`: human lines go to stderr and one JSON document to stdout.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// A human output line: stdout, or stderr under `--json`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON.load(Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        } else {
+            println!($($arg)*);
+        }
+    };
+}
 
 /// Members per preparation append (one stream each, plus its identity stream in round 0).
 const PREP_MEMBERS_PER_APPEND: usize = 400;
@@ -73,6 +100,9 @@ struct Args {
     /// Where temporary stores go (default: the current directory).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
+    /// One JSON document on stdout (human lines on stderr).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,15 +137,32 @@ enum Workload {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Raw sequential scan of an existing store's events table (no decoding).
+    Scan {
+        /// The store (a directory with `ledger.redb`).
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Digest read, fold, compare, and one-changed-member localisation on an existing store.
+    Digest {
+        /// The store (views must be at the head, e.g. after `migrate-tool demo`).
+        #[arg(long)]
+        store: PathBuf,
+        /// Use the stored buckets as the fresh side instead of folding the log (for very large
+        /// stores; compare and localisation times do not depend on how the buckets were made).
+        #[arg(long)]
+        no_fold: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    JSON.store(args.json, Ordering::Relaxed);
     let base = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("current directory")?,
     };
-    println!(
+    say!(
         "bench_wallet: {} cores ({}), RAM {}, redb backend, stores under {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model().unwrap_or_else(|| "unknown CPU".into()),
@@ -158,7 +205,21 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("temp dir under {}", base.display()))?;
             runtime.block_on(bench_commands(tmp.path(), clients, members, seconds, seed))
         }
+        Workload::Scan { store } => bench_scan(&store),
+        Workload::Digest { store, no_fold } => bench_digest(&store, no_fold),
     }
+}
+
+/// Prints the `--json` document (only under `--json`).
+fn emit(doc: serde_json::Value) -> anyhow::Result<()> {
+    if JSON.load(Ordering::Relaxed) {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,13 +233,15 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
     } else {
         0
     };
+    let mut prepare_s = None;
     if existing > 0 {
-        println!("rebuild: reusing {} with {existing} events", dir.display());
+        say!("rebuild: reusing {} with {existing} events", dir.display());
     } else {
         let started = Instant::now();
         let n = prepare_log(dir, events, members, seed).await?;
         let secs = started.elapsed().as_secs_f64();
-        println!(
+        prepare_s = Some(secs);
+        say!(
             "rebuild: prepared {n} events for {members} members in {secs:.1} s ({:.0} events/s, not the figure)",
             n as f64 / secs
         );
@@ -188,13 +251,15 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
         .map(|m| m.len())
         .unwrap_or(0);
 
-    // Baseline: raw scan, no decoding.
+    // Baseline: raw scan, no decoding; after an untimed scan, so that the baseline does not pay
+    // for bringing the file into the page cache (the rebuild after it would not).
+    raw_scan(&*engine)?;
     reset_peak_rss();
     let started = Instant::now();
     let (scanned, bytes) = raw_scan(&*engine)?;
     let scan = started.elapsed();
     let scan_rss = peak_rss_kib();
-    println!(
+    say!(
         "baseline raw scan : {scanned} events, {:.1} MB of records in {:.2} s: {:.0} events/s, {:.0} MB/s, peak RSS {}",
         bytes as f64 / 1e6,
         scan.as_secs_f64(),
@@ -212,7 +277,7 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
     let cpu = cpu_share(cpu_before, wall);
     let rss = peak_rss_kib();
     let head = report.head.0;
-    println!(
+    say!(
         "rebuild           : {head} events, {} members, {} wallet events, {} pass(es) in {:.2} s: {:.0} events/s, peak RSS {}, CPU {cpu}",
         report.stats.members,
         report.stats.wallet_events,
@@ -221,7 +286,7 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
         head as f64 / wall.as_secs_f64(),
         fmt_kib(rss)
     );
-    println!(
+    say!(
         "rebuild / raw scan: {:.2}x the scan time; store file {:.1} MB",
         wall.as_secs_f64() / scan.as_secs_f64(),
         file_bytes as f64 / 1e6
@@ -232,13 +297,13 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
         report.digest_after,
         digest_stored
     );
-    println!(
+    say!(
         "digest after rebuild equals the incrementally maintained digest: {}",
         report.digest_after
     );
     let target = 2_000_000.0;
     let rate = head as f64 / wall.as_secs_f64();
-    println!(
+    say!(
         "target >= 2,000,000 events/s over >= 10M events: {}",
         if rate >= target && head >= 10_000_000 {
             "MET"
@@ -248,7 +313,240 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
             "MISSED"
         }
     );
-    Ok(())
+    emit(json!({
+        "workload": "rebuild",
+        "cores": cores(),
+        "store": dir,
+        "reused_store": existing > 0,
+        "prepare_s": prepare_s,
+        "events": head,
+        "members": report.stats.members,
+        "wallet_events": report.stats.wallet_events,
+        "passes": report.stats.passes,
+        "seconds": wall.as_secs_f64(),
+        "events_per_s": rate,
+        "peak_rss_kib": rss,
+        "cpu": cpu,
+        "baseline_scan_events": scanned,
+        "baseline_scan_bytes": bytes,
+        "baseline_scan_seconds": scan.as_secs_f64(),
+        "baseline_scan_events_per_s": scanned as f64 / scan.as_secs_f64(),
+        "baseline_scan_peak_rss_kib": scan_rss,
+        "store_file_bytes": file_bytes,
+        "digest_matches_hook": true,
+        "digest": report.digest_after.to_string(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// scan (the baseline of `check` / `verify`)
+
+fn bench_scan(store: &Path) -> anyhow::Result<()> {
+    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb)?;
+    let head = ledger::log::read_head(&*engine.snapshot()?)?.0.position.0;
+    reset_peak_rss();
+    let started = Instant::now();
+    let (scanned, bytes) = raw_scan(&*engine)?;
+    let wall = started.elapsed();
+    let rss = peak_rss_kib();
+    ensure!(
+        scanned == head,
+        "scanned {scanned} events but the head is {head}"
+    );
+    say!(
+        "raw scan: {scanned} events, {:.1} MB of records in {:.2} s: {:.0} events/s, {:.0} MB/s, peak RSS {}",
+        bytes as f64 / 1e6,
+        wall.as_secs_f64(),
+        scanned as f64 / wall.as_secs_f64(),
+        bytes as f64 / 1e6 / wall.as_secs_f64(),
+        fmt_kib(rss)
+    );
+    emit(json!({
+        "workload": "scan",
+        "store": store,
+        "events": scanned,
+        "bytes": bytes,
+        "seconds": wall.as_secs_f64(),
+        "events_per_s": scanned as f64 / wall.as_secs_f64(),
+        "peak_rss_kib": rss,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// digest compare and one-changed-member localisation
+
+/// Rows of a table, counted in chunks.
+fn count_rows(snap: &dyn ledger::Snapshot, table: &str) -> anyhow::Result<u64> {
+    let mut after: Option<Vec<u8>> = None;
+    let mut n = 0u64;
+    loop {
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let rows = snap.scan(table, (lower, Bound::Unbounded), BASELINE_SCAN_CHUNK)?;
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(last.clone());
+        n += rows.len() as u64;
+    }
+    Ok(n)
+}
+
+fn bench_digest(store: &Path, no_fold: bool) -> anyhow::Result<()> {
+    use ledger::domain::{apply_wallet_event, WalletState};
+    use projections::digest::{self, DigestBuilder};
+    use projections::fold::{self, AsOf, FoldOptions};
+
+    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb)?;
+    let snap = engine.snapshot()?;
+    let head = ledger::log::read_head(&*snap)?.0.position.0;
+    let checkpoint = projections::views::checkpoint(&*snap)?.0;
+    ensure!(
+        checkpoint == head,
+        "views are at {checkpoint} but the log is at {head}: run `migrate-tool rebuild` first"
+    );
+
+    // S: the stored bucket sums (what the hook maintained).
+    let started = Instant::now();
+    let stored = digest::stored_buckets(&*snap)?;
+    let stored_root = digest::root_of(&stored);
+    let read_stored = started.elapsed();
+
+    // F: fresh bucket sums from a fold of the whole log.
+    reset_peak_rss();
+    let (fresh, members, fold_wall) = if no_fold {
+        let members = count_rows(&*snap, projections::views::tables::MEMBER_HASHES)?;
+        (stored.clone(), members, None)
+    } else {
+        let mut builder = DigestBuilder::default();
+        let mut members = 0u64;
+        let started = Instant::now();
+        fold::fold_log(
+            &*snap,
+            FoldOptions::new(AsOf::Head, &mut |_| {}),
+            &mut |states| {
+                for (member, state) in states {
+                    if let Some(state) = state {
+                        members += 1;
+                        builder.add(&member, &digest::member_hash(&state));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        (builder.buckets().to_vec(), members, Some(started.elapsed()))
+    };
+    let fold_rss = peak_rss_kib();
+
+    // Compare F with S: root, then the 65,536 buckets.
+    let started = Instant::now();
+    let fresh_root = digest::root_of(&fresh);
+    let roots_equal = fresh_root == stored_root;
+    let differing = digest::differing_buckets(&fresh, &stored);
+    let compare = started.elapsed();
+    ensure!(
+        roots_equal && differing.is_empty(),
+        "the fold's digest {fresh_root} differs from the stored digest {stored_root} in {} buckets",
+        differing.len()
+    );
+
+    // Change one member in the fresh side: the first member of the first non-empty bucket from
+    // the middle of the bucket range.
+    let (target, target_bucket) = (0..digest::BUCKET_COUNT)
+        .map(|i| ((i + digest::BUCKET_COUNT / 2) % digest::BUCKET_COUNT) as u16)
+        .find_map(|b| match digest::bucket_members(&*snap, b) {
+            Ok(list) => list.into_iter().next().map(|(m, _)| Ok((m, b))),
+            Err(e) => Some(Err(e)),
+        })
+        .context("the store has no member hashes")??;
+    let target = MemberId::new(target.as_str())?;
+    let change = WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) });
+    let derive = |member: &MemberId| -> anyhow::Result<Option<WalletState>> {
+        let mut state = fold::fold_member(&*snap, member, AsOf::Head)?;
+        if *member == target {
+            apply_wallet_event(&mut state, &change)?;
+        }
+        Ok(state)
+    };
+    let original = fold::fold_member(&*snap, &target, AsOf::Head)?
+        .context("the target member has no wallet")?;
+    let changed_state = derive(&target)?.expect("still a wallet");
+    let mut changed = fresh;
+    changed[usize::from(target_bucket)].sub(&digest::member_hash(&original));
+    changed[usize::from(target_bucket)].add(&digest::member_hash(&changed_state));
+
+    // Localise: compare roots and buckets, read the differing buckets' stored member hashes,
+    // fold each of their members from its own stream, and compare hashes.
+    let started = Instant::now();
+    let changed_root = digest::root_of(&changed);
+    let buckets = digest::differing_buckets(&changed, &stored);
+    let mut candidates = 0usize;
+    let mut found = Vec::new();
+    for &b in &buckets {
+        for (name, stored_hash) in digest::bucket_members(&*snap, b)? {
+            candidates += 1;
+            let member = MemberId::new(name.as_str())?;
+            let derived = derive(&member)?.map(|s| digest::member_hash(&s));
+            if derived != Some(stored_hash) {
+                found.push(name);
+            }
+        }
+    }
+    let localise = started.elapsed();
+    ensure!(
+        changed_root != stored_root,
+        "a changed member left the root unchanged"
+    );
+    ensure!(
+        buckets == [target_bucket],
+        "expected exactly bucket {target_bucket} to differ, got {buckets:?}"
+    );
+    ensure!(
+        found == [target.as_str()],
+        "expected exactly member {target} to differ, found {found:?}"
+    );
+
+    let fold_s = fold_wall.map(|d| d.as_secs_f64());
+    say!(
+        "digest: {members} members, {head} events; read stored buckets {:.1} ms; {}",
+        read_stored.as_secs_f64() * 1e3,
+        match fold_s {
+            Some(s) => format!(
+                "fold of the log into fresh buckets {s:.2} s ({:.0} events/s, peak RSS {})",
+                head as f64 / s,
+                fmt_kib(fold_rss)
+            ),
+            None => "fold skipped (--no-fold: the stored buckets are the fresh side)".into(),
+        }
+    );
+    say!(
+        "digest compare (root + {} buckets): {:.0} µs, equal",
+        digest::BUCKET_COUNT,
+        compare.as_secs_f64() * 1e6
+    );
+    say!(
+        "one changed member ({target}, bucket {target_bucket}) localised in {:.2} ms: 1 differing bucket, {candidates} members checked, found exactly {target}",
+        localise.as_secs_f64() * 1e3
+    );
+    emit(json!({
+        "workload": "digest",
+        "store": store,
+        "events": head,
+        "members": members,
+        "buckets": digest::BUCKET_COUNT,
+        "read_stored_ms": read_stored.as_secs_f64() * 1e3,
+        "fold_s": fold_s,
+        "fold_events_per_s": fold_s.map(|s| head as f64 / s),
+        "fold_peak_rss_kib": fold_rss,
+        "compare_us": compare.as_secs_f64() * 1e6,
+        "digests_equal": true,
+        "changed_member": target.as_str(),
+        "changed_bucket": target_bucket,
+        "differing_buckets": buckets.len(),
+        "bucket_members_checked": candidates,
+        "localise_ms": localise.as_secs_f64() * 1e3,
+        "found": found,
+    }))
 }
 
 /// Sequential scan of the events table, counting records and bytes without decoding.
@@ -589,7 +887,7 @@ async fn bench_commands(
     let dir = tmp.join("commands");
     let started = Instant::now();
     prepare_members(&dir, members, coupons).await?;
-    println!(
+    say!(
         "commands: prepared {members} wallets (balance {FUNDING_YEN} yen, {coupons} coupons each) in {:.1} s (not the figure)",
         started.elapsed().as_secs_f64()
     );
@@ -633,7 +931,7 @@ async fn bench_commands(
     drop(service);
     tally.latencies_us.sort_unstable();
     let rate = tally.commands as f64 / wall.as_secs_f64();
-    println!(
+    say!(
         "commands          : {clients} clients, {} commands ({} events) in {:.2} s: {rate:.0} commands/s, {:.0} events/s, p50 {} us, p99 {} us, CPU {cpu}, peak RSS {}",
         tally.commands,
         tally.events,
@@ -643,17 +941,18 @@ async fn bench_commands(
         percentile(&tally.latencies_us, 0.99),
         fmt_kib(rss)
     );
-    println!(
+    say!(
         "                    rejected {}, coupon fallbacks to top_up {}, views at head: {views_ok}",
-        tally.rejected, tally.coupon_fallbacks
+        tally.rejected,
+        tally.coupon_fallbacks
     );
     if let Some(e) = &tally.first_error {
-        println!("                    first error: {e}");
+        say!("                    first error: {e}");
     }
     ensure!(views_ok, "views are not at the log head after the run");
 
     let base = raw_appends(&tmp.join("baseline"), clients, &tally.shapes).await?;
-    println!(
+    say!(
         "baseline raw append: {clients} writers, {} calls ({} events) in {:.2} s: {:.0} calls/s, {:.0} events/s, p50 {} us, p99 {} us, CPU {}",
         base.calls,
         base.events,
@@ -664,15 +963,41 @@ async fn bench_commands(
         percentile(&base.latencies_us, 0.99),
         base.cpu
     );
-    println!(
+    say!(
         "commands / raw appends: {:.0}% of the raw call rate",
         100.0 * rate / (base.calls as f64 / base.wall.as_secs_f64())
     );
-    println!(
+    say!(
         "target >= 50,000 commands/s: {}",
         if rate >= 50_000.0 { "MET" } else { "MISSED" }
     );
-    Ok(())
+    let base_rate = base.calls as f64 / base.wall.as_secs_f64();
+    emit(json!({
+        "workload": "commands",
+        "cores": cores(),
+        "clients": clients,
+        "members": members,
+        "commands": tally.commands,
+        "events": tally.events,
+        "rejected": tally.rejected,
+        "coupon_fallbacks": tally.coupon_fallbacks,
+        "first_error": tally.first_error,
+        "seconds": wall.as_secs_f64(),
+        "commands_per_s": rate,
+        "events_per_s": tally.events as f64 / wall.as_secs_f64(),
+        "p50_us": percentile(&tally.latencies_us, 0.50),
+        "p99_us": percentile(&tally.latencies_us, 0.99),
+        "cpu": cpu,
+        "peak_rss_kib": rss,
+        "views_at_head": views_ok,
+        "baseline_calls": base.calls,
+        "baseline_events": base.events,
+        "baseline_seconds": base.wall.as_secs_f64(),
+        "baseline_calls_per_s": base_rate,
+        "baseline_p50_us": percentile(&base.latencies_us, 0.50),
+        "baseline_p99_us": percentile(&base.latencies_us, 0.99),
+        "ratio_vs_baseline": rate / base_rate,
+    }))
 }
 
 /// Opens `members` wallets, funds them and issues `coupons` coupons each, as direct appends.

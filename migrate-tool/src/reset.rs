@@ -64,9 +64,15 @@ struct Figures {
 }
 
 impl Figures {
-    fn take(snap: &dyn Snapshot, bar: &indicatif::ProgressBar) -> anyhow::Result<Figures> {
+    /// The full check of `snap` (verify on a second thread over its own snapshot of `engine`:
+    /// nothing writes before the work starts, and [`check::check_engine`] compares the heads).
+    fn take(
+        engine: &dyn Engine,
+        snap: &dyn Snapshot,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Figures> {
         Ok(Figures {
-            check: check::check_snapshot(snap, &check::spinner_progress(bar))?,
+            check: check::check_engine(engine, snap, &check::spinner_progress(bar))?,
             buckets: digest::stored_buckets(snap)?,
         })
     }
@@ -256,7 +262,7 @@ fn gate(
 ) -> anyhow::Result<GateRun> {
     let before_snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: before");
-    let before = Figures::take(&*before_snap, &bar)?;
+    let before = Figures::take(&*engine, &*before_snap, &bar)?;
     let mut run = GateRun {
         before,
         after: None,

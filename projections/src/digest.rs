@@ -79,6 +79,12 @@ impl DigestBuilder {
         self.buckets[usize::from(bucket_of(member))].add(state_hash);
     }
 
+    /// Adds one member's state whose bucket ([`bucket_of`]) the caller already computed: a
+    /// check that also needs the bucket for other sums hashes the id once, not twice.
+    pub fn add_in_bucket(&mut self, bucket: u16, state_hash: &[u8; 32]) {
+        self.buckets[usize::from(bucket)].add(state_hash);
+    }
+
     /// The bucket sums.
     pub fn buckets(&self) -> &[BucketSum] {
         &self.buckets

@@ -1,28 +1,31 @@
 //! Folding the log into wallet states, in bounded memory, as of any moment.
 //!
-//! The fold reads the log sequentially in position order (the fast path for any engine) and
-//! keeps only the members of one partition in memory at a time. Partitions are (modulus,
-//! residue) classes of a member's hash: it starts with one partition holding everyone; when a
-//! partition's member count passes the cap, that pass is dropped and the partition is split in
-//! two (modulus doubled), so memory stays bounded at any member count (16.5M included) while a
-//! small store is folded in a single pass. Each member's state is handed to the sink exactly once.
+//! The fold reads the log sequentially in position order (the fast path for any engine).
+//! A pass keeps its members' states in [`PassStates`]: decoded while recently touched, encoded
+//! in one arena otherwise, so a member costs ~90 bytes at the 7Pay shape and 16.5M members fit
+//! one pass. Memory per pass is bounded by [`FoldOptions::pass_bytes`] (estimated; default
+//! [`DEFAULT_PASS_BYTES`] = 2.5 GiB, of which at most [`FoldOptions::hot_bytes`] = 1 GiB
+//! decoded). Partitions are (modulus, residue) classes of a member's hash: the first pass holds
+//! everyone; when a pass passes its budget (or the member cap), it is dropped and the
+//! partition split in two, so memory stays bounded at any member count. Each member's state is
+//! handed to the sink exactly once; within a pass, in member id order.
 //!
-//! Speed (see `docs/bench-wallet.md`): each record's envelope is parsed as a borrowed
+//! Speed: each record's envelope is parsed as a borrowed
 //! [`RecordView`](ledger::record::RecordView) (no allocation); non-wallet streams and members of
-//! other partitions are skipped by their stream name before the payload is decoded; states live
-//! in a hash map during the pass and are sorted once at its end. [`fold_log_pipelined`] (used
-//! by rebuild) also moves the log scan to a second thread.
+//! other partitions are skipped by their stream name before the payload is decoded; states are
+//! found through a 4-byte-per-member hash index and sorted once at the end of the pass.
+//! [`fold_log_pipelined`] (used by rebuild) also moves the log scan to a second thread.
 
-use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
+
+use hashbrown::HashTable;
 
 use ledger::domain::{apply_wallet_event, MemberId, WalletEvent, WalletState};
 use ledger::engine::Entry;
 use ledger::log::{self, tables as log_tables};
 use ledger::record::EventRecord;
-use ledger::{Engine, Position, Snapshot, Timestamp};
+use ledger::{Codec, Engine, Position, Snapshot, Timestamp};
 
 use crate::hook::{decode_wallet_event, wallet_event_of};
 use crate::ProjectionError;
@@ -76,12 +79,24 @@ impl AsOf {
     }
 }
 
-/// Members kept in memory per pass. At a few hundred bytes per state this is ~1 GiB at most.
-pub const DEFAULT_MEMBERS_PER_PASS: usize = 2_000_000;
+/// Cap on members per pass (slot numbers are `u32`); in practice [`DEFAULT_PASS_BYTES`] binds
+/// first. Tests set a small cap to force partition splits.
+pub const DEFAULT_MEMBERS_PER_PASS: usize = 1 << 31;
+/// Estimated bytes a pass may hold in states, hot and cold (see [`PassStates`]); past it the
+/// pass is dropped and its partition split in two. A cold member costs [`ENTRY_BYTES`] plus its
+/// id and its bincode state: ~90 bytes at the 7Pay shape (one to three wallet events each), so
+/// 16.5M members (~1.5 GiB) are one pass; members with hundreds of events take more passes.
+pub const DEFAULT_PASS_BYTES: usize = 2_560 << 20;
+/// Of the pass budget, decoded ("hot") states may hold at most this; the oldest are encoded
+/// into the cold arena beyond it. 1 GiB keeps 100,000 members with 100 events each hot (the
+/// rebuild benchmark) and ~1M recently touched members at the 7Pay shape.
+pub const DEFAULT_HOT_BYTES: usize = 1 << 30;
 /// Events per log read.
 const CHUNK_EVENTS: usize = 8_192;
 /// Chunks the scanner thread of [`fold_log_pipelined`] may read ahead (~2 MiB each).
 const SCAN_QUEUE_CHUNKS: usize = 4;
+/// Members per sink call when a pass hands out its states.
+const OUTPUT_CHUNK: usize = 16_384;
 
 /// What a fold did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,8 +179,12 @@ impl EventTotals {
 pub struct FoldOptions<'a> {
     /// Which events to include.
     pub as_of: AsOf,
-    /// Cap on members in memory per pass.
+    /// Cap on members per pass.
     pub members_per_pass: usize,
+    /// Estimated bytes of states per pass (hot and cold); see [`DEFAULT_PASS_BYTES`].
+    pub pass_bytes: usize,
+    /// Estimated bytes of decoded states per pass; see [`DEFAULT_HOT_BYTES`].
+    pub hot_bytes: usize,
     /// Called with the events read so far in the current pass.
     pub progress: &'a mut dyn FnMut(u64),
 }
@@ -176,6 +195,8 @@ impl<'a> FoldOptions<'a> {
         FoldOptions {
             as_of,
             members_per_pass: DEFAULT_MEMBERS_PER_PASS,
+            pass_bytes: DEFAULT_PASS_BYTES,
+            hot_bytes: DEFAULT_HOT_BYTES,
             progress,
         }
     }
@@ -194,27 +215,292 @@ fn partition_hash(member: &str) -> u64 {
 
 type States = BTreeMap<MemberId, Option<WalletState>>;
 
-/// Key of the in-memory states of a pass: looked up by the `&str` member of a stream name, so
-/// that a wallet event of a known member costs no allocation.
-#[derive(PartialEq, Eq)]
-struct Key(MemberId);
+/// Estimated bytes per member outside its state: its slot (16), its index entry (4 bytes and a
+/// control byte at up to 87.5% load, doubled while the table grows) and its FIFO entry.
+const ENTRY_BYTES: usize = 32;
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must hash exactly as `str` does, for `Borrow<str>` lookups.
-        self.0.as_str().hash(state);
+/// A decoded state, with the member of its stream (which keys it: a state's own `member`
+/// comes from its payload and is not trusted as a key).
+struct HotState {
+    member: MemberId,
+    state: Option<WalletState>,
+    /// What [`estimate`] said when it was last updated; summed in `hot_bytes`.
+    est: usize,
+}
+
+/// Where one member's state is during a pass.
+enum Slot {
+    /// Decoded, on the heap.
+    Hot(Box<HotState>),
+    /// Encoded in the arena: at `off`, one byte of id length, the id, then `len` bytes of the
+    /// state in bincode ([`Codec::Bincode2`], as the views store it).
+    Cold { off: u64, len: u32 },
+}
+
+/// The states of one pass, compact enough for 16.5M members in one pass.
+///
+/// Why not a map of decoded states: a `WalletState` is 128 bytes inline plus its id and a
+/// B-tree node per non-empty map, ~300-800 bytes per member with the map overhead, so 16.5M
+/// members needed 9 passes over the log of 2M members each. Here a member is a 16-byte slot
+/// (numbered in first-seen order), found through a `HashTable<u32>` keyed by the stream's member
+/// id (no key copy: the id lives in the slot), and its state is either decoded ("hot") or
+/// encoded in one arena ("cold", typically 30-60 bytes). States are decoded when touched and the
+/// oldest-touched hot ones (FIFO) encoded when the hot estimate passes its cap. A log whose
+/// members' events are near each other (the 7Pay demo, imports) encodes each member about
+/// once; a log whose hot set fits the cap (100,000 members with 100 events each) never encodes.
+/// Every event is still folded by `apply_wallet_event` into a decoded state: the encoding is
+/// storage only, never a second fold.
+struct PassStates {
+    slots: Vec<Slot>,
+    index: HashTable<u32>,
+    arena: Vec<u8>,
+    /// Arena bytes of records whose member went hot again.
+    garbage: usize,
+    /// Hot slots, oldest first; each hot slot is in it exactly once.
+    fifo: VecDeque<u32>,
+    hot_bytes: usize,
+    pass_bytes: usize,
+    hot_cap: usize,
+    max_members: usize,
+}
+
+/// Hash of a stream's member id for the index: FNV-1a then a 64-bit finaliser (hashbrown uses
+/// the top bits as tags and the low bits as positions, so both must be mixed). Ids are short.
+fn member_key_hash(member: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in member.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Estimated heap bytes of a decoded state: the box, two copies of the id, and per element of
+/// each collection its B-tree share and string (a non-empty B-tree map has at least one ~0.5 KiB
+/// leaf). Deliberately on the high side: it bounds memory, it does not need to be exact.
+fn estimate(state: &Option<WalletState>) -> usize {
+    let base = std::mem::size_of::<HotState>() + 96;
+    let Some(s) = state else { return base };
+    let map = |n: usize, per: usize, node: usize| if n == 0 { 0 } else { node + n * per };
+    base + map(s.payments().len(), 120, 512)
+        + map(s.coupons().len(), 112, 512)
+        + map(s.badges().len(), 72, 320)
+        + s.lots().len() * 48
+}
+
+fn name_bytes<'a>(slots: &'a [Slot], arena: &'a [u8], i: u32) -> &'a [u8] {
+    match &slots[i as usize] {
+        Slot::Hot(h) => h.member.as_str().as_bytes(),
+        Slot::Cold { off, .. } => {
+            let off = *off as usize;
+            let n = usize::from(arena[off]);
+            &arena[off + 1..off + 1 + n]
+        }
     }
 }
 
-impl Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        self.0.as_str()
+fn cold_error(reason: String) -> ProjectionError {
+    ProjectionError::Fold {
+        reason: format!("fold state storage: {reason}"),
     }
 }
 
-/// States of one pass. A hash map while folding (one lookup per event instead of a B-tree
-/// walk), sorted once when the pass is done.
-type PassStates = HashMap<Key, Option<WalletState>>;
+impl PassStates {
+    fn new(options: &FoldOptions<'_>) -> PassStates {
+        PassStates {
+            slots: Vec::new(),
+            index: HashTable::new(),
+            arena: Vec::new(),
+            garbage: 0,
+            fifo: VecDeque::new(),
+            hot_bytes: 0,
+            pass_bytes: options.pass_bytes,
+            hot_cap: options.hot_bytes.min(options.pass_bytes),
+            max_members: options.members_per_pass.min(u32::MAX as usize),
+        }
+    }
+
+    fn find(&self, member: &str, hash: u64) -> Option<u32> {
+        let (slots, arena) = (&self.slots, &self.arena);
+        self.index
+            .find(hash, |&i| name_bytes(slots, arena, i) == member.as_bytes())
+            .copied()
+    }
+
+    /// A new member (not in the index), hot.
+    fn insert(&mut self, member: MemberId, hash: u64) -> u32 {
+        let i = u32::try_from(self.slots.len()).expect("members per pass fit in u32");
+        let est = estimate(&None);
+        self.slots.push(Slot::Hot(Box::new(HotState {
+            member,
+            state: None,
+            est,
+        })));
+        self.hot_bytes += est;
+        self.fifo.push_back(i);
+        let (slots, arena) = (&self.slots, &self.arena);
+        self.index.insert_unique(hash, i, |&j| {
+            // Only called while growing; the id is read back from the slot.
+            let name = name_bytes(slots, arena, j);
+            member_key_hash(std::str::from_utf8(name).unwrap_or_default())
+        });
+        i
+    }
+
+    /// The decoded state of slot `i`, decoding it if it is cold.
+    fn hot(&mut self, i: u32) -> Result<&mut HotState, ProjectionError> {
+        if let Slot::Cold { off, len } = self.slots[i as usize] {
+            let (member, state) = self.decode_cold(off, len)?;
+            let est = estimate(&state);
+            self.garbage += 1 + member.as_str().len() + len as usize;
+            self.hot_bytes += est;
+            self.fifo.push_back(i);
+            self.slots[i as usize] = Slot::Hot(Box::new(HotState { member, state, est }));
+        }
+        match &mut self.slots[i as usize] {
+            Slot::Hot(h) => Ok(h),
+            Slot::Cold { .. } => unreachable!("made hot above"),
+        }
+    }
+
+    /// Re-estimates slot `i` (hot) after an event was applied to it.
+    fn touched(&mut self, i: u32) {
+        if let Slot::Hot(h) = &mut self.slots[i as usize] {
+            let est = estimate(&h.state);
+            self.hot_bytes = self.hot_bytes - h.est + est;
+            h.est = est;
+        }
+    }
+
+    fn decode_cold(
+        &self,
+        off: u64,
+        len: u32,
+    ) -> Result<(MemberId, Option<WalletState>), ProjectionError> {
+        let off = off as usize;
+        let n = usize::from(self.arena[off]);
+        let name = std::str::from_utf8(&self.arena[off + 1..off + 1 + n])
+            .map_err(|e| cold_error(e.to_string()))?;
+        let member = MemberId::new(name).map_err(|e| cold_error(e.to_string()))?;
+        let body = &self.arena[off + 1 + n..off + 1 + n + len as usize];
+        let state = Codec::Bincode2
+            .decode::<Option<WalletState>>(body)
+            .map_err(|e| cold_error(e.to_string()))?;
+        Ok((member, state))
+    }
+
+    /// Encodes hot slot `i` into the arena.
+    fn evict(&mut self, i: u32) -> Result<(), ProjectionError> {
+        let placeholder = Slot::Cold { off: 0, len: 0 };
+        let Slot::Hot(h) = std::mem::replace(&mut self.slots[i as usize], placeholder) else {
+            return Err(cold_error(format!("slot {i} is in the FIFO but not hot")));
+        };
+        let body = Codec::Bincode2
+            .encode(&h.state)
+            .map_err(|e| cold_error(e.to_string()))?;
+        let name = h.member.as_str().as_bytes();
+        let n = u8::try_from(name.len()).map_err(|_| cold_error("member id too long".into()))?;
+        let len = u32::try_from(body.len()).map_err(|_| cold_error("state too large".into()))?;
+        let off = self.arena.len() as u64;
+        self.arena.push(n);
+        self.arena.extend_from_slice(name);
+        self.arena.extend_from_slice(&body);
+        self.slots[i as usize] = Slot::Cold { off, len };
+        self.hot_bytes -= h.est;
+        Ok(())
+    }
+
+    /// Drops the arena records of members that went hot again.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for slot in &mut self.slots {
+            if let Slot::Cold { off, len } = slot {
+                let start = *off as usize;
+                let end = start + 1 + usize::from(self.arena[start]) + *len as usize;
+                *off = arena.len() as u64;
+                arena.extend_from_slice(&self.arena[start..end]);
+            }
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    fn cold_bytes(&self) -> usize {
+        self.slots.len() * ENTRY_BYTES + self.arena.len()
+    }
+
+    fn over(&self) -> bool {
+        self.cold_bytes() + self.hot_bytes > self.pass_bytes
+    }
+
+    /// Keeps the pass within its budget: encodes the oldest hot states past the hot cap (down to
+    /// 3/4 of it, so this runs once per many events), compacts the arena when half of it is
+    /// garbage. `false`: the pass does not fit even so (the caller splits the partition).
+    fn fits(&mut self) -> Result<bool, ProjectionError> {
+        if self.slots.len() > self.max_members {
+            return Ok(false);
+        }
+        if self.hot_bytes > self.hot_cap || self.over() {
+            let room = self.pass_bytes.saturating_sub(self.cold_bytes());
+            let target = self.hot_cap.min(room) / 4 * 3;
+            while self.hot_bytes > target {
+                let Some(i) = self.fifo.pop_front() else {
+                    break;
+                };
+                self.evict(i)?;
+            }
+            if self.over() && self.garbage * 2 > self.arena.len() {
+                self.compact();
+            }
+        }
+        Ok(!self.over())
+    }
+
+    /// Hands every state to `sink` in member id order, [`OUTPUT_CHUNK`] members per call.
+    /// Returns the number of members.
+    fn emit(
+        mut self,
+        sink: &mut dyn FnMut(States) -> Result<(), ProjectionError>,
+    ) -> Result<u64, ProjectionError> {
+        // Sort slot numbers by id: an 8-byte big-endian prefix first (ids never hold NUL, so
+        // zero padding keeps the order), the whole id only on a tie.
+        let mut order: Vec<(u64, u32)> = (0..self.slots.len() as u32)
+            .map(|i| {
+                let name = name_bytes(&self.slots, &self.arena, i);
+                let mut prefix = [0u8; 8];
+                let n = name.len().min(8);
+                prefix[..n].copy_from_slice(&name[..n]);
+                (u64::from_be_bytes(prefix), i)
+            })
+            .collect();
+        {
+            let (slots, arena) = (&self.slots, &self.arena);
+            order.sort_unstable_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| name_bytes(slots, arena, a.1).cmp(name_bytes(slots, arena, b.1)))
+            });
+        }
+        self.index = HashTable::new();
+        self.fifo = VecDeque::new();
+        for chunk in order.chunks(OUTPUT_CHUNK) {
+            let mut out = Vec::with_capacity(chunk.len());
+            for &(_, i) in chunk {
+                let placeholder = Slot::Cold { off: 0, len: 0 };
+                match std::mem::replace(&mut self.slots[i as usize], placeholder) {
+                    Slot::Hot(h) => out.push((h.member, h.state)),
+                    Slot::Cold { off, len } => out.push(self.decode_cold(off, len)?),
+                }
+            }
+            // Already sorted: the map is built in linear time.
+            sink(out.into_iter().collect())?;
+        }
+        Ok(order.len() as u64)
+    }
+}
 
 /// Stream names of wallet streams start with this; see [`ledger::domain::wallet_stream`].
 const WALLET_PREFIX: &str = "wallet-";
@@ -323,8 +609,7 @@ fn fold_passes(
             Some(states) => {
                 stats.totals.merge(&totals);
                 stats.wallet_events += applied;
-                stats.members += states.len() as u64;
-                sink(states)?;
+                stats.members += states.emit(sink)?;
             }
             None => {
                 let split = modulus.checked_mul(2).ok_or(ProjectionError::Fold {
@@ -345,7 +630,7 @@ type PassFn<'p> = &'p mut dyn FnMut(
     &mut FoldStats,
     &mut EventTotals,
     &mut u64,
-) -> Result<Option<States>, ProjectionError>;
+) -> Result<Option<PassStates>, ProjectionError>;
 
 /// The events table in chunks of [`CHUNK_EVENTS`], from position 1 to the end of `snap`.
 fn scan_chunks(snap: &dyn Snapshot) -> impl Iterator<Item = Chunk> + '_ {
@@ -371,10 +656,11 @@ fn scan_chunks(snap: &dyn Snapshot) -> impl Iterator<Item = Chunk> + '_ {
     })
 }
 
-/// One pass. `None`: the partition had more members than the cap (the pass is dropped).
+/// One pass. `None`: the partition did not fit the pass's member cap or memory budget (the
+/// pass is dropped).
 ///
 /// Per event: parse the envelope without allocating; skip non-wallet streams by their name,
-/// and members of other partitions, before decoding the payload; then one hash lookup.
+/// and members of other partitions, before decoding the payload; then one index lookup.
 fn fold_chunks(
     chunks: impl Iterator<Item = Chunk>,
     done: &mut dyn FnMut(Vec<Entry>),
@@ -383,8 +669,8 @@ fn fold_chunks(
     stats: &mut FoldStats,
     totals: &mut EventTotals,
     applied: &mut u64,
-) -> Result<Option<States>, ProjectionError> {
-    let mut states = PassStates::new();
+) -> Result<Option<PassStates>, ProjectionError> {
+    let mut states = PassStates::new(options);
     let last_position = options.as_of.last_position();
     let mut next = Position(1);
     let mut read = 0u64;
@@ -397,7 +683,7 @@ fn fold_chunks(
             })?;
             if last_position.is_some_and(|p| record.position > p) {
                 stats.events_read += read;
-                return Ok(Some(sorted(states)));
+                return Ok(Some(states));
             }
             next = record.position.next();
             read += 1;
@@ -407,8 +693,9 @@ fn fold_chunks(
             let Some(member) = record.stream.strip_prefix(WALLET_PREFIX) else {
                 continue;
             };
-            let state = match states.get_mut(member) {
-                Some(state) => state,
+            let hash = member_key_hash(member);
+            let slot = match states.find(member, hash) {
+                Some(slot) => slot,
                 None => {
                     if modulus > 1 && partition_hash(member) % modulus != residue {
                         continue;
@@ -417,15 +704,18 @@ fn fold_chunks(
                     let Ok(id) = MemberId::new(member) else {
                         continue;
                     };
-                    states.entry(Key(id)).or_insert(None)
+                    states.insert(id, hash)
                 }
             };
             let event = decode_wallet_event(&record)?;
-            apply_wallet_event(state, &event).map_err(|e| ProjectionError::Event {
-                position: record.position.0,
-                reason: e.to_string(),
+            apply_wallet_event(&mut states.hot(slot)?.state, &event).map_err(|e| {
+                ProjectionError::Event {
+                    position: record.position.0,
+                    reason: e.to_string(),
+                }
             })?;
-            if states.len() > options.members_per_pass {
+            states.touched(slot);
+            if !states.fits()? {
                 stats.events_read += read;
                 return Ok(None);
             }
@@ -436,11 +726,7 @@ fn fold_chunks(
         (options.progress)(read);
     }
     stats.events_read += read;
-    Ok(Some(sorted(states)))
-}
-
-fn sorted(states: PassStates) -> States {
-    states.into_iter().map(|(k, v)| (k.0, v)).collect()
+    Ok(Some(states))
 }
 
 /// One member's wallet as of a moment, folded from its own stream (no other member is read).
@@ -468,6 +754,99 @@ pub fn fold_member(
                     reason: e.to_string(),
                 })?;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::domain::Command;
+    use ledger::{Backend, Create};
+    use std::sync::Arc;
+
+    /// A store with `members` wallets whose commands are interleaved in the log (submitted
+    /// concurrently), so a tiny hot cap evicts states and decodes them again.
+    fn store(dir: &std::path::Path, members: usize) -> Arc<dyn Engine> {
+        let engine = ledger::store::open_engine(dir, Create::IfMissing, Backend::Redb).unwrap();
+        let service =
+            Arc::new(crate::WalletService::with_engine(Arc::clone(&engine), Vec::new()).unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for m in 0..members {
+                let service = Arc::clone(&service);
+                tasks.push(tokio::spawn(async move {
+                    let lines = [
+                        format!(r#"{{"id":"o{m}","type":"open_wallet","member":"m{m}","at":"2019-07-01T10:00:00+09:00"}}"#),
+                        format!(r#"{{"id":"t{m}","type":"top_up","member":"m{m}","amount":{},"at":"2019-07-01T10:01:00+09:00"}}"#, 1000 + m),
+                        format!(r#"{{"id":"p{m}","type":"pay","member":"m{m}","amount":7,"merchant":"Loft","at":"2019-07-01T10:02:00+09:00"}}"#),
+                        format!(r#"{{"id":"e{m}","type":"earn_miles","member":"m{m}","miles":5,"expires_at":"2019-08-01T00:00:00+09:00","at":"2019-07-01T10:03:00+09:00"}}"#),
+                        format!(r#"{{"id":"c{m}","type":"issue_coupon","member":"m{m}","coupon":"cp-{m}","value":100,"expires_at":"2019-07-10T00:00:00+09:00","at":"2019-07-01T10:04:00+09:00"}}"#),
+                    ];
+                    for line in &lines {
+                        let cmd = Command::parse_json_line(line).unwrap();
+                        service.submit(&cmd).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        drop(service);
+        engine
+    }
+
+    fn fold_with(
+        snap: &dyn Snapshot,
+        tune: impl FnOnce(&mut FoldOptions<'_>),
+    ) -> (Vec<(MemberId, Option<WalletState>)>, FoldStats) {
+        let mut all = Vec::new();
+        let mut progress = |_| {};
+        let mut options = FoldOptions::new(AsOf::Head, &mut progress);
+        tune(&mut options);
+        let stats = fold_log(snap, options, &mut |states| {
+            all.extend(states);
+            Ok(())
+        })
+        .unwrap();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        (all, stats)
+    }
+
+    // Proves the fold gives the same states and sums however little memory a pass may use:
+    // hot states encoded and decoded again (a hot cap of a few states), the arena compacted,
+    // partitions split by the byte budget and by the member cap; each member exactly once.
+    #[test]
+    fn tiny_budgets_give_the_same_fold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = store(tmp.path(), 150);
+        let snap = engine.snapshot().unwrap();
+        let (expected, base) = fold_with(&*snap, |_| {});
+        assert_eq!(base.passes, 1);
+        assert_eq!(expected.len(), 150);
+        assert!(expected.windows(2).all(|w| w[0].0 < w[1].0));
+        // (hot bytes, pass bytes, members per pass, at least this many passes)
+        for (hot, pass, cap, min_passes) in [
+            (4_096, DEFAULT_PASS_BYTES, DEFAULT_MEMBERS_PER_PASS, 1),
+            (2_048, 8_192, DEFAULT_MEMBERS_PER_PASS, 3),
+            (DEFAULT_HOT_BYTES, DEFAULT_PASS_BYTES, 7, 8),
+        ] {
+            let (got, stats) = fold_with(&*snap, |o| {
+                o.hot_bytes = hot;
+                o.pass_bytes = pass;
+                o.members_per_pass = cap;
+            });
+            assert!(stats.passes >= min_passes, "{} passes", stats.passes);
+            assert_eq!(got, expected);
+            assert_eq!(stats.members, base.members);
+            assert_eq!(stats.wallet_events, base.wallet_events);
+            assert_eq!(stats.totals, base.totals);
         }
     }
 }

@@ -152,6 +152,19 @@ impl EventRecord {
         RecordView::parse(bytes).map(|v| v.to_record())
     }
 
+    /// The hash stored bytes should carry, without re-encoding: a record's on-disk bytes are
+    /// its canonical bytes followed by the two hashes, and the layout has exactly one encoding
+    /// of each record (fixed-width fields, length-prefixed text, no trailing bytes: `view`
+    /// rejects anything else), so the hash input is the stored prefix. `bytes` must be a record
+    /// that [`EventRecord::view`] accepted.
+    pub fn stored_hash(bytes: &[u8], prev_hash: &Hash) -> Hash {
+        assert!(
+            bytes.len() >= HASHES_BYTES,
+            "stored_hash is only called on records that parsed"
+        );
+        chain_hash(prev_hash, &bytes[..bytes.len() - HASHES_BYTES])
+    }
+
     /// Parses on-disk bytes into a view that borrows them (no allocation), with exactly the
     /// checks of [`EventRecord::decode`]. For scans that look at most records only briefly.
     pub fn view(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
@@ -395,6 +408,19 @@ mod tests {
         assert_eq!(r.hash, expected.hash);
         assert_eq!(bytes, expected.encode());
         assert_eq!(r.compute_hash(), r.hash);
+    }
+
+    /// `verify` hashes the stored prefix instead of re-encoding: that must be the same input.
+    #[test]
+    fn stored_hash_equals_the_hash_of_the_canonical_bytes() {
+        let r = sample();
+        let bytes = r.encode();
+        assert_eq!(EventRecord::stored_hash(&bytes, &r.prev_hash), r.hash);
+        assert_eq!(EventRecord::stored_hash(&bytes, &Hash([1; 32])), {
+            let mut other = r.clone();
+            other.prev_hash = Hash([1; 32]);
+            other.compute_hash()
+        });
     }
 
     #[test]

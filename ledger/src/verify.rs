@@ -76,7 +76,7 @@ impl Sums {
     fn add_record(&mut self, record: &RecordView<'_>) {
         add_stream_item(
             &mut self.streams,
-            &record.stream,
+            record.stream,
             record.version,
             record.position,
         );

@@ -1066,9 +1066,7 @@ async fn run_client(
     let own: Vec<usize> = (client..members).step_by(clients).collect();
     let mut next_coupon: Vec<u32> = vec![1; own.len()];
     let mut tally = ClientTally::default();
-    let mut n = 0u64;
     while Instant::now() < stop {
-        n += 1;
         let slot = rng.below(own.len() as u64) as usize;
         let member = member_id(own[slot]);
         let roll = rng.below(100);
@@ -1124,7 +1122,9 @@ async fn run_client(
             }
         };
         let cmd = Command {
-            id: CommandId::new(format!("bench-{seed}-{client}-{n}")).expect("short plain text"),
+            // Time-ordered ids, as README asks of clients (the command index grows at its edge).
+            id: CommandId::new(uuid::Uuid::now_v7().to_string())
+                .expect("a UUID is short plain text"),
             at: None,
             body,
         };
@@ -1189,7 +1189,7 @@ async fn raw_appends(dir: &Path, clients: usize, shapes: &[u8]) -> anyhow::Resul
                     })
                     .collect();
                 let request = AppendRequest {
-                    command_id: format!("raw-{c}-{i}"),
+                    command_id: uuid::Uuid::now_v7().to_string(),
                     fingerprint: None,
                     streams,
                 };

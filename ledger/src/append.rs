@@ -238,6 +238,41 @@ fn validate_event(e: &NewEvent) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// Versions of streams that committed groups wrote, kept by the writer between group commits
+/// so that planning does not look up the stream index for a stream it wrote recently. Like the
+/// head in [`WriterState`], it is only ever updated after a successful commit and is cleared when
+/// a commit fails (the writer then re-reads from disk). Bounded by [`StreamVersions::merge`].
+#[derive(Debug, Default)]
+pub(crate) struct StreamVersions {
+    versions: HashMap<String, StreamVersion>,
+}
+
+impl StreamVersions {
+    /// Most streams remembered; past it the map starts again from empty.
+    const MAX_STREAMS: usize = 1 << 18;
+
+    fn get(&self, stream: &str) -> Option<&StreamVersion> {
+        self.versions.get(stream)
+    }
+
+    /// Records the versions a group wrote, after its commit succeeded.
+    pub fn merge(&mut self, written: HashMap<String, StreamVersion>) {
+        if self.versions.len() + written.len() > Self::MAX_STREAMS {
+            self.versions.clear();
+        }
+        if self.versions.is_empty() {
+            self.versions = written;
+        } else {
+            self.versions.extend(written);
+        }
+    }
+
+    /// Forgets everything (after a failed commit).
+    pub fn clear(&mut self) {
+        self.versions.clear();
+    }
+}
+
 /// What the writer knows between group commits.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct WriterState {
@@ -250,18 +285,26 @@ pub(crate) struct Plan<'s> {
     snap: &'s dyn Snapshot,
     pub state: WriterState,
     recorded_at: Timestamp,
-    versions: HashMap<String, StreamVersion>,
+    /// Stream versions written by earlier, committed groups (see [`StreamVersions`]).
+    committed: &'s StreamVersions,
+    /// Stream versions written by this group.
+    pub versions: HashMap<String, StreamVersion>,
     commands: HashMap<String, CommandEntry>,
     pub batch: WriteBatch,
     pub records: Vec<Arc<EventRecord>>,
 }
 
 impl<'s> Plan<'s> {
-    pub fn new(snap: &'s dyn Snapshot, state: WriterState) -> Plan<'s> {
+    pub fn new(
+        snap: &'s dyn Snapshot,
+        state: WriterState,
+        committed: &'s StreamVersions,
+    ) -> Plan<'s> {
         Plan {
             snap,
             state,
             recorded_at: Timestamp::now(),
+            committed,
             versions: HashMap::new(),
             commands: HashMap::new(),
             batch: WriteBatch::new(),
@@ -270,7 +313,11 @@ impl<'s> Plan<'s> {
     }
 
     fn current_version(&self, stream: &str) -> Result<StreamVersion, ReadError> {
-        match self.versions.get(stream) {
+        match self
+            .versions
+            .get(stream)
+            .or_else(|| self.committed.get(stream))
+        {
             Some(v) => Ok(*v),
             None => log::stream_version(self.snap, stream),
         }

@@ -53,8 +53,13 @@ pub fn bucket_of(member: &MemberId) -> u16 {
 
 /// Key in `view_member_hash`.
 pub fn member_hash_key(member: &MemberId) -> Vec<u8> {
+    member_hash_key_in(bucket_of(member), member)
+}
+
+/// [`member_hash_key`] for a member whose bucket ([`bucket_of`]) the caller already computed.
+pub fn member_hash_key_in(bucket: u16, member: &MemberId) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + member.as_str().len());
-    key.extend_from_slice(&bucket_of(member).to_be_bytes());
+    key.extend_from_slice(&bucket.to_be_bytes());
     key.extend_from_slice(member.as_str().as_bytes());
     key
 }

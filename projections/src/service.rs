@@ -22,8 +22,9 @@ use ledger::{
 };
 
 use crate::fold::{self, AsOf};
+use crate::hook::CachedProjectionHook;
 use crate::views::{self, tables};
-use crate::{rebuild, ProjectionError, ProjectionHook};
+use crate::{rebuild, ProjectionError};
 
 /// Retries of a command whose streams moved between read and append.
 const MAX_CONFLICT_RETRIES: usize = 1_000;
@@ -107,7 +108,7 @@ impl WalletService {
         if !rebuild::views_current(&*engine)? {
             rebuild::rebuild(&*engine, &mut |_| {})?;
         }
-        let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(ProjectionHook)];
+        let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(CachedProjectionHook::new())];
         all.extend(hooks);
         let ledger = Ledger::with_engine(engine, all).map_err(|e| ProjectionError::Fold {
             reason: e.to_string(),

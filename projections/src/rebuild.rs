@@ -60,14 +60,10 @@ pub fn rebuild(
         clear.clear(table);
     }
     engine.commit(clear)?;
-    let mut builder = DigestBuilder::default();
-    let mut sink = |states: BTreeMap<MemberId, Option<WalletState>>| {
-        write_states(engine, states, &mut builder)
-    };
     // No writer runs during a rebuild and the log is append-only, so the scanner's own
     // snapshots show the same log as `snap`; reading up to `head` only makes that explicit.
     let as_of = AsOf::Position(head.position);
-    let stats = fold_log_pipelined(engine, FoldOptions::new(as_of, progress), &mut sink)?;
+    let (stats, builder) = fold_and_write(engine, FoldOptions::new(as_of, progress))?;
     let mut last = WriteBatch::new();
     for (i, sum) in builder.buckets().iter().enumerate() {
         if *sum != digest::BucketSum::default() {
@@ -100,40 +96,94 @@ struct Prepared {
     hashes: Vec<(MemberId, [u8; 32])>,
 }
 
-/// Writes one partition's states and adds their hashes to `builder`. Two threads: one computes
-/// member hashes (canonical JSON + BLAKE3) and view encodings, the caller's thread commits, so
-/// hashing overlaps the engine's writes and fsyncs.
-fn write_states(
+/// What the fold hands the writer: one chunk of a partition's states, sorted by member.
+type States = BTreeMap<MemberId, Option<WalletState>>;
+
+/// Chunks of states the writer may hold (one being committed, one being prepared): the fold runs
+/// that far ahead of the writes and no further, which bounds memory, and bounds what is still
+/// being committed while the next pass's scan holds its snapshot to two chunks.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// Folds the log and writes every state, its member hash and its digest bucket contribution.
+/// Three threads besides the log scanner: the caller folds and hands out chunks of states; one
+/// thread computes member hashes (canonical JSON + BLAKE3) and view encodings; one commits (the
+/// states in commits of [`MEMBERS_PER_COMMIT`], then the chunk's member hashes sorted by key),
+/// so emitting a pass's states, hashing and the engine's writes overlap.
+fn fold_and_write(
     engine: &dyn Engine,
-    states: BTreeMap<MemberId, Option<WalletState>>,
-    builder: &mut DigestBuilder,
-) -> Result<(), ProjectionError> {
+    options: FoldOptions<'_>,
+) -> Result<(FoldStats, DigestBuilder), ProjectionError> {
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, ProjectionError>>(1);
-        scope.spawn(move || {
-            let mut members = states.into_iter().filter_map(|(m, s)| Some((m, s?)));
-            loop {
-                let prepared = prepare_rows(members.by_ref().take(MEMBERS_PER_COMMIT));
-                let last = !matches!(&prepared, Ok(p) if !p.hashes.is_empty());
-                // A closed channel means the committing side failed and stopped.
-                if tx.send(prepared).is_err() || last {
-                    return;
+        let (states_tx, states_rx) = std::sync::mpsc::sync_channel::<States>(1);
+        // `None`: the end of a chunk.
+        let (rows_tx, rows_rx) =
+            std::sync::mpsc::sync_channel::<Result<Option<Prepared>, ProjectionError>>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let preparer = scope.spawn(move || {
+            for states in states_rx {
+                let mut members = states.into_iter().filter_map(|(m, s)| Some((m, s?)));
+                loop {
+                    let prepared = match prepare_rows(members.by_ref().take(MEMBERS_PER_COMMIT)) {
+                        Ok(p) if p.hashes.is_empty() => Ok(None),
+                        other => other.map(Some),
+                    };
+                    let end = !matches!(prepared, Ok(Some(_)));
+                    // A closed channel means the committing side failed and stopped.
+                    if rows_tx.send(prepared).is_err() {
+                        return;
+                    }
+                    if end {
+                        break;
+                    }
                 }
             }
         });
-        let mut hash_rows: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
-        for prepared in rx {
-            let prepared = prepared?;
-            if prepared.hashes.is_empty() {
-                break;
+        let committer = scope.spawn(move || -> Result<DigestBuilder, ProjectionError> {
+            let mut builder = DigestBuilder::default();
+            let mut hash_rows: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
+            for prepared in rows_rx {
+                match prepared? {
+                    Some(prepared) => {
+                        for (member, hash) in &prepared.hashes {
+                            builder.add(member, hash);
+                            hash_rows.push((digest::member_hash_key(member), *hash));
+                        }
+                        engine.commit(prepared.batch)?;
+                    }
+                    None => {
+                        write_member_hashes(engine, std::mem::take(&mut hash_rows))?;
+                        let _ = done_tx.send(());
+                    }
+                }
             }
-            for (member, hash) in &prepared.hashes {
-                builder.add(member, hash);
-                hash_rows.push((digest::member_hash_key(member), *hash));
+            Ok(builder)
+        });
+        let mut in_flight = 0usize;
+        let stopped = || ProjectionError::Fold {
+            reason: "the view writer stopped".into(),
+        };
+        let mut sink = move |states: States| {
+            if in_flight == CHUNKS_IN_FLIGHT {
+                done_rx.recv().map_err(|_| stopped())?;
+                in_flight -= 1;
             }
-            engine.commit(prepared.batch)?;
+            states_tx.send(states).map_err(|_| stopped())?;
+            in_flight += 1;
+            Ok(())
+        };
+        let folded = fold_log_pipelined(engine, options, &mut sink);
+        // Closes the writer's input: it finishes what it holds and stops.
+        drop(sink);
+        if let Err(panic) = preparer.join() {
+            std::panic::resume_unwind(panic);
         }
-        write_member_hashes(engine, hash_rows)
+        let written = match committer.join() {
+            Ok(written) => written,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // A writer error comes first: it is what stopped the fold, if the fold stopped.
+        let builder = written?;
+        Ok((folded?, builder))
     })
 }
 
@@ -155,17 +205,46 @@ fn write_member_hashes(
     Ok(())
 }
 
+/// A member's hash and encoded view row.
+type Row = Result<([u8; 32], Vec<u8>), ProjectionError>;
+
+/// Below this many members a commit's rows are prepared on one thread.
+const PARALLEL_PREPARE_MIN: usize = 512;
+
+/// One commit's rows: each member's view row in member order, and its member hash. The hashes
+/// and encodings (the costly part: canonical JSON + BLAKE3, bincode) of the second half of the
+/// members are computed on a second thread; the rows and their order are the same either way.
 fn prepare_rows(
     members: impl Iterator<Item = (MemberId, WalletState)>,
 ) -> Result<Prepared, ProjectionError> {
+    let members: Vec<(MemberId, WalletState)> = members.collect();
+    let rows = |part: &[(MemberId, WalletState)]| -> Vec<Row> {
+        part.iter()
+            .map(|(_, state)| Ok((digest::member_hash(state), views::encode_state(state)?)))
+            .collect()
+    };
+    let computed = if members.len() < PARALLEL_PREPARE_MIN {
+        rows(&members)
+    } else {
+        let (first, second) = members.split_at(members.len() / 2);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| rows(second));
+            let mut all = rows(first);
+            match second.join() {
+                Ok(rest) => all.extend(rest),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            all
+        })
+    };
     let mut batch = WriteBatch::new();
-    let mut hashes = Vec::new();
-    for (member, state) in members {
-        let hash = digest::member_hash(&state);
+    let mut hashes = Vec::with_capacity(members.len());
+    for ((member, _), row) in members.into_iter().zip(computed) {
+        let (hash, encoded) = row?;
         batch.put(
             tables::WALLETS,
             member.as_str().as_bytes().to_vec(),
-            views::encode_state(&state)?,
+            encoded,
         );
         hashes.push((member, hash));
     }

@@ -12,6 +12,8 @@
 //! - Folding is deterministic: the same events in the same order give the same state (all maps
 //!   are ordered; nothing depends on time or randomness).
 
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -20,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::timestamp::Timestamp;
 
 use super::events::{
-    CouponIssued, IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Paid, Refunded,
-    WalletEvent,
+    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Refunded, WalletEvent,
 };
 use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen};
 
@@ -258,6 +259,25 @@ pub fn apply_wallet_event(
     }
 }
 
+/// [`apply_wallet_event`] taking the event by value: the ids a state keeps (payment, coupon,
+/// badge, the opened wallet's member) are moved into it instead of cloned. Same results and
+/// errors; for folds that drop the event afterwards.
+pub fn apply_wallet_event_owned(
+    state: &mut Option<WalletState>,
+    event: WalletEvent,
+) -> Result<(), FoldError> {
+    match (state.as_mut(), event) {
+        (None, WalletEvent::WalletOpened(opened)) => {
+            *state = Some(WalletState::new(opened.member));
+            Ok(())
+        }
+        (None, other) => Err(FoldError::NoWallet {
+            event_type: other.event_type(),
+        }),
+        (Some(wallet), event) => wallet.apply_owned(event),
+    }
+}
+
 impl WalletState {
     /// A freshly opened, empty wallet.
     pub fn new(member: MemberId) -> WalletState {
@@ -342,17 +362,33 @@ impl WalletState {
                 member: self.member.clone(),
             }),
             WalletEvent::ToppedUp(e) => self.credit(e.amount),
-            WalletEvent::Paid(e) => self.apply_paid(e),
+            WalletEvent::Paid(e) => {
+                self.apply_paid(Cow::Borrowed(&e.payment), e.amount, e.currency)
+            }
             WalletEvent::Refunded(e) => self.apply_refunded(e),
             WalletEvent::TransferredOut(e) => self.debit(e.amount),
             WalletEvent::TransferredIn(e) => self.credit(e.amount),
             WalletEvent::MilesEarned(e) => self.apply_miles_earned(e),
             WalletEvent::MilesRedeemed(e) => self.apply_miles_redeemed(e),
             WalletEvent::MilesExpired(e) => self.apply_miles_expired(e),
-            WalletEvent::BadgeAwarded(e) => self.apply_badge(&e.badge),
-            WalletEvent::CouponIssued(e) => self.apply_coupon_issued(e),
+            WalletEvent::BadgeAwarded(e) => self.apply_badge(Cow::Borrowed(&e.badge)),
+            WalletEvent::CouponIssued(e) => {
+                self.apply_coupon_issued(Cow::Borrowed(&e.coupon), e.value, e.expires_at)
+            }
             WalletEvent::CouponRedeemed(e) => self.close_coupon(&e.coupon, CouponStatus::Redeemed),
             WalletEvent::CouponExpired(e) => self.close_coupon(&e.coupon, CouponStatus::Expired),
+        }
+    }
+
+    /// [`WalletState::apply`] taking the event by value (see [`apply_wallet_event_owned`]).
+    pub fn apply_owned(&mut self, event: WalletEvent) -> Result<(), FoldError> {
+        match event {
+            WalletEvent::Paid(e) => self.apply_paid(Cow::Owned(e.payment), e.amount, e.currency),
+            WalletEvent::CouponIssued(e) => {
+                self.apply_coupon_issued(Cow::Owned(e.coupon), e.value, e.expires_at)
+            }
+            WalletEvent::BadgeAwarded(e) => self.apply_badge(Cow::Owned(e.badge)),
+            other => self.apply(&other),
         }
     }
 
@@ -385,27 +421,46 @@ impl WalletState {
     }
 
     /// v1 payments arrive here upcast to v2 (currency JPY), so both versions fold identically.
-    fn apply_paid(&mut self, e: &Paid) -> Result<(), FoldError> {
-        if e.currency != super::events::Currency::JPY {
+    /// The fields of a `wallet.paid` (the id borrowed, or moved out of an owned event).
+    fn apply_paid(
+        &mut self,
+        payment: Cow<'_, CommandId>,
+        amount: Yen,
+        currency: super::events::Currency,
+    ) -> Result<(), FoldError> {
+        if currency != super::events::Currency::JPY {
             return Err(FoldError::ForeignCurrency {
                 member: self.member.clone(),
-                payment: e.payment.clone(),
-                currency: e.currency,
+                payment: payment.into_owned(),
+                currency,
             });
         }
-        if self.payments.contains_key(&e.payment) {
-            return Err(FoldError::DuplicatePayment {
-                member: self.member.clone(),
-                payment: e.payment.clone(),
-            });
+        // One search of the map for both the duplicate check and the insert.
+        let (member, balance) = (&self.member, &mut self.balance);
+        match self.payments.entry(payment.into_owned()) {
+            Entry::Occupied(o) => Err(FoldError::DuplicatePayment {
+                member: member.clone(),
+                payment: o.key().clone(),
+            }),
+            Entry::Vacant(v) => {
+                // As `debit`: a failed check leaves the state untouched (the entry is dropped).
+                let has = balance.0;
+                let left = has
+                    .checked_sub(amount.0)
+                    .ok_or_else(|| FoldError::Negative {
+                        member: member.clone(),
+                        what: "balance",
+                        has,
+                        minus: amount.0,
+                    })?;
+                *balance = Yen(left);
+                v.insert(Payment {
+                    paid: amount,
+                    refunded: Yen(0),
+                });
+                Ok(())
+            }
         }
-        self.debit(e.amount)?;
-        let payment = Payment {
-            paid: e.amount,
-            refunded: Yen(0),
-        };
-        self.payments.insert(e.payment.clone(), payment);
-        Ok(())
     }
 
     fn apply_refunded(&mut self, e: &Refunded) -> Result<(), FoldError> {
@@ -498,30 +553,38 @@ impl WalletState {
         Ok(())
     }
 
-    fn apply_badge(&mut self, badge: &Badge) -> Result<(), FoldError> {
-        if !self.badges.insert(badge.clone()) {
+    fn apply_badge(&mut self, badge: Cow<'_, Badge>) -> Result<(), FoldError> {
+        if self.badges.contains(&*badge) {
             return Err(FoldError::DuplicateBadge {
                 member: self.member.clone(),
-                badge: badge.clone(),
+                badge: badge.into_owned(),
             });
         }
+        self.badges.insert(badge.into_owned());
         Ok(())
     }
 
-    fn apply_coupon_issued(&mut self, e: &CouponIssued) -> Result<(), FoldError> {
-        if self.coupons.contains_key(&e.coupon) {
-            return Err(FoldError::DuplicateCoupon {
+    /// The fields of a `wallet.coupon_issued` (the id borrowed, or moved out of an owned event).
+    fn apply_coupon_issued(
+        &mut self,
+        coupon: Cow<'_, CouponId>,
+        value: Yen,
+        expires_at: Timestamp,
+    ) -> Result<(), FoldError> {
+        match self.coupons.entry(coupon.into_owned()) {
+            Entry::Occupied(o) => Err(FoldError::DuplicateCoupon {
                 member: self.member.clone(),
-                coupon: e.coupon.clone(),
-            });
+                coupon: o.key().clone(),
+            }),
+            Entry::Vacant(v) => {
+                v.insert(Coupon {
+                    value,
+                    expires_at,
+                    status: CouponStatus::Active,
+                });
+                Ok(())
+            }
         }
-        let coupon = Coupon {
-            value: e.value,
-            expires_at: e.expires_at,
-            status: CouponStatus::Active,
-        };
-        self.coupons.insert(e.coupon.clone(), coupon);
-        Ok(())
     }
 
     fn close_coupon(&mut self, id: &CouponId, to: CouponStatus) -> Result<(), FoldError> {

@@ -760,19 +760,7 @@ fn check_member_hashes(
         candidates.extend(digest::bucket_members(snap, b)?.into_iter().map(|(m, _)| m));
     }
     // Members with a wallet but no hash row at all are found through their wallet streams.
-    let mut after: Option<String> = None;
-    loop {
-        let streams = ledger::log::list_streams(snap, "wallet-", after.as_deref(), 10_000)?;
-        let Some(last) = streams.last() else { break };
-        after = Some(last.clone());
-        for s in &streams {
-            if let Some((_, m)) = ledger::domain::member_of_stream(s) {
-                if buckets.contains(&digest::bucket_of(&m)) {
-                    candidates.insert(m.to_string());
-                }
-            }
-        }
-    }
+    candidates.extend(crate::gate::missing_members(snap, &buckets)?);
     let mut named = 0;
     for name in &candidates {
         let Ok(member) = MemberId::new(name.as_str()) else {

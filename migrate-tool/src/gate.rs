@@ -226,8 +226,11 @@ pub fn run_gate(snap: &dyn Snapshot, derive: &dyn Derive) -> anyhow::Result<Gate
 }
 
 /// Wallet streams whose member is in one of `buckets` (a walk of the stream index: only used
-/// when the differing buckets name nobody).
-fn missing_members(snap: &dyn Snapshot, buckets: &BTreeSet<u16>) -> anyhow::Result<Vec<String>> {
+/// when the differing buckets name nobody, here and in `check`).
+pub(crate) fn missing_members(
+    snap: &dyn Snapshot,
+    buckets: &BTreeSet<u16>,
+) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {

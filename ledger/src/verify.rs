@@ -24,7 +24,7 @@
 
 use std::ops::Bound;
 
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, TableChunks};
 use crate::log::{self, tables, ReadError};
 use crate::multiset::Sum256;
 use crate::record::{EventRecord, RecordView};
@@ -292,20 +292,8 @@ fn check_indexes(
 ) -> Result<Result<(), String>, ReadError> {
     let mut streams = Sum256::default();
     let mut last: Option<(String, StreamVersion, Position)> = None;
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &cursor {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let chunk = snap.scan(
-            tables::STREAM_INDEX,
-            (lower, Bound::Unbounded),
-            CHUNK_EVENTS,
-        )?;
-        let Some((k, _)) = chunk.last() else { break };
-        cursor = Some(k.clone());
-        for (key, value) in &chunk {
+    for chunk in TableChunks::new(snap, tables::STREAM_INDEX, CHUNK_EVENTS) {
+        for (key, value) in &chunk? {
             let Some((stream, version)) = log::parse_stream_key(key) else {
                 return Ok(Err(format!("stream index key {key:02x?} does not parse")));
             };
@@ -336,16 +324,8 @@ fn check_indexes(
         ));
     }
     let mut commands = Sum256::default();
-    cursor = None;
-    loop {
-        let lower = match &cursor {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let chunk = snap.scan(tables::COMMANDS, (lower, Bound::Unbounded), CHUNK_EVENTS)?;
-        let Some((k, _)) = chunk.last() else { break };
-        cursor = Some(k.clone());
-        for (key, value) in &chunk {
+    for chunk in TableChunks::new(snap, tables::COMMANDS, CHUNK_EVENTS) {
+        for (key, value) in &chunk? {
             let id = String::from_utf8_lossy(key);
             let Some(entry) = log::CommandEntry::decode(value) else {
                 return Ok(Err(format!("command index entry of {id} is damaged")));
@@ -472,17 +452,8 @@ impl Pass<'_> {
 
 fn count_entries(snap: &dyn Snapshot, table: &str) -> Result<u64, ReadError> {
     let mut count = 0u64;
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &cursor {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let chunk = snap.scan(table, (lower, Bound::Unbounded), CHUNK_EVENTS)?;
-        let Some((last, _)) = chunk.last() else {
-            return Ok(count);
-        };
-        count += chunk.len() as u64;
-        cursor = Some(last.clone());
+    for chunk in TableChunks::new(snap, table, CHUNK_EVENTS) {
+        count += chunk?.len() as u64;
     }
+    Ok(count)
 }

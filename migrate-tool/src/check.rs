@@ -25,6 +25,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ledger::domain::{CouponStatus, MemberId, WalletState};
+use ledger::engine::TableChunks;
 use ledger::{Engine, Hash, Head, Snapshot};
 use projections::digest::{self, BucketSum, DigestBuilder};
 use projections::fold::{self, AsOf, EventTotals, FoldOptions};
@@ -207,44 +208,35 @@ struct StateSums {
 }
 
 /// Rows of `view_wallet` read ahead, in key order, for the merge in [`FoldPass::member`].
-struct ViewCursor {
+struct ViewCursor<'a> {
     rows: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
-    after: Option<Vec<u8>>,
-    done: bool,
+    chunks: TableChunks<'a>,
 }
 
-impl ViewCursor {
-    fn new() -> ViewCursor {
+impl<'a> ViewCursor<'a> {
+    fn new(snap: &'a dyn Snapshot) -> ViewCursor<'a> {
         ViewCursor {
             rows: std::collections::VecDeque::new(),
-            after: None,
-            done: false,
+            chunks: TableChunks::new(snap, tables::WALLETS, 8_192),
         }
     }
 
-    fn peek(&mut self, snap: &dyn Snapshot) -> anyhow::Result<Option<&(Vec<u8>, Vec<u8>)>> {
-        if self.rows.is_empty() && !self.done {
-            let lower = match &self.after {
-                Some(k) => std::ops::Bound::Excluded(k.as_slice()),
-                None => std::ops::Bound::Unbounded,
-            };
-            let rows = snap.scan(tables::WALLETS, (lower, std::ops::Bound::Unbounded), 8_192)?;
-            match rows.last() {
-                Some((last, _)) => self.after = Some(last.clone()),
-                None => self.done = true,
+    fn peek(&mut self) -> anyhow::Result<Option<&(Vec<u8>, Vec<u8>)>> {
+        if self.rows.is_empty() {
+            if let Some(rows) = self.chunks.next() {
+                self.rows.extend(rows?);
             }
-            self.rows.extend(rows);
         }
         Ok(self.rows.front())
     }
 }
 
 /// How stored views are found for the folded members.
-enum ViewLookup {
+enum ViewLookup<'a> {
     /// The fold hands members out in one ascending run (a single-pass fold): the view table is
     /// read once in key order alongside it, and the rows it skips are views without a wallet.
     Merge {
-        cursor: ViewCursor,
+        cursor: ViewCursor<'a>,
         /// Rows skipped so far (views of members the fold did not produce), the first few named.
         skipped: Vec<String>,
         skipped_count: u64,
@@ -261,7 +253,7 @@ struct FoldPass<'a> {
     negative: Invariant,
     sums: StateSums,
     builder: DigestBuilder,
-    lookup: ViewLookup,
+    lookup: ViewLookup<'a>,
     last: Option<MemberId>,
     /// Per digest bucket, the multiset sum of (member, fresh state hash): compared at the end
     /// with the same sum over the `view_member_hash` rows ([`member_hash_sums`]), which proves
@@ -278,7 +270,7 @@ impl FoldPass<'_> {
             sums: StateSums::default(),
             builder: DigestBuilder::default(),
             lookup: ViewLookup::Merge {
-                cursor: ViewCursor::new(),
+                cursor: ViewCursor::new(snap),
                 skipped: Vec::new(),
                 skipped_count: 0,
             },
@@ -302,7 +294,7 @@ impl FoldPass<'_> {
                 skipped_count,
             } => {
                 let key = member.as_str().as_bytes();
-                while let Some((k, _)) = cursor.peek(self.snap)? {
+                while let Some((k, _)) = cursor.peek()? {
                     match k.as_slice().cmp(key) {
                         std::cmp::Ordering::Less => {
                             if skipped.len() <= MAX_DETAILS {
@@ -376,7 +368,7 @@ impl FoldPass<'_> {
         else {
             return Ok(None);
         };
-        while let Some((k, _)) = cursor.peek(self.snap)? {
+        while let Some((k, _)) = cursor.peek()? {
             if skipped.len() <= MAX_DETAILS {
                 skipped.push(String::from_utf8_lossy(k).into_owned());
             }
@@ -711,20 +703,8 @@ fn fold_and_compare(snap: &dyn Snapshot, progress: &dyn Fn(&str, u64)) -> anyhow
 fn member_hash_sums(snap: &dyn Snapshot) -> anyhow::Result<(Vec<BucketSum>, Vec<String>)> {
     let mut sums = vec![BucketSum::default(); digest::BUCKET_COUNT];
     let mut damaged = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &after {
-            Some(k) => std::ops::Bound::Excluded(k.as_slice()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let rows = snap.scan(
-            tables::MEMBER_HASHES,
-            (lower, std::ops::Bound::Unbounded),
-            8_192,
-        )?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        for (key, value) in &rows {
+    for rows in TableChunks::new(snap, tables::MEMBER_HASHES, 8_192) {
+        for (key, value) in &rows? {
             match key.split_first_chunk::<2>() {
                 Some((bucket, member)) => {
                     sums[usize::from(u16::from_be_bytes(*bucket))].add_item(&[member, value])

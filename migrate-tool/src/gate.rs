@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use ledger::domain::{MemberId, WalletState};
+use ledger::engine::TableChunks;
 use ledger::Snapshot;
 use projections::digest::{self, BucketSum, DigestBuilder};
 use projections::fold::{self, AsOf, FoldOptions};
@@ -144,20 +145,8 @@ impl GateReport {
 fn view_buckets(snap: &dyn Snapshot) -> anyhow::Result<(Vec<BucketSum>, Vec<String>)> {
     let mut builder = DigestBuilder::default();
     let mut broken = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &after {
-            Some(k) => std::ops::Bound::Excluded(k.as_slice()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let rows = snap.scan(
-            views::tables::WALLETS,
-            (lower, std::ops::Bound::Unbounded),
-            8_192,
-        )?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        for (key, value) in &rows {
+    for rows in TableChunks::new(snap, views::tables::WALLETS, 8_192) {
+        for (key, value) in &rows? {
             let name = String::from_utf8_lossy(key).into_owned();
             match (
                 MemberId::new(name.as_str()),

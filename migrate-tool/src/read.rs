@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::ops::Bound;
 use std::path::Path;
 
 use anyhow::bail;
 use ledger::domain::{DomainEvent, IdentityEvent, MemberId, WalletEvent, WalletState};
+use ledger::engine::TableChunks;
 use ledger::log;
 use ledger::record::EventRecord;
 use ledger::{Position, Snapshot, StreamVersion};
@@ -98,22 +98,13 @@ pub fn for_each_view(
     snap: &dyn Snapshot,
     each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let rows = snap.scan(tables::WALLETS, (lower, Bound::Unbounded), CHUNK)?;
-        let Some((last, _)) = rows.last() else {
-            return Ok(());
-        };
-        after = Some(last.clone());
-        for (key, value) in &rows {
+    for rows in TableChunks::new(snap, tables::WALLETS, CHUNK) {
+        for (key, value) in &rows? {
             let member = String::from_utf8_lossy(key);
             each(views::decode_state(&member, value)?)?;
         }
     }
+    Ok(())
 }
 
 /// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`

@@ -15,6 +15,7 @@ use ledger::domain::{
     CommandBody, DecideInput, DomainEvent, IdentityState, MemberId, Rejection, StreamEvents,
     StreamKind, WalletEvent, WalletState,
 };
+use ledger::engine::TableChunks;
 use ledger::log;
 use ledger::{
     AppendError, AppendOutcome, AppendRequest, Codec, ExpectedVersion, Ledger, LedgerOptions,
@@ -405,22 +406,8 @@ fn decide_with_states(
 /// `expire` without a member: every wallet, one atomic append (bounded by the append limit).
 fn expire_all(snap: &dyn Snapshot, as_of: Timestamp) -> Result<Decided, SubmitError> {
     let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let lower = match &after {
-            Some(k) => std::ops::Bound::Excluded(k.as_slice()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let rows = snap
-            .scan(
-                tables::WALLETS,
-                (lower, std::ops::Bound::Unbounded),
-                EXPIRE_SCAN_CHUNK,
-            )
-            .map_err(ProjectionError::from)?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        for (key, value) in &rows {
+    for rows in TableChunks::new(snap, tables::WALLETS, EXPIRE_SCAN_CHUNK) {
+        for (key, value) in &rows.map_err(ProjectionError::from)? {
             let member = String::from_utf8_lossy(key);
             let state = views::decode_state(&member, value)?;
             let events: Vec<WalletEvent> = decide_expire(&state, as_of);

@@ -96,6 +96,67 @@ pub trait Snapshot {
     ) -> Result<Option<Entry>, EngineError>;
 }
 
+/// A whole table in key order, `chunk` entries per [`Snapshot::scan`]: the paging loop every
+/// full-table reader needs, in one place. Each chunk starts after the last key of the one
+/// before (scans refuse out-of-order keys, so this always makes progress). An error ends it.
+pub struct TableChunks<'s> {
+    snap: &'s dyn Snapshot,
+    table: &'s str,
+    chunk: usize,
+    /// Last key of the previous chunk; `None` before the first.
+    after: Option<Vec<u8>>,
+    /// Set once a scan came back empty or failed.
+    done: bool,
+}
+
+impl<'s> TableChunks<'s> {
+    /// Pages through `table` from its first key, at most `chunk` entries at a time.
+    pub fn new(snap: &'s dyn Snapshot, table: &'s str, chunk: usize) -> TableChunks<'s> {
+        assert!(chunk > 0, "a scan of 0 entries would never advance");
+        TableChunks {
+            snap,
+            table,
+            chunk,
+            after: None,
+            done: false,
+        }
+    }
+}
+
+impl Iterator for TableChunks<'_> {
+    type Item = Result<Vec<Entry>, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let lower = match &self.after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let rows = match self
+            .snap
+            .scan(self.table, (lower, Bound::Unbounded), self.chunk)
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        match rows.last() {
+            Some((last, _)) => {
+                self.after = Some(last.clone());
+                Some(Ok(rows))
+            }
+            None => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
 /// Checks what a backend's scan returned: keys strictly ascending and inside the range.
 pub(crate) fn check_scan(
     table: &str,

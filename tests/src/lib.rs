@@ -4,6 +4,7 @@
 //! - [`child`]: run a real child process and SIGKILL it (the crash tests' harness).
 //! - [`crash_content`]: the crash writer's event content, shared with the crash test.
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
+//! - [`procfs`]: memory and CPU readings from `/proc` for the benchmark programs.
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
 //!   tests can put several appends into one group commit and make that commit fail.
 
@@ -11,6 +12,7 @@ pub mod child;
 pub mod crash_content;
 pub mod faulty;
 pub mod fixture;
+pub mod procfs;
 pub mod wallet;
 
 pub use faulty::FaultyEngine;

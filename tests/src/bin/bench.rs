@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use ledger_tests::procfs;
 use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
@@ -223,7 +224,7 @@ impl Runner {
                     } else {
                         Some(pid)
                     };
-                    if let Some(kib) = target.and_then(vm_hwm_kib) {
+                    if let Some(kib) = target.and_then(|pid| procfs::vm_hwm_kib(&pid.to_string())) {
                         polled = Some(polled.map_or(kib, |p| p.max(kib)));
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -317,17 +318,6 @@ fn first_child(pid: u32) -> Option<u32> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // machine facts
 
@@ -335,22 +325,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-fn mem_total_kib() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    info.lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split(':').nth(1)?.trim().to_owned())
 }
 
 /// Device, file system type, size and free bytes of the file system holding `dir` (`df -PT`),
@@ -1436,8 +1410,8 @@ fn main() -> anyhow::Result<()> {
 
     // Machine facts.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ram = mem_total_kib();
-    let cpu = cpu_model().unwrap_or_else(|| "unknown".into());
+    let ram = procfs::mem_total_kib();
+    let cpu = procfs::cpu_model().unwrap_or_else(|| "unknown".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());

@@ -33,6 +33,7 @@ use ledger::{
     AppendRequest, Backend, Codec, ExpectedVersion, Ledger, LedgerOptions, NewEvent, Position,
     StreamAppend, StreamVersion, Timestamp,
 };
+use ledger_tests::procfs;
 use serde_json::json;
 use tokio::sync::Barrier;
 
@@ -169,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         None => std::env::current_dir().context("current directory")?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ram = mem_total().unwrap_or_else(|| "unknown".into());
+    let ram = procfs::mem_total_text().unwrap_or_else(|| "unknown".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()
@@ -297,7 +298,7 @@ async fn run_ledger(
     drop(stop_rx);
     ready.wait().await;
     let head_before = durable_head(&ledger)?;
-    let cpu_before = (process_cpu_ticks(), writer_cpu_ticks());
+    let cpu_before = (procfs::process_cpu_ticks(), writer_cpu_ticks());
     let written_before = process_write_bytes();
     let start = Instant::now();
     stop_tx.send_replace(Some(stop(start)));
@@ -307,7 +308,7 @@ async fn run_ledger(
         latencies_us.extend(done.context("writer task panicked")??);
     }
     let wall = start.elapsed();
-    let cpu_after = (process_cpu_ticks(), writer_cpu_ticks());
+    let cpu_after = (procfs::process_cpu_ticks(), writer_cpu_ticks());
     let written_after = process_write_bytes();
     let head_after = durable_head(&ledger)?;
     let events = head_after.0 - head_before.0;
@@ -568,32 +569,11 @@ fn print_legend() {
     );
 }
 
-fn mem_total() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
-}
-
-/// utime + stime of a `/proc/.../stat` file, in clock ticks.
-fn stat_ticks(path: &Path) -> Option<u64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state);
-    // utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Bytes this process passed to write system calls so far (`wchar` in `/proc/self/io`).
 fn process_write_bytes() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     let line = io.lines().find(|l| l.starts_with("wchar:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn process_cpu_ticks() -> Option<u64> {
-    stat_ticks(Path::new("/proc/self/stat"))
 }
 
 /// CPU ticks of the (single live) `ledger-writer` thread.
@@ -602,7 +582,7 @@ fn writer_cpu_ticks() -> Option<u64> {
         let task = task.ok()?.path();
         let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
         if comm.trim_end() == "ledger-writer" {
-            return stat_ticks(&task.join("stat"));
+            return procfs::stat_ticks(&task.join("stat"));
         }
     }
     None

@@ -50,6 +50,7 @@ use ledger::{
     AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions, NewEvent,
     StreamAppend, Timestamp,
 };
+use ledger_tests::procfs;
 use projections::{ProjectionHook, SubmitError, WalletService};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -165,8 +166,8 @@ fn main() -> anyhow::Result<()> {
     say!(
         "bench_wallet: {} cores ({}), RAM {}, redb backend, stores under {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cpu_model().unwrap_or_else(|| "unknown CPU".into()),
-        mem_total().unwrap_or_else(|| "unknown".into()),
+        procfs::cpu_model().unwrap_or_else(|| "unknown CPU".into()),
+        procfs::mem_total_text().unwrap_or_else(|| "unknown".into()),
         base.display()
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -254,11 +255,11 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
     // Baseline: raw scan, no decoding; after an untimed scan, so that the baseline does not pay
     // for bringing the file into the page cache (the rebuild after it would not).
     raw_scan(&*engine)?;
-    reset_peak_rss();
+    procfs::reset_peak_rss();
     let started = Instant::now();
     let (scanned, bytes) = raw_scan(&*engine)?;
     let scan = started.elapsed();
-    let scan_rss = peak_rss_kib();
+    let scan_rss = procfs::vm_hwm_kib("self");
     say!(
         "baseline raw scan : {scanned} events, {:.1} MB of records in {:.2} s: {:.0} events/s, {:.0} MB/s, peak RSS {}",
         bytes as f64 / 1e6,
@@ -269,13 +270,13 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
     );
 
     let digest_stored = projections::digest::stored_digest(&*engine.snapshot()?)?;
-    reset_peak_rss();
-    let cpu_before = process_cpu_ticks();
+    procfs::reset_peak_rss();
+    let cpu_before = procfs::process_cpu_ticks();
     let started = Instant::now();
     let report = projections::rebuild(&*engine, &mut |_| {})?;
     let wall = started.elapsed();
     let cpu = cpu_share(cpu_before, wall);
-    let rss = peak_rss_kib();
+    let rss = procfs::vm_hwm_kib("self");
     let head = report.head.0;
     say!(
         "rebuild           : {head} events, {} members, {} wallet events, {} pass(es) in {:.2} s: {:.0} events/s, peak RSS {}, CPU {cpu}",
@@ -344,11 +345,11 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
 fn bench_scan(store: &Path) -> anyhow::Result<()> {
     let engine = ledger::store::open_engine(store, Create::No, Backend::Redb)?;
     let head = ledger::log::read_head(&*engine.snapshot()?)?.0.position.0;
-    reset_peak_rss();
+    procfs::reset_peak_rss();
     let started = Instant::now();
     let (scanned, bytes) = raw_scan(&*engine)?;
     let wall = started.elapsed();
-    let rss = peak_rss_kib();
+    let rss = procfs::vm_hwm_kib("self");
     ensure!(
         scanned == head,
         "scanned {scanned} events but the head is {head}"
@@ -377,17 +378,9 @@ fn bench_scan(store: &Path) -> anyhow::Result<()> {
 
 /// Rows of a table, counted in chunks.
 fn count_rows(snap: &dyn ledger::Snapshot, table: &str) -> anyhow::Result<u64> {
-    let mut after: Option<Vec<u8>> = None;
     let mut n = 0u64;
-    loop {
-        let lower = match &after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let rows = snap.scan(table, (lower, Bound::Unbounded), BASELINE_SCAN_CHUNK)?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        n += rows.len() as u64;
+    for rows in ledger::engine::TableChunks::new(snap, table, BASELINE_SCAN_CHUNK) {
+        n += rows?.len() as u64;
     }
     Ok(n)
 }
@@ -413,7 +406,7 @@ fn bench_digest(store: &Path, no_fold: bool) -> anyhow::Result<()> {
     let read_stored = started.elapsed();
 
     // F: fresh bucket sums from a fold of the whole log.
-    reset_peak_rss();
+    procfs::reset_peak_rss();
     let (fresh, members, fold_wall) = if no_fold {
         let members = count_rows(&*snap, projections::views::tables::MEMBER_HASHES)?;
         (stored.clone(), members, None)
@@ -436,7 +429,7 @@ fn bench_digest(store: &Path, no_fold: bool) -> anyhow::Result<()> {
         )?;
         (builder.buckets().to_vec(), members, Some(started.elapsed()))
     };
-    let fold_rss = peak_rss_kib();
+    let fold_rss = procfs::vm_hwm_kib("self");
 
     // Compare F with S: root, then the 65,536 buckets.
     let started = Instant::now();
@@ -899,8 +892,8 @@ async fn bench_commands(
             hooks: Vec::new(),
         },
     )?;
-    reset_peak_rss();
-    let cpu_before = process_cpu_ticks();
+    procfs::reset_peak_rss();
+    let cpu_before = procfs::process_cpu_ticks();
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(seconds);
     let mut tasks = JoinSet::new();
@@ -923,7 +916,7 @@ async fn bench_commands(
     }
     let wall = started.elapsed();
     let cpu = cpu_share(cpu_before, wall);
-    let rss = peak_rss_kib();
+    let rss = procfs::vm_hwm_kib("self");
     let views_ok = {
         let snap = service.ledger().snapshot()?;
         projections::views::checkpoint(&*snap)? == service.ledger().head().position
@@ -1165,7 +1158,7 @@ async fn raw_appends(dir: &Path, clients: usize, shapes: &[u8]) -> anyhow::Resul
     let per_client: Vec<Vec<u8>> = (0..clients)
         .map(|c| shapes.iter().skip(c).step_by(clients).copied().collect())
         .collect();
-    let cpu_before = process_cpu_ticks();
+    let cpu_before = procfs::process_cpu_ticks();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (c, calls) in per_client.into_iter().enumerate() {
@@ -1230,59 +1223,15 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn mem_total() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
-}
-
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("model name"))?;
-    Some(line.split(':').nth(1)?.trim().to_owned())
-}
-
-/// Resets `VmHWM` to the current RSS (Linux >= 4.0); ignored where unsupported.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// `VmHWM` in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn fmt_kib(kib: Option<u64>) -> String {
     kib.map_or("unknown".into(), |k| {
         format!("{:.0} MiB", k as f64 / 1024.0)
     })
 }
 
-/// user + system clock ticks of this process (1/100 s each on Linux).
-fn process_cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the `(comm)` that may contain spaces: utime is field 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 /// CPU used since `before` as a share of one core, e.g. `180% of one core`.
 fn cpu_share(before: Option<u64>, wall: Duration) -> String {
-    match (before, process_cpu_ticks()) {
+    match (before, procfs::process_cpu_ticks()) {
         (Some(a), Some(b)) => format!(
             "{:.0}% of one core",
             (b - a) as f64 / 100.0 / wall.as_secs_f64() * 100.0

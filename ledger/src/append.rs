@@ -56,7 +56,7 @@ pub struct AppendRequest {
 }
 
 /// What an append did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AppendOutcome {
     /// Position of the first event (head + 1 at the time for a request with no events).
     pub first_position: Position,
@@ -149,6 +149,12 @@ impl AppendRequest {
                 "contains a control character",
             ));
         }
+        self.validate_streams()
+    }
+
+    /// Checks the limits and names of the streams and events (not the command id: the writer
+    /// derives the ids of its own sub-commands, see [`crate::ledger::CommandJob`]).
+    pub(crate) fn validate_streams(&self) -> Result<(), AppendError> {
         if self.streams.len() > limits::MAX_STREAMS_PER_APPEND {
             return Err(AppendError::invalid(
                 "streams",
@@ -323,7 +329,7 @@ impl<'s> Plan<'s> {
         }
     }
 
-    fn known_command(&self, id: &str) -> Result<Option<CommandEntry>, ReadError> {
+    pub fn known_command(&self, id: &str) -> Result<Option<CommandEntry>, ReadError> {
         match self.commands.get(id) {
             Some(e) => Ok(Some(*e)),
             None => log::command_entry(self.snap, id),
@@ -367,7 +373,7 @@ impl<'s> Plan<'s> {
         }
         let first_position = self.state.head.position.next();
         let count =
-            u32::try_from(req.event_count()).expect("events per append are limited to 10000");
+            u32::try_from(req.event_count()).expect("events per append are limited to 100000");
         for (s, start) in req.streams.into_iter().zip(starts) {
             let mut version = start;
             for e in s.events {

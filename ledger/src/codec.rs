@@ -104,6 +104,30 @@ impl Codec {
             }
         }
     }
+
+    /// [`Codec::decode`] without bincode's 1 MiB allocation limit, for bytes this program wrote
+    /// itself and sized by a bound of its own (a layout-1 wallet view, a fold's in-memory arena):
+    /// the limit guards event payloads from the disk, and such a value may be far larger.
+    pub fn decode_unbounded<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
+        match self {
+            Codec::Bincode2 => {
+                let (value, used) =
+                    bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+                        .map_err(|e| CodecError::Decode {
+                        codec: self,
+                        reason: e.to_string(),
+                    })?;
+                if used != bytes.len() {
+                    return Err(CodecError::Decode {
+                        codec: self,
+                        reason: format!("{} trailing bytes", bytes.len() - used),
+                    });
+                }
+                Ok(value)
+            }
+            Codec::Postcard => self.decode(bytes),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,27 +16,89 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::append::{AppendError, AppendOutcome, AppendRequest, Plan, StreamVersions, WriterState};
+use crate::append::{
+    AppendError, AppendOutcome, AppendRequest, Plan, StreamAppend, StreamVersions, WriterState,
+};
+use crate::domain::{
+    decide, decide_expire, wallet_stream, Command, CommandBody, DomainEvent, MemberId, Rejection,
+    StateReader, StreamEvents,
+};
 use crate::engine::{Engine, Snapshot, WriteBatch};
 use crate::limits;
 use crate::log::{self, ReadError};
 use crate::record::EventRecord;
 use crate::store::{self, Backend, Create, OpenError};
-use crate::types::{Head, Position, StreamVersion};
+use crate::timestamp::Timestamp;
+use crate::types::{ExpectedVersion, Head, Position, StreamVersion};
 use crate::verify::{self, VerifyReport};
 
 /// Plugs extra writes into the writer's transaction. Projections implement it so that views and
-/// their checkpoint are committed atomically with the events they fold.
+/// their checkpoint are committed atomically with the events they fold, and so that commands
+/// are decided against them inside the writer.
 pub trait CommitHook: Send + Sync + 'static {
-    /// Called once per group commit with the new records (in position order) and the snapshot
-    /// the writer planned against (the state just before these records). Adds writes to `batch`.
-    /// An error fails the whole group commit.
-    fn on_commit(
-        &self,
-        snap: &dyn Snapshot,
-        records: &[Arc<EventRecord>],
-        batch: &mut WriteBatch,
-    ) -> Result<(), String>;
+    /// Starts one group commit on the snapshot the writer plans against (the state just before
+    /// the group). An error fails the whole group commit.
+    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, String>;
+}
+
+/// A hook's part of one group commit: it sees every record the group appends, in position
+/// order, as each request is planned, and writes its rows when the group is done.
+pub trait GroupHook {
+    /// Folds the records one request just appended (in position order) into what the hook will
+    /// write. An error fails the whole group commit.
+    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), String>;
+
+    /// The state commands are decided against: the stored rows plus everything applied so far
+    /// in this group. `None`: this hook keeps no state (commands need one that does).
+    fn reader(&self) -> Option<&dyn StateReader> {
+        None
+    }
+
+    /// Adds the hook's writes to the group's batch. An error fails the whole group commit.
+    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), String>;
+}
+
+/// A command for the writer to decide and append: the way commands on one wallet never conflict.
+#[derive(Clone, Debug)]
+pub struct CommandJob {
+    /// The command.
+    pub cmd: Command,
+    /// Its business time (`cmd.at`, or the time it was submitted).
+    pub at: Timestamp,
+    /// `Some(m)`: only member `m`'s part of an `expire` without a member (SPEC 2), recorded
+    /// under its own key, [`CommandJob::part_id`]. `None`: the whole command; for an `expire`
+    /// without a member that appends nothing and records the command as done.
+    pub part: Option<MemberId>,
+}
+
+impl CommandJob {
+    /// The command id its events and index entry carry: the client's id, or for one member's part
+    /// of a whole-store `expire`, `<id>` U+001F `<member>` (no client id has a control character,
+    /// so a part's id never meets a client's).
+    pub fn part_id(&self) -> String {
+        match &self.part {
+            None => self.cmd.id.as_str().to_owned(),
+            Some(member) => format!("{}\u{1f}{}", self.cmd.id, member),
+        }
+    }
+}
+
+/// Why a command was not applied. Nothing was written in every case.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// A rule refused it (the message is the rule's, e.g. `member m1 has no wallet`).
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// The id was used before for a different command.
+    #[error("id {id} already used for a different command")]
+    IdReused {
+        /// The command id.
+        id: String,
+    },
+    /// The ledger could not append it (storage, limits, closed).
+    #[error(transparent)]
+    Append(#[from] AppendError),
 }
 
 /// How to open a ledger.
@@ -60,10 +122,41 @@ impl Default for LedgerOptions {
     }
 }
 
-type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+/// What a caller waits on: the outcome of a raw append or of a command.
+enum Reply {
+    Append(oneshot::Sender<Result<AppendOutcome, AppendError>>),
+    Command(oneshot::Sender<Result<AppendOutcome, CommandError>>),
+}
+
+impl Reply {
+    fn ok(self, outcome: AppendOutcome) {
+        // A caller that stopped waiting has nothing to hear.
+        let _ = match self {
+            Reply::Append(tx) => tx.send(Ok(outcome)).is_ok(),
+            Reply::Command(tx) => tx.send(Ok(outcome)).is_ok(),
+        };
+    }
+
+    fn fail(self, error: CommandError) {
+        let _ = match (self, error) {
+            (Reply::Append(tx), CommandError::Append(e)) => tx.send(Err(e)).is_ok(),
+            (Reply::Append(tx), other) => tx
+                .send(Err(AppendError::Storage {
+                    reason: other.to_string(),
+                }))
+                .is_ok(),
+            (Reply::Command(tx), e) => tx.send(Err(e)).is_ok(),
+        };
+    }
+}
+
+enum Work {
+    Append(AppendRequest),
+    Command(CommandJob),
+}
 
 struct Job {
-    request: AppendRequest,
+    work: Work,
     reply: Reply,
 }
 
@@ -155,10 +248,51 @@ impl Ledger {
         request.fingerprint = Some(request.effective_fingerprint());
         let (reply, answer) = oneshot::channel();
         self.sender()?
-            .send(Job { request, reply })
+            .send(Job {
+                work: Work::Append(request),
+                reply: Reply::Append(reply),
+            })
             .await
             .map_err(|_| AppendError::Closed)?;
         answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Hands a command to the writer, which decides it against the hooks' state in log order
+    /// and appends its events; resolves once they are durable (or the command was refused).
+    /// Commands on one wallet never conflict: the writer decides each after the one before.
+    pub async fn submit(&self, job: CommandJob) -> Result<AppendOutcome, CommandError> {
+        self.queue_command(job).await?.await
+    }
+
+    /// Queues a command and returns at once with what to wait on: a caller with many
+    /// independent commands (the parts of a whole-store `expire`) keeps several in one group.
+    pub async fn queue_command(&self, job: CommandJob) -> Result<CommandAnswer, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .send(Job {
+                work: Work::Command(job),
+                reply: Reply::Command(reply),
+            })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        Ok(CommandAnswer(answer))
+    }
+
+    /// [`Ledger::submit`] for code outside an async runtime. Must not be called from inside one.
+    pub fn submit_blocking(&self, job: CommandJob) -> Result<AppendOutcome, CommandError> {
+        self.queue_command_blocking(job)?.wait_blocking()
+    }
+
+    /// [`Ledger::queue_command`] for code outside an async runtime.
+    pub fn queue_command_blocking(&self, job: CommandJob) -> Result<CommandAnswer, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Job {
+                work: Work::Command(job),
+                reply: Reply::Command(reply),
+            })
+            .map_err(|_| AppendError::Closed)?;
+        Ok(CommandAnswer(answer))
     }
 
     /// [`Ledger::append`] for code outside an async runtime. Must not be called from inside one.
@@ -170,7 +304,10 @@ impl Ledger {
         request.fingerprint = Some(request.effective_fingerprint());
         let (reply, answer) = oneshot::channel();
         self.sender()?
-            .blocking_send(Job { request, reply })
+            .blocking_send(Job {
+                work: Work::Append(request),
+                reply: Reply::Append(reply),
+            })
             .map_err(|_| AppendError::Closed)?;
         answer.blocking_recv().map_err(|_| AppendError::Closed)?
     }
@@ -223,6 +360,31 @@ impl Ledger {
             buffer: std::collections::VecDeque::new(),
             head: self.inner.head.clone(),
         }
+    }
+}
+
+/// The answer to a queued command: await it, or [`CommandAnswer::wait_blocking`].
+pub struct CommandAnswer(oneshot::Receiver<Result<AppendOutcome, CommandError>>);
+
+impl std::future::Future for CommandAnswer {
+    type Output = Result<AppendOutcome, CommandError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(CommandError::Append(AppendError::Closed))))
+    }
+}
+
+impl CommandAnswer {
+    /// Waits outside an async runtime.
+    pub fn wait_blocking(self) -> Result<AppendOutcome, CommandError> {
+        self.0
+            .blocking_recv()
+            .unwrap_or(Err(CommandError::Append(AppendError::Closed)))
     }
 }
 
@@ -305,7 +467,11 @@ fn run_writer(
 /// writers without raising its throughput, so the bound stays short.)
 fn gather(receiver: &mut mpsc::Receiver<Job>, first: Job, in_flight: usize) -> Vec<Job> {
     fn events_of(job: &Job) -> usize {
-        job.request.streams.iter().map(|s| s.events.len()).sum()
+        match &job.work {
+            Work::Append(request) => request.streams.iter().map(|s| s.events.len()).sum(),
+            // Decided later; most commands append one or two events.
+            Work::Command(_) => 1,
+        }
     }
     let mut events = events_of(&first);
     let mut jobs = vec![first];
@@ -329,7 +495,8 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, first: Job, in_flight: usize) -> V
     jobs
 }
 
-/// Plans, hooks and commits one group; answers every job. Returns the writer state after it.
+/// Plans, decides, hooks and commits one group; answers every job. Returns the writer state
+/// after it.
 fn group_commit(
     engine: &dyn Engine,
     state: WriterState,
@@ -338,33 +505,70 @@ fn group_commit(
     hooks: &[Arc<dyn CommitHook>],
     head_tx: &watch::Sender<Head>,
 ) -> WriterState {
+    let fail_all = |jobs: Vec<Job>, err: AppendError| {
+        for job in jobs {
+            job.reply.fail(CommandError::Append(err.clone()));
+        }
+    };
     let snap = match engine.snapshot() {
         Ok(s) => s,
         Err(e) => {
-            let err = AppendError::from(e);
-            for job in jobs {
-                let _ = job.reply.send(Err(err.clone()));
-            }
+            fail_all(jobs, AppendError::from(e));
             return state;
         }
     };
-    let mut plan = Plan::new(&*snap, state, versions);
-    let mut pending: Vec<(Reply, AppendOutcome)> = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match plan.add(job.request) {
-            Ok(outcome) => pending.push((job.reply, outcome)),
-            Err(e) => {
-                let _ = job.reply.send(Err(e));
+    let mut groups = Vec::with_capacity(hooks.len());
+    for hook in hooks {
+        match hook.begin(&*snap) {
+            Ok(group) => groups.push(group),
+            Err(reason) => {
+                drop(groups);
+                fail_all(jobs, hook_failed(reason));
+                return state;
             }
         }
     }
-    let result = run_hooks(&*snap, &mut plan, hooks).and_then(|()| {
-        if plan.batch.is_empty() {
-            return Ok(());
+    let mut plan = Plan::new(&*snap, state, versions);
+    let mut pending: Vec<(Reply, AppendOutcome)> = Vec::with_capacity(jobs.len());
+    let mut failed: Option<AppendError> = None;
+    for job in jobs {
+        if failed.is_some() {
+            pending.push((job.reply, AppendOutcome::default()));
+            continue;
         }
-        let batch = std::mem::take(&mut plan.batch);
-        engine.commit(batch).map_err(AppendError::from)
-    });
+        let before = plan.records.len();
+        let outcome = match job.work {
+            Work::Append(request) => plan.add(request).map_err(CommandError::Append),
+            Work::Command(command) => plan_command(&mut plan, &groups, command),
+        };
+        match outcome {
+            Ok(outcome) => {
+                let new = &plan.records[before..];
+                if !new.is_empty() {
+                    failed = groups
+                        .iter_mut()
+                        .try_for_each(|g| g.apply(new))
+                        .err()
+                        .map(hook_failed);
+                }
+                pending.push((job.reply, outcome));
+            }
+            Err(e) => job.reply.fail(e),
+        }
+    }
+    let result = match failed {
+        Some(err) => {
+            drop(groups);
+            Err(err)
+        }
+        None => finish_groups(groups, &mut plan.batch).and_then(|()| {
+            if plan.batch.is_empty() {
+                return Ok(());
+            }
+            let batch = std::mem::take(&mut plan.batch);
+            engine.commit(batch).map_err(AppendError::from)
+        }),
+    };
     let planned = plan.state;
     let written = std::mem::take(&mut plan.versions);
     drop(plan);
@@ -376,13 +580,13 @@ fn group_commit(
             head_tx.send_replace(planned.head);
             versions.merge(written);
             for (reply, outcome) in pending {
-                let _ = reply.send(Ok(outcome));
+                reply.ok(outcome);
             }
             planned
         }
         Err(err) => {
             for (reply, _) in pending {
-                let _ = reply.send(Err(err.clone()));
+                reply.fail(CommandError::Append(err.clone()));
             }
             // The commit did not happen: the durable state is the truth, not our plan.
             versions.clear();
@@ -393,19 +597,107 @@ fn group_commit(
     }
 }
 
-fn run_hooks(
-    snap: &dyn Snapshot,
-    plan: &mut Plan<'_>,
-    hooks: &[Arc<dyn CommitHook>],
-) -> Result<(), AppendError> {
-    if plan.records.is_empty() {
-        return Ok(());
+fn hook_failed(reason: String) -> AppendError {
+    AppendError::Storage {
+        reason: format!("commit hook failed: {reason}"),
     }
-    for hook in hooks {
-        hook.on_commit(snap, &plan.records, &mut plan.batch)
-            .map_err(|reason| AppendError::Storage {
-                reason: format!("commit hook failed: {reason}"),
-            })?;
+}
+
+fn finish_groups(
+    groups: Vec<Box<dyn GroupHook + '_>>,
+    batch: &mut WriteBatch,
+) -> Result<(), AppendError> {
+    for group in groups {
+        group.finish(batch).map_err(hook_failed)?;
     }
     Ok(())
+}
+
+/// Decides a command against the hooks' state as of everything planned before it in this
+/// group, and plans its events. A replayed id is answered from the command index, undecided.
+fn plan_command(
+    plan: &mut Plan<'_>,
+    groups: &[Box<dyn GroupHook + '_>],
+    job: CommandJob,
+) -> Result<AppendOutcome, CommandError> {
+    let id = job.part_id();
+    let fingerprint = job.cmd.fingerprint();
+    if let Some(entry) = plan.known_command(&id).map_err(AppendError::from)? {
+        if entry.fingerprint != fingerprint {
+            return Err(CommandError::IdReused {
+                id: job.cmd.id.as_str().to_owned(),
+            });
+        }
+        return Ok(AppendOutcome {
+            first_position: entry.first_position,
+            count: entry.count,
+            duplicate: true,
+        });
+    }
+    let rows = groups
+        .iter()
+        .find_map(|g| g.reader())
+        .ok_or_else(|| AppendError::Storage {
+            reason: "no commit hook keeps the state commands are decided against".into(),
+        })?;
+    let decided = match &job.part {
+        None => decide(&job.cmd, job.at, rows),
+        Some(member) => decide_expire_part(&job.cmd, member, rows),
+    }
+    .map_err(|rejection| match rejection {
+        Rejection::Unreadable { reason } => CommandError::Append(AppendError::Storage { reason }),
+        other => CommandError::Rejected(other),
+    })?;
+    let mut streams = Vec::with_capacity(decided.len());
+    for decision in decided {
+        let events = decision
+            .events
+            .iter()
+            .map(|e| e.to_new_event(job.at))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AppendError::Storage {
+                reason: format!("cannot encode an event of command {}: {e}", job.cmd.id),
+            })?;
+        streams.push(StreamAppend {
+            stream: decision.stream,
+            // The writer decided against the current rows, so any version is the right one.
+            expected: ExpectedVersion::Any,
+            events,
+        });
+    }
+    let request = AppendRequest {
+        command_id: id,
+        fingerprint: Some(fingerprint),
+        streams,
+    };
+    request.validate_streams()?;
+    Ok(plan.add(request)?)
+}
+
+/// One member's part of an `expire` without a member: that member's due lots and coupons.
+fn decide_expire_part(
+    cmd: &Command,
+    member: &MemberId,
+    rows: &dyn StateReader,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    let CommandBody::Expire {
+        as_of,
+        member: None,
+    } = &cmd.body
+    else {
+        return Err(Rejection::Unreadable {
+            reason: format!(
+                "command {} has a part for member {member} but is not an expire without a member",
+                cmd.id
+            ),
+        });
+    };
+    let events = decide_expire(rows, member, *as_of)?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![StreamEvents {
+        stream: wallet_stream(member),
+        events: events.into_iter().map(DomainEvent::Wallet).collect(),
+    }])
 }

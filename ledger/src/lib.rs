@@ -30,7 +30,10 @@ pub mod verify;
 pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppend};
 pub use codec::Codec;
 pub use engine::{Engine, EngineError, Snapshot, WriteBatch};
-pub use ledger::{CommitHook, Ledger, LedgerError, LedgerOptions, Subscription};
+pub use ledger::{
+    CommandAnswer, CommandError, CommandJob, CommitHook, GroupHook, Ledger, LedgerError,
+    LedgerOptions, Subscription,
+};
 pub use record::EventRecord;
 pub use store::{Backend, Create, OpenError};
 pub use timestamp::Timestamp;

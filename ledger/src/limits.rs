@@ -5,12 +5,16 @@
 pub const MAX_STREAM_ID_BYTES: usize = 128;
 /// Longest command id in bytes (SPEC: 1-128 chars; ids are validated as ASCII-safe text).
 pub const MAX_COMMAND_ID_BYTES: usize = 128;
+/// Longest command id a record may carry: a client id (at most [`MAX_COMMAND_ID_BYTES`]), or
+/// the id of one member's part of a whole-store `expire`: client id, U+001F, member id (64).
+pub const MAX_RECORD_COMMAND_ID_BYTES: usize = MAX_COMMAND_ID_BYTES + 1 + 64;
 /// Longest event type name in bytes.
 pub const MAX_EVENT_TYPE_BYTES: usize = 64;
 /// Largest payload of one event.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
-/// Most events in one append call (one command).
-pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
+/// Most events in one append call (one command). Large enough for the nightly `expire` of a
+/// member with tens of thousands of due lots and coupons, which SPEC 2 makes one atomic append.
+pub const MAX_EVENTS_PER_APPEND: usize = 100_000;
 /// Most streams in one append call.
 pub const MAX_STREAMS_PER_APPEND: usize = 1_000;
 /// Most events the writer puts in one group commit. A larger single append still commits alone.

@@ -243,7 +243,7 @@ impl<'a> RecordView<'a> {
         let recorded_at = Timestamp(r.i64()?);
         let schema_version = u16::from_le_bytes(r.array::<2>()?);
         let stream = r.short_str("stream", limits::MAX_STREAM_ID_BYTES)?;
-        let command_id = r.short_str("command_id", limits::MAX_COMMAND_ID_BYTES)?;
+        let command_id = r.short_str("command_id", limits::MAX_RECORD_COMMAND_ID_BYTES)?;
         let event_type = r.short_str("event_type", limits::MAX_EVENT_TYPE_BYTES)?;
         let payload_len = u32::from_le_bytes(r.array::<4>()?) as usize;
         if payload_len > limits::MAX_PAYLOAD_BYTES {
@@ -320,7 +320,7 @@ impl EventRecord {
 }
 
 fn push_short(out: &mut Vec<u8>, s: &str) {
-    let len = u8::try_from(s.len()).expect("short fields are validated to at most 128 bytes");
+    let len = u8::try_from(s.len()).expect("short fields are validated to at most 193 bytes");
     out.push(len);
     out.extend_from_slice(s.as_bytes());
 }

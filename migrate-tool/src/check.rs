@@ -207,7 +207,11 @@ struct StateSums {
     members: u64,
 }
 
-/// Rows of `view_wallet` read ahead, in key order, for the merge in [`FoldPass::member`].
+/// A member's stored wallet rows, in key order.
+type MemberRows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `wallet_rows` read ahead in key order, a member at a time, for the merge in
+/// [`FoldPass::member`].
 struct ViewCursor<'a> {
     rows: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
     chunks: TableChunks<'a>,
@@ -217,7 +221,7 @@ impl<'a> ViewCursor<'a> {
     fn new(snap: &'a dyn Snapshot) -> ViewCursor<'a> {
         ViewCursor {
             rows: std::collections::VecDeque::new(),
-            chunks: TableChunks::new(snap, tables::WALLETS, 8_192),
+            chunks: TableChunks::new(snap, tables::ROWS, 8_192),
         }
     }
 
@@ -228,6 +232,25 @@ impl<'a> ViewCursor<'a> {
             }
         }
         Ok(self.rows.front())
+    }
+
+    /// The member name of the next row, if any.
+    fn peek_member(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .peek()?
+            .map(|(k, _)| k.split(|&b| b == 0).next().unwrap_or_default().to_vec()))
+    }
+
+    /// Takes every row of the member whose name the next row has.
+    fn take_member(&mut self) -> anyhow::Result<MemberRows> {
+        let Some(name) = self.peek_member()? else {
+            return Ok(Vec::new());
+        };
+        let mut rows = Vec::new();
+        while self.peek_member()?.as_deref() == Some(name.as_slice()) {
+            rows.extend(self.rows.pop_front());
+        }
+        Ok(rows)
     }
 }
 
@@ -259,6 +282,9 @@ struct FoldPass<'a> {
     /// with the same sum over the `view_member_hash` rows ([`member_hash_sums`]), which proves
     /// every stored member hash in one sequential read instead of a lookup per member.
     hash_items: Vec<BucketSum>,
+    /// The multiset sum of every (table, key) the folded wallets call for in the expiry-order
+    /// indexes: compared with the same sum over the stored index tables ([`check_indexes`]).
+    index_items: BucketSum,
 }
 
 impl FoldPass<'_> {
@@ -276,66 +302,78 @@ impl FoldPass<'_> {
             },
             last: None,
             hash_items: vec![BucketSum::default(); digest::BUCKET_COUNT],
+            index_items: BucketSum::default(),
         }
     }
 
-    /// The stored view row of `member` (raw bytes), by merge or by lookup.
-    fn stored_row(&mut self, member: &MemberId) -> anyhow::Result<Option<Vec<u8>>> {
+    /// The stored rows of `member` (empty: none), by merge or by lookup.
+    fn stored_rows(&mut self, member: &MemberId) -> anyhow::Result<MemberRows> {
         if self.last.as_ref().is_some_and(|last| member <= last) {
             // A second run: the merge's skipped rows may be this run's members; fall back.
             self.lookup = ViewLookup::Get;
         }
         self.last = Some(member.clone());
         match &mut self.lookup {
-            ViewLookup::Get => Ok(self.snap.get(tables::WALLETS, member.as_str().as_bytes())?),
+            ViewLookup::Get => {
+                let prefix = views::member_prefix(member);
+                let mut end = prefix.clone();
+                *end.last_mut().expect("the prefix ends with 0x00") = 1;
+                let mut rows = Vec::new();
+                views::RowRead::visit(self.snap, tables::ROWS, &prefix, &end, &mut |k, v| {
+                    rows.push((k.to_vec(), v.to_vec()));
+                    ledger::domain::Visit::Continue
+                })?;
+                Ok(rows)
+            }
             ViewLookup::Merge {
                 cursor,
                 skipped,
                 skipped_count,
             } => {
                 let key = member.as_str().as_bytes();
-                while let Some((k, _)) = cursor.peek()? {
-                    match k.as_slice().cmp(key) {
+                while let Some(name) = cursor.peek_member()? {
+                    match name.as_slice().cmp(key) {
                         std::cmp::Ordering::Less => {
                             if skipped.len() <= MAX_DETAILS {
-                                skipped.push(String::from_utf8_lossy(k).into_owned());
+                                skipped.push(String::from_utf8_lossy(&name).into_owned());
                             }
                             *skipped_count += 1;
-                            cursor.rows.pop_front();
+                            cursor.take_member()?;
                         }
-                        std::cmp::Ordering::Equal => {
-                            return Ok(cursor.rows.pop_front().map(|(_, v)| v));
-                        }
-                        std::cmp::Ordering::Greater => return Ok(None),
+                        std::cmp::Ordering::Equal => return cursor.take_member(),
+                        std::cmp::Ordering::Greater => return Ok(Vec::new()),
                     }
                 }
-                Ok(None)
+                Ok(Vec::new())
             }
         }
     }
 
     fn member(&mut self, member: &MemberId, state: Option<WalletState>) -> anyhow::Result<()> {
-        let row = self.stored_row(member)?;
-        // Fast path: the stored bytes are exactly the encoding of the folded state (the view
-        // codec is deterministic), so they decode to it. Anything else is decoded and compared
-        // as a state, so a differently encoded but equal view still passes.
-        let same_bytes = match (&row, &state) {
-            (None, None) => true,
-            (Some(bytes), Some(s)) => views::encode_state(s)? == *bytes,
-            _ => false,
-        };
-        if !same_bytes {
-            let stored = match row
-                .map(|b| views::decode_state(member.as_str(), &b))
-                .transpose()
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    self.views.fail(format!("member {member}: {e}"));
-                    None
+        let rows = self.stored_rows(member)?;
+        // The rows are a canonical, fixed-width form of the state: equal bytes, equal wallet.
+        // Anything else is read back as a state for the message.
+        let fresh: MemberRows = state
+            .as_ref()
+            .map(|s| views::rows_of(s).collect())
+            .unwrap_or_default();
+        if rows != fresh {
+            let stored = if rows.is_empty() {
+                None
+            } else {
+                match views::load_wallet(self.snap, member) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.views.fail(format!("member {member}: {e}"));
+                        None
+                    }
                 }
             };
-            if stored != state {
+            if stored == state {
+                self.views.fail(format!(
+                    "member {member}: stored rows differ from the rows of the log's wallet"
+                ));
+            } else {
                 let show = |s: &Option<WalletState>| {
                     s.as_ref()
                         .map_or("no wallet".to_owned(), |s| WalletJson::of(s).to_line())
@@ -348,6 +386,9 @@ impl FoldPass<'_> {
             }
         }
         let Some(state) = state else { return Ok(()) };
+        for (table, key) in views::index_entries_of(&state) {
+            self.index_items.add_item(&[table.as_bytes(), &key]);
+        }
         let hash = digest::member_hash(&state);
         let bucket = digest::bucket_of(member);
         self.hash_items[usize::from(bucket)].add_item(&[member.as_str().as_bytes(), &hash]);
@@ -368,12 +409,12 @@ impl FoldPass<'_> {
         else {
             return Ok(None);
         };
-        while let Some((k, _)) = cursor.peek()? {
+        while let Some(name) = cursor.peek_member()? {
             if skipped.len() <= MAX_DETAILS {
-                skipped.push(String::from_utf8_lossy(k).into_owned());
+                skipped.push(String::from_utf8_lossy(&name).into_owned());
             }
             *skipped_count += 1;
-            cursor.rows.pop_front();
+            cursor.take_member()?;
         }
         Ok(Some((std::mem::take(skipped), *skipped_count)))
     }
@@ -667,6 +708,8 @@ fn fold_and_compare(snap: &dyn Snapshot, progress: &dyn Fn(&str, u64)) -> anyhow
             timer.lap("check: view extras");
             check_member_hashes(snap, &pass.hash_items, &mut views_inv)?;
             timer.lap("check: member hashes");
+            check_indexes(snap, &pass.index_items, &mut views_inv)?;
+            timer.lap("check: expiry indexes");
             let checkpoint = views::checkpoint(snap)?;
             if checkpoint != head.position {
                 views_inv.fail(format!(
@@ -766,6 +809,35 @@ fn check_member_hashes(
                 "member hash rows of digest bucket {b} differ from the fold (damaged rows)"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Invariant 2 for the expiry-order indexes (`wallet_lot_order`, `wallet_coupon_order`,
+/// `wallet_due`): they hold exactly the entries the folded wallets call for, compared as one
+/// multiset sum over one sequential read of each table.
+fn check_indexes(
+    snap: &dyn Snapshot,
+    fresh: &BucketSum,
+    inv: &mut Invariant,
+) -> anyhow::Result<()> {
+    let mut stored = BucketSum::default();
+    for table in [tables::LOT_ORDER, tables::COUPON_ORDER, tables::DUE] {
+        for rows in TableChunks::new(snap, table, 8_192) {
+            for (key, value) in &rows? {
+                if !value.is_empty() {
+                    inv.fail(format!("{table}: entry {key:02x?} has a value"));
+                }
+                stored.add_item(&[table.as_bytes(), key]);
+            }
+        }
+    }
+    if stored != *fresh {
+        inv.fail(
+            "the expiry-order indexes (wallet_lot_order, wallet_coupon_order, wallet_due) differ \
+             from what the log's wallets call for: run `migrate-tool rebuild`"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -1015,16 +1087,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = setup(tmp.path());
         let engine = store::open_existing(&store).unwrap();
+        let summary = |m: &str| views::summary_key(&MemberId::new(m).unwrap());
         let row = engine
             .snapshot()
             .unwrap()
-            .get(tables::WALLETS, b"m1")
+            .get(tables::ROWS, &summary("m1"))
             .unwrap()
             .unwrap();
         drop(engine);
         let report = check_after(&store, |b| {
             for key in ["a0", "m1a", "zz"] {
-                b.put(tables::WALLETS, key.as_bytes().to_vec(), row.clone());
+                b.put(tables::ROWS, summary(key), row.clone());
             }
         });
         let details = views_details(&report);
@@ -1044,7 +1117,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = setup(tmp.path());
         let report = check_after(&store, |b| {
-            b.put(tables::WALLETS, b"m1".to_vec(), vec![9, 9])
+            b.put(
+                tables::ROWS,
+                views::summary_key(&MemberId::new("m1").unwrap()),
+                vec![9, 9],
+            )
         });
         let details = views_details(&report);
         assert!(

@@ -141,23 +141,37 @@ impl GateReport {
     }
 }
 
-/// Bucket sums recomputed from the stored view rows, and the members whose row does not decode.
+/// Bucket sums recomputed from the stored wallet rows (a member hash is the sum of its row
+/// hashes, so a bucket's sum is the sum of its members' row hashes: one scan, nothing decoded),
+/// and the keys of rows that name no valid member.
 fn view_buckets(snap: &dyn Snapshot) -> anyhow::Result<(Vec<BucketSum>, Vec<String>)> {
-    let mut builder = DigestBuilder::default();
+    let mut buckets = vec![BucketSum::default(); digest::BUCKET_COUNT];
     let mut broken = Vec::new();
-    for rows in TableChunks::new(snap, views::tables::WALLETS, 8_192) {
+    let mut last: Option<(Vec<u8>, u16)> = None;
+    for rows in TableChunks::new(snap, views::tables::ROWS, 8_192) {
         for (key, value) in &rows? {
-            let name = String::from_utf8_lossy(key).into_owned();
-            match (
-                MemberId::new(name.as_str()),
-                views::decode_state(&name, value),
-            ) {
-                (Ok(member), Ok(state)) => builder.add(&member, &digest::member_hash(&state)),
-                _ => broken.push(name),
-            }
+            let name = key.split(|&b| b == 0).next().unwrap_or_default();
+            let bucket = match &last {
+                Some((n, b)) if n.as_slice() == name => *b,
+                _ => match std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| MemberId::new(n).ok())
+                {
+                    Some(member) => {
+                        let b = digest::bucket_of(&member);
+                        last = Some((name.to_vec(), b));
+                        b
+                    }
+                    None => {
+                        broken.push(String::from_utf8_lossy(name).into_owned());
+                        continue;
+                    }
+                },
+            };
+            buckets[usize::from(bucket)].add(&views::row_hash(key, value));
         }
     }
-    Ok((builder.buckets().to_vec(), broken))
+    Ok((buckets, broken))
 }
 
 /// Runs the gate over one snapshot with the given fold.

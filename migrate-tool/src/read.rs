@@ -7,13 +7,12 @@ use std::path::Path;
 
 use anyhow::bail;
 use ledger::domain::{DomainEvent, IdentityEvent, MemberId, WalletEvent, WalletState};
-use ledger::engine::TableChunks;
 use ledger::log;
 use ledger::record::EventRecord;
 use ledger::{Position, Snapshot, StreamVersion};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{self, AsOf, FoldOptions};
-use projections::views::{self, tables};
+use projections::views;
 use serde_json::{json, Value};
 
 use crate::output::{Outcome, WalletJson};
@@ -93,18 +92,25 @@ fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
     )
 }
 
-/// Calls `each` for every stored wallet view, in member id order, reading in chunks.
+/// Calls `each` for every stored wallet, in member id order, reading its rows in chunks (one
+/// wallet in memory at a time).
 pub fn for_each_view(
     snap: &dyn Snapshot,
     each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    for rows in TableChunks::new(snap, tables::WALLETS, CHUNK) {
-        for (key, value) in &rows? {
-            let member = String::from_utf8_lossy(key);
-            each(views::decode_state(&member, value)?)?;
-        }
+    let mut failed: Option<anyhow::Error> = None;
+    let read = views::for_each_wallet(snap, &mut |state| {
+        each(state).map_err(|e| {
+            let reason = format!("{e:#}");
+            failed = Some(e);
+            projections::ProjectionError::Fold { reason }
+        })
+    });
+    match (read, failed) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+        (Ok(()), None) => Ok(()),
     }
-    Ok(())
 }
 
 /// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
 use ledger::{Backend, Create, Position, WriteBatch};
-use projections::views::{self, tables};
+use projections::views;
 
 const SETUP: &str = include_str!("data/setup.jsonl");
 const BAD: &[u8] = include_bytes!("data/bad.jsonl");
@@ -349,11 +349,7 @@ fn damage_view_of_m1(store: &Path) {
         .apply(&WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }))
         .unwrap();
     let mut batch = WriteBatch::new();
-    batch.put(
-        tables::WALLETS,
-        b"m1".to_vec(),
-        views::encode_state(&state).unwrap(),
-    );
+    views::put_wallet(&mut batch, &state);
     engine.commit(batch).unwrap();
 }
 

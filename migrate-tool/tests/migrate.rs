@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
 use ledger::{Backend, Create, WriteBatch};
-use projections::views::{self, tables};
+use projections::views;
 use serde_json::Value;
 
 struct Run {
@@ -383,11 +383,7 @@ fn damage_view_of_m1(store: &Path) {
         .apply(&WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }))
         .unwrap();
     let mut batch = WriteBatch::new();
-    batch.put(
-        tables::WALLETS,
-        b"m1".to_vec(),
-        views::encode_state(&state).unwrap(),
-    );
+    views::put_wallet(&mut batch, &state);
     engine.commit(batch).unwrap();
 }
 

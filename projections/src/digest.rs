@@ -1,10 +1,14 @@
 //! The wallet digest: one hash over every member's canonical wallet state.
 //!
 //! # Design
-//! - **Member hash** = BLAKE3(`"wallet-state-v1\0"` || canonical JSON of the [`WalletState`]).
-//!   The canonical JSON has a fixed field order and sorted maps, so it depends on the state
-//!   only: not on storage layout, codec, or the order in which events or members were written.
-//!   Identity events never reach it (they are not folded into wallet state at all).
+//! - **Member hash** (definition 2) = the sum mod 2^256 of the hashes of the member's wallet rows
+//!   ([`crate::views::row_hash`]: BLAKE3 over the row's key and fixed-width value). The rows are a
+//!   canonical form of the state (fixed widths, one row per entity), so the hash depends on the
+//!   state only: not on the codec of the events, nor on the order in which events or members were
+//!   written. Identity events never reach it (they change no wallet row). One command updates it
+//!   in O(rows touched): subtract each changed row's old hash, add its new one. (Definition 1,
+//!   BLAKE3 of the whole state's canonical JSON, cost a wallet's whole history per command; the
+//!   `rows` migration records both digests of a store it moves.)
 //! - **Buckets**: member `m` belongs to bucket `u16(BLAKE3(m)[0..2])`, one of 65,536. A bucket's
 //!   value is the sum modulo 2^256 of its members' hashes. Addition is commutative, so the value
 //!   does not depend on write order, and it updates in O(1) when one member changes (subtract the
@@ -35,8 +39,14 @@ pub const BUCKET_COUNT: usize = 65_536;
 /// A bucket's value: the sum mod 2^256 of its members' hashes (the ledger's multiset sum).
 pub use ledger::multiset::Sum256 as BucketSum;
 
-/// The canonical hash of one member's wallet state.
+/// The hash of one member's wallet state: the sum of its row hashes (definition 2).
 pub fn member_hash(state: &WalletState) -> [u8; 32] {
+    crate::views::member_hash(state)
+}
+
+/// Definition 1 of the member hash (BLAKE3 of the canonical JSON of the whole state), kept only
+/// for the `rows` migration's report of a layout-1 store's digest.
+pub fn member_hash_v1(state: &WalletState) -> [u8; 32] {
     let canonical =
         serde_json::to_vec(state).expect("WalletState has only string keys and integer values");
     let mut h = blake3::Hasher::new();

@@ -394,8 +394,10 @@ impl PassStates {
             .map_err(|e| cold_error(e.to_string()))?;
         let member = MemberId::new(name).map_err(|e| cold_error(e.to_string()))?;
         let body = &self.arena[off + 1 + n..off + 1 + n + len as usize];
+        // Our own arena, not bytes from the disk: no 1 MiB limit (a member with a long history
+        // encodes to far more, and must fold like any other).
         let state = Codec::Bincode2
-            .decode::<Option<WalletState>>(body)
+            .decode_unbounded::<Option<WalletState>>(body)
             .map_err(|e| cold_error(e.to_string()))?;
         Ok((member, state))
     }

@@ -1,42 +1,42 @@
-//! The commit hook that keeps views, member hashes, digest buckets and the checkpoint in the
-//! same transaction as the events they fold.
+//! The commit hook that keeps the wallet rows, their indexes, member hashes, digest buckets and
+//! the checkpoint in the same transaction as the events they fold, and that the writer decides
+//! commands against.
 //!
-//! Per group commit: check that the views are exactly at the log head the batch builds on
-//! (checkpoint == first new position - 1), fold each wallet event into its member's state
-//! (loaded once per batch from the view), then write each changed state, its member hash, the
-//! changed bucket sums and the new checkpoint. Identity events change nothing but the checkpoint.
+//! Per group commit ([`ProjectionHook::begin`]): check that the views are exactly at the log head
+//! the group builds on and in this build's layout; then, as the writer plans each request, fold
+//! its wallet events row by row into an [`Overlay`] of the snapshot
+//! ([`ledger::domain::wallet_row_changes`] reads the rows an event touches, [`views::write_changes`]
+//! writes them with their index entries and the member-hash delta). Commands later in the group
+//! are decided against that overlay, so they see every earlier decision. At the end, the overlay,
+//! the changed member hashes and bucket sums, and the new checkpoint go into the batch. Identity
+//! events change no view; they are kept so that identity commands later in the group see them.
 //!
-//! [`CachedProjectionHook`] (the one [`crate::WalletService`] runs) writes exactly the same, but
-//! keeps the states, member hashes and bucket sums it wrote for the next group commit, so a member
-//! or bucket touched again is neither read from the store nor decoded nor hashed a second time.
+//! Cost per event: the rows it touches, each a B-tree lookup; never the member's history.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use ledger::domain::{
-    apply_wallet_event, member_of_stream, DomainEvent, MemberId, StreamKind, WalletState,
+    apply_identity_event, member_of_stream, wallet_row_changes, Badge, CommandId, Coupon, CouponId,
+    DomainEvent, IdentityEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure,
+    StateReader, StreamKind, Visit, WalletEvent, WalletSummary,
 };
 use ledger::record::RecordView;
-use ledger::{CommitHook, EventRecord, Snapshot, WriteBatch};
+use ledger::{CommitHook, EventRecord, GroupHook, Position, Snapshot, Timestamp, WriteBatch};
 
 use crate::digest::{self, BucketSum};
-use crate::views::{self, tables, CHECKPOINT_KEY};
+use crate::service::load_identity;
+use crate::views::{self, tables, Overlay, Rows};
 use crate::ProjectionError;
 
 /// Plug this into [`ledger::LedgerOptions::hooks`] to maintain the wallet views.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProjectionHook;
 
-struct Changed {
-    state: Option<WalletState>,
-    old_hash: Option<[u8; 32]>,
-    bucket: u16,
-}
-
 /// Decodes a record as a wallet event of `member`, or `None` for identity and other streams.
 pub fn wallet_event_of(
     record: &EventRecord,
-) -> Result<Option<(MemberId, ledger::domain::WalletEvent)>, ProjectionError> {
+) -> Result<Option<(MemberId, WalletEvent)>, ProjectionError> {
     let Some((StreamKind::Wallet, member)) = member_of_stream(&record.stream) else {
         return Ok(None);
     };
@@ -45,9 +45,7 @@ pub fn wallet_event_of(
 
 /// Decodes the payload of a record known to be in a wallet stream; an identity event there is
 /// an error.
-pub fn decode_wallet_event(
-    record: &RecordView<'_>,
-) -> Result<ledger::domain::WalletEvent, ProjectionError> {
+pub fn decode_wallet_event(record: &RecordView<'_>) -> Result<WalletEvent, ProjectionError> {
     let event = DomainEvent::decode(
         record.event_type,
         record.schema_version,
@@ -67,215 +65,226 @@ pub fn decode_wallet_event(
     }
 }
 
-/// What the hook knows of the views as of checkpoint `at`: the states and member hashes of
-/// recently changed members and the recently changed bucket sums, so that the next group commit
-/// neither reads nor decodes nor re-hashes them. Kept by [`CachedProjectionHook`] between group
-/// commits; it is trusted only when the snapshot's checkpoint is still `at` (a group whose
-/// commit failed leaves the checkpoint behind, so its cache entries are dropped unread).
-#[derive(Default)]
-struct HookCache {
-    at: Option<u64>,
-    members: HashMap<MemberId, Cached>,
-    buckets: HashMap<u16, BucketSum>,
-}
-
-/// A member's state as stored in the views, with its member hash and bucket.
-struct Cached {
-    state: Option<WalletState>,
-    hash: Option<[u8; 32]>,
-    bucket: u16,
-}
-
-impl HookCache {
-    /// Most members kept between group commits; past it the cache starts again from empty.
-    const MAX_MEMBERS: usize = 65_536;
-
-    fn clear(&mut self) {
-        self.at = None;
-        self.members.clear();
-        self.buckets.clear();
-    }
-}
-
-/// [`ProjectionHook`] that also keeps, between group commits, what it wrote last (see
-/// `HookCache`): the same writes, less reading. Used by [`crate::WalletService`].
-#[derive(Default)]
-pub struct CachedProjectionHook {
-    cache: Mutex<HookCache>,
-}
-
-impl CachedProjectionHook {
-    /// A hook with an empty cache.
-    pub fn new() -> CachedProjectionHook {
-        CachedProjectionHook::default()
-    }
-}
-
-impl CommitHook for CachedProjectionHook {
-    fn on_commit(
-        &self,
-        snap: &dyn Snapshot,
-        records: &[Arc<EventRecord>],
-        batch: &mut WriteBatch,
-    ) -> Result<(), String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let result = fold(snap, records, batch, &mut cache);
-        if result.is_err() {
-            cache.clear();
-        }
-        result.map_err(|e| e.to_string())
-    }
-}
-
-fn fold(
-    snap: &dyn Snapshot,
-    records: &[Arc<EventRecord>],
-    batch: &mut WriteBatch,
-    cache: &mut HookCache,
-) -> Result<(), ProjectionError> {
-    let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Ok(());
-    };
-    let at = views::checkpoint(snap)?;
-    if at.0 + 1 != first.position.0 {
-        return Err(ProjectionError::Behind {
-            checkpoint: at.0,
-            head: first.position.0 - 1,
-        });
-    }
-    if cache.at != Some(at.0) || cache.members.len() > HookCache::MAX_MEMBERS {
-        cache.clear();
-    }
-    // Invalid until this group's writes are complete.
-    cache.at = None;
-    let mut changed: BTreeMap<MemberId, Changed> = BTreeMap::new();
-    for record in records {
-        let Some((member, event)) = wallet_event_of(record)? else {
-            continue;
-        };
-        let entry = match changed.entry(member) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let change = match cache.members.remove(e.key()) {
-                    Some(c) => Changed {
-                        state: c.state,
-                        old_hash: c.hash,
-                        bucket: c.bucket,
-                    },
-                    None => {
-                        let state = views::load_wallet(snap, e.key())?;
-                        let old_hash = state.as_ref().map(digest::member_hash);
-                        Changed {
-                            state,
-                            old_hash,
-                            bucket: digest::bucket_of(e.key()),
-                        }
-                    }
-                };
-                e.insert(change)
-            }
-        };
-        apply_wallet_event(&mut entry.state, &event).map_err(|e| ProjectionError::Event {
-            position: record.position.0,
-            reason: e.to_string(),
-        })?;
-    }
-    write_changes(snap, changed, batch, cache)?;
-    batch.put(
-        tables::CHECKPOINT,
-        CHECKPOINT_KEY.to_vec(),
-        last.position.0.to_le_bytes().to_vec(),
-    );
-    cache.at = Some(last.position.0);
-    Ok(())
-}
-
-impl ProjectionHook {
-    fn fold(
-        snap: &dyn Snapshot,
-        records: &[Arc<EventRecord>],
-        batch: &mut WriteBatch,
-    ) -> Result<(), ProjectionError> {
-        fold(snap, records, batch, &mut HookCache::default())
-    }
-}
-
-fn write_changes(
-    snap: &dyn Snapshot,
-    changed: BTreeMap<MemberId, Changed>,
-    batch: &mut WriteBatch,
-    cache: &mut HookCache,
-) -> Result<(), ProjectionError> {
-    let mut buckets: BTreeMap<u16, BucketSum> = BTreeMap::new();
-    for (member, change) in changed {
-        let bucket = change.bucket;
-        let sum = match buckets.entry(bucket) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(match cache.buckets.get(&bucket) {
-                    Some(sum) => *sum,
-                    None => stored_bucket(snap, bucket)?,
-                })
-            }
-        };
-        if let Some(old) = change.old_hash {
-            sum.sub(&old);
-        }
-        let key = member.as_str().as_bytes().to_vec();
-        let hash_key = digest::member_hash_key_in(bucket, &member);
-        let hash = match &change.state {
-            Some(state) => {
-                let hash = digest::member_hash(state);
-                sum.add(&hash);
-                batch.put(tables::WALLETS, key, views::encode_state(state)?);
-                batch.put(tables::MEMBER_HASHES, hash_key, hash.to_vec());
-                Some(hash)
-            }
-            None => {
-                batch.delete(tables::WALLETS, key);
-                batch.delete(tables::MEMBER_HASHES, hash_key);
-                None
-            }
-        };
-        cache.members.insert(
-            member,
-            Cached {
-                state: change.state,
-                hash,
-                bucket,
-            },
-        );
-    }
-    for (bucket, sum) in buckets {
-        batch.put(
-            tables::DIGEST_BUCKETS,
-            bucket.to_be_bytes().to_vec(),
-            sum.to_bytes().to_vec(),
-        );
-        cache.buckets.insert(bucket, sum);
-    }
-    Ok(())
-}
-
-fn stored_bucket(snap: &dyn Snapshot, bucket: u16) -> Result<BucketSum, ProjectionError> {
-    let stored = snap.get(tables::DIGEST_BUCKETS, &bucket.to_be_bytes())?;
-    match stored.as_deref().map(<[u8; 32]>::try_from) {
-        None => Ok(BucketSum::default()),
-        Some(Ok(bytes)) => Ok(BucketSum::from_bytes(&bytes)),
-        Some(Err(_)) => Err(ProjectionError::View {
-            member: format!("(digest bucket {bucket})"),
-            reason: "bucket value is not 32 bytes".into(),
-        }),
-    }
-}
-
 impl CommitHook for ProjectionHook {
-    fn on_commit(
+    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, String> {
+        Group::begin(snap)
+            .map(|g| Box::new(g) as Box<dyn GroupHook + 's>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A member's hash as the group changes it.
+struct MemberHash {
+    bucket: u16,
+    /// As stored before the group.
+    before: BucketSum,
+    /// After the group's events so far.
+    now: BucketSum,
+}
+
+/// One group commit's view of the rows.
+struct Group<'s> {
+    rows: Overlay<'s>,
+    /// The last position folded: the checkpoint at the start, then each applied record's.
+    at: Position,
+    members: HashMap<MemberId, MemberHash>,
+    /// Identity events of this group, per member, for identity commands later in it.
+    identities: HashMap<MemberId, Vec<IdentityEvent>>,
+}
+
+impl<'s> Group<'s> {
+    fn begin(snap: &'s dyn Snapshot) -> Result<Group<'s>, ProjectionError> {
+        views::require_layout(snap)?;
+        Ok(Group {
+            rows: Overlay::new(snap),
+            at: views::checkpoint(snap)?,
+            members: HashMap::new(),
+            identities: HashMap::new(),
+        })
+    }
+
+    fn apply_record(&mut self, record: &EventRecord) -> Result<(), ProjectionError> {
+        if record.position.0 != self.at.0 + 1 {
+            return Err(ProjectionError::Behind {
+                checkpoint: self.at.0,
+                head: record.position.0 - 1,
+            });
+        }
+        self.at = record.position;
+        match member_of_stream(&record.stream) {
+            Some((StreamKind::Wallet, member)) => {
+                let event = decode_wallet_event(&record.as_view())?;
+                self.apply_wallet(record.position, member, &event)
+            }
+            Some((StreamKind::Identity, member)) => {
+                let event = DomainEvent::decode(
+                    &record.event_type,
+                    record.schema_version,
+                    record.codec,
+                    &record.payload,
+                )
+                .map_err(|e| ProjectionError::Event {
+                    position: record.position.0,
+                    reason: e.to_string(),
+                })?;
+                if let DomainEvent::Identity(e) = event {
+                    self.identities.entry(member).or_default().push(e);
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn apply_wallet(
+        &mut self,
+        position: Position,
+        member: MemberId,
+        event: &WalletEvent,
+    ) -> Result<(), ProjectionError> {
+        let changes = wallet_row_changes(&Rows::new(&self.rows), &member, event).map_err(|e| {
+            ProjectionError::Event {
+                position: position.0,
+                reason: e.to_string(),
+            }
+        })?;
+        if !self.members.contains_key(&member) {
+            let bucket = digest::bucket_of(&member);
+            let key = digest::member_hash_key_in(bucket, &member);
+            let before = stored_sum(self.rows.snapshot(), tables::MEMBER_HASHES, &key)?;
+            self.members.insert(
+                member.clone(),
+                MemberHash {
+                    bucket,
+                    before,
+                    now: before,
+                },
+            );
+        }
+        let hash = self.members.get_mut(&member).expect("inserted just above");
+        views::write_changes(&mut self.rows, &member, changes, &mut hash.now)
+    }
+
+    /// Everything the group wrote: rows, index entries, changed member hashes and bucket sums,
+    /// and the checkpoint.
+    fn finish_into(self, batch: &mut WriteBatch) -> Result<(), ProjectionError> {
+        let start = views::checkpoint(self.rows.snapshot())?;
+        if self.at == start {
+            return Ok(());
+        }
+        let snap = self.rows.snapshot();
+        let mut buckets: HashMap<u16, BucketSum> = HashMap::new();
+        for (member, hash) in &self.members {
+            if hash.now == hash.before {
+                continue;
+            }
+            batch.put(
+                tables::MEMBER_HASHES,
+                digest::member_hash_key_in(hash.bucket, member),
+                hash.now.to_bytes().to_vec(),
+            );
+            let sum = match buckets.entry(hash.bucket) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(stored_sum(
+                    snap,
+                    tables::DIGEST_BUCKETS,
+                    &hash.bucket.to_be_bytes(),
+                )?),
+            };
+            sum.add(&hash.now.to_bytes());
+            sum.sub(&hash.before.to_bytes());
+        }
+        for (bucket, sum) in buckets {
+            batch.put(
+                tables::DIGEST_BUCKETS,
+                bucket.to_be_bytes().to_vec(),
+                sum.to_bytes().to_vec(),
+            );
+        }
+        views::put_checkpoint(batch, self.at);
+        self.rows.into_batch(batch);
+        Ok(())
+    }
+}
+
+impl GroupHook for Group<'_> {
+    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), String> {
+        records
+            .iter()
+            .try_for_each(|r| self.apply_record(r))
+            .map_err(|e| e.to_string())
+    }
+
+    fn reader(&self) -> Option<&dyn StateReader> {
+        Some(self)
+    }
+
+    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), String> {
+        self.finish_into(batch).map_err(|e| e.to_string())
+    }
+}
+
+/// Commands are decided against the group's rows; identities are folded from their (short)
+/// streams plus this group's identity events.
+impl StateReader for Group<'_> {
+    fn summary(&self, member: &MemberId) -> Result<Option<WalletSummary>, ReadFailure> {
+        Rows::new(&self.rows).summary(member)
+    }
+
+    fn payment(&self, member: &MemberId, id: &CommandId) -> Result<Option<Payment>, ReadFailure> {
+        Rows::new(&self.rows).payment(member, id)
+    }
+
+    fn coupon(&self, member: &MemberId, id: &CouponId) -> Result<Option<Coupon>, ReadFailure> {
+        Rows::new(&self.rows).coupon(member, id)
+    }
+
+    fn has_badge(&self, member: &MemberId, badge: &Badge) -> Result<bool, ReadFailure> {
+        Rows::new(&self.rows).has_badge(member, badge)
+    }
+
+    fn lot(&self, member: &MemberId, lot: LotId) -> Result<Option<MilesLot>, ReadFailure> {
+        Rows::new(&self.rows).lot(member, lot)
+    }
+
+    fn lots_by_expiry(
         &self,
-        snap: &dyn Snapshot,
-        records: &[Arc<EventRecord>],
-        batch: &mut WriteBatch,
-    ) -> Result<(), String> {
-        ProjectionHook::fold(snap, records, batch).map_err(|e| e.to_string())
+        member: &MemberId,
+        after: Option<Timestamp>,
+        visit: &mut dyn FnMut(&MilesLot) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        Rows::new(&self.rows).lots_by_expiry(member, after, visit)
+    }
+
+    fn active_coupons_by_expiry(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        Rows::new(&self.rows).active_coupons_by_expiry(member, visit)
+    }
+
+    fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure> {
+        let unreadable = |e: String| ReadFailure {
+            reason: format!("identity of member {member}: {e}"),
+        };
+        let mut state =
+            load_identity(self.rows.snapshot(), member).map_err(|e| unreadable(e.to_string()))?;
+        for event in self.identities.get(member).into_iter().flatten() {
+            apply_identity_event(&mut state, event).map_err(|e| unreadable(e.to_string()))?;
+        }
+        Ok(state)
+    }
+}
+
+fn stored_sum(snap: &dyn Snapshot, table: &str, key: &[u8]) -> Result<BucketSum, ProjectionError> {
+    match snap.get(table, key)? {
+        None => Ok(BucketSum::default()),
+        Some(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
+            .map(|b| BucketSum::from_bytes(&b))
+            .map_err(|_| ProjectionError::View {
+                member: format!("({table} entry {key:02x?})"),
+                reason: format!("value has {} bytes, expected 32", bytes.len()),
+            }),
     }
 }

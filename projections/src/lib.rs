@@ -46,6 +46,9 @@ pub enum ProjectionError {
         "views are at position {checkpoint} but the log is at {head}: run `migrate-tool rebuild`"
     )]
     Behind { checkpoint: u64, head: u64 },
+    /// The views were written by an older layout; SPEC 5's gate moves them.
+    #[error("the views of this store are in layout {found}, this build reads layout {}: run `migrate-tool migrate run rows` to move them under the gate", crate::views::LAYOUT)]
+    Layout { found: u32 },
     /// The fold could not proceed.
     #[error("fold failed: {reason}")]
     Fold { reason: String },

@@ -19,7 +19,7 @@ use ledger::{Engine, Hash, Position, WriteBatch};
 
 use crate::digest::{self, DigestBuilder};
 use crate::fold::{fold_log_pipelined, AsOf, FoldOptions, FoldStats};
-use crate::views::{self, tables, CHECKPOINT_KEY};
+use crate::views::{self, tables};
 use crate::ProjectionError;
 
 /// Members written per commit during a rebuild.
@@ -75,11 +75,7 @@ pub fn rebuild(
             );
         }
     }
-    last.put(
-        tables::CHECKPOINT,
-        CHECKPOINT_KEY.to_vec(),
-        head.position.0.to_le_bytes().to_vec(),
-    );
+    views::put_checkpoint(&mut last, head.position);
     engine.commit(last)?;
     Ok(RebuildReport {
         digest_before,
@@ -205,14 +201,14 @@ fn write_member_hashes(
     Ok(())
 }
 
-/// A member's hash and encoded view row.
-type Row = Result<([u8; 32], Vec<u8>), ProjectionError>;
+/// A member's hash and rows.
+type Row = ([u8; 32], Vec<(Vec<u8>, Vec<u8>)>);
 
 /// Below this many members a commit's rows are prepared on one thread.
 const PARALLEL_PREPARE_MIN: usize = 512;
 
-/// One commit's rows: each member's view row in member order, and its member hash. The hashes
-/// and encodings (the costly part: canonical JSON + BLAKE3, bincode) of the second half of the
+/// One commit's rows: each member's rows and index entries in member order, and its member hash.
+/// The hashes and encodings (the costly part: BLAKE3 of every row) of the second half of the
 /// members are computed on a second thread; the rows and their order are the same either way.
 fn prepare_rows(
     members: impl Iterator<Item = (MemberId, WalletState)>,
@@ -220,7 +216,14 @@ fn prepare_rows(
     let members: Vec<(MemberId, WalletState)> = members.collect();
     let rows = |part: &[(MemberId, WalletState)]| -> Vec<Row> {
         part.iter()
-            .map(|(_, state)| Ok((digest::member_hash(state), views::encode_state(state)?)))
+            .map(|(_, state)| {
+                let rows: Vec<(Vec<u8>, Vec<u8>)> = views::rows_of(state).collect();
+                let mut hash = digest::BucketSum::default();
+                for (key, value) in &rows {
+                    hash.add(&views::row_hash(key, value));
+                }
+                (hash.to_bytes(), rows)
+            })
             .collect()
     };
     let computed = if members.len() < PARALLEL_PREPARE_MIN {
@@ -239,21 +242,24 @@ fn prepare_rows(
     };
     let mut batch = WriteBatch::new();
     let mut hashes = Vec::with_capacity(members.len());
-    for ((member, _), row) in members.into_iter().zip(computed) {
-        let (hash, encoded) = row?;
-        batch.put(
-            tables::WALLETS,
-            member.as_str().as_bytes().to_vec(),
-            encoded,
-        );
+    for ((member, state), (hash, rows)) in members.into_iter().zip(computed) {
+        for (key, value) in rows {
+            batch.put(tables::ROWS, key, value);
+        }
+        for (table, key) in views::index_entries_of(&state) {
+            batch.put(table, key, Vec::new());
+        }
         hashes.push((member, hash));
     }
     Ok(Prepared { batch, hashes })
 }
 
-/// True when the views stand exactly at the log head (nothing to rebuild).
+/// True when the views stand exactly at the log head (nothing to rebuild). Views of an older
+/// layout are an error ([`ProjectionError::Layout`]): they move by migration, not by a rebuild
+/// nobody asked for.
 pub fn views_current(engine: &dyn Engine) -> Result<bool, ProjectionError> {
     let snap = engine.snapshot()?;
+    views::require_layout(&*snap)?;
     let (head, _) = log::read_head(&*snap)?;
     Ok(views::checkpoint(&*snap)? == head.position)
 }

@@ -1,36 +1,39 @@
 //! The wallet service API that the wallet core service embeds: open a ledger with its views,
 //! submit commands, read a member's state and statement.
 //!
-//! Submitting runs the one direction of data: read the states the command needs (from the views,
-//! at a stream version read in the same snapshot) -> `decide` (pure) -> append with those versions
-//! as expected versions -> the projection hook folds the events in the same transaction. A
-//! version conflict (someone else appended to one of the streams in between) retries from fresh
-//! state, so `transfer` stays atomic and correct under concurrency.
+//! Submitting runs the one direction of data inside the ledger's writer, in log order: the
+//! writer decides the command (`decide`, pure) against the stored rows plus everything its group
+//! commit decided before it, appends the events, and the projection hook folds them into the rows
+//! in the same transaction. Commands on one wallet never conflict and are never retried, so a hot
+//! wallet goes at group-commit speed (the way TigerBeetle's state machine applies a batch).
+//!
+//! `expire` without a member (SPEC 2) runs member by member: the expiry index lists the members
+//! with something due, each member's expirations are one atomic append under the command id and
+//! the member (the writer's [`CommandJob::part`]), and a last empty append records the command as
+//! done. A replay of the id finishes what is left and writes nothing twice.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use ledger::domain::{
-    apply_identity_event, decide, decide_expire, identity_stream, wallet_stream, Command,
-    CommandBody, DecideInput, DomainEvent, IdentityState, MemberId, Rejection, StreamEvents,
-    StreamKind, WalletEvent, WalletState,
+    apply_identity_event, identity_stream, wallet_stream, Command, CommandBody, DomainEvent,
+    IdentityState, MemberId, Rejection, StateReader, WalletState, WalletSummary,
 };
-use ledger::engine::TableChunks;
 use ledger::log;
 use ledger::{
-    AppendError, AppendOutcome, AppendRequest, Codec, ExpectedVersion, Ledger, LedgerOptions,
-    NewEvent, Snapshot, StreamAppend, StreamVersion, Timestamp,
+    AppendError, AppendOutcome, CommandError, CommandJob, Ledger, LedgerOptions, Snapshot,
+    StreamVersion, Timestamp,
 };
 
 use crate::fold::{self, AsOf};
-use crate::hook::CachedProjectionHook;
-use crate::views::{self, tables};
+use crate::hook::ProjectionHook;
+use crate::views;
 use crate::{rebuild, ProjectionError};
 
-/// Retries of a command whose streams moved between read and append.
-const MAX_CONFLICT_RETRIES: usize = 1_000;
-/// Members read per chunk when `expire` runs over every wallet.
-const EXPIRE_SCAN_CHUNK: usize = 4_096;
+/// Members whose expirations are queued to the writer at once by a whole-store `expire`.
+const EXPIRE_WINDOW: usize = 512;
+/// Members read from the expiry index per round of a whole-store `expire`.
+const EXPIRE_ROUND: usize = 8_192;
 
 /// Why a command was not applied. Nothing was written in every case.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +45,7 @@ pub enum SubmitError {
     /// The id was used before for a different command.
     #[error("id {id} already used for a different command")]
     IdReused { id: String },
-    /// The command would append more events than one atomic append may hold.
-    #[error("{0}")]
-    TooLarge(String),
-    /// The streams kept moving; retried too often.
-    #[error("command {id} conflicted {retries} times with concurrent writers; try again")]
-    Contention { id: String, retries: usize },
-    /// The ledger failed (storage, closed).
+    /// The ledger failed (storage, limits, closed).
     #[error(transparent)]
     Ledger(AppendError),
     /// Reading state failed.
@@ -109,7 +106,7 @@ impl WalletService {
         if !rebuild::views_current(&*engine)? {
             rebuild::rebuild(&*engine, &mut |_| {})?;
         }
-        let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(CachedProjectionHook::new())];
+        let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(ProjectionHook)];
         all.extend(hooks);
         let ledger = Ledger::with_engine(engine, all).map_err(|e| ProjectionError::Fold {
             reason: e.to_string(),
@@ -125,56 +122,97 @@ impl WalletService {
     /// Applies a command; resolves when its events are durable.
     pub async fn submit(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
         let at = cmd.at.unwrap_or_else(Timestamp::now);
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(request) = self.prepare(cmd, at)? else {
-                return self.duplicate(cmd);
-            };
-            match self.ledger.append(request).await {
-                Err(AppendError::WrongExpectedVersion { .. }) => continue,
-                other => return finish(cmd, other),
-            }
+        if is_expire_all(cmd) {
+            return self.expire_all(cmd, at, &mut |_| {}).await;
         }
-        Err(contention(cmd))
+        finish(self.ledger.submit(job(cmd, at, None)).await)
     }
 
     /// [`WalletService::submit`] for callers outside an async runtime.
     pub fn submit_blocking(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
         let at = cmd.at.unwrap_or_else(Timestamp::now);
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(request) = self.prepare(cmd, at)? else {
-                return self.duplicate(cmd);
-            };
-            match self.ledger.append_blocking(request) {
-                Err(AppendError::WrongExpectedVersion { .. }) => continue,
-                other => return finish(cmd, other),
+        if is_expire_all(cmd) {
+            return self.expire_all_blocking(cmd, at, &mut |_| {});
+        }
+        finish(self.ledger.submit_blocking(job(cmd, at, None)))
+    }
+
+    /// `expire` without a member over the whole store, calling `progress` with the number of
+    /// members done so far. See the module doc.
+    pub async fn expire_all(
+        &self,
+        cmd: &Command,
+        at: Timestamp,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Submitted, SubmitError> {
+        let mut tally = ExpireTally::default();
+        while let Some(members) = self.expire_round(cmd)? {
+            let mut waiting = std::collections::VecDeque::new();
+            tally.progressed = false;
+            for member in members {
+                if waiting.len() >= EXPIRE_WINDOW {
+                    let answer: ledger::CommandAnswer =
+                        waiting.pop_front().expect("the window is not empty");
+                    tally.count(finish(answer.await)?, progress);
+                }
+                let answer = self
+                    .ledger
+                    .queue_command(job(cmd, at, Some(member)))
+                    .await
+                    .map_err(SubmitError::from)?;
+                waiting.push_back(answer);
+            }
+            for answer in waiting {
+                tally.count(finish(answer.await)?, progress);
+            }
+            if !tally.progressed {
+                break;
             }
         }
-        Err(contention(cmd))
+        Ok(tally.answer(finish(self.ledger.submit(job(cmd, at, None)).await)?))
     }
 
-    fn duplicate(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
-        let snap = self.snapshot()?;
-        match log::command_entry(&*snap, cmd.id.as_str()).map_err(ProjectionError::from)? {
-            Some(entry) if entry.fingerprint == cmd.fingerprint() => Ok(Submitted {
-                outcome: AppendOutcome {
-                    first_position: entry.first_position,
-                    count: entry.count,
-                    duplicate: true,
-                },
-                duplicate: true,
-            }),
-            _ => Err(SubmitError::IdReused {
-                id: cmd.id.as_str().to_owned(),
-            }),
+    /// [`WalletService::expire_all`] for callers outside an async runtime.
+    pub fn expire_all_blocking(
+        &self,
+        cmd: &Command,
+        at: Timestamp,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Submitted, SubmitError> {
+        let mut tally = ExpireTally::default();
+        while let Some(members) = self.expire_round(cmd)? {
+            let mut waiting = std::collections::VecDeque::new();
+            tally.progressed = false;
+            for member in members {
+                if waiting.len() >= EXPIRE_WINDOW {
+                    let answer: ledger::CommandAnswer =
+                        waiting.pop_front().expect("the window is not empty");
+                    tally.count(finish(answer.wait_blocking())?, progress);
+                }
+                let answer = self
+                    .ledger
+                    .queue_command_blocking(job(cmd, at, Some(member)))
+                    .map_err(SubmitError::from)?;
+                waiting.push_back(answer);
+            }
+            for answer in waiting {
+                tally.count(finish(answer.wait_blocking())?, progress);
+            }
+            if !tally.progressed {
+                break;
+            }
         }
+        Ok(tally.answer(finish(self.ledger.submit_blocking(job(cmd, at, None)))?))
     }
 
-    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, ProjectionError> {
-        Ok(self.ledger.snapshot()?)
-    }
-
-    /// Reads states and decides. `None`: the id is already used (answered by `duplicate`).
-    fn prepare(&self, cmd: &Command, at: Timestamp) -> Result<Option<AppendRequest>, SubmitError> {
+    /// The next members with lots or coupons due as of the command's `as_of`, or `None` when the
+    /// command is already recorded (a replay: the final answer comes from the writer) or
+    /// nothing is due. Each round's members are expired before the next round reads the index,
+    /// which then no longer lists them: memory stays bounded by [`EXPIRE_ROUND`].
+    fn expire_round(&self, cmd: &Command) -> Result<Option<Vec<MemberId>>, SubmitError> {
+        let CommandBody::Expire { as_of, .. } = &cmd.body else {
+            return Ok(None);
+        };
         let snap = self.snapshot()?;
         if log::command_entry(&*snap, cmd.id.as_str())
             .map_err(ProjectionError::from)?
@@ -182,66 +220,31 @@ impl WalletService {
         {
             return Ok(None);
         }
-        let decided = match &cmd.body {
-            CommandBody::Expire {
-                as_of,
-                member: None,
-            } => expire_all(&*snap, *as_of),
-            _ => decide_with_states(&*snap, cmd, at),
-        };
-        drop(snap);
-        let decided = match decided {
-            Ok(d) => d,
-            // A backend without read snapshots (sled) may have shown state that already holds
-            // this very command, applied concurrently: then it is a duplicate, not a rejection.
-            Err(SubmitError::Rejected(rejection)) => {
-                let fresh = self.snapshot()?;
-                if log::command_entry(&*fresh, cmd.id.as_str())
-                    .map_err(ProjectionError::from)?
-                    .is_some()
-                {
-                    return Ok(None);
-                }
-                return Err(SubmitError::Rejected(rejection));
-            }
-            Err(e) => return Err(e),
-        };
-        let mut streams = Vec::with_capacity(decided.len());
-        let total: usize = decided.iter().map(|(s, _)| s.events.len()).sum();
-        if total > ledger::limits::MAX_EVENTS_PER_APPEND {
-            return Err(SubmitError::TooLarge(format!(
-                "command {} would append {total} events, more than the {} one atomic command may hold; name a member",
-                cmd.id,
-                ledger::limits::MAX_EVENTS_PER_APPEND
-            )));
+        let members = views::due_members(&*snap, *as_of, EXPIRE_ROUND)?;
+        if members.is_empty() {
+            return Ok(None);
         }
-        for (decision, version) in decided {
-            let events = decision
-                .events
-                .iter()
-                .map(|e| new_event(e, at))
-                .collect::<Result<Vec<_>, _>>()?;
-            let expected = if version.0 == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            };
-            streams.push(StreamAppend {
-                stream: decision.stream,
-                expected,
-                events,
-            });
-        }
-        Ok(Some(AppendRequest {
-            command_id: cmd.id.as_str().to_owned(),
-            fingerprint: Some(cmd.fingerprint()),
-            streams,
-        }))
+        Ok(Some(members.into_iter().map(|(m, _)| m).collect()))
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, ProjectionError> {
+        Ok(self.ledger.snapshot()?)
     }
 
     /// The member's current wallet (from the view), `None` if the member has no wallet.
     pub fn wallet(&self, member: &MemberId) -> Result<Option<WalletState>, ProjectionError> {
         views::load_wallet(&*self.snapshot()?, member)
+    }
+
+    /// The member's wallet summary (balance, miles, counts): one row, whatever the history.
+    pub fn summary(&self, member: &MemberId) -> Result<Option<WalletSummary>, ProjectionError> {
+        let snap = self.snapshot()?;
+        views::Rows::new(&*snap)
+            .summary(member)
+            .map_err(|e| ProjectionError::View {
+                member: member.to_string(),
+                reason: e.reason,
+            })
     }
 
     /// The member's wallet as of a business time or log position, folded from the log.
@@ -290,41 +293,80 @@ impl WalletService {
     }
 }
 
-fn finish(
-    cmd: &Command,
-    result: Result<AppendOutcome, AppendError>,
-) -> Result<Submitted, SubmitError> {
-    match result {
-        Ok(outcome) => Ok(Submitted {
-            outcome,
-            duplicate: outcome.duplicate,
-        }),
-        Err(AppendError::CommandIdReused { .. }) => Err(SubmitError::IdReused {
-            id: cmd.id.as_str().to_owned(),
-        }),
-        Err(e) => Err(SubmitError::Ledger(e)),
+/// What a whole-store `expire` did so far.
+#[derive(Default)]
+struct ExpireTally {
+    /// Members whose part was answered.
+    done: u64,
+    /// Position of the first event this run appended.
+    first: Option<ledger::Position>,
+    /// Events this run appended.
+    events: u32,
+    /// Some member's part appended events in the current round. A round where none did (every
+    /// part was recorded already, yet the index still lists the members: items that became
+    /// due after their part ran, through a command with an earlier business time) ends the
+    /// command instead of looping; those items wait for the next `expire`.
+    progressed: bool,
+}
+
+impl ExpireTally {
+    fn count(&mut self, part: Submitted, progress: &mut (dyn FnMut(u64) + Send)) {
+        if !part.duplicate && part.outcome.count > 0 {
+            self.progressed = true;
+            self.first.get_or_insert(part.outcome.first_position);
+            self.events = self.events.saturating_add(part.outcome.count);
+        }
+        self.done += 1;
+        progress(self.done);
+    }
+
+    /// The command's answer: the completion's, or, when this run appended events, where they
+    /// start and how many there are (they are spread over one append per member).
+    fn answer(&self, completion: Submitted) -> Submitted {
+        match (completion.duplicate, self.first) {
+            (false, Some(first)) => Submitted {
+                outcome: AppendOutcome {
+                    first_position: first,
+                    count: self.events,
+                    duplicate: false,
+                },
+                duplicate: false,
+            },
+            _ => completion,
+        }
     }
 }
 
-fn contention(cmd: &Command) -> SubmitError {
-    SubmitError::Contention {
-        id: cmd.id.as_str().to_owned(),
-        retries: MAX_CONFLICT_RETRIES,
-    }
+fn is_expire_all(cmd: &Command) -> bool {
+    matches!(cmd.body, CommandBody::Expire { member: None, .. })
 }
 
-fn new_event(event: &DomainEvent, at: Timestamp) -> Result<NewEvent, SubmitError> {
-    let payload = event.encode(Codec::DEFAULT).map_err(|e| {
-        SubmitError::Read(ProjectionError::Fold {
-            reason: format!("cannot encode {}: {e}", event.event_type()),
-        })
-    })?;
-    Ok(NewEvent {
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        codec: Codec::DEFAULT,
-        payload,
+fn job(cmd: &Command, at: Timestamp, part: Option<MemberId>) -> CommandJob {
+    CommandJob {
+        cmd: cmd.clone(),
         at,
+        part,
+    }
+}
+
+impl From<CommandError> for SubmitError {
+    fn from(e: CommandError) -> SubmitError {
+        match e {
+            CommandError::Rejected(r) => SubmitError::Rejected(r),
+            CommandError::IdReused { id } => SubmitError::IdReused { id },
+            CommandError::Append(a) => SubmitError::Ledger(a),
+            other => SubmitError::Ledger(AppendError::Storage {
+                reason: other.to_string(),
+            }),
+        }
+    }
+}
+
+fn finish(result: Result<AppendOutcome, CommandError>) -> Result<Submitted, SubmitError> {
+    let outcome = result?;
+    Ok(Submitted {
+        outcome,
+        duplicate: outcome.duplicate,
     })
 }
 
@@ -356,74 +398,4 @@ pub fn load_identity(
             }
         }
     }
-}
-
-type Decided = Vec<(StreamEvents, StreamVersion)>;
-
-fn decide_with_states(
-    snap: &dyn Snapshot,
-    cmd: &Command,
-    at: Timestamp,
-) -> Result<Decided, SubmitError> {
-    let refs = cmd.stream_refs();
-    let mut wallets: Vec<(MemberId, Option<WalletState>)> = Vec::new();
-    let mut identities: Vec<(MemberId, Option<IdentityState>)> = Vec::new();
-    let mut versions = Vec::new();
-    for r in &refs {
-        versions.push((
-            r.name(),
-            log::stream_version(snap, &r.name()).map_err(ProjectionError::from)?,
-        ));
-        match r.kind {
-            StreamKind::Wallet => {
-                wallets.push((r.member.clone(), views::load_wallet(snap, &r.member)?))
-            }
-            StreamKind::Identity => {
-                identities.push((r.member.clone(), load_identity(snap, &r.member)?))
-            }
-        }
-    }
-    let mut input = DecideInput::new();
-    for (m, s) in &wallets {
-        input = input.with_wallet(m.clone(), s.as_ref());
-    }
-    for (m, s) in &identities {
-        input = input.with_identity(m.clone(), s.as_ref());
-    }
-    let decided = decide(cmd, at, &input)?;
-    Ok(decided
-        .into_iter()
-        .map(|d| {
-            let version = versions
-                .iter()
-                .find(|(name, _)| *name == d.stream)
-                .map_or(StreamVersion(0), |(_, v)| *v);
-            (d, version)
-        })
-        .collect())
-}
-
-/// `expire` without a member: every wallet, one atomic append (bounded by the append limit).
-fn expire_all(snap: &dyn Snapshot, as_of: Timestamp) -> Result<Decided, SubmitError> {
-    let mut out = Vec::new();
-    for rows in TableChunks::new(snap, tables::WALLETS, EXPIRE_SCAN_CHUNK) {
-        for (key, value) in &rows.map_err(ProjectionError::from)? {
-            let member = String::from_utf8_lossy(key);
-            let state = views::decode_state(&member, value)?;
-            let events: Vec<WalletEvent> = decide_expire(&state, as_of);
-            if events.is_empty() {
-                continue;
-            }
-            let stream = wallet_stream(state.member());
-            let version = log::stream_version(snap, &stream).map_err(ProjectionError::from)?;
-            out.push((
-                StreamEvents {
-                    stream,
-                    events: events.into_iter().map(DomainEvent::Wallet).collect(),
-                },
-                version,
-            ));
-        }
-    }
-    Ok(out)
 }

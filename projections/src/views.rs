@@ -1,83 +1,1054 @@
-//! Materialized views: where each member's wallet state lives, and the checkpoint.
+//! Materialized views: where each member's wallet lives, row by row, and the checkpoint. The only
+//! code that builds view keys and rows.
 //!
-//! Tables (all written by the commit hook in the same transaction as the events they fold):
-//! - `view_wallet`: member id -> view record: a tag byte ([`VIEW_TAG`]) then the
-//!   [`WalletState`] in bincode 2 (serde). Only members with a wallet have a row.
-//! - `view_member_hash`: bucket (u16 BE) + member id -> the member's state hash (32 bytes).
+//! Why rows: a wallet with twenty years of payments must cost a command the same as a new one.
+//! So a wallet is a fixed-size summary plus one row per entity, keyed by member and entity; a
+//! command reads and writes the rows it touches (O(rows touched x log n)), never the history.
+//!
+//! # Tables (layout 2; all written by the commit hook in the transaction of their events)
+//! - `wallet_rows`: `member 0x00 kind id` -> fixed-width little-endian value:
+//!   - kind `0x01`, no id: the summary, 64 bytes: balance, miles outstanding, lots, payments,
+//!     badges, coupons active, redeemed, expired (each u64);
+//!   - `b` badge: empty value;
+//!   - `c` coupon id: value u64, expires_at i64 (µs since the epoch), status u8 (0 active,
+//!     1 redeemed, 2 expired) = 17 bytes;
+//!   - `l` lot id (u32 BE): earned u64, remaining u64, expires_at i64 = 24 bytes;
+//!   - `p` payment id (the `pay` command's id): paid u64, refunded u64 = 16 bytes.
+//!
+//!   Member ids are `[A-Za-z0-9._-]`, so `0x00` ends one and a member's rows are one key range,
+//!   in member id order across members.
+//! - `wallet_lot_order`: `member 0x00 expires_at(8, ordered) lot(4 BE)` -> empty, for every lot
+//!   with miles left: `redeem_miles` and `expire` walk lots earliest expiry first.
+//! - `wallet_coupon_order`: `member 0x00 expires_at(8, ordered) coupon` -> empty, for every
+//!   active coupon.
+//! - `wallet_due`: `expires_at(8, ordered) member 0x00 kind(l|c) id` -> empty: the union of the
+//!   two above across members, so the nightly `expire` finds what is due without reading wallets.
+//! - `view_member_hash`: bucket (u16 BE) + member id -> the member hash (32 bytes, see
+//!   [`crate::digest`]): the sum of its row hashes ([`row_hash`]).
 //! - `view_digest_bucket`: bucket (u16 BE) -> 256-bit sum of the bucket's member hashes.
-//! - `view_checkpoint`: `position` -> u64 LE, the last log position folded into the views.
+//! - `view_checkpoint`: `position` -> u64 LE, the last log position folded into the views;
+//!   `layout` -> u32 LE, [`LAYOUT`].
 //!
-//! Invariant: the checkpoint equals the log head after every commit, so a view is never ahead
-//! of, behind, or double-applied relative to the log. A view behind the head (after a crashed
-//! rebuild) is detected at open and rebuilt before anything is served.
+//! "Ordered" time: the i64 with its sign bit flipped, big-endian, so byte order is time order.
+//!
+//! Invariants: the checkpoint equals the log head after every commit; each index holds exactly
+//! the entries its rows call for; each member hash is the sum of its row hashes. `check` proves
+//! all three. Layout 1 (one bincode `WalletState` per member in `view_wallet`) is read only by
+//! the `rows` migration that moves a store to this layout.
 
-use ledger::domain::{MemberId, WalletState};
-use ledger::{Codec, Position, Snapshot};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
+use ledger::domain::{
+    Badge, CommandId, Coupon, CouponId, CouponStatus, LotId, MemberId, Miles, MilesLot, Payment,
+    ReadFailure, RowChange, StateReader, Visit, WalletState, WalletSummary, Yen,
+};
+use ledger::engine::EngineError;
+use ledger::{Codec, Position, Snapshot, Timestamp, WriteBatch};
+
+use crate::digest::BucketSum;
 use crate::ProjectionError;
 
 /// Table names owned by the projections.
 pub mod tables {
-    /// member -> wallet state.
-    pub const WALLETS: &str = "view_wallet";
+    /// member ++ kind ++ id -> row.
+    pub const ROWS: &str = "wallet_rows";
+    /// member ++ expiry ++ lot, lots with miles left.
+    pub const LOT_ORDER: &str = "wallet_lot_order";
+    /// member ++ expiry ++ coupon, active coupons.
+    pub const COUPON_ORDER: &str = "wallet_coupon_order";
+    /// expiry ++ member ++ kind ++ id, everything that can expire.
+    pub const DUE: &str = "wallet_due";
     /// bucket ++ member -> member state hash.
     pub const MEMBER_HASHES: &str = "view_member_hash";
     /// bucket -> sum of member hashes.
     pub const DIGEST_BUCKETS: &str = "view_digest_bucket";
-    /// `position` -> last folded position.
+    /// `position` -> last folded position; `layout` -> layout version.
     pub const CHECKPOINT: &str = "view_checkpoint";
-    /// Every projection table, for rebuild.
-    pub const ALL: [&str; 4] = [WALLETS, MEMBER_HASHES, DIGEST_BUCKETS, CHECKPOINT];
+    /// Layout 1: member -> bincode `WalletState`. Only the `rows` migration reads it.
+    pub const WALLETS_V1: &str = "view_wallet";
+    /// Every table of this layout, for rebuild.
+    pub const ALL: [&str; 7] = [
+        ROWS,
+        LOT_ORDER,
+        COUPON_ORDER,
+        DUE,
+        MEMBER_HASHES,
+        DIGEST_BUCKETS,
+        CHECKPOINT,
+    ];
 }
 
-/// First byte of a stored view: the view record layout and codec (1 = bincode 2 of WalletState).
-pub const VIEW_TAG: u8 = 1;
+/// This build's view layout (see the module doc).
+pub const LAYOUT: u32 = 2;
 /// Key of the checkpoint.
 pub const CHECKPOINT_KEY: &[u8] = b"position";
+/// Key of the layout version.
+pub const LAYOUT_KEY: &[u8] = b"layout";
+/// First byte of a layout-1 view value: bincode 2 of `WalletState`.
+pub const VIEW_TAG_V1: u8 = 1;
 
-/// Encodes a wallet state for `view_wallet`.
-pub fn encode_state(state: &WalletState) -> Result<Vec<u8>, ProjectionError> {
-    let body = Codec::Bincode2
-        .encode(state)
-        .map_err(|e| ProjectionError::View {
-            member: state.member().to_string(),
-            reason: e.to_string(),
-        })?;
-    let mut out = Vec::with_capacity(body.len() + 1);
-    out.push(VIEW_TAG);
-    out.extend_from_slice(&body);
-    Ok(out)
+/// Row kinds, the byte after the member's `0x00`.
+mod kind {
+    pub const SUMMARY: u8 = 0x01;
+    pub const BADGE: u8 = b'b';
+    pub const COUPON: u8 = b'c';
+    pub const LOT: u8 = b'l';
+    pub const PAYMENT: u8 = b'p';
 }
 
-/// Decodes a `view_wallet` value.
-pub fn decode_state(member: &str, bytes: &[u8]) -> Result<WalletState, ProjectionError> {
-    let damaged = |reason: String| ProjectionError::View {
-        member: member.to_owned(),
-        reason,
+const SUMMARY_BYTES: usize = 64;
+const COUPON_BYTES: usize = 17;
+const LOT_BYTES: usize = 24;
+const PAYMENT_BYTES: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// `member 0x00`: the prefix of every row (and order entry) of a member.
+pub fn member_prefix(member: &MemberId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(member.as_str().len() + 1 + 1 + 16);
+    key.extend_from_slice(member.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn row_key(member: &MemberId, kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = member_prefix(member);
+    key.push(kind);
+    key.extend_from_slice(id);
+    key
+}
+
+/// The key of a member's summary row.
+pub fn summary_key(member: &MemberId) -> Vec<u8> {
+    row_key(member, kind::SUMMARY, &[])
+}
+
+fn lot_key(member: &MemberId, lot: LotId) -> Vec<u8> {
+    row_key(member, kind::LOT, &lot.0.to_be_bytes())
+}
+
+fn payment_key(member: &MemberId, id: &CommandId) -> Vec<u8> {
+    row_key(member, kind::PAYMENT, id.as_str().as_bytes())
+}
+
+fn coupon_key(member: &MemberId, id: &CouponId) -> Vec<u8> {
+    row_key(member, kind::COUPON, id.as_str().as_bytes())
+}
+
+fn badge_key(member: &MemberId, badge: &Badge) -> Vec<u8> {
+    row_key(member, kind::BADGE, badge.as_str().as_bytes())
+}
+
+/// A time as 8 bytes whose byte order is time order.
+pub fn ordered_time(t: Timestamp) -> [u8; 8] {
+    ((t.0 as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_of_ordered(bytes: [u8; 8]) -> Timestamp {
+    Timestamp((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+fn lot_order_key(member: &MemberId, lot: &MilesLot) -> Vec<u8> {
+    let mut key = member_prefix(member);
+    key.extend_from_slice(&ordered_time(lot.expires_at));
+    key.extend_from_slice(&lot.lot.0.to_be_bytes());
+    key
+}
+
+fn coupon_order_key(member: &MemberId, id: &CouponId, coupon: &Coupon) -> Vec<u8> {
+    let mut key = member_prefix(member);
+    key.extend_from_slice(&ordered_time(coupon.expires_at));
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn due_key(expires_at: Timestamp, member: &MemberId, kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + member.as_str().len() + 2 + id.len());
+    key.extend_from_slice(&ordered_time(expires_at));
+    key.extend_from_slice(member.as_str().as_bytes());
+    key.push(0);
+    key.push(kind);
+    key.extend_from_slice(id);
+    key
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    end
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row values
+
+fn u64_at(bytes: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8-byte slice"))
+}
+
+fn encode_summary(s: &WalletSummary) -> Vec<u8> {
+    let fields = [
+        s.balance.0,
+        s.miles_outstanding.0,
+        u64::from(s.lots),
+        s.payments,
+        s.badges,
+        s.coupons_active,
+        s.coupons_redeemed,
+        s.coupons_expired,
+    ];
+    fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+fn decode_summary(bytes: &[u8]) -> Result<WalletSummary, String> {
+    if bytes.len() != SUMMARY_BYTES {
+        return Err(format!(
+            "summary has {} bytes, expected {SUMMARY_BYTES}",
+            bytes.len()
+        ));
+    }
+    let lots = u32::try_from(u64_at(bytes, 2)).map_err(|_| "lot count past u32".to_owned())?;
+    Ok(WalletSummary {
+        balance: Yen(u64_at(bytes, 0)),
+        miles_outstanding: Miles(u64_at(bytes, 1)),
+        lots,
+        payments: u64_at(bytes, 3),
+        badges: u64_at(bytes, 4),
+        coupons_active: u64_at(bytes, 5),
+        coupons_redeemed: u64_at(bytes, 6),
+        coupons_expired: u64_at(bytes, 7),
+    })
+}
+
+fn encode_payment(p: &Payment) -> Vec<u8> {
+    [p.paid.0, p.refunded.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect()
+}
+
+fn decode_payment(bytes: &[u8]) -> Result<Payment, String> {
+    if bytes.len() != PAYMENT_BYTES {
+        return Err(format!("payment row has {} bytes", bytes.len()));
+    }
+    Ok(Payment {
+        paid: Yen(u64_at(bytes, 0)),
+        refunded: Yen(u64_at(bytes, 1)),
+    })
+}
+
+fn encode_lot(lot: &MilesLot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LOT_BYTES);
+    out.extend_from_slice(&lot.earned.0.to_le_bytes());
+    out.extend_from_slice(&lot.remaining.0.to_le_bytes());
+    out.extend_from_slice(&lot.expires_at.0.to_le_bytes());
+    out
+}
+
+fn decode_lot(lot: LotId, bytes: &[u8]) -> Result<MilesLot, String> {
+    if bytes.len() != LOT_BYTES {
+        return Err(format!("lot {lot} row has {} bytes", bytes.len()));
+    }
+    Ok(MilesLot {
+        lot,
+        earned: Miles(u64_at(bytes, 0)),
+        remaining: Miles(u64_at(bytes, 1)),
+        expires_at: Timestamp(u64_at(bytes, 2) as i64),
+    })
+}
+
+fn encode_coupon(c: &Coupon) -> Vec<u8> {
+    let mut out = Vec::with_capacity(COUPON_BYTES);
+    out.extend_from_slice(&c.value.0.to_le_bytes());
+    out.extend_from_slice(&c.expires_at.0.to_le_bytes());
+    out.push(match c.status {
+        CouponStatus::Active => 0,
+        CouponStatus::Redeemed => 1,
+        CouponStatus::Expired => 2,
+    });
+    out
+}
+
+fn decode_coupon(bytes: &[u8]) -> Result<Coupon, String> {
+    if bytes.len() != COUPON_BYTES {
+        return Err(format!("coupon row has {} bytes", bytes.len()));
+    }
+    let status = match bytes[16] {
+        0 => CouponStatus::Active,
+        1 => CouponStatus::Redeemed,
+        2 => CouponStatus::Expired,
+        other => return Err(format!("coupon status byte {other}")),
     };
-    match bytes.split_first() {
-        Some((&VIEW_TAG, body)) => Codec::Bincode2
-            .decode(body)
-            .map_err(|e| damaged(e.to_string())),
-        Some((tag, _)) => Err(damaged(format!("unknown view tag {tag}"))),
-        None => Err(damaged("empty view record".into())),
+    Ok(Coupon {
+        value: Yen(u64_at(bytes, 0)),
+        expires_at: Timestamp(u64_at(bytes, 1) as i64),
+        status,
+    })
+}
+
+/// The hash of one row: BLAKE3(`"wallet-row-v2\0"` || key length (u32 LE) || key || value).
+/// A member hash is the sum (mod 2^256) of its rows' hashes, so one changed row updates it in
+/// O(1): subtract the old row's hash, add the new one's.
+pub fn row_hash(key: &[u8], value: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"wallet-row-v2\0");
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    *h.finalize().as_bytes()
+}
+
+/// The `wallet_rows` entries of a whole wallet, in key order. Rebuild writes them; check
+/// compares them with the stored ones; the digest hashes them.
+pub fn rows_of(state: &WalletState) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    let member = state.member();
+    let summary = std::iter::once((summary_key(member), encode_summary(&state.summary())));
+    let badges = state
+        .badges()
+        .iter()
+        .map(move |b| (badge_key(member, b), Vec::new()));
+    let coupons = state
+        .coupons()
+        .iter()
+        .map(move |(id, c)| (coupon_key(member, id), encode_coupon(c)));
+    let lots = state
+        .lots()
+        .iter()
+        .map(move |lot| (lot_key(member, lot.lot), encode_lot(lot)));
+    let payments = state
+        .payments()
+        .iter()
+        .map(move |(id, p)| (payment_key(member, id), encode_payment(p)));
+    summary
+        .chain(badges)
+        .chain(coupons)
+        .chain(lots)
+        .chain(payments)
+}
+
+/// The index entries (table, key) that a whole wallet calls for.
+pub fn index_entries_of(state: &WalletState) -> Vec<(&'static str, Vec<u8>)> {
+    let member = state.member();
+    let mut out = Vec::new();
+    for lot in state.lots().iter().filter(|l| l.remaining.0 > 0) {
+        out.push((tables::LOT_ORDER, lot_order_key(member, lot)));
+        out.push((
+            tables::DUE,
+            due_key(lot.expires_at, member, kind::LOT, &lot.lot.0.to_be_bytes()),
+        ));
+    }
+    for (id, coupon) in state
+        .coupons()
+        .iter()
+        .filter(|(_, c)| c.status == CouponStatus::Active)
+    {
+        out.push((tables::COUPON_ORDER, coupon_order_key(member, id, coupon)));
+        out.push((
+            tables::DUE,
+            due_key(
+                coupon.expires_at,
+                member,
+                kind::COUPON,
+                id.as_str().as_bytes(),
+            ),
+        ));
+    }
+    out
+}
+
+/// The member hash of a whole wallet: the sum of its row hashes.
+pub fn member_hash(state: &WalletState) -> [u8; 32] {
+    let mut sum = BucketSum::default();
+    for (key, value) in rows_of(state) {
+        sum.add(&row_hash(&key, &value));
+    }
+    sum.to_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading rows
+
+/// Ordered key-value reads: a snapshot, or a snapshot with a group commit's pending writes.
+pub trait RowRead {
+    /// One value.
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+    /// Visits the entries with `from <= key < to`, in key order, until told to stop.
+    fn visit(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), EngineError>;
+}
+
+/// Entries read per step of a range visit.
+const VISIT_CHUNK: usize = 256;
+
+impl RowRead for dyn Snapshot + '_ {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Snapshot::get(self, table, key)
+    }
+
+    fn visit(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), EngineError> {
+        let mut lower = Bound::Included(from.to_vec());
+        loop {
+            let entries = self.scan(
+                table,
+                (lower.as_ref().map(Vec::as_slice), Bound::Excluded(to)),
+                VISIT_CHUNK,
+            )?;
+            for (key, value) in &entries {
+                if visit(key, value) == Visit::Stop {
+                    return Ok(());
+                }
+            }
+            match entries.into_iter().last() {
+                Some((key, _)) => lower = Bound::Excluded(key),
+                None => return Ok(()),
+            }
+        }
     }
 }
 
-/// The stored wallet of a member (`None`: no wallet).
-pub fn load_wallet(
-    snap: &dyn Snapshot,
+/// A snapshot plus the writes a group commit has made so far: what the writer decides and folds
+/// against. Reads see the writes; [`Overlay::into_batch`] hands them to the commit.
+pub struct Overlay<'s> {
+    snap: &'s dyn Snapshot,
+    /// Per table: key -> new value (`None`: deleted).
+    writes: HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl<'s> Overlay<'s> {
+    /// No writes yet.
+    pub fn new(snap: &'s dyn Snapshot) -> Overlay<'s> {
+        Overlay {
+            snap,
+            writes: HashMap::new(),
+        }
+    }
+
+    /// The snapshot under the writes.
+    pub fn snapshot(&self) -> &'s dyn Snapshot {
+        self.snap
+    }
+
+    /// Sets a value.
+    pub fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.writes
+            .entry(table)
+            .or_default()
+            .insert(key, Some(value));
+    }
+
+    /// Deletes a value.
+    pub fn delete(&mut self, table: &'static str, key: Vec<u8>) {
+        self.writes.entry(table).or_default().insert(key, None);
+    }
+
+    /// Moves every write into `batch`, each table in key order.
+    pub fn into_batch(self, batch: &mut WriteBatch) {
+        for (table, writes) in self.writes {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.put(table, key, value),
+                    None => batch.delete(table, key),
+                }
+            }
+        }
+    }
+}
+
+impl RowRead for Overlay<'_> {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.writes.get(table).and_then(|w| w.get(key)) {
+            Some(value) => Ok(value.clone()),
+            None => Snapshot::get(self.snap, table, key),
+        }
+    }
+
+    fn visit(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), EngineError> {
+        let Some(writes) = self.writes.get(table) else {
+            return self.snap.visit(table, from, to, visit);
+        };
+        // Merge the snapshot's entries with the writes, a chunk of the snapshot at a time; a
+        // write wins over the snapshot's entry with the same key.
+        let mut lower = Bound::Included(from.to_vec());
+        loop {
+            let stored = self.snap.scan(
+                table,
+                (lower.as_ref().map(Vec::as_slice), Bound::Excluded(to)),
+                VISIT_CHUNK,
+            )?;
+            let exhausted = stored.len() < VISIT_CHUNK;
+            let chunk_end = match (exhausted, stored.last()) {
+                (false, Some((key, _))) => Bound::Included(key.clone()),
+                _ => Bound::Excluded(to.to_vec()),
+            };
+            let mut written = writes
+                .range::<[u8], _>((
+                    lower.as_ref().map(Vec::as_slice),
+                    chunk_end.as_ref().map(Vec::as_slice),
+                ))
+                .peekable();
+            let mut stored = stored.into_iter().peekable();
+            loop {
+                let take_written = match (stored.peek(), written.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some((s, _)), Some((w, _))) => w.as_slice() <= s.as_slice(),
+                };
+                let step = if take_written {
+                    let (key, value) = written.next().expect("peeked");
+                    if stored.peek().is_some_and(|(s, _)| s == key) {
+                        stored.next();
+                    }
+                    match value {
+                        Some(value) => visit(key, value),
+                        None => Visit::Continue,
+                    }
+                } else {
+                    let (key, value) = stored.next().expect("peeked");
+                    visit(&key, &value)
+                };
+                if step == Visit::Stop {
+                    return Ok(());
+                }
+            }
+            match chunk_end {
+                Bound::Included(key) if !exhausted => lower = Bound::Excluded(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The rows of a store as [`StateReader`]: what `decide` and the row fold read.
+pub struct Rows<'r, R: RowRead + ?Sized> {
+    read: &'r R,
+}
+
+impl<'r, R: RowRead + ?Sized> Rows<'r, R> {
+    /// Rows read through `read`.
+    pub fn new(read: &'r R) -> Rows<'r, R> {
+        Rows { read }
+    }
+}
+
+fn failure(member: &MemberId, what: &str, reason: impl std::fmt::Display) -> ReadFailure {
+    ReadFailure {
+        reason: format!("{what} of member {member}: {reason}"),
+    }
+}
+
+impl<R: RowRead + ?Sized> Rows<'_, R> {
+    fn row(
+        &self,
+        member: &MemberId,
+        what: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, ReadFailure> {
+        self.read
+            .get(tables::ROWS, key)
+            .map_err(|e| failure(member, what, e))
+    }
+}
+
+impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
+    fn summary(&self, member: &MemberId) -> Result<Option<WalletSummary>, ReadFailure> {
+        self.row(member, "summary", &summary_key(member))?
+            .map(|b| decode_summary(&b).map_err(|e| failure(member, "summary", e)))
+            .transpose()
+    }
+
+    fn payment(&self, member: &MemberId, id: &CommandId) -> Result<Option<Payment>, ReadFailure> {
+        self.row(member, "payment", &payment_key(member, id))?
+            .map(|b| decode_payment(&b).map_err(|e| failure(member, "payment", e)))
+            .transpose()
+    }
+
+    fn coupon(&self, member: &MemberId, id: &CouponId) -> Result<Option<Coupon>, ReadFailure> {
+        self.row(member, "coupon", &coupon_key(member, id))?
+            .map(|b| decode_coupon(&b).map_err(|e| failure(member, "coupon", e)))
+            .transpose()
+    }
+
+    fn has_badge(&self, member: &MemberId, badge: &Badge) -> Result<bool, ReadFailure> {
+        Ok(self
+            .row(member, "badge", &badge_key(member, badge))?
+            .is_some())
+    }
+
+    fn lot(&self, member: &MemberId, lot: LotId) -> Result<Option<MilesLot>, ReadFailure> {
+        self.row(member, "lot", &lot_key(member, lot))?
+            .map(|b| decode_lot(lot, &b).map_err(|e| failure(member, "lot", e)))
+            .transpose()
+    }
+
+    fn lots_by_expiry(
+        &self,
+        member: &MemberId,
+        after: Option<Timestamp>,
+        visit: &mut dyn FnMut(&MilesLot) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        let prefix = member_prefix(member);
+        let from = match after {
+            // The first key after every key of time `t`: time `t + 1`.
+            Some(t) if t.0 < i64::MAX => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&ordered_time(Timestamp(t.0 + 1)));
+                k
+            }
+            Some(_) => return Ok(()),
+            None => prefix.clone(),
+        };
+        let mut error = None;
+        self.read
+            .visit(
+                tables::LOT_ORDER,
+                &from,
+                &prefix_end(&prefix),
+                &mut |key, _| {
+                    let id = key
+                        .get(prefix.len() + 8..)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(|b| LotId(u32::from_be_bytes(b)));
+                    let lot = match id.map(|id| self.lot(member, id)) {
+                        Some(Ok(Some(lot))) if lot.remaining.0 > 0 => lot,
+                        Some(Err(e)) => {
+                            error = Some(e);
+                            return Visit::Stop;
+                        }
+                        _ => {
+                            error = Some(failure(
+                                member,
+                                "lot order entry",
+                                format!("{key:02x?} names no lot with miles left"),
+                            ));
+                            return Visit::Stop;
+                        }
+                    };
+                    visit(&lot)
+                },
+            )
+            .map_err(|e| failure(member, "lot order", e))?;
+        error.map_or(Ok(()), Err)
+    }
+
+    fn active_coupons_by_expiry(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        let prefix = member_prefix(member);
+        let mut error = None;
+        self.read
+            .visit(
+                tables::COUPON_ORDER,
+                &prefix,
+                &prefix_end(&prefix),
+                &mut |key, _| {
+                    let id = key
+                        .get(prefix.len() + 8..)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| CouponId::new(s).ok());
+                    let found = id.map(|id| (self.coupon(member, &id), id));
+                    match found {
+                        Some((Ok(Some(coupon)), id)) if coupon.status == CouponStatus::Active => {
+                            visit(&id, &coupon)
+                        }
+                        Some((Err(e), _)) => {
+                            error = Some(e);
+                            Visit::Stop
+                        }
+                        _ => {
+                            error = Some(failure(
+                                member,
+                                "coupon order entry",
+                                format!("{key:02x?} names no active coupon"),
+                            ));
+                            Visit::Stop
+                        }
+                    }
+                },
+            )
+            .map_err(|e| failure(member, "coupon order", e))?;
+        error.map_or(Ok(()), Err)
+    }
+
+    fn identity(
+        &self,
+        member: &MemberId,
+    ) -> Result<Option<ledger::domain::IdentityState>, ReadFailure> {
+        Err(ReadFailure {
+            reason: format!("the wallet rows hold no identity (asked for member {member})"),
+        })
+    }
+}
+
+/// Reads a member's whole wallet from its rows (`None`: no wallet). Reads every row of the
+/// member, so it is for showing and exporting a wallet, never for deciding a command.
+pub fn load_wallet<R: RowRead + ?Sized>(
+    read: &R,
     member: &MemberId,
 ) -> Result<Option<WalletState>, ProjectionError> {
-    match snap.get(tables::WALLETS, member.as_str().as_bytes())? {
-        None => Ok(None),
-        Some(bytes) => decode_state(member.as_str(), &bytes).map(Some),
+    let prefix = member_prefix(member);
+    let mut builder = WalletBuilder::new(member.clone());
+    let mut error = None;
+    read.visit(
+        tables::ROWS,
+        &prefix,
+        &prefix_end(&prefix),
+        &mut |key, value| match builder.add(&key[prefix.len()..], value) {
+            Ok(()) => Visit::Continue,
+            Err(e) => {
+                error = Some(e);
+                Visit::Stop
+            }
+        },
+    )?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    builder.finish()
+}
+
+/// Collects one member's rows (in key order) into a [`WalletState`], checking the summary
+/// against the rows.
+struct WalletBuilder {
+    member: MemberId,
+    summary: Option<WalletSummary>,
+    badges: BTreeSet<Badge>,
+    coupons: BTreeMap<CouponId, Coupon>,
+    lots: Vec<MilesLot>,
+    payments: BTreeMap<CommandId, Payment>,
+}
+
+impl WalletBuilder {
+    fn new(member: MemberId) -> WalletBuilder {
+        WalletBuilder {
+            member,
+            summary: None,
+            badges: BTreeSet::new(),
+            coupons: BTreeMap::new(),
+            lots: Vec::new(),
+            payments: BTreeMap::new(),
+        }
+    }
+
+    fn damaged(&self, reason: impl Into<String>) -> ProjectionError {
+        ProjectionError::View {
+            member: self.member.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// One row: `rest` is the key after `member 0x00`.
+    fn add(&mut self, rest: &[u8], value: &[u8]) -> Result<(), ProjectionError> {
+        let Some((&kind, id)) = rest.split_first() else {
+            return Err(self.damaged("row key with no kind"));
+        };
+        let text = || std::str::from_utf8(id).map_err(|_| self.damaged("row id is not UTF-8"));
+        match kind {
+            kind::SUMMARY => {
+                self.summary = Some(decode_summary(value).map_err(|e| self.damaged(e))?);
+            }
+            kind::BADGE => {
+                let badge = Badge::new(text()?).map_err(|e| self.damaged(format!("badge {e}")))?;
+                self.badges.insert(badge);
+            }
+            kind::COUPON => {
+                let id = CouponId::new(text()?).map_err(|e| self.damaged(format!("coupon {e}")))?;
+                let coupon = decode_coupon(value).map_err(|e| self.damaged(e))?;
+                self.coupons.insert(id, coupon);
+            }
+            kind::LOT => {
+                let id = <[u8; 4]>::try_from(id)
+                    .map(|b| LotId(u32::from_be_bytes(b)))
+                    .map_err(|_| self.damaged("lot id is not 4 bytes"))?;
+                self.lots
+                    .push(decode_lot(id, value).map_err(|e| self.damaged(e))?);
+            }
+            kind::PAYMENT => {
+                let id =
+                    CommandId::new(text()?).map_err(|e| self.damaged(format!("payment {e}")))?;
+                self.payments
+                    .insert(id, decode_payment(value).map_err(|e| self.damaged(e))?);
+            }
+            other => return Err(self.damaged(format!("unknown row kind {other:#04x}"))),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Option<WalletState>, ProjectionError> {
+        let Some(summary) = self.summary else {
+            if self.badges.is_empty()
+                && self.coupons.is_empty()
+                && self.lots.is_empty()
+                && self.payments.is_empty()
+            {
+                return Ok(None);
+            }
+            return Err(self.damaged("rows without a summary"));
+        };
+        let member = self.member.clone();
+        let state = WalletState::from_parts(
+            self.member,
+            summary.balance,
+            self.lots,
+            self.badges,
+            self.coupons,
+            self.payments,
+        )
+        .map_err(|e| ProjectionError::View {
+            member: member.to_string(),
+            reason: e.to_string(),
+        })?;
+        if state.summary() != summary {
+            return Err(ProjectionError::View {
+                member: member.to_string(),
+                reason: format!(
+                    "summary {summary:?} disagrees with the rows, which give {:?}",
+                    state.summary()
+                ),
+            });
+        }
+        Ok(Some(state))
     }
 }
+
+/// Every stored wallet in member id order, read from `wallet_rows` in chunks: one member's rows
+/// in memory at a time.
+pub fn for_each_wallet(
+    snap: &dyn Snapshot,
+    each: &mut dyn FnMut(WalletState) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    let mut current: Option<WalletBuilder> = None;
+    for chunk in ledger::engine::TableChunks::new(snap, tables::ROWS, 4_096) {
+        for (key, value) in chunk? {
+            let Some(split) = key.iter().position(|&b| b == 0) else {
+                return Err(ProjectionError::View {
+                    member: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "row key without a member terminator".into(),
+                });
+            };
+            let name = &key[..split];
+            if current
+                .as_ref()
+                .is_none_or(|b| b.member.as_str().as_bytes() != name)
+            {
+                if let Some(done) = current.take() {
+                    if let Some(state) = done.finish()? {
+                        each(state)?;
+                    }
+                }
+                let member = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| MemberId::new(n).ok())
+                    .ok_or_else(|| ProjectionError::View {
+                        member: String::from_utf8_lossy(name).into_owned(),
+                        reason: "row key does not start with a valid member id".into(),
+                    })?;
+                current = Some(WalletBuilder::new(member));
+            }
+            current
+                .as_mut()
+                .expect("set just above")
+                .add(&key[split + 1..], &value)?;
+        }
+    }
+    if let Some(done) = current {
+        if let Some(state) = done.finish()? {
+            each(state)?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing rows
+
+/// Writes one event's row changes for `member` into the overlay, with the index entries they
+/// call for, and returns the change of the member hash: (hashes to add, hashes to subtract).
+pub fn write_changes(
+    overlay: &mut Overlay<'_>,
+    member: &MemberId,
+    changes: Vec<RowChange>,
+    hash: &mut BucketSum,
+) -> Result<(), ProjectionError> {
+    for change in changes {
+        let (key, value) = match &change {
+            RowChange::Summary(s) => (summary_key(member), encode_summary(s)),
+            RowChange::Payment(id, p) => (payment_key(member, id), encode_payment(p)),
+            RowChange::Lot(lot) => (lot_key(member, lot.lot), encode_lot(lot)),
+            RowChange::Coupon(id, c) => (coupon_key(member, id), encode_coupon(c)),
+            RowChange::Badge(b) => (badge_key(member, b), Vec::new()),
+        };
+        let old = overlay.get(tables::ROWS, &key)?;
+        if let Some(old) = &old {
+            hash.sub(&row_hash(&key, old));
+        }
+        hash.add(&row_hash(&key, &value));
+        match &change {
+            RowChange::Lot(lot) => {
+                let id = lot.lot.0.to_be_bytes();
+                if let Some(old) = old.as_deref() {
+                    let old = decode_lot(lot.lot, old).map_err(|reason| ProjectionError::View {
+                        member: member.to_string(),
+                        reason,
+                    })?;
+                    if old.remaining.0 > 0 {
+                        overlay.delete(tables::LOT_ORDER, lot_order_key(member, &old));
+                        overlay
+                            .delete(tables::DUE, due_key(old.expires_at, member, kind::LOT, &id));
+                    }
+                }
+                if lot.remaining.0 > 0 {
+                    overlay.put(tables::LOT_ORDER, lot_order_key(member, lot), Vec::new());
+                    overlay.put(
+                        tables::DUE,
+                        due_key(lot.expires_at, member, kind::LOT, &id),
+                        Vec::new(),
+                    );
+                }
+            }
+            RowChange::Coupon(id, coupon) => {
+                let id_bytes = id.as_str().as_bytes();
+                if let Some(old) = old.as_deref() {
+                    let old = decode_coupon(old).map_err(|reason| ProjectionError::View {
+                        member: member.to_string(),
+                        reason,
+                    })?;
+                    if old.status == CouponStatus::Active {
+                        overlay.delete(tables::COUPON_ORDER, coupon_order_key(member, id, &old));
+                        overlay.delete(
+                            tables::DUE,
+                            due_key(old.expires_at, member, kind::COUPON, id_bytes),
+                        );
+                    }
+                }
+                if coupon.status == CouponStatus::Active {
+                    overlay.put(
+                        tables::COUPON_ORDER,
+                        coupon_order_key(member, id, coupon),
+                        Vec::new(),
+                    );
+                    overlay.put(
+                        tables::DUE,
+                        due_key(coupon.expires_at, member, kind::COUPON, id_bytes),
+                        Vec::new(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        overlay.put(tables::ROWS, key, value);
+    }
+    Ok(())
+}
+
+/// Writes a whole wallet's rows and index entries (rebuild).
+pub fn put_wallet(batch: &mut WriteBatch, state: &WalletState) {
+    for (key, value) in rows_of(state) {
+        batch.put(tables::ROWS, key, value);
+    }
+    for (table, key) in index_entries_of(state) {
+        batch.put(table, key, Vec::new());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole-store expiry index
+
+/// One member with something due: the member and how many items are due as of the scan's time.
+pub fn due_members(
+    snap: &dyn Snapshot,
+    as_of: Timestamp,
+    limit: usize,
+) -> Result<Vec<(MemberId, u64)>, ProjectionError> {
+    let mut members: BTreeMap<MemberId, u64> = BTreeMap::new();
+    let to = match as_of.0.checked_add(1) {
+        Some(next) => ordered_time(Timestamp(next)).to_vec(),
+        None => vec![0xff; 9],
+    };
+    let mut error = None;
+    let mut items = 0usize;
+    RowRead::visit(snap, tables::DUE, &[], &to, &mut |key, _| {
+        let member = key.get(8..).and_then(|rest| {
+            let end = rest.iter().position(|&b| b == 0)?;
+            MemberId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()
+        });
+        match member {
+            Some(member) => {
+                if members.len() >= limit && !members.contains_key(&member) {
+                    return Visit::Stop;
+                }
+                *members.entry(member).or_default() += 1;
+                items += 1;
+                Visit::Continue
+            }
+            None => {
+                error = Some(ProjectionError::View {
+                    member: "(expiry index)".into(),
+                    reason: format!("entry {key:02x?} has no valid member id"),
+                });
+                Visit::Stop
+            }
+        }
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok(members.into_iter().collect())
+}
+
+/// How many lots and coupons are due as of `as_of` over the whole store.
+pub fn due_count(snap: &dyn Snapshot, as_of: Timestamp) -> Result<u64, ProjectionError> {
+    let to = match as_of.0.checked_add(1) {
+        Some(next) => ordered_time(Timestamp(next)).to_vec(),
+        None => vec![0xff; 9],
+    };
+    let mut n = 0u64;
+    RowRead::visit(snap, tables::DUE, &[], &to, &mut |_, _| {
+        n += 1;
+        Visit::Continue
+    })?;
+    Ok(n)
+}
+
+/// The expiry time encoded at the start of a `wallet_due` key.
+pub fn due_time(key: &[u8]) -> Option<Timestamp> {
+    key.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(time_of_ordered)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint and layout
 
 /// The last log position folded into the views (0 when none).
 pub fn checkpoint(snap: &dyn Snapshot) -> Result<Position, ProjectionError> {
-    match snap.get(tables::CHECKPOINT, CHECKPOINT_KEY)? {
+    match Snapshot::get(snap, tables::CHECKPOINT, CHECKPOINT_KEY)? {
         None => Ok(Position(0)),
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
             .map(|b| Position(u64::from_le_bytes(b)))
@@ -85,5 +1056,62 @@ pub fn checkpoint(snap: &dyn Snapshot) -> Result<Position, ProjectionError> {
                 member: "(checkpoint)".into(),
                 reason: format!("checkpoint has {} bytes, expected 8", bytes.len()),
             }),
+    }
+}
+
+/// The layout the stored views are in: [`LAYOUT`], 1 for a store written before rows (views
+/// folded but no layout key), or `None` for views never written.
+pub fn stored_layout(snap: &dyn Snapshot) -> Result<Option<u32>, ProjectionError> {
+    match Snapshot::get(snap, tables::CHECKPOINT, LAYOUT_KEY)? {
+        Some(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+            .map(|b| Some(u32::from_le_bytes(b)))
+            .map_err(|_| ProjectionError::View {
+                member: "(layout)".into(),
+                reason: format!("layout has {} bytes, expected 4", bytes.len()),
+            }),
+        None if checkpoint(snap)?.0 > 0 => Ok(Some(1)),
+        None => Ok(None),
+    }
+}
+
+/// Refuses views of another layout: a store written before rows must be migrated first.
+pub fn require_layout(snap: &dyn Snapshot) -> Result<(), ProjectionError> {
+    match stored_layout(snap)? {
+        None => Ok(()),
+        Some(LAYOUT) => Ok(()),
+        Some(found) => Err(ProjectionError::Layout { found }),
+    }
+}
+
+/// Writes the checkpoint and this build's layout.
+pub fn put_checkpoint(batch: &mut WriteBatch, position: Position) {
+    batch.put(
+        tables::CHECKPOINT,
+        CHECKPOINT_KEY.to_vec(),
+        position.0.to_le_bytes().to_vec(),
+    );
+    batch.put(
+        tables::CHECKPOINT,
+        LAYOUT_KEY.to_vec(),
+        LAYOUT.to_le_bytes().to_vec(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout 1, for the migration
+
+/// Decodes a layout-1 `view_wallet` value (tag byte, then bincode 2 of the whole state) without
+/// the codec's 1 MiB limit, which is what made such wallets undecodable past ~35,000 payments.
+pub fn decode_state_v1(member: &str, bytes: &[u8]) -> Result<WalletState, ProjectionError> {
+    let damaged = |reason: String| ProjectionError::View {
+        member: member.to_owned(),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&VIEW_TAG_V1, body)) => Codec::Bincode2
+            .decode_unbounded(body)
+            .map_err(|e| damaged(e.to_string())),
+        Some((tag, _)) => Err(damaged(format!("unknown view tag {tag}"))),
+        None => Err(damaged("empty view record".into())),
     }
 }

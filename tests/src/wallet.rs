@@ -78,23 +78,28 @@ impl Audit {
     }
 }
 
-/// Every row of `view_wallet`, decoded.
+/// Every stored wallet, read from its rows (each checked against its summary row).
 pub fn stored_views(snap: &dyn Snapshot) -> BTreeMap<MemberId, WalletState> {
-    let rows = snap
-        .scan(
-            tables::WALLETS,
-            (Bound::Unbounded, Bound::Unbounded),
-            usize::MAX,
-        )
-        .expect("scanning view_wallet of a healthy store");
-    rows.into_iter()
-        .map(|(key, value)| {
-            let name = String::from_utf8(key).expect("view keys are member ids (ASCII)");
-            let state = views::decode_state(&name, &value)
-                .unwrap_or_else(|e| panic!("view of {name} does not decode: {e}"));
-            (member(&name), state)
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    views::for_each_wallet(snap, &mut |state| {
+        out.insert(state.member().clone(), state);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("reading the stored wallet rows failed: {e}"));
+    out
+}
+
+/// Every entry of the three expiry-order index tables, as (table, key).
+pub fn stored_index_entries(snap: &dyn Snapshot) -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for table in [tables::LOT_ORDER, tables::COUPON_ORDER, tables::DUE] {
+        let rows = snap
+            .scan(table, (Bound::Unbounded, Bound::Unbounded), usize::MAX)
+            .unwrap_or_else(|e| panic!("scanning {table}: {e}"));
+        out.extend(rows.into_iter().map(|(key, _)| (table, key)));
+    }
+    out.sort();
+    out
 }
 
 /// The digest of a fresh fold: [`DigestBuilder`] over `member_hash` of every state.
@@ -165,6 +170,13 @@ pub fn audit(snap: &dyn Snapshot, check_digest: bool, context: &str) -> Audit {
             "{context}: fold_member({m}) differs from the whole-log fold"
         );
     }
+    let mut wanted: Vec<(&'static str, Vec<u8>)> =
+        states.values().flat_map(views::index_entries_of).collect();
+    wanted.sort();
+    assert!(
+        stored_index_entries(snap) == wanted,
+        "{context}: the expiry-order indexes differ from what the folded wallets call for"
+    );
     check_state_invariants(&states, &totals, context);
     let digest = check_digest.then(|| check_stored_digest(snap, &states, context));
     Audit {
@@ -314,6 +326,45 @@ pub fn assert_applied(snap: &dyn Snapshot, id: &str, first: Position, count: u32
             "event {p} belongs to another command"
         );
     }
+}
+
+/// Asserts that a whole-store `expire` with `id` is recorded as done, and that the `count` events
+/// from `first` are its members' parts: each carries `<id>` U+001F `<member>` and is indexed under
+/// it. Returns the position its completion entry records (what a replay answers, with 0 events).
+pub fn assert_expire_all_applied(
+    snap: &dyn Snapshot,
+    id: &str,
+    first: Position,
+    count: u32,
+) -> Position {
+    let done = log::command_entry(snap, id)
+        .expect("reading the commands index")
+        .unwrap_or_else(|| panic!("whole-store expire {id} is not recorded as done"));
+    assert_eq!(done.count, 0, "the completion of {id} holds no events");
+    for p in first.0..first.0 + u64::from(count) {
+        let record = log::read_event(snap, Position(p))
+            .expect("reading an event")
+            .unwrap_or_else(|| panic!("event {p} of expire {id} is missing"));
+        let member = record
+            .command_id
+            .strip_prefix(id)
+            .and_then(|rest| rest.strip_prefix('\u{1f}'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "event {p} belongs to {:?}, not a part of {id}",
+                    record.command_id
+                )
+            });
+        assert_eq!(record.stream, format!("wallet-{member}"), "event {p}");
+        let part = log::command_entry(snap, &record.command_id)
+            .expect("reading the commands index")
+            .unwrap_or_else(|| panic!("part {:?} is not indexed", record.command_id));
+        assert!(
+            part.first_position.0 <= p && p < part.first_position.0 + u64::from(part.count),
+            "event {p} is outside its part's indexed range"
+        );
+    }
+    done.first_position
 }
 
 /// Asserts that `id` left no trace in the commands index (a rejected command).

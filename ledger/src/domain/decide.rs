@@ -2,9 +2,11 @@
 //! append, or a rejection saying which rule the command breaks.
 //!
 //! Why pure: the same inputs always give the same decision, so decisions can be tested as a
-//! table, replayed, and run under any storage. The caller loads the states of
-//! [`Command::stream_refs`], chooses the business time (`cmd.at`, else now), calls [`decide`],
-//! and appends the returned events atomically (all streams or none).
+//! table, replayed, and run under any storage. The caller hands [`decide`] a [`StateReader`]
+//! over the streams of [`Command::stream_refs`] (the ledger's writer: the stored rows plus what
+//! its group commit decided before), chooses the business time (`cmd.at`, else now), and appends
+//! the returned events atomically (all streams or none). A rule reads only the rows it needs, so
+//! its cost does not grow with a member's history.
 //!
 //! Invariants kept:
 //! - Every returned event applies cleanly (no [`super::FoldError`]) to the state it was decided on:
@@ -27,7 +29,8 @@ use super::events::{
 use super::ids::{
     identity_stream, wallet_stream, Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen,
 };
-use super::state::{CouponStatus, IdentityState, WalletState};
+use super::reader::{ReadFailure, StateReader, Visit, WalletSummary};
+use super::state::{Coupon, CouponStatus, IdentityState, MilesLot, Payment, WalletState};
 
 /// Why a coupon cannot be redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,16 +135,27 @@ pub enum Rejection {
         member: MemberId,
         what: &'static str,
     },
-    /// The caller did not pass the state of a stream that [`Command::stream_refs`] names. A bug
-    /// in the caller, reported instead of guessing "does not exist".
-    #[error("internal error: the state of stream {stream} was not passed to decide")]
-    StateNotLoaded { stream: String },
+    /// The reader could not answer (storage failed, a row is damaged, or a caller did not pass
+    /// the state of a stream the command names). Not a rule: callers report it as an error of
+    /// the store, and the command's id stays unused.
+    #[error("internal error: {reason}")]
+    Unreadable { reason: String },
 }
 
-/// The current states of the streams a command needs; `None` = the stream does not exist.
+impl From<ReadFailure> for Rejection {
+    fn from(failure: ReadFailure) -> Rejection {
+        Rejection::Unreadable {
+            reason: failure.reason,
+        }
+    }
+}
+
+/// In-memory states of the streams a command needs; `None` = the stream does not exist. A
+/// [`StateReader`] over whole [`WalletState`]s, for tests and generators that hold states in
+/// memory (the store reads rows instead).
 ///
 /// Only streams named by [`Command::stream_refs`] are looked up; a missing entry is a
-/// [`Rejection::StateNotLoaded`], never read as "does not exist".
+/// [`ReadFailure`], never read as "does not exist".
 #[derive(Clone, Debug, Default)]
 pub struct DecideInput<'a> {
     wallets: BTreeMap<MemberId, Option<&'a WalletState>>,
@@ -166,27 +180,78 @@ impl<'a> DecideInput<'a> {
         self
     }
 
-    fn wallet(&self, member: &MemberId) -> Result<Option<&'a WalletState>, Rejection> {
+    fn wallet(&self, member: &MemberId) -> Result<Option<&'a WalletState>, ReadFailure> {
         self.wallets
             .get(member)
             .copied()
-            .ok_or_else(|| Rejection::StateNotLoaded {
-                stream: wallet_stream(member),
+            .ok_or_else(|| ReadFailure {
+                reason: format!(
+                    "the state of stream {} was not passed to decide",
+                    wallet_stream(member)
+                ),
             })
     }
+}
 
-    fn existing_wallet(&self, member: &MemberId) -> Result<&'a WalletState, Rejection> {
-        self.wallet(member)?.ok_or_else(|| Rejection::NoWallet {
-            member: member.clone(),
-        })
+impl StateReader for DecideInput<'_> {
+    fn summary(&self, member: &MemberId) -> Result<Option<WalletSummary>, ReadFailure> {
+        Ok(self.wallet(member)?.map(WalletState::summary))
     }
 
-    fn identity(&self, member: &MemberId) -> Result<Option<&'a IdentityState>, Rejection> {
+    fn payment(&self, member: &MemberId, id: &CommandId) -> Result<Option<Payment>, ReadFailure> {
+        Ok(self
+            .wallet(member)?
+            .and_then(|w| w.payments().get(id).cloned()))
+    }
+
+    fn coupon(&self, member: &MemberId, id: &CouponId) -> Result<Option<Coupon>, ReadFailure> {
+        Ok(self
+            .wallet(member)?
+            .and_then(|w| w.coupons().get(id).cloned()))
+    }
+
+    fn has_badge(&self, member: &MemberId, badge: &Badge) -> Result<bool, ReadFailure> {
+        Ok(self
+            .wallet(member)?
+            .is_some_and(|w| w.badges().contains(badge)))
+    }
+
+    fn lot(&self, member: &MemberId, lot: LotId) -> Result<Option<MilesLot>, ReadFailure> {
+        Ok(self.wallet(member)?.and_then(|w| w.lot(lot).cloned()))
+    }
+
+    fn lots_by_expiry(
+        &self,
+        member: &MemberId,
+        after: Option<Timestamp>,
+        visit: &mut dyn FnMut(&MilesLot) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        if let Some(w) = self.wallet(member)? {
+            w.visit_lots_by_expiry(after, visit);
+        }
+        Ok(())
+    }
+
+    fn active_coupons_by_expiry(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        if let Some(w) = self.wallet(member)? {
+            w.visit_active_coupons_by_expiry(visit);
+        }
+        Ok(())
+    }
+
+    fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure> {
         self.identities
             .get(member)
-            .copied()
-            .ok_or_else(|| Rejection::StateNotLoaded {
-                stream: identity_stream(member),
+            .map(|s| s.cloned())
+            .ok_or_else(|| ReadFailure {
+                reason: format!(
+                    "the state of stream {} was not passed to decide",
+                    identity_stream(member)
+                ),
             })
     }
 }
@@ -200,18 +265,25 @@ pub struct StreamEvents {
     pub events: Vec<DomainEvent>,
 }
 
-/// Decides what `cmd` does at business time `at` given the states in `input`.
+/// A wallet as a rule sees it: its member and summary; further rows are read through the reader.
+struct Wallet<'r> {
+    member: &'r MemberId,
+    summary: WalletSummary,
+    rows: &'r dyn StateReader,
+}
+
+/// Decides what `cmd` does at business time `at`, reading the rows it needs from `rows`.
 ///
 /// `Ok(vec![])` is a success that writes no event: an `expire` that found nothing due, and
-/// `expire` without a member, which the caller must run as [`decide_expire`] on every wallet.
+/// `expire` without a member, which the caller runs member by member with [`decide_expire`].
 pub fn decide(
     cmd: &Command,
     at: Timestamp,
-    input: &DecideInput,
+    rows: &dyn StateReader,
 ) -> Result<Vec<StreamEvents>, Rejection> {
     match &cmd.body {
-        CommandBody::OpenWallet { member } => decide_open(member, input),
-        CommandBody::TopUp { member, amount } => on_wallet(input, member, |w| {
+        CommandBody::OpenWallet { member } => decide_open(member, rows),
+        CommandBody::TopUp { member, amount } => on_wallet(rows, member, |w| {
             credit_check(w, *amount)?;
             Ok(WalletEvent::ToppedUp(ToppedUp { amount: *amount }))
         }),
@@ -219,46 +291,52 @@ pub fn decide(
             member,
             amount,
             merchant,
-        } => on_wallet(input, member, |w| decide_pay(&cmd.id, *amount, merchant, w)),
+        } => on_wallet(rows, member, |w| decide_pay(&cmd.id, *amount, merchant, w)),
         CommandBody::Refund {
             member,
             payment,
             amount,
-        } => on_wallet(input, member, |w| decide_refund(payment, *amount, w)),
-        CommandBody::Transfer { from, to, amount } => decide_transfer(from, to, *amount, input),
+        } => on_wallet(rows, member, |w| decide_refund(payment, *amount, w)),
+        CommandBody::Transfer { from, to, amount } => decide_transfer(from, to, *amount, rows),
         CommandBody::EarnMiles {
             member,
             miles,
             expires_at,
-        } => on_wallet(input, member, |w| decide_earn(*miles, *expires_at, at, w)),
+        } => on_wallet(rows, member, |w| decide_earn(*miles, *expires_at, at, w)),
         CommandBody::RedeemMiles { member, miles } => {
-            on_wallet(input, member, |w| decide_redeem_miles(*miles, at, w))
+            on_wallet(rows, member, |w| decide_redeem_miles(*miles, at, w))
         }
         CommandBody::AwardBadge { member, badge } => {
-            on_wallet(input, member, |w| decide_award_badge(badge, w))
+            on_wallet(rows, member, |w| decide_award_badge(badge, w))
         }
         CommandBody::IssueCoupon {
             member,
             coupon,
             value,
             expires_at,
-        } => on_wallet(input, member, |w| {
+        } => on_wallet(rows, member, |w| {
             decide_issue_coupon(coupon, *value, *expires_at, at, w)
         }),
         CommandBody::RedeemCoupon { member, coupon } => {
-            on_wallet(input, member, |w| decide_redeem_coupon(coupon, at, w))
+            on_wallet(rows, member, |w| decide_redeem_coupon(coupon, at, w))
         }
-        CommandBody::Expire { as_of, member } => decide_expire_command(*as_of, member, input),
-        CommandBody::Register { member, login } => decide_register(member, login, input),
+        CommandBody::Expire { as_of, member } => match member {
+            None => Ok(Vec::new()),
+            Some(member) => {
+                existing_wallet(rows, member)?;
+                Ok(wallet_events(member, decide_expire(rows, member, *as_of)?))
+            }
+        },
+        CommandBody::Register { member, login } => decide_register(member, login, rows),
         CommandBody::ChangePassword { member } => on_identity(
-            input,
+            rows,
             member,
             IdentityEvent::PasswordChanged(PasswordChanged),
         ),
         CommandBody::ResetPassword { member, reason } => {
             let reason = reason.clone();
             on_identity(
-                input,
+                rows,
                 member,
                 IdentityEvent::PasswordReset(PasswordReset { reason }),
             )
@@ -266,26 +344,40 @@ pub fn decide(
     }
 }
 
-/// The events that `expire` with `as_of` produces in one wallet: every lot with miles left and
-/// `expires_at <= as_of` (in lot order), then every active coupon with `expires_at <= as_of`
-/// (in coupon id order). Possibly none.
-pub fn decide_expire(state: &WalletState, as_of: Timestamp) -> Vec<WalletEvent> {
-    let lots = state
-        .lots()
-        .iter()
-        .filter(|lot| lot.remaining.0 > 0 && lot.expires_at <= as_of)
-        .map(|lot| {
-            WalletEvent::MilesExpired(MilesExpired {
-                lot: lot.lot,
-                miles: lot.remaining,
-            })
-        });
-    let coupons = state
-        .coupons()
-        .iter()
-        .filter(|(_, c)| c.status == CouponStatus::Active && c.expires_at <= as_of)
-        .map(|(id, _)| WalletEvent::CouponExpired(CouponExpired { coupon: id.clone() }));
-    lots.chain(coupons).collect()
+/// The events that `expire` with `as_of` produces in the wallet of `member`: every lot with
+/// miles left and `expires_at <= as_of` (in lot order), then every active coupon with
+/// `expires_at <= as_of` (in coupon id order). Possibly none. Reads only the due rows, through
+/// the reader's expiry order.
+pub fn decide_expire(
+    rows: &dyn StateReader,
+    member: &MemberId,
+    as_of: Timestamp,
+) -> Result<Vec<WalletEvent>, Rejection> {
+    let mut lots: Vec<(LotId, Miles)> = Vec::new();
+    rows.lots_by_expiry(member, None, &mut |lot| {
+        if lot.expires_at > as_of {
+            return Visit::Stop;
+        }
+        lots.push((lot.lot, lot.remaining));
+        Visit::Continue
+    })?;
+    let mut coupons: Vec<CouponId> = Vec::new();
+    rows.active_coupons_by_expiry(member, &mut |id, coupon| {
+        if coupon.expires_at > as_of {
+            return Visit::Stop;
+        }
+        coupons.push(id.clone());
+        Visit::Continue
+    })?;
+    lots.sort_unstable_by_key(|(lot, _)| *lot);
+    coupons.sort_unstable();
+    let lots = lots
+        .into_iter()
+        .map(|(lot, miles)| WalletEvent::MilesExpired(MilesExpired { lot, miles }));
+    let coupons = coupons
+        .into_iter()
+        .map(|coupon| WalletEvent::CouponExpired(CouponExpired { coupon }));
+    Ok(lots.chain(coupons).collect())
 }
 
 /// Wraps wallet events for one member's stream; no entry when there are none.
@@ -299,18 +391,32 @@ fn wallet_events(member: &MemberId, events: Vec<WalletEvent>) -> Vec<StreamEvent
     }]
 }
 
-/// Runs a one-event rule on the existing wallet of `member`.
-fn on_wallet(
-    input: &DecideInput,
-    member: &MemberId,
-    rule: impl FnOnce(&WalletState) -> Result<WalletEvent, Rejection>,
-) -> Result<Vec<StreamEvents>, Rejection> {
-    let wallet = input.existing_wallet(member)?;
-    Ok(wallet_events(member, vec![rule(wallet)?]))
+fn existing_wallet<'r>(
+    rows: &'r dyn StateReader,
+    member: &'r MemberId,
+) -> Result<Wallet<'r>, Rejection> {
+    let summary = rows.summary(member)?.ok_or_else(|| Rejection::NoWallet {
+        member: member.clone(),
+    })?;
+    Ok(Wallet {
+        member,
+        summary,
+        rows,
+    })
 }
 
-fn decide_open(member: &MemberId, input: &DecideInput) -> Result<Vec<StreamEvents>, Rejection> {
-    if input.wallet(member)?.is_some() {
+/// Runs a one-event rule on the existing wallet of `member`.
+fn on_wallet(
+    rows: &dyn StateReader,
+    member: &MemberId,
+    rule: impl FnOnce(&Wallet<'_>) -> Result<WalletEvent, Rejection>,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    let wallet = existing_wallet(rows, member)?;
+    Ok(wallet_events(member, vec![rule(&wallet)?]))
+}
+
+fn decide_open(member: &MemberId, rows: &dyn StateReader) -> Result<Vec<StreamEvents>, Rejection> {
+    if rows.summary(member)?.is_some() {
         return Err(Rejection::WalletExists {
             member: member.clone(),
         });
@@ -321,23 +427,10 @@ fn decide_open(member: &MemberId, input: &DecideInput) -> Result<Vec<StreamEvent
     Ok(wallet_events(member, vec![opened]))
 }
 
-/// `expire` with a member; without one the caller runs [`decide_expire`] per wallet.
-fn decide_expire_command(
-    as_of: Timestamp,
-    member: &Option<MemberId>,
-    input: &DecideInput,
-) -> Result<Vec<StreamEvents>, Rejection> {
-    let Some(member) = member else {
-        return Ok(Vec::new());
-    };
-    let wallet = input.existing_wallet(member)?;
-    Ok(wallet_events(member, decide_expire(wallet, as_of)))
-}
-
-fn decide_award_badge(badge: &Badge, wallet: &WalletState) -> Result<WalletEvent, Rejection> {
-    if wallet.badges().contains(badge) {
+fn decide_award_badge(badge: &Badge, wallet: &Wallet<'_>) -> Result<WalletEvent, Rejection> {
+    if wallet.rows.has_badge(wallet.member, badge)? {
         return Err(Rejection::BadgeHeld {
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
             badge: badge.clone(),
         });
     }
@@ -347,21 +440,21 @@ fn decide_award_badge(badge: &Badge, wallet: &WalletState) -> Result<WalletEvent
 }
 
 /// Refuses a credit that would push the balance past `u64::MAX`.
-fn credit_check(wallet: &WalletState, amount: Yen) -> Result<(), Rejection> {
-    match wallet.balance().0.checked_add(amount.0) {
+fn credit_check(wallet: &Wallet<'_>, amount: Yen) -> Result<(), Rejection> {
+    match wallet.summary.balance.0.checked_add(amount.0) {
         Some(_) => Ok(()),
         None => Err(Rejection::Overflow {
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
             what: "balance",
         }),
     }
 }
 
-fn debit_check(wallet: &WalletState, amount: Yen) -> Result<(), Rejection> {
-    if wallet.balance() < amount {
+fn debit_check(wallet: &Wallet<'_>, amount: Yen) -> Result<(), Rejection> {
+    if wallet.summary.balance < amount {
         return Err(Rejection::InsufficientBalance {
-            member: wallet.member().clone(),
-            balance: wallet.balance(),
+            member: wallet.member.clone(),
+            balance: wallet.summary.balance,
             needed: amount,
         });
     }
@@ -372,12 +465,12 @@ fn decide_pay(
     id: &CommandId,
     amount: Yen,
     merchant: &str,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     debit_check(wallet, amount)?;
-    if wallet.payments().contains_key(id) {
+    if wallet.rows.payment(wallet.member, id)?.is_some() {
         return Err(Rejection::PaymentExists {
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
             payment: id.clone(),
         });
     }
@@ -393,12 +486,12 @@ fn decide_pay(
 fn decide_refund(
     payment: &CommandId,
     amount: Yen,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
-    let Some(record) = wallet.payments().get(payment) else {
+    let Some(record) = wallet.rows.payment(wallet.member, payment)? else {
         return Err(Rejection::NotAPayment {
             payment: payment.clone(),
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
         });
     };
     // refunded <= paid is a state invariant; saturating keeps a damaged state from panicking.
@@ -422,17 +515,17 @@ fn decide_transfer(
     from: &MemberId,
     to: &MemberId,
     amount: Yen,
-    input: &DecideInput,
+    rows: &dyn StateReader,
 ) -> Result<Vec<StreamEvents>, Rejection> {
     if from == to {
         return Err(Rejection::SameMember {
             member: from.clone(),
         });
     }
-    let source = input.existing_wallet(from)?;
-    let target = input.existing_wallet(to)?;
-    debit_check(source, amount)?;
-    credit_check(target, amount)?;
+    let source = existing_wallet(rows, from)?;
+    let target = existing_wallet(rows, to)?;
+    debit_check(&source, amount)?;
+    credit_check(&target, amount)?;
     let out = WalletEvent::TransferredOut(TransferredOut {
         to: to.clone(),
         amount,
@@ -457,17 +550,21 @@ fn decide_earn(
     miles: Miles,
     expires_at: Timestamp,
     at: Timestamp,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     expiry_check(expires_at, at)?;
     let overflow = |what| Rejection::Overflow {
-        member: wallet.member().clone(),
+        member: wallet.member.clone(),
         what,
     };
-    let lot = wallet.next_lot_id().ok_or_else(|| overflow("lot count"))?;
+    let lot = wallet
+        .summary
+        .next_lot_id()
+        .ok_or_else(|| overflow("lot count"))?;
     // The fold refuses an outstanding total past u64::MAX, so decide must refuse it first.
     wallet
-        .miles_outstanding()
+        .summary
+        .miles_outstanding
         .0
         .checked_add(miles.0)
         .ok_or_else(|| overflow("miles outstanding"))?;
@@ -478,37 +575,37 @@ fn decide_earn(
     }))
 }
 
-/// Consumes available lots, earliest `expires_at` first, ties in earn (lot id) order.
+/// Consumes available lots (`expires_at > at`, miles left), earliest `expires_at` first, ties
+/// in earn (lot id) order. Reads the lots it consumes, in the reader's expiry order; only a
+/// refusal reads every available lot, to name the exact number available.
 fn decide_redeem_miles(
     miles: Miles,
     at: Timestamp,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
-    let available = wallet.miles_available_at(at);
-    if available < miles {
+    let mut consumed: Vec<(LotId, Miles)> = Vec::new();
+    let mut needed = miles.0;
+    let mut available = 0u64;
+    wallet
+        .rows
+        .lots_by_expiry(wallet.member, Some(at), &mut |lot| {
+            available = available.saturating_add(lot.remaining.0);
+            if needed > 0 {
+                let take = needed.min(lot.remaining.0);
+                consumed.push((lot.lot, Miles(take)));
+                needed -= take;
+                return Visit::Continue;
+            }
+            // Enough taken: go on only to count what is available for the refusal message.
+            Visit::Stop
+        })?;
+    if needed > 0 {
         return Err(Rejection::InsufficientMiles {
-            member: wallet.member().clone(),
-            available,
+            member: wallet.member.clone(),
+            available: Miles(available),
             needed: miles,
         });
     }
-    let mut lots: Vec<_> = wallet
-        .lots()
-        .iter()
-        .filter(|lot| lot.expires_at > at && lot.remaining.0 > 0)
-        .collect();
-    lots.sort_by_key(|lot| (lot.expires_at, lot.lot));
-    let mut consumed: Vec<(LotId, Miles)> = Vec::new();
-    let mut needed = miles.0;
-    for lot in lots {
-        if needed == 0 {
-            break;
-        }
-        let take = needed.min(lot.remaining.0);
-        consumed.push((lot.lot, Miles(take)));
-        needed -= take;
-    }
-    debug_assert_eq!(needed, 0, "available >= miles was checked above");
     Ok(WalletEvent::MilesRedeemed(MilesRedeemed {
         miles,
         consumed,
@@ -520,12 +617,12 @@ fn decide_issue_coupon(
     value: Yen,
     expires_at: Timestamp,
     at: Timestamp,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     expiry_check(expires_at, at)?;
-    if wallet.coupons().contains_key(coupon) {
+    if wallet.rows.coupon(wallet.member, coupon)?.is_some() {
         return Err(Rejection::CouponExists {
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
             coupon: coupon.clone(),
         });
     }
@@ -539,11 +636,11 @@ fn decide_issue_coupon(
 fn decide_redeem_coupon(
     id: &CouponId,
     at: Timestamp,
-    wallet: &WalletState,
+    wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
-    let Some(coupon) = wallet.coupons().get(id) else {
+    let Some(coupon) = wallet.rows.coupon(wallet.member, id)? else {
         return Err(Rejection::NoCoupon {
-            member: wallet.member().clone(),
+            member: wallet.member.clone(),
             coupon: id.clone(),
         });
     };
@@ -578,9 +675,9 @@ fn identity_events(member: &MemberId, event: IdentityEvent) -> Vec<StreamEvents>
 fn decide_register(
     member: &MemberId,
     login: &str,
-    input: &DecideInput,
+    rows: &dyn StateReader,
 ) -> Result<Vec<StreamEvents>, Rejection> {
-    if input.identity(member)?.is_some() {
+    if rows.identity(member)?.is_some() {
         return Err(Rejection::AlreadyRegistered {
             member: member.clone(),
         });
@@ -594,17 +691,17 @@ fn decide_register(
 
 /// `change_password` / `reset_password`: need a registered identity, touch nothing else.
 fn on_identity(
-    input: &DecideInput,
+    rows: &dyn StateReader,
     member: &MemberId,
     event: IdentityEvent,
 ) -> Result<Vec<StreamEvents>, Rejection> {
-    registered(input, member)?;
+    registered(rows, member)?;
     Ok(identity_events(member, event))
 }
 
 /// The identity of `member`, which must exist; its counters must also have room for one more.
-fn registered(input: &DecideInput, member: &MemberId) -> Result<(), Rejection> {
-    let identity = input
+fn registered(rows: &dyn StateReader, member: &MemberId) -> Result<(), Rejection> {
+    let identity = rows
         .identity(member)?
         .ok_or_else(|| Rejection::NotRegistered {
             member: member.clone(),

@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::append::NewEvent;
 use crate::codec::{Codec, CodecError};
 use crate::timestamp::Timestamp;
 
@@ -495,6 +496,18 @@ impl DomainEvent {
             DomainEvent::Wallet(e) => e.encode(codec),
             DomainEvent::Identity(e) => e.encode(codec),
         }
+    }
+
+    /// The event ready to append: type name, this build's schema version, the default codec's
+    /// payload, business time `at`. The one place a domain event becomes a [`NewEvent`].
+    pub fn to_new_event(&self, at: Timestamp) -> Result<NewEvent, CodecError> {
+        Ok(NewEvent {
+            event_type: self.event_type().to_owned(),
+            schema_version: self.schema_version(),
+            codec: Codec::DEFAULT,
+            payload: self.encode(Codec::DEFAULT)?,
+            at,
+        })
     }
 
     /// Rebuilds an event from its envelope's type name and version and its payload bytes.

@@ -11,7 +11,11 @@
 //! - [`command`]: the JSON Lines command format (SPEC section 2), strict parsing, fingerprints.
 //! - [`events`]: events with stable type names, schema versions and payload encoding.
 //! - [`state`]: `WalletState` / `IdentityState` and their checked, all-or-nothing `apply`.
-//! - [`decide`](mod@decide): the rules, as a pure function from command and states to events.
+//! - [`reader`]: [`StateReader`], the rows `decide` may read (point lookups and ordered visits,
+//!   never a whole history).
+//! - [`rows`]: the fold one row at a time ([`wallet_row_changes`]), for stores that keep a
+//!   wallet as a summary plus one row per entity.
+//! - [`decide`](mod@decide): the rules, as a pure function from command and rows to events.
 //!
 //! Invariants kept across the module: no floats for money; no panics on input (every error is
 //! a typed value with a one-line message); identity commands and events never touch a wallet
@@ -21,6 +25,8 @@ pub mod command;
 pub mod decide;
 pub mod events;
 pub mod ids;
+pub mod reader;
+pub mod rows;
 pub mod state;
 
 #[cfg(test)]
@@ -39,6 +45,8 @@ pub use ids::{
     identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,
     MemberId, Miles, StreamKind, StreamRef, Yen,
 };
+pub use reader::{ReadFailure, StateReader, Visit, WalletSummary};
+pub use rows::{wallet_row_changes, RowChange};
 pub use state::{
     apply_identity_event, apply_wallet_event, Coupon, CouponStatus, FoldError, IdentityState,
     MilesLot, Payment, WalletState,

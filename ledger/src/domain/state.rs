@@ -170,6 +170,20 @@ pub enum FoldError {
         /// Which counter.
         what: &'static str,
     },
+    /// The stored rows the event applies to could not be read (a row fold only).
+    #[error("the rows it applies to cannot be read: {reason}")]
+    Unreadable {
+        /// What could not be read and why.
+        reason: String,
+    },
+    /// Stored rows that do not make a wallet (lots not numbered 1..n, say).
+    #[error("the stored rows of member {member} are inconsistent: {reason}")]
+    Inconsistent {
+        /// The wallet's member.
+        member: MemberId,
+        /// What does not fit.
+        reason: String,
+    },
 }
 
 /// One miles lot.
@@ -289,6 +303,47 @@ impl WalletState {
             coupons: BTreeMap::new(),
             payments: BTreeMap::new(),
         }
+    }
+
+    /// A wallet from its stored parts (the projections' rows). `lots` must be lots 1..=n in
+    /// order, and no lot may hold more than it earned; the other invariants hold by the types.
+    pub fn from_parts(
+        member: MemberId,
+        balance: Yen,
+        lots: Vec<MilesLot>,
+        badges: BTreeSet<Badge>,
+        coupons: BTreeMap<CouponId, Coupon>,
+        payments: BTreeMap<CommandId, Payment>,
+    ) -> Result<WalletState, FoldError> {
+        for (index, lot) in lots.iter().enumerate() {
+            let dense = usize::try_from(lot.lot.0).ok() == index.checked_add(1);
+            if !dense || lot.remaining > lot.earned {
+                return Err(FoldError::Inconsistent {
+                    member,
+                    reason: format!(
+                        "lot {} at place {} (earned {}, remaining {})",
+                        lot.lot,
+                        index + 1,
+                        lot.earned,
+                        lot.remaining
+                    ),
+                });
+            }
+        }
+        if let Some((id, p)) = payments.iter().find(|(_, p)| p.refunded > p.paid) {
+            return Err(FoldError::Inconsistent {
+                member,
+                reason: format!("payment {id} refunded {} of {}", p.refunded, p.paid),
+            });
+        }
+        Ok(WalletState {
+            member,
+            balance,
+            lots,
+            badges,
+            coupons,
+            payments,
+        })
     }
 
     /// The owner.

@@ -68,10 +68,15 @@ impl World {
             .iter()
             .map(|(m, w)| StreamEvents {
                 stream: wallet_stream(m),
-                events: decide_expire(w, as_of)
-                    .into_iter()
-                    .map(DomainEvent::Wallet)
-                    .collect(),
+                events: decide_expire(
+                    &DecideInput::new().with_wallet(m.clone(), Some(w)),
+                    m,
+                    as_of,
+                )
+                .expect("an in-memory wallet always reads")
+                .into_iter()
+                .map(DomainEvent::Wallet)
+                .collect(),
             })
             .filter(|s| !s.events.is_empty())
             .collect()

@@ -1130,7 +1130,7 @@ async fn run_client(
                 tally.events += u64::from(s.outcome.count);
                 tally.shapes.push(shape);
             }
-            Err(e @ (SubmitError::Rejected(_) | SubmitError::Contention { .. })) => {
+            Err(e @ SubmitError::Rejected(_)) => {
                 tally.rejected += 1;
                 tally.first_error.get_or_insert_with(|| e.to_string());
             }

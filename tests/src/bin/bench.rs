@@ -9,6 +9,10 @@
 //!   (append-1 / append-100 at 1, 8, 64 writers; raw write + fdatasync baseline in the same run);
 //! - `scripts/pg_peer.sh` (the PostgreSQL peer, same workload), unless `--no-pg`;
 //! - `bench_wallet commands` (64 clients, decide + append + views; raw-append baseline);
+//! - `bench_wallet history` (the commands mix, 64 clients on one member with H events of
+//!   history; baseline: H = 0 in the same run);
+//! - `bench_wallet hot` (64 clients transferring out of one wallet; baseline: the same load out of
+//!   one wallet per client, in the same run);
 //! - `bench_wallet rebuild` (a kept store of >= 10M events; raw-scan baseline);
 //! - the operator steps on a `migrate-tool demo` store: demo, verify, a raw scan
 //!   (`bench_wallet scan`, the baseline of verify / check), check, `bench_wallet digest`
@@ -64,6 +68,10 @@ struct Args {
     /// Seconds per append / commands run (default 5; 1 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
+    /// History lengths of the `history` workload, comma-separated (default
+    /// 0,10000,100000,1000000; 0,10000 with --quick).
+    #[arg(long)]
+    histories: Option<String>,
     /// Events in the rebuild store (default 10,000,000; 200,000 with --quick).
     #[arg(long)]
     rebuild_events: Option<u64>,
@@ -684,6 +692,7 @@ fn u(v: &Value, key: &str) -> Option<u64> {
 
 struct Plan {
     seconds: f64,
+    histories: String,
     rebuild_events: u64,
     rebuild_members: u64,
     demo_members: u64,
@@ -962,6 +971,170 @@ fn commands_row(table: &mut Table, c: &Child) {
         },
         d.clone(),
     );
+}
+
+/// `history` / `hot` failures of a `bench_wallet` load document: `rejected 0, contention 12,
+/// other 0` and the first message of each kind that occurred.
+fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
+    let failures = &load["failures"];
+    let mut counts = Vec::new();
+    let mut firsts = Vec::new();
+    for kind in ["rejected", "contention", "other"] {
+        let n = u(&failures[kind], "count").unwrap_or(0);
+        counts.push(format!("{kind} {n}"));
+        if n > 0 {
+            firsts.push(format!(
+                "{kind} {n}, first: {}",
+                failures[kind]["first"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    let total = u(failures, "total").unwrap_or(0);
+    (total, counts.join(", "), firsts)
+}
+
+/// 1000000 -> "1M", 10000 -> "10k".
+fn short_count(n: u64) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n % 1_000 == 0 {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn history_rows(table: &mut Table, c: &Child) {
+    let section = "history: the commands mix, 64 clients all on one member with H events of history (bench_wallet history); baseline: H = 0 in the same run";
+    let target = "H=1M >= 67% of H=0 (within 1.5x), 0 failures";
+    if let Some(why) = c.failure() {
+        return table.missing(section, "history C=64", target, &why, true);
+    }
+    let d = c.json.as_ref().expect("ok implies JSON");
+    let fresh = f(d, "fresh_commands_per_s");
+    let min_ratio = f(d, "target_ratio_min");
+    let points = d
+        .get("points")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut judged = false;
+    for p in &points {
+        let h = u(p, "history").unwrap_or(0);
+        let name = format!("history H={} C=64", short_count(h));
+        let is_target = h == 1_000_000;
+        judged |= is_target;
+        let row_target = if is_target { target } else { "-" };
+        if p.get("measured").and_then(Value::as_bool) != Some(true) {
+            let why = p["error"].as_str().unwrap_or("not measured");
+            table.missing(section, name, row_target, why, true);
+            continue;
+        }
+        let rate = f(p, "commands_per_s");
+        let ratio = f(p, "ratio_vs_fresh");
+        let (failed, counts, firsts) = failures_text(p);
+        let verdict = if !is_target {
+            Verdict::Info
+        } else if ratio >= min_ratio && failed == 0 {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        };
+        let applied = u(p, "commands").unwrap_or(0) > 0;
+        let row = table.add(
+            section,
+            name,
+            format!(
+                "{} commands/s, p50 {}, p99 {}; failures: {counts}",
+                thousands(rate),
+                if applied {
+                    fmt_us(f(p, "p50_us"))
+                } else {
+                    "-".into()
+                },
+                if applied {
+                    fmt_us(f(p, "p99_us"))
+                } else {
+                    "-".into()
+                },
+            ),
+            format!("H=0 {} commands/s", thousands(fresh)),
+            format!("{} of H=0", pct(ratio)),
+            row_target,
+            verdict,
+            p.clone(),
+        );
+        let mut note = firsts.join("; ");
+        let fallbacks = u(p, "coupon_fallbacks").unwrap_or(0);
+        if fallbacks > 0 {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            let _ = write!(
+                note,
+                "{fallbacks} redeem_coupon fell back to top_up (coupons used up)"
+            );
+        }
+        row.note = note;
+    }
+    if points.is_empty() {
+        table.missing(
+            section,
+            "history C=64",
+            target,
+            "the child reported no history points",
+            true,
+        );
+    } else if !judged {
+        if let Some(last) = table.rows.last_mut() {
+            let sep = if last.note.is_empty() { "" } else { "; " };
+            last.note = format!(
+                "{}{sep}no H=1M point (--quick or --histories): the target is not judged",
+                last.note
+            );
+        }
+    }
+}
+
+fn hot_row(table: &mut Table, c: &Child) {
+    let section = "hot wallet: 64 clients transferring out of ONE wallet (bench_wallet hot); baseline: the same load out of one wallet per client, same run";
+    let name = "hot wallet C=64";
+    let target = ">= 80% of spread, 0 failures";
+    if let Some(why) = c.failure() {
+        return table.missing(section, name, target, &why, true);
+    }
+    let d = c.json.as_ref().expect("ok implies JSON");
+    let (hot, spread) = (&d["hot"], &d["spread"]);
+    let ratio = f(d, "ratio_hot_vs_spread");
+    let (hot_failed, hot_counts, hot_firsts) = failures_text(hot);
+    let (spread_failed, _, spread_firsts) = failures_text(spread);
+    let met = ratio >= f(d, "target_ratio_min") && hot_failed == 0 && spread_failed == 0;
+    let row = table.add(
+        section,
+        name,
+        format!(
+            "{} transfers/s out of 1 wallet, p50 {}, p99 {}; failures: {hot_counts}",
+            thousands(f(hot, "commands_per_s")),
+            fmt_us(f(hot, "p50_us")),
+            fmt_us(f(hot, "p99_us")),
+        ),
+        format!(
+            "spread over 64 wallets {} transfers/s, p99 {}, {} failures",
+            thousands(f(spread, "commands_per_s")),
+            fmt_us(f(spread, "p99_us")),
+            spread_failed
+        ),
+        format!("{} of spread", pct(ratio)),
+        target,
+        if met { Verdict::Met } else { Verdict::Missed },
+        d.clone(),
+    );
+    row.note = hot_firsts
+        .iter()
+        .map(|l| format!("hot: {l}"))
+        .chain(spread_firsts.iter().map(|l| format!("spread: {l}")))
+        .collect::<Vec<_>>()
+        .join("; ");
 }
 
 fn rebuild_row(table: &mut Table, c: &Child, plan: &Plan) {
@@ -1370,6 +1543,13 @@ fn main() -> anyhow::Result<()> {
     };
     let plan = Plan {
         seconds: args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
+        histories: args.histories.clone().unwrap_or_else(|| {
+            if args.quick {
+                "0,10000".into()
+            } else {
+                "0,10000,100000,1000000".into()
+            }
+        }),
         rebuild_events: args.rebuild_events.unwrap_or(if args.quick {
             200_000
         } else {
@@ -1431,8 +1611,11 @@ fn main() -> anyhow::Result<()> {
     );
     println!("load average at start (1, 5, 15 min): {load_start}  (a shared box makes every figure a lower bound)");
     println!(
-        "plan: appends {} s per run; commands {} s; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
+        "plan: appends {} s per run; commands {} s; history {} s per H in {}; hot {} s per phase; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
         plan.seconds,
+        plan.seconds,
+        plan.seconds,
+        plan.histories,
         plan.seconds,
         plan.rebuild_events,
         plan.rebuild_members,
@@ -1565,6 +1748,38 @@ fn main() -> anyhow::Result<()> {
     );
     commands_row(&mut table, &commands);
 
+    // 3b. history (one member with H events) and hot (one source wallet vs one per client)
+    let history = runner.run(
+        "bench_wallet history",
+        &bench_wallet,
+        &[
+            "--json".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "history".into(),
+            "--histories".into(),
+            plan.histories.clone(),
+            "--seconds".into(),
+            secs.clone(),
+        ],
+        true,
+    );
+    history_rows(&mut table, &history);
+    let hot = runner.run(
+        "bench_wallet hot",
+        &bench_wallet,
+        &[
+            "--json".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "hot".into(),
+            "--seconds".into(),
+            secs.clone(),
+        ],
+        true,
+    );
+    hot_row(&mut table, &hot);
+
     // 4. rebuild over a kept store
     let rebuild_store = dir.join(format!(
         "rebuild-{}-{}",
@@ -1675,6 +1890,7 @@ fn main() -> anyhow::Result<()> {
             },
             "plan": {
                 "seconds": plan.seconds,
+                "histories": plan.histories,
                 "rebuild_events": plan.rebuild_events,
                 "rebuild_members": plan.rebuild_members,
                 "demo_members": plan.demo_members,

@@ -1,5 +1,5 @@
-//! `bench_wallet`: the `rebuild` and `commands` workloads of SPEC section 6, each with a baseline
-//! measured in the same run.
+//! `bench_wallet`: the `rebuild`, `commands` and `history` workloads of SPEC section 6 and the
+//! hot-wallet comparison, each with a baseline measured in the same run.
 //!
 //! - `rebuild`: prepares a store with at least `--events` realistic wallet events (appended
 //!   directly as large [`AppendRequest`]s through a [`Ledger`] running the [`ProjectionHook`], so
@@ -13,7 +13,20 @@
 //!   `--seconds`; reports commands/s and p50/p99 latency. Baseline: the same number of calls,
 //!   same concurrency and the same events per call (2 for a transfer) as raw durable
 //!   `Ledger::append`s to a fresh store with no hook and no decide.
-//!
+//! - `history`: for each `--histories` H (0 always included), a fresh store whose member
+//!   `m00000000` has a wallet with H generated events of history (80% `wallet.paid`, 10%
+//!   `wallet.miles_earned`, 10% `wallet.coupon_issued`, appended directly in chunks of up to
+//!   10,000 events, then folded into the views when the service opens; not timed), plus funding
+//!   top-ups and `--coupons` coupons per client; then `--clients` tasks submit the `commands` mix
+//!   all on that member (transfers out of it to 4 other members, each client redeeming only its
+//!   own coupons) through `WalletService::submit` for `--seconds`. Reports per H: commands/s,
+//!   p50/p99 latency of the applied commands, failures by kind (rule rejections, contention,
+//!   other) with the first message of each, and the ratio to the H = 0 figure. Target: the
+//!   1M-history figure within 1.5x of the fresh one.
+//! - `hot`: `--clients` tasks transfer out of one wallet (client c to receiver c) for
+//!   `--seconds`, then the same load out of one source wallet per client, each in a fresh store
+//!   prepared the same way; reports both and the ratio hot / spread (target >= 80%, 0 failures).
+//!   A failed command never stops a `history` or `hot` client: it is counted by kind.
 //! - `scan`: the raw sequential scan of an existing store's `events` table (the baseline of
 //!   `migrate-tool check` / `verify` events/s in the `bench` suite).
 //! - `digest`: on an existing store with views (e.g. from `migrate-tool demo`), times reading the
@@ -29,7 +42,8 @@
 //! `5` to `/proc/self/clear_refs` (Linux >= 4.0), so preparation does not count.
 //!
 //! Run: `cargo run --release -p ledger-tests --bin bench_wallet -- rebuild --events 10000000`
-//! and `cargo run --release -p ledger-tests --bin bench_wallet -- commands --seconds 10`.
+//! and `cargo run --release -p ledger-tests --bin bench_wallet -- commands --seconds 10`,
+//! `... -- history --histories 0,10000,100000,1000000 --seconds 10`, `... -- hot --seconds 10`.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -94,7 +108,7 @@ const MERCHANTS: &[&str] = &[
 const BADGES: &[&str] = &["first-purchase", "night-owl", "commuter", "coffee-lover"];
 
 #[derive(Parser, Debug)]
-#[command(about = "rebuild / commands benchmark with same-run baselines")]
+#[command(about = "rebuild / commands / history / hot benchmarks with same-run baselines")]
 struct Args {
     #[command(subcommand)]
     workload: Workload,
@@ -132,6 +146,39 @@ enum Workload {
         #[arg(long, default_value_t = 10_000)]
         members: usize,
         /// Seconds of submitting.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// SPEC 6 `history`: the commands mix, every client on one member whose wallet already has
+    /// H events of history, for each H.
+    History {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// History lengths H (comma-separated); H = 0, the fresh figure, is always measured.
+        #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,1000000")]
+        histories: Vec<u64>,
+        /// Seconds of submitting per history length.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Coupons issued to the member per client before the load (a client whose coupons
+        /// are used up submits a top_up instead, counted as a coupon fallback).
+        #[arg(long, default_value_t = 64)]
+        coupons: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Hot wallet: clients transferring out of one wallet, then the same load spread over one
+    /// source wallet per client.
+    Hot {
+        /// Concurrent clients (and receivers, and source wallets of the spread phase).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of submitting per phase.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
         /// Seed of the generator.
@@ -205,6 +252,45 @@ fn main() -> anyhow::Result<()> {
                 .tempdir_in(&base)
                 .with_context(|| format!("temp dir under {}", base.display()))?;
             runtime.block_on(bench_commands(tmp.path(), clients, members, seconds, seed))
+        }
+        Workload::History {
+            clients,
+            mut histories,
+            seconds,
+            coupons,
+            seed,
+        } => {
+            ensure!(clients >= 1, "--clients must be at least 1");
+            ensure!(seconds > 0.0, "--seconds must be positive");
+            // H = 0 is the fresh figure every other point is compared with.
+            histories.push(0);
+            histories.sort_unstable();
+            histories.dedup();
+            let tmp = tempfile::Builder::new()
+                .prefix("bench-wallet-")
+                .tempdir_in(&base)
+                .with_context(|| format!("temp dir under {}", base.display()))?;
+            runtime.block_on(bench_history(
+                tmp.path(),
+                clients,
+                &histories,
+                seconds,
+                coupons,
+                seed,
+            ))
+        }
+        Workload::Hot {
+            clients,
+            seconds,
+            seed,
+        } => {
+            ensure!(clients >= 1, "--clients must be at least 1");
+            ensure!(seconds > 0.0, "--seconds must be positive");
+            let tmp = tempfile::Builder::new()
+                .prefix("bench-wallet-")
+                .tempdir_in(&base)
+                .with_context(|| format!("temp dir under {}", base.display()))?;
+            runtime.block_on(bench_hot(tmp.path(), clients, seconds, seed))
         }
         Workload::Scan { store } => bench_scan(&store),
         Workload::Digest { store, no_fold } => bench_digest(&store, no_fold),
@@ -1061,66 +1147,30 @@ async fn run_client(
     let mut tally = ClientTally::default();
     while Instant::now() < stop {
         let slot = rng.below(own.len() as u64) as usize;
-        let member = member_id(own[slot]);
-        let roll = rng.below(100);
-        let mut shape = 1u8;
-        let body = match roll {
-            0..=39 => CommandBody::Pay {
-                member,
-                amount: Yen(1 + rng.below(8_000)),
-                merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
-            },
-            40..=59 => CommandBody::TopUp {
-                member,
-                amount: Yen(500 + rng.below(20_000)),
-            },
-            60..=79 => {
+        let mixed = mix_command(
+            &mut rng,
+            member_id(own[slot]),
+            |rng| {
                 let mut to = rng.below(members as u64) as usize;
                 if to == own[slot] {
                     to = (to + 1) % members;
                 }
-                shape = 2;
-                CommandBody::Transfer {
-                    from: member,
-                    to: member_id(to),
-                    amount: Yen(1 + rng.below(3_000)),
-                }
-            }
-            80..=89 => CommandBody::EarnMiles {
-                member,
-                miles: Miles(10 + rng.below(491)),
-                expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
+                member_id(to)
             },
-            _ => {
-                let found = (0..own.len())
+            || {
+                let s = (0..own.len())
                     .map(|k| (slot + k) % own.len())
-                    .find(|&s| next_coupon[s] <= coupons);
-                match found {
-                    Some(s) => {
-                        let coupon = coupon_id(next_coupon[s]);
-                        next_coupon[s] += 1;
-                        CommandBody::RedeemCoupon {
-                            member: member_id(own[s]),
-                            coupon,
-                        }
-                    }
-                    None => {
-                        tally.coupon_fallbacks += 1;
-                        CommandBody::TopUp {
-                            member,
-                            amount: Yen(500),
-                        }
-                    }
-                }
-            }
-        };
-        let cmd = Command {
-            // Time-ordered ids, as README asks of clients (the command index grows at its edge).
-            id: CommandId::new(uuid::Uuid::now_v7().to_string())
-                .expect("a UUID is short plain text"),
-            at: None,
-            body,
-        };
+                    .find(|&s| next_coupon[s] <= coupons)?;
+                let coupon = coupon_id(next_coupon[s]);
+                next_coupon[s] += 1;
+                Some((member_id(own[s]), coupon))
+            },
+        );
+        if mixed.coupon_fallback {
+            tally.coupon_fallbacks += 1;
+        }
+        let shape = mixed.shape;
+        let cmd = new_command(mixed.body);
         let t = Instant::now();
         let result = service.submit(&cmd).await;
         tally.latencies_us.push(t.elapsed().as_micros() as u64);
@@ -1141,6 +1191,77 @@ async fn run_client(
         }
     }
     tally
+}
+
+/// One command of the SPEC section 2 mix.
+struct Mixed {
+    body: CommandBody,
+    /// Events it appends when applied: 2 for a transfer, else 1 (the raw-append baseline's call).
+    shape: u8,
+    /// A redeem_coupon that found no coupon left and became a top_up of 500 yen.
+    coupon_fallback: bool,
+}
+
+/// The SPEC section 2 command mix of `commands` and `history`: 40% pay, 20% top_up, 20%
+/// transfer, 10% earn_miles, 10% redeem_coupon, all by `member`. `to` picks a transfer's
+/// receiver; `coupon` the member and coupon to redeem (`None`: none left, a top_up instead).
+fn mix_command(
+    rng: &mut Rng,
+    member: MemberId,
+    to: impl FnOnce(&mut Rng) -> MemberId,
+    coupon: impl FnOnce() -> Option<(MemberId, CouponId)>,
+) -> Mixed {
+    let roll = rng.below(100);
+    let (mut shape, mut coupon_fallback) = (1u8, false);
+    let body = match roll {
+        0..=39 => CommandBody::Pay {
+            member,
+            amount: Yen(1 + rng.below(8_000)),
+            merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+        },
+        40..=59 => CommandBody::TopUp {
+            member,
+            amount: Yen(500 + rng.below(20_000)),
+        },
+        60..=79 => {
+            shape = 2;
+            CommandBody::Transfer {
+                from: member,
+                to: to(rng),
+                amount: Yen(1 + rng.below(3_000)),
+            }
+        }
+        80..=89 => CommandBody::EarnMiles {
+            member,
+            miles: Miles(10 + rng.below(491)),
+            expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
+        },
+        _ => match coupon() {
+            Some((member, coupon)) => CommandBody::RedeemCoupon { member, coupon },
+            None => {
+                coupon_fallback = true;
+                CommandBody::TopUp {
+                    member,
+                    amount: Yen(500),
+                }
+            }
+        },
+    };
+    Mixed {
+        body,
+        shape,
+        coupon_fallback,
+    }
+}
+
+/// A command with a fresh, time-ordered id (as README asks of clients: the command index grows
+/// at its edge).
+fn new_command(body: CommandBody) -> Command {
+    Command {
+        id: CommandId::new(uuid::Uuid::now_v7().to_string()).expect("a UUID is short plain text"),
+        at: None,
+        body,
+    }
 }
 
 struct RawAppends {
@@ -1210,6 +1331,662 @@ async fn raw_appends(dir: &Path, clients: usize, shapes: &[u8]) -> anyhow::Resul
         latencies_us,
         cpu: cpu_share(cpu_before, wall),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// history and hot: every client on one wallet, measured through `WalletService::submit`
+
+/// Other members a `history` transfer goes to.
+const HISTORY_RECEIVERS: usize = 4;
+/// Commands/s the funding of `history` and `hot` is sized for (above the SPEC target of 40k).
+const FUNDED_RATE: f64 = 100_000.0;
+/// Largest yen a `history` command takes out of the member (an 8,000 yen payment).
+const HISTORY_MAX_DEBIT: u64 = 8_000;
+/// Largest yen of one payment in the generated history.
+const HISTORY_MAX_PAYMENT: u64 = 100;
+/// Largest yen of one `hot` transfer: small, so that one funded wallet lasts the run.
+const HOT_MAX_TRANSFER: u64 = 100;
+/// The minimum ratio of the 1M-history figure to the fresh one (SPEC 6: within 1.5x).
+const HISTORY_TARGET_RATIO: f64 = 1.0 / 1.5;
+/// The minimum ratio of the hot-wallet figure to the spread one.
+const HOT_TARGET_RATIO: f64 = 0.8;
+
+/// Failed submits of one kind: how many, and the first message.
+#[derive(Default)]
+struct FailureKind {
+    count: u64,
+    first: Option<String>,
+}
+
+impl FailureKind {
+    fn add(&mut self, e: &SubmitError) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| e.to_string());
+    }
+
+    fn merge(&mut self, other: FailureKind) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// Failed submits by kind: a rule refused the command, the optimistic retries gave up, or
+/// anything else (reading state, the ledger, a reused id, a too-large command).
+#[derive(Default)]
+struct Failures {
+    rejected: FailureKind,
+    contention: FailureKind,
+    other: FailureKind,
+}
+
+impl Failures {
+    fn record(&mut self, e: &SubmitError) {
+        match e {
+            SubmitError::Rejected(_) => self.rejected.add(e),
+            SubmitError::Contention { .. } => self.contention.add(e),
+            _ => self.other.add(e),
+        }
+    }
+
+    fn merge(&mut self, other: Failures) {
+        self.rejected.merge(other.rejected);
+        self.contention.merge(other.contention);
+        self.other.merge(other.other);
+    }
+
+    fn kinds(&self) -> [(&'static str, &FailureKind); 3] {
+        [
+            ("rejected", &self.rejected),
+            ("contention", &self.contention),
+            ("other", &self.other),
+        ]
+    }
+
+    fn total(&self) -> u64 {
+        self.kinds().iter().map(|(_, k)| k.count).sum()
+    }
+
+    /// One line per kind that occurred: `kind: count, first: message`.
+    fn lines(&self) -> Vec<String> {
+        self.kinds()
+            .iter()
+            .filter(|(_, k)| k.count > 0)
+            .map(|(name, k)| {
+                format!(
+                    "{name}: {}, first: {}",
+                    k.count,
+                    k.first.as_deref().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut doc = serde_json::Map::new();
+        for (name, k) in self.kinds() {
+            doc.insert(name.into(), json!({ "count": k.count, "first": k.first }));
+        }
+        doc.insert("total".into(), json!(self.total()));
+        serde_json::Value::Object(doc)
+    }
+}
+
+/// What a measured load did. Latencies are of the applied commands only.
+struct Load {
+    wall: Duration,
+    applied: u64,
+    events: u64,
+    /// Sorted.
+    latencies_us: Vec<u64>,
+    failures: Failures,
+    cpu: String,
+}
+
+impl Load {
+    /// Applied commands per second.
+    fn rate(&self) -> f64 {
+        self.applied as f64 / self.wall.as_secs_f64()
+    }
+
+    fn p_ms(&self, p: f64) -> f64 {
+        percentile(&self.latencies_us, p) as f64 / 1e3
+    }
+
+    /// `p_ms` to two decimals, or `-` when no command was applied.
+    fn p_ms_text(&self, p: f64) -> String {
+        if self.latencies_us.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}", self.p_ms(p))
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "commands": self.applied,
+            "attempts": self.applied + self.failures.total(),
+            "events": self.events,
+            "seconds": self.wall.as_secs_f64(),
+            "commands_per_s": self.rate(),
+            "events_per_s": self.events as f64 / self.wall.as_secs_f64(),
+            "p50_us": percentile(&self.latencies_us, 0.50),
+            "p99_us": percentile(&self.latencies_us, 0.99),
+            "failures": self.failures.json(),
+            "cpu": self.cpu,
+        })
+    }
+}
+
+/// One client's command source.
+type Generator = Box<dyn FnMut() -> CommandBody + Send>;
+
+/// Runs one client per generator against `service` for `seconds`, each command through
+/// `WalletService::submit`. A failed command is counted by kind and the client goes on.
+async fn run_load(
+    service: &WalletService,
+    seconds: f64,
+    generators: Vec<Generator>,
+) -> anyhow::Result<Load> {
+    let cpu_before = procfs::process_cpu_ticks();
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(seconds);
+    let mut tasks = JoinSet::new();
+    for mut next in generators {
+        let svc = service.clone();
+        tasks.spawn(async move {
+            let (mut applied, mut events) = (0u64, 0u64);
+            let mut latencies_us = Vec::new();
+            let mut failures = Failures::default();
+            while Instant::now() < stop {
+                let cmd = new_command(next());
+                let t = Instant::now();
+                match svc.submit(&cmd).await {
+                    Ok(s) => {
+                        latencies_us.push(t.elapsed().as_micros() as u64);
+                        applied += 1;
+                        events += u64::from(s.outcome.count);
+                    }
+                    Err(e) => failures.record(&e),
+                }
+            }
+            (applied, events, latencies_us, failures)
+        });
+    }
+    let mut load = Load {
+        wall: Duration::ZERO,
+        applied: 0,
+        events: 0,
+        latencies_us: Vec::new(),
+        failures: Failures::default(),
+        cpu: String::new(),
+    };
+    while let Some(done) = tasks.join_next().await {
+        let (applied, events, latencies_us, failures) = done?;
+        load.applied += applied;
+        load.events += events;
+        load.latencies_us.extend(latencies_us);
+        load.failures.merge(failures);
+    }
+    load.wall = started.elapsed();
+    load.cpu = cpu_share(cpu_before, load.wall);
+    load.latencies_us.sort_unstable();
+    Ok(load)
+}
+
+/// Top-ups of the 100,000,000 yen maximum that cover `yen`.
+fn top_ups_for(yen: u64) -> u64 {
+    yen.div_ceil(FUNDING_YEN).max(1)
+}
+
+/// Coupon `k` of client `client` (only that client redeems it).
+fn client_coupon(client: usize, k: u32) -> CouponId {
+    CouponId::new(format!("cp-c{client}-{k}")).expect("cp-cN-K matches the coupon id rule")
+}
+
+/// The generated history of the `history` member: 80% `wallet.paid` (1-100 yen), 10%
+/// `wallet.miles_earned` (a new lot each), 10% `wallet.coupon_issued`, so that the state holds
+/// many payments, lots and coupons.
+struct History {
+    rng: Rng,
+    payments: u64,
+    lots: usize,
+    coupons: u64,
+}
+
+impl History {
+    fn next_event(&mut self) -> WalletEvent {
+        let at = BASE_AT_US + DAY_US * self.rng.below(365) as i64;
+        match self.rng.below(10) {
+            0..=7 => {
+                self.payments += 1;
+                WalletEvent::Paid(Paid {
+                    payment: CommandId::new(format!("h-{}", self.payments))
+                        .expect("short plain text"),
+                    amount: Yen(1 + self.rng.below(HISTORY_MAX_PAYMENT)),
+                    merchant: MERCHANTS[self.rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+                    currency: Currency::JPY,
+                    merchant_category: None,
+                })
+            }
+            8 => {
+                self.lots += 1;
+                WalletEvent::MilesEarned(MilesEarned {
+                    lot: Local::lot_id(self.lots - 1),
+                    miles: Miles(10 + self.rng.below(491)),
+                    expires_at: Timestamp(at + 30 * DAY_US),
+                })
+            }
+            _ => {
+                self.coupons += 1;
+                WalletEvent::CouponIssued(CouponIssued {
+                    coupon: CouponId::new(format!("hc-{}", self.coupons))
+                        .expect("hc-N matches the coupon id rule"),
+                    value: Yen(50 * self.rng.below(21)),
+                    expires_at: Timestamp(at + 15 * DAY_US),
+                })
+            }
+        }
+    }
+}
+
+/// One `history` point: its preparation and load, or why it could not be measured.
+struct HistoryPoint {
+    history: u64,
+    stream_events: u64,
+    prepare_s: f64,
+    views_s: f64,
+    coupon_fallbacks: u64,
+    outcome: Result<Load, String>,
+}
+
+/// Prepares the store of one `history` point in `dir`: wallets for the member and
+/// [`HISTORY_RECEIVERS`] others (through the projection hook), then on the member's stream
+/// funding top-ups, `coupons` coupons per client and `history` generated events, appended
+/// directly in chunks of [`ledger::limits::MAX_EVENTS_PER_APPEND`] events with no hook (the
+/// views are built when the service opens). Returns the events of the member's stream.
+async fn prepare_history(
+    dir: &Path,
+    history: u64,
+    clients: usize,
+    coupons: u32,
+    fund_yen: u64,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    prepare_members(dir, 1 + HISTORY_RECEIVERS, 0).await?;
+    let ledger = Ledger::open(
+        dir,
+        LedgerOptions {
+            create: Create::No,
+            ..LedgerOptions::default()
+        },
+    )?;
+    let member = member_id(0);
+    let stream = ledger::domain::wallet_stream(&member);
+    // prepare_members opened the wallet with one top-up.
+    let mut stream_events = 2u64;
+    let funding = (1..top_ups_for(fund_yen)).map(|_| {
+        WalletEvent::ToppedUp(ToppedUp {
+            amount: Yen(FUNDING_YEN),
+        })
+    });
+    let client_coupons = (0..clients).flat_map(|c| {
+        (1..=coupons).map(move |k| {
+            WalletEvent::CouponIssued(CouponIssued {
+                coupon: client_coupon(c, k),
+                value: Yen(500),
+                expires_at: Timestamp(FAR_FUTURE_US),
+            })
+        })
+    });
+    let mut generated = History {
+        rng: Rng(seed),
+        payments: 0,
+        lots: 0,
+        coupons: 0,
+    };
+    let mut events = funding
+        .chain(client_coupons)
+        .chain((0..history).map(move |_| generated.next_event()));
+    // Each chunk is generated and encoded while the previous one is being written; one
+    // append in flight keeps the stream's order.
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<_, _>>> = None;
+    for n in 0u64.. {
+        let at = Timestamp(BASE_AT_US);
+        let chunk: Vec<NewEvent> = events
+            .by_ref()
+            .take(ledger::limits::MAX_EVENTS_PER_APPEND)
+            .map(|e| new_event(DomainEvent::Wallet(e), at))
+            .collect();
+        if chunk.is_empty() {
+            break;
+        }
+        stream_events += chunk.len() as u64;
+        let request = AppendRequest {
+            command_id: format!("bench-history-{n}"),
+            fingerprint: None,
+            streams: vec![StreamAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Any,
+                events: chunk,
+            }],
+        };
+        if let Some(previous) = in_flight.take() {
+            previous.await??;
+        }
+        let l = ledger.clone();
+        in_flight = Some(tokio::spawn(async move { l.append(request).await }));
+    }
+    if let Some(previous) = in_flight {
+        previous.await??;
+    }
+    Ok(stream_events)
+}
+
+/// Prepares and measures one `history` point in its own store under `tmp` (removed after).
+async fn history_point(
+    tmp: &Path,
+    history: u64,
+    clients: usize,
+    seconds: f64,
+    coupons: u32,
+    seed: u64,
+) -> anyhow::Result<HistoryPoint> {
+    let dir = tmp.join(format!("history-{history}"));
+    let mut point = HistoryPoint {
+        history,
+        stream_events: 0,
+        prepare_s: 0.0,
+        views_s: 0.0,
+        coupon_fallbacks: 0,
+        outcome: Err(String::new()),
+    };
+    let history_yen = history.saturating_mul(HISTORY_MAX_PAYMENT);
+    let load_yen = (seconds * FUNDED_RATE) as u64 * HISTORY_MAX_DEBIT;
+    let started = Instant::now();
+    let prepared = prepare_history(
+        &dir,
+        history,
+        clients,
+        coupons,
+        history_yen + load_yen,
+        seed,
+    )
+    .await;
+    point.prepare_s = started.elapsed().as_secs_f64();
+    match prepared {
+        Ok(n) => point.stream_events = n,
+        Err(e) => {
+            point.outcome = Err(format!("preparing the history failed: {e:#}"));
+            return Ok(point);
+        }
+    }
+    // Opening the service folds the log into the views (the history went in without the hook).
+    let started = Instant::now();
+    let service = WalletService::open(
+        &dir,
+        LedgerOptions {
+            create: Create::No,
+            backend: Backend::Redb,
+            hooks: Vec::new(),
+        },
+    );
+    point.views_s = started.elapsed().as_secs_f64();
+    let service = match service {
+        Ok(s) => s,
+        Err(e) => {
+            point.outcome = Err(format!(
+                "opening the service (building the views) failed: {e}"
+            ));
+            return Ok(point);
+        }
+    };
+    say!(
+        "history H={history}: {} events on the member's stream, prepared in {:.1} s, views built in {:.1} s (not the figure); {seconds} s of load",
+        point.stream_events,
+        point.prepare_s,
+        point.views_s
+    );
+    let fallbacks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let generators = (0..clients)
+        .map(|c| {
+            let mut rng = Rng(seed ^ (c as u64).wrapping_mul(0xd134_2543_de82_ef95));
+            let mut next_coupon = 1u32;
+            let fallbacks = fallbacks.clone();
+            Box::new(move || {
+                let mixed = mix_command(
+                    &mut rng,
+                    member_id(0),
+                    |rng| member_id(1 + rng.below(HISTORY_RECEIVERS as u64) as usize),
+                    || {
+                        (next_coupon <= coupons).then(|| {
+                            next_coupon += 1;
+                            (member_id(0), client_coupon(c, next_coupon - 1))
+                        })
+                    },
+                );
+                if mixed.coupon_fallback {
+                    fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                mixed.body
+            }) as Generator
+        })
+        .collect();
+    let load = run_load(&service, seconds, generators).await?;
+    point.coupon_fallbacks = fallbacks.load(Ordering::Relaxed);
+    point.outcome = Ok(load);
+    drop(service);
+    std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    Ok(point)
+}
+
+async fn bench_history(
+    tmp: &Path,
+    clients: usize,
+    histories: &[u64],
+    seconds: f64,
+    coupons: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    say!(
+        "history: {clients} clients, all on member {} ({} coupons each; transfers to {HISTORY_RECEIVERS} other members), {seconds} s per history length",
+        member_id(0),
+        coupons
+    );
+    let mut points = Vec::new();
+    for &h in histories {
+        let point = history_point(tmp, h, clients, seconds, coupons, seed).await?;
+        if let Err(why) = &point.outcome {
+            say!("history H={h}: not measured: {why}");
+        }
+        points.push(point);
+    }
+    let fresh = points
+        .iter()
+        .find(|p| p.history == 0)
+        .and_then(|p| p.outcome.as_ref().ok())
+        .map(Load::rate);
+    let ratio = |p: &HistoryPoint| match (&p.outcome, fresh) {
+        (Ok(load), Some(f)) if f > 0.0 => Some(load.rate() / f),
+        _ => None,
+    };
+
+    say!("");
+    say!(
+        "{:>9} | {:>13} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>6} | {:>7}",
+        "H",
+        "stream events",
+        "commands/s",
+        "p50 ms",
+        "p99 ms",
+        "vs H=0",
+        "rejected",
+        "contention",
+        "other",
+        "applied"
+    );
+    for p in &points {
+        match &p.outcome {
+            Ok(load) => say!(
+                "{:>9} | {:>13} | {:>10.0} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>6} | {:>7}",
+                p.history,
+                p.stream_events,
+                load.rate(),
+                load.p_ms_text(0.50),
+                load.p_ms_text(0.99),
+                ratio(p).map_or("-".into(), |r| format!("{r:.2}x")),
+                load.failures.rejected.count,
+                load.failures.contention.count,
+                load.failures.other.count,
+                load.applied
+            ),
+            Err(_) => say!(
+                "{:>9} | {:>13} | not measured (see above)",
+                p.history,
+                p.stream_events
+            ),
+        }
+    }
+    for p in &points {
+        if let Ok(load) = &p.outcome {
+            for line in load.failures.lines() {
+                say!("H={}: {line}", p.history);
+            }
+            if p.coupon_fallbacks > 0 {
+                say!(
+                    "H={}: {} redeem_coupon fell back to top_up (coupons used up; raise --coupons)",
+                    p.history,
+                    p.coupon_fallbacks
+                );
+            }
+        }
+    }
+    let judged = points.iter().find(|p| p.history == 1_000_000);
+    let verdict = match judged {
+        None => "not judged (no H=1000000 point)".to_owned(),
+        Some(p) => match (&p.outcome, ratio(p)) {
+            (Ok(load), Some(r)) if r >= HISTORY_TARGET_RATIO && load.failures.total() == 0 => {
+                "MET".to_owned()
+            }
+            (Ok(load), Some(r)) => format!(
+                "MISSED ({r:.2}x of fresh, {} failures)",
+                load.failures.total()
+            ),
+            _ => "MISSED (not measured)".to_owned(),
+        },
+    };
+    say!(
+        "target: the H=1M figure >= {:.2}x the H=0 one (within 1.5x), 0 failures: {verdict}",
+        HISTORY_TARGET_RATIO
+    );
+    emit(json!({
+        "workload": "history",
+        "cores": cores(),
+        "clients": clients,
+        "seconds_per_point": seconds,
+        "coupons_per_client": coupons,
+        "receivers": HISTORY_RECEIVERS,
+        "fresh_commands_per_s": fresh,
+        "target_ratio_min": HISTORY_TARGET_RATIO,
+        "verdict": verdict,
+        "points": points.iter().map(|p| {
+            let mut doc = json!({
+                "history": p.history,
+                "stream_events": p.stream_events,
+                "prepare_s": p.prepare_s,
+                "views_s": p.views_s,
+                "coupon_fallbacks": p.coupon_fallbacks,
+                "ratio_vs_fresh": ratio(p),
+                "measured": p.outcome.is_ok(),
+                "error": p.outcome.as_ref().err(),
+            });
+            if let (Ok(load), Some(obj)) = (&p.outcome, doc.as_object_mut()) {
+                if let serde_json::Value::Object(fields) = load.json() {
+                    obj.extend(fields);
+                }
+            }
+            doc
+        }).collect::<Vec<_>>(),
+    }))
+}
+
+/// `hot`: `clients` transfers out of one wallet, then out of one wallet per client, each phase
+/// in a fresh store prepared the same way (member 0 the hot source, members 1..=clients the
+/// receivers, the next `clients` the spread sources; each funded with 100,000,000 yen).
+async fn bench_hot(tmp: &Path, clients: usize, seconds: f64, seed: u64) -> anyhow::Result<()> {
+    let members = 1 + 2 * clients;
+    say!(
+        "hot: {clients} clients transferring 1-{HOT_MAX_TRANSFER} yen, client c to receiver c; {seconds} s out of one wallet, then {seconds} s out of one wallet per client"
+    );
+    if seconds * FUNDED_RATE * HOT_MAX_TRANSFER as f64 > FUNDING_YEN as f64 {
+        say!("hot: note: at {FUNDED_RATE} transfers/s the hot wallet's {FUNDING_YEN} yen run out before {seconds} s (counted as rejections)");
+    }
+    let mut phases = Vec::new();
+    for (name, hot) in [("hot", true), ("spread", false)] {
+        let dir = tmp.join(name);
+        prepare_members(&dir, members, 0).await?;
+        let service = WalletService::open(
+            &dir,
+            LedgerOptions {
+                create: Create::No,
+                backend: Backend::Redb,
+                hooks: Vec::new(),
+            },
+        )?;
+        let generators = (0..clients)
+            .map(|c| {
+                let mut rng = Rng(seed ^ (c as u64).wrapping_mul(0xd134_2543_de82_ef95));
+                let from = member_id(if hot { 0 } else { 1 + clients + c });
+                let to = member_id(1 + c);
+                Box::new(move || CommandBody::Transfer {
+                    from: from.clone(),
+                    to: to.clone(),
+                    amount: Yen(1 + rng.below(HOT_MAX_TRANSFER)),
+                }) as Generator
+            })
+            .collect();
+        let load = run_load(&service, seconds, generators).await?;
+        drop(service);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+        say!(
+            "{name:<6}: {} source wallet(s): {} transfers in {:.2} s: {:.0} commands/s, p50 {} ms, p99 {} ms, {} failures, CPU {}",
+            if hot { 1 } else { clients },
+            load.applied,
+            load.wall.as_secs_f64(),
+            load.rate(),
+            load.p_ms_text(0.50),
+            load.p_ms_text(0.99),
+            load.failures.total(),
+            load.cpu
+        );
+        for line in load.failures.lines() {
+            say!("        {line}");
+        }
+        phases.push(load);
+    }
+    let (hot, spread) = (&phases[0], &phases[1]);
+    let ratio = (spread.rate() > 0.0).then(|| hot.rate() / spread.rate());
+    let met = ratio.is_some_and(|r| r >= HOT_TARGET_RATIO)
+        && hot.failures.total() == 0
+        && spread.failures.total() == 0;
+    say!(
+        "hot / spread: {} of the spread throughput; target >= {:.0}%, 0 failures: {}",
+        ratio.map_or("?".into(), |r| format!("{:.1}%", r * 100.0)),
+        HOT_TARGET_RATIO * 100.0,
+        if met { "MET" } else { "MISSED" }
+    );
+    emit(json!({
+        "workload": "hot",
+        "cores": cores(),
+        "clients": clients,
+        "seconds_per_phase": seconds,
+        "hot": hot.json(),
+        "spread": spread.json(),
+        "ratio_hot_vs_spread": ratio,
+        "target_ratio_min": HOT_TARGET_RATIO,
+        "met": met,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -973,13 +973,13 @@ fn commands_row(table: &mut Table, c: &Child) {
     );
 }
 
-/// `history` / `hot` failures of a `bench_wallet` load document: `rejected 0, contention 12,
-/// other 0` and the first message of each kind that occurred.
+/// `history` / `hot` failures of a `bench_wallet` load document: `rejected 0, other 0` and the
+/// first message of each kind that occurred.
 fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
     let failures = &load["failures"];
     let mut counts = Vec::new();
     let mut firsts = Vec::new();
-    for kind in ["rejected", "contention", "other"] {
+    for kind in ["rejected", "other"] {
         let n = u(&failures[kind], "count").unwrap_or(0);
         counts.push(format!("{kind} {n}"));
         if n > 0 {

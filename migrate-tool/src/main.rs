@@ -27,6 +27,7 @@ mod lock;
 mod migrate;
 mod migrate_copy;
 mod migrate_report;
+mod migrate_rows;
 mod output;
 mod read;
 mod reset;

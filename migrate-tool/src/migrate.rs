@@ -56,6 +56,8 @@ pub enum Kind {
     Downcast,
     /// Listed for completeness: runs as `reset-credentials`, in place, appending only.
     ResetCredentials,
+    /// Views only: layout 1 (one value per member) -> layout 2 (rows); the log is untouched.
+    Rows,
 }
 
 /// A named migration and what it declares it changes.
@@ -101,6 +103,16 @@ pub const MIGRATIONS: &[Migration] = &[
             "system-migrations: +1 system.migration_applied event",
         ],
         kind: Kind::Downcast,
+    },
+    Migration {
+        name: "rows",
+        summary: "move the views from layout 1 (one bincode state per member, which could not decode past 1 MiB) to layout 2 (a summary row and one row per entity); the log is not touched",
+        declares: &[
+            "views: layout 1 (view_wallet) -> layout 2 (wallet_rows and its expiry-order indexes); export byte-identical",
+            "digest definition 1 -> 2 (a member hash is now the sum of its row hashes): both recorded, they differ",
+            "system-migrations: +1 system.migration_applied event",
+        ],
+        kind: Kind::Rows,
     },
     Migration {
         name: "reset-credentials",
@@ -179,6 +191,9 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
     if migration.kind == Kind::ResetCredentials {
         bail!("run this migration as `migrate-tool reset-credentials` (it appends in place)");
     }
+    if migration.kind == Kind::Rows {
+        return crate::migrate_rows::run(dir, migration, opts, out);
+    }
     let started = Instant::now();
     let lock = StoreLock::acquire(dir, &format!("migrate run {}", migration.name))?;
     let run_id = run_id();
@@ -240,7 +255,7 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
 /// file header, and the source must stay byte-identical (and intact for rollback), so the
 /// migration reads a copy. A shared flock on the source file during the copy keeps any writer
 /// (redb takes an exclusive one) from opening it meanwhile, so the copy is of a closed file.
-fn copy_source(dir: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn copy_source(dir: &Path, to: &Path) -> anyhow::Result<()> {
     let file_path = dir.join(ledger::store::REDB_FILE);
     let file = std::fs::File::open(&file_path).with_context(|| {
         format!(
@@ -429,7 +444,11 @@ pub fn changed_members(a: &dyn Snapshot, b: &dyn Snapshot) -> anyhow::Result<Vec
 /// Appends the `system.migration_applied` event to the new store (projections follow through the
 /// hook: the checkpoint moves, no wallet changes) and returns its position. Checks the declared
 /// effect: exactly one event, and the digest unchanged.
-fn append_applied(scratch: &Path, migration: &Migration, report: &Report) -> anyhow::Result<u64> {
+pub(crate) fn append_applied(
+    scratch: &Path,
+    migration: &Migration,
+    report: &Report,
+) -> anyhow::Result<u64> {
     let engine = store::open_existing(scratch)?;
     let digest_before = digest::stored_digest(&*engine.snapshot()?)?;
     let ledger = Ledger::with_engine(

@@ -35,6 +35,7 @@ pub fn head(snap: &dyn Snapshot) -> anyhow::Result<Head> {
 /// Refuses to serve views that are not at the log head (a crashed rebuild): they would show a
 /// state the log does not have.
 pub fn require_current_views(snap: &dyn Snapshot) -> anyhow::Result<()> {
+    views::require_layout(snap)?;
     let head = head(snap)?.position.0;
     let checkpoint = views::checkpoint(snap)?.0;
     if checkpoint != head {

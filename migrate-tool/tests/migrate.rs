@@ -424,3 +424,167 @@ fn gate_catches_a_view_damaged_in_storage() {
         human.stdout
     );
 }
+
+/// A copy of `tests/data/v1-store`: a store written by the binary before wallet rows (commit
+/// c398854: the SPEC scenario of `setup.jsonl` plus `demo --members 300 --seed 11`), whose views
+/// are layout 1. `tests/data/v1-export.jsonl` and `v1-digest.txt` are that binary's `export` and
+/// `digest` of it.
+fn layout1_store(tmp: &Path) -> PathBuf {
+    let store = tmp.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-store/ledger.redb");
+    std::fs::copy(fixture, store.join("ledger.redb")).unwrap();
+    store
+}
+
+fn fixture_text(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
+}
+
+// Proves a store written before rows is refused by every command that reads or writes its views
+// (exit 2, naming the migration to run), and that nothing was written by trying.
+#[test]
+fn a_layout1_store_is_refused_with_the_migration_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = layout1_store(tmp.path());
+    for args in [
+        &["show", "m1"][..],
+        &["export"],
+        &["digest"],
+        &["import", "-"],
+    ] {
+        let r = run(&store, args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(
+                "the views of this store are in layout 1, this build reads layout 2: run `migrate-tool migrate run rows`"
+            ),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // The log itself is readable whatever the views' layout, and nothing was written: the head
+    // and the layout are as the old binary left them. (Bytes cannot be compared: even a read-only
+    // redb session rewrites its file header.)
+    let verified = json(&ok(&store, &["verify", "--json"]).stdout);
+    assert_eq!(verified["head"], 2774, "{verified}");
+    let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+    let snap = engine.snapshot().unwrap();
+    assert_eq!(views::stored_layout(&*snap).unwrap(), Some(1));
+    assert_eq!(
+        snap.scan(
+            views::tables::ROWS,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            1
+        )
+        .unwrap()
+        .len(),
+        0,
+        "a refused command wrote wallet rows"
+    );
+}
+
+// Proves `migrate run rows` moves a layout-1 store to rows under the gate: the dry run leaves the
+// file byte-identical; the run exports byte-identically to what the old binary exported, every
+// invariant holds after, the report records both digests (the old binary's, and the new
+// definition's) and the migration event; `migrate rollback` restores the old file byte for byte.
+#[test]
+fn rows_migration_keeps_every_wallet_and_records_both_digests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = layout1_store(tmp.path());
+    let original = redb_bytes(&store);
+    let dry = ok(&store, &["migrate", "run", "rows", "--dry-run", "--json"]);
+    assert_eq!(json(&dry.stdout)["content"]["ok"], true, "{}", dry.stdout);
+    assert!(
+        redb_bytes(&store) == original,
+        "the dry run touched the store"
+    );
+
+    let r = ok(&store, &["migrate", "run", "rows", "--json"]);
+    let doc = json(&r.stdout);
+    let c = &doc["content"];
+    assert_eq!(c["ok"], true, "{}", r.stdout);
+    let old_digest = fixture_text("v1-digest.txt");
+    assert_eq!(c["before"]["digest"], old_digest.trim());
+    assert_eq!(c["before"]["digest_definition"], 1);
+    assert_eq!(c["after"]["digest_definition"], 2);
+    assert_eq!(
+        c["digest_unchanged"], false,
+        "the definition changed, so must the digest"
+    );
+    assert_eq!(c["before"]["export_blake3"], c["after"]["export_blake3"]);
+    assert_eq!(c["counts"]["export_identical"], true);
+    assert_eq!(c["before"]["head_hash"], c["after"]["head_hash"]);
+    assert_eq!(c["before"]["members"], 302);
+    assert_eq!(c["after"]["members"], 302);
+    let event = doc["migration_event_position"].as_u64().unwrap();
+    assert_eq!(event, c["before"]["head"].as_u64().unwrap() + 1);
+
+    let export = ok(&store, &["export"]).stdout;
+    assert!(
+        export == fixture_text("v1-export.jsonl"),
+        "export after the migration differs from the old binary's"
+    );
+    let check = ok(&store, &["check", "--json"]);
+    assert_eq!(json(&check.stdout)["ok"], true, "{}", check.stdout);
+    let digest = ok(&store, &["digest"]).stdout;
+    assert_eq!(digest.trim(), c["after"]["digest"].as_str().unwrap());
+    // Commands work on the moved store.
+    let mut import = command(&store, &["import", "-"]);
+    import.stdin(Stdio::piped());
+    let mut child = import.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"id":"after-rows-1","type":"top_up","member":"m1","amount":1}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    ok(&store, &["migrate", "rollback"]);
+    assert!(
+        redb_bytes(&store) == original,
+        "rollback did not restore the old file"
+    );
+}
+
+// Proves the gate refuses a layout-1 store whose stored view of m1 is not what the log folds to
+// (the export of the old views is the "before"): exit 1, m1's difference named by the export
+// comparison, the store byte-identical.
+#[test]
+fn rows_migration_refuses_when_an_old_view_differs_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = layout1_store(tmp.path());
+    {
+        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let snap = engine.snapshot().unwrap();
+        let bytes = snap.get(views::tables::WALLETS_V1, b"m1").unwrap().unwrap();
+        let mut state = views::decode_state_v1("m1", &bytes).unwrap();
+        drop(snap);
+        state
+            .apply(&WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }))
+            .unwrap();
+        let mut value = vec![views::VIEW_TAG_V1];
+        value.extend(ledger::Codec::Bincode2.encode(&state).unwrap());
+        let mut batch = WriteBatch::new();
+        batch.put(views::tables::WALLETS_V1, b"m1".to_vec(), value);
+        engine.commit(batch).unwrap();
+    }
+    let damaged = redb_bytes(&store);
+    let r = run(&store, &["migrate", "run", "rows", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let doc = json(&r.stdout);
+    let failures = doc["content"]["failures"].to_string();
+    assert!(failures.contains("export differs"), "{failures}");
+    assert!(
+        redb_bytes(&store) == damaged,
+        "a refused migration touched the store"
+    );
+    assert!(siblings(&store, ".migrating-").is_empty());
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ledger::domain::{
     apply_identity_event, member_of_stream, wallet_row_changes, Badge, CommandId, Coupon, CouponId,
-    DomainEvent, IdentityEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure,
+    DomainEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure,
     StateReader, StreamKind, Visit, WalletEvent, WalletSummary,
 };
 use ledger::record::RecordView;
@@ -88,8 +88,8 @@ struct Group<'s> {
     /// The last position folded: the checkpoint at the start, then each applied record's.
     at: Position,
     members: HashMap<MemberId, MemberHash>,
-    /// Identity events of this group, per member, for identity commands later in it.
-    identities: HashMap<MemberId, Vec<IdentityEvent>>,
+    /// Identity records of this group, per member, for identity commands later in it.
+    identities: HashMap<MemberId, Vec<Arc<EventRecord>>>,
 }
 
 impl<'s> Group<'s> {
@@ -103,7 +103,7 @@ impl<'s> Group<'s> {
         })
     }
 
-    fn apply_record(&mut self, record: &EventRecord) -> Result<(), ProjectionError> {
+    fn apply_record(&mut self, record: &Arc<EventRecord>) -> Result<(), ProjectionError> {
         if record.position.0 != self.at.0 + 1 {
             return Err(ProjectionError::Behind {
                 checkpoint: self.at.0,
@@ -117,19 +117,12 @@ impl<'s> Group<'s> {
                 self.apply_wallet(record.position, member, &event)
             }
             Some((StreamKind::Identity, member)) => {
-                let event = DomainEvent::decode(
-                    &record.event_type,
-                    record.schema_version,
-                    record.codec,
-                    &record.payload,
-                )
-                .map_err(|e| ProjectionError::Event {
-                    position: record.position.0,
-                    reason: e.to_string(),
-                })?;
-                if let DomainEvent::Identity(e) = event {
-                    self.identities.entry(member).or_default().push(e);
-                }
+                // Decoded only if an identity command later in the group asks (a mass reset
+                // appends millions of these and no command reads them).
+                self.identities
+                    .entry(member)
+                    .or_default()
+                    .push(Arc::clone(record));
                 Ok(())
             }
             None => Ok(()),
@@ -270,8 +263,17 @@ impl StateReader for Group<'_> {
         };
         let mut state =
             load_identity(self.rows.snapshot(), member).map_err(|e| unreadable(e.to_string()))?;
-        for event in self.identities.get(member).into_iter().flatten() {
-            apply_identity_event(&mut state, event).map_err(|e| unreadable(e.to_string()))?;
+        for record in self.identities.get(member).into_iter().flatten() {
+            let event = DomainEvent::decode(
+                &record.event_type,
+                record.schema_version,
+                record.codec,
+                &record.payload,
+            )
+            .map_err(|e| unreadable(format!("position {}: {e}", record.position)))?;
+            if let DomainEvent::Identity(event) = event {
+                apply_identity_event(&mut state, &event).map_err(|e| unreadable(e.to_string()))?;
+            }
         }
         Ok(state)
     }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use ledger::domain::{
     apply_identity_event, member_of_stream, wallet_row_changes, Badge, CommandId, Coupon, CouponId,
-    DomainEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure,
-    StateReader, StreamKind, Visit, WalletEvent, WalletSummary,
+    DomainEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure, StateReader,
+    StreamKind, Visit, WalletEvent, WalletSummary,
 };
 use ledger::record::RecordView;
 use ledger::{CommitHook, EventRecord, GroupHook, Position, Snapshot, Timestamp, WriteBatch};

@@ -23,7 +23,7 @@ pub mod views;
 pub use fold::{AsOf, EventTotals, FoldStats};
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};
-pub use service::{StatementLine, SubmitError, Submitted, WalletService};
+pub use service::{Queued, StatementLine, SubmitError, Submitted, WalletService};
 
 /// Why a projection operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -128,6 +128,22 @@ impl WalletService {
         finish(self.ledger.submit(job(cmd, at, None)).await)
     }
 
+    /// Queues a command behind every command queued before it and returns what to await: the
+    /// writer decides commands in queue order, each against the state the ones before it left,
+    /// so a caller with many commands (import) keeps their order without waiting for each
+    /// one's commit. `expire` without a member cannot be queued (it runs member by member):
+    /// use [`WalletService::submit`].
+    pub async fn queue(&self, cmd: &Command) -> Result<Queued, SubmitError> {
+        if is_expire_all(cmd) {
+            return Err(SubmitError::Ledger(AppendError::Invalid {
+                field: "member".into(),
+                reason: "an expire of every wallet runs member by member; submit it".into(),
+            }));
+        }
+        let at = cmd.at.unwrap_or_else(Timestamp::now);
+        Ok(Queued(self.ledger.queue_command(job(cmd, at, None)).await?))
+    }
+
     /// [`WalletService::submit`] for callers outside an async runtime.
     pub fn submit_blocking(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
         let at = cmd.at.unwrap_or_else(Timestamp::now);
@@ -290,6 +306,16 @@ impl WalletService {
             }
         }
         Ok(lines)
+    }
+}
+
+/// A command queued by [`WalletService::queue`].
+pub struct Queued(ledger::CommandAnswer);
+
+impl Queued {
+    /// Waits for the command's outcome (durable when it is `Ok`).
+    pub async fn outcome(self) -> Result<Submitted, SubmitError> {
+        finish(self.0.await)
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger::domain::{CouponStatus, WalletState};
+use projections::views::ShownWallet;
 use serde::Serialize;
 
 /// How a command that did its job ended. Errors (exit 2) travel as `anyhow::Error` instead.
@@ -55,22 +56,27 @@ pub struct CouponsJson {
 }
 
 impl WalletJson {
-    /// The shown form of a folded state. Badges and coupons come from ordered collections, so
-    /// the arrays are sorted by construction.
+    /// The shown form of a folded state.
     pub fn of(state: &WalletState) -> WalletJson {
+        WalletJson::of_shown(&ShownWallet::of(state))
+    }
+
+    /// The shown form of what `show` reads of a stored wallet. Badges and coupons come sorted
+    /// by id, so the arrays are sorted by construction.
+    pub fn of_shown(shown: &ShownWallet) -> WalletJson {
         let with = |status: CouponStatus| {
-            state
-                .coupons()
+            shown
+                .coupons
                 .iter()
-                .filter(|(_, c)| c.status == status)
+                .filter(|(_, s)| *s == status)
                 .map(|(id, _)| id.to_string())
                 .collect::<Vec<_>>()
         };
         WalletJson {
-            member: state.member().to_string(),
-            balance: state.balance().0,
-            miles: state.miles_outstanding().0,
-            badges: state.badges().iter().map(|b| b.to_string()).collect(),
+            member: shown.member.to_string(),
+            balance: shown.summary.balance.0,
+            miles: shown.summary.miles_outstanding.0,
+            badges: shown.badges.iter().map(|b| b.to_string()).collect(),
             coupons: CouponsJson {
                 active: with(CouponStatus::Active),
                 redeemed: with(CouponStatus::Redeemed),

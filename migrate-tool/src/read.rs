@@ -46,18 +46,18 @@ pub fn show(
     let as_of = parse_as_of(as_of)?;
     let engine = store::open_existing(dir)?;
     let snap = engine.snapshot()?;
-    let state = match as_of {
+    let shown = match as_of {
         AsOf::Head => {
             store::require_current_views(&*snap)?;
-            views::load_wallet(&*snap, &member)?
+            views::load_shown(&*snap, &member)?
         }
-        other => fold::fold_member(&*snap, &member, other)?,
+        other => fold::fold_member(&*snap, &member, other)?.map(|s| views::ShownWallet::of(&s)),
     };
-    let Some(state) = state else {
+    let Some(shown) = shown else {
         eprintln!("member {member} has no wallet");
         return Ok(Outcome::Failed);
     };
-    let shown = WalletJson::of(&state);
+    let shown = WalletJson::of_shown(&shown);
     if json {
         writeln!(out, "{}", shown.to_line())?;
     } else {
@@ -143,16 +143,26 @@ pub fn export(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::R
     let as_of = parse_as_of(as_of)?;
     let engine = store::open_existing(dir)?;
     let snap = engine.snapshot()?;
-    let mut write = |state: WalletState| -> anyhow::Result<()> {
-        writeln!(out, "{}", WalletJson::of(&state).to_line())?;
-        Ok(())
-    };
     match as_of {
         AsOf::Head => {
             store::require_current_views(&*snap)?;
-            for_each_view(&*snap, &mut write)?;
+            let mut failed: Option<std::io::Error> = None;
+            views::for_each_shown(&*snap, &mut |shown| {
+                writeln!(out, "{}", WalletJson::of_shown(&shown).to_line()).map_err(|e| {
+                    let reason = e.to_string();
+                    failed = Some(e);
+                    projections::ProjectionError::Fold { reason }
+                })
+            })
+            .map_err(|e| match failed.take() {
+                Some(io) => anyhow::Error::new(io),
+                None => e.into(),
+            })?;
         }
-        other => for_each_folded(&*snap, other, &mut write)?,
+        other => for_each_folded(&*snap, other, &mut |state: WalletState| {
+            writeln!(out, "{}", WalletJson::of(&state).to_line())?;
+            Ok(())
+        })?,
     }
     Ok(Outcome::Ok)
 }

@@ -733,6 +733,211 @@ pub fn load_wallet<R: RowRead + ?Sized>(
     builder.finish()
 }
 
+/// What `show` and `export` display of a wallet: the summary, the badges and the coupons with
+/// their status (sorted by id). Read from those rows only: a wallet's payments and lots, its long
+/// history, are neither read nor held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShownWallet {
+    /// The owner.
+    pub member: MemberId,
+    /// Balance, miles outstanding, counts.
+    pub summary: WalletSummary,
+    /// Badges held, sorted.
+    pub badges: Vec<Badge>,
+    /// Every coupon with its status, sorted by id.
+    pub coupons: Vec<(CouponId, CouponStatus)>,
+}
+
+impl ShownWallet {
+    /// The shown part of a whole state (as-of reads fold one).
+    pub fn of(state: &WalletState) -> ShownWallet {
+        ShownWallet {
+            member: state.member().clone(),
+            summary: state.summary(),
+            badges: state.badges().iter().cloned().collect(),
+            coupons: state
+                .coupons()
+                .iter()
+                .map(|(id, c)| (id.clone(), c.status))
+                .collect(),
+        }
+    }
+
+    fn damaged(&self, reason: impl Into<String>) -> ProjectionError {
+        ProjectionError::View {
+            member: self.member.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// One summary, badge or coupon row (`rest`: the key after `member 0x00`).
+    fn add(&mut self, rest: &[u8], value: &[u8]) -> Result<(), ProjectionError> {
+        let Some((&kind, id)) = rest.split_first() else {
+            return Err(self.damaged("row key with no kind"));
+        };
+        let text = || std::str::from_utf8(id).map_err(|_| self.damaged("row id is not UTF-8"));
+        match kind {
+            kind::SUMMARY => self.summary = decode_summary(value).map_err(|e| self.damaged(e))?,
+            kind::BADGE => {
+                let badge = Badge::new(text()?).map_err(|e| self.damaged(format!("badge {e}")))?;
+                self.badges.push(badge);
+            }
+            kind::COUPON => {
+                let id = CouponId::new(text()?).map_err(|e| self.damaged(format!("coupon {e}")))?;
+                let coupon = decode_coupon(value).map_err(|e| self.damaged(e))?;
+                self.coupons.push((id, coupon.status));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The counts in the summary must be what the rows hold.
+    fn checked(self, had_summary: bool) -> Result<Option<ShownWallet>, ProjectionError> {
+        if !had_summary {
+            if self.badges.is_empty() && self.coupons.is_empty() {
+                return Ok(None);
+            }
+            return Err(self.damaged("rows without a summary"));
+        }
+        let count = |status| self.coupons.iter().filter(|(_, s)| *s == status).count() as u64;
+        let s = &self.summary;
+        if s.badges != self.badges.len() as u64
+            || s.coupons_active != count(CouponStatus::Active)
+            || s.coupons_redeemed != count(CouponStatus::Redeemed)
+            || s.coupons_expired != count(CouponStatus::Expired)
+        {
+            return Err(self.damaged(format!(
+                "summary {s:?} disagrees with {} badge and {} coupon rows",
+                self.badges.len(),
+                self.coupons.len()
+            )));
+        }
+        Ok(Some(self))
+    }
+}
+
+/// The shown part of a member's wallet (`None`: no wallet), reading its summary, badge and
+/// coupon rows only.
+pub fn load_shown<R: RowRead + ?Sized>(
+    read: &R,
+    member: &MemberId,
+) -> Result<Option<ShownWallet>, ProjectionError> {
+    let mut shown = ShownWallet {
+        member: member.clone(),
+        summary: WalletSummary::default(),
+        badges: Vec::new(),
+        coupons: Vec::new(),
+    };
+    let mut had_summary = false;
+    let prefix = member_prefix(member);
+    for kind in [kind::SUMMARY, kind::BADGE, kind::COUPON] {
+        let mut from = prefix.clone();
+        from.push(kind);
+        let mut error = None;
+        read.visit(
+            tables::ROWS,
+            &from,
+            &prefix_end(&from),
+            &mut |key, value| {
+                had_summary |= kind == kind::SUMMARY;
+                match shown.add(&key[prefix.len()..], value) {
+                    Ok(()) => Visit::Continue,
+                    Err(e) => {
+                        error = Some(e);
+                        Visit::Stop
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    shown.checked(had_summary)
+}
+
+/// Every stored wallet's shown part, in member id order, in one pass over `wallet_rows` that
+/// jumps over each member's lot and payment rows instead of reading them: one member in memory
+/// at a time, and a long history costs a seek, not a read.
+pub fn for_each_shown(
+    snap: &dyn Snapshot,
+    each: &mut dyn FnMut(ShownWallet) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    let mut current: Option<(ShownWallet, bool)> = None;
+    // Where the next scan starts, and whether that key itself is included (the start, or the
+    // first key after a jump) or already read (the last key of the previous chunk).
+    let mut lower: Vec<u8> = Vec::new();
+    let mut included = true;
+    loop {
+        let bound = if included {
+            Bound::Included(lower.as_slice())
+        } else {
+            Bound::Excluded(lower.as_slice())
+        };
+        let rows = snap.scan(tables::ROWS, (bound, Bound::Unbounded), 4_096)?;
+        let Some((last, _)) = rows.last() else { break };
+        let mut next = (last.clone(), false);
+        for (key, value) in &rows {
+            let Some(split) = key.iter().position(|&b| b == 0) else {
+                return Err(ProjectionError::View {
+                    member: String::from_utf8_lossy(key).into_owned(),
+                    reason: "row key without a member terminator".into(),
+                });
+            };
+            let name = &key[..split];
+            let kind = key.get(split + 1).copied();
+            if current
+                .as_ref()
+                .is_none_or(|(s, _)| s.member.as_str().as_bytes() != name)
+            {
+                if let Some((done, had)) = current.take() {
+                    if let Some(shown) = done.checked(had)? {
+                        each(shown)?;
+                    }
+                }
+                let member = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| MemberId::new(n).ok())
+                    .ok_or_else(|| ProjectionError::View {
+                        member: String::from_utf8_lossy(name).into_owned(),
+                        reason: "row key does not start with a valid member id".into(),
+                    })?;
+                current = Some((
+                    ShownWallet {
+                        member,
+                        summary: WalletSummary::default(),
+                        badges: Vec::new(),
+                        coupons: Vec::new(),
+                    },
+                    false,
+                ));
+            }
+            let (shown, had) = current.as_mut().expect("set just above");
+            match kind {
+                Some(kind::LOT) | Some(kind::PAYMENT) => {
+                    // Jump past this member's rows of that kind (they sort together).
+                    let mut skip_to = key[..split + 2].to_vec();
+                    *skip_to.last_mut().expect("kind byte") += 1;
+                    next = (skip_to, true);
+                    break;
+                }
+                _ => {
+                    *had |= kind == Some(kind::SUMMARY);
+                    shown.add(&key[split + 1..], value)?;
+                }
+            }
+        }
+        (lower, included) = next;
+    }
+    if let Some((done, had)) = current {
+        if let Some(shown) = done.checked(had)? {
+            each(shown)?;
+        }
+    }
+    Ok(())
+}
+
 /// Collects one member's rows (in key order) into a [`WalletState`], checking the summary
 /// against the rows.
 struct WalletBuilder {

@@ -170,6 +170,23 @@ pub fn audit(snap: &dyn Snapshot, check_digest: bool, context: &str) -> Audit {
             "{context}: fold_member({m}) differs from the whole-log fold"
         );
     }
+    let mut shown = Vec::new();
+    views::for_each_shown(snap, &mut |w| {
+        shown.push(w);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{context}: reading the shown wallets failed: {e}"));
+    let wanted_shown: Vec<views::ShownWallet> =
+        states.values().map(views::ShownWallet::of).collect();
+    assert!(
+        shown == wanted_shown,
+        "{context}: the shown wallets (summary, badge and coupon rows) differ from the fold"
+    );
+    for w in &wanted_shown {
+        let one = views::load_shown(snap, &w.member)
+            .unwrap_or_else(|e| panic!("{context}: load_shown({}) failed: {e}", w.member));
+        assert_eq!(one.as_ref(), Some(w), "{context}: load_shown({})", w.member);
+    }
     let mut wanted: Vec<(&'static str, Vec<u8>)> =
         states.values().flat_map(views::index_entries_of).collect();
     wanted.sort();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ledger::domain::{
     apply_identity_event, identity_stream, wallet_stream, Command, CommandBody, DomainEvent,
-    IdentityState, MemberId, Rejection, StateReader, WalletState, WalletSummary,
+    IdentityState, MemberId, Rejection, StateReader, WalletEvent, WalletState, WalletSummary,
 };
 use ledger::log;
 use ledger::{
@@ -30,6 +30,8 @@ use crate::hook::ProjectionHook;
 use crate::views;
 use crate::{rebuild, ProjectionError};
 
+/// Events read per step of a statement.
+const STATEMENT_CHUNK: usize = 4_096;
 /// Members whose expirations are queued to the writer at once by a whole-store `expire`.
 const EXPIRE_WINDOW: usize = 512;
 /// Members read from the expiry index per round of a whole-store `expire`.
@@ -274,38 +276,52 @@ impl WalletService {
 
     /// The member's wallet events with the running balance.
     pub fn statement(&self, member: &MemberId) -> Result<Vec<StatementLine>, ProjectionError> {
+        let mut lines = Vec::new();
+        self.statement_each(member, &mut |line| {
+            lines.push(line);
+            Ok(())
+        })?;
+        Ok(lines)
+    }
+
+    /// The member's wallet events with the running balance, one at a time in stream order:
+    /// memory stays the same whatever the history (the balance is carried from line to line;
+    /// no wallet state is built).
+    pub fn statement_each(
+        &self,
+        member: &MemberId,
+        each: &mut dyn FnMut(StatementLine) -> Result<(), ProjectionError>,
+    ) -> Result<(), ProjectionError> {
         let snap = self.snapshot()?;
         let stream = wallet_stream(member);
-        let mut state: Option<WalletState> = None;
-        let mut lines = Vec::new();
+        let mut balance = 0u64;
         let mut from = StreamVersion(1);
         loop {
-            let records = log::read_stream(&*snap, &stream, from, 4_096)?;
-            let Some(last) = records.last() else { break };
+            let records = log::read_stream(&*snap, &stream, from, STATEMENT_CHUNK)?;
+            let Some(last) = records.last() else {
+                return Ok(());
+            };
             from = StreamVersion(last.version.0 + 1);
-            for record in &records {
-                let Some((_, event)) = crate::hook::wallet_event_of(record)? else {
+            for record in records {
+                let Some((_, event)) = crate::hook::wallet_event_of(&record)? else {
                     continue;
                 };
-                let before = state.as_ref().map_or(0, |s| s.balance().0);
-                ledger::domain::apply_wallet_event(&mut state, &event).map_err(|e| {
-                    ProjectionError::Event {
-                        position: record.position.0,
-                        reason: e.to_string(),
-                    }
+                let delta = balance_delta(&event);
+                let after = i128::from(balance) + delta;
+                balance = u64::try_from(after).map_err(|_| ProjectionError::Event {
+                    position: record.position.0,
+                    reason: format!("the balance of member {member} would be {after} yen"),
                 })?;
-                let after = state.as_ref().map_or(0, |s| s.balance().0);
-                lines.push(StatementLine {
+                each(StatementLine {
                     position: record.position.0,
                     at: record.at,
-                    event_type: record.event_type.clone(),
-                    command_id: record.command_id.clone(),
-                    delta_yen: i128::from(after) - i128::from(before),
-                    balance_yen: after,
-                });
+                    event_type: record.event_type,
+                    command_id: record.command_id,
+                    delta_yen: delta,
+                    balance_yen: balance,
+                })?;
             }
         }
-        Ok(lines)
     }
 }
 
@@ -360,6 +376,25 @@ impl ExpireTally {
             },
             _ => completion,
         }
+    }
+}
+
+/// How a wallet event changes the balance, in yen.
+fn balance_delta(event: &WalletEvent) -> i128 {
+    match event {
+        WalletEvent::ToppedUp(e) => i128::from(e.amount.0),
+        WalletEvent::Refunded(e) => i128::from(e.amount.0),
+        WalletEvent::TransferredIn(e) => i128::from(e.amount.0),
+        WalletEvent::Paid(e) => -i128::from(e.amount.0),
+        WalletEvent::TransferredOut(e) => -i128::from(e.amount.0),
+        WalletEvent::WalletOpened(_)
+        | WalletEvent::MilesEarned(_)
+        | WalletEvent::MilesRedeemed(_)
+        | WalletEvent::MilesExpired(_)
+        | WalletEvent::BadgeAwarded(_)
+        | WalletEvent::CouponIssued(_)
+        | WalletEvent::CouponRedeemed(_)
+        | WalletEvent::CouponExpired(_) => 0,
     }
 }
 

@@ -13,7 +13,7 @@
 //! order), lines of at most [`MAX_LINE_BYTES`] bytes, and a bounded channel from the reader
 //! thread. Memory is bounded whatever the file size.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -106,6 +106,15 @@ fn read_lines(input: Box<dyn Read + Send>, tx: &mpsc::Sender<FromReader>) {
             return;
         }
         number += 1;
+        if number == 1 && buf.starts_with(UTF8_BOM) {
+            // SPEC 2: a byte-order mark at the start of the input (spreadsheet exports write
+            // one) is skipped.
+            buf.drain(..UTF8_BOM.len());
+        }
+        if is_blank(&buf) {
+            // SPEC 2: blank lines are skipped and not counted; later lines keep their numbers.
+            continue;
+        }
         let parsed = if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
             if let Err(e) = skip_rest_of_line(&mut reader) {
                 let _ = tx.blocking_send(FromReader::Failed(format!(
@@ -124,6 +133,15 @@ fn read_lines(input: Box<dyn Read + Send>, tx: &mpsc::Sender<FromReader>) {
             return;
         }
     }
+}
+
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A line holding nothing but its end (LF or CRLF), spaces or tabs.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter()
+        .all(|b| matches!(b, b'\n' | b'\r' | b' ' | b'\t'))
 }
 
 fn skip_rest_of_line(reader: &mut impl BufRead) -> std::io::Result<()> {
@@ -152,30 +170,27 @@ fn parse_line(raw: &[u8]) -> Result<Command, String> {
     Command::parse_json_line(text).map_err(|e| e.to_string())
 }
 
-/// Results waiting to be reported in line order.
+/// Reports results; lines arrive in order (the pipeline keeps it).
 struct Reporter {
-    next: u64,
-    done: BTreeMap<u64, LineResult>,
+    /// The last line reported.
+    last: u64,
     summary: Summary,
     bar: indicatif::ProgressBar,
 }
 
 impl Reporter {
     fn record(&mut self, number: u64, result: LineResult) {
-        self.done.insert(number, result);
-        while let Some(result) = self.done.remove(&self.next) {
-            match result {
-                LineResult::Applied => self.summary.applied += 1,
-                LineResult::Duplicate => self.summary.duplicate += 1,
-                LineResult::Rejected(reason) => {
-                    self.summary.rejected += 1;
-                    self.bar
-                        .suspend(|| eprintln!("line {}: {reason}", self.next));
-                }
+        debug_assert!(number > self.last, "lines are reported in order");
+        match result {
+            LineResult::Applied => self.summary.applied += 1,
+            LineResult::Duplicate => self.summary.duplicate += 1,
+            LineResult::Rejected(reason) => {
+                self.summary.rejected += 1;
+                self.bar.suspend(|| eprintln!("line {number}: {reason}"));
             }
-            self.next += 1;
-            self.bar.inc(1);
         }
+        self.last = number;
+        self.bar.inc(1);
     }
 }
 
@@ -192,6 +207,7 @@ fn is_fatal(e: &SubmitError) -> bool {
 enum InFlight {
     Queued(Queued),
     Settled(LineResult),
+    Failed(SubmitError),
 }
 
 async fn schedule(
@@ -199,8 +215,7 @@ async fn schedule(
     mut rx: mpsc::Receiver<FromReader>,
 ) -> anyhow::Result<Summary> {
     let mut reporter = Reporter {
-        next: 1,
-        done: BTreeMap::new(),
+        last: 0,
         summary: Summary::default(),
         bar: output::progress(None, "lines"),
     };
@@ -228,10 +243,7 @@ async fn schedule(
             }
             Ok(cmd) => match service.queue(&cmd).await {
                 Ok(queued) => InFlight::Queued(queued),
-                Err(e) => {
-                    settle(number, Err(e), &mut reporter, &mut fatal);
-                    continue;
-                }
+                Err(e) => InFlight::Failed(e),
             },
         };
         in_flight.push_back((number, entry));
@@ -248,10 +260,7 @@ async fn schedule(
             let s = &reporter.summary;
             Err(e.context(format!(
                 "import stopped after line {} (applied {}, duplicate {}, rejected {})",
-                reporter.next - 1,
-                s.applied,
-                s.duplicate,
-                s.rejected
+                reporter.last, s.applied, s.duplicate, s.rejected
             )))
         }
         None => Ok(reporter.summary),
@@ -269,6 +278,7 @@ async fn settle_front(
     match entry {
         InFlight::Settled(line) => reporter.record(number, line),
         InFlight::Queued(queued) => settle(number, queued.outcome().await, reporter, fatal),
+        InFlight::Failed(e) => settle(number, Err(e), reporter, fatal),
     }
 }
 

@@ -99,7 +99,8 @@ fn import_reports_every_bad_line_in_order_and_writes_nothing_for_them() {
     let bad = write_file(tmp.path(), "bad.jsonl", BAD);
     let r = run(&store, &["import", bad.to_str().unwrap()]);
     assert_eq!(r.code, 1);
-    assert_eq!(r.stdout, "applied 0, duplicate 0, rejected 63\n");
+    // The two blank lines at the top are skipped (SPEC 2), not rejected: 61 of 63 lines.
+    assert_eq!(r.stdout, "applied 0, duplicate 0, rejected 61\n");
     assert_eq!(r.stderr, BAD_EXPECTED);
     assert!(BAD_EXPECTED.lines().count() >= 50);
     assert_eq!(head(&store), 9, "rejected lines must not write");
@@ -709,4 +710,32 @@ fn store_comes_from_env_and_bad_arguments_exit_2_and_help_has_examples() {
             "{cmd}"
         );
     }
+}
+
+// Proves SPEC 2's input rules for what spreadsheets and editors write: a UTF-8 byte-order mark at
+// the start and blank lines (empty, spaces, CRLF) are skipped and not counted, CRLF line ends are
+// accepted, and a bad line after the blank ones is still reported with its physical number.
+#[test]
+fn import_skips_a_byte_order_mark_and_blank_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let input = "\u{feff}{\"id\":\"b1\",\"type\":\"open_wallet\",\"member\":\"m1\"}\r\n\
+                 \r\n\
+                 \n\
+                 {\"id\":\"b2\",\"type\":\"top_up\",\"member\":\"m1\",\"amount\":100}\n\
+                 \x20 \t\n\
+                 {\"id\":\"b3\",\"type\":\"top_up\",\"member\":\"m1\",\"amount\":0}\n";
+    let r = run_with(&store, &["import", "-"], Some(input.as_bytes()));
+    assert_eq!(
+        r.stdout, "applied 2, duplicate 0, rejected 1\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "line 6: field \"amount\" must be between 1 and 100000000, got 0\n"
+    );
+    let shown = json(&run(&store, &["show", "m1", "--json"]).stdout);
+    assert_eq!(shown["balance"], 100);
 }

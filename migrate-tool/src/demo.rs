@@ -26,8 +26,8 @@ use ledger::domain::{
     DecideInput, DomainEvent, MemberId, Miles, StreamEvents, WalletState, Yen,
 };
 use ledger::{
-    AppendError, AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, NewEvent,
-    StreamAppend, StreamVersion, Timestamp,
+    AppendError, AppendRequest, Backend, Create, ExpectedVersion, Ledger, StreamAppend,
+    StreamVersion, Timestamp,
 };
 use tokio::task::JoinSet;
 
@@ -415,13 +415,7 @@ fn request(
         };
         let mut events = Vec::with_capacity(d.events.len());
         for e in &d.events {
-            events.push(NewEvent {
-                event_type: e.event_type().to_owned(),
-                schema_version: e.schema_version(),
-                codec: Codec::DEFAULT,
-                payload: e.encode(Codec::DEFAULT)?,
-                at,
-            });
+            events.push(e.to_new_event(at)?);
         }
         streams.push(StreamAppend {
             stream: d.stream,

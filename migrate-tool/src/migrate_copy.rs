@@ -133,7 +133,7 @@ fn plan_fault(snap: &dyn Snapshot, fault: Option<Fault>) -> anyhow::Result<Fault
             let Some(last) = records.last() else { break };
             next = last.position.next();
             for r in &records {
-                if !r.stream.starts_with("wallet-") {
+                if !r.stream.starts_with(ledger::domain::WALLET_STREAM_PREFIX) {
                     continue;
                 }
                 match fault {

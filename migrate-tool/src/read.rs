@@ -122,7 +122,12 @@ pub fn for_each_folded(
 ) -> anyhow::Result<()> {
     let mut after: Option<String> = None;
     loop {
-        let streams = log::list_streams(snap, "wallet-", after.as_deref(), CHUNK)?;
+        let streams = log::list_streams(
+            snap,
+            ledger::domain::WALLET_STREAM_PREFIX,
+            after.as_deref(),
+            CHUNK,
+        )?;
         let Some(last) = streams.last() else {
             return Ok(());
         };

@@ -512,7 +512,7 @@ impl PassStates {
 }
 
 /// Stream names of wallet streams start with this; see [`ledger::domain::wallet_stream`].
-const WALLET_PREFIX: &str = "wallet-";
+const WALLET_PREFIX: &str = ledger::domain::WALLET_STREAM_PREFIX;
 
 /// A pass's input: chunks of `events` entries in position order from position 1.
 type Chunk = Result<Vec<Entry>, ProjectionError>;

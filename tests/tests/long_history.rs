@@ -33,7 +33,7 @@ use ledger::domain::{
     WalletState, Yen,
 };
 use ledger::{
-    log, AppendRequest, Backend, Codec, Create, ExpectedVersion, NewEvent, Position, StreamAppend,
+    log, AppendRequest, Backend, Create, ExpectedVersion, NewEvent, Position, StreamAppend,
     Timestamp,
 };
 use ledger_tests::wallet::{
@@ -192,16 +192,9 @@ fn history(m: &MemberId, s: Sizes) -> Vec<(WalletEvent, Timestamp)> {
 }
 
 fn new_event(event: WalletEvent, at: Timestamp) -> NewEvent {
-    let event = DomainEvent::Wallet(event);
-    NewEvent {
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        codec: Codec::DEFAULT,
-        payload: event
-            .encode(Codec::DEFAULT)
-            .expect("generated events always encode"),
-        at,
-    }
+    DomainEvent::Wallet(event)
+        .to_new_event(at)
+        .expect("generated events always encode")
 }
 
 /// Appends the history in appends of [`EVENTS_PER_APPEND`]; returns the number of events.

@@ -189,12 +189,17 @@ pub enum StreamKind {
     Identity,
 }
 
+/// Every wallet stream's name starts with this (for scans of the stream index).
+pub const WALLET_STREAM_PREFIX: &str = "wallet-";
+/// Every identity stream's name starts with this.
+pub const IDENTITY_STREAM_PREFIX: &str = "identity-";
+
 impl StreamKind {
     /// The stream-name prefix, including the dash.
-    fn prefix(self) -> &'static str {
+    pub fn prefix(self) -> &'static str {
         match self {
-            StreamKind::Wallet => "wallet-",
-            StreamKind::Identity => "identity-",
+            StreamKind::Wallet => WALLET_STREAM_PREFIX,
+            StreamKind::Identity => IDENTITY_STREAM_PREFIX,
         }
     }
 }

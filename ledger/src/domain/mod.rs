@@ -43,7 +43,7 @@ pub use events::{
 };
 pub use ids::{
     identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,
-    MemberId, Miles, StreamKind, StreamRef, Yen,
+    MemberId, Miles, StreamKind, StreamRef, Yen, IDENTITY_STREAM_PREFIX, WALLET_STREAM_PREFIX,
 };
 pub use reader::{ReadFailure, StateReader, Visit, WalletSummary};
 pub use rows::{wallet_row_changes, RowChange};

@@ -821,15 +821,9 @@ fn coupon_id(n: u32) -> CouponId {
 }
 
 fn new_event(event: DomainEvent, at: Timestamp) -> NewEvent {
-    NewEvent {
-        event_type: event.event_type().to_owned(),
-        schema_version: event.schema_version(),
-        codec: Codec::DEFAULT,
-        payload: event
-            .encode(Codec::DEFAULT)
-            .expect("generated events always encode"),
-        at,
-    }
+    event
+        .to_new_event(at)
+        .expect("generated events always encode")
 }
 
 fn open_prep_ledger(dir: &Path) -> anyhow::Result<Ledger> {

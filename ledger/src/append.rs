@@ -94,6 +94,10 @@ pub enum AppendError {
     /// The group commit this request was in failed; the log is as it was before it.
     #[error("append failed, nothing was written: {reason}")]
     Storage { reason: String },
+    /// A commit hook (the projections) failed on this request's group; nothing was written.
+    /// Keeps the hook's error, with its sources.
+    #[error("append failed, nothing was written: {0}")]
+    Hook(#[source] std::sync::Arc<crate::ledger::HookError>),
     /// The ledger is shut down.
     #[error("the ledger is closed")]
     Closed,

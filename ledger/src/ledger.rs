@@ -38,7 +38,25 @@ use crate::verify::{self, VerifyReport};
 pub trait CommitHook: Send + Sync + 'static {
     /// Starts one group commit on the snapshot the writer plans against (the state just before
     /// the group). An error fails the whole group commit.
-    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, String>;
+    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, HookError>;
+}
+
+/// Why a commit hook failed: the hook's own error, with its sources (a storage error keeps the
+/// engine's). Fails the whole group commit; every caller in it gets [`AppendError::Hook`].
+#[derive(Debug, thiserror::Error)]
+#[error("commit hook failed: {source}")]
+pub struct HookError {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl HookError {
+    /// Wraps the hook's error.
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        HookError {
+            source: source.into(),
+        }
+    }
 }
 
 /// A hook's part of one group commit: it sees every record the group appends, in position
@@ -46,7 +64,7 @@ pub trait CommitHook: Send + Sync + 'static {
 pub trait GroupHook {
     /// Folds the records one request just appended (in position order) into what the hook will
     /// write. An error fails the whole group commit.
-    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), String>;
+    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), HookError>;
 
     /// The state commands are decided against: the stored rows plus everything applied so far
     /// in this group. `None`: this hook keeps no state (commands need one that does).
@@ -55,7 +73,7 @@ pub trait GroupHook {
     }
 
     /// Adds the hook's writes to the group's batch. An error fails the whole group commit.
-    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), String>;
+    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), HookError>;
 }
 
 /// A command for the writer to decide and append: the way commands on one wallet never conflict.
@@ -597,10 +615,8 @@ fn group_commit(
     }
 }
 
-fn hook_failed(reason: String) -> AppendError {
-    AppendError::Storage {
-        reason: format!("commit hook failed: {reason}"),
-    }
+fn hook_failed(error: HookError) -> AppendError {
+    AppendError::Hook(Arc::new(error))
 }
 
 fn finish_groups(

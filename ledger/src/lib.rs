@@ -31,7 +31,7 @@ pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppe
 pub use codec::Codec;
 pub use engine::{Engine, EngineError, Snapshot, WriteBatch};
 pub use ledger::{
-    CommandAnswer, CommandError, CommandJob, CommitHook, GroupHook, Ledger, LedgerError,
+    CommandAnswer, CommandError, CommandJob, CommitHook, GroupHook, HookError, Ledger, LedgerError,
     LedgerOptions, Subscription,
 };
 pub use record::EventRecord;

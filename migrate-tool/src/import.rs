@@ -199,7 +199,9 @@ fn is_fatal(e: &SubmitError) -> bool {
     matches!(
         e,
         SubmitError::Read(_)
-            | SubmitError::Ledger(AppendError::Storage { .. } | AppendError::Closed)
+            | SubmitError::Ledger(
+                AppendError::Storage { .. } | AppendError::Hook(_) | AppendError::Closed
+            )
     )
 }
 

@@ -22,7 +22,9 @@ use ledger::domain::{
     StreamKind, Visit, WalletEvent, WalletSummary,
 };
 use ledger::record::RecordView;
-use ledger::{CommitHook, EventRecord, GroupHook, Position, Snapshot, Timestamp, WriteBatch};
+use ledger::{
+    CommitHook, EventRecord, GroupHook, HookError, Position, Snapshot, Timestamp, WriteBatch,
+};
 
 use crate::digest::{self, BucketSum};
 use crate::service::load_identity;
@@ -66,10 +68,10 @@ pub fn decode_wallet_event(record: &RecordView<'_>) -> Result<WalletEvent, Proje
 }
 
 impl CommitHook for ProjectionHook {
-    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, String> {
+    fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, HookError> {
         Group::begin(snap)
             .map(|g| Box::new(g) as Box<dyn GroupHook + 's>)
-            .map_err(|e| e.to_string())
+            .map_err(HookError::new)
     }
 }
 
@@ -201,19 +203,19 @@ impl<'s> Group<'s> {
 }
 
 impl GroupHook for Group<'_> {
-    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), String> {
+    fn apply(&mut self, records: &[Arc<EventRecord>]) -> Result<(), HookError> {
         records
             .iter()
             .try_for_each(|r| self.apply_record(r))
-            .map_err(|e| e.to_string())
+            .map_err(HookError::new)
     }
 
     fn reader(&self) -> Option<&dyn StateReader> {
         Some(self)
     }
 
-    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), String> {
-        self.finish_into(batch).map_err(|e| e.to_string())
+    fn finish(self: Box<Self>, batch: &mut WriteBatch) -> Result<(), HookError> {
+        self.finish_into(batch).map_err(HookError::new)
     }
 }
 

@@ -1,6 +1,6 @@
-//! The writer keeps state between group commits (the stream versions it wrote, and the
-//! `WalletService` projection hook's states, member hashes and bucket sums). This test proves
-//! that a failed group commit cannot leave either cache ahead of the store: commits fail at
+//! The writer keeps state between group commits (the stream versions it wrote; the projection
+//! hook keeps nothing, it reads the rows a command touches). This test proves that a failed
+//! group commit cannot leave the writer or the views ahead of the store: commits fail at
 //! random points in a stream of commands that keep touching the same few members, and after
 //! every failure and at the end the stored views and digest equal a fresh fold of the log, every
 //! acknowledged command is applied, and every failed one is not.

@@ -15,8 +15,9 @@ use projections::fold::{self, AsOf, FoldOptions};
 use projections::views;
 use serde_json::{json, Value};
 
-use crate::output::{Outcome, WalletJson};
+use crate::output::Outcome;
 use crate::store;
+use projections::WalletJson;
 
 /// Rows or streams read per chunk.
 const CHUNK: usize = 4_096;

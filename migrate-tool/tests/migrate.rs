@@ -288,8 +288,8 @@ fn faulty_transforms_are_refused_naming_the_member_and_leave_the_source_byte_ide
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0]["fields"], serde_json::json!(["balance"]));
     assert_eq!(
-        changed[0]["after"]["balance"].as_u64().unwrap(),
-        changed[0]["before"]["balance"].as_u64().unwrap() + 1
+        changed[0]["derived"]["balance"].as_u64().unwrap(),
+        changed[0]["stored"]["balance"].as_u64().unwrap() + 1
     );
     ok(&store, &["verify"]);
     ok(&store, &["check"]);
@@ -404,14 +404,14 @@ fn gate_catches_a_view_damaged_in_storage() {
     ok(&store, &["import", file.to_str().unwrap()]);
     let good = json(&ok(&store, &["gate", "--json"]).stdout);
     assert_eq!(good["ok"], true);
-    assert_eq!(good["members"], 41);
+    assert_eq!(good["after"]["members"], 41);
     damage_view_of_m1(&store);
     let r = run(&store, &["gate", "--json"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     let doc = json(&r.stdout);
     assert_eq!(doc["differing_members"], 1);
     assert_eq!(doc["differing_buckets"], 1);
-    let shown = &doc["members_shown"][0];
+    let shown = &doc["changed_members"][0];
     assert_eq!(shown["member"], "m1");
     assert_eq!(shown["fields"], serde_json::json!(["balance"]));
     assert_eq!(shown["stored"]["balance"], 501);

@@ -23,6 +23,12 @@ pub const SETUP: [&str; 9] = [
     r#"{"id":"s9","type":"register","member":"m1","login":"m1@example.jp","at":"2019-07-01T09:00:00+09:00"}"#,
 ];
 
+/// An identity command on [`SETUP`]'s store: m1 is registered, so it appends one event.
+pub const RESET_M1: &str = r#"{"id":"r1","type":"reset_password","member":"m1"}"#;
+
+/// A wallet command on [`SETUP`]'s store: credits m2 five yen.
+pub const TOP_UP_M2: &str = r#"{"id":"t9","type":"top_up","member":"m2","amount":5}"#;
+
 /// Opens (creating) a redb store in `dir` and submits `lines` through the wallet service; the
 /// service is stopped before returning, so the engine has no writer.
 pub fn store_with(dir: &Path, lines: &[&str]) -> Arc<dyn Engine> {

@@ -10,14 +10,15 @@
 //!   back) fails `views-match-log`, the detail names exactly that member, the other invariants
 //!   still hold, and the audit fails too.
 //!
-//! Seeds come from `CHECK_SEED` (else the clock) and are printed, so a failure can be replayed.
+//! Every backend of the build (sled with the `sled` feature). Seeds come from `CHECK_SEED` (else
+//! the clock) and are printed, so a failure can be replayed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use ledger::{Backend, Create, Engine, WriteBatch};
 use ledger_tests::wallet::{at_secs, audit, command, seed_from_env, splitmix64, stored_views};
-use ledger_tests::TestStore;
+use ledger_tests::{backends, TestStore};
 use projections::check::{self, no_progress, CheckReport, VIEWS_MATCH_LOG};
 use projections::views::{self, tables};
 use projections::{SubmitError, WalletService};
@@ -30,24 +31,6 @@ const COMMANDS: u64 = 240;
 const COMPARE_EVERY: u64 = 60;
 /// Stores (seeds) per run.
 const STORES: u64 = 4;
-
-/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redb {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
-        }
-        #[cfg(feature = "sled")]
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
-        }
-    };
-}
-
-for_each_backend!(
-    the_library_check_agrees_with_the_audit_on_random_stores,
-    a_damaged_row_is_named_by_the_library_check,
-);
 
 /// A deterministic random source for one store.
 struct Dice(u64);
@@ -148,7 +131,21 @@ fn compare_with_audit(service: &WalletService, context: &str) -> CheckReport {
     report
 }
 
-fn the_library_check_agrees_with_the_audit_on_random_stores(backend: Backend) {
+#[test]
+fn the_library_check_agrees_with_the_audit_on_random_stores() {
+    for backend in backends() {
+        agrees_with_the_audit(backend);
+    }
+}
+
+#[test]
+fn a_damaged_row_is_named_by_the_library_check() {
+    for backend in backends() {
+        damaged_row_is_named(backend);
+    }
+}
+
+fn agrees_with_the_audit(backend: Backend) {
     let base = seed_from_env("CHECK_SEED");
     for n in 0..STORES {
         let seed = base.wrapping_add(n);
@@ -185,7 +182,7 @@ fn the_library_check_agrees_with_the_audit_on_random_stores(backend: Backend) {
     }
 }
 
-fn a_damaged_row_is_named_by_the_library_check(backend: Backend) {
+fn damaged_row_is_named(backend: Backend) {
     let seed = seed_from_env("CHECK_SEED");
     println!("CHECK_SEED={seed} ({backend:?})");
     let store = TestStore::new(backend);

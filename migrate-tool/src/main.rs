@@ -3,16 +3,18 @@
 //! # Layout
 //! - [`cli`]: argument parsing (clap), help texts with an example per command.
 //! - [`store`]: opening a store directory with clear errors, scratch copies for the gate.
-//! - [`output`]: the shared outcome type (exit codes), the `show --json` wallet shape, progress bars.
+//! - [`output`]: the shared outcome type (exit codes), progress bars.
 //! - [`import`]: `import`, streaming with a bounded window of concurrent, order-safe submits.
 //! - [`read`]: `show`, `export`, `digest`, `log`.
-//! - [`check`]: `verify`, `check` (the invariants of SPEC section 4), `rebuild`.
+//! - [`check`]: `verify`, `check` (rendering `projections::check`, the invariants of SPEC
+//!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
 //! - [`demo`]: `demo`, deterministic seeded activity.
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
 //!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report.
-//! - [`gate`]: `gate`, the pre-deploy projection gate.
+//! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
+//!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
 //! Exit codes everywhere: 0 success, 1 something was rejected or a check failed, 2 the tool could
 //! not do its job (an `anyhow` error reaching `main`). Human output goes to stdout, errors to

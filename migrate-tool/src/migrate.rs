@@ -10,11 +10,14 @@
 //!    positions, stream versions, event ids, command ids and times, a recomputed hash chain, and
 //!    the command table copied; then rebuild the projections there with this binary;
 //! 4. **after**: the same figures on the new store;
-//! 5. **compare** everything the migration did not declare: every invariant holds on both; the
-//!    digest is equal (else the differing members are found through the digest buckets and named
-//!    with the fields that differ); the event count is equal; position by position the envelope
-//!    is equal and the decoded event is equal under the declared mapping; the command table is
-//!    equal. The head hash differs by declaration (the payload bytes change, so the chain does);
+//! 5. **compare** everything the migration did not declare, in `projections::gate` under
+//!    [`Declared::RecordsRewritten`]: every invariant holds on both; head position and members
+//!    are equal; the digest is equal (else the differing members are found through the digest
+//!    buckets and named with the fields that differ). The head hash differs by declaration (the
+//!    payload bytes change, so the chain does). The migration adds its own evidence
+//!    ([`crate::migrate_copy`]): the event count is equal; position by position the envelope is
+//!    equal and the decoded event is equal under the declared mapping; the command table is
+//!    equal;
 //! 6. on any difference: exit 1, the new store is deleted, the source is untouched. Otherwise,
 //!    unless `--dry-run`: append a `system.migration_applied` event (with the report's BLAKE3) to
 //!    `system-migrations` in the new store, then cut over atomically: `store` ->
@@ -35,14 +38,18 @@ use ledger::{
     StreamVersion, Timestamp,
 };
 use projections::digest;
+use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
 use serde_json::{json, Value};
 
-use crate::check::{self, CheckReport};
+use crate::check;
 use crate::lock::{self, StoreLock};
 use crate::migrate_copy::{self, CopyStats, Fault, LogCompare};
 use crate::migrate_report::{self, Report};
-use crate::output::{self, Outcome, WalletJson};
+use crate::output::{self, Outcome};
 use crate::store;
+
+/// The operation, as the gate's failures name it.
+const OPERATION: &str = "migration";
 
 /// What a migration does to each record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +116,7 @@ pub const MIGRATIONS: &[Migration] = &[
         summary: "move the views from layout 1 (one bincode state per member, which could not decode past 1 MiB) to layout 2 (a summary row and one row per entity); the log is not touched",
         declares: &[
             "views: layout 1 (view_wallet) -> layout 2 (wallet_rows and its expiry-order indexes); export byte-identical",
-            "digest definition 1 -> 2 (a member hash is now the sum of its row hashes): both recorded, they differ",
+            "the stored digest: definition 1 -> 2 (a member hash is now the sum of its row hashes); the gate compares both sides in definition 2, and the old digest is recorded",
             "system-migrations: +1 system.migration_applied event",
         ],
         kind: Kind::Rows,
@@ -175,16 +182,6 @@ pub fn run_id() -> String {
     format!("{seconds}{:06}Z", now.0.rem_euclid(1_000_000))
 }
 
-/// The gate's findings.
-pub struct GateFindings {
-    /// Why the gate refused; empty when it passed.
-    pub failures: Vec<String>,
-    /// Members whose wallet differs, with the fields.
-    pub changed: Vec<Value>,
-    /// Members named by the log comparison (their stream's events differ).
-    pub members_named: Vec<String>,
-}
-
 /// `migrate run NAME`.
 pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let migration = find(&opts.name)?;
@@ -211,26 +208,26 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
         std::fs::remove_dir_all(&source_copy)
             .with_context(|| format!("cannot remove {}", source_copy.display()))?;
     }
-    let result = copy_source(dir, &source_copy).and_then(|()| {
-        run_on_scratch(
-            &source_copy,
-            dir,
-            migration,
-            opts,
-            &scratch,
-            &run_id,
-            started,
-        )
-    });
+    let result = copy_source(dir, &source_copy)
+        .and_then(|()| run_on_scratch(&source_copy, migration, opts, &scratch));
     store::remove_scratch(&source_copy);
-    let (report, ok) = match result {
+    let (gate, copied) = match result {
         Ok(r) => r,
         Err(e) => {
             store::remove_scratch(&scratch);
             return Err(e);
         }
     };
-    let mut report = report;
+    let ok = gate.ok();
+    let mut report = Report::new(
+        dir,
+        migration,
+        &run_id,
+        opts.dry_run,
+        gate,
+        copied.as_ref(),
+        started,
+    );
     let applied = ok && !opts.dry_run;
     if applied {
         let position = append_applied(&scratch, migration, &report)?;
@@ -275,28 +272,24 @@ pub(crate) fn copy_source(dir: &Path, to: &Path) -> anyhow::Result<()> {
     store::copy_store(dir, to)
 }
 
-/// Steps 2 to 5 on the scratch store. Returns the report and whether the gate passed.
+/// What the copy-transform did and how the logs compare, when it ran to the end.
+pub type Copied = (CopyStats, LogCompare);
+
+/// Steps 2 to 5 on the scratch store: the gate's report, and the copy's figures when it ran.
 fn run_on_scratch(
     source_copy: &Path,
-    dir: &Path,
     migration: &Migration,
     opts: &RunOptions,
     scratch: &Path,
-    run_id: &str,
-    started: Instant,
-) -> anyhow::Result<(Report, bool)> {
+) -> anyhow::Result<(GateReport, Option<Copied>)> {
     let source = store::open_existing(source_copy)?;
     let src_snap = source.snapshot()?;
     let bar = output::progress(None, "gate: before");
-    let before = check::check_snapshot(&*src_snap, &check::spinner_progress(&bar))?;
-    let mut report = Report::new(dir, migration, run_id, opts.dry_run, &before);
-    if !before.ok() {
+    let before = projections::check_snapshot(&*src_snap, &check::progress(&bar))?;
+    let gate = Gate::begin(OPERATION, Figures::of_check(before, &*src_snap)?);
+    if let Some(why) = gate.refusal() {
         bar.finish_and_clear();
-        report
-            .failures
-            .push("the source store fails `check` before the migration; nothing was done".into());
-        report.finish(started);
-        return Ok((report, false));
+        return Ok((gate.refuse(vec![why]), None));
     }
     bar.set_message("migrate: copy-transform");
     let target = ledger::store::open_engine(scratch, Create::IfMissing, ledger::Backend::Redb)?;
@@ -314,131 +307,39 @@ fn run_on_scratch(
         let dst_snap = target.snapshot()?;
         let logs = migrate_copy::compare_logs(&*src_snap, &*dst_snap, migration.kind)?;
         bar.finish_and_clear();
-        report
-            .failures
-            .push(format!("the transformed log cannot be folded: {e}"));
-        report.failures.extend(logs.failures.iter().cloned());
-        if !logs.members.is_empty() {
-            report.failures.push(format!(
-                "members whose events differ: {}",
-                logs.members.iter().cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        report.finish(started);
-        return Ok((report, false));
+        let mut reasons = vec![format!("the transformed log cannot be folded: {e}")];
+        reasons.extend(log_failures(&logs));
+        return Ok((gate.refuse(reasons), None));
     }
     bar.set_message("gate: after");
     let dst_snap = target.snapshot()?;
-    let after = check::check_snapshot(&*dst_snap, &check::spinner_progress(&bar))?;
+    let after = projections::check_snapshot(&*dst_snap, &check::progress(&bar))?;
     bar.set_message("gate: compare logs");
     let logs = migrate_copy::compare_logs(&*src_snap, &*dst_snap, migration.kind)?;
     bar.finish_and_clear();
-    let findings = compare(&before, &after, &logs, &*src_snap, &*dst_snap)?;
-    report.set_after(&after, stats, &logs, findings);
-    report.finish(started);
-    let ok = report.failures.is_empty();
-    Ok((report, ok))
+    let mut report = gate.finish(
+        Declared::RecordsRewritten,
+        Figures::of_check(after, &*dst_snap)?,
+        &StoredViews(&*src_snap),
+        &StoredViews(&*dst_snap),
+    )?;
+    for failure in log_failures(&logs) {
+        report.add_failure(failure);
+    }
+    Ok((report, Some((stats, logs))))
 }
 
-/// The comparison of everything not declared.
-fn compare(
-    before: &CheckReport,
-    after: &CheckReport,
-    logs: &LogCompare,
-    src: &dyn Snapshot,
-    dst: &dyn Snapshot,
-) -> anyhow::Result<GateFindings> {
-    let mut failures = Vec::new();
-    for (b, a) in before.invariants.iter().zip(&after.invariants) {
-        if !a.ok {
-            failures.push(format!(
-                "invariant {} held before and fails after: {}",
-                a.name,
-                a.details.join("; ")
-            ));
-        } else if !b.ok {
-            failures.push(format!("invariant {} failed before", b.name));
-        }
-    }
-    if after.head.position != before.head.position {
-        failures.push(format!(
-            "head position moved from {} to {} (a copy-transform keeps every position)",
-            before.head.position, after.head.position
-        ));
-    }
-    if after.members != before.members {
-        failures.push(format!(
-            "members with a wallet: {} before, {} after",
-            before.members, after.members
-        ));
-    }
-    failures.extend(logs.failures.iter().cloned());
-    let mut changed = Vec::new();
-    if after.digest != before.digest {
-        failures.push(format!(
-            "wallet digest changed from {} to {}",
-            before.digest, after.digest
-        ));
-        changed = changed_members(src, dst)?;
-        let names: Vec<String> = changed
-            .iter()
-            .filter_map(|c| c["member"].as_str().map(str::to_owned))
-            .collect();
-        if !names.is_empty() {
-            failures.push(format!("wallets that differ: {}", names.join(", ")));
-        }
-    }
+/// The migration's own evidence: what the record-by-record comparison of the logs found, and the
+/// members whose events differ.
+fn log_failures(logs: &LogCompare) -> Vec<String> {
+    let mut out = logs.failures.clone();
     if !logs.members.is_empty() {
-        failures.push(format!(
+        out.push(format!(
             "members whose events differ: {}",
             logs.members.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
-    Ok(GateFindings {
-        failures,
-        changed,
-        members_named: logs.members.iter().cloned().collect(),
-    })
-}
-
-/// Members whose stored wallet differs between two stores, found through the differing digest
-/// buckets only (at 16.5M members: 2 MiB of bucket sums plus ~250 members per differing bucket).
-pub fn changed_members(a: &dyn Snapshot, b: &dyn Snapshot) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    let (ba, bb) = (digest::stored_buckets(a)?, digest::stored_buckets(b)?);
-    for bucket in digest::differing_buckets(&ba, &bb) {
-        let old = digest::bucket_members(a, bucket)?;
-        let new = digest::bucket_members(b, bucket)?;
-        let mut names: Vec<&String> = old
-            .iter()
-            .filter(|e| !new.contains(e))
-            .chain(new.iter().filter(|e| !old.contains(e)))
-            .map(|(m, _)| m)
-            .collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            if out.len() >= crate::gate::MAX_MEMBERS_SHOWN {
-                return Ok(out);
-            }
-            let Ok(member) = ledger::domain::MemberId::new(name.as_str()) else {
-                continue;
-            };
-            let sa = projections::views::load_wallet(a, &member)?;
-            let sb = projections::views::load_wallet(b, &member)?;
-            let fields = match (&sa, &sb) {
-                (Some(x), Some(y)) => crate::gate::differing_fields(x, y)?,
-                _ => vec!["wallet".to_owned()],
-            };
-            let show = |s: &Option<ledger::domain::WalletState>| {
-                s.as_ref().map_or(Value::Null, |s| json!(WalletJson::of(s)))
-            };
-            out.push(
-                json!({"member": name, "fields": fields, "before": show(&sa), "after": show(&sb)}),
-            );
-        }
-    }
-    Ok(out)
+    out
 }
 
 /// Appends the `system.migration_applied` event to the new store (projections follow through the

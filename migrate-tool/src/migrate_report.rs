@@ -14,140 +14,97 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use projections::GateReport;
 use serde_json::{json, Value};
 
-use crate::check::CheckReport;
+use crate::gate::{figures_line, report_fields, write_findings};
 use crate::lock;
-use crate::migrate::{GateFindings, Migration};
-use crate::migrate_copy::{CopyStats, LogCompare};
+use crate::migrate::{Copied, Migration};
 
-/// A report being filled in by a run.
+/// The report of one run.
 pub struct Report {
     /// Run id (UTC time).
     pub run_id: String,
     /// The hashed content.
     content: Value,
-    /// Why the gate refused; empty when it passed.
-    pub failures: Vec<String>,
+    /// The gate's report, which the content renders.
+    gate: GateReport,
     /// Position of the `system.migration_applied` event, once appended.
     pub migration_event_position: Option<u64>,
     /// Where the old store was kept by the cut-over.
     pub kept: Option<String>,
 }
 
-fn figures(c: &CheckReport) -> Value {
-    json!({
-        "head": c.head.position.0,
-        "head_hash": c.head.hash.to_hex(),
-        "digest": c.digest.to_hex(),
-        "members": c.members,
-        "ok": c.ok(),
-        "invariants": c.invariants,
-    })
-}
-
 impl Report {
-    /// A report with the before figures.
+    /// The report of a run: the gate's findings (every gate's keys, see
+    /// [`crate::gate::report_fields`]), the copy's counts when it ran, and the duration.
     pub fn new(
         dir: &Path,
         m: &Migration,
         run_id: &str,
         dry_run: bool,
-        before: &CheckReport,
+        gate: GateReport,
+        copied: Option<&Copied>,
+        started: Instant,
     ) -> Report {
-        Report {
-            run_id: run_id.to_owned(),
-            content: json!({
-                "format": "migration-report-v1",
-                "migration": m.name,
-                "declared": m.declares,
-                "store": dir.display().to_string(),
-                "run_id": run_id,
-                "dry_run": dry_run,
-                "before": figures(before),
-                "after": null,
-            }),
-            failures: Vec::new(),
-            migration_event_position: None,
-            kept: None,
-        }
-    }
-
-    /// Records the after figures, counts and the gate's findings.
-    /// A report whose before figures the migration computed itself (the `rows` migration reads
-    /// a layout this build's `check` does not).
-    pub fn with_before(
-        dir: &Path,
-        m: &Migration,
-        run_id: &str,
-        dry_run: bool,
-        before: Value,
-    ) -> Report {
-        Report {
-            run_id: run_id.to_owned(),
-            content: json!({
-                "format": "migration-report-v1",
-                "migration": m.name,
-                "declared": m.declares,
-                "store": dir.display().to_string(),
-                "run_id": run_id,
-                "dry_run": dry_run,
-                "before": before,
-                "after": null,
-            }),
-            failures: Vec::new(),
-            migration_event_position: None,
-            kept: None,
-        }
-    }
-
-    /// The after figures, counts and gate failures of a migration that computed them itself.
-    pub fn set_after_figures(&mut self, after: Value, counts: Value, failures: Vec<String>) {
-        self.content["after"] = after;
-        self.content["head_hash_changed"] =
-            json!(self.content["before"]["head_hash"] != self.content["after"]["head_hash"]);
-        self.content["digest_unchanged"] =
-            json!(self.content["before"]["digest"] == self.content["after"]["digest"]);
-        self.content["counts"] = counts;
-        self.failures = failures;
-    }
-
-    pub fn set_after(
-        &mut self,
-        after: &CheckReport,
-        stats: CopyStats,
-        logs: &LogCompare,
-        findings: GateFindings,
-    ) {
-        let by_type: serde_json::Map<String, Value> = stats
-            .by_type
-            .iter()
-            .map(|((t, v), n)| (format!("{t} v{v}"), json!(n)))
-            .collect();
-        self.content["after"] = figures(after);
-        self.content["head_hash_changed"] =
-            json!(self.content["before"]["head_hash"] != self.content["after"]["head_hash"]);
-        self.content["digest_unchanged"] =
-            json!(self.content["before"]["digest"] == self.content["after"]["digest"]);
-        self.content["counts"] = json!({
-            "events_read": stats.events_read,
-            "events_written": stats.events_written,
-            "events_rewritten": stats.events_rewritten,
-            "commands_copied": stats.commands_copied,
-            "events_compared": logs.events_compared,
-            "commands_compared": logs.commands_compared,
-            "source_by_type": by_type,
+        let mut content = report_fields(&gate);
+        let own = json!({
+            "format": "migration-report-v1",
+            "migration": m.name,
+            "declared": m.declares,
+            "store": dir.display().to_string(),
+            "run_id": run_id,
+            "dry_run": dry_run,
         });
-        self.content["changed_members"] = json!(findings.changed);
-        self.content["members_named"] = json!(findings.members_named);
-        self.failures = findings.failures;
+        if let Value::Object(own) = own {
+            content.extend(own);
+        }
+        if let Some(after) = &gate.after {
+            content.insert(
+                "head_hash_changed".into(),
+                json!(after.head.hash != gate.before.head.hash),
+            );
+        }
+        if let Some((stats, logs)) = copied {
+            let by_type: serde_json::Map<String, Value> = stats
+                .by_type
+                .iter()
+                .map(|((t, v), n)| (format!("{t} v{v}"), json!(n)))
+                .collect();
+            content.insert(
+                "counts".into(),
+                json!({
+                    "events_read": stats.events_read,
+                    "events_written": stats.events_written,
+                    "events_rewritten": stats.events_rewritten,
+                    "commands_copied": stats.commands_copied,
+                    "events_compared": logs.events_compared,
+                    "commands_compared": logs.commands_compared,
+                    "source_by_type": by_type,
+                }),
+            );
+        }
+        let named: Vec<&String> = copied.iter().flat_map(|(_, logs)| &logs.members).collect();
+        content.insert("members_named".into(), json!(named));
+        content.insert(
+            "duration_ms".into(),
+            json!(started.elapsed().as_millis() as u64),
+        );
+        Report {
+            run_id: run_id.to_owned(),
+            content: Value::Object(content),
+            gate,
+            migration_event_position: None,
+            kept: None,
+        }
     }
 
-    /// Stamps the outcome and the duration; call last, before hashing.
-    pub fn finish(&mut self, started: Instant) {
-        self.content["ok"] = json!(self.failures.is_empty());
-        self.content["failures"] = json!(self.failures);
-        self.content["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+    /// Adds a field of the migration's own to the content (before the content is hashed, that
+    /// is before the migration event is appended).
+    pub fn note(&mut self, key: &str, value: Value) {
+        if let Value::Object(content) = &mut self.content {
+            content.insert(key.to_owned(), value);
+        }
     }
 
     /// BLAKE3 (hex) of the compact JSON of the content.
@@ -158,15 +115,12 @@ impl Report {
 
     /// Head position before.
     pub fn before_head_position(&self) -> u64 {
-        self.content["before"]["head"].as_u64().unwrap_or(0)
+        self.gate.before.head.position.0
     }
 
     /// Head hash (hex) before.
     pub fn before_head_hash(&self) -> String {
-        self.content["before"]["head_hash"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.gate.before.head.hash.to_hex()
     }
 
     /// The document written to the report file (and printed by `--json`).
@@ -192,47 +146,26 @@ impl Report {
         for d in c["declared"].as_array().into_iter().flatten() {
             writeln!(out, "declares: {}", d.as_str().unwrap_or_default())?;
         }
-        let line = |f: &Value| {
-            format!(
-                "head {} ({}), digest {}, {} members, check {}",
-                f["head"],
-                f["head_hash"].as_str().unwrap_or_default(),
-                f["digest"].as_str().unwrap_or_default(),
-                f["members"],
-                if f["ok"] == json!(true) {
-                    "ok"
-                } else {
-                    "FAILED"
-                }
-            )
-        };
-        writeln!(out, "before: {}", line(&c["before"]))?;
-        if !c["after"].is_null() {
-            writeln!(out, "after:  {}", line(&c["after"]))?;
-            let n = &c["counts"];
-            if n["events_read"].is_null() {
-                writeln!(out, "counts: {n}")?;
-            } else {
-                writeln!(
-                    out,
-                    "events read {}, written {}, rewritten {}, compared {}; commands copied {}",
-                    n["events_read"],
-                    n["events_written"],
-                    n["events_rewritten"],
-                    n["events_compared"],
-                    n["commands_copied"]
-                )?;
-            }
+        writeln!(out, "before: {}", figures_line(&self.gate.before))?;
+        if let Some(after) = &self.gate.after {
+            writeln!(out, "after:  {}", figures_line(after))?;
         }
-        if self.failures.is_empty() {
+        let n = &c["counts"];
+        if !n.is_null() {
+            writeln!(
+                out,
+                "events read {}, written {}, rewritten {}, compared {}; commands copied {}",
+                n["events_read"],
+                n["events_written"],
+                n["events_rewritten"],
+                n["events_compared"],
+                n["commands_copied"]
+            )?;
+        }
+        if self.gate.ok() {
             writeln!(out, "gate: passed: nothing changed that was not declared")?;
         } else {
-            for f in &self.failures {
-                writeln!(out, "gate: FAILED: {f}")?;
-            }
-            for m in c["changed_members"].as_array().into_iter().flatten() {
-                writeln!(out, "  changed: {m}")?;
-            }
+            write_findings(&self.gate, out)?;
         }
         let fate = match (c["dry_run"] == json!(true), &self.kept) {
             (true, _) => "dry run: the store was not touched".to_owned(),

@@ -1,21 +1,23 @@
 //! `migrate run rows`: moves a store's views from layout 1 (one bincode `WalletState` per member
 //! in `view_wallet`, which could not decode past 1 MiB: ~35,000 payments) to layout 2 (a summary
-//! row plus one row per entity, see `projections::views`), under the gate of SPEC section 5.
+//! row plus one row per entity, see `projections::views`), under the one gate of SPEC section 5
+//! (`projections::Gate`).
 //!
-//! The log is not touched: only views, which are derived. So the gate's proof is:
-//! 1. **before** (read with this binary's layout-1 reader, from a copy of the source): the log
-//!    verifies; the checkpoint is the head; the digest of a fresh fold under digest definition 1
-//!    equals the stored one (the stored views are the log's); the export of the stored views
-//!    (the exact `export` lines) hashed with BLAKE3.
-//! 2. **work**, on a scratch copy: rebuild every view in layout 2 from the log, drop `view_wallet`.
-//! 3. **after**: every SPEC 4 invariant of `check` holds (layout 2, digest definition 2); the
-//!    head position and hash are the source's; the export of the new views hashes the same, so
-//!    it is byte-identical; the member count is the same.
-//! 4. Applied (not `--dry-run`, gate passed): a `system.migration_applied` event records the
-//!    report's BLAKE3, then the journaled cut-over of every migration; the old store is kept for
-//!    `migrate rollback`. The report records both digests: they differ by declaration (the member
-//!    hash is now a sum of row hashes), which is why export equality is the proof that no wallet
-//!    changed.
+//! The log is not touched, only the views, which are derived; the gate declares no change
+//! ([`Declared::Nothing`]: same head, same wallets). Its two sides:
+//! 1. **before**, read with the layout-1 reader from a copy of the source: the log verifies; the
+//!    views match the log (a fresh fold's digest under the old definition 1 equals the stored
+//!    digest, and the checkpoint is the head); and the old views, decoded, give the before side's
+//!    digest in **this** build's definition (2), bucket by bucket, so that the gate's digest
+//!    comparison is like for like and a differing wallet is found by bucket and named.
+//! 2. **after**, on a scratch copy rebuilt in layout 2: every SPEC 4 invariant of `check`, and its
+//!    stored digest.
+//!
+//! On top of the gate, the export: the `export` lines of the old views and of the new ones are
+//! hashed, and must be equal (byte-identical export). The report records the old digest
+//! (definition 1) beside the new one, and both export hashes. Applied (not `--dry-run`, gate
+//! passed): a `system.migration_applied` event commits to the report, then the journaled
+//! cut-over of every migration; the old store is kept for `migrate rollback`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,27 +28,22 @@ use anyhow::Context;
 use ledger::domain::{MemberId, WalletState};
 use ledger::engine::TableChunks;
 use ledger::{Create, Snapshot, WriteBatch};
+use projections::check::{Invariant, HASH_CHAIN, VIEWS_MATCH_LOG};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{fold_log, AsOf, FoldOptions};
+use projections::gate::{BucketEntries, Side, StoredViews};
 use projections::views::{self, tables};
-use serde_json::{json, Value};
+use projections::{Declared, Figures, Gate, GateReport, ProjectionError, WalletJson};
+use serde_json::json;
 
 use crate::lock::{self, StoreLock};
 use crate::migrate::{self, Migration, RunOptions};
 use crate::migrate_report::{self, Report};
-use crate::output::{self, Outcome, WalletJson};
+use crate::output::{self, Outcome};
 use crate::{check, store};
 
 /// Members read per step from `view_wallet`.
 const CHUNK: usize = 4_096;
-
-/// What the layout-1 side proves before anything is done.
-struct Before {
-    figures: Value,
-    failures: Vec<String>,
-    export_blake3: String,
-    members: u64,
-}
 
 /// `migrate run rows`.
 pub fn run(
@@ -70,26 +67,20 @@ pub fn run(
                 .with_context(|| format!("cannot remove {}", leftover.display()))?;
         }
     }
-    let result = migrate::copy_source(dir, &source_copy).and_then(|()| {
-        gate(
-            &source_copy,
-            dir,
-            migration,
-            opts,
-            &scratch,
-            &run_id,
-            started,
-        )
-    });
+    let result =
+        migrate::copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
     store::remove_scratch(&source_copy);
-    let mut report = match result {
-        Ok(report) => report,
+    let (gate, exports) = match result {
+        Ok(r) => r,
         Err(e) => {
             store::remove_scratch(&scratch);
             return Err(e);
         }
     };
-    let ok = report.failures.is_empty();
+    let ok = gate.ok();
+    let mut report = Report::new(dir, migration, &run_id, opts.dry_run, gate, None, started);
+    report.note("old_views", exports.old);
+    report.note("new_views", exports.new);
     if ok && !opts.dry_run {
         let position = migrate::append_applied(&scratch, migration, &report)?;
         report.migration_event_position = Some(position);
@@ -109,29 +100,28 @@ pub fn run(
     Ok(Outcome::from_ok(ok))
 }
 
-/// Before, work and after; the report says whether the gate passed (no failures).
-fn gate(
-    source_copy: &Path,
-    dir: &Path,
-    migration: &Migration,
-    opts: &RunOptions,
-    scratch: &Path,
-    run_id: &str,
-    started: Instant,
-) -> anyhow::Result<Report> {
+/// What the report records of each side's views beyond the gate's figures.
+struct Exports {
+    old: serde_json::Value,
+    new: serde_json::Value,
+}
+
+/// Before, work and after, through the gate.
+fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Exports)> {
     let bar = output::progress(None, "gate: before (layout 1)");
-    let before = {
-        let source = store::open_existing(source_copy)?;
-        let snap = source.snapshot()?;
-        before_layout1(&*snap, &mut |n| bar.set_position(n))?
-    };
-    let mut report = Report::with_before(dir, migration, run_id, opts.dry_run, before.figures);
-    if !before.failures.is_empty() {
+    let source = store::open_existing(source_copy)?;
+    let src = source.snapshot()?;
+    let (before, old) = before_layout1(&*src, &mut |n| bar.set_position(n))?;
+    let gate = Gate::begin("migration", before);
+    if let Some(refusal) = gate.refusal() {
         bar.finish_and_clear();
-        report.failures = before.failures;
-        report.failures.push("nothing was done".into());
-        report.finish(started);
-        return Ok(report);
+        return Ok((
+            gate.refuse(vec![refusal]),
+            Exports {
+                old,
+                new: serde_json::Value::Null,
+            },
+        ));
     }
     bar.set_message("migrate: rebuild views in layout 2");
     store::copy_store(source_copy, scratch)?;
@@ -141,147 +131,151 @@ fn gate(
     drop_v1.clear(tables::WALLETS_V1);
     target.commit(drop_v1)?;
     bar.set_message("gate: after (layout 2)");
-    let snap = target.snapshot()?;
-    let after = check::check_snapshot(&*snap, &check::spinner_progress(&bar))?;
-    let (export_blake3, members) = export_hash(&*snap)?;
+    let dst = target.snapshot()?;
+    let checked = projections::check_engine(&*target, &*dst, &check::progress(&bar))?;
+    let after = Figures::of_check(checked, &*dst)?;
+    let (new_export, _) = export_of_rows(&*dst)?;
     bar.finish_and_clear();
-    let mut failures = Vec::new();
-    for inv in after.invariants.iter().filter(|i| !i.ok) {
-        failures.push(format!(
-            "invariant {} fails after: {}",
-            inv.name,
-            inv.details.join("; ")
+    let mut report = gate.finish(
+        Declared::Nothing,
+        after,
+        &Layout1Views(&*src),
+        &StoredViews(&*dst),
+    )?;
+    if old["export_blake3"] != json!(new_export) {
+        report.add_failure(format!(
+            "export differs: BLAKE3 {} of the old views, {new_export} of the new",
+            old["export_blake3"]
         ));
     }
-    let before_head = report.before_head_position();
-    if after.head.position.0 != before_head || after.head.hash.to_hex() != report.before_head_hash()
-    {
-        failures.push(format!(
-            "the log moved: head {} ({}) before, {} ({}) after",
-            before_head,
-            report.before_head_hash(),
-            after.head.position,
-            after.head.hash.to_hex()
-        ));
-    }
-    if members != before.members {
-        failures.push(format!(
-            "members with a wallet: {} before, {members} after",
-            before.members
-        ));
-    }
-    if export_blake3 != before.export_blake3 {
-        failures.push(format!(
-            "export differs: BLAKE3 {} before, {export_blake3} after",
-            before.export_blake3
-        ));
-    }
-    let mut figures = check_figures(&after);
-    figures["digest_definition"] = json!(2);
-    figures["export_blake3"] = json!(export_blake3);
-    report.set_after_figures(
-        figures,
-        json!({"export_identical": export_blake3 == before.export_blake3}),
-        failures,
-    );
-    report.finish(started);
-    Ok(report)
+    Ok((
+        report,
+        Exports {
+            old,
+            new: json!({"layout": views::LAYOUT, "digest_definition": 2, "export_blake3": new_export}),
+        },
+    ))
 }
 
-fn check_figures(c: &check::CheckReport) -> Value {
-    json!({
-        "head": c.head.position.0,
-        "head_hash": c.head.hash.to_hex(),
-        "digest": c.digest.to_hex(),
-        "members": c.members,
-        "ok": c.ok(),
-        "invariants": c.invariants,
-    })
-}
-
-/// The layout-1 side: verify, checkpoint, fold digest (definition 1) against the stored one,
-/// and the export of the stored views.
-fn before_layout1(snap: &dyn Snapshot, progress: &mut dyn FnMut(u64)) -> anyhow::Result<Before> {
-    let mut failures = Vec::new();
+/// The layout-1 side: its figures in this build's digest definition (see the module doc), and
+/// what the report records of it.
+fn before_layout1(
+    snap: &dyn Snapshot,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<(Figures, serde_json::Value)> {
     let verified = ledger::verify::verify(snap, progress)?;
+    let mut chain = Invariant::new(HASH_CHAIN);
     if let Some(f) = &verified.failure {
-        failures.push(format!("hash-chain: position {}: {}", f.position, f.reason));
+        chain.fail(format!("position {}: {}", f.position, f.reason));
     }
     let head = verified.head;
+    let mut views_inv = Invariant::new(VIEWS_MATCH_LOG);
     match views::stored_layout(snap)? {
         Some(1) => {}
-        Some(views::LAYOUT) => failures.push(format!(
-            "the views are already in layout {}: nothing to migrate",
+        other => views_inv.fail(format!(
+            "the views are in layout {other:?}: this migration moves layout 1 to {}",
             views::LAYOUT
-        )),
-        other => failures.push(format!(
-            "the views are in layout {other:?}, not 1: this migration moves layout 1 only"
         )),
     }
     let checkpoint = views::checkpoint(snap)?;
     if checkpoint != head.position {
-        failures.push(format!(
-            "views-match-log: checkpoint is at position {checkpoint} but the head is {}",
+        views_inv.fail(format!(
+            "checkpoint is at position {checkpoint} but the head is {}",
             head.position
         ));
     }
-    let stored_digest = digest::stored_digest(snap)?;
-    let mut fresh = DigestBuilder::default();
+    let stored_v1 = digest::stored_digest(snap)?;
+    let mut fresh_v1 = DigestBuilder::default();
     let mut sink = |states: BTreeMap<MemberId, Option<WalletState>>| {
         for (member, state) in states {
             if let Some(state) = state {
-                fresh.add(&member, &digest::member_hash_v1(&state));
+                fresh_v1.add(&member, &digest::member_hash_v1(&state));
             }
         }
         Ok(())
     };
     fold_log(snap, FoldOptions::new(AsOf::Head, progress), &mut sink)?;
-    if fresh.root() != stored_digest {
-        failures.push(format!(
-            "views-match-log: the digest (definition 1) of a fresh fold is {}, the stored one is {stored_digest}",
-            fresh.root()
+    if fresh_v1.root() != stored_v1 {
+        views_inv.fail(format!(
+            "the digest (definition 1) of a fresh fold is {}, the stored one is {stored_v1}",
+            fresh_v1.root()
         ));
     }
-    let mut hasher = blake3::Hasher::new();
+    // The old views in this build's definition, and their export.
+    let mut now = DigestBuilder::default();
+    let mut export = blake3::Hasher::new();
     let mut members = 0u64;
     for chunk in TableChunks::new(snap, tables::WALLETS_V1, CHUNK) {
         for (key, value) in chunk? {
             let name = String::from_utf8_lossy(&key);
-            let state = views::decode_state_v1(&name, &value)?;
-            hasher.update(WalletJson::of(&state).to_line().as_bytes());
-            hasher.update(b"\n");
+            let state = match views::decode_state_v1(&name, &value) {
+                Ok(state) => state,
+                Err(e) => {
+                    views_inv.fail(format!("member {name}: {e}"));
+                    continue;
+                }
+            };
+            now.add(state.member(), &digest::member_hash(&state));
+            export.update(WalletJson::of(&state).to_line().as_bytes());
+            export.update(b"\n");
             members += 1;
         }
     }
-    let export_blake3 = hasher.finalize().to_hex().to_string();
-    let figures = json!({
-        "head": head.position.0,
-        "head_hash": head.hash.to_hex(),
-        "digest": stored_digest.to_hex(),
-        "digest_definition": 1,
-        "layout": 1,
-        "members": members,
-        "export_blake3": export_blake3,
-        "ok": failures.is_empty(),
-        "invariants": failures,
-    });
-    Ok(Before {
-        figures,
-        failures,
-        export_blake3,
+    let export_blake3 = export.finalize().to_hex().to_string();
+    let figures = Figures {
+        head,
+        digest: now.root(),
         members,
-    })
+        invariants: Some(vec![chain, views_inv]),
+        buckets: now.buckets().to_vec(),
+        rows: None,
+    };
+    let recorded = json!({
+        "layout": 1,
+        "digest_definition": 1,
+        "digest": stored_v1.to_hex(),
+        "export_blake3": export_blake3,
+    });
+    Ok((figures, recorded))
 }
 
 /// BLAKE3 over the `export` lines of the stored (layout 2) views, and how many there are.
-fn export_hash(snap: &dyn Snapshot) -> anyhow::Result<(String, u64)> {
+fn export_of_rows(snap: &dyn Snapshot) -> anyhow::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut members = 0u64;
-    views::for_each_wallet(snap, &mut |state| {
-        hasher.update(WalletJson::of(&state).to_line().as_bytes());
+    views::for_each_shown(snap, &mut |shown| {
+        hasher.update(WalletJson::of_shown(&shown).to_line().as_bytes());
         hasher.update(b"\n");
         members += 1;
         Ok(())
     })?;
     Ok((hasher.finalize().to_hex().to_string(), members))
+}
+
+/// The old views as a side of the gate: wallets decoded from `view_wallet`; their member hashes
+/// in this build's definition (the stored ones are definition 1, not comparable).
+struct Layout1Views<'a>(&'a dyn Snapshot);
+
+impl Side for Layout1Views<'_> {
+    fn bucket_members(&self, _: u16) -> Result<Option<BucketEntries>, ProjectionError> {
+        // Its stored member hashes are definition 1: the other side's list names the members.
+        Ok(None)
+    }
+
+    fn wallet(&self, member: &MemberId) -> Result<Option<WalletState>, ProjectionError> {
+        match self.0.get(tables::WALLETS_V1, member.as_str().as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => views::decode_state_v1(member.as_str(), &bytes).map(Some),
+        }
+    }
+
+    fn member_hash(&self, member: &MemberId) -> Result<Option<Vec<u8>>, ProjectionError> {
+        Ok(self
+            .wallet(member)?
+            .map(|state| digest::member_hash(&state).to_vec()))
+    }
+
+    fn log(&self) -> &dyn Snapshot {
+        self.0
+    }
 }

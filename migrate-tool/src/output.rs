@@ -1,13 +1,11 @@
-//! What every command shares: the outcome (exit 0 or 1), the `show --json` wallet shape,
-//! and progress bars that only draw when stderr is a terminal.
+//! What every command shares: the outcome (exit 0 or 1) and progress bars that only draw when
+//! stderr is a terminal. (The `show --json` wallet shape is `projections::WalletJson`: the
+//! check and the gate show wallets in the same shape.)
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ledger::domain::{CouponStatus, WalletState};
-use projections::views::ShownWallet;
-use serde::Serialize;
 
 /// How a command that did its job ended. Errors (exit 2) travel as `anyhow::Error` instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,68 +24,6 @@ impl Outcome {
         } else {
             Outcome::Failed
         }
-    }
-}
-
-/// The wallet as SPEC section 3 shows it: keys exactly these, in this order; arrays sorted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct WalletJson {
-    /// Member id.
-    pub member: String,
-    /// Balance in yen.
-    pub balance: u64,
-    /// Outstanding miles: remaining miles of lots not yet expired by an `expire` event.
-    pub miles: u64,
-    /// Badges held, sorted.
-    pub badges: Vec<String>,
-    /// Coupon ids by status, each sorted.
-    pub coupons: CouponsJson,
-}
-
-/// Coupon ids by status.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CouponsJson {
-    /// Issued, neither redeemed nor expired.
-    pub active: Vec<String>,
-    /// Used.
-    pub redeemed: Vec<String>,
-    /// Expired by an `expire` command.
-    pub expired: Vec<String>,
-}
-
-impl WalletJson {
-    /// The shown form of a folded state.
-    pub fn of(state: &WalletState) -> WalletJson {
-        WalletJson::of_shown(&ShownWallet::of(state))
-    }
-
-    /// The shown form of what `show` reads of a stored wallet. Badges and coupons come sorted
-    /// by id, so the arrays are sorted by construction.
-    pub fn of_shown(shown: &ShownWallet) -> WalletJson {
-        let with = |status: CouponStatus| {
-            shown
-                .coupons
-                .iter()
-                .filter(|(_, s)| *s == status)
-                .map(|(id, _)| id.to_string())
-                .collect::<Vec<_>>()
-        };
-        WalletJson {
-            member: shown.member.to_string(),
-            balance: shown.summary.balance.0,
-            miles: shown.summary.miles_outstanding.0,
-            badges: shown.badges.iter().map(|b| b.to_string()).collect(),
-            coupons: CouponsJson {
-                active: with(CouponStatus::Active),
-                redeemed: with(CouponStatus::Redeemed),
-                expired: with(CouponStatus::Expired),
-            },
-        }
-    }
-
-    /// One line of JSON.
-    pub fn to_line(&self) -> String {
-        serde_json::to_string(self).expect("strings and integers always serialize")
     }
 }
 

@@ -15,8 +15,9 @@ use projections::fold::{self, AsOf, FoldOptions};
 use projections::views;
 use serde_json::{json, Value};
 
-use crate::output::{Outcome, WalletJson};
+use crate::output::Outcome;
 use crate::store;
+use projections::WalletJson;
 
 /// Rows or streams read per chunk.
 const CHUNK: usize = 4_096;
@@ -90,27 +91,6 @@ fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
         "          expired: {}",
         list_or_none(&w.coupons.expired)
     )
-}
-
-/// Calls `each` for every stored wallet, in member id order, reading its rows in chunks (one
-/// wallet in memory at a time).
-pub fn for_each_view(
-    snap: &dyn Snapshot,
-    each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut failed: Option<anyhow::Error> = None;
-    let read = views::for_each_wallet(snap, &mut |state| {
-        each(state).map_err(|e| {
-            let reason = format!("{e:#}");
-            failed = Some(e);
-            projections::ProjectionError::Fold { reason }
-        })
-    });
-    match (read, failed) {
-        (_, Some(e)) => Err(e),
-        (Err(e), None) => Err(e.into()),
-        (Ok(()), None) => Ok(()),
-    }
 }
 
 /// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`

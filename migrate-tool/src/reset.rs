@@ -1,16 +1,17 @@
 //! `reset-credentials`: a forced password reset of some or all members, behind the migration gate
 //! of SPEC section 5.
 //!
-//! The work never runs on the store itself. The store is copied to a scratch directory (beside
-//! it, so that the result can be renamed in atomically; in the temp dir for `--dry-run`), and on
-//! the copy the gate runs: check + digest + digest buckets before, the resets, the same after.
-//! A reset is an identity operation, so it declares exactly one change: the head moves by one
-//! event per member reset. Everything else must be equal: every invariant holds before and after,
-//! and the wallet digest is identical. Only then is the copy renamed over the store's file (while
-//! this process holds the store's lock, so nobody wrote meanwhile). On any difference the copy is
-//! deleted, the store is untouched, and the members whose wallet changed are named, found through
-//! the digest buckets (only differing buckets are read member by member) and a read snapshot
-//! taken before the work (redb keeps it consistent while the writer appends).
+//! The resets run in place under a rollback point (redb), or on a scratch copy of the store
+//! (sled: beside it, so that the result can be renamed in atomically; in the temp dir for
+//! `--dry-run`). Around them runs `projections::gate`: a full check before, the resets, the
+//! incremental check after (`projections::check_after_identity_appends`). A reset is an identity
+//! operation, so it declares exactly one change ([`Declared::IdentityAppends`]): the head moves by
+//! one event per member reset. Everything else must be equal: every invariant holds before and
+//! after, and the wallet digest is identical. Only then is the work kept (while this process
+//! holds the store's lock, so nobody wrote meanwhile). On any difference the work is rolled back
+//! or the copy deleted, the store is untouched, and the gate names the members whose wallet
+//! changed, comparing a read snapshot taken before the work (redb keeps it consistent while the
+//! writer appends) with one after. This module does the resets and renders the report.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,19 +28,22 @@ use ledger::{
     AppendError, AppendOutcome, AppendRequest, Codec, Engine, ExpectedVersion, Head, Ledger,
     NewEvent, Snapshot, StreamAppend, Timestamp,
 };
-use projections::digest::{self, BucketSum};
-use projections::{views, WalletService};
+use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
+use projections::WalletService;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::check::{self, CheckReport};
-use crate::output::{self, Outcome, WalletJson};
+use crate::check;
+use crate::gate::{figures_line, report_fields, write_findings};
+use crate::output::{self, Outcome};
 use crate::store;
 
 /// Reset appends in flight at once (each of up to [`RESET_CHUNK`] members).
 const IN_FLIGHT_CHUNKS: usize = 16;
-/// Changed members described in the report; the rest are counted.
-const MAX_CHANGED_SHOWN: usize = 100;
+/// Members reset named in the report's sample; the rest are counted.
+const MAX_RESET_SAMPLE: usize = 100;
+/// The operation, as the gate's failures name it.
+const OPERATION: &str = "reset";
 
 /// What the command line asked for.
 pub struct Options {
@@ -57,55 +61,6 @@ pub struct Options {
     pub fault_touch_wallet: bool,
 }
 
-/// Invariants, digest and digest buckets at one moment.
-struct Figures {
-    check: CheckReport,
-    buckets: Vec<BucketSum>,
-}
-
-impl Figures {
-    /// The full check of `snap` (verify on a second thread over its own snapshot of `engine`:
-    /// nothing writes before the work starts, and [`check::check_engine`] compares the heads).
-    fn take(
-        engine: &dyn Engine,
-        snap: &dyn Snapshot,
-        bar: &indicatif::ProgressBar,
-    ) -> anyhow::Result<Figures> {
-        Ok(Figures {
-            check: check::check_engine(engine, snap, &check::spinner_progress(bar))?,
-            buckets: digest::stored_buckets(snap)?,
-        })
-    }
-
-    /// The figures after the resets, proven incrementally from `before` (see
-    /// [`check::check_after_identity_appends`]).
-    fn take_after(
-        before: &Figures,
-        snap: &dyn Snapshot,
-        bar: &indicatif::ProgressBar,
-    ) -> anyhow::Result<Figures> {
-        Ok(Figures {
-            check: check::check_after_identity_appends(
-                snap,
-                &before.check,
-                &check::spinner_progress(bar),
-            )?,
-            buckets: digest::stored_buckets(snap)?,
-        })
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "head": self.check.head.position.0,
-            "head_hash": self.check.head.hash.to_hex(),
-            "digest": self.check.digest.to_hex(),
-            "members": self.check.members,
-            "ok": self.check.ok(),
-            "invariants": self.check.invariants,
-        })
-    }
-}
-
 /// What the resets did.
 #[derive(Default)]
 struct Work {
@@ -116,15 +71,10 @@ struct Work {
     members: Vec<String>,
 }
 
-/// The gate's findings on the scratch copy.
+/// What the resets did and what the gate found.
 struct GateRun {
-    before: Figures,
-    after: Option<Figures>,
+    report: GateReport,
     work: Work,
-    /// Why the gate refused, empty when it passed.
-    failures: Vec<String>,
-    /// Members whose wallet differs, with before/after.
-    changed: Vec<Value>,
 }
 
 /// `reset-credentials`.
@@ -157,7 +107,7 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
             start_time,
             true,
         )?;
-        let applied = gate.failures.is_empty() && !opts.dry_run;
+        let applied = gate.report.ok() && !opts.dry_run;
         (gate, applied)
     } else {
         drop(source);
@@ -176,7 +126,7 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
     } else {
         report.write_human(out)?;
     }
-    Ok(Outcome::from_ok(gate.failures.is_empty()))
+    Ok(Outcome::from_ok(gate.report.ok()))
 }
 
 /// The gate on a scratch copy, for backends without rollback points (sled): the copy is renamed
@@ -203,7 +153,7 @@ fn gate_on_copy(
     let gate = store::open_existing(&scratch)
         .and_then(|engine| gate(engine, opts, named, run_id, at, false));
     let result = match gate {
-        Ok(g) if g.failures.is_empty() && source.is_some() => {
+        Ok(g) if g.report.ok() && source.is_some() => {
             let swapped = store::swap_in(&scratch, dir);
             store::remove_scratch(&scratch);
             swapped?;
@@ -262,30 +212,26 @@ fn gate(
 ) -> anyhow::Result<GateRun> {
     let before_snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: before");
-    let before = Figures::take(&*engine, &*before_snap, &bar)?;
-    let mut run = GateRun {
-        before,
-        after: None,
-        work: Work::default(),
-        failures: Vec::new(),
-        changed: Vec::new(),
-    };
-    if !run.before.check.ok() {
-        bar.finish_and_clear();
-        run.failures
-            .push("the store fails `check` before the reset; nothing was done".into());
-        return Ok(run);
-    }
-    for m in named {
-        if ledger::log::stream_version(&*before_snap, &identity_stream(m))?.0 == 0 {
-            let line = format!("member {m} has no identity stream");
-            bar.suspend(|| eprintln!("{line}"));
-            run.failures.push(line);
+    // Verify runs on a second thread over its own snapshot: nothing writes before the work
+    // starts, and `check_engine` compares the heads.
+    let before = projections::check_engine(&*engine, &*before_snap, &check::progress(&bar))?;
+    let gate = Gate::begin(OPERATION, Figures::of_check(before.clone(), &*before_snap)?);
+    let mut refusals: Vec<String> = gate.refusal().into_iter().collect();
+    if refusals.is_empty() {
+        for m in named {
+            if ledger::log::stream_version(&*before_snap, &identity_stream(m))?.0 == 0 {
+                let line = format!("member {m} has no identity stream");
+                bar.suspend(|| eprintln!("{line}"));
+                refusals.push(line);
+            }
         }
     }
-    if !run.failures.is_empty() {
+    if !refusals.is_empty() {
         bar.finish_and_clear();
-        return Ok(run);
+        return Ok(GateRun {
+            report: gate.refuse(refusals),
+            work: Work::default(),
+        });
     }
     // No read transaction may outlive the work: a rollback restores the file under it.
     drop(before_snap);
@@ -294,149 +240,80 @@ fn gate(
     } else {
         None
     };
-    let outcome = reset_and_compare(&engine, &mut run, opts, named, run_id, at, &bar);
+    let job = ResetJob {
+        opts,
+        named,
+        run_id,
+        at,
+        bar: &bar,
+    };
+    let outcome = reset_and_compare(&engine, gate, &before, &job);
     bar.finish_and_clear();
     if let Some(guard) = guard {
-        let keep = outcome.is_ok() && run.failures.is_empty() && !opts.dry_run;
+        let keep = !opts.dry_run && matches!(&outcome, Ok(run) if run.report.ok());
         if keep {
             guard.keep()?;
         } else {
             guard.roll_back()?;
         }
     }
-    outcome?;
-    Ok(run)
+    outcome
 }
 
+/// What the resets are asked to do, and where they show progress.
+struct ResetJob<'a> {
+    opts: &'a Options,
+    named: &'a [MemberId],
+    run_id: &'a str,
+    at: Timestamp,
+    bar: &'a indicatif::ProgressBar,
+}
+
+/// The resets, then the after figures (proven from `before` plus the new events) and the gate's
+/// comparison under the reset's declaration.
 fn reset_and_compare(
     engine: &Arc<dyn Engine>,
-    run: &mut GateRun,
-    opts: &Options,
-    named: &[MemberId],
-    run_id: &str,
-    at: Timestamp,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
+    gate: Gate,
+    before: &projections::CheckReport,
+    job: &ResetJob<'_>,
+) -> anyhow::Result<GateRun> {
     let before_snap = engine.snapshot()?;
     let service = WalletService::with_engine(Arc::clone(engine), Vec::new())
         .context("cannot start the wallet service")?;
-    bar.set_message("reset: members");
-    bar.set_position(0);
+    job.bar.set_message("reset: members");
+    job.bar.set_position(0);
     let runtime = output::runtime()?;
-    let target = if opts.all { None } else { Some(named) };
-    run.work = runtime.block_on(reset_members(
+    let target = if job.opts.all { None } else { Some(job.named) };
+    let work = runtime.block_on(reset_members(
         service.ledger(),
         &*before_snap,
         target,
         ResetSpec {
-            run_id,
-            reason: opts.reason.as_deref(),
-            at,
-            fault_touch_wallet: opts.fault_touch_wallet,
+            run_id: job.run_id,
+            reason: job.opts.reason.as_deref(),
+            at: job.at,
+            fault_touch_wallet: job.opts.fault_touch_wallet,
         },
-        bar,
+        job.bar,
     ))?;
     // Stops the writer thread: the after figures see everything it committed.
     drop(service);
-    bar.set_message("gate: after");
+    job.bar.set_message("gate: after");
     let after_snap = engine.snapshot()?;
-    let after = Figures::take_after(&run.before, &*after_snap, bar)?;
-    compare(run, &after, &*before_snap, &*after_snap)?;
-    run.after = Some(after);
-    Ok(())
-}
-
-/// The gate's comparison: what a reset declares (head + one event per reset) and nothing else.
-fn compare(
-    run: &mut GateRun,
-    after: &Figures,
-    before_snap: &dyn Snapshot,
-    after_snap: &dyn Snapshot,
-) -> anyhow::Result<()> {
-    let before = &run.before;
-    for (b, a) in before.check.invariants.iter().zip(&after.check.invariants) {
-        if b.ok && !a.ok {
-            run.failures.push(format!(
-                "invariant {} held before and fails after: {}",
-                a.name,
-                a.details.join("; ")
-            ));
-        }
+    let after =
+        projections::check_after_identity_appends(&*after_snap, before, &check::progress(job.bar))?;
+    let mut report = gate.finish(
+        Declared::IdentityAppends {
+            events: work.events,
+        },
+        Figures::of_check(after, &*after_snap)?,
+        &StoredViews(&*before_snap),
+        &StoredViews(&*after_snap),
+    )?;
+    if !work.rejected.is_empty() {
+        report.add_failure(format!("{} resets were rejected", work.rejected.len()));
     }
-    let expected_head = before.check.head.position.0 + run.work.events;
-    if after.check.head.position.0 != expected_head {
-        run.failures.push(format!(
-            "head moved to {} but the resets appended {} events from {}",
-            after.check.head.position, run.work.events, before.check.head.position
-        ));
-    }
-    if !run.work.rejected.is_empty() {
-        run.failures
-            .push(format!("{} resets were rejected", run.work.rejected.len()));
-    }
-    if after.check.digest != before.check.digest {
-        run.failures.push(format!(
-            "wallet digest changed from {} to {}",
-            before.check.digest, after.check.digest
-        ));
-        run.changed = changed_members(before, after, before_snap, after_snap)?;
-        if run.changed.is_empty() {
-            run.changed.push(json!({"member": null, "note": "digest buckets differ but no member hash does: the bucket sums are damaged"}));
-        }
-    }
-    Ok(())
-}
-
-/// Members whose wallet differs between the two snapshots, found through the differing buckets.
-fn changed_members(
-    before: &Figures,
-    after: &Figures,
-    before_snap: &dyn Snapshot,
-    after_snap: &dyn Snapshot,
-) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    let mut total = 0usize;
-    for bucket in digest::differing_buckets(&before.buckets, &after.buckets) {
-        let old = digest::bucket_members(before_snap, bucket)?;
-        let new = digest::bucket_members(after_snap, bucket)?;
-        let mut names: Vec<&String> = old
-            .iter()
-            .filter(|entry| !new.contains(entry))
-            .chain(new.iter().filter(|entry| !old.contains(entry)))
-            .map(|(m, _)| m)
-            .collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            total += 1;
-            if out.len() < MAX_CHANGED_SHOWN {
-                out.push(describe_change(name, before_snap, after_snap)?);
-            }
-        }
-    }
-    if total > out.len() {
-        out.push(
-            json!({"member": null, "note": format!("{} more members changed", total - out.len())}),
-        );
-    }
-    Ok(out)
-}
-
-fn describe_change(
-    name: &str,
-    before: &dyn Snapshot,
-    after: &dyn Snapshot,
-) -> anyhow::Result<Value> {
-    let shown = |snap: &dyn Snapshot| -> anyhow::Result<Value> {
-        let Ok(member) = MemberId::new(name) else {
-            return Ok(Value::Null);
-        };
-        Ok(match views::load_wallet(snap, &member)? {
-            Some(s) => serde_json::to_value(WalletJson::of(&s))?,
-            None => Value::Null,
-        })
-    };
-    Ok(json!({"member": name, "before": shown(before)?, "after": shown(after)?}))
+    Ok(GateRun { report, work })
 }
 
 struct ResetSpec<'a> {
@@ -560,7 +437,7 @@ fn record(
             work.applied += members.len() as u64;
             work.events += u64::from(outcome.count);
             for m in members {
-                if work.members.len() >= MAX_CHANGED_SHOWN {
+                if work.members.len() >= MAX_RESET_SAMPLE {
                     break;
                 }
                 work.members.push(m.to_string());
@@ -591,39 +468,29 @@ struct Report<'a> {
 impl Report<'_> {
     fn to_json(&self) -> Value {
         let g = self.gate;
-        json!({
-            "ok": g.failures.is_empty(),
+        let mut doc = report_fields(&g.report);
+        let own = json!({
             "store": PathBuf::from(self.dir).display().to_string(),
             "run_id": self.run_id,
             "dry_run": self.dry_run,
             "applied_to_store": self.applied,
-            "before": g.before.to_json(),
-            "after": g.after.as_ref().map(Figures::to_json),
             "members_reset": g.work.applied,
             "members_reset_sample": g.work.members,
             "duplicate": g.work.duplicate,
             "rejected": g.work.rejected,
             "events_appended": g.work.events,
-            "digest_unchanged": g.after.as_ref().map(|a| a.check.digest == g.before.check.digest),
-            "changed_members": g.changed,
-            "failures": g.failures,
             "duration_ms": (self.seconds * 1000.0).round() as u64,
-        })
+        });
+        if let Value::Object(own) = own {
+            doc.extend(own);
+        }
+        Value::Object(doc)
     }
 
     fn write_human(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let g = self.gate;
         writeln!(out, "run id {}", self.run_id)?;
-        let figures = |f: &Figures| {
-            format!(
-                "head {} ({}), digest {}, check {}",
-                f.check.head.position,
-                f.check.head.hash,
-                f.check.digest,
-                if f.check.ok() { "ok" } else { "FAILED" }
-            )
-        };
-        writeln!(out, "before: {}", figures(&g.before))?;
+        writeln!(out, "before: {}", figures_line(&g.report.before))?;
         writeln!(
             out,
             "reset {} members ({} duplicate, {} rejected), {} events appended",
@@ -632,21 +499,16 @@ impl Report<'_> {
             g.work.rejected.len(),
             g.work.events
         )?;
-        if let Some(after) = &g.after {
-            writeln!(out, "after:  {}", figures(after))?;
+        if let Some(after) = &g.report.after {
+            writeln!(out, "after:  {}", figures_line(after))?;
         }
-        if g.failures.is_empty() {
+        if g.report.ok() {
             writeln!(
                 out,
                 "gate: passed: every invariant holds and no wallet changed"
             )?;
         } else {
-            for f in &g.failures {
-                writeln!(out, "gate: FAILED: {f}")?;
-            }
-            for c in &g.changed {
-                writeln!(out, "  changed: {c}")?;
-            }
+            write_findings(&g.report, out)?;
         }
         let fate = match (self.dry_run, self.applied) {
             (true, _) => "dry run: the store was not touched",

@@ -494,14 +494,21 @@ fn a_faulty_reset_that_touches_a_wallet_is_refused_named_and_rolled_back() {
     let doc = json(&faulty.stdout);
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["applied_to_store"], false);
+    // One member-diff shape for every gate: the wallet in the store the reset started from
+    // (`stored`) and the one its result derives (`derived`).
     assert_eq!(doc["changed_members"][0]["member"], "m00000000");
-    let before_balance = doc["changed_members"][0]["before"]["balance"]
+    assert_eq!(
+        doc["changed_members"][0]["fields"],
+        serde_json::json!(["balance"])
+    );
+    let before_balance = doc["changed_members"][0]["stored"]["balance"]
         .as_u64()
         .unwrap();
-    let after_balance = doc["changed_members"][0]["after"]["balance"]
+    let after_balance = doc["changed_members"][0]["derived"]["balance"]
         .as_u64()
         .unwrap();
     assert_eq!(after_balance, before_balance + 1);
+    assert_eq!(doc["differing_members"], 1);
     assert!(
         doc["failures"].to_string().contains("digest changed"),
         "{}",

@@ -25,6 +25,7 @@
 //! who chooses many states freely (Wagner's generalized birthday attack), so a digest match is
 //! never used as proof that the log is unaltered.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use ledger::domain::{MemberId, WalletState};
@@ -187,4 +188,32 @@ pub fn bucket_members(
             Some((member, <[u8; 32]>::try_from(v.as_slice()).ok()?))
         })
         .collect())
+}
+
+/// Streams listed per read of the stream index by [`wallet_members_in`].
+const STREAMS_PER_READ: usize = 10_000;
+
+/// Members with a wallet stream in the log whose bucket is one of `buckets`, in id order: a walk
+/// of the stream index. Only for when differing buckets name nobody through the stored member
+/// hashes (a wallet with no trace at all in the views); `check` and the gate both use it.
+pub fn wallet_members_in(
+    snap: &dyn Snapshot,
+    buckets: &BTreeSet<u16>,
+) -> Result<Vec<String>, ProjectionError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let streams =
+            ledger::log::list_streams(snap, "wallet-", after.as_deref(), STREAMS_PER_READ)?;
+        let Some(last) = streams.last() else { break };
+        after = Some(last.clone());
+        for s in &streams {
+            if let Some((_, m)) = ledger::domain::member_of_stream(s) {
+                if buckets.contains(&bucket_of(&m)) {
+                    out.push(m.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -8,22 +8,38 @@
 //! - [`fold`]: bounded-memory folds of the whole log or one member, as of any moment.
 //! - [`digest`]: the order-independent, bucketed digest and how to localise differences.
 //! - [`rebuild`](mod@rebuild): drop and re-derive every view.
+//! - [`check`]: the invariants of SPEC section 4 over a snapshot, as one [`CheckReport`].
+//! - [`gate`]: the gate of SPEC section 5: before and after [`Figures`], a declaration of what an
+//!   operation may change, one [`GateReport`] with one member-diff shape for every operation.
+//! - [`shown`]: the wallet as SPEC section 3 shows it ([`WalletJson`]), also in findings.
+//! - [`service`]: [`WalletService`], a ledger with the views attached: submit, read, check.
 //!
 //! The fold itself (`WalletState::apply`) lives in `ledger::domain`, because `decide` needs the
 //! same state to enforce the rules; one definition serves both, so a command is always decided
 //! against exactly the state the projections show.
 
+pub mod check;
 pub mod digest;
 pub mod fold;
+pub mod gate;
 pub mod hook;
 pub mod rebuild;
 pub mod service;
+pub mod shown;
 pub mod views;
 
+#[cfg(test)]
+mod test_store;
+
+pub use check::{
+    check_after_identity_appends, check_engine, check_snapshot, CheckReport, Invariant, Progress,
+};
 pub use fold::{AsOf, EventTotals, FoldStats};
+pub use gate::{Declared, Derive, Figures, Gate, GateReport, MemberDiff, StoredViews, ThisBuild};
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};
 pub use service::{Queued, StatementLine, SubmitError, Submitted, WalletService};
+pub use shown::WalletJson;
 
 /// Why a projection operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,4 +68,8 @@ pub enum ProjectionError {
     /// The fold could not proceed.
     #[error("fold failed: {reason}")]
     Fold { reason: String },
+    /// A check read two snapshots of one store (`check::check_engine`) and they differ: a
+    /// writer ran during the check, which the caller promised would not happen.
+    #[error("the store changed during the check: head {verify_head} for verify, {fold_head} for the fold")]
+    StoreChanged { verify_head: u64, fold_head: u64 },
 }

@@ -25,6 +25,7 @@ use ledger::{
     StreamVersion, Timestamp,
 };
 
+use crate::check::{self, CheckReport, ProgressFn};
 use crate::fold::{self, AsOf};
 use crate::hook::ProjectionHook;
 use crate::views;
@@ -272,6 +273,13 @@ impl WalletService {
         as_of: AsOf,
     ) -> Result<Option<WalletState>, ProjectionError> {
         fold::fold_member(&*self.snapshot()?, member, as_of)
+    }
+
+    /// Checks the invariants of SPEC section 4 on one snapshot of this service's store (see
+    /// [`crate::check`]): a service can prove itself without the CLI. Commands submitted
+    /// meanwhile are not seen; the report is of the moment the snapshot was taken.
+    pub fn check(&self, progress: &ProgressFn<'_>) -> Result<CheckReport, ProjectionError> {
+        check::check_snapshot(&*self.snapshot()?, progress)
     }
 
     /// The member's wallet events with the running balance.

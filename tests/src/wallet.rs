@@ -80,12 +80,17 @@ impl Audit {
 
 /// Every stored wallet, read from its rows (each checked against its summary row).
 pub fn stored_views(snap: &dyn Snapshot) -> BTreeMap<MemberId, WalletState> {
+    stored_views_in(snap, "stored views")
+}
+
+/// [`stored_views`], saying where the test was (`context`) if the rows do not read.
+fn stored_views_in(snap: &dyn Snapshot, context: &str) -> BTreeMap<MemberId, WalletState> {
     let mut out = BTreeMap::new();
     views::for_each_wallet(snap, &mut |state| {
         out.insert(state.member().clone(), state);
         Ok(())
     })
-    .unwrap_or_else(|e| panic!("reading the stored wallet rows failed: {e}"));
+    .unwrap_or_else(|e| panic!("{context}: reading the stored wallet rows failed: {e}"));
     out
 }
 
@@ -149,7 +154,7 @@ pub fn audit(snap: &dyn Snapshot, check_digest: bool, context: &str) -> Audit {
         "{context}: views checkpoint is not the log head"
     );
     let (states, totals) = fold_all(snap);
-    let stored = stored_views(snap);
+    let stored = stored_views_in(snap, context);
     let stored_members: Vec<&MemberId> = stored.keys().collect();
     let folded_members: Vec<&MemberId> = states.keys().collect();
     assert_eq!(

@@ -30,6 +30,8 @@ pub mod rows;
 pub mod state;
 
 #[cfg(test)]
+mod row_tests;
+#[cfg(test)]
 mod tests;
 
 pub use command::{Command, CommandBody, InputError};

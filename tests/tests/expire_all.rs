@@ -390,3 +390,41 @@ fn a_client_command_id_over_128_bytes_is_refused_and_the_log_stays_readable() {
     ledger_tests::wallet::assert_verifies(&*snap, a.head, "after the long ids");
     assert_eq!(a.head.position, Position(3));
 }
+
+#[test]
+fn a_whole_store_expire_reusing_the_id_of_a_killed_run_with_other_content_is_refused_unwritten() {
+    // A killed run of id "nightly" with as_of 2,000 s recorded m1's part. The same id with
+    // as_of 1,500 s (m1 is not due then, m2 is) is another command: it is refused with the
+    // SPEC message before any part is written, and does not use up the id.
+    let store = TestStore::new(ledger::Backend::Redb);
+    let service = open_service(&store.dir(), store.backend);
+    let (m1, m2) = (member("m1"), member("m2"));
+    append_wallet_events(
+        &service,
+        "history",
+        vec![
+            (m1.clone(), vec![opened(&m1), lot(1, 10, 1_800)]),
+            (m2.clone(), vec![opened(&m2), lot(1, 10, 1_000)]),
+        ],
+    );
+    let first = expire_all_command("nightly");
+    submit_part(&service, &first, ExpirePart::first(m1.clone()));
+    let head = durable_head(&service);
+    let other = command(json!({
+        "id": "nightly", "type": "expire", "as_of": at_secs(1_500).to_rfc3339(),
+        "at": at_secs(AS_OF_SECS + 1).to_rfc3339(),
+    }));
+    match service.submit_blocking(&other) {
+        Err(e @ SubmitError::IdReused { .. }) => assert_eq!(
+            e.to_string(),
+            "id nightly already used for a different command"
+        ),
+        got => panic!("the other content under a used id gave {got:?}"),
+    }
+    assert_eq!(durable_head(&service), head, "nothing written");
+    assert!(!is_recorded(&service, "nightly"));
+    assert!(!is_recorded(&service, "nightly\u{1f}m2"));
+    // The original command finishes under its id.
+    let done = service.submit_blocking(&first).expect("the replay");
+    assert_eq!((done.duplicate, done.outcome.count), (false, 1), "m2's lot");
+}

@@ -104,7 +104,7 @@ pub enum AppendError {
 }
 
 impl AppendError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> AppendError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> AppendError {
         AppendError::Invalid {
             field: field.into(),
             reason: reason.into(),

@@ -20,8 +20,8 @@ use crate::append::{
     AppendError, AppendOutcome, AppendRequest, Plan, StreamAppend, StreamVersions, WriterState,
 };
 use crate::domain::{
-    decide, decide_expire, wallet_stream, Command, CommandBody, DomainEvent, MemberId, Rejection,
-    StateReader, StreamEvents,
+    decide, decide_expire_at_most, wallet_stream, Command, CommandBody, CommandId, DomainEvent,
+    MemberId, Rejection, StateReader, StreamEvents,
 };
 use crate::engine::{Engine, Snapshot, WriteBatch};
 use crate::limits;
@@ -83,21 +83,63 @@ pub struct CommandJob {
     pub cmd: Command,
     /// Its business time (`cmd.at`, or the time it was submitted).
     pub at: Timestamp,
-    /// `Some(m)`: only member `m`'s part of an `expire` without a member (SPEC 2), recorded
-    /// under its own key, [`CommandJob::part_id`]. `None`: the whole command; for an `expire`
-    /// without a member that appends nothing and records the command as done.
-    pub part: Option<MemberId>,
+    /// `Some(p)`: only one append of member `p.member`'s part of an `expire` without a member
+    /// (SPEC 2), recorded under its own key, [`CommandJob::part_id`]. `None`: the whole command;
+    /// for an `expire` without a member that appends nothing and records the command as done.
+    pub part: Option<ExpirePart>,
+}
+
+/// One append of one member's part of an `expire` without a member.
+///
+/// A member's part is one atomic append when its due lots and coupons fit in one
+/// ([`limits::MAX_EVENTS_PER_APPEND`]), which is every member but one with a huge history. Such
+/// a member gets a chain of appends: chunk 0 expires the first `MAX_EVENTS_PER_APPEND` due items
+/// (earliest `expires_at` first), chunk 1 is decided against the state after chunk 0, and so on;
+/// a chunk with fewer events than the limit is the member's last. The caller queues chunk `k + 1`
+/// only after chunk `k` answered with a full append (see `projections::WalletService`), so a
+/// replay walks the recorded chunks as duplicates and continues where the chain stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpirePart {
+    /// The member whose due items this append expires.
+    pub member: MemberId,
+    /// Which append of the member's part: 0 first.
+    pub chunk: u32,
+}
+
+impl ExpirePart {
+    /// The first (and usually only) append of `member`'s part.
+    pub fn first(member: MemberId) -> ExpirePart {
+        ExpirePart { member, chunk: 0 }
+    }
+
+    /// The append after this one, for a member whose due items did not fit in this one.
+    pub fn next(&self) -> ExpirePart {
+        ExpirePart {
+            member: self.member.clone(),
+            chunk: self.chunk.saturating_add(1),
+        }
+    }
 }
 
 impl CommandJob {
     /// The command id its events and index entry carry: the client's id, or for one member's part
-    /// of a whole-store `expire`, `<id>` U+001F `<member>` (no client id has a control character,
-    /// so a part's id never meets a client's).
+    /// of a whole-store `expire`, `<id>` U+001F `<member>`, and for the chunks after the member's
+    /// first append `<id>` U+001F `<member>` U+001F `<chunk>` (no client id has a control
+    /// character and no member id a U+001F, so a part's id never meets a client's or another
+    /// part's). At most [`limits::MAX_RECORD_COMMAND_ID_BYTES`] when the client id is at most
+    /// [`limits::MAX_COMMAND_ID_BYTES`].
     pub fn part_id(&self) -> String {
+        let prefix = || CommandJob::parts_prefix(&self.cmd.id);
         match &self.part {
             None => self.cmd.id.as_str().to_owned(),
-            Some(member) => format!("{}\u{1f}{}", self.cmd.id, member),
+            Some(ExpirePart { member, chunk: 0 }) => format!("{}{member}", prefix()),
+            Some(ExpirePart { member, chunk }) => format!("{}{member}\u{1f}{chunk}", prefix()),
         }
+    }
+
+    /// What the id of every part of the whole-store `expire` `id` starts with: `<id>` U+001F.
+    pub fn parts_prefix(id: &CommandId) -> String {
+        format!("{id}\u{1f}")
     }
 }
 
@@ -636,7 +678,18 @@ fn plan_command(
     groups: &[Box<dyn GroupHook + '_>],
     job: CommandJob,
 ) -> Result<AppendOutcome, CommandError> {
+    // `Command` counts its id's length in characters; the log keeps at most 128 bytes of a
+    // client's id (a one-byte length on disk, see `record.rs`), so a longer one is refused here,
+    // as `AppendRequest::validate` refuses it for a raw append, before anything is planned.
+    let client_id_bytes = job.cmd.id.as_str().len();
+    if client_id_bytes > limits::MAX_COMMAND_ID_BYTES {
+        return Err(CommandError::Append(AppendError::invalid(
+            "command_id",
+            format!("length {client_id_bytes} is outside 1..=128 bytes"),
+        )));
+    }
     let id = job.part_id();
+    debug_assert!(id.len() <= limits::MAX_RECORD_COMMAND_ID_BYTES);
     let fingerprint = job.cmd.fingerprint();
     if let Some(entry) = plan.known_command(&id).map_err(AppendError::from)? {
         if entry.fingerprint != fingerprint {
@@ -658,7 +711,7 @@ fn plan_command(
         })?;
     let decided = match &job.part {
         None => decide(&job.cmd, job.at, rows),
-        Some(member) => decide_expire_part(&job.cmd, member, rows),
+        Some(part) => decide_expire_part(&job.cmd, &part.member, rows),
     }
     .map_err(|rejection| match rejection {
         Rejection::Unreadable { reason } => CommandError::Append(AppendError::Storage { reason }),
@@ -690,7 +743,8 @@ fn plan_command(
     Ok(plan.add(request)?)
 }
 
-/// One member's part of an `expire` without a member: that member's due lots and coupons.
+/// One append of a member's part of an `expire` without a member: that member's due lots and
+/// coupons, at most as many as one append may hold (see [`ExpirePart`]).
 fn decide_expire_part(
     cmd: &Command,
     member: &MemberId,
@@ -708,7 +762,7 @@ fn decide_expire_part(
             ),
         });
     };
-    let events = decide_expire(rows, member, *as_of)?;
+    let events = decide_expire_at_most(rows, member, *as_of, limits::MAX_EVENTS_PER_APPEND)?;
     if events.is_empty() {
         return Ok(Vec::new());
     }

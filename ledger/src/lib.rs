@@ -31,8 +31,8 @@ pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppe
 pub use codec::Codec;
 pub use engine::{Engine, EngineError, Snapshot, WriteBatch};
 pub use ledger::{
-    CommandAnswer, CommandError, CommandJob, CommitHook, GroupHook, HookError, Ledger, LedgerError,
-    LedgerOptions, Subscription,
+    CommandAnswer, CommandError, CommandJob, CommitHook, ExpirePart, GroupHook, HookError, Ledger,
+    LedgerError, LedgerOptions, Subscription,
 };
 pub use record::EventRecord;
 pub use store::{Backend, Create, OpenError};

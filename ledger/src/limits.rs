@@ -6,8 +6,10 @@ pub const MAX_STREAM_ID_BYTES: usize = 128;
 /// Longest command id in bytes (SPEC: 1-128 chars; ids are validated as ASCII-safe text).
 pub const MAX_COMMAND_ID_BYTES: usize = 128;
 /// Longest command id a record may carry: a client id (at most [`MAX_COMMAND_ID_BYTES`]), or
-/// the id of one member's part of a whole-store `expire`: client id, U+001F, member id (64).
-pub const MAX_RECORD_COMMAND_ID_BYTES: usize = MAX_COMMAND_ID_BYTES + 1 + 64;
+/// the id of one append of a member's part of a whole-store `expire`: client id, U+001F,
+/// member id (64), and after the member's first append U+001F and the chunk number (a `u32`,
+/// at most 10 digits; see `ledger::ExpirePart`). Fits the record's one-byte length.
+pub const MAX_RECORD_COMMAND_ID_BYTES: usize = MAX_COMMAND_ID_BYTES + 1 + 64 + 1 + 10;
 /// Longest event type name in bytes.
 pub const MAX_EVENT_TYPE_BYTES: usize = 64;
 /// Largest payload of one event.

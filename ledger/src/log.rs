@@ -193,6 +193,45 @@ pub fn command_entry(
     }
 }
 
+/// The first command (in id byte order) whose id starts with `prefix`, with its stored outcome:
+/// one key read, whatever the number of such commands. The whole-store `expire` uses it to find
+/// whether any part of a command id was recorded (`CommandJob::parts_prefix`).
+pub fn first_command_with_prefix(
+    snap: &dyn Snapshot,
+    prefix: &str,
+) -> Result<Option<(String, CommandEntry)>, ReadError> {
+    let start = prefix.as_bytes();
+    let mut end = start.to_vec();
+    // The first key after every key that starts with `prefix` (none when it is all 0xff).
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            break;
+        }
+    }
+    let upper = if end.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(end.as_slice())
+    };
+    let Some((key, bytes)) = snap
+        .scan(tables::COMMANDS, (Bound::Included(start), upper), 1)?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let id = String::from_utf8_lossy(&key).into_owned();
+    match CommandEntry::decode(&bytes) {
+        Some(entry) => Ok(Some((id, entry))),
+        None => Err(ReadError::DamagedEntry {
+            table: tables::COMMANDS,
+            key: id,
+            reason: format!("value has {} bytes, expected 44", bytes.len()),
+        }),
+    }
+}
+
 /// One event by position.
 pub fn read_event(
     snap: &dyn Snapshot,

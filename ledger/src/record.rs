@@ -320,7 +320,7 @@ impl EventRecord {
 }
 
 fn push_short(out: &mut Vec<u8>, s: &str) {
-    let len = u8::try_from(s.len()).expect("short fields are validated to at most 193 bytes");
+    let len = u8::try_from(s.len()).expect("short fields are validated to at most 204 bytes");
     out.push(len);
     out.extend_from_slice(s.as_bytes());
 }

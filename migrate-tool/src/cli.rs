@@ -144,6 +144,25 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Expire every miles lot and active coupon with `expires_at <= T` over the whole store
+    /// (SPEC 2 `expire` without a member): one atomic append per member with something due,
+    /// with a progress bar of members done. Running it again with the same `T` (or `--id`)
+    /// finishes a run that was stopped and writes nothing twice; once done it is a duplicate.
+    #[command(after_help = "Example:\n  \
+                            migrate-tool expire --as-of 2019-07-31T00:00:00+09:00\n  \
+                            migrate-tool expire --as-of 2019-07-31T00:00:00+09:00 --id nightly-2019-07-31 --json\n\n\
+                            The command id defaults to expire-<T in UTC>, e.g. expire-2019-07-30T15:00:00Z.")]
+    Expire {
+        /// Business time (RFC 3339, e.g. 2019-07-31T00:00:00+09:00): what expires at or before it expires.
+        #[arg(long, value_name = "T", value_parser = crate::expire::parse_as_of)]
+        as_of: ledger::Timestamp,
+        /// Command id (the idempotency key, 1-128 characters); default `expire-<T in UTC>`.
+        #[arg(long, value_parser = crate::expire::parse_id)]
+        id: Option<ledger::domain::CommandId>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write deterministic, realistic activity into the store.
     #[command(
         after_help = "Example:\n  migrate-tool demo --members 2000 --events-per-member 8 --seed 7"

@@ -10,6 +10,7 @@
 //!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
 //! - [`demo`]: `demo`, deterministic seeded activity.
+//! - [`expire`]: `expire`, the nightly `expire` without a member over the whole store.
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
 //!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report.
@@ -23,6 +24,7 @@
 mod check;
 mod cli;
 mod demo;
+mod expire;
 mod gate;
 mod import;
 mod lock;
@@ -83,6 +85,7 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Rebuild => Some("rebuild"),
         Cmd::ResetCredentials { .. } => Some("reset-credentials"),
         Cmd::Demo { .. } => Some("demo"),
+        Cmd::Expire { .. } => Some("expire"),
         // `migrate run` and `migrate rollback` take the lock themselves (they rename the store).
         _ => None,
     }
@@ -151,6 +154,9 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             },
             out,
         ),
+        Cmd::Expire { as_of, id, json } => {
+            expire::run(&dir, expire::Options { as_of, id, json }, out)
+        }
         Cmd::Demo {
             members,
             events_per_member,

@@ -27,6 +27,13 @@ pub fn open_service(dir: &Path) -> anyhow::Result<WalletService> {
         .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
 }
 
+/// Opens an existing store (never creates one) and starts the wallet service on it: a job
+/// pointed at a mistyped `--store` must fail (exit 2), not run on a fresh empty store.
+pub fn open_existing_service(dir: &Path) -> anyhow::Result<WalletService> {
+    WalletService::with_engine(open_existing(dir)?, Vec::new())
+        .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
+}
+
 /// The log head of a snapshot.
 pub fn head(snap: &dyn Snapshot) -> anyhow::Result<Head> {
     Ok(log::read_head(snap)?.0)

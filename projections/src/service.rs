@@ -11,7 +11,21 @@
 //! with something due, each member's expirations are one atomic append under the command id and
 //! the member (the writer's [`CommandJob::part`]), and a last empty append records the command as
 //! done. A replay of the id finishes what is left and writes nothing twice.
+//!
+//! How the whole-store `expire` walks the store, and why it always ends:
+//! - it reads the expiry index in rounds of at most [`EXPIRE_ROUND`] members from a cursor that
+//!   only moves forward, and expires every member of a round before reading the next; so each
+//!   index entry is read once and memory is bounded by the round, not the store. (Re-reading
+//!   from the start each round would list again, every round, members whose part is recorded
+//!   but who still have something due: items that became due through a command with an earlier
+//!   business time after their part ran. Enough of those and no round would make progress.)
+//! - a member whose due items do not fit in one append ([`ledger::limits::MAX_EVENTS_PER_APPEND`])
+//!   gets a chain of appends ([`ExpirePart`]): the next is queued once the previous answered with
+//!   a full append, and a replay walks the recorded ones as duplicates.
+//! - at most [`EXPIRE_WINDOW`] appends are queued at once, so the writer group-commits many
+//!   members per fsync without the queue growing with the store.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,8 +35,8 @@ use ledger::domain::{
 };
 use ledger::log;
 use ledger::{
-    AppendError, AppendOutcome, CommandError, CommandJob, Ledger, LedgerOptions, Snapshot,
-    StreamVersion, Timestamp,
+    AppendError, AppendOutcome, CommandAnswer, CommandError, CommandJob, ExpirePart, Ledger,
+    LedgerOptions, Snapshot, StreamVersion, Timestamp,
 };
 
 use crate::check::{self, CheckReport, ProgressFn};
@@ -164,31 +178,23 @@ impl WalletService {
         at: Timestamp,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Submitted, SubmitError> {
-        let mut tally = ExpireTally::default();
-        while let Some(members) = self.expire_round(cmd)? {
-            let mut waiting = std::collections::VecDeque::new();
-            tally.progressed = false;
-            for member in members {
-                if waiting.len() >= EXPIRE_WINDOW {
-                    let answer: ledger::CommandAnswer =
-                        waiting.pop_front().expect("the window is not empty");
-                    tally.count(finish(answer.await)?, progress);
+        let mut run = ExpireRun::start(self, cmd)?;
+        while run.next_round(self)? {
+            loop {
+                if let Some(part) = run.next_to_queue() {
+                    let answer = self
+                        .ledger
+                        .queue_command(job(cmd, at, Some(part.clone())))
+                        .await?;
+                    run.queued(part, answer);
+                } else if let Some((part, answer)) = run.oldest() {
+                    run.answered(part, finish(answer.await)?, progress);
+                } else {
+                    break;
                 }
-                let answer = self
-                    .ledger
-                    .queue_command(job(cmd, at, Some(member)))
-                    .await
-                    .map_err(SubmitError::from)?;
-                waiting.push_back(answer);
-            }
-            for answer in waiting {
-                tally.count(finish(answer.await)?, progress);
-            }
-            if !tally.progressed {
-                break;
             }
         }
-        Ok(tally.answer(finish(self.ledger.submit(job(cmd, at, None)).await)?))
+        Ok(run.answer(finish(self.ledger.submit(job(cmd, at, None)).await)?))
     }
 
     /// [`WalletService::expire_all`] for callers outside an async runtime.
@@ -198,52 +204,22 @@ impl WalletService {
         at: Timestamp,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Submitted, SubmitError> {
-        let mut tally = ExpireTally::default();
-        while let Some(members) = self.expire_round(cmd)? {
-            let mut waiting = std::collections::VecDeque::new();
-            tally.progressed = false;
-            for member in members {
-                if waiting.len() >= EXPIRE_WINDOW {
-                    let answer: ledger::CommandAnswer =
-                        waiting.pop_front().expect("the window is not empty");
-                    tally.count(finish(answer.wait_blocking())?, progress);
+        let mut run = ExpireRun::start(self, cmd)?;
+        while run.next_round(self)? {
+            loop {
+                if let Some(part) = run.next_to_queue() {
+                    let answer =
+                        self.ledger
+                            .queue_command_blocking(job(cmd, at, Some(part.clone())))?;
+                    run.queued(part, answer);
+                } else if let Some((part, answer)) = run.oldest() {
+                    run.answered(part, finish(answer.wait_blocking())?, progress);
+                } else {
+                    break;
                 }
-                let answer = self
-                    .ledger
-                    .queue_command_blocking(job(cmd, at, Some(member)))
-                    .map_err(SubmitError::from)?;
-                waiting.push_back(answer);
-            }
-            for answer in waiting {
-                tally.count(finish(answer.wait_blocking())?, progress);
-            }
-            if !tally.progressed {
-                break;
             }
         }
-        Ok(tally.answer(finish(self.ledger.submit_blocking(job(cmd, at, None)))?))
-    }
-
-    /// The next members with lots or coupons due as of the command's `as_of`, or `None` when the
-    /// command is already recorded (a replay: the final answer comes from the writer) or
-    /// nothing is due. Each round's members are expired before the next round reads the index,
-    /// which then no longer lists them: memory stays bounded by [`EXPIRE_ROUND`].
-    fn expire_round(&self, cmd: &Command) -> Result<Option<Vec<MemberId>>, SubmitError> {
-        let CommandBody::Expire { as_of, .. } = &cmd.body else {
-            return Ok(None);
-        };
-        let snap = self.snapshot()?;
-        if log::command_entry(&*snap, cmd.id.as_str())
-            .map_err(ProjectionError::from)?
-            .is_some()
-        {
-            return Ok(None);
-        }
-        let members = views::due_members(&*snap, *as_of, EXPIRE_ROUND)?;
-        if members.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(members.into_iter().map(|(m, _)| m).collect()))
+        Ok(run.answer(finish(self.ledger.submit_blocking(job(cmd, at, None)))?))
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, ProjectionError> {
@@ -343,28 +319,117 @@ impl Queued {
     }
 }
 
-/// What a whole-store `expire` did so far.
-#[derive(Default)]
-struct ExpireTally {
-    /// Members whose part was answered.
+/// A whole-store `expire` in progress: the rounds over the expiry index, the member appends
+/// waiting to be queued and queued, and what was done so far.
+struct ExpireRun {
+    /// The command's `as_of`; `None`: nothing to walk (already recorded as done, or not an
+    /// `expire` without a member): only the final answer from the writer is left.
+    as_of: Option<Timestamp>,
+    /// Where the next round reads the expiry index; `None` once a round reached its end.
+    cursor: Option<Vec<u8>>,
+    /// Appends of this round not queued yet, in member id order; a member's next chunk goes
+    /// to the front.
+    todo: VecDeque<ExpirePart>,
+    /// Queued appends, oldest first, with what to wait on. At most [`EXPIRE_WINDOW`].
+    waiting: VecDeque<(ExpirePart, CommandAnswer)>,
+    /// Members whose part is answered in full (a member listed by two rounds counts twice).
     done: u64,
     /// Position of the first event this run appended.
     first: Option<ledger::Position>,
     /// Events this run appended.
     events: u32,
-    /// Some member's part appended events in the current round. A round where none did (every
-    /// part was recorded already, yet the index still lists the members: items that became
-    /// due after their part ran, through a command with an earlier business time) ends the
-    /// command instead of looping; those items wait for the next `expire`.
-    progressed: bool,
 }
 
-impl ExpireTally {
-    fn count(&mut self, part: Submitted, progress: &mut (dyn FnMut(u64) + Send)) {
-        if !part.duplicate && part.outcome.count > 0 {
-            self.progressed = true;
-            self.first.get_or_insert(part.outcome.first_position);
-            self.events = self.events.saturating_add(part.outcome.count);
+impl ExpireRun {
+    /// Starts a run of `cmd`: nothing to walk when its completion is recorded (a replay: the
+    /// writer answers it) or when a part of it was recorded with other content (the writer's
+    /// answer is then `id .. already used for a different command`, before anything is written).
+    fn start(service: &WalletService, cmd: &Command) -> Result<ExpireRun, SubmitError> {
+        let mut run = ExpireRun {
+            as_of: None,
+            cursor: Some(Vec::new()),
+            todo: VecDeque::new(),
+            waiting: VecDeque::new(),
+            done: 0,
+            first: None,
+            events: 0,
+        };
+        let CommandBody::Expire {
+            as_of,
+            member: None,
+        } = &cmd.body
+        else {
+            return Ok(run);
+        };
+        let snap = service.snapshot()?;
+        let id = cmd.id.as_str();
+        if log::command_entry(&*snap, id)
+            .map_err(ProjectionError::from)?
+            .is_some()
+        {
+            return Ok(run);
+        }
+        let part = log::first_command_with_prefix(&*snap, &CommandJob::parts_prefix(&cmd.id))
+            .map_err(ProjectionError::from)?;
+        if part.is_some_and(|(_, entry)| entry.fingerprint != cmd.fingerprint()) {
+            return Err(SubmitError::IdReused { id: id.to_owned() });
+        }
+        run.as_of = Some(*as_of);
+        Ok(run)
+    }
+
+    /// Reads the next round of members with something due into `todo`; false when done.
+    fn next_round(&mut self, service: &WalletService) -> Result<bool, SubmitError> {
+        debug_assert!(self.todo.is_empty() && self.waiting.is_empty());
+        let (Some(as_of), Some(from)) = (self.as_of, self.cursor.take()) else {
+            return Ok(false);
+        };
+        let round = views::due_members(&*service.snapshot()?, as_of, &from, EXPIRE_ROUND)?;
+        debug_assert!(round.next.as_ref().is_none_or(|next| *next > from));
+        self.cursor = round.next;
+        self.todo = round
+            .members
+            .into_iter()
+            .map(|(member, _)| ExpirePart::first(member))
+            .collect();
+        Ok(!self.todo.is_empty())
+    }
+
+    /// The next append to queue, if the window has room.
+    fn next_to_queue(&mut self) -> Option<ExpirePart> {
+        if self.waiting.len() >= EXPIRE_WINDOW {
+            return None;
+        }
+        self.todo.pop_front()
+    }
+
+    fn queued(&mut self, part: ExpirePart, answer: CommandAnswer) {
+        self.waiting.push_back((part, answer));
+        debug_assert!(self.waiting.len() <= EXPIRE_WINDOW);
+    }
+
+    /// The oldest queued append, to wait for.
+    fn oldest(&mut self) -> Option<(ExpirePart, CommandAnswer)> {
+        self.waiting.pop_front()
+    }
+
+    /// Counts an answered append. A full one may leave more of the member due: its next chunk
+    /// is queued next (only now, so that the writer decides it after this one is committed).
+    fn answered(
+        &mut self,
+        part: ExpirePart,
+        answer: Submitted,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) {
+        if !answer.duplicate && answer.outcome.count > 0 {
+            self.first.get_or_insert(answer.outcome.first_position);
+            self.events = self.events.saturating_add(answer.outcome.count);
+        }
+        let full = usize::try_from(answer.outcome.count)
+            .is_ok_and(|count| count >= ledger::limits::MAX_EVENTS_PER_APPEND);
+        if full {
+            self.todo.push_front(part.next());
+            return;
         }
         self.done += 1;
         progress(self.done);
@@ -410,7 +475,7 @@ fn is_expire_all(cmd: &Command) -> bool {
     matches!(cmd.body, CommandBody::Expire { member: None, .. })
 }
 
-fn job(cmd: &Command, at: Timestamp, part: Option<MemberId>) -> CommandJob {
+fn job(cmd: &Command, at: Timestamp, part: Option<ExpirePart>) -> CommandJob {
     CommandJob {
         cmd: cmd.clone(),
         at,

@@ -11,9 +11,14 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
-use ledger::domain::{Command, CouponStatus, MemberId, WalletState};
+use ledger::domain::{
+    wallet_stream, Command, CouponStatus, DomainEvent, MemberId, WalletEvent, WalletState,
+};
 use ledger::log;
-use ledger::{Backend, Create, Hash, Head, LedgerOptions, Position, Snapshot, Timestamp};
+use ledger::{
+    AppendOutcome, AppendRequest, Backend, Create, ExpectedVersion, Hash, Head, LedgerOptions,
+    Position, Snapshot, StreamAppend, Timestamp,
+};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{fold_log, fold_member, AsOf, EventTotals, FoldOptions};
 use projections::views::{self, tables};
@@ -53,6 +58,44 @@ pub fn open_service(dir: &Path, backend: Backend) -> WalletService {
 pub fn durable_head(service: &WalletService) -> Head {
     let snap = service.ledger().snapshot().expect("a snapshot");
     log::read_head(&*snap).expect("reading the head").0
+}
+
+/// Appends pre-decided wallet events straight to the log in one atomic append, each stream at
+/// any version, and returns where they landed. Fast test set-up: no `decide`, one fsync per
+/// call, and the service's projection hook folds them into the views in the same transaction,
+/// exactly as for commands. At most `ledger::limits::MAX_STREAMS_PER_APPEND` members and
+/// `MAX_EVENTS_PER_APPEND` events per call; the events must fold (e.g. open before top-up).
+pub fn append_wallet_events(
+    service: &WalletService,
+    command_id: &str,
+    members: Vec<(MemberId, Vec<(WalletEvent, Timestamp)>)>,
+) -> AppendOutcome {
+    let streams = members
+        .into_iter()
+        .map(|(m, events)| StreamAppend {
+            stream: wallet_stream(&m),
+            expected: ExpectedVersion::Any,
+            events: events
+                .into_iter()
+                .map(|(e, at)| {
+                    DomainEvent::Wallet(e)
+                        .to_new_event(at)
+                        .expect("generated wallet events always encode")
+                })
+                .collect(),
+        })
+        .collect();
+    let request = AppendRequest {
+        command_id: command_id.to_owned(),
+        fingerprint: None,
+        streams,
+    };
+    let outcome = service
+        .ledger()
+        .append_blocking(request)
+        .unwrap_or_else(|e| panic!("set-up append {command_id} failed: {e}"));
+    assert!(!outcome.duplicate, "set-up append {command_id} is new");
+    outcome
 }
 
 /// What [`audit`] found, for the caller's own comparisons.

@@ -353,22 +353,49 @@ pub fn decide_expire(
     member: &MemberId,
     as_of: Timestamp,
 ) -> Result<Vec<WalletEvent>, Rejection> {
+    decide_expire_at_most(rows, member, as_of, usize::MAX)
+}
+
+/// [`decide_expire`], but at most `max_events` of its events: the due lots earliest
+/// `expires_at` first (ties in lot order), then the due coupons earliest first, until
+/// `max_events`; output order as in [`decide_expire`]. A whole-store `expire` appends a member's
+/// expirations in appends of at most [`crate::limits::MAX_EVENTS_PER_APPEND`] with it: deciding
+/// again against the state after one append gives the next. Reads at most `max_events` due rows
+/// of each kind, so memory is bounded whatever the member's history.
+pub fn decide_expire_at_most(
+    rows: &dyn StateReader,
+    member: &MemberId,
+    as_of: Timestamp,
+    max_events: usize,
+) -> Result<Vec<WalletEvent>, Rejection> {
     let mut lots: Vec<(LotId, Miles)> = Vec::new();
-    rows.lots_by_expiry(member, None, &mut |lot| {
-        if lot.expires_at > as_of {
-            return Visit::Stop;
-        }
-        lots.push((lot.lot, lot.remaining));
-        Visit::Continue
-    })?;
+    if max_events > 0 {
+        rows.lots_by_expiry(member, None, &mut |lot| {
+            if lot.expires_at > as_of {
+                return Visit::Stop;
+            }
+            lots.push((lot.lot, lot.remaining));
+            if lots.len() >= max_events {
+                return Visit::Stop;
+            }
+            Visit::Continue
+        })?;
+    }
     let mut coupons: Vec<CouponId> = Vec::new();
-    rows.active_coupons_by_expiry(member, &mut |id, coupon| {
-        if coupon.expires_at > as_of {
-            return Visit::Stop;
-        }
-        coupons.push(id.clone());
-        Visit::Continue
-    })?;
+    let coupons_max = max_events - lots.len();
+    if coupons_max > 0 {
+        rows.active_coupons_by_expiry(member, &mut |id, coupon| {
+            if coupon.expires_at > as_of {
+                return Visit::Stop;
+            }
+            coupons.push(id.clone());
+            if coupons.len() >= coupons_max {
+                return Visit::Stop;
+            }
+            Visit::Continue
+        })?;
+    }
+    debug_assert!(lots.len() + coupons.len() <= max_events);
     lots.sort_unstable_by_key(|(lot, _)| *lot);
     coupons.sort_unstable();
     let lots = lots

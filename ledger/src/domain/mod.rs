@@ -35,7 +35,10 @@ mod row_tests;
 mod tests;
 
 pub use command::{Command, CommandBody, InputError};
-pub use decide::{decide, decide_expire, DecideInput, InactiveReason, Rejection, StreamEvents};
+pub use decide::{
+    decide, decide_expire, decide_expire_at_most, DecideInput, InactiveReason, Rejection,
+    StreamEvents,
+};
 pub use events::{
     BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError,
     DomainEvent, IdentityEvent, MerchantCategory, MigrationApplied, MilesEarned, MilesExpired,

@@ -1644,3 +1644,89 @@ proptest! {
         let _ = DomainEvent::decode(types[i], 1, Codec::Bincode2, &bytes);
     }
 }
+
+// `decide_expire_at_most(k)` expires the k earliest due items (lots earliest `expires_at` first,
+// then coupons), in the same output order as `decide_expire`; deciding and applying it again
+// until it decides nothing ends in exactly the state one `decide_expire` gives. This is how a
+// whole-store `expire` splits a member whose due items do not fit in one append.
+#[test]
+fn expire_at_most_takes_the_earliest_due_items_and_its_chain_ends_like_one_expire() {
+    let mut world = World::default();
+    let m1 = member("m1");
+    for line in [
+        r#"{"id":"o","type":"open_wallet","member":"m1"}"#,
+        r#"{"id":"l1","type":"earn_miles","member":"m1","miles":10,"expires_at":"2024-03-05T00:00:00Z"}"#,
+        r#"{"id":"l2","type":"earn_miles","member":"m1","miles":20,"expires_at":"2024-03-01T00:00:00Z"}"#,
+        r#"{"id":"l3","type":"earn_miles","member":"m1","miles":30,"expires_at":"2024-03-03T00:00:00Z"}"#,
+        r#"{"id":"l4","type":"earn_miles","member":"m1","miles":40,"expires_at":"2024-06-01T00:00:00Z"}"#,
+        r#"{"id":"ca","type":"issue_coupon","member":"m1","coupon":"ca","value":1,"expires_at":"2024-03-02T00:00:00Z"}"#,
+        r#"{"id":"cb","type":"issue_coupon","member":"m1","coupon":"cb","value":1,"expires_at":"2024-03-01T00:00:00Z"}"#,
+        r#"{"id":"cc","type":"issue_coupon","member":"m1","coupon":"cc","value":1,"expires_at":"2024-07-01T00:00:00Z"}"#,
+    ] {
+        world
+            .submit(&parse(line), time(NOW))
+            .expect("set-up applies");
+    }
+    let as_of = time("2024-04-01T00:00:00Z");
+    let lot = |n: u32, miles: u64| {
+        WalletEvent::MilesExpired(MilesExpired {
+            lot: LotId(n),
+            miles: Miles(miles),
+        })
+    };
+    let coupon = |id: &str| {
+        WalletEvent::CouponExpired(CouponExpired {
+            coupon: CouponId::new(id).expect("valid coupon id"),
+        })
+    };
+    let at_most = |world: &World, k: usize| {
+        let state = world.wallets.get(&m1);
+        decide_expire_at_most(
+            &DecideInput::new().with_wallet(m1.clone(), state),
+            &m1,
+            as_of,
+            k,
+        )
+        .expect("an in-memory wallet always reads")
+    };
+    assert_eq!(at_most(&world, 0), vec![]);
+    assert_eq!(at_most(&world, 2), vec![lot(2, 20), lot(3, 30)]);
+    assert_eq!(
+        at_most(&world, 4),
+        vec![lot(1, 10), lot(2, 20), lot(3, 30), coupon("cb")]
+    );
+    let all = vec![
+        lot(1, 10),
+        lot(2, 20),
+        lot(3, 30),
+        coupon("ca"),
+        coupon("cb"),
+    ];
+    assert_eq!(at_most(&world, 5), all);
+    assert_eq!(at_most(&world, usize::MAX), all);
+    let input = DecideInput::new().with_wallet(m1.clone(), world.wallets.get(&m1));
+    assert_eq!(decide_expire(&input, &m1, as_of).expect("reads"), all);
+
+    let mut whole = World {
+        wallets: world.wallets.clone(),
+        ..World::default()
+    };
+    whole.apply(&[StreamEvents {
+        stream: wallet_stream(&m1),
+        events: all.into_iter().map(DomainEvent::Wallet).collect(),
+    }]);
+    let mut appends = Vec::new();
+    loop {
+        let events = at_most(&world, 2);
+        if events.is_empty() {
+            break;
+        }
+        appends.push(events.len());
+        world.apply(&[StreamEvents {
+            stream: wallet_stream(&m1),
+            events: events.into_iter().map(DomainEvent::Wallet).collect(),
+        }]);
+    }
+    assert_eq!(appends, vec![2, 2, 1]);
+    assert_eq!(world.wallets, whole.wallets);
+}

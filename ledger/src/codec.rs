@@ -71,23 +71,10 @@ impl Codec {
     /// Decodes a payload; trailing bytes are an error, so one payload has exactly one encoding.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
-            Codec::Bincode2 => {
-                let (value, used) = bincode::serde::decode_from_slice::<T, _>(
-                    bytes,
-                    bincode::config::standard().with_limit::<{ 1 << 20 }>(),
-                )
-                .map_err(|e| CodecError::Decode {
-                    codec: self,
-                    reason: e.to_string(),
-                })?;
-                if used != bytes.len() {
-                    return Err(CodecError::Decode {
-                        codec: self,
-                        reason: format!("{} trailing bytes", bytes.len() - used),
-                    });
-                }
-                Ok(value)
-            }
+            Codec::Bincode2 => bincode_whole(
+                bytes,
+                bincode::config::standard().with_limit::<{ 1 << 20 }>(),
+            ),
             Codec::Postcard => {
                 let (value, rest) =
                     postcard::take_from_bytes::<T>(bytes).map_err(|e| CodecError::Decode {
@@ -110,24 +97,31 @@ impl Codec {
     /// the limit guards event payloads from the disk, and such a value may be far larger.
     pub fn decode_unbounded<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
-            Codec::Bincode2 => {
-                let (value, used) =
-                    bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
-                        .map_err(|e| CodecError::Decode {
-                        codec: self,
-                        reason: e.to_string(),
-                    })?;
-                if used != bytes.len() {
-                    return Err(CodecError::Decode {
-                        codec: self,
-                        reason: format!("{} trailing bytes", bytes.len() - used),
-                    });
-                }
-                Ok(value)
-            }
+            Codec::Bincode2 => bincode_whole(bytes, bincode::config::standard()),
             Codec::Postcard => self.decode(bytes),
         }
     }
+}
+
+/// A whole bincode value under `config`; trailing bytes are an error.
+fn bincode_whole<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, CodecError> {
+    let codec = Codec::Bincode2;
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config).map_err(|e| {
+        CodecError::Decode {
+            codec,
+            reason: e.to_string(),
+        }
+    })?;
+    if used != bytes.len() {
+        return Err(CodecError::Decode {
+            codec,
+            reason: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

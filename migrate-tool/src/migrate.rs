@@ -194,20 +194,7 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
     let started = Instant::now();
     let lock = StoreLock::acquire(dir, &format!("migrate run {}", migration.name))?;
     let run_id = run_id();
-    let scratch = lock::sibling(dir, &format!(".migrating-{}", migration.name));
-    if scratch.exists() {
-        eprintln!(
-            "note: removing {} left by an interrupted run",
-            scratch.display()
-        );
-        std::fs::remove_dir_all(&scratch)
-            .with_context(|| format!("cannot remove {}", scratch.display()))?;
-    }
-    let source_copy = lock::sibling(dir, &format!(".migrating-{}.source", migration.name));
-    if source_copy.exists() {
-        std::fs::remove_dir_all(&source_copy)
-            .with_context(|| format!("cannot remove {}", source_copy.display()))?;
-    }
+    let (scratch, source_copy) = fresh_scratch(dir, migration)?;
     let result = copy_source(dir, &source_copy)
         .and_then(|()| run_on_scratch(&source_copy, migration, opts, &scratch));
     store::remove_scratch(&source_copy);
@@ -218,8 +205,7 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
             return Err(e);
         }
     };
-    let ok = gate.ok();
-    let mut report = Report::new(
+    let report = Report::new(
         dir,
         migration,
         &run_id,
@@ -228,15 +214,33 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
         copied.as_ref(),
         started,
     );
-    let applied = ok && !opts.dry_run;
-    if applied {
-        let position = append_applied(&scratch, migration, &report)?;
+    conclude(dir, lock, migration, opts, report, &scratch, out)
+}
+
+/// The end of every `migrate run`, after its gate: applied (gate passed, not a dry run), the
+/// `system.migration_applied` event and the journaled cut-over, the old store kept; otherwise
+/// the scratch store removed. Then the report file, and the report on `out`.
+pub(crate) fn conclude(
+    dir: &Path,
+    lock: StoreLock,
+    migration: &Migration,
+    opts: &RunOptions,
+    mut report: Report,
+    scratch: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let ok = report.ok();
+    if ok && !opts.dry_run {
+        let position = append_applied(scratch, migration, &report)?;
         report.migration_event_position = Some(position);
-        let kept = lock::sibling(dir, &format!(".before-{run_id}-{}", migration.name));
-        lock::cut_over(&lock, &scratch, &kept)?;
+        let kept = lock::sibling(
+            dir,
+            &format!(".before-{}-{}", report.run_id, migration.name),
+        );
+        lock::cut_over(&lock, scratch, &kept)?;
         report.kept = Some(kept.display().to_string());
     } else {
-        store::remove_scratch(&scratch);
+        store::remove_scratch(scratch);
     }
     let path = migrate_report::write(dir, &report)?;
     drop(lock);
@@ -246,6 +250,27 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
         report.write_human(out, &path)?;
     }
     Ok(Outcome::from_ok(ok))
+}
+
+/// Removes what an interrupted run of `migration` left beside the store (its scratch store and
+/// its copy of the source) and returns their paths for this run.
+pub(crate) fn fresh_scratch(
+    dir: &Path,
+    migration: &Migration,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let scratch = lock::sibling(dir, &format!(".migrating-{}", migration.name));
+    let source_copy = lock::sibling(dir, &format!(".migrating-{}.source", migration.name));
+    for leftover in [&scratch, &source_copy] {
+        if leftover.exists() {
+            eprintln!(
+                "note: removing {} left by an interrupted run",
+                leftover.display()
+            );
+            std::fs::remove_dir_all(leftover)
+                .with_context(|| format!("cannot remove {}", leftover.display()))?;
+        }
+    }
+    Ok((scratch, source_copy))
 }
 
 /// Copies the source store for reading. Even a read-only session of redb rewrites bytes of the

@@ -99,6 +99,11 @@ impl Report {
         }
     }
 
+    /// Whether the gate passed.
+    pub fn ok(&self) -> bool {
+        self.gate.ok()
+    }
+
     /// Adds a field of the migration's own to the content (before the content is hashed, that
     /// is before the migration event is appended).
     pub fn note(&mut self, key: &str, value: Value) {

@@ -24,7 +24,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use ledger::domain::{MemberId, WalletState};
 use ledger::engine::TableChunks;
 use ledger::{Create, Snapshot, WriteBatch};
@@ -36,9 +35,9 @@ use projections::views::{self, tables};
 use projections::{Declared, Figures, Gate, GateReport, ProjectionError, WalletJson};
 use serde_json::json;
 
-use crate::lock::{self, StoreLock};
+use crate::lock::StoreLock;
 use crate::migrate::{self, Migration, RunOptions};
-use crate::migrate_report::{self, Report};
+use crate::migrate_report::Report;
 use crate::output::{self, Outcome};
 use crate::{check, store};
 
@@ -55,18 +54,7 @@ pub fn run(
     let started = Instant::now();
     let lock = StoreLock::acquire(dir, "migrate run rows")?;
     let run_id = migrate::run_id();
-    let scratch = lock::sibling(dir, ".migrating-rows");
-    let source_copy = lock::sibling(dir, ".migrating-rows.source");
-    for leftover in [&scratch, &source_copy] {
-        if leftover.exists() {
-            eprintln!(
-                "note: removing {} left by an interrupted run",
-                leftover.display()
-            );
-            std::fs::remove_dir_all(leftover)
-                .with_context(|| format!("cannot remove {}", leftover.display()))?;
-        }
-    }
+    let (scratch, source_copy) = migrate::fresh_scratch(dir, migration)?;
     let result =
         migrate::copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
     store::remove_scratch(&source_copy);
@@ -77,27 +65,10 @@ pub fn run(
             return Err(e);
         }
     };
-    let ok = gate.ok();
     let mut report = Report::new(dir, migration, &run_id, opts.dry_run, gate, None, started);
     report.note("old_views", exports.old);
     report.note("new_views", exports.new);
-    if ok && !opts.dry_run {
-        let position = migrate::append_applied(&scratch, migration, &report)?;
-        report.migration_event_position = Some(position);
-        let kept = lock::sibling(dir, &format!(".before-{run_id}-{}", migration.name));
-        lock::cut_over(&lock, &scratch, &kept)?;
-        report.kept = Some(kept.display().to_string());
-    } else {
-        store::remove_scratch(&scratch);
-    }
-    let path = migrate_report::write(dir, &report)?;
-    drop(lock);
-    if opts.json {
-        writeln!(out, "{}", report.file_json(&path))?;
-    } else {
-        report.write_human(out, &path)?;
-    }
-    Ok(Outcome::from_ok(ok))
+    migrate::conclude(dir, lock, migration, opts, report, &scratch, out)
 }
 
 /// What the report records of each side's views beyond the gate's figures.

@@ -197,29 +197,23 @@ impl WalletService {
         Ok(run.answer(finish(self.ledger.submit(job(cmd, at, None)).await)?))
     }
 
-    /// [`WalletService::expire_all`] for callers outside an async runtime.
+    /// [`WalletService::expire_all`] for callers outside an async runtime: the same run, on a
+    /// runtime of its own (the writer's channels work from any runtime). Must not be called from
+    /// inside one.
     pub fn expire_all_blocking(
         &self,
         cmd: &Command,
         at: Timestamp,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Submitted, SubmitError> {
-        let mut run = ExpireRun::start(self, cmd)?;
-        while run.next_round(self)? {
-            loop {
-                if let Some(part) = run.next_to_queue() {
-                    let answer =
-                        self.ledger
-                            .queue_command_blocking(job(cmd, at, Some(part.clone())))?;
-                    run.queued(part, answer);
-                } else if let Some((part, answer)) = run.oldest() {
-                    run.answered(part, finish(answer.wait_blocking())?, progress);
-                } else {
-                    break;
-                }
-            }
-        }
-        Ok(run.answer(finish(self.ledger.submit_blocking(job(cmd, at, None)))?))
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| {
+                SubmitError::Read(ProjectionError::Fold {
+                    reason: format!("cannot start a runtime for the expire: {e}"),
+                })
+            })?;
+        runtime.block_on(self.expire_all(cmd, at, progress))
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, ProjectionError> {

@@ -733,6 +733,49 @@ pub fn load_wallet<R: RowRead + ?Sized>(
     builder.finish()
 }
 
+/// One stored `wallet_rows` row, decoded.
+enum StoredRow {
+    Summary(WalletSummary),
+    Badge(Badge),
+    Coupon(CouponId, Coupon),
+    Lot(MilesLot),
+    Payment(CommandId, Payment),
+}
+
+/// Decodes one row of `member` (`rest`: its key after `member 0x00`): the one decoder of every
+/// row kind, for whole wallets and shown ones alike.
+fn decode_row(member: &MemberId, rest: &[u8], value: &[u8]) -> Result<StoredRow, ProjectionError> {
+    let damaged = |reason: String| ProjectionError::View {
+        member: member.to_string(),
+        reason,
+    };
+    let Some((&kind, id)) = rest.split_first() else {
+        return Err(damaged("row key with no kind".into()));
+    };
+    let text = || std::str::from_utf8(id).map_err(|_| damaged("row id is not UTF-8".into()));
+    Ok(match kind {
+        kind::SUMMARY => StoredRow::Summary(decode_summary(value).map_err(damaged)?),
+        kind::BADGE => {
+            StoredRow::Badge(Badge::new(text()?).map_err(|e| damaged(format!("badge {e}")))?)
+        }
+        kind::COUPON => StoredRow::Coupon(
+            CouponId::new(text()?).map_err(|e| damaged(format!("coupon {e}")))?,
+            decode_coupon(value).map_err(damaged)?,
+        ),
+        kind::LOT => {
+            let lot = <[u8; 4]>::try_from(id)
+                .map(|b| LotId(u32::from_be_bytes(b)))
+                .map_err(|_| damaged("lot id is not 4 bytes".into()))?;
+            StoredRow::Lot(decode_lot(lot, value).map_err(damaged)?)
+        }
+        kind::PAYMENT => StoredRow::Payment(
+            CommandId::new(text()?).map_err(|e| damaged(format!("payment {e}")))?,
+            decode_payment(value).map_err(damaged)?,
+        ),
+        other => return Err(damaged(format!("unknown row kind {other:#04x}"))),
+    })
+}
+
 /// What `show` and `export` display of a wallet: the summary, the badges and the coupons with
 /// their status (sorted by id). Read from those rows only: a wallet's payments and lots, its long
 /// history, are neither read nor held.
@@ -770,24 +813,14 @@ impl ShownWallet {
         }
     }
 
-    /// One summary, badge or coupon row (`rest`: the key after `member 0x00`).
+    /// One summary, badge or coupon row (`rest`: the key after `member 0x00`); lot and payment
+    /// rows are not part of what is shown.
     fn add(&mut self, rest: &[u8], value: &[u8]) -> Result<(), ProjectionError> {
-        let Some((&kind, id)) = rest.split_first() else {
-            return Err(self.damaged("row key with no kind"));
-        };
-        let text = || std::str::from_utf8(id).map_err(|_| self.damaged("row id is not UTF-8"));
-        match kind {
-            kind::SUMMARY => self.summary = decode_summary(value).map_err(|e| self.damaged(e))?,
-            kind::BADGE => {
-                let badge = Badge::new(text()?).map_err(|e| self.damaged(format!("badge {e}")))?;
-                self.badges.push(badge);
-            }
-            kind::COUPON => {
-                let id = CouponId::new(text()?).map_err(|e| self.damaged(format!("coupon {e}")))?;
-                let coupon = decode_coupon(value).map_err(|e| self.damaged(e))?;
-                self.coupons.push((id, coupon.status));
-            }
-            _ => {}
+        match decode_row(&self.member, rest, value)? {
+            StoredRow::Summary(summary) => self.summary = summary,
+            StoredRow::Badge(badge) => self.badges.push(badge),
+            StoredRow::Coupon(id, coupon) => self.coupons.push((id, coupon.status)),
+            StoredRow::Lot(_) | StoredRow::Payment(..) => {}
         }
         Ok(())
     }
@@ -970,37 +1003,18 @@ impl WalletBuilder {
 
     /// One row: `rest` is the key after `member 0x00`.
     fn add(&mut self, rest: &[u8], value: &[u8]) -> Result<(), ProjectionError> {
-        let Some((&kind, id)) = rest.split_first() else {
-            return Err(self.damaged("row key with no kind"));
-        };
-        let text = || std::str::from_utf8(id).map_err(|_| self.damaged("row id is not UTF-8"));
-        match kind {
-            kind::SUMMARY => {
-                self.summary = Some(decode_summary(value).map_err(|e| self.damaged(e))?);
-            }
-            kind::BADGE => {
-                let badge = Badge::new(text()?).map_err(|e| self.damaged(format!("badge {e}")))?;
+        match decode_row(&self.member, rest, value)? {
+            StoredRow::Summary(summary) => self.summary = Some(summary),
+            StoredRow::Badge(badge) => {
                 self.badges.insert(badge);
             }
-            kind::COUPON => {
-                let id = CouponId::new(text()?).map_err(|e| self.damaged(format!("coupon {e}")))?;
-                let coupon = decode_coupon(value).map_err(|e| self.damaged(e))?;
+            StoredRow::Coupon(id, coupon) => {
                 self.coupons.insert(id, coupon);
             }
-            kind::LOT => {
-                let id = <[u8; 4]>::try_from(id)
-                    .map(|b| LotId(u32::from_be_bytes(b)))
-                    .map_err(|_| self.damaged("lot id is not 4 bytes"))?;
-                self.lots
-                    .push(decode_lot(id, value).map_err(|e| self.damaged(e))?);
+            StoredRow::Lot(lot) => self.lots.push(lot),
+            StoredRow::Payment(id, payment) => {
+                self.payments.insert(id, payment);
             }
-            kind::PAYMENT => {
-                let id =
-                    CommandId::new(text()?).map_err(|e| self.damaged(format!("payment {e}")))?;
-                self.payments
-                    .insert(id, decode_payment(value).map_err(|e| self.damaged(e))?);
-            }
-            other => return Err(self.damaged(format!("unknown row kind {other:#04x}"))),
         }
         Ok(())
     }

@@ -36,8 +36,8 @@ mod tests;
 
 pub use command::{Command, CommandBody, InputError};
 pub use decide::{
-    decide, decide_expire, decide_expire_at_most, DecideInput, InactiveReason, Rejection,
-    StreamEvents,
+    decide, decide_expire, decide_expire_at_most, reset_of_registered, DecideInput, InactiveReason,
+    Rejection, StreamEvents,
 };
 pub use events::{
     BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError,

@@ -38,7 +38,8 @@ use ledger::{Position, Timestamp};
 pub use member::fold_member;
 pub use partition::{fold_log, fold_log_pipelined};
 
-/// Which events count.
+/// Which events count. How an operator spells one (`--as-of @N` or a time) is the command
+/// line's business (`migrate-tool`'s `read::parse_as_of`), not the fold's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AsOf {
     /// Every event up to the head of the snapshot.
@@ -50,21 +51,6 @@ pub enum AsOf {
 }
 
 impl AsOf {
-    /// Parses `@N` or an RFC 3339 time.
-    pub fn parse(input: &str) -> Result<AsOf, String> {
-        if let Some(n) = input.strip_prefix('@') {
-            return n
-                .parse::<u64>()
-                .map(|n| AsOf::Position(Position(n)))
-                .map_err(|_| {
-                    format!("`{input}`: after @ must come a log position (a whole number)")
-                });
-        }
-        Timestamp::parse_rfc3339(input)
-            .map(AsOf::BusinessTime)
-            .map_err(|e| e.to_string())
-    }
-
     /// Whether a record is included.
     pub fn includes(&self, record: &EventRecord) -> bool {
         self.includes_at(record.position, record.at)

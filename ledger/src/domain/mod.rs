@@ -53,6 +53,6 @@ pub use ids::{
 pub use reader::{ReadFailure, StateReader, Visit, WalletSummary};
 pub use rows::{wallet_row_changes, RowChange};
 pub use state::{
-    apply_identity_event, apply_wallet_event, Coupon, CouponStatus, FoldError, IdentityState,
-    MilesLot, Payment, WalletState,
+    apply_identity_event, apply_wallet_event, apply_wallet_event_owned, Coupon, CouponStatus,
+    FoldError, IdentityState, MilesLot, Payment, WalletState,
 };

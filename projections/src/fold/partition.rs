@@ -20,8 +20,7 @@
 
 use std::ops::Bound;
 
-use ledger::domain::state::apply_wallet_event_owned;
-use ledger::domain::MemberId;
+use ledger::domain::{apply_wallet_event_owned, MemberId};
 use ledger::engine::Entry;
 use ledger::log::{self, tables as log_tables};
 use ledger::record::EventRecord;

@@ -9,7 +9,7 @@ use anyhow::bail;
 use ledger::domain::{DomainEvent, IdentityEvent, MemberId, WalletEvent, WalletState};
 use ledger::log;
 use ledger::record::EventRecord;
-use ledger::{Position, Snapshot, StreamVersion};
+use ledger::{Position, Snapshot, StreamVersion, Timestamp};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{self, AsOf, FoldOptions};
 use projections::views;
@@ -22,12 +22,27 @@ use projections::WalletJson;
 /// Rows or streams read per chunk.
 const CHUNK: usize = 4_096;
 
-/// Parses `--as-of`; a bad value is a bad argument (exit 2).
+/// Parses `--as-of`; a bad value is a bad argument (exit 2). Absent: the head.
 pub fn parse_as_of(input: Option<&str>) -> anyhow::Result<AsOf> {
     match input {
         None => Ok(AsOf::Head),
-        Some(text) => AsOf::parse(text).map_err(|e| anyhow::anyhow!("--as-of: {e}")),
+        Some(text) => as_of_value(text).map_err(|e| anyhow::anyhow!("--as-of: {e}")),
     }
+}
+
+/// The two spellings of an `--as-of` value: `@N`, the log position `N` (events at positions
+/// `<= N`), or an RFC 3339 time with offset (events whose business time is `<= T`). The error
+/// names the rule; [`parse_as_of`] adds the flag.
+fn as_of_value(input: &str) -> Result<AsOf, String> {
+    if let Some(n) = input.strip_prefix('@') {
+        return n
+            .parse::<u64>()
+            .map(|n| AsOf::Position(Position(n)))
+            .map_err(|_| format!("`{input}`: after @ must come a log position (a whole number)"));
+    }
+    Timestamp::parse_rfc3339(input)
+        .map(AsOf::BusinessTime)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses a member argument; a bad id is a bad argument (exit 2).
@@ -333,5 +348,49 @@ pub fn payload_json(event: &DomainEvent) -> Value {
             IdentityEvent::PasswordChanged(_) => json!({}),
             IdentityEvent::PasswordReset(p) => to(p),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves both spellings of `--as-of` parse to the moment they name, and that every bad value
+    // is refused with the flag, the value and the rule in one line.
+    #[test]
+    fn as_of_takes_a_position_or_a_time_and_names_the_rule() {
+        assert_eq!(parse_as_of(None).unwrap(), AsOf::Head);
+        assert_eq!(
+            parse_as_of(Some("@1200")).unwrap(),
+            AsOf::Position(Position(1200))
+        );
+        assert_eq!(
+            parse_as_of(Some("@0")).unwrap(),
+            AsOf::Position(Position(0))
+        );
+        assert_eq!(
+            parse_as_of(Some("2019-07-30T13:00:00+09:00")).unwrap(),
+            AsOf::BusinessTime(Timestamp::parse_rfc3339("2019-07-30T04:00:00Z").unwrap())
+        );
+        for (input, message) in [
+            (
+                "@",
+                "--as-of: `@`: after @ must come a log position (a whole number)",
+            ),
+            (
+                "@-1",
+                "--as-of: `@-1`: after @ must come a log position (a whole number)",
+            ),
+            (
+                "tomorrow",
+                "--as-of: `tomorrow` is not an RFC 3339 time (e.g. 2019-07-30T13:00:00+09:00)",
+            ),
+            (
+                "2019-07-30T13:00:00.0000001Z",
+                "--as-of: `2019-07-30T13:00:00.0000001Z` has more than microsecond precision",
+            ),
+        ] {
+            assert_eq!(parse_as_of(Some(input)).unwrap_err().to_string(), message);
+        }
     }
 }

@@ -1,22 +1,41 @@
 //! Wallet projections: state derived only by folding the log.
 //!
 //! # Layout
-//! - [`views`]: the view tables (wallet state per member, member hashes, digest buckets,
-//!   checkpoint) and their encodings.
+//! Stored views, kept in the transaction of their events:
+//! - [`views`]: the view tables (a wallet as a summary plus one row per entity, the expiry
+//!   indexes, member hashes, digest buckets, checkpoint, layout) and the only code that builds
+//!   their keys and rows.
 //! - [`hook`]: [`ProjectionHook`], the ledger commit hook that writes views in the same
-//!   transaction as their events.
-//! - [`fold`]: bounded-memory folds of the whole log or one member, as of any moment.
-//! - [`digest`]: the order-independent, bucketed digest and how to localise differences.
+//!   transaction as their events, and the rows the writer decides commands against.
+//!
+//! Derived from the log alone:
+//! - [`fold`]: bounded-memory folds of the whole log or of one member, as of any moment.
+//! - [`digest`]: the order-independent, bucketed digest ([`DigestBuilder`]) and how to localise
+//!   differences.
 //! - [`rebuild`](mod@rebuild): drop and re-derive every view.
+//!
+//! Proof that the two agree:
 //! - [`check`]: the invariants of SPEC section 4 over a snapshot, as one [`CheckReport`].
 //! - [`gate`]: the gate of SPEC section 5: before and after [`Figures`], a declaration of what an
 //!   operation may change, one [`GateReport`] with one member-diff shape for every operation.
+//!
+//! For callers:
 //! - [`shown`]: the wallet as SPEC section 3 shows it ([`WalletJson`]), also in findings.
 //! - [`service`]: [`WalletService`], a ledger with the views attached: submit, read, check.
+//! - `test_store` (tests only): small stores built through the real service, for the unit tests
+//!   of `check` and `gate`.
 //!
 //! The fold itself (`WalletState::apply`) lives in `ledger::domain`, because `decide` needs the
 //! same state to enforce the rules; one definition serves both, so a command is always decided
 //! against exactly the state the projections show.
+//!
+//! # Paths
+//! What callers use most is re-exported here: the service and its errors, the check, the gate,
+//! the folds ([`fold_log`], [`fold_member`], [`AsOf`], [`FoldOptions`]), [`rebuild()`] and
+//! [`ProjectionError`]. Items of one concern keep their module as context: view keys and tables
+//! (`views::tables::*`, `views::load_shown`), digest functions (`digest::member_hash`,
+//! `digest::stored_digest`), invariant names (`check::VIEWS_MATCH_LOG`), fold budgets
+//! (`fold::DEFAULT_PASS_BYTES`).
 
 pub mod check;
 pub mod digest;
@@ -34,8 +53,11 @@ mod test_store;
 pub use check::{
     check_after_identity_appends, check_engine, check_snapshot, CheckReport, Invariant, Progress,
 };
-pub use fold::{AsOf, EventTotals, FoldStats};
-pub use gate::{Declared, Derive, Figures, Gate, GateReport, MemberDiff, StoredViews, ThisBuild};
+pub use digest::DigestBuilder;
+pub use fold::{fold_log, fold_member, AsOf, EventTotals, FoldOptions, FoldStats};
+pub use gate::{
+    Declared, Derive, Figures, Gate, GateReport, MemberDiff, Side, StoredViews, ThisBuild,
+};
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};
 pub use service::{Queued, StatementLine, SubmitError, Submitted, WalletService};
@@ -50,7 +72,7 @@ pub enum ProjectionError {
     Engine(#[from] ledger::EngineError),
     /// The log could not be read.
     #[error(transparent)]
-    Read(#[from] ledger::log::ReadError),
+    Read(#[from] ledger::ReadError),
     /// An event could not be decoded or folded.
     #[error("event at position {position} cannot be folded: {reason}")]
     Event { position: u64, reason: String },

@@ -334,14 +334,28 @@ pub fn decide(
             IdentityEvent::PasswordChanged(PasswordChanged),
         ),
         CommandBody::ResetPassword { member, reason } => {
-            let reason = reason.clone();
-            on_identity(
-                rows,
-                member,
-                IdentityEvent::PasswordReset(PasswordReset { reason }),
-            )
+            registered(rows, member)?;
+            Ok(reset_of_registered(member, reason.as_deref()))
         }
     }
+}
+
+/// What `reset_password` decides for `member` once [`decide`] has found them registered: one
+/// `identity.password_reset` on their identity stream, carrying `reason`.
+///
+/// The one definition of a reset's events, for callers that reset members in bulk and already
+/// know each one is registered (`migrate-tool reset-credentials` lists identity streams, which
+/// only `register` creates, and checks every invariant before it starts). Skipping the
+/// per-member read of the identity row is what keeps a reset of millions of members fast; the
+/// only rule it skips is the counter's room for one more reset, unreachable below `u64::MAX`
+/// resets, which the commit hook's fold still refuses ([`super::FoldError::CounterOverflow`]).
+pub fn reset_of_registered(member: &MemberId, reason: Option<&str>) -> Vec<StreamEvents> {
+    identity_events(
+        member,
+        IdentityEvent::PasswordReset(PasswordReset {
+            reason: reason.map(str::to_owned),
+        }),
+    )
 }
 
 /// The events that `expire` with `as_of` produces in the wallet of `member`: every lot with
@@ -716,7 +730,7 @@ fn decide_register(
     ))
 }
 
-/// `change_password` / `reset_password`: need a registered identity, touch nothing else.
+/// `change_password`: needs a registered identity, touches nothing else.
 fn on_identity(
     rows: &dyn StateReader,
     member: &MemberId,

@@ -36,8 +36,8 @@ mod tests;
 
 pub use command::{Command, CommandBody, InputError};
 pub use decide::{
-    decide, decide_expire, decide_expire_at_most, DecideInput, InactiveReason, Rejection,
-    StreamEvents,
+    decide, decide_expire, decide_expire_at_most, reset_of_registered, DecideInput, InactiveReason,
+    Rejection, StreamEvents,
 };
 pub use events::{
     BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError,
@@ -53,6 +53,6 @@ pub use ids::{
 pub use reader::{ReadFailure, StateReader, Visit, WalletSummary};
 pub use rows::{wallet_row_changes, RowChange};
 pub use state::{
-    apply_identity_event, apply_wallet_event, Coupon, CouponStatus, FoldError, IdentityState,
-    MilesLot, Payment, WalletState,
+    apply_identity_event, apply_wallet_event, apply_wallet_event_owned, Coupon, CouponStatus,
+    FoldError, IdentityState, MilesLot, Payment, WalletState,
 };

@@ -494,6 +494,40 @@ fn identity_rules_touch_only_identity_streams() {
     );
 }
 
+// `reset_of_registered` (the bulk reset's events) is exactly what `decide` returns for
+// `reset_password` of a registered member, with and without a reason, so the two cannot drift.
+#[test]
+fn reset_of_registered_is_what_decide_decides() {
+    let m1 = member("m1");
+    let identity = IdentityState {
+        login: "alice".to_owned(),
+        password_changes: 3,
+        resets: 1,
+    };
+    let input = DecideInput::new().with_identity(m1.clone(), Some(&identity));
+    for (line, reason) in [
+        (
+            r#"{"id":"r1","type":"reset_password","member":"m1","reason":"7pay"}"#,
+            Some("7pay"),
+        ),
+        (r#"{"id":"r2","type":"reset_password","member":"m1"}"#, None),
+    ] {
+        let decided = decide(&parse(line), time(NOW), &input).expect("m1 is registered");
+        assert_eq!(reset_of_registered(&m1, reason), decided);
+        assert_eq!(
+            decided,
+            vec![StreamEvents {
+                stream: "identity-m1".to_owned(),
+                events: vec![DomainEvent::Identity(IdentityEvent::PasswordReset(
+                    PasswordReset {
+                        reason: reason.map(str::to_owned),
+                    }
+                ))],
+            }]
+        );
+    }
+}
+
 // Every command type names only streams of its own kind, and decide writes only to those.
 #[test]
 fn commands_name_and_write_only_their_own_kind_of_stream() {

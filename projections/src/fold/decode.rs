@@ -1,0 +1,296 @@
+//! The fold's fast decoder of wallet payloads: the events that carry strings, decoded from
+//! borrowed bytes without a per-string allocation.
+//!
+//! Why a second decoder: the fold decodes every wallet event of the log, and the owned decoder
+//! of `hook` (`decode_wallet_event`) allocates each string, the merchant included, which no
+//! fold reads. This one is an optimisation only: it never decides what an event means.
+//!
+//! Invariants kept:
+//! - For every payload it accepts, it gives exactly the reference decoder's event (with an empty
+//!   merchant); anything else (another codec, version, currency, an invalid id, bad bytes, a
+//!   payload over [`FAST_PAYLOAD_MAX`]) is `None`, and the caller takes the reference decoder,
+//!   which gives the event or the exact error.
+//! - Debug builds (all tests) check every fast decode against the reference decoder, and the
+//!   test below checks every truncation and single-byte change of each event type.
+
+use serde::Deserialize;
+
+use ledger::domain::{
+    CommandId, CouponExpired, CouponId, CouponIssued, CouponRedeemed, Currency, MemberId,
+    MerchantCategory, Paid, Refunded, TransferredIn, TransferredOut, WalletEvent, Yen,
+};
+use ledger::record::RecordView;
+use ledger::Codec;
+
+/// Payloads up to this size take [`decode_fast`]. Below it, the 1 MiB allocation limit of
+/// [`Codec::decode`] cannot be reached (a payload claims at most 16 bytes per encoded byte), so
+/// both decoders accept exactly the same payloads.
+const FAST_PAYLOAD_MAX: usize = 32 << 10;
+
+// Borrowed mirrors of the payload structs of `ledger::domain::events` with string fields (same
+// fields, same order, same serde shapes: a `&str` reads exactly what a `String` reads, and
+// checks UTF-8 the same way), so decoding them allocates only the ids the state keeps.
+
+#[derive(Deserialize)]
+struct PaidRef<'a> {
+    payment: &'a str,
+    amount: Yen,
+    /// Not part of any fold result (read, and checked to be UTF-8, then dropped).
+    #[allow(dead_code)]
+    merchant: &'a str,
+    currency: &'a str,
+    merchant_category: Option<MerchantCategory>,
+}
+
+#[derive(Deserialize)]
+struct PaymentAmountRef<'a> {
+    payment: &'a str,
+    amount: Yen,
+}
+
+#[derive(Deserialize)]
+struct MemberAmountRef<'a> {
+    member: &'a str,
+    amount: Yen,
+}
+
+#[derive(Deserialize)]
+struct CouponIssuedRef<'a> {
+    coupon: &'a str,
+    value: Yen,
+    expires_at: ledger::Timestamp,
+}
+
+#[derive(Deserialize)]
+struct CouponRef<'a> {
+    coupon: &'a str,
+}
+
+/// A whole bincode payload (trailing bytes refused, as [`Codec::decode`] does).
+fn borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Option<T> {
+    let (value, used) =
+        bincode::serde::borrow_decode_from_slice::<T, _>(payload, bincode::config::standard())
+            .ok()?;
+    (used == payload.len()).then_some(value)
+}
+
+/// The fold's decoder for the wallet events that carry strings: the same event as
+/// [`decode_wallet_event`](crate::hook::decode_wallet_event) without its per-string allocations
+/// (`wallet.paid`'s merchant, which no fold reads, is left empty). `None`: not one of these, or
+/// anything unusual (another codec, an invalid id, a non-JPY currency, bytes that do not decode):
+/// then the caller takes `decode_wallet_event`, which gives the event or the exact error.
+pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
+    let payload = record.payload;
+    if record.codec != Codec::Bincode2 || payload.len() > FAST_PAYLOAD_MAX {
+        return None;
+    }
+    let event = match (record.event_type, record.schema_version) {
+        ("wallet.paid", 2) => {
+            let e: PaidRef<'_> = borrowed(payload)?;
+            if e.currency != Currency::JPY.as_str() {
+                return None;
+            }
+            WalletEvent::Paid(Paid {
+                payment: CommandId::new(e.payment).ok()?,
+                amount: e.amount,
+                merchant: String::new(),
+                currency: Currency::JPY,
+                merchant_category: e.merchant_category,
+            })
+        }
+        ("wallet.refunded", 1) => {
+            let e: PaymentAmountRef<'_> = borrowed(payload)?;
+            WalletEvent::Refunded(Refunded {
+                payment: CommandId::new(e.payment).ok()?,
+                amount: e.amount,
+            })
+        }
+        ("wallet.transferred_out", 1) => {
+            let e: MemberAmountRef<'_> = borrowed(payload)?;
+            WalletEvent::TransferredOut(TransferredOut {
+                to: MemberId::new(e.member).ok()?,
+                amount: e.amount,
+            })
+        }
+        ("wallet.transferred_in", 1) => {
+            let e: MemberAmountRef<'_> = borrowed(payload)?;
+            WalletEvent::TransferredIn(TransferredIn {
+                from: MemberId::new(e.member).ok()?,
+                amount: e.amount,
+            })
+        }
+        ("wallet.coupon_issued", 1) => {
+            let e: CouponIssuedRef<'_> = borrowed(payload)?;
+            WalletEvent::CouponIssued(CouponIssued {
+                coupon: CouponId::new(e.coupon).ok()?,
+                value: e.value,
+                expires_at: e.expires_at,
+            })
+        }
+        ("wallet.coupon_redeemed", 1) => {
+            let e: CouponRef<'_> = borrowed(payload)?;
+            WalletEvent::CouponRedeemed(CouponRedeemed {
+                coupon: CouponId::new(e.coupon).ok()?,
+            })
+        }
+        ("wallet.coupon_expired", 1) => {
+            let e: CouponRef<'_> = borrowed(payload)?;
+            WalletEvent::CouponExpired(CouponExpired {
+                coupon: CouponId::new(e.coupon).ok()?,
+            })
+        }
+        // No strings: the payload structs themselves, without the type-name dispatch of
+        // `DomainEvent::decode`.
+        ("wallet.topped_up", 1) => WalletEvent::ToppedUp(borrowed(payload)?),
+        ("wallet.miles_earned", 1) => WalletEvent::MilesEarned(borrowed(payload)?),
+        ("wallet.miles_redeemed", 1) => WalletEvent::MilesRedeemed(borrowed(payload)?),
+        ("wallet.miles_expired", 1) => WalletEvent::MilesExpired(borrowed(payload)?),
+        _ => return None,
+    };
+    #[cfg(debug_assertions)]
+    {
+        // Tests run debug builds: every fast decode is checked against the reference decoder.
+        let mut reference = crate::hook::decode_wallet_event(record).ok();
+        if let Some(WalletEvent::Paid(p)) = &mut reference {
+            p.merchant.clear();
+        }
+        debug_assert_eq!(reference.as_ref(), Some(&event), "decode_fast diverged");
+    }
+    Some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hook::decode_wallet_event;
+
+    /// A record view of one payload (the envelope fields other than these do not matter).
+    fn view<'a>(
+        event_type: &'a str,
+        version: u16,
+        codec: Codec,
+        payload: &'a [u8],
+    ) -> RecordView<'a> {
+        RecordView {
+            codec,
+            position: ledger::Position(1),
+            stream: "wallet-m1",
+            version: ledger::StreamVersion(1),
+            event_id: Default::default(),
+            command_id: "c1",
+            event_type,
+            schema_version: version,
+            at: ledger::Timestamp(0),
+            recorded_at: ledger::Timestamp(0),
+            payload,
+            prev_hash: ledger::Hash::default(),
+            hash: ledger::Hash::default(),
+        }
+    }
+
+    /// `decode_fast` gives the reference decoder's event (the merchant aside) or defers to it.
+    fn check_fast(event_type: &str, version: u16, codec: Codec, payload: &[u8]) -> bool {
+        let record = view(event_type, version, codec, payload);
+        let Some(fast) = decode_fast(&record) else {
+            return false;
+        };
+        let mut reference = decode_wallet_event(&record).expect("fast decode of a bad payload");
+        if let WalletEvent::Paid(p) = &mut reference {
+            p.merchant.clear();
+        }
+        assert_eq!(fast, reference, "{event_type} v{version}");
+        true
+    }
+
+    // Proves the fold's fast payload decoder accepts exactly what `decode_wallet_event` accepts
+    // and gives the same event: for each wallet event type, the payload, every truncation and
+    // every single-byte change of it; and that other codecs, versions and currencies defer.
+    #[test]
+    fn fast_decode_matches_the_reference_decoder() {
+        use ledger::domain::*;
+        let t = ledger::Timestamp(1_562_000_000_000);
+        let paid = |currency: &str| {
+            WalletEvent::Paid(Paid {
+                payment: CommandId::new("pay-1").unwrap(),
+                amount: Yen(700),
+                merchant: "Loft \u{5c71}".into(),
+                currency: Currency::try_from(currency.to_string()).unwrap(),
+                merchant_category: MerchantCategory::try_from(5411).ok(),
+            })
+        };
+        let events = [
+            WalletEvent::WalletOpened(WalletOpened {
+                member: MemberId::new("m1").unwrap(),
+            }),
+            WalletEvent::ToppedUp(ToppedUp { amount: Yen(1000) }),
+            paid("JPY"),
+            WalletEvent::Refunded(Refunded {
+                payment: CommandId::new("pay-1").unwrap(),
+                amount: Yen(300),
+            }),
+            WalletEvent::TransferredOut(TransferredOut {
+                to: MemberId::new("m2").unwrap(),
+                amount: Yen(5),
+            }),
+            WalletEvent::TransferredIn(TransferredIn {
+                from: MemberId::new("m2").unwrap(),
+                amount: Yen(5),
+            }),
+            WalletEvent::MilesEarned(MilesEarned {
+                lot: LotId(1),
+                miles: Miles(300),
+                expires_at: t,
+            }),
+            WalletEvent::MilesRedeemed(MilesRedeemed {
+                miles: Miles(30),
+                consumed: vec![(LotId(1), Miles(10)), (LotId(2), Miles(20))],
+            }),
+            WalletEvent::MilesExpired(MilesExpired {
+                lot: LotId(1),
+                miles: Miles(3),
+            }),
+            WalletEvent::BadgeAwarded(BadgeAwarded {
+                badge: Badge::new("gold").unwrap(),
+            }),
+            WalletEvent::CouponIssued(CouponIssued {
+                coupon: CouponId::new("cp-1").unwrap(),
+                value: Yen(100),
+                expires_at: t,
+            }),
+            WalletEvent::CouponRedeemed(CouponRedeemed {
+                coupon: CouponId::new("cp-1").unwrap(),
+            }),
+            WalletEvent::CouponExpired(CouponExpired {
+                coupon: CouponId::new("cp-1").unwrap(),
+            }),
+        ];
+        let mut fast = 0;
+        for event in &events {
+            let (name, version) = (event.event_type(), event.schema_version());
+            let payload = event.encode(Codec::Bincode2).unwrap();
+            if check_fast(name, version, Codec::Bincode2, &payload) {
+                fast += 1;
+            }
+            for n in 0..payload.len() {
+                check_fast(name, version, Codec::Bincode2, &payload[..n]);
+            }
+            let mut longer = payload.clone();
+            longer.push(0);
+            assert!(!check_fast(name, version, Codec::Bincode2, &longer));
+            for i in 0..payload.len() {
+                for b in [0u8, 1, 0x1f, 0x41, 0x7f, 0x80, 0xfb, 0xfc, 0xff] {
+                    let mut changed = payload.clone();
+                    changed[i] = b;
+                    check_fast(name, version, Codec::Bincode2, &changed);
+                }
+            }
+            let postcard = event.encode(Codec::Postcard).unwrap();
+            assert!(decode_fast(&view(name, version, Codec::Postcard, &postcard)).is_none());
+            assert!(decode_fast(&view(name, version + 1, Codec::Bincode2, &payload)).is_none());
+        }
+        // Every type with a fast path took it (all but opened and badge).
+        assert_eq!(fast, events.len() - 2);
+        let usd = paid("USD").encode(Codec::Bincode2).unwrap();
+        assert!(!check_fast("wallet.paid", 2, Codec::Bincode2, &usd));
+    }
+}

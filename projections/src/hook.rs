@@ -59,12 +59,38 @@ pub fn decode_wallet_event(record: &RecordView<'_>) -> Result<WalletEvent, Proje
         reason: e.to_string(),
     })?;
     match event {
-        DomainEvent::Wallet(e) => Ok(e),
+        DomainEvent::Wallet(e) => {
+            opened_in_own_stream(record, &e)?;
+            Ok(e)
+        }
         DomainEvent::Identity(_) => Err(ProjectionError::Event {
             position: record.position.0,
             reason: format!("identity event {} in wallet stream", record.event_type),
         }),
     }
+}
+
+/// Refuses a `wallet.opened` whose member is not its stream's: a wallet is its stream's, and the
+/// folds (rows keyed by the stream, whole states keyed by the event) must never disagree on whose
+/// it is. `decide` never writes one; only a damaged log or a raw append can hold it.
+pub(crate) fn opened_in_own_stream(
+    record: &RecordView<'_>,
+    event: &WalletEvent,
+) -> Result<(), ProjectionError> {
+    let WalletEvent::WalletOpened(opened) = event else {
+        return Ok(());
+    };
+    let stream = ledger::domain::wallet_stream(&opened.member);
+    if stream == record.stream {
+        return Ok(());
+    }
+    Err(ProjectionError::Event {
+        position: record.position.0,
+        reason: format!(
+            "wallet.opened of member {} in stream {}",
+            opened.member, record.stream
+        ),
+    })
 }
 
 impl CommitHook for ProjectionHook {

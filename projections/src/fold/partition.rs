@@ -252,7 +252,10 @@ fn fold_chunks(
                 }
             };
             let event = match decode_fast(&record) {
-                Some(event) => event,
+                Some(event) => {
+                    crate::hook::opened_in_own_stream(&record, &event)?;
+                    event
+                }
                 None => decode_wallet_event(&record)?,
             };
             // Counted before the event is moved into the state: on an error below the fold

@@ -222,7 +222,8 @@ impl WalletService {
 
     /// The member's current wallet (from the view), `None` if the member has no wallet.
     pub fn wallet(&self, member: &MemberId) -> Result<Option<WalletState>, ProjectionError> {
-        views::load_wallet(&*self.snapshot()?, member)
+        let snap = self.snapshot()?;
+        views::read_consistent(&*snap, || views::load_wallet(&*snap, member))
     }
 
     /// The member's wallet summary (balance, miles, counts): one row, whatever the history.

@@ -706,6 +706,33 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
     }
 }
 
+/// Most attempts of [`read_consistent`] before it gives the last answer.
+const CONSISTENT_READ_ATTEMPTS: usize = 1_000;
+
+/// Runs a read of several rows so that it sees one commit's state, on engines without read
+/// snapshots too: the sled backend reads live data, so a wallet read while the writer commits
+/// may see its summary from one commit and its payment rows from the next. Every commit that
+/// changes a view writes the checkpoint, so a read between two equal checkpoint reads saw no
+/// commit finish; a read that found rows disagreeing (a commit still landing) is tried again.
+/// With redb (snapshots) the first attempt always stands.
+pub fn read_consistent<T>(
+    snap: &dyn Snapshot,
+    mut read: impl FnMut() -> Result<T, ProjectionError>,
+) -> Result<T, ProjectionError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = checkpoint(snap)?;
+        let result = read();
+        let settled = checkpoint(snap)? == before
+            && !matches!(result, Err(ProjectionError::View { .. }));
+        if settled || attempt >= CONSISTENT_READ_ATTEMPTS {
+            return result;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Reads a member's whole wallet from its rows (`None`: no wallet). Reads every row of the
 /// member, so it is for showing and exporting a wallet, never for deciding a command.
 pub fn load_wallet<R: RowRead + ?Sized>(

@@ -20,7 +20,9 @@
 //! 3. **Snapshot isolation**: a snapshot sees every batch committed before it was taken and none
 //!    after (redb). The sled backend reads live data: within one snapshot, reads of keys written by
 //!    a later commit may see the new value. The ledger never relies on more than "later snapshots
-//!    see earlier commits", because all writes go through its single writer.
+//!    see earlier commits", because all writes go through its single writer; a reader of several
+//!    view rows beside a running writer (`projections::views::read_consistent`) re-reads until
+//!    the checkpoint, written by every commit, did not move.
 //! 4. **Single writer**: `commit` may be called from one thread at a time; the ledger's writer
 //!    thread is the only caller in normal operation.
 //! 5. Reading a table that was never written returns nothing, not an error.

@@ -724,8 +724,8 @@ pub fn read_consistent<T>(
         attempt += 1;
         let before = checkpoint(snap)?;
         let result = read();
-        let settled = checkpoint(snap)? == before
-            && !matches!(result, Err(ProjectionError::View { .. }));
+        let settled =
+            checkpoint(snap)? == before && !matches!(result, Err(ProjectionError::View { .. }));
         if settled || attempt >= CONSISTENT_READ_ATTEMPTS {
             return result;
         }
@@ -760,6 +760,14 @@ pub fn load_wallet<R: RowRead + ?Sized>(
     builder.finish()
 }
 
+/// A stored view of `member` that cannot be read as a wallet.
+fn damaged_view(member: &MemberId, reason: impl Into<String>) -> ProjectionError {
+    ProjectionError::View {
+        member: member.to_string(),
+        reason: reason.into(),
+    }
+}
+
 /// One stored `wallet_rows` row, decoded.
 enum StoredRow {
     Summary(WalletSummary),
@@ -772,10 +780,7 @@ enum StoredRow {
 /// Decodes one row of `member` (`rest`: its key after `member 0x00`): the one decoder of every
 /// row kind, for whole wallets and shown ones alike.
 fn decode_row(member: &MemberId, rest: &[u8], value: &[u8]) -> Result<StoredRow, ProjectionError> {
-    let damaged = |reason: String| ProjectionError::View {
-        member: member.to_string(),
-        reason,
-    };
+    let damaged = |reason: String| damaged_view(member, reason);
     let Some((&kind, id)) = rest.split_first() else {
         return Err(damaged("row key with no kind".into()));
     };
@@ -834,10 +839,7 @@ impl ShownWallet {
     }
 
     fn damaged(&self, reason: impl Into<String>) -> ProjectionError {
-        ProjectionError::View {
-            member: self.member.to_string(),
-            reason: reason.into(),
-        }
+        damaged_view(&self.member, reason)
     }
 
     /// One summary, badge or coupon row (`rest`: the key after `member 0x00`); lot and payment
@@ -1022,10 +1024,7 @@ impl WalletBuilder {
     }
 
     fn damaged(&self, reason: impl Into<String>) -> ProjectionError {
-        ProjectionError::View {
-            member: self.member.to_string(),
-            reason: reason.into(),
-        }
+        damaged_view(&self.member, reason)
     }
 
     /// One row: `rest` is the key after `member 0x00`.

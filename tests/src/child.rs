@@ -31,16 +31,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let name = program.display().to_string();
-    let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {name}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let (mut child, stdout) = spawn(program, args, stderr_path);
     let (ready_tx, ready_rx) = mpsc::channel();
     let reader = spawn_reader(stdout, ready_tx);
     if !early && ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
@@ -83,16 +74,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let name = program.display().to_string();
-    let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {name}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let (mut child, stdout) = spawn(program, args, stderr_path);
     let (line_tx, line_rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -174,4 +156,27 @@ fn fail_with_stderr(child: &mut Child, stderr_path: &Path, what: &str) -> ! {
     let _ = child.wait();
     let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
     panic!("{what}; its stderr:\n{stderr}");
+}
+
+/// Starts `program` with `args`, stdout piped, stderr to `stderr_path`: the child and its stdout.
+fn spawn<I, S>(
+    program: &Path,
+    args: I,
+    stderr_path: &Path,
+) -> (std::process::Child, std::process::ChildStdout)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let name = program.display().to_string();
+    let stderr = std::fs::File::create(stderr_path).expect("create the stderr file");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    (child, stdout)
 }

@@ -592,3 +592,32 @@ fn rows_migration_refuses_when_an_old_view_differs_from_the_log() {
     );
     assert!(siblings(&store, ".migrating-").is_empty());
 }
+
+// Proves `migrate run rows` on a store already in layout 2 is refused by the gate before
+// anything is done (exit 1, the reason named), and the store's head and digest are unchanged.
+#[test]
+fn rows_migration_refuses_a_store_already_in_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    ok(&store, &["demo", "--members", "20", "--seed", "5"]);
+    let digest = ok(&store, &["digest"]).stdout;
+    let head = json(&ok(&store, &["verify", "--json"]).stdout)["head"].clone();
+    let r = run(&store, &["migrate", "run", "rows", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let failures = json(&r.stdout)["content"]["failures"].to_string();
+    assert!(
+        failures.contains("the store fails `check` before the migration; nothing was done"),
+        "{failures}"
+    );
+    let before = json(&r.stdout)["content"]["before"]["invariants"].to_string();
+    assert!(
+        before.contains("the views are in layout Some(2): this migration moves layout 1 to 2"),
+        "{before}"
+    );
+    assert_eq!(ok(&store, &["digest"]).stdout, digest);
+    assert_eq!(
+        json(&ok(&store, &["verify", "--json"]).stdout)["head"],
+        head
+    );
+    assert!(siblings(&store, ".migrating-").is_empty());
+}

@@ -180,7 +180,7 @@ pub fn fold_all(snap: &dyn Snapshot) -> (BTreeMap<MemberId, WalletState>, EventT
 /// values involved on the first failure; `context` says where the test was.
 ///
 /// - the checkpoint equals the head;
-/// - `view_wallet` holds exactly the members the log folds to, each equal to the whole-log fold
+/// - `wallet_rows` holds exactly the members the log folds to, each equal to the whole-log fold
 ///   and to `fold_member(.., AsOf::Head)` of its own stream;
 /// - no lot has `remaining > earned`, no payment `refunded > paid` (balances are `u64`, so "not
 ///   negative" is the fold not failing, which `fold_log` reports);

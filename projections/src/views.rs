@@ -760,6 +760,27 @@ pub fn load_wallet<R: RowRead + ?Sized>(
     builder.finish()
 }
 
+/// Where the member id of a `wallet_rows` key ends (its `0x00`).
+fn member_end(key: &[u8]) -> Result<usize, ProjectionError> {
+    key.iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| ProjectionError::View {
+            member: String::from_utf8_lossy(key).into_owned(),
+            reason: "row key without a member terminator".into(),
+        })
+}
+
+/// The member a `wallet_rows` key starts with (`name`: the bytes before its `0x00`).
+fn member_of_row(name: &[u8]) -> Result<MemberId, ProjectionError> {
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| MemberId::new(n).ok())
+        .ok_or_else(|| ProjectionError::View {
+            member: String::from_utf8_lossy(name).into_owned(),
+            reason: "row key does not start with a valid member id".into(),
+        })
+}
+
 /// A stored view of `member` that cannot be read as a wallet.
 fn damaged_view(member: &MemberId, reason: impl Into<String>) -> ProjectionError {
     ProjectionError::View {
@@ -941,12 +962,7 @@ pub fn for_each_shown(
         let Some((last, _)) = rows.last() else { break };
         let mut next = (last.clone(), false);
         for (key, value) in &rows {
-            let Some(split) = key.iter().position(|&b| b == 0) else {
-                return Err(ProjectionError::View {
-                    member: String::from_utf8_lossy(key).into_owned(),
-                    reason: "row key without a member terminator".into(),
-                });
-            };
+            let split = member_end(key)?;
             let name = &key[..split];
             let kind = key.get(split + 1).copied();
             if current
@@ -958,13 +974,7 @@ pub fn for_each_shown(
                         each(shown)?;
                     }
                 }
-                let member = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|n| MemberId::new(n).ok())
-                    .ok_or_else(|| ProjectionError::View {
-                        member: String::from_utf8_lossy(name).into_owned(),
-                        reason: "row key does not start with a valid member id".into(),
-                    })?;
+                let member = member_of_row(name)?;
                 current = Some((
                     ShownWallet {
                         member,
@@ -1091,12 +1101,7 @@ pub fn for_each_wallet(
     let mut current: Option<WalletBuilder> = None;
     for chunk in ledger::engine::TableChunks::new(snap, tables::ROWS, 4_096) {
         for (key, value) in chunk? {
-            let Some(split) = key.iter().position(|&b| b == 0) else {
-                return Err(ProjectionError::View {
-                    member: String::from_utf8_lossy(&key).into_owned(),
-                    reason: "row key without a member terminator".into(),
-                });
-            };
+            let split = member_end(&key)?;
             let name = &key[..split];
             if current
                 .as_ref()
@@ -1107,13 +1112,7 @@ pub fn for_each_wallet(
                         each(state)?;
                     }
                 }
-                let member = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|n| MemberId::new(n).ok())
-                    .ok_or_else(|| ProjectionError::View {
-                        member: String::from_utf8_lossy(name).into_owned(),
-                        reason: "row key does not start with a valid member id".into(),
-                    })?;
+                let member = member_of_row(name)?;
                 current = Some(WalletBuilder::new(member));
             }
             current

@@ -113,7 +113,9 @@ struct MemberHash {
 /// One group commit's view of the rows.
 struct Group<'s> {
     rows: Overlay<'s>,
-    /// The last position folded: the checkpoint at the start, then each applied record's.
+    /// The checkpoint when the group began.
+    start: Position,
+    /// The last position folded: `start`, then each applied record's.
     at: Position,
     members: HashMap<MemberId, MemberHash>,
     /// Identity records of this group, per member, for identity commands later in it.
@@ -123,9 +125,11 @@ struct Group<'s> {
 impl<'s> Group<'s> {
     fn begin(snap: &'s dyn Snapshot) -> Result<Group<'s>, ProjectionError> {
         views::require_layout(snap)?;
+        let checkpoint = views::checkpoint(snap)?;
         Ok(Group {
             rows: Overlay::new(snap),
-            at: views::checkpoint(snap)?,
+            start: checkpoint,
+            at: checkpoint,
             members: HashMap::new(),
             identities: HashMap::new(),
         })
@@ -189,8 +193,7 @@ impl<'s> Group<'s> {
     /// Everything the group wrote: rows, index entries, changed member hashes and bucket sums,
     /// and the checkpoint.
     fn finish_into(self, batch: &mut WriteBatch) -> Result<(), ProjectionError> {
-        let start = views::checkpoint(self.rows.snapshot())?;
-        if self.at == start {
+        if self.at == self.start {
             return Ok(());
         }
         let snap = self.rows.snapshot();

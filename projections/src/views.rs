@@ -389,6 +389,29 @@ pub trait RowRead {
     ) -> Result<(), EngineError>;
 }
 
+/// A range visitor that can fail (see [`try_visit`]).
+pub type FallibleVisitor<'a, E> = dyn FnMut(&[u8], &[u8]) -> Result<Visit, E> + 'a;
+
+/// [`RowRead::visit`] with a visitor that can fail: its first error stops the visit. The outer
+/// error is the store's, the inner one the visitor's.
+pub fn try_visit<R: RowRead + ?Sized, E>(
+    read: &R,
+    table: &'static str,
+    from: &[u8],
+    to: &[u8],
+    visit: &mut FallibleVisitor<'_, E>,
+) -> Result<Result<(), E>, EngineError> {
+    let mut failed = None;
+    read.visit(table, from, to, &mut |key, value| match visit(key, value) {
+        Ok(next) => next,
+        Err(e) => {
+            failed = Some(e);
+            Visit::Stop
+        }
+    })?;
+    Ok(failed.map_or(Ok(()), Err))
+}
+
 /// Entries read per step of a range visit.
 const VISIT_CHUNK: usize = 256;
 
@@ -622,37 +645,27 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
             Some(_) => return Ok(()),
             None => prefix.clone(),
         };
-        let mut error = None;
-        self.read
-            .visit(
-                tables::LOT_ORDER,
-                &from,
-                &prefix_end(&prefix),
-                &mut |key, _| {
-                    let id = key
-                        .get(prefix.len() + 8..)
-                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                        .map(|b| LotId(u32::from_be_bytes(b)));
-                    let lot = match id.map(|id| self.lot(member, id)) {
-                        Some(Ok(Some(lot))) if lot.remaining.0 > 0 => lot,
-                        Some(Err(e)) => {
-                            error = Some(e);
-                            return Visit::Stop;
-                        }
-                        _ => {
-                            error = Some(failure(
-                                member,
-                                "lot order entry",
-                                format!("{key:02x?} names no lot with miles left"),
-                            ));
-                            return Visit::Stop;
-                        }
-                    };
-                    visit(&lot)
-                },
-            )
-            .map_err(|e| failure(member, "lot order", e))?;
-        error.map_or(Ok(()), Err)
+        try_visit(
+            self.read,
+            tables::LOT_ORDER,
+            &from,
+            &prefix_end(&prefix),
+            &mut |key, _| {
+                let id = key
+                    .get(prefix.len() + 8..)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(|b| LotId(u32::from_be_bytes(b)));
+                match id.map(|id| self.lot(member, id)).transpose()?.flatten() {
+                    Some(lot) if lot.remaining.0 > 0 => Ok(visit(&lot)),
+                    _ => Err(failure(
+                        member,
+                        "lot order entry",
+                        format!("{key:02x?} names no lot with miles left"),
+                    )),
+                }
+            },
+        )
+        .map_err(|e| failure(member, "lot order", e))?
     }
 
     fn active_coupons_by_expiry(
@@ -661,39 +674,33 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
         visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
     ) -> Result<(), ReadFailure> {
         let prefix = member_prefix(member);
-        let mut error = None;
-        self.read
-            .visit(
-                tables::COUPON_ORDER,
-                &prefix,
-                &prefix_end(&prefix),
-                &mut |key, _| {
-                    let id = key
-                        .get(prefix.len() + 8..)
-                        .and_then(|b| std::str::from_utf8(b).ok())
-                        .and_then(|s| CouponId::new(s).ok());
-                    let found = id.map(|id| (self.coupon(member, &id), id));
-                    match found {
-                        Some((Ok(Some(coupon)), id)) if coupon.status == CouponStatus::Active => {
-                            visit(&id, &coupon)
-                        }
-                        Some((Err(e), _)) => {
-                            error = Some(e);
-                            Visit::Stop
-                        }
-                        _ => {
-                            error = Some(failure(
-                                member,
-                                "coupon order entry",
-                                format!("{key:02x?} names no active coupon"),
-                            ));
-                            Visit::Stop
-                        }
+        try_visit(
+            self.read,
+            tables::COUPON_ORDER,
+            &prefix,
+            &prefix_end(&prefix),
+            &mut |key, _| {
+                let id = key
+                    .get(prefix.len() + 8..)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|s| CouponId::new(s).ok());
+                let coupon = match &id {
+                    Some(id) => self.coupon(member, id)?,
+                    None => None,
+                };
+                match (id, coupon) {
+                    (Some(id), Some(coupon)) if coupon.status == CouponStatus::Active => {
+                        Ok(visit(&id, &coupon))
                     }
-                },
-            )
-            .map_err(|e| failure(member, "coupon order", e))?;
-        error.map_or(Ok(()), Err)
+                    _ => Err(failure(
+                        member,
+                        "coupon order entry",
+                        format!("{key:02x?} names no active coupon"),
+                    )),
+                }
+            },
+        )
+        .map_err(|e| failure(member, "coupon order", e))?
     }
 
     fn identity(
@@ -741,22 +748,17 @@ pub fn load_wallet<R: RowRead + ?Sized>(
 ) -> Result<Option<WalletState>, ProjectionError> {
     let prefix = member_prefix(member);
     let mut builder = WalletBuilder::new(member.clone());
-    let mut error = None;
-    read.visit(
+    try_visit(
+        read,
         tables::ROWS,
         &prefix,
         &prefix_end(&prefix),
-        &mut |key, value| match builder.add(&key[prefix.len()..], value) {
-            Ok(()) => Visit::Continue,
-            Err(e) => {
-                error = Some(e);
-                Visit::Stop
-            }
+        &mut |key, value| {
+            builder
+                .add(&key[prefix.len()..], value)
+                .map(|()| Visit::Continue)
         },
-    )?;
-    if let Some(e) = error {
-        return Err(e);
-    }
+    )??;
     builder.finish()
 }
 
@@ -917,25 +919,18 @@ pub fn load_shown<R: RowRead + ?Sized>(
     for kind in [kind::SUMMARY, kind::BADGE, kind::COUPON] {
         let mut from = prefix.clone();
         from.push(kind);
-        let mut error = None;
-        read.visit(
+        try_visit(
+            read,
             tables::ROWS,
             &from,
             &prefix_end(&from),
             &mut |key, value| {
                 had_summary |= kind == kind::SUMMARY;
-                match shown.add(&key[prefix.len()..], value) {
-                    Ok(()) => Visit::Continue,
-                    Err(e) => {
-                        error = Some(e);
-                        Visit::Stop
-                    }
-                }
+                shown
+                    .add(&key[prefix.len()..], value)
+                    .map(|()| Visit::Continue)
             },
-        )?;
-        if let Some(e) = error {
-            return Err(e);
-        }
+        )??;
     }
     shown.checked(had_summary)
 }
@@ -1256,22 +1251,15 @@ pub fn due_members(
     );
     let mut members: BTreeMap<MemberId, u64> = BTreeMap::new();
     let mut next = None;
-    let mut error = None;
-    RowRead::visit(snap, tables::DUE, from, &due_end(as_of), &mut |key, _| {
-        let Some(member) = due_member(key) else {
-            error = Some(bad_due_key(key));
-            return Visit::Stop;
-        };
+    try_visit::<_, ProjectionError>(snap, tables::DUE, from, &due_end(as_of), &mut |key, _| {
+        let member = due_member(key).ok_or_else(|| bad_due_key(key))?;
         if members.len() >= limit && !members.contains_key(&member) {
             next = Some(key.to_vec());
-            return Visit::Stop;
+            return Ok(Visit::Stop);
         }
         *members.entry(member).or_default() += 1;
-        Visit::Continue
-    })?;
-    if let Some(e) = error {
-        return Err(e);
-    }
+        Ok(Visit::Continue)
+    })??;
     debug_assert!(members.len() <= limit);
     Ok(DueRound {
         members: members.into_iter().collect(),
@@ -1305,29 +1293,14 @@ pub fn due_count(snap: &dyn Snapshot, as_of: Timestamp) -> Result<u64, Projectio
 /// members seen: at 16.5 million members that set alone would take hundreds of MB.
 pub fn due_totals(snap: &dyn Snapshot, as_of: Timestamp) -> Result<DueTotals, ProjectionError> {
     let mut totals = DueTotals::default();
-    let mut error = None;
-    RowRead::visit(snap, tables::DUE, &[], &due_end(as_of), &mut |key, _| {
-        let Some(member) = due_member(key) else {
-            error = Some(bad_due_key(key));
-            return Visit::Stop;
-        };
+    try_visit::<_, ProjectionError>(snap, tables::DUE, &[], &due_end(as_of), &mut |key, _| {
+        let member = due_member(key).ok_or_else(|| bad_due_key(key))?;
         totals.items += 1;
-        match first_due_key(snap, &member) {
-            Ok(first) => {
-                if first.as_deref() == Some(key) {
-                    totals.members += 1;
-                }
-                Visit::Continue
-            }
-            Err(e) => {
-                error = Some(e);
-                Visit::Stop
-            }
+        if first_due_key(snap, &member)?.as_deref() == Some(key) {
+            totals.members += 1;
         }
-    })?;
-    if let Some(e) = error {
-        return Err(e);
-    }
+        Ok(Visit::Continue)
+    })??;
     debug_assert!(totals.members <= totals.items);
     Ok(totals)
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use crate::codec::Codec;
 use crate::engine::{EngineError, Snapshot, WriteBatch};
 use crate::limits;
-use crate::log::{self, tables, CommandEntry, ReadError};
+use crate::log::{self, CommandEntry, ReadError};
 use crate::record::EventRecord;
+use crate::segments::FrameBuilder;
 use crate::timestamp::Timestamp;
 use crate::types::{ExpectedVersion, Hash, Head, Position, StreamVersion};
 
@@ -300,8 +301,13 @@ pub(crate) struct Plan<'s> {
     /// Stream versions written by this group.
     pub versions: HashMap<String, StreamVersion>,
     commands: HashMap<String, CommandEntry>,
+    /// The commands this group records, in order (for the frame and the command index).
+    pub recorded: Vec<(String, CommandEntry)>,
+    /// The hooks' writes; the writer adds the index writes of the frame.
     pub batch: WriteBatch,
     pub records: Vec<Arc<EventRecord>>,
+    /// The frame this group writes to the segment log.
+    pub frame: FrameBuilder,
 }
 
 impl<'s> Plan<'s> {
@@ -317,8 +323,10 @@ impl<'s> Plan<'s> {
             committed,
             versions: HashMap::new(),
             commands: HashMap::new(),
+            recorded: Vec::new(),
             batch: WriteBatch::new(),
             records: Vec::new(),
+            frame: FrameBuilder::new(state.head.position.next()),
         }
     }
 
@@ -391,11 +399,8 @@ impl<'s> Plan<'s> {
             count,
             fingerprint,
         };
-        self.batch.put(
-            tables::COMMANDS,
-            req.command_id.as_bytes().to_vec(),
-            entry.encode(),
-        );
+        self.frame.push_command(&req.command_id, &entry);
+        self.recorded.push((req.command_id.clone(), entry));
         self.commands.insert(req.command_id, entry);
         Ok(AppendOutcome {
             first_position,
@@ -423,13 +428,7 @@ impl<'s> Plan<'s> {
             hash: Hash::GENESIS,
         };
         let bytes = record.seal_and_encode();
-        self.batch
-            .put(tables::EVENTS, log::event_key(position).to_vec(), bytes);
-        self.batch.put(
-            tables::STREAM_INDEX,
-            log::stream_key(stream, version),
-            position.0.to_le_bytes().to_vec(),
-        );
+        self.frame.push_record(&bytes);
         self.state.head = Head {
             position,
             hash: record.hash,

@@ -3,9 +3,13 @@
 //! Appends from any number of callers go through a bounded queue (back-pressure: a caller waits
 //! when it is full) to one writer thread. The writer takes every request waiting (up to the
 //! limits in [`crate::limits`]), plans them against one snapshot, lets the commit hooks add their
-//! writes (projections write their views here, in the same transaction), commits once (one
-//! fsync), and only then answers each caller. If the commit fails, every caller in it gets the
-//! error and the writer re-reads the head from disk: the log is as it was.
+//! writes (projections write their views here), writes the group's frame to the segment log
+//! with one write and one `fdatasync`, commits the index and views (synced only at a
+//! checkpoint, see [`crate::limits::CHECKPOINT_EVENTS`]: the rest is replayed from the log after
+//! a crash), and only then answers each caller. If the group fails before its frame is written,
+//! every caller in it gets the error and the writer re-reads the head: the log is as it was. If
+//! the frame's write or sync fails, or the index commit after it, the writer stops: every caller
+//! of that group and every later one gets an error, and the store must be reopened.
 //!
 //! The writer is an OS thread, not a tokio task, because a commit blocks on fsync; tokio
 //! channels connect it to async and blocking callers alike.
@@ -23,11 +27,12 @@ use crate::domain::{
     decide, decide_expire_at_most, wallet_stream, Command, CommandBody, CommandId, DomainEvent,
     MemberId, Rejection, StateReader, StreamEvents,
 };
-use crate::engine::{Engine, Snapshot, WriteBatch};
+use crate::engine::{Durability, Snapshot, WriteBatch};
 use crate::limits;
 use crate::log::{self, ReadError};
 use crate::record::EventRecord;
-use crate::store::{self, Backend, Create, OpenError};
+use crate::segments::LogError;
+use crate::store::{self, Backend, Create, OpenError, Store};
 use crate::timestamp::Timestamp;
 use crate::types::{ExpectedVersion, Head, Position, StreamVersion};
 use crate::verify::{self, VerifyReport};
@@ -36,6 +41,11 @@ use crate::verify::{self, VerifyReport};
 /// their checkpoint are committed atomically with the events they fold, and so that commands
 /// are decided against them inside the writer.
 pub trait CommitHook: Send + Sync + 'static {
+    /// A stable name. The store records the names of the hooks its writer runs, and a recovery
+    /// that must replay the log's tail refuses to do it through other hooks (the views would
+    /// silently fall behind the log).
+    fn name(&self) -> &'static str;
+
     /// Starts one group commit on the snapshot the writer plans against (the state just before
     /// the group). An error fails the whole group commit.
     fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, HookError>;
@@ -221,7 +231,7 @@ struct Job {
 }
 
 struct Inner {
-    engine: Arc<dyn Engine>,
+    engine: Arc<Store>,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     head: watch::Receiver<Head>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -255,20 +265,25 @@ pub enum LedgerError {
     /// The log could not be read at start-up.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The index could not be written at start-up.
+    #[error(transparent)]
+    Engine(#[from] crate::EngineError),
 }
 
 impl Ledger {
     /// Opens the store in `dir`.
     pub fn open(dir: &Path, options: LedgerOptions) -> Result<Ledger, LedgerError> {
-        let engine = store::open_engine(dir, options.create, options.backend)?;
+        let engine = store::open_store(dir, options.create, options.backend, &options.hooks)?;
         Ledger::with_engine(engine, options.hooks)
     }
 
-    /// Starts a ledger on an already open engine (tests use this to wrap engines).
+    /// Starts a ledger on an already open store (opened with the same `hooks`, so that its
+    /// recovery replayed the log's tail through them).
     pub fn with_engine(
-        engine: Arc<dyn Engine>,
+        engine: Arc<Store>,
         hooks: Vec<Arc<dyn CommitHook>>,
     ) -> Result<Ledger, LedgerError> {
+        store::record_hooks(&engine, &hooks)?;
         let state = load_state(&*engine)?;
         let (sender, receiver) = mpsc::channel(limits::WRITER_QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(state.head);
@@ -372,14 +387,14 @@ impl Ledger {
         answer.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 
-    /// The engine, for readers that need a snapshot across several reads.
-    pub fn engine(&self) -> &Arc<dyn Engine> {
+    /// The store, for readers that need a snapshot across several reads.
+    pub fn engine(&self) -> &Arc<Store> {
         &self.inner.engine
     }
 
     /// A consistent read view.
     pub fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, ReadError> {
-        Ok(self.inner.engine.snapshot()?)
+        Ok(crate::Engine::snapshot(&*self.inner.engine)?)
     }
 
     /// The last durable event's position and hash.
@@ -486,8 +501,8 @@ impl Subscription {
     }
 }
 
-fn load_state(engine: &dyn Engine) -> Result<WriterState, ReadError> {
-    let snap = engine.snapshot()?;
+fn load_state(engine: &Store) -> Result<WriterState, ReadError> {
+    let snap = crate::Engine::snapshot(engine)?;
     let (head, last) = log::read_head(&*snap)?;
     Ok(WriterState {
         head,
@@ -495,14 +510,46 @@ fn load_state(engine: &dyn Engine) -> Result<WriterState, ReadError> {
     })
 }
 
+/// When the writer syncs the index: a checkpoint every [`limits::CHECKPOINT_EVENTS`] events or
+/// [`limits::CHECKPOINT_INTERVAL`], whichever comes first, which bounds the log tail a reopen
+/// after a crash replays.
+struct Checkpoints {
+    events: u64,
+    since: std::time::Instant,
+}
+
+impl Checkpoints {
+    fn new() -> Checkpoints {
+        Checkpoints {
+            events: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// The durability of the index commit of a group of `events`.
+    fn next(&mut self, events: u32) -> Durability {
+        self.events += u64::from(events);
+        if self.events >= limits::CHECKPOINT_EVENTS
+            || self.since.elapsed() >= limits::CHECKPOINT_INTERVAL
+        {
+            *self = Checkpoints::new();
+            Durability::Synced
+        } else {
+            Durability::Unsynced
+        }
+    }
+}
+
 fn run_writer(
-    engine: &dyn Engine,
+    engine: &Store,
     mut receiver: mpsc::Receiver<Job>,
     mut state: WriterState,
     hooks: &[Arc<dyn CommitHook>],
     head_tx: &watch::Sender<Head>,
 ) {
     let mut versions = StreamVersions::default();
+    let mut checkpoints = Checkpoints::new();
+    let mut stopped: Option<String> = None;
     // How many callers are likely in flight: the largest recent group, halved per group so
     // that a lone caller after a burst waits for a few commits at most. The callers answered
     // by a commit are the ones most likely to come straight back, so the next group waits a
@@ -511,7 +558,30 @@ fn run_writer(
     while let Some(first) = receiver.blocking_recv() {
         let jobs = gather(&mut receiver, first, in_flight);
         in_flight = jobs.len().max(in_flight / 2);
-        state = group_commit(engine, state, &mut versions, jobs, hooks, head_tx);
+        if let Some(reason) = &stopped {
+            let err = AppendError::Storage {
+                reason: format!("the writer stopped: {reason}; reopen the store"),
+            };
+            for job in jobs {
+                job.reply.fail(CommandError::Append(err.clone()));
+            }
+            continue;
+        }
+        let mut writer = Writer {
+            engine,
+            versions: &mut versions,
+            checkpoints: &mut checkpoints,
+            hooks,
+            head_tx,
+        };
+        match writer.group_commit(state, jobs) {
+            Ok(next) => state = next,
+            Err(reason) => stopped = Some(reason),
+        }
+    }
+    // The last checkpoint: a clean shutdown leaves no tail to replay.
+    if stopped.is_none() {
+        let _ = engine.commit_index(WriteBatch::new(), Durability::Synced);
     }
 }
 
@@ -555,106 +625,175 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, first: Job, in_flight: usize) -> V
     jobs
 }
 
-/// Plans, decides, hooks and commits one group; answers every job. Returns the writer state
-/// after it.
-fn group_commit(
-    engine: &dyn Engine,
-    state: WriterState,
-    versions: &mut StreamVersions,
-    jobs: Vec<Job>,
-    hooks: &[Arc<dyn CommitHook>],
-    head_tx: &watch::Sender<Head>,
-) -> WriterState {
-    let fail_all = |jobs: Vec<Job>, err: AppendError| {
-        for job in jobs {
-            job.reply.fail(CommandError::Append(err.clone()));
-        }
-    };
-    let snap = match engine.snapshot() {
-        Ok(s) => s,
-        Err(e) => {
-            fail_all(jobs, AppendError::from(e));
-            return state;
-        }
-    };
-    let mut groups = Vec::with_capacity(hooks.len());
-    for hook in hooks {
-        match hook.begin(&*snap) {
-            Ok(group) => groups.push(group),
-            Err(reason) => {
-                drop(groups);
-                fail_all(jobs, hook_failed(reason));
-                return state;
+/// What the writer keeps between groups.
+struct Writer<'w> {
+    engine: &'w Store,
+    versions: &'w mut StreamVersions,
+    checkpoints: &'w mut Checkpoints,
+    hooks: &'w [Arc<dyn CommitHook>],
+    head_tx: &'w watch::Sender<Head>,
+}
+
+/// How a group's write ended.
+enum Written {
+    /// Frame durable and indexed.
+    Done,
+    /// Nothing of the group was written; the writer goes on.
+    Failed(AppendError),
+    /// The frame's write or sync failed, or its index commit: the writer stops.
+    Stop(AppendError, String),
+}
+
+impl Writer<'_> {
+    /// Plans, decides, hooks and writes one group; answers every job. Returns the writer state
+    /// after it, or why the writer must stop.
+    fn group_commit(&mut self, state: WriterState, jobs: Vec<Job>) -> Result<WriterState, String> {
+        let engine = self.engine;
+        let fail_all = |jobs: Vec<Job>, err: AppendError| {
+            for job in jobs {
+                job.reply.fail(CommandError::Append(err.clone()));
             }
-        }
-    }
-    let mut plan = Plan::new(&*snap, state, versions);
-    let mut pending: Vec<(Reply, AppendOutcome)> = Vec::with_capacity(jobs.len());
-    let mut failed: Option<AppendError> = None;
-    for job in jobs {
-        if failed.is_some() {
-            pending.push((job.reply, AppendOutcome::default()));
-            continue;
-        }
-        let before = plan.records.len();
-        let outcome = match job.work {
-            Work::Append(request) => plan.add(request).map_err(CommandError::Append),
-            Work::Command(command) => plan_command(&mut plan, &groups, command),
         };
-        match outcome {
-            Ok(outcome) => {
-                let new = &plan.records[before..];
-                if !new.is_empty() {
-                    failed = groups
-                        .iter_mut()
-                        .try_for_each(|g| g.apply(new))
-                        .err()
-                        .map(hook_failed);
+        let snap = match crate::Engine::snapshot(engine) {
+            Ok(s) => s,
+            Err(e) => {
+                fail_all(jobs, AppendError::from(e));
+                return Ok(state);
+            }
+        };
+        let mut groups = Vec::with_capacity(self.hooks.len());
+        for hook in self.hooks {
+            match hook.begin(&*snap) {
+                Ok(group) => groups.push(group),
+                Err(reason) => {
+                    drop(groups);
+                    fail_all(jobs, hook_failed(reason));
+                    return Ok(state);
                 }
-                pending.push((job.reply, outcome));
             }
-            Err(e) => job.reply.fail(e),
+        }
+        let mut plan = Plan::new(&*snap, state, self.versions);
+        let mut pending: Vec<(Reply, AppendOutcome)> = Vec::with_capacity(jobs.len());
+        let mut failed: Option<AppendError> = None;
+        for job in jobs {
+            if failed.is_some() {
+                pending.push((job.reply, AppendOutcome::default()));
+                continue;
+            }
+            let before = plan.records.len();
+            let outcome = match job.work {
+                Work::Append(request) => plan.add(request).map_err(CommandError::Append),
+                Work::Command(command) => plan_command(&mut plan, &groups, command),
+            };
+            match outcome {
+                Ok(outcome) => {
+                    let new = &plan.records[before..];
+                    if !new.is_empty() {
+                        failed = groups
+                            .iter_mut()
+                            .try_for_each(|g| g.apply(new))
+                            .err()
+                            .map(hook_failed);
+                    }
+                    pending.push((job.reply, outcome));
+                }
+                Err(e) => job.reply.fail(e),
+            }
+        }
+        let written = match failed {
+            Some(err) => {
+                drop(groups);
+                Written::Failed(err)
+            }
+            None => match finish_groups(groups, &mut plan.batch) {
+                Err(err) => Written::Failed(err),
+                Ok(()) => write_group(self.engine, self.checkpoints, &mut plan),
+            },
+        };
+        let planned = plan.state;
+        let written_versions = std::mem::take(&mut plan.versions);
+        drop(plan);
+        drop(snap);
+        match written {
+            Written::Done => {
+                // Publish the new head before any caller hears back, so a caller that reads
+                // `head()` after its append returns always sees its own events.
+                self.head_tx.send_replace(planned.head);
+                self.versions.merge(written_versions);
+                for (reply, outcome) in pending {
+                    reply.ok(outcome);
+                }
+                Ok(planned)
+            }
+            Written::Failed(err) => {
+                for (reply, _) in pending {
+                    reply.fail(CommandError::Append(err.clone()));
+                }
+                // Nothing was written: the durable state is the truth, not our plan.
+                self.versions.clear();
+                let state = load_state(engine).unwrap_or(state);
+                self.head_tx.send_replace(state.head);
+                Ok(state)
+            }
+            Written::Stop(err, reason) => {
+                for (reply, _) in pending {
+                    reply.fail(CommandError::Append(err.clone()));
+                }
+                Err(reason)
+            }
         }
     }
-    let result = match failed {
-        Some(err) => {
-            drop(groups);
-            Err(err)
+}
+
+/// Writes the group's frame (one write, one fdatasync), then its index and view writes.
+fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_>) -> Written {
+    if plan.frame.is_empty() {
+        debug_assert!(plan.batch.is_empty(), "hooks write only for events");
+        return Written::Done;
+    }
+    let bytes = plan.frame.encode();
+    let first = plan.state.head.position.0 + 1 - u64::from(plan.frame.events());
+    let at = match engine.append_frame(&bytes, first) {
+        Ok(at) => at,
+        Err(LogError::Stopped { reason }) => {
+            let err = AppendError::Storage {
+                    reason: format!(
+                        "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped: reopen the store"
+                    ),
+                };
+            return Written::Stop(err, reason);
         }
-        None => finish_groups(groups, &mut plan.batch).and_then(|()| {
-            if plan.batch.is_empty() {
-                return Ok(());
-            }
-            let batch = std::mem::take(&mut plan.batch);
-            engine.commit(batch).map_err(AppendError::from)
-        }),
+        Err(e) => {
+            return Written::Failed(AppendError::Storage {
+                reason: e.to_string(),
+            })
+        }
     };
-    let planned = plan.state;
-    let written = std::mem::take(&mut plan.versions);
-    drop(plan);
-    drop(snap);
-    match result {
-        Ok(()) => {
-            // Publish the new head before any caller hears back, so a caller that reads
-            // `head()` after its append returns always sees its own events.
-            head_tx.send_replace(planned.head);
-            versions.merge(written);
-            for (reply, outcome) in pending {
-                reply.ok(outcome);
-            }
-            planned
-        }
-        Err(err) => {
-            for (reply, _) in pending {
-                reply.fail(CommandError::Append(err.clone()));
-            }
-            // The commit did not happen: the durable state is the truth, not our plan.
-            versions.clear();
-            let state = load_state(engine).unwrap_or(state);
-            head_tx.send_replace(state.head);
-            state
-        }
+    let mut batch = std::mem::take(&mut plan.batch);
+    store::index_frame(
+        &mut batch,
+        at,
+        plan.frame.events(),
+        first,
+        bytes.len() as u64,
+        &plan.recorded,
+        &plan.records,
+        plan.state.head,
+    );
+    let durability = checkpoints.next(plan.frame.events());
+    if let Err(e) = engine.commit_index(batch, durability) {
+        let reason = format!(
+                "the index commit after a durable frame failed ({e}); the events are in the log and a reopen indexes them"
+            );
+        engine.log().stop(reason.clone());
+        return Written::Stop(
+            AppendError::Storage {
+                reason: reason.clone(),
+            },
+            reason,
+        );
     }
+    Written::Done
 }
 
 fn hook_failed(error: HookError) -> AppendError {

@@ -46,6 +46,7 @@ pub mod limits;
 pub mod log;
 pub mod multiset;
 pub mod record;
+pub mod segments;
 pub mod store;
 pub mod timestamp;
 pub mod types;
@@ -53,14 +54,14 @@ pub mod verify;
 
 pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppend};
 pub use codec::{Codec, CodecError};
-pub use engine::{Engine, EngineError, Snapshot, TableChunks, WriteBatch};
+pub use engine::{Durability, Engine, EngineError, Snapshot, TableChunks, WriteBatch};
 pub use ledger::{
     CommandAnswer, CommandError, CommandJob, CommitHook, ExpirePart, GroupHook, HookError, Ledger,
     LedgerError, LedgerOptions, Subscription,
 };
 pub use log::ReadError;
 pub use record::{EventRecord, RecordError, RecordView};
-pub use store::{open_engine, Backend, Create, Guard, OpenError};
+pub use store::{open_engine, open_store, Backend, Checkpoint, Create, Guard, OpenError, Store};
 pub use timestamp::{Timestamp, TimestampError};
 pub use types::{ExpectedVersion, Hash, Head, Position, StreamVersion};
 pub use verify::{VerifyFailure, VerifyReport};

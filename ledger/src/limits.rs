@@ -31,3 +31,8 @@ pub const GROUP_GATHER_WAIT: std::time::Duration = std::time::Duration::from_mic
 pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
 /// Most events a single read call returns.
 pub const MAX_READ_EVENTS: usize = 100_000;
+/// Events the writer indexes between two synced index commits (checkpoints). Bounds the log
+/// tail a reopen after a crash replays into the index and views.
+pub const CHECKPOINT_EVENTS: u64 = 65_536;
+/// Longest time between two synced index commits while the writer is busy.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -2,11 +2,16 @@
 //!
 //! Tables (see `docs/format.md` for the byte layouts):
 //! - `events`: position (u64 big-endian, so keys sort by position) -> [`EventRecord`] bytes.
-//! - `stream_index`: stream id bytes, 0x00, version (u64 big-endian) -> position (u64 LE).
-//!   Stream ids never contain 0x00, so one stream's keys are contiguous and sorted by version.
+//!   Not a table of the index engine: the store serves it from the segment files
+//!   ([`crate::store::Store`]), up to the index checkpoint.
+//! - `stream_index`: one entry per run of consecutive events of one stream in one frame:
+//!   stream id bytes, 0x00, first version (u64 big-endian) -> [`StreamRun`]. Stream ids never
+//!   contain 0x00, so one stream's keys are contiguous and sorted by version.
 //! - `commands`: command id bytes -> first position (u64 LE), event count (u32 LE),
-//!   fingerprint (32 bytes). Written in the same transaction as the command's events.
-//! - `meta`: `format_version` -> u32 LE.
+//!   fingerprint (32 bytes). Written from the frame that recorded the command.
+//! - `frames`: first position of a frame (u64 big-endian) -> segment u32, offset u64, events
+//!   u32 (LE): where each frame with events is.
+//! - `meta`: `format_version` -> u32 LE; `log_checkpoint` -> [`crate::store::Checkpoint`].
 //!
 //! Invariants kept by the writer (and checked by `verify`): positions 1..=head all present;
 //! each stream's versions 1..=n all present and increasing with position; event ids strictly
@@ -28,10 +33,13 @@ pub mod tables {
     pub const COMMANDS: &str = "commands";
     /// store metadata.
     pub const META: &str = "meta";
+    /// frame first position -> segment, offset, events.
+    pub const FRAMES: &str = "frames";
 }
 
-/// The on-disk format version this build writes. A store with a greater one is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes. A store with a greater one is refused, one
+/// with a smaller one is migrated (`migrate-tool migrate run segments`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Key of the format version in `meta`.
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 
@@ -96,6 +104,38 @@ pub fn parse_stream_key(key: &[u8]) -> Option<(&str, StreamVersion)> {
     let (stream, rest) = key.split_at(key.len() - 9);
     let version = u64::from_be_bytes(rest[1..].try_into().ok()?);
     Some((std::str::from_utf8(stream).ok()?, StreamVersion(version)))
+}
+
+/// A stream index entry: a run of `count` events of one stream at consecutive versions (from
+/// the key's) and consecutive positions from `first_position`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamRun {
+    /// Position of the run's first event.
+    pub first_position: Position,
+    /// Events in the run (at least 1).
+    pub count: u32,
+}
+
+impl StreamRun {
+    /// Stored bytes: first position u64 LE, count u32 LE.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12);
+        out.extend_from_slice(&self.first_position.0.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Option<StreamRun> {
+        if bytes.len() != 12 {
+            return None;
+        }
+        let run = StreamRun {
+            first_position: Position(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
+            count: u32::from_le_bytes(bytes[8..12].try_into().ok()?),
+        };
+        (run.count > 0).then_some(run)
+    }
 }
 
 /// A command's stored outcome: where its events are and what it was.
@@ -169,9 +209,50 @@ pub fn stream_version(snap: &dyn Snapshot, stream: &str) -> Result<StreamVersion
         tables::STREAM_INDEX,
         (Bound::Included(&start), Bound::Excluded(&end)),
     )?;
-    Ok(last
-        .and_then(|(k, _)| parse_stream_key(&k).map(|(_, v)| v))
-        .unwrap_or_default())
+    match last {
+        None => Ok(StreamVersion(0)),
+        Some((key, value)) => {
+            let (version, run) = decode_run(&key, &value)?;
+            Ok(StreamVersion(version.0 + u64::from(run.count) - 1))
+        }
+    }
+}
+
+/// The position the stream index gives `stream`'s `version`, if it holds it.
+pub fn indexed_position(
+    snap: &dyn Snapshot,
+    stream: &str,
+    version: StreamVersion,
+) -> Result<Option<Position>, ReadError> {
+    let (lower, _) = stream_range(stream, StreamVersion(0));
+    let at = stream_key(stream, version);
+    let Some((key, value)) = snap.last(
+        tables::STREAM_INDEX,
+        (Bound::Included(&lower), Bound::Included(&at)),
+    )?
+    else {
+        return Ok(None);
+    };
+    let (first, run) = decode_run(&key, &value)?;
+    let i = version.0 - first.0;
+    Ok((i < u64::from(run.count)).then_some(Position(run.first_position.0 + i)))
+}
+
+/// Parses a stream index entry: its first version and its run.
+pub fn decode_run(key: &[u8], value: &[u8]) -> Result<(StreamVersion, StreamRun), ReadError> {
+    let damaged = |reason: String| ReadError::DamagedEntry {
+        table: tables::STREAM_INDEX,
+        key: describe_stream_key(key),
+        reason,
+    };
+    let (_, version) = parse_stream_key(key).ok_or_else(|| damaged("not a stream key".into()))?;
+    let run = StreamRun::decode(value).ok_or_else(|| {
+        damaged(format!(
+            "value has {} bytes, expected 12 with a count above 0",
+            value.len()
+        ))
+    })?;
+    Ok((version, run))
 }
 
 /// The stored outcome of a command id, if it was used.
@@ -279,36 +360,54 @@ pub fn read_stream(
     from: StreamVersion,
     limit: usize,
 ) -> Result<Vec<EventRecord>, ReadError> {
-    let (start, end) = stream_range(stream, from);
-    let entries = snap.scan(
+    let limit = limit.min(crate::limits::MAX_READ_EVENTS);
+    let from = StreamVersion(from.0.max(1));
+    let (lower, end) = stream_range(stream, StreamVersion(0));
+    let at = stream_key(stream, from);
+    // The run holding `from` starts at or before it.
+    let mut cursor = match snap.last(
         tables::STREAM_INDEX,
-        (Bound::Included(&start), Bound::Excluded(&end)),
-        limit.min(crate::limits::MAX_READ_EVENTS),
-    )?;
-    let mut out = Vec::with_capacity(entries.len());
-    for (key, value) in entries {
-        let position = decode_position_value(&key, &value)?;
-        match read_event(snap, position)? {
-            Some(record) => out.push(record),
-            None => {
-                return Err(ReadError::DamagedEntry {
-                    table: tables::STREAM_INDEX,
-                    key: describe_stream_key(&key),
-                    reason: format!("points at missing position {position}"),
-                })
+        (Bound::Included(&lower), Bound::Included(&at)),
+    )? {
+        Some((key, _)) => key,
+        None => at,
+    };
+    let mut out = Vec::new();
+    let mut first = true;
+    while out.len() < limit {
+        let lower = if first {
+            Bound::Included(cursor.as_slice())
+        } else {
+            Bound::Excluded(cursor.as_slice())
+        };
+        let runs = snap.scan(tables::STREAM_INDEX, (lower, Bound::Excluded(&end)), 64)?;
+        first = false;
+        let Some((last_key, _)) = runs.last() else {
+            break;
+        };
+        let last_key = last_key.clone();
+        for (key, value) in &runs {
+            let (version, run) = decode_run(key, value)?;
+            for i in 0..u64::from(run.count) {
+                if version.0 + i < from.0 {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                let position = Position(run.first_position.0 + i);
+                let record =
+                    read_event(snap, position)?.ok_or_else(|| ReadError::DamagedEntry {
+                        table: tables::STREAM_INDEX,
+                        key: describe_stream_key(key),
+                        reason: format!("points at missing position {position}"),
+                    })?;
+                out.push(record);
             }
         }
+        cursor = last_key;
     }
     Ok(out)
-}
-
-pub(crate) fn decode_position_value(key: &[u8], value: &[u8]) -> Result<Position, ReadError> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| ReadError::DamagedEntry {
-        table: tables::STREAM_INDEX,
-        key: describe_stream_key(key),
-        reason: format!("value has {} bytes, expected 8", value.len()),
-    })?;
-    Ok(Position(u64::from_le_bytes(bytes)))
 }
 
 /// Every stream id with at least one event, from `after` (exclusive) on, up to `limit` of them,

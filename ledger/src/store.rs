@@ -1,24 +1,50 @@
-//! Opening a store directory: picking the backend, checking the format version.
+//! Opening a store directory: the segment log, the index engine, recovery; rollback points.
 //!
-//! A store is a directory. The redb backend keeps one file `ledger.redb` in it; the sled backend
-//! (feature `sled`) keeps a directory `ledger.sled`. The directory is created on first write.
+//! A store (format 2) is a directory holding:
+//! - `segments/`: the events, in append-only segment files ([`crate::segments`]);
+//! - `index.redb` (or, feature `sled`, `index.sled/`): everything that can be rebuilt from the
+//!   segments: the stream index, the command index, the frame index, the views, the digest
+//!   buckets, and the checkpoint of how far it has indexed ([`Checkpoint`]).
+//!
+//! [`Store`] joins the two behind the [`Engine`] trait: its snapshots serve the `events` table
+//! from the segments (up to the checkpoint the snapshot's index holds, so events, indexes and
+//! views always agree), every other table from the index engine. Only the ledger's writer
+//! appends events ([`Store::append_frame`]); an [`Engine::commit`] that touches `events` is
+//! refused.
+//!
+//! Opening recovers in this order: roll back an interrupted guarded operation ([`Guard`]), find
+//! the end of the log from the index checkpoint (a torn last frame is zeroed, damage is an
+//! error naming the segment and byte), then replay the frames past the checkpoint into the
+//! index and, through the hooks given, into the views, and sync the index.
+//!
+//! A format-1 store (a directory with `ledger.redb`, events inside redb) is refused with the
+//! command that migrates it (`migrate-tool migrate run segments`).
 
+use std::cell::RefCell;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::{Engine, EngineError, WriteBatch};
-use crate::log::{tables, FORMAT_VERSION, META_FORMAT_VERSION};
+use crate::engine::{Durability, Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+use crate::ledger::CommitHook;
+use crate::log::{self, tables, CommandEntry, FORMAT_VERSION, META_FORMAT_VERSION};
+use crate::record::EventRecord;
+use crate::segments::{Frame, FrameHeader, Location, LogError, SegmentLog, SEGMENTS_DIR};
+use crate::types::{Hash, Head, Position};
 
-/// File name of the redb backend inside a store directory.
-pub const REDB_FILE: &str = "ledger.redb";
-/// Directory name of the sled backend inside a store directory.
-pub const SLED_DIR: &str = "ledger.sled";
+/// File name of the redb index engine inside a store directory.
+pub const REDB_FILE: &str = "index.redb";
+/// Directory name of the sled index engine inside a store directory.
+pub const SLED_DIR: &str = "index.sled";
+/// The single file of a format-1 store (events inside redb).
+pub const V1_REDB_FILE: &str = "ledger.redb";
+/// The directory of a format-1 sled store.
+pub const V1_SLED_DIR: &str = "ledger.sled";
 
 /// Storage backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// redb, the default: fdatasync per commit.
+    /// redb, the default.
     Redb,
     /// sled 0.34: weaker durability (sync_file_range), see `engine` docs.
     #[cfg(feature = "sled")]
@@ -56,6 +82,13 @@ pub enum OpenError {
         found: u32,
         supported: u32,
     },
+    /// Written in an older format that this build migrates but does not open.
+    #[error("store {path} is in format {found} (events inside redb); this build opens format {supported}: migrate it with `migrate-tool --store {path} migrate run segments`")]
+    OlderFormat {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     /// Damaged beyond opening.
     #[error("store {path} is damaged: {reason}")]
     Damaged { path: String, reason: String },
@@ -64,7 +97,7 @@ pub enum OpenError {
     Io { path: String, reason: String },
 }
 
-/// Which backend a directory holds, if any.
+/// Which index engine a format-2 directory holds, if any.
 pub fn detect_backend(dir: &Path) -> Option<Backend> {
     if dir.join(REDB_FILE).exists() {
         return Some(Backend::Redb);
@@ -76,18 +109,709 @@ pub fn detect_backend(dir: &Path) -> Option<Backend> {
     None
 }
 
-/// Opens (or creates) the engine of a store directory and checks its format version.
-/// `backend` chooses the backend for a new store; an existing store keeps its own.
-pub fn open_engine(
+/// True when `dir` holds a format-1 store.
+pub fn is_v1_store(dir: &Path) -> bool {
+    dir.join(V1_REDB_FILE).exists() || dir.join(V1_SLED_DIR).exists()
+}
+
+/// Key in `meta` of the index checkpoint ([`Checkpoint`]).
+pub const META_LOG_CHECKPOINT: &[u8] = b"log_checkpoint";
+/// Key in `meta` of the names of the commit hooks the writer runs, joined by `,`.
+pub const META_HOOKS: &[u8] = b"hooks";
+
+fn hook_names(hooks: &[Arc<dyn CommitHook>]) -> String {
+    hooks.iter().map(|h| h.name()).collect::<Vec<_>>().join(",")
+}
+
+/// Records the names of the hooks a writer runs (see [`CommitHook::name`]), if they changed.
+pub(crate) fn record_hooks(
+    store: &Store,
+    hooks: &[Arc<dyn CommitHook>],
+) -> Result<(), EngineError> {
+    let names = hook_names(hooks);
+    let stored = store.index.snapshot()?.get(tables::META, META_HOOKS)?;
+    if stored.as_deref() != Some(names.as_bytes()) {
+        let mut batch = WriteBatch::new();
+        batch.put(tables::META, META_HOOKS.to_vec(), names.into_bytes());
+        store.index.commit(batch)?;
+    }
+    Ok(())
+}
+
+/// Prefix of the keys in `meta` that keep where the log ended when a rollback point was made.
+const META_ROLLBACK_PREFIX: &[u8] = b"rollback_log_end/";
+
+/// How far the index has indexed the log: the last indexed event and where the next frame
+/// goes. Written in every index commit, so it always matches the indexes and views beside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last indexed event (position 0 for an empty log).
+    pub head: Head,
+    /// The end of the last indexed frame.
+    pub end: Location,
+}
+
+impl Checkpoint {
+    /// The checkpoint of an empty log.
+    pub const EMPTY: Checkpoint = Checkpoint {
+        head: Head {
+            position: Position(0),
+            hash: Hash::GENESIS,
+        },
+        end: Location::START,
+    };
+
+    /// Stored bytes: position u64, hash (32), segment u32, offset u64, all little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(52);
+        out.extend_from_slice(&self.head.position.0.to_le_bytes());
+        out.extend_from_slice(&self.head.hash.0);
+        out.extend_from_slice(&self.end.segment.to_le_bytes());
+        out.extend_from_slice(&self.end.offset.to_le_bytes());
+        out
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+        if bytes.len() != 52 {
+            return None;
+        }
+        Some(Checkpoint {
+            head: Head {
+                position: Position(u64::from_le_bytes(bytes[0..8].try_into().ok()?)),
+                hash: Hash(bytes[8..40].try_into().ok()?),
+            },
+            end: Location {
+                segment: u32::from_le_bytes(bytes[40..44].try_into().ok()?),
+                offset: u64::from_le_bytes(bytes[44..52].try_into().ok()?),
+            },
+        })
+    }
+
+    /// The checkpoint an index snapshot holds ([`Checkpoint::EMPTY`] for a new store).
+    pub fn read(snap: &dyn Snapshot) -> Result<Checkpoint, EngineError> {
+        match snap.get(tables::META, META_LOG_CHECKPOINT)? {
+            None => Ok(Checkpoint::EMPTY),
+            Some(bytes) => Checkpoint::decode(&bytes).ok_or_else(|| EngineError::Corrupted {
+                path: "index".into(),
+                reason: format!(
+                    "the log checkpoint entry has {} bytes, expected 52",
+                    bytes.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// Key of a frame index entry: the frame's first position, big-endian.
+fn frame_key(first_position: u64) -> [u8; 8] {
+    first_position.to_be_bytes()
+}
+
+/// Value of a frame index entry: segment u32, offset u64, events u32 (little-endian).
+fn frame_value(at: Location, events: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&at.segment.to_le_bytes());
+    out.extend_from_slice(&at.offset.to_le_bytes());
+    out.extend_from_slice(&events.to_le_bytes());
+    out
+}
+
+fn parse_frame_entry(key: &[u8], value: &[u8]) -> Option<(u64, Location, u32)> {
+    let first = u64::from_be_bytes(key.try_into().ok()?);
+    if value.len() != 16 {
+        return None;
+    }
+    Some((
+        first,
+        Location {
+            segment: u32::from_le_bytes(value[0..4].try_into().ok()?),
+            offset: u64::from_le_bytes(value[4..12].try_into().ok()?),
+        },
+        u32::from_le_bytes(value[12..16].try_into().ok()?),
+    ))
+}
+
+/// What one frame puts in the index: its stream runs, its commands, its frame entry and the new
+/// checkpoint. The one place that builds them, for the writer and for recovery alike.
+pub(crate) fn index_frame(
+    batch: &mut WriteBatch,
+    at: Location,
+    header_events: u32,
+    first_position: u64,
+    frame_len: u64,
+    commands: &[(String, CommandEntry)],
+    records: &[Arc<EventRecord>],
+    head: Head,
+) {
+    for (id, entry) in commands {
+        batch.put(tables::COMMANDS, id.as_bytes().to_vec(), entry.encode());
+    }
+    let mut run: Option<(usize, usize)> = None;
+    let flush = |batch: &mut WriteBatch, from: usize, to: usize| {
+        let first = &records[from];
+        batch.put(
+            tables::STREAM_INDEX,
+            log::stream_key(&first.stream, first.version),
+            log::StreamRun {
+                first_position: first.position,
+                count: (to - from) as u32,
+            }
+            .encode(),
+        );
+    };
+    for (i, r) in records.iter().enumerate() {
+        run = match run {
+            Some((from, to))
+                if records[to].stream == r.stream && records[to].version.0 + 1 == r.version.0 =>
+            {
+                Some((from, i))
+            }
+            Some((from, to)) => {
+                flush(batch, from, to + 1);
+                Some((i, i))
+            }
+            None => Some((i, i)),
+        };
+    }
+    if let Some((from, to)) = run {
+        flush(batch, from, to + 1);
+    }
+    if header_events > 0 {
+        batch.put(
+            tables::FRAMES,
+            frame_key(first_position).to_vec(),
+            frame_value(at, header_events),
+        );
+    }
+    let end = Location {
+        segment: at.segment,
+        offset: at.offset + frame_len,
+    };
+    batch.put(
+        tables::META,
+        META_LOG_CHECKPOINT.to_vec(),
+        Checkpoint { head, end }.encode(),
+    );
+}
+
+/// A store: the segment log and the index engine (see the module doc).
+pub struct Store {
+    dir: PathBuf,
+    index: Arc<dyn Engine>,
+    log: SegmentLog,
+}
+
+impl Store {
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The index engine (views, indexes, checkpoint).
+    pub fn index(&self) -> &Arc<dyn Engine> {
+        &self.index
+    }
+
+    /// The segment log.
+    pub fn log(&self) -> &SegmentLog {
+        &self.log
+    }
+
+    /// A consistent read view ([`Engine::snapshot`], callable without the trait in scope).
+    pub fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        Engine::snapshot(self)
+    }
+
+    /// A synced commit of index tables ([`Engine::commit`], callable without the trait).
+    pub fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        Engine::commit(self, batch)
+    }
+
+    /// Writes one frame durably (one write, one fdatasync); see [`SegmentLog::append`].
+    pub fn append_frame(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
+        self.log.append(frame, first_position)
+    }
+
+    /// Commits index writes: unsynced between checkpoints, synced at one.
+    pub fn commit_index(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+    ) -> Result<(), EngineError> {
+        self.index.commit_with(batch, durability)
+    }
+
+    /// Opens the store on an already open index engine (tests wrap engines this way).
+    pub fn with_index(
+        dir: &Path,
+        index: Arc<dyn Engine>,
+        create: bool,
+        hooks: &[Arc<dyn CommitHook>],
+    ) -> Result<Arc<Store>, OpenError> {
+        let path = dir.display().to_string();
+        let log = SegmentLog::open(&dir.join(SEGMENTS_DIR), create, true)
+            .map_err(|e| log_open_error(&path, e))?;
+        let store = Arc::new(Store {
+            dir: dir.to_path_buf(),
+            index,
+            log,
+        });
+        check_format(&path, &*store.index)?;
+        recover_interrupted_guard(&*store).map_err(|e| OpenError::Damaged {
+            path: path.clone(),
+            reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+        })?;
+        store.recover(hooks).map_err(|e| match e {
+            Recovery::Log(e) => log_open_error(&path, e),
+            Recovery::Other(reason) => OpenError::Damaged {
+                path: path.clone(),
+                reason,
+            },
+        })?;
+        Ok(store)
+    }
+
+    /// Finds the end of the log and replays the frames past the checkpoint into the index and,
+    /// through `hooks`, into the views; then syncs the index.
+    fn recover(&self, hooks: &[Arc<dyn CommitHook>]) -> Result<(), Recovery> {
+        let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::other)?)
+            .map_err(Recovery::other)?;
+        let tail = self
+            .log
+            .recover(checkpoint.end, checkpoint.head.position.0 + 1)
+            .map_err(Recovery::Log)?;
+        if tail.is_empty() {
+            return Ok(());
+        }
+        let stored = self
+            .index
+            .snapshot()
+            .and_then(|s| s.get(tables::META, META_HOOKS))
+            .map_err(Recovery::other)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let given = hook_names(hooks);
+        if stored != given {
+            return Err(Recovery::Other(format!(
+                "{} frames past the index checkpoint must be replayed through the hooks its writer ran ({stored:?}), not ({given:?}): open it the way its writer does (a wallet store: projections::open_store, WalletService::open, or migrate-tool)",
+                tail.len()
+            )));
+        }
+        let mut head = checkpoint.head;
+        for frame in &tail {
+            head = self.replay_frame(frame, head, hooks)?;
+        }
+        self.index
+            .commit_with(WriteBatch::new(), Durability::Synced)
+            .map_err(Recovery::other)
+    }
+
+    /// Indexes one frame past the checkpoint, as the writer did when it wrote it.
+    fn replay_frame(
+        &self,
+        frame: &Frame,
+        head: Head,
+        hooks: &[Arc<dyn CommitHook>],
+    ) -> Result<Head, Recovery> {
+        let damaged = |reason: String| {
+            Recovery::Log(LogError::Damaged {
+                segment: frame.location.segment,
+                offset: frame.location.offset,
+                reason,
+            })
+        };
+        let commands = frame.commands().map_err(damaged)?;
+        let mut records = Vec::with_capacity(frame.header.events as usize);
+        let mut at = head;
+        for bytes in frame.records() {
+            let record = EventRecord::decode(bytes)
+                .map_err(|e| damaged(format!("record after position {}: {e}", at.position)))?;
+            if record.position != at.position.next() || record.prev_hash != at.hash {
+                return Err(damaged(format!(
+                    "record at position {} does not continue the chain at {}",
+                    record.position, at.position
+                )));
+            }
+            if EventRecord::stored_hash(bytes, &at.hash) != record.hash {
+                return Err(damaged(format!(
+                    "record at position {} does not match its hash",
+                    record.position
+                )));
+            }
+            at = Head {
+                position: record.position,
+                hash: record.hash,
+            };
+            records.push(Arc::new(record));
+        }
+        let mut batch = WriteBatch::new();
+        {
+            let snap = self.snapshot().map_err(Recovery::other)?;
+            let mut groups = Vec::with_capacity(hooks.len());
+            for hook in hooks {
+                groups.push(hook.begin(&*snap).map_err(Recovery::other)?);
+            }
+            if !records.is_empty() {
+                for g in &mut groups {
+                    g.apply(&records).map_err(Recovery::other)?;
+                }
+            }
+            for g in groups {
+                g.finish(&mut batch).map_err(Recovery::other)?;
+            }
+        }
+        index_frame(
+            &mut batch,
+            frame.location,
+            frame.header.events,
+            frame.header.first_position,
+            frame.header.frame_len(),
+            &commands,
+            &records,
+            at,
+        );
+        self.index
+            .commit_with(batch, Durability::Unsynced)
+            .map_err(Recovery::other)?;
+        Ok(at)
+    }
+}
+
+enum Recovery {
+    Log(LogError),
+    Other(String),
+}
+
+impl Recovery {
+    fn other(e: impl std::fmt::Display) -> Recovery {
+        Recovery::Other(format!(
+            "cannot replay the log past the index checkpoint: {e}"
+        ))
+    }
+}
+
+fn log_open_error(path: &str, e: LogError) -> OpenError {
+    match e {
+        LogError::Io { .. } | LogError::NoSpace { .. } => OpenError::Io {
+            path: path.into(),
+            reason: e.to_string(),
+        },
+        other => OpenError::Damaged {
+            path: path.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn log_engine_error(e: LogError) -> EngineError {
+    match e {
+        LogError::Damaged { .. } => EngineError::Corrupted {
+            path: "segments".into(),
+            reason: e.to_string(),
+        },
+        other => EngineError::Io {
+            operation: "read events",
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Engine for Store {
+    fn name(&self) -> &'static str {
+        self.index.name()
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        let index = self.index.snapshot()?;
+        let checkpoint = Checkpoint::read(&*index)?;
+        Ok(Box::new(StoreSnapshot {
+            index,
+            log: &self.log,
+            head: checkpoint.head.position.0,
+            frame: RefCell::new(None),
+        }))
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+        let touches_events = batch.ops.iter().any(|op| match op {
+            WriteOp::Put { table, .. }
+            | WriteOp::Delete { table, .. }
+            | WriteOp::Clear { table } => *table == tables::EVENTS,
+        });
+        if touches_events {
+            return Err(EngineError::Io {
+                operation: "commit",
+                reason: "events are appended to the segment log by the ledger's writer only".into(),
+            });
+        }
+        self.index.commit_with(batch, durability)
+    }
+
+    fn create_rollback_point(&self) -> Result<Option<u64>, EngineError> {
+        let checkpoint = Checkpoint::read(&*self.index.snapshot()?)?;
+        if checkpoint.end != self.log.end() {
+            return Err(EngineError::Io {
+                operation: "create rollback point",
+                reason: format!(
+                    "the index is not at the end of the log ({} vs {})",
+                    checkpoint.end,
+                    self.log.end()
+                ),
+            });
+        }
+        let Some(id) = self.index.create_rollback_point()? else {
+            return Ok(None);
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(tables::META, rollback_key(id), checkpoint.encode());
+        self.index.commit(batch)?;
+        Ok(Some(id))
+    }
+
+    fn rollback_to(&self, id: u64) -> Result<(), EngineError> {
+        let saved = self
+            .index
+            .snapshot()?
+            .get(tables::META, &rollback_key(id))?;
+        let checkpoint = saved
+            .as_deref()
+            .and_then(Checkpoint::decode)
+            .ok_or_else(|| EngineError::Corrupted {
+                path: self.dir.display().to_string(),
+                reason: format!("rollback point {id} has no saved log end"),
+            })?;
+        self.log
+            .truncate_to(checkpoint.end)
+            .map_err(log_engine_error)?;
+        self.index.rollback_to(id)
+    }
+
+    fn release_rollback_point(&self, id: u64) -> Result<(), EngineError> {
+        self.index.release_rollback_point(id)?;
+        let mut batch = WriteBatch::new();
+        batch.delete(tables::META, rollback_key(id));
+        self.index.commit(batch)
+    }
+
+    fn rollback_points(&self) -> Result<Vec<u64>, EngineError> {
+        self.index.rollback_points()
+    }
+}
+
+fn rollback_key(id: u64) -> Vec<u8> {
+    let mut key = META_ROLLBACK_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// A snapshot of a store: `events` from the segments up to the index's checkpoint, every
+/// other table from the index engine.
+struct StoreSnapshot<'a> {
+    index: Box<dyn Snapshot + 'a>,
+    log: &'a SegmentLog,
+    /// The last indexed position: nothing after it is served.
+    head: u64,
+    /// The last whole frame read (scans read a frame once, then serve it in pieces).
+    frame: RefCell<Option<Arc<Frame>>>,
+}
+
+impl StoreSnapshot<'_> {
+    /// The indexed frame holding `position`: its first position, location, events.
+    fn frame_of(&self, position: u64) -> Result<(u64, Location, u32), EngineError> {
+        let key = frame_key(position);
+        let (k, v) = self
+            .index
+            .last(
+                tables::FRAMES,
+                (Bound::Unbounded, Bound::Included(&key[..])),
+            )?
+            .ok_or_else(|| self.damaged(position, "no frame index entry holds it"))?;
+        let (first, at, events) = parse_frame_entry(&k, &v)
+            .ok_or_else(|| self.damaged(position, "frame entry does not parse"))?;
+        if position >= first + u64::from(events) {
+            return Err(self.damaged(position, "the frame index has a gap here"));
+        }
+        Ok((first, at, events))
+    }
+
+    fn damaged(&self, position: u64, reason: &str) -> EngineError {
+        EngineError::Corrupted {
+            path: self.log.dir().display().to_string(),
+            reason: format!("event at position {position}: {reason}"),
+        }
+    }
+
+    /// The whole frame at `at` (cached).
+    fn whole_frame(&self, at: Location) -> Result<Arc<Frame>, EngineError> {
+        if let Some(f) = self.frame.borrow().as_ref() {
+            if f.location == at {
+                return Ok(Arc::clone(f));
+            }
+        }
+        let frame = Arc::new(self.log.read_frame(at).map_err(log_engine_error)?);
+        *self.frame.borrow_mut() = Some(Arc::clone(&frame));
+        Ok(frame)
+    }
+
+    fn event(&self, position: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        if position == 0 || position > self.head {
+            return Ok(None);
+        }
+        let (first, at, events) = self.frame_of(position)?;
+        if let Some(f) = self.frame.borrow().as_ref() {
+            if f.location == at {
+                return Ok(Some(f.record((position - first) as usize).to_vec()));
+            }
+        }
+        let header = FrameHeader {
+            payload_len: 0,
+            first_position: first,
+            events,
+            commands: 0,
+            commands_bytes: 0,
+        };
+        let header = match self.log.read_header(at).map_err(log_engine_error)? {
+            Some(h) if h.first_position == first && h.events == events => h,
+            _ => {
+                return Err(self.damaged(
+                    position,
+                    &format!("no frame of {} events at {at}", header.events),
+                ))
+            }
+        };
+        self.log
+            .read_record(at, &header, (position - first) as u32)
+            .map(Some)
+            .map_err(log_engine_error)
+    }
+}
+
+fn position_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl Snapshot for StoreSnapshot<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        if table != tables::EVENTS {
+            return self.index.get(table, key);
+        }
+        match position_of(key) {
+            Some(p) => self.event(p),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(
+        &self,
+        table: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        if table != tables::EVENTS {
+            return self.index.scan(table, range, limit);
+        }
+        let Some((mut next, last)) = event_range(range, self.head) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        while next <= last && out.len() < limit {
+            let (first, at, events) = self.frame_of(next)?;
+            let frame = self.whole_frame(at)?;
+            if frame.header.first_position != first || frame.header.events != events {
+                return Err(
+                    self.damaged(next, &format!("the frame at {at} is not the indexed one"))
+                );
+            }
+            let end = (first + u64::from(events) - 1).min(last);
+            while next <= end && out.len() < limit {
+                let bytes = frame.record((next - first) as usize);
+                out.push((next.to_be_bytes().to_vec(), bytes.to_vec()));
+                next += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn last(
+        &self,
+        table: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+    ) -> Result<Option<Entry>, EngineError> {
+        if table != tables::EVENTS {
+            return self.index.last(table, range);
+        }
+        let Some((first, last)) = event_range(range, self.head) else {
+            return Ok(None);
+        };
+        if last < first {
+            return Ok(None);
+        }
+        Ok(self
+            .event(last)?
+            .map(|bytes| (last.to_be_bytes().to_vec(), bytes)))
+    }
+}
+
+/// The positions `range` of `events` keys covers, clipped to 1..=head: (first, last).
+fn event_range(range: (Bound<&[u8]>, Bound<&[u8]>), head: u64) -> Option<(u64, u64)> {
+    let key = |k: &[u8]| -> u64 {
+        // A key that is not 8 bytes sorts between positions; round as byte order does.
+        let mut b = [0u8; 8];
+        let n = k.len().min(8);
+        b[..n].copy_from_slice(&k[..n]);
+        let p = u64::from_be_bytes(b);
+        if k.len() > 8 {
+            p.saturating_add(1)
+        } else {
+            p
+        }
+    };
+    let first = match range.0 {
+        Bound::Included(k) => key(k),
+        Bound::Excluded(k) => key(k).saturating_add(1),
+        Bound::Unbounded => 1,
+    }
+    .max(1);
+    let last = match range.1 {
+        Bound::Included(k) => key(k).min(head),
+        Bound::Excluded(k) => key(k).saturating_sub(1).min(head),
+        Bound::Unbounded => head,
+    };
+    (first <= last).then_some((first, last))
+}
+
+/// Opens (or creates) the store in `dir` with no hooks (see [`open_store`]).
+pub fn open_engine(dir: &Path, create: Create, backend: Backend) -> Result<Arc<Store>, OpenError> {
+    open_store(dir, create, backend, &[])
+}
+
+/// Opens (or creates) the store in `dir`: `backend` chooses the index engine of a new store (an
+/// existing one keeps its own). Recovers as the module doc says; `hooks` are the commit hooks
+/// the frames past the checkpoint are replayed through (the ones the writer runs: pass the
+/// projections' hook, or the views fall behind and must be rebuilt).
+pub fn open_store(
     dir: &Path,
     create: Create,
     backend: Backend,
-) -> Result<Arc<dyn Engine>, OpenError> {
+    hooks: &[Arc<dyn CommitHook>],
+) -> Result<Arc<Store>, OpenError> {
     let path = dir.display().to_string();
     if dir.exists() && !dir.is_dir() {
         return Err(OpenError::NotAStore {
             path,
             reason: "it is a file, not a directory".into(),
+        });
+    }
+    if is_v1_store(dir) {
+        return Err(OpenError::OlderFormat {
+            path,
+            found: 1,
+            supported: FORMAT_VERSION,
         });
     }
     let found = detect_backend(dir);
@@ -110,17 +834,18 @@ pub fn open_engine(
             reason: e.to_string(),
         })?;
     }
-    let engine = match found {
-        Some(existing) => open_backend(dir, existing, false),
-        None => open_backend(dir, backend, true),
+    let creating = found.is_none();
+    let index = open_backend(dir, found.unwrap_or(backend), creating)
+        .map_err(|e| map_engine_error(&path, e))?;
+    if !creating && !dir.join(SEGMENTS_DIR).exists() {
+        return Err(OpenError::Damaged {
+            path,
+            reason: format!(
+                "it has an index but no {SEGMENTS_DIR} directory: the events are missing"
+            ),
+        });
     }
-    .map_err(|e| map_engine_error(&path, e))?;
-    check_format(&path, &*engine)?;
-    recover_interrupted_guard(&*engine).map_err(|e| OpenError::Damaged {
-        path: path.clone(),
-        reason: format!("cannot roll back an interrupted bulk operation: {e}"),
-    })?;
-    Ok(engine)
+    Store::with_index(dir, index, creating, hooks)
 }
 
 /// Key in `meta` marking a guarded bulk operation in progress: the rollback point id (u64 LE),
@@ -135,15 +860,15 @@ const GUARD_PENDING: [u8; 8] = [0xff; 8];
 /// an interrupted gated operation (or dry run) leaves the store exactly as it was before it.
 /// Nothing else may write while a guard is open: the caller holds the store (its lock).
 pub struct Guard {
-    engine: Arc<dyn Engine>,
+    engine: Arc<Store>,
     id: u64,
 }
 
 impl Guard {
     /// Opens a guard, or `Ok(None)` if the backend has no rollback points (sled).
-    pub fn begin(engine: &Arc<dyn Engine>) -> Result<Option<Guard>, EngineError> {
+    pub fn begin(engine: &Arc<Store>) -> Result<Option<Guard>, EngineError> {
         set_guard_marker(&**engine, Some(GUARD_PENDING))?;
-        let Some(id) = engine.create_rollback_point()? else {
+        let Some(id) = Engine::create_rollback_point(&**engine)? else {
             set_guard_marker(&**engine, None)?;
             return Ok(None);
         };
@@ -156,7 +881,7 @@ impl Guard {
 
     /// Keeps everything written since the guard began.
     pub fn keep(self) -> Result<(), EngineError> {
-        self.engine.release_rollback_point(self.id)?;
+        Engine::release_rollback_point(&*self.engine, self.id)?;
         set_guard_marker(&*self.engine, None)
     }
 
@@ -166,7 +891,7 @@ impl Guard {
 
     /// Restores the store to what it was when the guard began.
     pub fn roll_back(self) -> Result<(), EngineError> {
-        self.engine.rollback_to(self.id)?;
+        Engine::rollback_to(&*self.engine, self.id)?;
         set_guard_marker(&*self.engine, None)
     }
 }
@@ -258,16 +983,23 @@ fn check_format(path: &str, engine: &dyn Engine) -> Result<(), OpenError> {
                     supported: FORMAT_VERSION,
                 });
             }
+            if found < FORMAT_VERSION {
+                return Err(OpenError::OlderFormat {
+                    path: path.into(),
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
             Ok(())
         }
         None => {
             let any = snap
-                .last(tables::EVENTS, (Bound::Unbounded, Bound::Unbounded))
+                .get(tables::META, META_LOG_CHECKPOINT)
                 .map_err(|e| damaged(&e))?;
             if any.is_some() {
                 return Err(OpenError::NotAStore {
                     path: path.into(),
-                    reason: "events without a format version".into(),
+                    reason: "an index without a format version".into(),
                 });
             }
             drop(snap);

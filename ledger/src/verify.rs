@@ -167,14 +167,14 @@ impl Pass<'_> {
         if version.0 == 0 {
             return Ok(Err(format!("stream {stream} has version 0")));
         }
-        let key = log::stream_key(stream, version);
-        let indexed = self.snap.get(tables::STREAM_INDEX, &key)?;
-        let indexed = match indexed
-            .map(|v| log::decode_position_value(&key, &v))
-            .transpose()
-        {
+        let indexed = match log::indexed_position(self.snap, stream, version) {
             Ok(p) => p,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(ReadError::DamagedEntry { reason, key, .. }) => {
+                return Ok(Err(format!(
+                    "stream index entry {key} is damaged: {reason}"
+                )))
+            }
+            Err(e) => return Err(e),
         };
         if indexed != Some(record.position) {
             return Ok(Err(format!(
@@ -182,14 +182,15 @@ impl Pass<'_> {
             )));
         }
         if version.0 > 1 {
-            let prev_key = log::stream_key(stream, StreamVersion(version.0 - 1));
-            let prev = self.snap.get(tables::STREAM_INDEX, &prev_key)?;
-            let prev = match prev
-                .map(|v| log::decode_position_value(&prev_key, &v))
-                .transpose()
+            let prev = match log::indexed_position(self.snap, stream, StreamVersion(version.0 - 1))
             {
                 Ok(p) => p,
-                Err(e) => return Ok(Err(e.to_string())),
+                Err(ReadError::DamagedEntry { reason, key, .. }) => {
+                    return Ok(Err(format!(
+                        "stream index entry {key} is damaged: {reason}"
+                    )))
+                }
+                Err(e) => return Err(e),
             };
             match prev {
                 Some(pos) if pos < record.position => {}
@@ -294,27 +295,31 @@ fn check_indexes(
     let mut last: Option<(String, StreamVersion, Position)> = None;
     for chunk in TableChunks::new(snap, tables::STREAM_INDEX, CHUNK_EVENTS) {
         for (key, value) in &chunk? {
-            let Some((stream, version)) = log::parse_stream_key(key) else {
+            let Some((stream, first_version)) = log::parse_stream_key(key) else {
                 return Ok(Err(format!("stream index key {key:02x?} does not parse")));
             };
-            let position = match log::decode_position_value(key, value) {
-                Ok(p) => p,
+            let run = match log::decode_run(key, value) {
+                Ok((_, run)) => run,
                 Err(e) => return Ok(Err(e.to_string())),
             };
-            let expected_version = match &last {
-                Some((s, v, p)) if s == stream => {
-                    if position <= *p {
-                        return Ok(Err(format!("stream {stream} version {version} is at position {position}, not after version {v} at {p}")));
+            for i in 0..u64::from(run.count) {
+                let version = StreamVersion(first_version.0 + i);
+                let position = Position(run.first_position.0 + i);
+                let expected_version = match &last {
+                    Some((s, v, p)) if s == stream => {
+                        if position <= *p {
+                            return Ok(Err(format!("stream {stream} version {version} is at position {position}, not after version {v} at {p}")));
+                        }
+                        v.0 + 1
                     }
-                    v.0 + 1
+                    _ => 1,
+                };
+                if version.0 != expected_version || position > head {
+                    return Ok(Err(format!("stream {stream} has index entry version {version} at position {position}: expected version {expected_version} at or before the head {head}")));
                 }
-                _ => 1,
-            };
-            if version.0 != expected_version || position > head {
-                return Ok(Err(format!("stream {stream} has index entry version {version} at position {position}: expected version {expected_version} at or before the head {head}")));
+                add_stream_item(&mut streams, stream, version, position);
+                last = Some((stream.to_owned(), version, position));
             }
-            add_stream_item(&mut streams, stream, version, position);
-            last = Some((stream.to_owned(), version, position));
         }
     }
     if streams != sums.streams {
@@ -432,9 +437,9 @@ impl Pass<'_> {
         }
         let events = pass.expected.0 - 1;
         if pass.fast.is_none() && count_index {
-            let indexed = count_entries(snap, tables::STREAM_INDEX)?;
+            let indexed = count_indexed_events(snap)?;
             if indexed != events {
-                let reason = format!("stream index has {indexed} entries for {events} events");
+                let reason = format!("stream index holds {indexed} events for {events} events");
                 return Ok((fail(&pass, reason), None));
             }
         }
@@ -450,10 +455,13 @@ impl Pass<'_> {
     }
 }
 
-fn count_entries(snap: &dyn Snapshot, table: &str) -> Result<u64, ReadError> {
+/// Events the stream index holds (the sum of its runs).
+fn count_indexed_events(snap: &dyn Snapshot) -> Result<u64, ReadError> {
     let mut count = 0u64;
-    for chunk in TableChunks::new(snap, table, CHUNK_EVENTS) {
-        count += chunk?.len() as u64;
+    for chunk in TableChunks::new(snap, tables::STREAM_INDEX, CHUNK_EVENTS) {
+        for (key, value) in &chunk? {
+            count += u64::from(log::decode_run(key, value)?.1.count);
+        }
     }
     Ok(count)
 }

@@ -25,7 +25,7 @@ use ledger::domain::{
 use ledger::store::Guard;
 use ledger::{
     AppendError, AppendOutcome, AppendRequest, Engine, ExpectedVersion, Head, Ledger, Snapshot,
-    StreamAppend, Timestamp,
+    Store, StreamAppend, Timestamp,
 };
 use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
 use projections::WalletService;
@@ -170,9 +170,9 @@ fn gate_on_copy(
 /// Copies the store to `scratch` and returns the store's engine, open (locked) again, after
 /// checking that its head did not move while the copy was taken. The store is closed during the
 /// copy so the copied file is a cleanly closed redb file (an open one is flagged for recovery).
-fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<dyn Engine>> {
+fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<Store>> {
     let head_of =
-        |engine: &Arc<dyn Engine>| -> anyhow::Result<Head> { store::head(&*engine.snapshot()?) };
+        |engine: &Arc<Store>| -> anyhow::Result<Head> { store::head(&*engine.snapshot()?) };
     let source = store::open_existing(dir)?;
     let head = head_of(&source)?;
     drop(source);
@@ -202,7 +202,7 @@ fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<dyn Engine>> {
 /// under a rollback point ([`ledger::store::Guard`]) and roll back unless the gate passes and
 /// this is not a dry run; otherwise `engine` is a scratch copy and the caller decides.
 fn gate(
-    engine: Arc<dyn Engine>,
+    engine: Arc<Store>,
     opts: &Options,
     named: &[MemberId],
     run_id: &str,
@@ -271,7 +271,7 @@ struct ResetJob<'a> {
 /// The resets, then the after figures (proven from `before` plus the new events) and the gate's
 /// comparison under the reset's declaration.
 fn reset_and_compare(
-    engine: &Arc<dyn Engine>,
+    engine: &Arc<Store>,
     gate: Gate,
     before: &projections::CheckReport,
     job: &ResetJob<'_>,

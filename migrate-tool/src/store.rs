@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ledger::log;
-use ledger::{Backend, Create, Engine, Head, Snapshot};
+use ledger::{Backend, Create, Head, Snapshot, Store};
 use projections::views;
 use projections::WalletService;
 
 /// Opens an existing store's engine (no writer thread, no view rebuild): read commands and
 /// `verify`, which must work on a damaged store.
-pub fn open_existing(dir: &Path) -> anyhow::Result<Arc<dyn Engine>> {
-    Ok(ledger::store::open_engine(dir, Create::No, Backend::Redb)?)
+pub fn open_existing(dir: &Path) -> anyhow::Result<Arc<Store>> {
+    Ok(projections::open_store(dir, Create::No, Backend::Redb)?)
 }
 
 /// Opens or creates a store and starts the wallet service on it (import, demo).
 pub fn open_service(dir: &Path) -> anyhow::Result<WalletService> {
-    let engine = ledger::store::open_engine(dir, Create::IfMissing, Backend::Redb)?;
+    let engine = projections::open_store(dir, Create::IfMissing, Backend::Redb)?;
     WalletService::with_engine(engine, Vec::new())
         .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
 }

@@ -68,7 +68,7 @@ fn setup_store(tmp: &Path) -> PathBuf {
 }
 
 fn head(store: &Path) -> u64 {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).expect("open store");
+    let engine = projections::open_store(store, Create::No, Backend::Redb).expect("open store");
     let snap = engine.snapshot().expect("snapshot");
     ledger::log::read_head(&*snap).expect("head").0.position.0
 }
@@ -312,7 +312,7 @@ fn verify_passes_and_names_the_first_tampered_position() {
         (0, true.into(), 9.into())
     );
     {
-        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
         let key = ledger::log::event_key(Position(4));
         let mut bytes = engine
             .snapshot()
@@ -341,7 +341,7 @@ fn verify_passes_and_names_the_first_tampered_position() {
 
 /// Replaces m1's stored view with its state plus one yen (the log is untouched).
 fn damage_view_of_m1(store: &Path) {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).unwrap();
+    let engine = projections::open_store(store, Create::No, Backend::Redb).unwrap();
     let member = MemberId::new("m1").unwrap();
     let mut state = views::load_wallet(&*engine.snapshot().unwrap(), &member)
         .unwrap()
@@ -662,7 +662,7 @@ fn newer_format_and_locked_stores_are_refused_with_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let store = setup_store(tmp.path());
     {
-        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
         let r = run(&store, &["show", "m1"]);
         assert_eq!(r.code, 2);
         assert!(r.stderr.contains("locked"), "{}", r.stderr);

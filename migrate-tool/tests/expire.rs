@@ -47,7 +47,7 @@ fn json(text: &str) -> Value {
 }
 
 fn head(store: &Path) -> u64 {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).expect("open store");
+    let engine = projections::open_store(store, Create::No, Backend::Redb).expect("open store");
     let snap = engine.snapshot().expect("snapshot");
     ledger::log::read_head(&*snap).expect("head").0.position.0
 }
@@ -58,7 +58,7 @@ type Item = (String, String);
 /// Every lot with miles left and active coupon with `expires_at <= as_of`, read from the stored
 /// wallets (not from the index the tool uses), with the miles each lot has left.
 fn due_items(store: &Path, as_of: Timestamp) -> BTreeMap<Item, u64> {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).expect("open store");
+    let engine = projections::open_store(store, Create::No, Backend::Redb).expect("open store");
     let snap = engine.snapshot().expect("snapshot");
     let mut due = BTreeMap::new();
     views::for_each_wallet(&*snap, &mut |state| {
@@ -82,7 +82,7 @@ fn due_items(store: &Path, as_of: Timestamp) -> BTreeMap<Item, u64> {
 /// The expiry events at positions `from..`, as (item, miles), checking each carries the part id
 /// of `id` for its member and lives on the member's wallet stream.
 fn expiry_events(store: &Path, from: u64, id: &str) -> Vec<(Item, u64)> {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).expect("open store");
+    let engine = projections::open_store(store, Create::No, Backend::Redb).expect("open store");
     let snap = engine.snapshot().expect("snapshot");
     let records = ledger::log::read_all(&*snap, Position(from), 100_000).expect("read the log");
     records

@@ -374,7 +374,7 @@ fn kill_9_during_a_migration_leaves_a_clean_store_and_the_rerun_succeeds() {
 /// Replaces m1's stored view with its state plus one yen (the log and the digest tables are
 /// untouched: storage damage, not a fold change).
 fn damage_view_of_m1(store: &Path) {
-    let engine = ledger::store::open_engine(store, Create::No, Backend::Redb).unwrap();
+    let engine = projections::open_store(store, Create::No, Backend::Redb).unwrap();
     let member = MemberId::new("m1").unwrap();
     let mut state = views::load_wallet(&*engine.snapshot().unwrap(), &member)
         .unwrap()
@@ -473,7 +473,7 @@ fn a_layout1_store_is_refused_with_the_migration_to_run() {
     // redb session rewrites its file header.)
     let verified = json(&ok(&store, &["verify", "--json"]).stdout);
     assert_eq!(verified["head"], 2774, "{verified}");
-    let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+    let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
     let snap = engine.snapshot().unwrap();
     assert_eq!(views::stored_layout(&*snap).unwrap(), Some(1));
     assert_eq!(
@@ -566,7 +566,7 @@ fn rows_migration_refuses_when_an_old_view_differs_from_the_log() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
     {
-        let engine = ledger::store::open_engine(&store, Create::No, Backend::Redb).unwrap();
+        let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
         let snap = engine.snapshot().unwrap();
         let bytes = snap.get(views::tables::WALLETS_V1, b"m1").unwrap().unwrap();
         let mut state = views::decode_state_v1("m1", &bytes).unwrap();

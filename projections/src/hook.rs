@@ -94,6 +94,10 @@ pub(crate) fn opened_in_own_stream(
 }
 
 impl CommitHook for ProjectionHook {
+    fn name(&self) -> &'static str {
+        "wallet-views"
+    }
+
     fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, HookError> {
         Group::begin(snap)
             .map(|g| Box::new(g) as Box<dyn GroupHook + 's>)

@@ -96,6 +96,25 @@ pub struct StatementLine {
     pub balance_yen: u64,
 }
 
+/// The projection hook followed by `extra`: the hooks every writer and every recovery of a
+/// store with wallet views runs.
+fn all_hooks(extra: Vec<Arc<dyn ledger::CommitHook>>) -> Vec<Arc<dyn ledger::CommitHook>> {
+    let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(ProjectionHook)];
+    all.extend(extra);
+    all
+}
+
+/// Opens (or creates) a store with wallet views: recovery after a crash replays the log's tail
+/// through the projection hook, so the views stay at the log head. Every reader and writer of a
+/// wallet store opens it this way.
+pub fn open_store(
+    dir: &Path,
+    create: ledger::Create,
+    backend: ledger::Backend,
+) -> Result<Arc<ledger::Store>, ledger::OpenError> {
+    ledger::open_store(dir, create, backend, &all_hooks(Vec::new()))
+}
+
 /// A ledger with the wallet views attached.
 #[derive(Clone)]
 pub struct WalletService {
@@ -103,29 +122,37 @@ pub struct WalletService {
 }
 
 impl WalletService {
-    /// Opens (or creates) the store, rebuilds the views first if they are not at the log head
-    /// (e.g. after a crash during a rebuild), and starts the writer with the projection hook.
+    /// Opens (or creates) the store (replaying a crash's log tail into the views), rebuilds the
+    /// views first if they are not at the log head (e.g. after a crash during a rebuild), and
+    /// starts the writer with the projection hook.
     pub fn open(dir: &Path, options: LedgerOptions) -> Result<WalletService, ProjectionError> {
+        let hooks = all_hooks(options.hooks);
         let engine =
-            ledger::store::open_engine(dir, options.create, options.backend).map_err(|e| {
+            ledger::open_store(dir, options.create, options.backend, &hooks).map_err(|e| {
                 ProjectionError::Fold {
                     reason: e.to_string(),
                 }
             })?;
-        WalletService::with_engine(engine, options.hooks)
+        WalletService::start(engine, hooks)
     }
 
-    /// Like [`WalletService::open`] on an already open engine; `hooks` run after the projection hook.
+    /// Like [`WalletService::open`] on an already open store (opened with [`open_store`], so that
+    /// its recovery ran the projection hook); `hooks` run after the projection hook.
     pub fn with_engine(
-        engine: Arc<dyn ledger::Engine>,
+        engine: Arc<ledger::Store>,
+        hooks: Vec<Arc<dyn ledger::CommitHook>>,
+    ) -> Result<WalletService, ProjectionError> {
+        WalletService::start(engine, all_hooks(hooks))
+    }
+
+    fn start(
+        engine: Arc<ledger::Store>,
         hooks: Vec<Arc<dyn ledger::CommitHook>>,
     ) -> Result<WalletService, ProjectionError> {
         if !rebuild::views_current(&*engine)? {
             rebuild::rebuild(&*engine, &mut |_| {})?;
         }
-        let mut all: Vec<Arc<dyn ledger::CommitHook>> = vec![Arc::new(ProjectionHook)];
-        all.extend(hooks);
-        let ledger = Ledger::with_engine(engine, all).map_err(|e| ProjectionError::Fold {
+        let ledger = Ledger::with_engine(engine, hooks).map_err(|e| ProjectionError::Fold {
             reason: e.to_string(),
         })?;
         Ok(WalletService { ledger })

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ledger::domain::Command;
-use ledger::{Backend, Create, Engine};
+use ledger::{Backend, Create};
 
 use crate::WalletService;
 
@@ -31,8 +31,8 @@ pub const TOP_UP_M2: &str = r#"{"id":"t9","type":"top_up","member":"m2","amount"
 
 /// Opens (creating) a redb store in `dir` and submits `lines` through the wallet service; the
 /// service is stopped before returning, so the engine has no writer.
-pub fn store_with(dir: &Path, lines: &[&str]) -> Arc<dyn Engine> {
-    let engine = ledger::store::open_engine(dir, Create::IfMissing, Backend::Redb)
+pub fn store_with(dir: &Path, lines: &[&str]) -> Arc<ledger::Store> {
+    let engine = crate::open_store(dir, Create::IfMissing, Backend::Redb)
         .expect("a fresh temp dir opens as a store");
     let service = WalletService::with_engine(Arc::clone(&engine), Vec::new())
         .expect("the service starts on a fresh store");
@@ -47,6 +47,6 @@ pub fn store_with(dir: &Path, lines: &[&str]) -> Arc<dyn Engine> {
 }
 
 /// [`store_with`] the [`SETUP`] commands.
-pub fn setup(dir: &Path) -> Arc<dyn Engine> {
+pub fn setup(dir: &Path) -> Arc<ledger::Store> {
     store_with(dir, &SETUP)
 }

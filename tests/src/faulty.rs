@@ -163,3 +163,18 @@ impl Engine for FaultyEngine {
         Ok(())
     }
 }
+
+/// A store in `dir` whose index engine is a [`FaultyEngine`] around the real one: faults hit the
+/// index and view commits (after a group's frame is durable), never the segment log.
+pub fn faulty_store(
+    dir: &std::path::Path,
+    backend: ledger::Backend,
+) -> (Arc<FaultyEngine>, Arc<ledger::Store>) {
+    let plain = ledger::store::open_engine(dir, ledger::Create::IfMissing, backend)
+        .unwrap_or_else(|e| panic!("opening a {backend:?} test store failed: {e}"));
+    let faulty = FaultyEngine::new(Arc::clone(plain.index()));
+    drop(plain);
+    let store = ledger::Store::with_index(dir, faulty.clone(), false, &[])
+        .unwrap_or_else(|e| panic!("reopening the store on the faulty engine failed: {e}"));
+    (faulty, store)
+}

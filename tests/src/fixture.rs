@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger::{
-    AppendRequest, Backend, Codec, Create, Engine, ExpectedVersion, Ledger, LedgerOptions,
+    AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions,
     NewEvent, StreamAppend, Timestamp,
 };
 
@@ -49,7 +49,7 @@ impl TestStore {
     }
 
     /// Opens (creating if needed) the store's engine.
-    pub fn engine(&self) -> Arc<dyn Engine> {
+    pub fn engine(&self) -> Arc<ledger::Store> {
         ledger::store::open_engine(&self.dir(), Create::IfMissing, self.backend)
             .unwrap_or_else(|e| panic!("opening a {:?} test store failed: {e}", self.backend))
     }

@@ -27,8 +27,8 @@ fn failed_commits_leave_views_digest_and_versions_equal_to_a_fresh_fold() {
 
 fn run(backend: Backend) {
     let store = TestStore::new(backend);
-    let faulty = FaultyEngine::new(store.engine());
-    let service = WalletService::with_engine(faulty.clone(), Vec::new()).expect("open service");
+    let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
+    let service = WalletService::with_engine(engine, Vec::new()).expect("open service");
     let name = |i: u64| format!("m{i}");
     for i in 0..MEMBERS {
         for cmd in [

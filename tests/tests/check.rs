@@ -90,7 +90,7 @@ fn random_command(dice: &mut Dice, i: u64) -> Value {
 
 /// Opens a wallet service on `store` and keeps its engine, for planting damage.
 fn open(store: &TestStore) -> (WalletService, Arc<dyn Engine>) {
-    let engine = ledger::store::open_engine(&store.dir(), Create::IfMissing, store.backend)
+    let engine = projections::open_store(&store.dir(), Create::IfMissing, store.backend)
         .expect("a fresh temp store opens");
     let service = WalletService::with_engine(Arc::clone(&engine), Vec::new())
         .expect("the wallet service starts");

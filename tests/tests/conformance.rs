@@ -1327,8 +1327,7 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
     // gets AppendError::Storage, the head and the log are unchanged, their command ids are not
     // used up, and the next append lands at the right position.
     let store = TestStore::new(backend);
-    let faulty = FaultyEngine::new(store.engine());
-    let engine: Arc<dyn Engine> = faulty.clone();
+    let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
     let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the faulty engine");
     ok(
         &ledger,

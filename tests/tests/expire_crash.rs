@@ -280,7 +280,7 @@ fn a_whole_store_expire_killed_midway_and_replayed_expires_every_due_item_exactl
 
     let built_head = build(&dir, members);
     let t_build = started.elapsed();
-    let engine = ledger::store::open_engine(&dir, ledger::Create::No, ledger::Backend::Redb)
+    let engine = projections::open_store(&dir, ledger::Create::No, ledger::Backend::Redb)
         .expect("reopen the built store");
     let snap = engine.snapshot().expect("a snapshot");
     let before = stored_views(&*snap);
@@ -326,7 +326,7 @@ fn a_whole_store_expire_killed_midway_and_replayed_expires_every_due_item_exactl
         "the child finished before the kill: {lines:?}"
     );
 
-    let engine = ledger::store::open_engine(&dir, ledger::Create::No, ledger::Backend::Redb)
+    let engine = projections::open_store(&dir, ledger::Create::No, ledger::Backend::Redb)
         .expect("reopen after the kill");
     let snap = engine.snapshot().expect("a snapshot");
     let (killed_head, _) = log::read_head(&*snap).expect("the head");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ledger::store::{self, Backend, Create, Guard};
 use ledger::verify::verify;
-use ledger::{ExpectedVersion, Head, Ledger};
+use ledger::{Engine, ExpectedVersion, Head, Ledger};
 use ledger_tests::{append_request, new_event, stream_append, TestStore};
 
 fn append_n(ledger: &Ledger, prefix: &str, n: usize) {

@@ -833,7 +833,7 @@ fn run_long_history(backend: Backend, s: Sizes) {
     // No writer may run during a rebuild: close the service (its writer stops on drop).
     drop(service);
     let engine =
-        ledger::store::open_engine(&store.dir(), Create::No, backend).expect("reopening the store");
+        projections::open_store(&store.dir(), Create::No, backend).expect("reopening the store");
     let report = projections::rebuild(&*engine, &mut |_| {})
         .unwrap_or_else(|e| panic!("{context}: rebuild failed: {e}"));
     assert_eq!(

@@ -96,7 +96,7 @@ fn acknowledged_commands_survive_kill_9_with_views_at_the_head_equal_to_the_fold
 fn open_store(store: &Path, context: &str) -> Option<Arc<dyn Engine>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match ledger::store::open_engine(store, Create::No, Backend::Redb) {
+        match projections::open_store(store, Create::No, Backend::Redb) {
             Ok(engine) => return Some(engine),
             Err(OpenError::Missing { .. }) => return None,
             // The kernel releases a killed process's file lock when its last fd closes.

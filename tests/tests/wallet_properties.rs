@@ -637,7 +637,7 @@ fn views_equal_fold_and_rebuild_equals_incremental(ops: Vec<Op>) {
     drop(runner);
     // No writer may run during a rebuild: close the service (its writer stops on drop).
     drop(service);
-    let engine = ledger::store::open_engine(&store.dir(), Create::No, Backend::Redb)
+    let engine = projections::open_store(&store.dir(), Create::No, Backend::Redb)
         .expect("reopening the store");
     let report = projections::rebuild(&*engine, &mut |_| {}).expect("rebuild");
     assert_eq!(
@@ -1285,8 +1285,8 @@ impl Runner {
         let incremental = view_tables(&*self.service().ledger().snapshot().expect("a snapshot"));
         // No writer may run during a rebuild: this runner holds the only handle on the service.
         self.service = None;
-        let engine = ledger::store::open_engine(dir, Create::No, Backend::Redb)
-            .expect("reopening the store");
+        let engine =
+            projections::open_store(dir, Create::No, Backend::Redb).expect("reopening the store");
         let report = projections::rebuild(&*engine, &mut |_| {}).expect("rebuild");
         assert_eq!(
             report.digest_after, report.digest_before,

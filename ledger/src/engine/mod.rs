@@ -34,6 +34,15 @@ pub mod redb;
 #[cfg(feature = "sled")]
 pub mod sled;
 
+/// Whether a commit must be durable when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before `commit_with` returns (`fdatasync` for redb, `flush` for sled).
+    Synced,
+    /// Not synced: durable once a later synced commit returns.
+    Unsynced,
+}
+
 /// An owned key/value pair as returned by scans.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -47,6 +56,15 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies every operation of `batch` atomically and durably (see the module doc).
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError>;
+
+    /// Applies `batch` atomically; [`Durability::Unsynced`] may skip the sync (the commit is
+    /// visible at once and made durable by the next synced commit; a crash before it loses
+    /// it, never half of it). The ledger commits its index this way between checkpoints, since
+    /// everything in the index can be replayed from the segment log. Default: synced.
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+        let _ = durability;
+        self.commit(batch)
+    }
 
     /// Creates a durable rollback point for a bulk operation (the migration gate): the state as
     /// of now, which [`Engine::rollback_to`] can restore. It survives a crash until released.

@@ -1,4 +1,6 @@
-//! The default backend: one redb file, `Durability::Immediate` commits (one fdatasync each).
+//! The default index engine: one redb file. Synced commits are `Durability::Immediate` (one
+//! fdatasync each) with quick repair on (a crash costs a short repair, not a full scan);
+//! unsynced ones are `Durability::None`.
 //!
 //! Tables are redb tables of `&[u8] -> &[u8]`, created on first write. redb locks the file for
 //! its writer (`ConcurrencyMode::ExclusiveWriter`), so a second process gets
@@ -13,7 +15,7 @@ use redb::{
     TableError,
 };
 
-use super::{Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+use super::{Durability, Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
 
 /// Page cache for the redb file. Bounded so that 16.5M-member stores stay within memory targets.
 const CACHE_SIZE_BYTES: usize = 512 * 1024 * 1024;
@@ -111,11 +113,17 @@ impl RedbEngine {
         }
     }
 
-    fn apply(&self, batch: WriteBatch) -> Result<(), EngineError> {
-        let txn = self
+    fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+        let mut txn = self
             .db()
             .begin_write()
             .map_err(|e| self.storage_error("begin write", e))?;
+        match durability {
+            Durability::Synced => txn.set_quick_repair(true),
+            Durability::Unsynced => txn
+                .set_durability(redb::Durability::None)
+                .map_err(|e| EngineError::io("set durability", e))?,
+        }
         {
             let mut open = HashMap::new();
             for op in batch.ops {
@@ -224,8 +232,14 @@ impl Engine for RedbEngine {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         // A damaged file can make redb panic mid-transaction; report it as corruption instead.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(batch))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.apply(batch, durability)
+        })) {
             Ok(result) => result,
             Err(_) => Err(EngineError::Corrupted {
                 path: self.path.display().to_string(),

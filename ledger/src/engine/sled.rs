@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+use super::{Durability, Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
 
 /// A sled-backed engine.
 pub struct SledEngine {
@@ -92,6 +92,10 @@ impl Engine for SledEngine {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         // Trees in a fixed order; each op refers to its tree by index.
         let mut index: BTreeMap<&'static str, usize> = BTreeMap::new();
         for op in &batch.ops {
@@ -154,7 +158,9 @@ impl Engine for SledEngine {
             }
             Err(TransactionError::Storage(e)) => return Err(self.error("commit", e)),
         }
-        self.db.flush().map_err(|e| self.error("flush", e))?;
+        if durability == Durability::Synced {
+            self.db.flush().map_err(|e| self.error("flush", e))?;
+        }
         Ok(())
     }
 }

@@ -7,7 +7,8 @@
 //! Children (all parsed from their `--json` document, never from text):
 //! - `bench_append --backend redb` and the sled build of `bench_append --backend sled`
 //!   (append-1 / append-100 at 1, 8, 64 writers; raw write + fdatasync baseline in the same run);
-//! - `scripts/pg_peer.sh` (the PostgreSQL peer, same workload), unless `--no-pg`;
+//! - `scripts/pg_peer.sh --workload all` (the PostgreSQL peer: the same append workload, and a
+//!   PostgreSQL wallet doing the commands mix, compared with `commands`), unless `--no-pg`;
 //! - `bench_wallet commands` (64 clients, decide + append + views; raw-append baseline);
 //! - `bench_wallet history` (the commands mix, 64 clients on one member with H events of
 //!   history; baseline: H = 0 in the same run);
@@ -973,6 +974,76 @@ fn commands_row(table: &mut Table, c: &Child) {
     );
 }
 
+/// Our `commands` (64 clients) against the PostgreSQL wallet peer doing the same mix at 64
+/// clients (`pg_peer.sh --workload wallet`: one transaction per command, SELECT ... FOR UPDATE the
+/// wallet rows, INSERT the events, UPDATE the balance).
+fn pg_wallet_row(table: &mut Table, ours: &Child, pg: Result<&Child, String>) {
+    let section = "commands vs PostgreSQL wallet (the commands mix, 64 clients, same box, same run); ratio = ours / PostgreSQL";
+    let name = "commands C=64 ours/PostgreSQL wallet";
+    let target = "ours >= 3x";
+    let pg = match pg {
+        Err(why) => return table.missing(section, name, target, &why, false),
+        Ok(c) => c,
+    };
+    if let Some(why) = pg.failure() {
+        return table.missing(section, name, target, &why, true);
+    }
+    let runs = pg
+        .json
+        .as_ref()
+        .and_then(|d| d.get("wallet_runs"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(p) = runs.iter().find(|r| u(r, "writers") == Some(64)) else {
+        return table.missing(
+            section,
+            name,
+            target,
+            "no C=64 wallet run in the peer's JSON",
+            true,
+        );
+    };
+    let pg_rate = f(p, "commands_per_s");
+    let pg_text = format!(
+        "PostgreSQL wallet {} commands/s, p50 {}, p99 {}",
+        thousands(pg_rate),
+        fmt_us(f(p, "p50_us")),
+        fmt_us(f(p, "p99_us"))
+    );
+    if let Some(why) = ours.failure() {
+        let row = table.add(
+            section,
+            name,
+            pg_text,
+            "ours: not measured",
+            "?",
+            target,
+            Verdict::NotMeasured,
+            json!({"postgresql": p}),
+        );
+        row.note = why;
+        return;
+    }
+    let d = ours.json.as_ref().expect("ok implies JSON");
+    let rate = f(d, "commands_per_s");
+    let r = rate / pg_rate;
+    table.add(
+        section,
+        name,
+        pg_text,
+        format!("ours {} commands/s", thousands(rate)),
+        times(r),
+        target,
+        if r >= 3.0 {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        },
+        json!({"postgresql": p, "ours_commands_per_s": rate, "ratio": r}),
+    );
+}
+
 /// `history` / `hot` failures of a `bench_wallet` load document: `rejected 0, other 0` and the
 /// first message of each kind that occurred.
 fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
@@ -1713,6 +1784,8 @@ fn main() -> anyhow::Result<()> {
             Path::new("bash"),
             &[
                 args.pg_script.display().to_string(),
+                "--workload".into(),
+                "all".into(),
                 "--writers".into(),
                 "1,8,64".into(),
                 "--batch".into(),
@@ -1747,6 +1820,7 @@ fn main() -> anyhow::Result<()> {
         true,
     );
     commands_row(&mut table, &commands);
+    pg_wallet_row(&mut table, &commands, pg.as_ref().map_err(Clone::clone));
 
     // 3b. history (one member with H events) and hot (one source wallet vs one per client)
     let history = runner.run(

@@ -350,14 +350,32 @@ fn pg_rows(table: &mut Table, redb: &Child, pg: Result<&Child, String>) {
     }
 }
 
+/// The document of a child that succeeded, or `None` after adding a row saying why it has none.
+fn child_doc<'a>(
+    table: &mut Table,
+    section: &str,
+    name: &str,
+    target: &str,
+    c: &'a Child,
+) -> Option<&'a Value> {
+    if let Some(why) = c.failure() {
+        table.missing(section, name, target, &why, true);
+        return None;
+    }
+    Some(
+        c.json
+            .as_ref()
+            .expect("a child that succeeded has its JSON document"),
+    )
+}
+
 fn commands_row(table: &mut Table, c: &Child) {
     let section = "commands: decide + durable append + views, 64 clients; baseline: the same calls as plain durable appends, no hook, no decide";
     let name = "commands C=64";
     let target = ">= 50,000 commands/s";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let rate = f(d, "commands_per_s");
     table.add(
         section,
@@ -478,10 +496,9 @@ fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
 fn history_rows(table: &mut Table, c: &Child) {
     let section = "history: the commands mix, 64 clients all on one member with H events of history (bench_wallet history); baseline: H = 0 in the same run";
     let target = "H=1M >= 67% of H=0 (within 1.5x), 0 failures";
-    if let Some(why) = c.failure() {
-        return table.missing(section, "history C=64", target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, "history C=64", target, c) else {
+        return;
+    };
     let fresh = f(d, "fresh_commands_per_s");
     let min_ratio = f(d, "target_ratio_min");
     let points = d
@@ -571,10 +588,9 @@ fn hot_row(table: &mut Table, c: &Child) {
     let section = "hot wallet: 64 clients transferring out of ONE wallet (bench_wallet hot); baseline: the same load out of one wallet per client, same run";
     let name = "hot wallet C=64";
     let target = ">= 80% of spread, 0 failures";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let (hot, spread) = (&d["hot"], &d["spread"]);
     let ratio = f(d, "ratio_hot_vs_spread");
     let (hot_failed, hot_counts, hot_firsts) = failures_text(hot);
@@ -613,10 +629,9 @@ fn rebuild_row(table: &mut Table, c: &Child, plan: &Plan) {
         "rebuild (projections::rebuild, bench_wallet); baseline: raw scan of the same events table";
     let name = "rebuild";
     let target = ">= 2M ev/s over >= 10M events";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let rate = f(d, "events_per_s");
     let events = u(d, "events").unwrap_or(0);
     let verdict = if events < 10_000_000 {
@@ -666,6 +681,21 @@ fn rebuild_row(table: &mut Table, c: &Child, plan: &Plan) {
         let _ = write!(note, "; asked for {} events", plan.rebuild_events);
     }
     row.note = note;
+}
+
+/// A row for a store's size on disk: bytes and bytes per event, `what` after the figure.
+fn disk_row(table: &mut Table, section: &str, name: &str, bytes: u64, events: u64, what: &str) {
+    let per_event = bytes as f64 / events.max(1) as f64;
+    table.add(
+        section,
+        name,
+        format!("{} = {per_event:.0} bytes/event{what}", fmt_bytes(bytes)),
+        "-",
+        "-",
+        "-",
+        Verdict::Info,
+        json!({"bytes": bytes, "events": events, "bytes_per_event": per_event}),
+    );
 }
 
 /// The operator steps on a `migrate-tool demo` store of `members` x `epm`.
@@ -759,19 +789,13 @@ fn operator_steps(
         Verdict::Info,
         json!({"wall_s": demo.wall.as_secs_f64(), "peak_rss_kib": demo.peak_rss_kib, "events": events}),
     );
-    table.add(
+    disk_row(
+        table,
         &section,
         "disk after demo",
-        format!(
-            "{} = {:.0} bytes/event (events, indexes, commands, views, digest)",
-            fmt_bytes(demo_bytes),
-            demo_bytes as f64 / events.max(1) as f64
-        ),
-        "-",
-        "-",
-        "-",
-        Verdict::Info,
-        json!({"bytes": demo_bytes, "events": events, "bytes_per_event": demo_bytes as f64 / events.max(1) as f64}),
+        demo_bytes,
+        events,
+        " (events, indexes, commands, views, digest)",
     );
 
     // raw scan baseline
@@ -979,20 +1003,13 @@ fn operator_steps(
         true,
     );
     timed_row(table, "check after reset + rebuild", &check2, events);
-    let bytes = disk_bytes(&store);
-    table.add(
+    disk_row(
+        table,
         &section,
         "disk after reset + rebuild",
-        format!(
-            "{} = {:.0} bytes/event",
-            fmt_bytes(bytes),
-            bytes as f64 / events.max(1) as f64
-        ),
-        "-",
-        "-",
-        "-",
-        Verdict::Info,
-        json!({"bytes": bytes, "events": events, "bytes_per_event": bytes as f64 / events.max(1) as f64}),
+        disk_bytes(&store),
+        events,
+        "",
     );
     if !keep {
         let _ = std::fs::remove_dir_all(&store);

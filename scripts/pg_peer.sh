@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
 # pg_peer.sh: the PostgreSQL peer of SPEC section 6 ("peer: PostgreSQL").
 #
-# Runs the append-1 / append-100 workloads of tests/src/bin/bench_append.rs against a throw-away
-# PostgreSQL server with durable settings, using pgbench, and prints events/s and p50/p99 per-call
-# latency in the same shape as bench_append, so the two can be compared row by row.
+# Runs the append-1 / append-100 workloads of tests/src/bin/bench_append.rs (--workload append, the
+# default) and a PostgreSQL wallet doing the commands mix of tests/src/bin/bench_wallet.rs
+# (--workload wallet) against a throw-away PostgreSQL server with durable settings, using pgbench,
+# and prints events/s (commands/s) and p50/p99 per-call latency in the same shape as bench_append
+# and bench_wallet, so the two can be compared row by row.
 # Run `bash scripts/pg_peer.sh --help` for the details.
 set -euo pipefail
 
 readonly PAYLOAD_BYTES=200   # per event, as in bench_append (SPEC section 6)
 readonly WARMUP_CALLS=2      # untimed calls per writer, as in bench_append
+readonly FUNDING_YEN=100000000   # each wallet's starting balance, as bench_wallet's FUNDING_YEN
+# Payload bytes per wallet event: about the size of our bincode payloads of the same events
+# (a payment: a 36-character command id, amount, merchant, currency; a transfer: the other
+# member's id and the amount; and so on), so that both sides write comparable rows.
+readonly PAY_PAYLOAD_BYTES=68
+readonly TOP_UP_PAYLOAD_BYTES=4
+readonly TRANSFER_PAYLOAD_BYTES=14
+readonly EARN_PAYLOAD_BYTES=14
+readonly REDEEM_PAYLOAD_BYTES=7
+readonly OPENED_PAYLOAD_BYTES=10
+readonly ISSUED_PAYLOAD_BYTES=16
 
 usage() {
     cat <<'EOF'
-pg_peer.sh: the PostgreSQL peer of SPEC section 6 (append-1 / append-100 on PostgreSQL)
+pg_peer.sh: the PostgreSQL peer of SPEC section 6 (append-1 / append-100 on PostgreSQL, and a
+PostgreSQL wallet doing bench_wallet's commands mix)
 
-Usage: bash scripts/pg_peer.sh [--writers 1,8,64] [--batch 1,100] [--seconds 5] [--dir /tmp]
-                               [--json] [--keep] [--pg-bin DIR] [--help]
+Usage: bash scripts/pg_peer.sh [--workload append|wallet|all] [--writers 1,8,64] [--batch 1,100]
+                               [--members 10000] [--seconds 5] [--dir /tmp] [--json] [--keep]
+                               [--pg-bin DIR] [--help]
 
 What it does
   1. Finds the PostgreSQL server binaries (/usr/lib/postgresql/*/bin, newest first, or --pg-bin);
@@ -42,8 +57,18 @@ What it does
      client as a bound parameter on every call (a text[] of hex strings, decoded by the server).
      Each run is then verified with SQL: rows = (C*2 + txns) * K, every stream's versions are
      exactly 1..count, C streams; any mismatch fails the script.
+  5. --workload wallet (or all): for each --writers C, the wallet tables are reset to what
+     bench_wallet `commands` prepares (--members wallets with 100,000,000 yen, version 2 + N,
+     N coupons each, N = ceil(seconds * 10,000 / members), at least 4, and those events), then
+     pgbench runs one command of the commands mix per transaction, the usual way: SELECT ...
+     FOR UPDATE the wallet row (both rows, in member order, for a transfer), INSERT the command
+     id and the event row(s) (payloads about our bincode sizes), UPDATE the balance / miles /
+     coupon and the wallet's version. Mix: 40% pay, 20% top_up, 20% transfer (2 events), 10%
+     earn_miles, 10% redeem_coupon; client c owns members c, c + C, ... as in bench_wallet.
+     Verified with SQL: every stream gap-free, every wallet's version at its stream's head, no
+     negative balance, one command row per applied transaction.
 
-Figures (one row per run)
+Figures (one row per run; wallet rows count commands instead of events)
   events/s   = logged transactions * K / wall, wall = first logged transaction start to last
                logged transaction end (from the -l log: "acknowledged events / wall time", as in
                bench_append). pgbench's own "tps (without initial connection time)" * K is shown
@@ -57,12 +82,15 @@ Figures (one row per run)
                of pgbench, and of the whole machine, over the run's wall time (100 = one core).
 
 Options
+  --workload W     append (append-K rows), wallet (commands rows) or all   [append]
   --writers LIST   concurrent writers (pgbench clients), comma separated   [1,8,64]
   --batch LIST     events per call, comma separated (1 = append-1, 100 = append-100)   [1,100]
+  --members N      wallets of the wallet workload (>= 2 x the largest --writers)   [10000]
   --seconds N      seconds per timed run (integer, pgbench -T)   [5]
   --dir DIR        where the temp dir (cluster, socket, logs) goes   [/tmp]
   --event-ids v7|random  event_id of each row: time-ordered UUID v7 (like ours) or gen_random_uuid()  [v7]
-  --json           one JSON document on stdout (progress and info on stderr)
+  --json           one JSON document on stdout (progress and info on stderr): append rows
+                   in "runs", wallet rows in "wallet_runs"
   --keep           keep the temp dir (server log, pgbench logs) instead of removing it
   --pg-bin DIR     PostgreSQL bin dir (initdb, pg_ctl, postgres, pgbench, psql)
   -h, --help       this text
@@ -75,7 +103,9 @@ die() { echo "pg_peer: error: $*" >&2; exit "${EXIT_CODE:-2}"; }
 info() { echo "pg_peer: $*" >&2; }
 
 # ---------------------------------------------------------------- arguments
+WORKLOAD=append
 WRITERS="1,8,64"
+MEMBERS=10000
 BATCH="1,100"
 RUN_SECONDS=5
 BASE_DIR=/tmp
@@ -85,6 +115,10 @@ KEEP=0
 PG_BIN=""
 while (($# > 0)); do
     case "$1" in
+        --workload) WORKLOAD="${2:?--workload needs a value}"; shift 2 ;;
+        --workload=*) WORKLOAD="${1#*=}"; shift ;;
+        --members) MEMBERS="${2:?--members needs a value}"; shift 2 ;;
+        --members=*) MEMBERS="${1#*=}"; shift ;;
         --writers) WRITERS="${2:?--writers needs a value}"; shift 2 ;;
         --writers=*) WRITERS="${1#*=}"; shift ;;
         --batch) BATCH="${2:?--batch needs a value}"; shift 2 ;;
@@ -119,6 +153,17 @@ done
 if ! [[ $RUN_SECONDS =~ ^[0-9]+$ ]] || ((RUN_SECONDS < 1)); then
     die "--seconds: '$RUN_SECONDS' is not a positive integer (pgbench -T takes whole seconds)"
 fi
+[[ $WORKLOAD == append || $WORKLOAD == wallet || $WORKLOAD == all ]] ||
+    die "--workload: '$WORKLOAD' must be append, wallet or all"
+if [[ $WORKLOAD != append ]]; then
+    [[ $MEMBERS =~ ^[0-9]+$ ]] || die "--members: '$MEMBERS' is not an integer"
+    for c in "${WRITER_LIST[@]}"; do
+        ((MEMBERS >= 2 * c)) || die "--members $MEMBERS: need at least 2 x --writers ($c), as bench_wallet"
+    done
+fi
+# Coupons per wallet, as bench_wallet `commands` sizes them (never running dry at 100k commands/s).
+COUPONS=$(((RUN_SECONDS * 10000 + MEMBERS - 1) / MEMBERS))
+((COUPONS >= 4)) || COUPONS=4
 [[ $EVENT_IDS == v7 || $EVENT_IDS == random ]] || die "--event-ids: '$EVENT_IDS' must be v7 or random"
 [[ -d $BASE_DIR ]] || die "--dir: '$BASE_DIR' is not a directory"
 BASE_DIR=$(cd "$BASE_DIR" && pwd)
@@ -265,6 +310,41 @@ CREATE FUNCTION uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $f$
             || '7' || substr(md5(random()::text), 1, 3)
             || to_hex(8 + floor(random() * 4)::int) || substr(md5(random()::text), 1, 15))::uuid
 $f$;
+-- The wallet peer (--workload wallet): balances in one row per member, locked FOR UPDATE by each
+-- command; events in a table shaped like `events` (plus the command id); one row per command
+-- (the command index: a retried command id would hit the primary key).
+CREATE FUNCTION member_key(i bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $f$
+    SELECT 'm' || lpad(i::text, 8, '0')
+$f$;
+CREATE TABLE wallets (
+    member  text   PRIMARY KEY,
+    balance bigint NOT NULL,
+    miles   bigint NOT NULL,
+    version bigint NOT NULL   -- the head of the member's event stream
+);
+CREATE TABLE coupons (
+    member      text        NOT NULL,
+    n           int         NOT NULL,
+    value       bigint      NOT NULL,
+    redeemed_at timestamptz,
+    PRIMARY KEY (member, n)
+);
+CREATE TABLE commands (
+    command_id uuid PRIMARY KEY,
+    member     text NOT NULL,
+    kind       text NOT NULL
+);
+CREATE TABLE wallet_events (
+    position    bigserial   PRIMARY KEY,
+    event_id    uuid        NOT NULL UNIQUE,
+    command_id  uuid        NOT NULL,
+    stream      text        NOT NULL,
+    version     bigint      NOT NULL,
+    event_type  text        NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    payload     bytea       NOT NULL,
+    UNIQUE (stream, version)
+);
 EOF
 
 # ---------------------------------------------------------------- settings, printed back
@@ -298,11 +378,96 @@ FROM (SELECT s.stream,
      unnest(:payloads::text[]) WITH ORDINALITY AS p(hex, n);
 EOF
 
+# ---------------------------------------------------------------- the wallet peer's pgbench script
+# One command of bench_wallet's `commands` mix = one transaction, written the usual way for a
+# PostgreSQL wallet: SELECT ... FOR UPDATE the wallet row(s) (a transfer locks both rows in member
+# order, so two opposite transfers cannot deadlock), check the rule, INSERT the command id and the
+# event row(s), UPDATE the balance. The mix, as in bench_wallet `run_client` / `mix_command`:
+# client c owns members c, c + C, c + 2C, ... and picks one uniformly; 40% pay 1-8,000 yen, 20%
+# top_up 500-20,499 yen, 20% transfer 1-3,000 yen to a uniformly random other member (2 events),
+# 10% earn_miles 10-500, 10% redeem_coupon (the member's lowest unredeemed coupon; a top_up of 500
+# yen when none is left, as bench_wallet falls back). A refused command (balance too low: never
+# with the funding) commits nothing.
+cat >"$TMP/wallet.sql" <<'EOF'
+\set r random(0, 99)
+\set own (:members - :client_id + :clients - 1) / :clients
+\set m :client_id + :clients * random(0, :own - 1)
+BEGIN;
+\if :r < 40
+\set amount random(1, 8000)
+SELECT balance, version FROM wallets WHERE member = member_key(:m) FOR UPDATE \gset
+\if :balance >= :amount
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'pay') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, 'wallet-' || member_key(:m), :version + 1, 'wallet.paid', decode(:pay_payload, 'hex') FROM c;
+UPDATE wallets SET balance = balance - :amount, version = version + 1 WHERE member = member_key(:m);
+\endif
+\elif :r < 60
+\set amount random(500, 20499)
+SELECT version FROM wallets WHERE member = member_key(:m) FOR UPDATE \gset
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'top_up') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, 'wallet-' || member_key(:m), :version + 1, 'wallet.topped_up', decode(:top_up_payload, 'hex') FROM c;
+UPDATE wallets SET balance = balance + :amount, version = version + 1 WHERE member = member_key(:m);
+\elif :r < 80
+\set to random(0, :members - 1)
+\if :to = :m
+\set to (:to + 1) % :members
+\endif
+\set amount random(1, 3000)
+SELECT max(balance) FILTER (WHERE member = member_key(:m)) AS balance,
+       max(version) FILTER (WHERE member = member_key(:m)) AS version,
+       max(version) FILTER (WHERE member = member_key(:to)) AS to_version
+FROM (SELECT member, balance, version FROM wallets
+      WHERE member IN (member_key(:m), member_key(:to)) ORDER BY member FOR UPDATE) locked \gset
+\if :balance >= :amount
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'transfer') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, e.stream, e.version, e.event_type, decode(:transfer_payload, 'hex')
+FROM c, (VALUES ('wallet-' || member_key(:m), :version + 1, 'wallet.transferred_out'),
+                ('wallet-' || member_key(:to), :to_version + 1, 'wallet.transferred_in')) AS e(stream, version, event_type);
+UPDATE wallets SET balance = balance + (CASE WHEN member = member_key(:m) THEN -1 ELSE 1 END) * :amount,
+                   version = version + 1
+WHERE member IN (member_key(:m), member_key(:to));
+\endif
+\elif :r < 90
+\set miles random(10, 500)
+SELECT version FROM wallets WHERE member = member_key(:m) FOR UPDATE \gset
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'earn_miles') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, 'wallet-' || member_key(:m), :version + 1, 'wallet.miles_earned', decode(:earn_payload, 'hex') FROM c;
+UPDATE wallets SET miles = miles + :miles, version = version + 1 WHERE member = member_key(:m);
+\else
+SELECT version FROM wallets WHERE member = member_key(:m) FOR UPDATE \gset
+SELECT coalesce(min(n), 0) AS coupon FROM coupons WHERE member = member_key(:m) AND redeemed_at IS NULL \gset
+\if :coupon > 0
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'redeem_coupon') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, 'wallet-' || member_key(:m), :version + 1, 'wallet.coupon_redeemed', decode(:redeem_payload, 'hex') FROM c;
+UPDATE coupons SET redeemed_at = now() WHERE member = member_key(:m) AND n = :coupon;
+UPDATE wallets SET version = version + 1 WHERE member = member_key(:m);
+\else
+WITH c AS (INSERT INTO commands (command_id, member, kind) VALUES (uuid_v7(), member_key(:m), 'top_up') RETURNING command_id)
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), c.command_id, 'wallet-' || member_key(:m), :version + 1, 'wallet.topped_up', decode(:top_up_payload, 'hex') FROM c;
+UPDATE wallets SET balance = balance + 500, version = version + 1 WHERE member = member_key(:m);
+\endif
+\endif
+END;
+EOF
+
 # The payload bytes of bench_append: byte i = i * 31 mod 251, as hex.
 PAYLOAD_HEX=""
 for ((i = 0; i < PAYLOAD_BYTES; i++)); do
     PAYLOAD_HEX+=$(printf '%02x' $((i * 31 % 251)))
 done
+payload_hex() { # N bytes of the same pattern, as hex
+    local n=$1 out="" i
+    for ((i = 0; i < n; i++)); do
+        out+=$(printf '%02x' $((i * 31 % 251)))
+    done
+    echo "$out"
+}
 payload_array() { # K copies as a text[] literal: {hex,hex,...}
     local k=$1 out="{" j
     for ((j = 0; j < k; j++)); do
@@ -354,23 +519,22 @@ wait_for_no_clients() { # backends of the last pgbench must have exited (they fl
     die "pgbench's backends did not exit within 10 s"
 }
 
-ROWS_HUMAN=()
-ROWS_JSON=()
-run_one() {
-    local k=$1 c=$2
-    local threads=$((c < 2 ? c : 2)) workload="append-$k" payloads prefix
-    payloads=$(payload_array "$k")
-    prefix="$TMP/logs/k${k}-c${c}"
-    info "$workload C=$c: truncate, checkpoint, warm-up ($WARMUP_CALLS calls per writer)"
-    sql -c "TRUNCATE events RESTART IDENTITY" -c "CHECKPOINT"
-    local common=(-h "$TMP" -p "$PORT" -U postgres -n -M prepared -c "$c" -j "$threads"
-        -f "$TMP/append.sql" -D "payloads=$payloads")
+# timed_run LABEL C PREFIX PGBENCH_ARGS...: WARMUP_CALLS untimed transactions per client, then
+# pg_stat_wal reset and the timed run (-T RUN_SECONDS, per-transaction log -l). Sets R_TXNS,
+# R_WALL_US, R_P50, R_P99 (µs, nearest rank), R_TPS (pgbench's, without connection time), and
+# R_AWK: the -v arguments every row's awk needs (the above plus WAL and CPU figures).
+timed_run() {
+    local label=$1 c=$2 prefix=$3
+    shift 3
+    local threads=$((c < 2 ? c : 2))
+    local common=(-h "$TMP" -p "$PORT" -U postgres -n -M prepared -c "$c" -j "$threads" "$@")
+    info "$label: warm-up ($WARMUP_CALLS calls per writer)"
     "$PG_BIN/pgbench" "${common[@]}" -t "$WARMUP_CALLS" bench >"$prefix.warmup.out" 2>&1 ||
-        { cat "$prefix.warmup.out" >&2; EXIT_CODE=1 die "$workload C=$c: warm-up pgbench failed"; }
+        { cat "$prefix.warmup.out" >&2; EXIT_CODE=1 die "$label: warm-up pgbench failed"; }
     wait_for_no_clients
     sql -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
 
-    info "$workload C=$c: timed run, $RUN_SECONDS s"
+    info "$label: timed run, $RUN_SECONDS s"
     local srv0 srv1 host0 host1 pgb_user pgb_sys rc=0
     srv0=$(server_ticks)
     host0=$(host_ticks)
@@ -386,43 +550,73 @@ run_one() {
     host1=$(host_ticks)
     if ((rc != 0)); then
         cat "$prefix.out" >&2
-        EXIT_CODE=1 die "$workload C=$c: pgbench exited with $rc"
+        EXIT_CODE=1 die "$label: pgbench exited with $rc"
     fi
     read -r pgb_user pgb_sys <"$prefix.time"
 
     # pgbench's own figures: transactions processed, failures, tps without connection time.
-    local pgb_txns pgb_failed pgb_tps
+    local pgb_txns pgb_failed
     pgb_txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$prefix.out")
     pgb_failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$prefix.out")
-    pgb_tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$prefix.out")
-    [[ -n $pgb_txns && -n $pgb_tps ]] ||
-        { cat "$prefix.out" >&2; EXIT_CODE=1 die "$workload C=$c: cannot parse pgbench's summary"; }
+    R_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$prefix.out")
+    [[ -n $pgb_txns && -n $R_TPS ]] ||
+        { cat "$prefix.out" >&2; EXIT_CODE=1 die "$label: cannot parse pgbench's summary"; }
     [[ ${pgb_failed:-0} == 0 ]] ||
-        { cat "$prefix.out" >&2; EXIT_CODE=1 die "$workload C=$c: $pgb_failed failed transactions"; }
+        { cat "$prefix.out" >&2; EXIT_CODE=1 die "$label: $pgb_failed failed transactions"; }
 
     # Per-transaction log lines: client_id txn_no latency_us script_no epoch_s epoch_us
     # (epoch = when the transaction ended). Latencies sorted for the percentiles; wall time =
     # earliest start (end - latency) to latest end.
-    local txns wall_us
     cat "$prefix".[0-9]* >"$prefix.log"
     awk '{print $3}' "$prefix.log" | sort -n >"$prefix.lat"
-    txns=$(wc -l <"$prefix.lat")
-    ((txns > 0)) || EXIT_CODE=1 die "$workload C=$c: no transaction in the pgbench log"
-    ((txns == pgb_txns)) ||
-        EXIT_CODE=1 die "$workload C=$c: log has $txns transactions, pgbench reported $pgb_txns"
-    wall_us=$(awk 'NR == 1 { lo = hi = 0 }
+    R_TXNS=$(wc -l <"$prefix.lat")
+    ((R_TXNS > 0)) || EXIT_CODE=1 die "$label: no transaction in the pgbench log"
+    ((R_TXNS == pgb_txns)) ||
+        EXIT_CODE=1 die "$label: log has $R_TXNS transactions, pgbench reported $pgb_txns"
+    R_WALL_US=$(awk 'NR == 1 { lo = hi = 0 }
         { end = $5 * 1000000 + $6; start = end - $3
           if (NR == 1 || start < lo) lo = start
           if (NR == 1 || end > hi) hi = end }
         END { printf "%.0f", hi - lo }' "$prefix.log")
-    local p50 p99
-    p50=$(sed -n "$(( (txns * 50 + 99) / 100 ))p" "$prefix.lat")
-    p99=$(sed -n "$(( (txns * 99 + 99) / 100 ))p" "$prefix.lat")
+    R_P50=$(sed -n "$(((R_TXNS * 50 + 99) / 100))p" "$prefix.lat")
+    R_P99=$(sed -n "$(((R_TXNS * 99 + 99) / 100))p" "$prefix.lat")
 
     # WAL figures of the timed run.
     local wal_records wal_fpi wal_bytes wal_sync wal_sync_ms
     IFS='|' read -r wal_records wal_fpi wal_bytes wal_sync wal_sync_ms < <(sql -c \
         "SELECT wal_records, wal_fpi, wal_bytes, wal_sync, round(wal_sync_time::numeric, 3) FROM pg_stat_wal")
+    R_AWK=(-v c="$c" -v txns="$R_TXNS" -v wall_us="$R_WALL_US" -v tps="$R_TPS" -v p50="$R_P50"
+        -v p99="$R_P99" -v rec="$wal_records" -v fpi="$wal_fpi" -v wb="$wal_bytes"
+        -v syncs="$wal_sync" -v sync_ms="$wal_sync_ms" -v srv="$((srv1 - srv0))"
+        -v pu="$pgb_user" -v ps="$pgb_sys" -v hb="$((${host1% *} - ${host0% *}))"
+        -v ht="$((${host1#* } - ${host0#* }))" -v cores="$CORES" -v tck="$CLK_TCK"
+        -v secs="$RUN_SECONDS" -v json="$JSON")
+}
+
+# The figures every row derives the same way from R_AWK (awk for floating point): wall (s),
+# commits per WAL sync, full page images per second, mean sync ms, CPU of server, pgbench, host.
+readonly AWK_COMMON='
+    function common() {
+        wall = wall_us / 1e6
+        cps = (syncs > 0) ? txns / syncs : 0
+        fps = fpi / wall; sms = (syncs > 0) ? sync_ms / syncs : 0
+        srv_cpu = 100 * srv / tck / wall; pgb_cpu = 100 * (pu + ps) / wall
+        host_cpu = (ht > 0) ? 100 * cores * hb / ht : 0
+    }'
+
+ROWS_HUMAN=()
+ROWS_JSON=()
+WALLET_HUMAN=()
+WALLET_JSON=()
+
+# append-K at C writers: one row of ROWS_*.
+run_append() {
+    local k=$1 c=$2
+    local workload="append-$k" prefix="$TMP/logs/k${k}-c${c}"
+    info "$workload C=$c: truncate, checkpoint"
+    sql -c "TRUNCATE events RESTART IDENTITY" -c "CHECKPOINT"
+    timed_run "$workload C=$c" "$c" "$prefix" -f "$TMP/append.sql" -D "payloads=$(payload_array "$k")"
+    local txns=$R_TXNS
 
     # Verification: every acknowledged row is there, every stream is gap-free from version 1.
     local rows streams bad_streams max_pos expected=$(((c * WARMUP_CALLS + txns) * k))
@@ -438,20 +632,10 @@ run_one() {
     ((bad_streams == 0)) || EXIT_CODE=1 die "$workload C=$c: $bad_streams streams have a version gap"
     ((max_pos == rows)) || info "$workload C=$c: note: positions have gaps (max $max_pos, rows $rows)"
 
-    # Derived figures (awk for floating point).
     local row
-    row=$(awk -v k="$k" -v c="$c" -v txns="$txns" -v wall_us="$wall_us" -v tps="$pgb_tps" \
-        -v p50="$p50" -v p99="$p99" -v rec="$wal_records" -v fpi="$wal_fpi" -v wb="$wal_bytes" \
-        -v syncs="$wal_sync" -v sync_ms="$wal_sync_ms" -v srv="$((srv1 - srv0))" \
-        -v pu="$pgb_user" -v ps="$pgb_sys" -v hb="$(( ${host1% *} - ${host0% *} ))" \
-        -v ht="$(( ${host1#* } - ${host0#* } ))" -v cores="$CORES" -v tck="$CLK_TCK" \
-        -v secs="$RUN_SECONDS" -v w="$workload" -v json="$JSON" '
+    row=$(awk "${R_AWK[@]}" -v k="$k" -v w="$workload" "$AWK_COMMON"'
         BEGIN {
-            wall = wall_us / 1e6; events = txns * k; eps = events / wall
-            cps = (syncs > 0) ? txns / syncs : 0
-            wpe = wb / events; fps = fpi / wall; sms = (syncs > 0) ? sync_ms / syncs : 0
-            srv_cpu = 100 * srv / tck / wall; pgb_cpu = 100 * (pu + ps) / wall
-            host_cpu = (ht > 0) ? 100 * cores * hb / ht : 0
+            common(); events = txns * k; eps = events / wall; wpe = wb / events
             if (json)
                 printf "{\"workload\":\"%s\",\"writers\":%d,\"batch\":%d,\"seconds\":%.1f,\"wall_s\":%.3f,\"txns\":%d,\"events\":%d,\"events_per_s\":%.0f,\"pgbench_events_per_s\":%.0f,\"p50_us\":%d,\"p99_us\":%d,\"wal\":{\"records\":%d,\"fpi\":%d,\"bytes\":%d,\"syncs\":%d,\"sync_time_ms\":%.3f,\"mean_sync_ms\":%.3f,\"commits_per_sync\":%.2f,\"bytes_per_event\":%.0f,\"records_per_event\":%.2f},\"cpu_percent\":{\"server\":%.0f,\"pgbench\":%.0f,\"host\":%.0f},\"verified_rows\":true}\n",
                     w, c, k, secs, wall, txns, events, eps, tps * k, p50, p99, rec, fpi, wb, syncs, sync_ms, sms, cps, wpe, rec / events, srv_cpu, pgb_cpu, host_cpu
@@ -463,11 +647,92 @@ run_one() {
     info "$workload C=$c: ok ($rows rows verified, $c gap-free streams)"
 }
 
-for k in "${BATCH_LIST[@]}"; do
-    for c in "${WRITER_LIST[@]}"; do
-        run_one "$k" "$c"
+# The wallet tables back to the prepared state of bench_wallet `commands`: MEMBERS wallets, each
+# opened, topped up with FUNDING_YEN and holding COUPONS coupons, with those events in its stream.
+seed_wallets() {
+    sql -v members="$MEMBERS" -v coupons="$COUPONS" -v funding="$FUNDING_YEN" \
+        -v opened="$(payload_hex "$OPENED_PAYLOAD_BYTES")" \
+        -v topped="$(payload_hex "$TOP_UP_PAYLOAD_BYTES")" \
+        -v issued="$(payload_hex "$ISSUED_PAYLOAD_BYTES")" <<'EOF'
+TRUNCATE wallets, coupons, commands, wallet_events RESTART IDENTITY;
+INSERT INTO wallets (member, balance, miles, version)
+SELECT member_key(i), :funding, 0, 2 + :coupons FROM generate_series(0, :members - 1) i;
+INSERT INTO coupons (member, n, value)
+SELECT member_key(i), n, 500 FROM generate_series(0, :members - 1) i, generate_series(1, :coupons) n;
+INSERT INTO wallet_events (event_id, command_id, stream, version, event_type, payload)
+SELECT uuid_v7(), '00000000-0000-7000-8000-000000000000', 'wallet-' || member_key(i), v,
+       CASE v WHEN 1 THEN 'wallet.opened' WHEN 2 THEN 'wallet.topped_up' ELSE 'wallet.coupon_issued' END,
+       decode(CASE v WHEN 1 THEN :'opened' WHEN 2 THEN :'topped' ELSE :'issued' END, 'hex')
+FROM generate_series(0, :members - 1) i, generate_series(1, 2 + :coupons) v
+ORDER BY i, v;
+VACUUM ANALYZE wallets, coupons, wallet_events;
+CHECKPOINT;
+EOF
+}
+
+# The commands mix at C clients: one row of WALLET_*.
+run_wallet() {
+    local c=$1
+    local prefix="$TMP/logs/wallet-c${c}"
+    info "commands C=$c: seed $MEMBERS wallets ($COUPONS coupons each), checkpoint"
+    seed_wallets
+    local applied0 events0
+    timed_run "commands C=$c" "$c" "$prefix" -f "$TMP/wallet.sql" -D "members=$MEMBERS" \
+        -D "clients=$c" -D "pay_payload=$(payload_hex "$PAY_PAYLOAD_BYTES")" \
+        -D "top_up_payload=$(payload_hex "$TOP_UP_PAYLOAD_BYTES")" \
+        -D "transfer_payload=$(payload_hex "$TRANSFER_PAYLOAD_BYTES")" \
+        -D "earn_payload=$(payload_hex "$EARN_PAYLOAD_BYTES")" \
+        -D "redeem_payload=$(payload_hex "$REDEEM_PAYLOAD_BYTES")"
+    local txns=$R_TXNS
+
+    # Verification: every stream gap-free from version 1 and its wallet's version at its head;
+    # no balance below zero; one commands row per applied command (warm-up included), so
+    # txns - applied (timed) is the number the rules refused.
+    local commands events bad_streams stale negative seeded=$((MEMBERS * (2 + COUPONS)))
+    IFS='|' read -r commands events bad_streams stale negative < <(sql -c "
+        SELECT (SELECT count(*) FROM commands),
+               (SELECT count(*) FROM wallet_events),
+               (SELECT count(*) FROM (SELECT stream FROM wallet_events GROUP BY stream
+                                      HAVING count(*) <> max(version) OR min(version) <> 1) g),
+               (SELECT count(*) FROM wallets w WHERE w.version <> (SELECT max(version)
+                    FROM wallet_events e WHERE e.stream = 'wallet-' || w.member)),
+               (SELECT count(*) FROM wallets WHERE balance < 0)")
+    ((bad_streams == 0)) || EXIT_CODE=1 die "commands C=$c: $bad_streams streams have a version gap"
+    ((stale == 0)) || EXIT_CODE=1 die "commands C=$c: $stale wallets' versions differ from their stream's head"
+    ((negative == 0)) || EXIT_CODE=1 die "commands C=$c: $negative wallets below zero"
+    local warm=$((c * WARMUP_CALLS)) rejected
+    rejected=$((warm + txns - commands))
+    ((rejected >= 0)) || EXIT_CODE=1 die "commands C=$c: $commands commands rows but $warm + $txns transactions"
+    local timed_events=$((events - seeded))
+
+    local row
+    row=$(awk "${R_AWK[@]}" -v members="$MEMBERS" -v events="$timed_events" \
+        -v rejected="$rejected" "$AWK_COMMON"'
+        BEGIN {
+            common(); cmds = txns / wall
+            if (json)
+                printf "{\"workload\":\"commands\",\"writers\":%d,\"members\":%d,\"seconds\":%.1f,\"wall_s\":%.3f,\"txns\":%d,\"commands\":%d,\"rejected_incl_warmup\":%d,\"commands_per_s\":%.0f,\"pgbench_commands_per_s\":%.0f,\"events_incl_warmup\":%d,\"events_per_command\":%.3f,\"p50_us\":%d,\"p99_us\":%d,\"wal\":{\"records\":%d,\"fpi\":%d,\"bytes\":%d,\"syncs\":%d,\"sync_time_ms\":%.3f,\"mean_sync_ms\":%.3f,\"commits_per_sync\":%.2f,\"bytes_per_command\":%.0f},\"cpu_percent\":{\"server\":%.0f,\"pgbench\":%.0f,\"host\":%.0f},\"verified_rows\":true}\n",
+                    c, members, secs, wall, txns, txns, rejected, cmds, tps, events, events / (txns + 2 * c), p50, p99, rec, fpi, wb, syncs, sync_ms, sms, cps, wb / txns, srv_cpu, pgb_cpu, host_cpu
+            else
+                printf "%-10s %4d %11.0f %8.2f %8.2f %8d %11.0f %8.1f %9.0f %8.0f %8.3f %5.0f %5.0f %5.0f\n",
+                    "commands", c, cmds, p50 / 1000, p99 / 1000, txns, tps, cps, wb / txns, fps, sms, srv_cpu, pgb_cpu, host_cpu
+        }')
+    if ((JSON)); then WALLET_JSON+=("$row"); else WALLET_HUMAN+=("$row"); fi
+    info "commands C=$c: ok ($commands commands, $events events; streams gap-free, wallets at their heads, $rejected refused)"
+}
+
+if [[ $WORKLOAD == append || $WORKLOAD == all ]]; then
+    for k in "${BATCH_LIST[@]}"; do
+        for c in "${WRITER_LIST[@]}"; do
+            run_append "$k" "$c"
+        done
     done
-done
+fi
+if [[ $WORKLOAD == wallet || $WORKLOAD == all ]]; then
+    for c in "${WRITER_LIST[@]}"; do
+        run_wallet "$c"
+    done
+fi
 
 # ---------------------------------------------------------------- output
 if ((JSON)); then
@@ -476,18 +741,33 @@ if ((JSON)); then
         settings_json+="${settings_json:+,}\"$name\":\"${SETTINGS[$name]}\""
     done
     runs_json=$(IFS=,; echo "${ROWS_JSON[*]}")
-    printf '{"system":"postgresql","event_ids":"'"$EVENT_IDS"'","version":"%s","version_full":"%s","settings":{%s},"cores":%d,"seconds_per_run":%.1f,"warmup_calls_per_writer":%d,"events_per_s_from":"pgbench -l log: txns*batch / (last txn end - first txn start)","runs":[%s]}\n' \
-        "$PG_VERSION" "${SETTINGS[server_version]}" "$settings_json" "$CORES" "$RUN_SECONDS" \
-        "$WARMUP_CALLS" "$runs_json"
+    wallet_json=$(IFS=,; echo "${WALLET_JSON[*]}")
+    printf '{"system":"postgresql","workload":"%s","event_ids":"'"$EVENT_IDS"'","version":"%s","version_full":"%s","settings":{%s},"cores":%d,"seconds_per_run":%.1f,"warmup_calls_per_writer":%d,"events_per_s_from":"pgbench -l log: txns*batch / (last txn end - first txn start)","runs":[%s],"wallet_members":%d,"wallet_coupons_per_member":%d,"wallet_runs":[%s]}\n' \
+        "$WORKLOAD" "$PG_VERSION" "${SETTINGS[server_version]}" "$settings_json" "$CORES" "$RUN_SECONDS" \
+        "$WARMUP_CALLS" "$runs_json" "$MEMBERS" "$COUPONS" "$wallet_json"
 else
-    printf '%-10s %4s %11s %8s %8s %8s %11s %8s %9s %8s %8s %5s %5s %5s\n' workload C events/s \
-        "p50 ms" "p99 ms" txns "pgb ev/s" com/sync "WAL B/ev" FPI/s "sync ms" srv% pgb% host%
-    printf '%s\n' "${ROWS_HUMAN[@]}"
-    cat <<'EOF'
+    if ((${#ROWS_HUMAN[@]} > 0)); then
+        printf '%-10s %4s %11s %8s %8s %8s %11s %8s %9s %8s %8s %5s %5s %5s\n' workload C events/s \
+            "p50 ms" "p99 ms" txns "pgb ev/s" com/sync "WAL B/ev" FPI/s "sync ms" srv% pgb% host%
+        printf '%s\n' "${ROWS_HUMAN[@]}"
+        cat <<'EOF'
 events/s: logged txns * K / (last txn end - first txn start); pgb ev/s: pgbench tps (without
 initial connection time) * K; p50/p99: per-call latency to COMMIT's ack; com/sync: transactions
 per WAL fsync (pg_stat_wal); WAL B/ev: WAL bytes per event; FPI/s: full page images per second;
 sync ms: mean WAL fsync time; srv%/pgb%/host%: CPU of the server, of pgbench, of the whole
 machine over the run (100 = one core).
 EOF
+    fi
+    if ((${#WALLET_HUMAN[@]} > 0)); then
+        ((${#ROWS_HUMAN[@]} > 0)) && echo
+        printf '%-10s %4s %11s %8s %8s %8s %11s %8s %9s %8s %8s %5s %5s %5s\n' workload C commands/s \
+            "p50 ms" "p99 ms" txns "pgb cmd/s" com/sync "WAL B/cmd" FPI/s "sync ms" srv% pgb% host%
+        printf '%s\n' "${WALLET_HUMAN[@]}"
+        cat <<EOF
+commands: the bench_wallet commands mix over $MEMBERS wallets ($COUPONS coupons each), one
+transaction per command (SELECT ... FOR UPDATE, INSERT the events and the command id, UPDATE the
+wallet); commands/s: logged txns / (last txn end - first txn start); other columns as above, per
+command.
+EOF
+    fi
 fi

@@ -1,13 +1,16 @@
 //! Shared helpers for the cross-crate tests and benchmark programs.
 //!
 //! # Layout
+//! - [`bench`]: the shared core of the benchmark programs (percentiles, formatting, RNG, JSON
+//!   output, the driver's child runner and summary table).
 //! - [`child`]: run a real child process and SIGKILL it (the crash tests' harness).
 //! - [`crash_content`]: the crash writer's event content, shared with the crash test.
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
-//! - [`procfs`]: memory and CPU readings from `/proc` for the benchmark programs.
+//! - [`procfs`]: memory, CPU, load and I/O readings from `/proc` for the benchmark programs.
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
 //!   tests can put several appends into one group commit and make that commit fail.
 
+pub mod bench;
 pub mod child;
 pub mod crash_content;
 pub mod faulty;

@@ -7,7 +7,8 @@
 //! Children (all parsed from their `--json` document, never from text):
 //! - `bench_append --backend redb` and the sled build of `bench_append --backend sled`
 //!   (append-1 / append-100 at 1, 8, 64 writers; raw write + fdatasync baseline in the same run);
-//! - `scripts/pg_peer.sh` (the PostgreSQL peer, same workload), unless `--no-pg`;
+//! - `scripts/pg_peer.sh --workload all` (the PostgreSQL peer: the same append workload, and a
+//!   PostgreSQL wallet doing the commands mix, compared with `commands`), unless `--no-pg`;
 //! - `bench_wallet commands` (64 clients, decide + append + views; raw-append baseline);
 //! - `bench_wallet history` (the commands mix, 64 clients on one member with H events of
 //!   history; baseline: H = 0 in the same run);
@@ -27,13 +28,18 @@
 //! Run: `bash scripts/bench.sh [--quick | --full] [--dir DIR] [--no-pg] [--json FILE]`.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use ledger_tests::bench::fmt::{
+    fmt_bytes, fmt_kib, fmt_secs, fmt_us, pct, short_count, thousands, times,
+};
+use ledger_tests::bench::json::{f64_at as f, u64_at as u};
+use ledger_tests::bench::machine::{disk_bytes, filesystem};
+use ledger_tests::bench::runner::{Child, Runner};
+use ledger_tests::bench::table::{Row, Table, Verdict};
 use ledger_tests::procfs;
 use serde_json::{json, Value};
 
@@ -96,598 +102,6 @@ struct Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// child processes
-
-/// One child run: exit, wall time, peak RSS and its JSON document.
-struct Child {
-    label: String,
-    command: String,
-    ok: bool,
-    status: String,
-    wall: Duration,
-    /// Peak RSS: max of the polled `VmHWM` and `/usr/bin/time`'s `ru_maxrss`, KiB.
-    peak_rss_kib: Option<u64>,
-    polled_rss_kib: Option<u64>,
-    time_rss_kib: Option<u64>,
-    json: Option<Value>,
-    stderr_tail: String,
-    load_before: String,
-    load_after: String,
-}
-
-impl Child {
-    fn failure(&self) -> Option<String> {
-        if self.ok {
-            None
-        } else if self.status == NOT_BUILT {
-            Some(format!("not measured: {}", self.stderr_tail))
-        } else {
-            Some(format!(
-                "FAILED ({}): {}",
-                self.status,
-                self.stderr_tail.trim()
-            ))
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "label": self.label,
-            "command": self.command,
-            "ok": self.ok,
-            "status": self.status,
-            "wall_s": self.wall.as_secs_f64(),
-            "peak_rss_kib": self.peak_rss_kib,
-            "polled_vmhwm_kib": self.polled_rss_kib,
-            "time_maxrss_kib": self.time_rss_kib,
-            "load_before": self.load_before,
-            "load_after": self.load_after,
-            "stderr_tail": if self.ok { Value::Null } else { Value::from(self.stderr_tail.clone()) },
-            "output": self.json,
-        })
-    }
-}
-
-struct Runner {
-    logs: PathBuf,
-    time_bin: Option<PathBuf>,
-    children: Vec<Value>,
-    step: usize,
-}
-
-impl Runner {
-    /// Runs `program args`, with stdout and stderr in log files, polling its peak RSS.
-    /// `want_json`: the child must print one JSON document on stdout.
-    fn run(&mut self, label: &str, program: &Path, args: &[String], want_json: bool) -> Child {
-        self.step += 1;
-        let command = std::iter::once(program.display().to_string())
-            .chain(args.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        println!("[{}] {label}: {command}", self.step);
-        let slug: String = label
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let out_path = self.logs.join(format!("{:02}-{slug}.out", self.step));
-        let err_path = self.logs.join(format!("{:02}-{slug}.err", self.step));
-        let rss_path = self.logs.join(format!("{:02}-{slug}.maxrss", self.step));
-        let load_before = load_average();
-        let mut child = Child {
-            label: label.to_owned(),
-            command: command.clone(),
-            ok: false,
-            status: String::new(),
-            wall: Duration::ZERO,
-            peak_rss_kib: None,
-            polled_rss_kib: None,
-            time_rss_kib: None,
-            json: None,
-            stderr_tail: String::new(),
-            load_before: load_before.clone(),
-            load_after: String::new(),
-        };
-        let spawn = || -> anyhow::Result<std::process::Child> {
-            let stdout = File::create(&out_path)?;
-            let stderr = File::create(&err_path)?;
-            let mut cmd = match &self.time_bin {
-                Some(time) => {
-                    let mut c = Command::new(time);
-                    c.arg("-f").arg("%M").arg("-o").arg(&rss_path).arg(program);
-                    c
-                }
-                None => Command::new(program),
-            };
-            Ok(cmd
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr)
-                .spawn()?)
-        };
-        let started = Instant::now();
-        let mut proc = match spawn() {
-            Ok(p) => p,
-            Err(e) => {
-                child.status = "could not start".into();
-                child.stderr_tail = format!("{e:#}");
-                child.load_after = load_average();
-                println!("    FAILED: could not start {}: {e:#}", program.display());
-                self.children.push(child.to_json());
-                return child;
-            }
-        };
-        // A poller thread samples VmHWM every 100 ms while this thread blocks in `wait`, so the
-        // wall time is exact (not rounded up to a poll interval).
-        let pid = proc.id();
-        let via_time = self.time_bin.is_some();
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let (status, wall, polled) = std::thread::scope(|scope| {
-            let poller = scope.spawn(|| {
-                let mut polled: Option<u64> = None;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    // The measured process: the child itself, or the child of /usr/bin/time.
-                    let target = if via_time {
-                        first_child(pid)
-                    } else {
-                        Some(pid)
-                    };
-                    if let Some(kib) = target.and_then(|pid| procfs::vm_hwm_kib(&pid.to_string())) {
-                        polled = Some(polled.map_or(kib, |p| p.max(kib)));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                polled
-            });
-            let status = proc.wait();
-            let wall = started.elapsed();
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            (status, wall, poller.join().unwrap_or(None))
-        });
-        child.wall = wall;
-        child.load_after = load_average();
-        child.polled_rss_kib = polled;
-        if self.time_bin.is_some() {
-            child.time_rss_kib = std::fs::read_to_string(&rss_path)
-                .ok()
-                .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()));
-        }
-        child.peak_rss_kib = match (polled, child.time_rss_kib) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        child.stderr_tail = tail(&stderr, 6);
-        if child.stderr_tail.is_empty() {
-            // e.g. `check --json` exits 1 with its findings on stdout.
-            child.stderr_tail = tail(&stdout, 3);
-        }
-        match status {
-            Ok(s) if s.success() => {
-                child.status = "exit 0".into();
-                child.ok = true;
-            }
-            Ok(s) => child.status = s.to_string(),
-            Err(e) => child.status = format!("wait failed: {e}"),
-        }
-        if want_json {
-            child.json = parse_json(&stdout);
-            if child.ok && child.json.is_none() {
-                child.ok = false;
-                child.status = "exit 0 but no JSON document on stdout".into();
-                if child.stderr_tail.is_empty() {
-                    child.stderr_tail = tail(&stdout, 6);
-                }
-            }
-        }
-        println!(
-            "    {} in {}, peak RSS {}{}",
-            if child.ok { "ok" } else { "FAILED" },
-            fmt_secs(child.wall.as_secs_f64()),
-            fmt_kib(child.peak_rss_kib),
-            if child.ok {
-                String::new()
-            } else {
-                format!(" ({}): {}", child.status, child.stderr_tail.trim())
-            }
-        );
-        self.children.push(child.to_json());
-        child
-    }
-}
-
-/// The whole stdout as one JSON document, or the span from the first `{` to the last `}`.
-fn parse_json(stdout: &str) -> Option<Value> {
-    if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
-        return v.is_object().then_some(v);
-    }
-    let (a, b) = (stdout.find('{')?, stdout.rfind('}')?);
-    serde_json::from_str::<Value>(stdout.get(a..=b)?)
-        .ok()
-        .filter(Value::is_object)
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.rsplit('\r').next().unwrap_or(l))
-        .collect();
-    let text = all[all.len().saturating_sub(lines)..].join(" | ");
-    match text.char_indices().nth(600) {
-        Some((cut, _)) => format!("...{}", &text[text.len() - (text.len() - cut).min(600)..]),
-        None => text,
-    }
-}
-
-fn first_child(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// machine facts
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Device, file system type, size and free bytes of the file system holding `dir` (`df -PT`),
-/// and its mount options (`/proc/mounts`).
-fn filesystem(dir: &Path) -> Value {
-    let df = Command::new("df")
-        .arg("-PTk")
-        .arg(dir)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let Some(line) = df
-        .as_deref()
-        .and_then(|t| t.lines().nth(1).map(str::to_owned))
-    else {
-        return json!({"error": "df failed"});
-    };
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() < 7 {
-        return json!({"error": format!("unexpected df line {line:?}")});
-    }
-    let kib = |s: &str| s.parse::<u64>().ok().map(|k| k * 1024);
-    let options = std::fs::read_to_string("/proc/mounts").ok().and_then(|m| {
-        m.lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|p| p.len() >= 4 && p[1] == f[6])
-            .map(|p| p[3].to_owned())
-    });
-    json!({
-        "device": f[0],
-        "type": f[1],
-        "size_bytes": kib(f[2]),
-        "available_bytes": kib(f[4]),
-        "mount_point": f[6],
-        "mount_options": options,
-    })
-}
-
-/// Allocated bytes of every file under `dir`.
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    for e in entries.flatten() {
-        match e.metadata() {
-            Ok(m) if m.is_dir() => total += disk_bytes(&e.path()),
-            Ok(m) => total += m.blocks() * 512,
-            Err(_) => {}
-        }
-    }
-    total
-}
-
-// ---------------------------------------------------------------------------------------------
-// the summary table
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Verdict {
-    Met,
-    Missed,
-    /// No target for this row (a figure reported for information).
-    Info,
-    /// The target does not apply at this scale or duration (why in the note).
-    NotJudged,
-    Failed,
-    NotMeasured,
-}
-
-impl Verdict {
-    fn text(self) -> &'static str {
-        match self {
-            Verdict::Met => "MET",
-            Verdict::Missed => "MISSED",
-            Verdict::Info => "-",
-            Verdict::NotJudged => "not judged",
-            Verdict::Failed => "FAILED",
-            Verdict::NotMeasured => "NOT MEASURED",
-        }
-    }
-}
-
-struct Row {
-    section: String,
-    name: String,
-    figure: String,
-    baseline: String,
-    ratio: String,
-    target: String,
-    verdict: Verdict,
-    note: String,
-    values: Value,
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<Row>,
-}
-
-impl Table {
-    #[allow(clippy::too_many_arguments)]
-    fn add(
-        &mut self,
-        section: &str,
-        name: impl Into<String>,
-        figure: impl Into<String>,
-        baseline: impl Into<String>,
-        ratio: impl Into<String>,
-        target: impl Into<String>,
-        verdict: Verdict,
-        values: Value,
-    ) -> &mut Row {
-        self.rows.push(Row {
-            section: section.to_owned(),
-            name: name.into(),
-            figure: figure.into(),
-            baseline: baseline.into(),
-            ratio: ratio.into(),
-            target: target.into(),
-            verdict,
-            note: String::new(),
-            values,
-        });
-        self.rows.last_mut().expect("just pushed")
-    }
-
-    /// A row for a figure that could not be measured.
-    fn missing(
-        &mut self,
-        section: &str,
-        name: impl Into<String>,
-        target: &str,
-        why: &str,
-        failed: bool,
-    ) {
-        let verdict = if failed {
-            Verdict::Failed
-        } else {
-            Verdict::NotMeasured
-        };
-        let row = self.add(
-            section,
-            name,
-            "not measured",
-            "-",
-            "-",
-            target,
-            verdict,
-            Value::Null,
-        );
-        row.note = why.to_owned();
-    }
-
-    fn print(&self) {
-        let widths = [
-            self.rows
-                .iter()
-                .map(|r| r.name.chars().count())
-                .max()
-                .unwrap_or(8)
-                .max(8),
-            self.rows
-                .iter()
-                .map(|r| r.figure.chars().count())
-                .max()
-                .unwrap_or(6)
-                .max(6),
-            self.rows
-                .iter()
-                .map(|r| r.baseline.chars().count())
-                .max()
-                .unwrap_or(8)
-                .max(8),
-            self.rows
-                .iter()
-                .map(|r| r.ratio.chars().count())
-                .max()
-                .unwrap_or(5)
-                .max(5),
-            self.rows
-                .iter()
-                .map(|r| r.target.chars().count())
-                .max()
-                .unwrap_or(6)
-                .max(6),
-        ];
-        let line = |a: &str, b: &str, c: &str, d: &str, e: &str, f: &str| {
-            let pad = |s: &str, w: usize| {
-                format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())))
-            };
-            format!(
-                "{} | {} | {} | {} | {} | {}",
-                pad(a, widths[0]),
-                pad(b, widths[1]),
-                pad(c, widths[2]),
-                pad(d, widths[3]),
-                pad(e, widths[4]),
-                f
-            )
-        };
-        let header = line(
-            "workload",
-            "figure",
-            "baseline (same run)",
-            "ratio",
-            "target (SPEC 6)",
-            "verdict",
-        );
-        println!("{header}");
-        let mut section = "";
-        for r in &self.rows {
-            if r.section != section {
-                section = &r.section;
-                println!("{}", "-".repeat(header.chars().count().min(220)));
-                println!("{section}");
-            }
-            println!(
-                "{}",
-                line(
-                    &r.name,
-                    &r.figure,
-                    &r.baseline,
-                    &r.ratio,
-                    &r.target,
-                    r.verdict.text()
-                )
-            );
-        }
-        // Each distinct note once, with the rows it belongs to.
-        let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
-        for r in self.rows.iter().filter(|r| !r.note.is_empty()) {
-            match notes.iter_mut().find(|(n, _)| *n == r.note) {
-                Some((_, names)) => names.push(&r.name),
-                None => notes.push((&r.note, vec![&r.name])),
-            }
-        }
-        if !notes.is_empty() {
-            println!("\nnotes:");
-            for (note, names) in notes {
-                println!("- {}: {note}", names.join(", "));
-            }
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        Value::from(
-            self.rows
-                .iter()
-                .map(|r| {
-                    json!({
-                        "section": r.section,
-                        "workload": r.name,
-                        "figure": r.figure,
-                        "baseline": r.baseline,
-                        "ratio": r.ratio,
-                        "target": r.target,
-                        "verdict": r.verdict.text(),
-                        "note": r.note,
-                        "values": r.values,
-                    })
-                })
-                .collect::<Vec<_>>(),
-        )
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// number formatting
-
-/// 1234567.8 -> "1,234,568".
-fn thousands(x: f64) -> String {
-    if !x.is_finite() {
-        return "?".into();
-    }
-    let n = x.round() as i128;
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn fmt_us(us: f64) -> String {
-    if !us.is_finite() {
-        "?".into()
-    } else if us >= 10_000.0 {
-        format!("{:.1} ms", us / 1e3)
-    } else if us >= 1_000.0 {
-        format!("{:.2} ms", us / 1e3)
-    } else {
-        format!("{us:.0} µs")
-    }
-}
-
-fn fmt_secs(s: f64) -> String {
-    if s < 1.0 {
-        format!("{:.0} ms", s * 1e3)
-    } else if s >= 120.0 {
-        format!("{} min {:.0} s", (s / 60.0).floor(), s % 60.0)
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-fn fmt_kib(kib: Option<u64>) -> String {
-    match kib {
-        None => "unknown".into(),
-        Some(k) if k >= 1024 * 1024 => format!("{:.2} GiB", k as f64 / 1024.0 / 1024.0),
-        Some(k) => format!("{:.0} MiB", k as f64 / 1024.0),
-    }
-}
-
-fn fmt_bytes(b: u64) -> String {
-    if b >= 1 << 30 {
-        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-    }
-}
-
-fn pct(r: f64) -> String {
-    if r.is_finite() {
-        format!("{:.0}%", r * 100.0)
-    } else {
-        "?".into()
-    }
-}
-
-fn times(r: f64) -> String {
-    if r.is_finite() {
-        format!("{r:.2}x")
-    } else {
-        "?".into()
-    }
-}
-
-fn f(v: &Value, key: &str) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
-}
-
-fn u(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-// ---------------------------------------------------------------------------------------------
 // workloads
 
 struct Plan {
@@ -719,8 +133,6 @@ fn find_run<'a>(runs: &'a [Value], batch: u64, writers: u64, batch_key: &str) ->
 }
 
 const WRITERS: [u64; 3] = [1, 8, 64];
-/// Status of a child whose binary was not built (not measured, rather than failed).
-const NOT_BUILT: &str = "not built";
 const BATCHES: [u64; 2] = [1, 100];
 
 fn append_target(batch: u64, writers: u64) -> Option<(&'static str, f64, Option<f64>, f64)> {
@@ -750,7 +162,7 @@ fn append_rows(table: &mut Table, backend: &str, durability: &str, child: &Child
             };
             let target_text = target.map_or("-", |t| t.0);
             if let Some(why) = child.failure() {
-                let failed = child.status != NOT_BUILT;
+                let failed = !child.was_not_built();
                 table.missing(&section, name, target_text, &why, failed);
                 continue;
             }
@@ -938,14 +350,32 @@ fn pg_rows(table: &mut Table, redb: &Child, pg: Result<&Child, String>) {
     }
 }
 
+/// The document of a child that succeeded, or `None` after adding a row saying why it has none.
+fn child_doc<'a>(
+    table: &mut Table,
+    section: &str,
+    name: &str,
+    target: &str,
+    c: &'a Child,
+) -> Option<&'a Value> {
+    if let Some(why) = c.failure() {
+        table.missing(section, name, target, &why, true);
+        return None;
+    }
+    Some(
+        c.json
+            .as_ref()
+            .expect("a child that succeeded has its JSON document"),
+    )
+}
+
 fn commands_row(table: &mut Table, c: &Child) {
     let section = "commands: decide + durable append + views, 64 clients; baseline: the same calls as plain durable appends, no hook, no decide";
     let name = "commands C=64";
     let target = ">= 50,000 commands/s";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let rate = f(d, "commands_per_s");
     table.add(
         section,
@@ -973,6 +403,76 @@ fn commands_row(table: &mut Table, c: &Child) {
     );
 }
 
+/// Our `commands` (64 clients) against the PostgreSQL wallet peer doing the same mix at 64
+/// clients (`pg_peer.sh --workload wallet`: one transaction per command, SELECT ... FOR UPDATE the
+/// wallet rows, INSERT the events, UPDATE the balance).
+fn pg_wallet_row(table: &mut Table, ours: &Child, pg: Result<&Child, String>) {
+    let section = "commands vs PostgreSQL wallet (the commands mix, 64 clients, same box, same run); ratio = ours / PostgreSQL";
+    let name = "commands C=64 ours/PostgreSQL wallet";
+    let target = "ours >= 3x";
+    let pg = match pg {
+        Err(why) => return table.missing(section, name, target, &why, false),
+        Ok(c) => c,
+    };
+    if let Some(why) = pg.failure() {
+        return table.missing(section, name, target, &why, true);
+    }
+    let runs = pg
+        .json
+        .as_ref()
+        .and_then(|d| d.get("wallet_runs"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(p) = runs.iter().find(|r| u(r, "writers") == Some(64)) else {
+        return table.missing(
+            section,
+            name,
+            target,
+            "no C=64 wallet run in the peer's JSON",
+            true,
+        );
+    };
+    let pg_rate = f(p, "commands_per_s");
+    let pg_text = format!(
+        "PostgreSQL wallet {} commands/s, p50 {}, p99 {}",
+        thousands(pg_rate),
+        fmt_us(f(p, "p50_us")),
+        fmt_us(f(p, "p99_us"))
+    );
+    if let Some(why) = ours.failure() {
+        let row = table.add(
+            section,
+            name,
+            pg_text,
+            "ours: not measured",
+            "?",
+            target,
+            Verdict::NotMeasured,
+            json!({"postgresql": p}),
+        );
+        row.note = why;
+        return;
+    }
+    let d = ours.json.as_ref().expect("ok implies JSON");
+    let rate = f(d, "commands_per_s");
+    let r = rate / pg_rate;
+    table.add(
+        section,
+        name,
+        pg_text,
+        format!("ours {} commands/s", thousands(rate)),
+        times(r),
+        target,
+        if r >= 3.0 {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        },
+        json!({"postgresql": p, "ours_commands_per_s": rate, "ratio": r}),
+    );
+}
+
 /// `history` / `hot` failures of a `bench_wallet` load document: `rejected 0, other 0` and the
 /// first message of each kind that occurred.
 fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
@@ -993,24 +493,12 @@ fn failures_text(load: &Value) -> (u64, String, Vec<String>) {
     (total, counts.join(", "), firsts)
 }
 
-/// 1000000 -> "1M", 10000 -> "10k".
-fn short_count(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
-        format!("{}M", n / 1_000_000)
-    } else if n >= 1_000 && n % 1_000 == 0 {
-        format!("{}k", n / 1_000)
-    } else {
-        n.to_string()
-    }
-}
-
 fn history_rows(table: &mut Table, c: &Child) {
     let section = "history: the commands mix, 64 clients all on one member with H events of history (bench_wallet history); baseline: H = 0 in the same run";
     let target = "H=1M >= 67% of H=0 (within 1.5x), 0 failures";
-    if let Some(why) = c.failure() {
-        return table.missing(section, "history C=64", target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, "history C=64", target, c) else {
+        return;
+    };
     let fresh = f(d, "fresh_commands_per_s");
     let min_ratio = f(d, "target_ratio_min");
     let points = d
@@ -1100,10 +588,9 @@ fn hot_row(table: &mut Table, c: &Child) {
     let section = "hot wallet: 64 clients transferring out of ONE wallet (bench_wallet hot); baseline: the same load out of one wallet per client, same run";
     let name = "hot wallet C=64";
     let target = ">= 80% of spread, 0 failures";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let (hot, spread) = (&d["hot"], &d["spread"]);
     let ratio = f(d, "ratio_hot_vs_spread");
     let (hot_failed, hot_counts, hot_firsts) = failures_text(hot);
@@ -1142,10 +629,9 @@ fn rebuild_row(table: &mut Table, c: &Child, plan: &Plan) {
         "rebuild (projections::rebuild, bench_wallet); baseline: raw scan of the same events table";
     let name = "rebuild";
     let target = ">= 2M ev/s over >= 10M events";
-    if let Some(why) = c.failure() {
-        return table.missing(section, name, target, &why, true);
-    }
-    let d = c.json.as_ref().expect("ok implies JSON");
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
     let rate = f(d, "events_per_s");
     let events = u(d, "events").unwrap_or(0);
     let verdict = if events < 10_000_000 {
@@ -1195,6 +681,21 @@ fn rebuild_row(table: &mut Table, c: &Child, plan: &Plan) {
         let _ = write!(note, "; asked for {} events", plan.rebuild_events);
     }
     row.note = note;
+}
+
+/// A row for a store's size on disk: bytes and bytes per event, `what` after the figure.
+fn disk_row(table: &mut Table, section: &str, name: &str, bytes: u64, events: u64, what: &str) {
+    let per_event = bytes as f64 / events.max(1) as f64;
+    table.add(
+        section,
+        name,
+        format!("{} = {per_event:.0} bytes/event{what}", fmt_bytes(bytes)),
+        "-",
+        "-",
+        "-",
+        Verdict::Info,
+        json!({"bytes": bytes, "events": events, "bytes_per_event": per_event}),
+    );
 }
 
 /// The operator steps on a `migrate-tool demo` store of `members` x `epm`.
@@ -1288,19 +789,13 @@ fn operator_steps(
         Verdict::Info,
         json!({"wall_s": demo.wall.as_secs_f64(), "peak_rss_kib": demo.peak_rss_kib, "events": events}),
     );
-    table.add(
+    disk_row(
+        table,
         &section,
         "disk after demo",
-        format!(
-            "{} = {:.0} bytes/event (events, indexes, commands, views, digest)",
-            fmt_bytes(demo_bytes),
-            demo_bytes as f64 / events.max(1) as f64
-        ),
-        "-",
-        "-",
-        "-",
-        Verdict::Info,
-        json!({"bytes": demo_bytes, "events": events, "bytes_per_event": demo_bytes as f64 / events.max(1) as f64}),
+        demo_bytes,
+        events,
+        " (events, indexes, commands, views, digest)",
     );
 
     // raw scan baseline
@@ -1508,20 +1003,13 @@ fn operator_steps(
         true,
     );
     timed_row(table, "check after reset + rebuild", &check2, events);
-    let bytes = disk_bytes(&store);
-    table.add(
+    disk_row(
+        table,
         &section,
         "disk after reset + rebuild",
-        format!(
-            "{} = {:.0} bytes/event",
-            fmt_bytes(bytes),
-            bytes as f64 / events.max(1) as f64
-        ),
-        "-",
-        "-",
-        "-",
-        Verdict::Info,
-        json!({"bytes": bytes, "events": events, "bytes_per_event": bytes as f64 / events.max(1) as f64}),
+        disk_bytes(&store),
+        events,
+        "",
     );
     if !keep {
         let _ = std::fs::remove_dir_all(&store);
@@ -1532,113 +1020,175 @@ fn operator_steps(
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mode = if args.quick {
-        "quick"
-    } else if args.full {
-        "full"
-    } else {
-        "default"
-    };
-    let plan = Plan {
-        seconds: args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
-        histories: args.histories.clone().unwrap_or_else(|| {
-            if args.quick {
-                "0,10000".into()
-            } else {
-                "0,10000,100000,1000000".into()
-            }
-        }),
-        rebuild_events: args.rebuild_events.unwrap_or(if args.quick {
-            200_000
-        } else {
-            10_000_000
-        }),
-        rebuild_members: args
-            .rebuild_members
-            .unwrap_or(if args.quick { 5_000 } else { 100_000 }),
-        demo_members: args
-            .demo_members
-            .unwrap_or(if args.quick { 5_000 } else { 200_000 }),
-    };
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's directory")?
-            .to_path_buf(),
-    };
-    let sled_bench = args.sled_bench.clone().unwrap_or_else(|| {
-        bin_dir
-            .join("..")
-            .join("bench-sled")
-            .join("release")
-            .join("bench_append")
-    });
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
-    let dir = std::fs::canonicalize(&args.dir)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let logs = dir.join("logs").join(stamp.to_string());
-    std::fs::create_dir_all(&logs)?;
-    let time_bin = Path::new("/usr/bin/time")
-        .exists()
-        .then(|| PathBuf::from("/usr/bin/time"));
+/// What the whole suite shares: the plan, where things go, the child runner and the machine.
+struct Suite {
+    args: Args,
+    plan: Plan,
+    mode: &'static str,
+    /// Stores and logs go under here (canonical `--dir`).
+    dir: PathBuf,
+    logs: PathBuf,
+    bin_dir: PathBuf,
+    sled_bench: PathBuf,
+    runner: Runner,
+    machine: Machine,
+    started: Instant,
+}
 
-    // Machine facts.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ram = procfs::mem_total_kib();
-    let cpu = procfs::cpu_model().unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let fs = filesystem(&dir);
-    let load_start = load_average();
-    let started = Instant::now();
-    println!("bench: wallet-ledger benchmark suite, mode {mode}");
-    println!("machine: {cores} cores (available_parallelism), CPU {cpu}, RAM {} (/proc/meminfo), kernel {kernel}", fmt_kib(ram));
-    println!(
-        "disk: {} {} mounted at {} ({}), {} free; stores under {}",
-        fs["device"].as_str().unwrap_or("?"),
-        fs["type"].as_str().unwrap_or("?"),
-        fs["mount_point"].as_str().unwrap_or("?"),
-        fs["mount_options"].as_str().unwrap_or("?"),
-        fs["available_bytes"].as_u64().map_or("?".into(), fmt_bytes),
-        dir.display()
-    );
-    println!("load average at start (1, 5, 15 min): {load_start}  (a shared box makes every figure a lower bound)");
-    println!(
-        "plan: appends {} s per run; commands {} s; history {} s per H in {}; hot {} s per phase; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
-        plan.seconds,
-        plan.seconds,
-        plan.seconds,
-        plan.histories,
-        plan.seconds,
-        plan.rebuild_events,
-        plan.rebuild_members,
-        dir.display(),
-        plan.demo_members,
-        args.demo_events_per_member,
-        if args.full {
-            format!("; --full: 7Pay steps at {} members x {}", args.full_members, args.full_events_per_member)
-        } else {
-            String::new()
+/// The machine's facts, printed first and in the summary.
+struct Machine {
+    cores: usize,
+    ram_kib: Option<u64>,
+    cpu: String,
+    kernel: String,
+    fs: Value,
+    load_start: String,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Plan {
+        let quick = args.quick;
+        Plan {
+            seconds: args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 }),
+            histories: args.histories.clone().unwrap_or_else(|| {
+                if quick {
+                    "0,10000".into()
+                } else {
+                    "0,10000,100000,1000000".into()
+                }
+            }),
+            rebuild_events: args
+                .rebuild_events
+                .unwrap_or(if quick { 200_000 } else { 10_000_000 }),
+            rebuild_members: args
+                .rebuild_members
+                .unwrap_or(if quick { 5_000 } else { 100_000 }),
+            demo_members: args
+                .demo_members
+                .unwrap_or(if quick { 5_000 } else { 200_000 }),
         }
-    );
-    println!("child logs: {}\n", logs.display());
+    }
+}
 
-    let mut runner = Runner {
-        logs: logs.clone(),
-        time_bin,
-        children: Vec::new(),
-        step: 0,
-    };
-    let mut table = Table::default();
-    let secs = plan.seconds.to_string();
-    let append_dir = dir.join("append");
+impl Suite {
+    /// Creates the directories, reads the machine's facts and prints them with the plan.
+    fn new(args: Args) -> anyhow::Result<Suite> {
+        let mode = if args.quick {
+            "quick"
+        } else if args.full {
+            "full"
+        } else {
+            "default"
+        };
+        let plan = Plan::new(&args);
+        let bin_dir = match &args.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("this program's directory")?
+                .to_path_buf(),
+        };
+        let sled_bench = args.sled_bench.clone().unwrap_or_else(|| {
+            bin_dir
+                .join("..")
+                .join("bench-sled")
+                .join("release")
+                .join("bench_append")
+        });
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("create {}", args.dir.display()))?;
+        let dir = std::fs::canonicalize(&args.dir)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let logs = dir.join("logs").join(stamp.to_string());
+        std::fs::create_dir_all(&logs)?;
+        let time_bin = Path::new("/usr/bin/time")
+            .exists()
+            .then(|| PathBuf::from("/usr/bin/time"));
+        let machine = Machine {
+            cores: ledger_tests::bench::cores(),
+            ram_kib: procfs::mem_total_kib(),
+            cpu: procfs::cpu_model().unwrap_or_else(|| "unknown".into()),
+            kernel: procfs::kernel_release().unwrap_or_else(|| "unknown".into()),
+            fs: filesystem(&dir),
+            load_start: procfs::load_average(),
+        };
+        let suite = Suite {
+            runner: Runner::new(logs.clone(), time_bin),
+            args,
+            plan,
+            mode,
+            dir,
+            logs,
+            bin_dir,
+            sled_bench,
+            machine,
+            started: Instant::now(),
+        };
+        suite.print_start();
+        Ok(suite)
+    }
+
+    fn print_start(&self) {
+        let (m, plan, args) = (&self.machine, &self.plan, &self.args);
+        let (cores, cpu, kernel, fs) = (m.cores, &m.cpu, &m.kernel, &m.fs);
+        println!("bench: wallet-ledger benchmark suite, mode {}", self.mode);
+        println!("machine: {cores} cores (available_parallelism), CPU {cpu}, RAM {} (/proc/meminfo), kernel {kernel}", fmt_kib(m.ram_kib));
+        println!(
+            "disk: {} {} mounted at {} ({}), {} free; stores under {}",
+            fs["device"].as_str().unwrap_or("?"),
+            fs["type"].as_str().unwrap_or("?"),
+            fs["mount_point"].as_str().unwrap_or("?"),
+            fs["mount_options"].as_str().unwrap_or("?"),
+            fs["available_bytes"].as_u64().map_or("?".into(), fmt_bytes),
+            self.dir.display()
+        );
+        println!("load average at start (1, 5, 15 min): {}  (a shared box makes every figure a lower bound)", m.load_start);
+        println!(
+            "plan: appends {} s per run; commands {} s; history {} s per H in {}; hot {} s per phase; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
+            plan.seconds,
+            plan.seconds,
+            plan.seconds,
+            plan.histories,
+            plan.seconds,
+            plan.rebuild_events,
+            plan.rebuild_members,
+            self.dir.display(),
+            plan.demo_members,
+            args.demo_events_per_member,
+            if args.full {
+                format!("; --full: 7Pay steps at {} members x {}", args.full_members, args.full_events_per_member)
+            } else {
+                String::new()
+            }
+        );
+        println!("child logs: {}\n", self.logs.display());
+    }
+
+    fn bench_wallet(&self) -> PathBuf {
+        self.bin_dir.join("bench_wallet")
+    }
+
+    /// `bench_wallet --json --dir DIR <workload> <rest>`.
+    fn run_wallet(&mut self, label: &str, workload: &str, rest: &[String]) -> Child {
+        let mut args = vec![
+            "--json".into(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+            workload.into(),
+        ];
+        args.extend_from_slice(rest);
+        let program = self.bench_wallet();
+        self.runner.run(label, &program, &args, true)
+    }
+}
+
+/// 1. appends, redb and sled: returns the redb child (the PostgreSQL rows compare with it).
+fn run_appends(suite: &mut Suite, table: &mut Table) -> anyhow::Result<Child> {
+    let secs = suite.plan.seconds.to_string();
+    let append_dir = suite.dir.join("append");
     std::fs::create_dir_all(&append_dir)?;
     let append_args = |backend: &str| -> Vec<String> {
         vec![
@@ -1655,64 +1205,57 @@ fn main() -> anyhow::Result<()> {
             "--json".into(),
         ]
     };
-
-    // 1. appends, redb and sled
-    let redb = runner.run(
+    let redb = suite.runner.run(
         "bench_append redb",
-        &bin_dir.join("bench_append"),
+        &suite.bin_dir.join("bench_append"),
         &append_args("redb"),
         true,
     );
-    append_rows(
-        &mut table,
-        "redb",
-        "durable: fdatasync per group commit",
-        &redb,
-    );
+    append_rows(table, "redb", "durable: fdatasync per group commit", &redb);
+    let sled_bench = suite.sled_bench.clone();
     let sled = if sled_bench.exists() {
-        runner.run("bench_append sled", &sled_bench, &append_args("sled"), true)
+        suite
+            .runner
+            .run("bench_append sled", &sled_bench, &append_args("sled"), true)
     } else {
-        let c = Child {
-            label: "bench_append sled".into(),
-            command: sled_bench.display().to_string(),
-            ok: false,
-            status: NOT_BUILT.into(),
-            wall: Duration::ZERO,
-            peak_rss_kib: None,
-            polled_rss_kib: None,
-            time_rss_kib: None,
-            json: None,
-            stderr_tail: format!(
+        let c = Child::not_built(
+            "bench_append sled",
+            sled_bench.display().to_string(),
+            format!(
                 "{} not found (build: cargo build --release -p ledger-tests --features sled --bin bench_append --target-dir target/bench-sled)",
                 sled_bench.display()
             ),
-            load_before: String::new(),
-            load_after: String::new(),
-        };
+        );
         println!("[-] bench_append sled: {}", c.stderr_tail);
         c
     };
-    append_rows(&mut table, "sled", "sync_file_range, not fdatasync", &sled);
-    ratio_rows(&mut table, &redb, &sled);
+    append_rows(table, "sled", "sync_file_range, not fdatasync", &sled);
+    ratio_rows(table, &redb, &sled);
+    Ok(redb)
+}
 
-    // 2. PostgreSQL peer
-    let pg: Result<Child, String> = if args.no_pg {
+/// 2. the PostgreSQL peer (`--workload all`: appends and the wallet), or why it was not run.
+fn run_pg_peer(suite: &mut Suite) -> Result<Child, String> {
+    let script = suite.args.pg_script.clone();
+    let pg = if suite.args.no_pg {
         Err("skipped (--no-pg)".into())
-    } else if !args.pg_script.exists() {
+    } else if !script.exists() {
         Err(format!(
             "{} not found: PostgreSQL peer not measured",
-            args.pg_script.display()
+            script.display()
         ))
     } else {
-        let pg_dir = dir.join("pg");
+        let pg_dir = suite.dir.join("pg");
         let _ = std::fs::create_dir_all(&pg_dir);
         // pg_peer.sh (pgbench -T) takes whole seconds.
-        let pg_secs = (plan.seconds.ceil() as u64).max(1).to_string();
-        Ok(runner.run(
+        let pg_secs = (suite.plan.seconds.ceil() as u64).max(1).to_string();
+        Ok(suite.runner.run(
             "PostgreSQL peer",
             Path::new("bash"),
             &[
-                args.pg_script.display().to_string(),
+                script.display().to_string(),
+                "--workload".into(),
+                "all".into(),
                 "--writers".into(),
                 "1,8,64".into(),
                 "--batch".into(),
@@ -1729,163 +1272,130 @@ fn main() -> anyhow::Result<()> {
     if let Err(why) = &pg {
         println!("[-] PostgreSQL peer: {why}");
     }
-    pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
+    pg
+}
 
-    // 3. commands
-    let bench_wallet = bin_dir.join("bench_wallet");
-    let commands = runner.run(
+/// 3. commands, and the same mix on the PostgreSQL wallet.
+fn run_commands(suite: &mut Suite, table: &mut Table, pg: Result<&Child, String>) {
+    let secs = suite.plan.seconds.to_string();
+    let commands = suite.run_wallet(
         "bench_wallet commands",
-        &bench_wallet,
-        &[
-            "--json".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "commands".into(),
-            "--seconds".into(),
-            secs.clone(),
-        ],
-        true,
+        "commands",
+        &["--seconds".into(), secs],
     );
-    commands_row(&mut table, &commands);
+    commands_row(table, &commands);
+    pg_wallet_row(table, &commands, pg);
+}
 
-    // 3b. history (one member with H events) and hot (one source wallet vs one per client)
-    let history = runner.run(
+/// 3b. history (one member with H events) and hot (one source wallet vs one per client).
+fn run_history_and_hot(suite: &mut Suite, table: &mut Table) {
+    let secs = suite.plan.seconds.to_string();
+    let history = suite.run_wallet(
         "bench_wallet history",
-        &bench_wallet,
+        "history",
         &[
-            "--json".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "history".into(),
             "--histories".into(),
-            plan.histories.clone(),
+            suite.plan.histories.clone(),
             "--seconds".into(),
             secs.clone(),
         ],
-        true,
     );
-    history_rows(&mut table, &history);
-    let hot = runner.run(
-        "bench_wallet hot",
-        &bench_wallet,
-        &[
-            "--json".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "hot".into(),
-            "--seconds".into(),
-            secs.clone(),
-        ],
-        true,
-    );
-    hot_row(&mut table, &hot);
+    history_rows(table, &history);
+    let hot = suite.run_wallet("bench_wallet hot", "hot", &["--seconds".into(), secs]);
+    hot_row(table, &hot);
+}
 
-    // 4. rebuild over a kept store
-    let rebuild_store = dir.join(format!(
+/// 4. rebuild over a kept store.
+fn run_rebuild(suite: &mut Suite, table: &mut Table) {
+    let plan = &suite.plan;
+    let rebuild_store = suite.dir.join(format!(
         "rebuild-{}-{}",
         plan.rebuild_events, plan.rebuild_members
     ));
-    let rebuild = runner.run(
-        "bench_wallet rebuild",
-        &bench_wallet,
-        &[
-            "--json".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "rebuild".into(),
-            "--events".into(),
-            plan.rebuild_events.to_string(),
-            "--members".into(),
-            plan.rebuild_members.to_string(),
-            "--store".into(),
-            rebuild_store.display().to_string(),
-        ],
-        true,
-    );
-    rebuild_row(&mut table, &rebuild, &plan);
+    let rest = [
+        "--events".into(),
+        plan.rebuild_events.to_string(),
+        "--members".into(),
+        plan.rebuild_members.to_string(),
+        "--store".into(),
+        rebuild_store.display().to_string(),
+    ];
+    let rebuild = suite.run_wallet("bench_wallet rebuild", "rebuild", &rest);
+    rebuild_row(table, &rebuild, &suite.plan);
+}
 
-    // 5. operator steps, then the 7Pay scale with --full
-    let tool = bin_dir.join("migrate-tool");
-    operator_steps(
-        &mut runner,
-        &mut table,
-        &tool,
-        &bench_wallet,
-        &dir,
-        plan.demo_members,
-        args.demo_events_per_member,
-        false,
-        args.keep_stores,
-    );
+/// 5. operator steps, then the 7Pay scale with --full.
+fn run_operator_steps(suite: &mut Suite, table: &mut Table) {
+    let tool = suite.bin_dir.join("migrate-tool");
+    let bench_wallet = suite.bench_wallet();
+    let args = &suite.args;
+    let mut scales = vec![(suite.plan.demo_members, args.demo_events_per_member, false)];
     if args.full {
+        scales.push((args.full_members, args.full_events_per_member, true));
+    }
+    let keep = args.keep_stores;
+    for (members, epm, full_scale) in scales {
         operator_steps(
-            &mut runner,
-            &mut table,
+            &mut suite.runner,
+            table,
             &tool,
             &bench_wallet,
-            &dir,
-            args.full_members,
-            args.full_events_per_member,
-            true,
-            args.keep_stores,
+            &suite.dir,
+            members,
+            epm,
+            full_scale,
+            keep,
         );
     }
+}
 
-    let load_end = load_average();
-    let total = started.elapsed();
+/// The summary: machine, load, the table and its counts; the JSON file with `--json`.
+/// Returns the number of FAILED rows.
+fn print_summary(suite: &Suite, table: &Table) -> anyhow::Result<usize> {
+    let m = &suite.machine;
+    let (cores, cpu, kernel, fs) = (m.cores, &m.cpu, &m.kernel, &m.fs);
+    let load_end = procfs::load_average();
+    let total = suite.started.elapsed();
     println!(
         "\n== summary: {cores} cores, CPU {cpu}, RAM {}, kernel {kernel}, {} {} at {}",
-        fmt_kib(ram),
+        fmt_kib(m.ram_kib),
         fs["device"].as_str().unwrap_or("?"),
         fs["type"].as_str().unwrap_or("?"),
         fs["mount_point"].as_str().unwrap_or("?")
     );
     println!(
-        "== load average at start {load_start}, at end {load_end}; mode {mode}; suite took {}\n",
+        "== load average at start {}, at end {load_end}; mode {}; suite took {}\n",
+        m.load_start,
+        suite.mode,
         fmt_secs(total.as_secs_f64())
     );
-    if args.quick {
+    if suite.args.quick {
         println!("--quick: 1 s runs and small stores, a smoke test of the suite; do not quote these figures\n");
     }
     table.print();
-    let failed = table
-        .rows
-        .iter()
-        .filter(|r| r.verdict == Verdict::Failed)
-        .count();
-    let unmeasured = table
-        .rows
-        .iter()
-        .filter(|r| r.verdict == Verdict::NotMeasured)
-        .count();
+    let count = |v: Verdict| table.rows.iter().filter(|r| r.verdict == v).count();
+    let failed = count(Verdict::Failed);
     println!(
         "\n{} rows: {} MET, {} MISSED, {} FAILED, {} NOT MEASURED; child logs in {}",
         table.rows.len(),
-        table
-            .rows
-            .iter()
-            .filter(|r| r.verdict == Verdict::Met)
-            .count(),
-        table
-            .rows
-            .iter()
-            .filter(|r| r.verdict == Verdict::Missed)
-            .count(),
+        count(Verdict::Met),
+        count(Verdict::Missed),
         failed,
-        unmeasured,
-        logs.display()
+        count(Verdict::NotMeasured),
+        suite.logs.display()
     );
-    if let Some(path) = &args.json {
+    if let Some(path) = &suite.args.json {
+        let (args, plan) = (&suite.args, &suite.plan);
         let doc = json!({
             "suite": "wallet-ledger bench",
-            "mode": mode,
+            "mode": suite.mode,
             "machine": {
                 "cores": cores,
                 "cpu": cpu,
-                "ram_kib": ram,
+                "ram_kib": m.ram_kib,
                 "kernel": kernel,
                 "filesystem": fs,
-                "load_average_start": load_start,
+                "load_average_start": m.load_start,
                 "load_average_end": load_end,
             },
             "plan": {
@@ -1900,13 +1410,26 @@ fn main() -> anyhow::Result<()> {
             },
             "total_s": total.as_secs_f64(),
             "rows": table.to_json(),
-            "children": runner.children,
+            "children": suite.runner.children,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("write {}", path.display()))?;
         println!("summary JSON written to {}", path.display());
     }
-    if failed > 0 {
+    Ok(failed)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut suite = Suite::new(Args::parse())?;
+    let mut table = Table::default();
+    let redb = run_appends(&mut suite, &mut table)?;
+    let pg = run_pg_peer(&mut suite);
+    pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
+    run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
+    run_history_and_hot(&mut suite, &mut table);
+    run_rebuild(&mut suite, &mut table);
+    run_operator_steps(&mut suite, &mut table);
+    if print_summary(&suite, &table)? > 0 {
         std::process::exit(1);
     }
     Ok(())

@@ -33,6 +33,8 @@ use ledger::{
     AppendRequest, Backend, Codec, ExpectedVersion, Ledger, LedgerOptions, NewEvent, Position,
     StreamAppend, StreamVersion, Timestamp,
 };
+use ledger_tests::bench::fmt::fmt_us;
+use ledger_tests::bench::stats::nearest_rank;
 use ledger_tests::procfs;
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -43,9 +45,6 @@ const PAYLOAD_BYTES: usize = 200;
 const WARMUP_CALLS: u64 = 2;
 /// Events read per call when counting group commits.
 const SCAN_CHUNK: usize = 65_536;
-/// Linux reports process times in clock ticks of 1/100 s (USER_HZ is 100 on every mainstream
-/// architecture; std has no sysconf and this crate has no libc dependency).
-const TICKS_PER_SECOND: f64 = 100.0;
 
 #[derive(Parser, Debug)]
 #[command(about = "append-1 / append-100 benchmark with a same-run raw-disk baseline")]
@@ -152,24 +151,11 @@ impl RawRun {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let backend = match args.backend.as_str() {
-        "redb" => Backend::Redb,
-        #[cfg(feature = "sled")]
-        "sled" => Backend::Sled,
-        other => bail!("unknown backend {other:?} (redb, or sled with --features sled)"),
-    };
-    ensure!(
-        args.writers.iter().all(|&c| c >= 1)
-            && args.batch.iter().all(|&k| (1..=10_000).contains(&k)),
-        "--writers must be >= 1 and --batch within 1..=10000 (the per-append limit)"
-    );
+    let backend = parse_backend(&args)?;
     let seconds = args.seconds.unwrap_or(5.0);
     ensure!(seconds > 0.0, "--seconds must be positive");
-    let base_dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::current_dir().context("current directory")?,
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let base_dir = ledger_tests::bench::base_dir(args.dir.as_deref())?;
+    let cores = ledger_tests::bench::cores();
     let ram = procfs::mem_total_text().unwrap_or_else(|| "unknown".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -192,39 +178,7 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &k in &args.batch {
         for &c in &args.writers {
-            let store = tempfile::Builder::new()
-                .prefix("bench-append-")
-                .tempdir_in(&base_dir)
-                .with_context(|| format!("temp dir under {}", base_dir.display()))?;
-            let stop = |start: Instant| match args.events {
-                Some(n) => Stop::Calls(n.div_ceil(u64::from(c) * u64::from(k)).max(1)),
-                None => Stop::At(start + Duration::from_secs_f64(seconds)),
-            };
-            let run = runtime.block_on(run_ledger(
-                store.path(),
-                backend,
-                c,
-                k,
-                args.command_ids,
-                stop,
-            ))?;
-            let avg_group = (run.events as f64 / run.group_commits.max(1) as f64)
-                .round()
-                .max(1.0);
-            let record = vec![0xA5u8; run.record_bytes];
-            let raw_stop = |n_events: u64| match args.events {
-                Some(_) => Stop::Calls(run.events.div_ceil(n_events)),
-                None => Stop::At(Instant::now() + run.wall),
-            };
-            let raw_avg = raw_disk(
-                store.path(),
-                &record,
-                avg_group as u64,
-                raw_stop(avg_group as u64),
-            )?;
-            let nominal = u64::from(c) * u64::from(k);
-            let raw_nominal = raw_disk(store.path(), &record, nominal, raw_stop(nominal))?;
-            let row = report(&args.backend, c, k, &run, &raw_avg, &raw_nominal);
+            let row = run_one(&runtime, &args, backend, &base_dir, seconds, c, k)?;
             if !args.json {
                 println!("{}", table_row(&row));
             }
@@ -246,6 +200,64 @@ fn main() -> anyhow::Result<()> {
         print_legend();
     }
     Ok(())
+}
+
+/// The `--backend`, after checking `--writers` and `--batch`.
+fn parse_backend(args: &Args) -> anyhow::Result<Backend> {
+    let backend = match args.backend.as_str() {
+        "redb" => Backend::Redb,
+        #[cfg(feature = "sled")]
+        "sled" => Backend::Sled,
+        other => bail!("unknown backend {other:?} (redb, or sled with --features sled)"),
+    };
+    ensure!(
+        args.writers.iter().all(|&c| c >= 1)
+            && args.batch.iter().all(|&k| (1..=10_000).contains(&k)),
+        "--writers must be >= 1 and --batch within 1..=10000 (the per-append limit)"
+    );
+    Ok(backend)
+}
+
+/// One row: append-`k` at `c` writers on a fresh store, then the two raw-disk baselines.
+fn run_one(
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    backend: Backend,
+    base_dir: &Path,
+    seconds: f64,
+    c: u32,
+    k: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let store = ledger_tests::bench::temp_dir(base_dir, "bench-append-")?;
+    let stop = |start: Instant| match args.events {
+        Some(n) => Stop::Calls(n.div_ceil(u64::from(c) * u64::from(k)).max(1)),
+        None => Stop::At(start + Duration::from_secs_f64(seconds)),
+    };
+    let run = runtime.block_on(run_ledger(
+        store.path(),
+        backend,
+        c,
+        k,
+        args.command_ids,
+        stop,
+    ))?;
+    let avg_group = (run.events as f64 / run.group_commits.max(1) as f64)
+        .round()
+        .max(1.0);
+    let record = vec![0xA5u8; run.record_bytes];
+    let raw_stop = |n_events: u64| match args.events {
+        Some(_) => Stop::Calls(run.events.div_ceil(n_events)),
+        None => Stop::At(Instant::now() + run.wall),
+    };
+    let raw_avg = raw_disk(
+        store.path(),
+        &record,
+        avg_group as u64,
+        raw_stop(avg_group as u64),
+    )?;
+    let nominal = u64::from(c) * u64::from(k);
+    let raw_nominal = raw_disk(store.path(), &record, nominal, raw_stop(nominal))?;
+    Ok(report(&args.backend, c, k, &run, &raw_avg, &raw_nominal))
 }
 
 async fn run_ledger(
@@ -298,8 +310,11 @@ async fn run_ledger(
     drop(stop_rx);
     ready.wait().await;
     let head_before = durable_head(&ledger)?;
-    let cpu_before = (procfs::process_cpu_ticks(), writer_cpu_ticks());
-    let written_before = process_write_bytes();
+    let cpu_before = (
+        procfs::process_cpu_ticks(),
+        procfs::thread_cpu_ticks("ledger-writer"),
+    );
+    let written_before = procfs::process_write_bytes();
     let start = Instant::now();
     stop_tx.send_replace(Some(stop(start)));
     go.wait().await;
@@ -308,8 +323,11 @@ async fn run_ledger(
         latencies_us.extend(done.context("writer task panicked")??);
     }
     let wall = start.elapsed();
-    let cpu_after = (procfs::process_cpu_ticks(), writer_cpu_ticks());
-    let written_after = process_write_bytes();
+    let cpu_after = (
+        procfs::process_cpu_ticks(),
+        procfs::thread_cpu_ticks("ledger-writer"),
+    );
+    let written_after = procfs::process_write_bytes();
     let head_after = durable_head(&ledger)?;
     let events = head_after.0 - head_before.0;
     ensure!(
@@ -318,10 +336,7 @@ async fn run_ledger(
         latencies_us.len()
     );
     let (group_commits, record_bytes) = count_group_commits(&ledger, head_before, head_after)?;
-    let ticks = |before: Option<u64>, after: Option<u64>| match (before, after) {
-        (Some(b), Some(a)) => (a - b) as f64 / TICKS_PER_SECOND / wall.as_secs_f64(),
-        _ => f64::NAN,
-    };
+    let ticks = |before, after| procfs::cpu_fraction(before, after, wall);
     Ok(LedgerRun {
         events,
         wall,
@@ -460,14 +475,6 @@ fn raw_disk(dir: &Path, record: &[u8], batch_events: u64, stop: Stop) -> anyhow:
     })
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn report(
     backend: &str,
     writers: u32,
@@ -490,8 +497,8 @@ fn report(
         "events": run.events,
         "wall_s": wall_s,
         "events_per_s": events_per_s,
-        "ack_p50_us": percentile(&lat, 50.0),
-        "ack_p99_us": percentile(&lat, 99.0),
+        "ack_p50_us": nearest_rank(&lat, 50.0),
+        "ack_p99_us": nearest_rank(&lat, 99.0),
         "ack_max_us": lat.last().copied().unwrap_or(0),
         "group_commits": run.group_commits,
         "commits_per_s": run.group_commits as f64 / wall_s,
@@ -506,7 +513,7 @@ fn report(
         "ratio_vs_raw_avg": events_per_s / raw_avg.events_per_s(),
         "raw_nominal_batch_events": raw_nominal.batch_events,
         "raw_nominal_events_per_s": raw_nominal.events_per_s(),
-        "raw_nominal_sync_p50_us": percentile(&raw_lat, 50.0),
+        "raw_nominal_sync_p50_us": nearest_rank(&raw_lat, 50.0),
         "ratio_vs_raw_nominal": events_per_s / raw_nominal.events_per_s(),
     })
 }
@@ -528,8 +535,8 @@ fn table_row(r: &serde_json::Value) -> String {
         r["workload"].as_str().unwrap_or("?"),
         u("writers"),
         f("events_per_s"),
-        duration_text(u("ack_p50_us")),
-        duration_text(u("ack_p99_us")),
+        fmt_us(f("ack_p50_us")),
+        fmt_us(f("ack_p99_us")),
         f("commits_per_s"),
         f("events_per_commit"),
         f("us_per_commit"),
@@ -541,19 +548,9 @@ fn table_row(r: &serde_json::Value) -> String {
         f("ratio_vs_raw_avg") * 100.0,
         u("raw_nominal_batch_events"),
         f("raw_nominal_events_per_s"),
-        duration_text(u("raw_nominal_sync_p50_us")),
+        fmt_us(f("raw_nominal_sync_p50_us")),
         f("ratio_vs_raw_nominal") * 100.0,
     )
-}
-
-fn duration_text(us: u64) -> String {
-    if us >= 10_000 {
-        format!("{:.1} ms", us as f64 / 1_000.0)
-    } else if us >= 1_000 {
-        format!("{:.2} ms", us as f64 / 1_000.0)
-    } else {
-        format!("{us} µs")
-    }
 }
 
 fn print_legend() {
@@ -567,23 +564,4 @@ fn print_legend() {
          (batch, in events of the run's record size); raw (second) = batch of C x events-per-call\n\
          events, raw sync = its p50 write+fdatasync time; ratio = ledger events/s / raw events/s."
     );
-}
-
-/// Bytes this process passed to write system calls so far (`wchar` in `/proc/self/io`).
-fn process_write_bytes() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    let line = io.lines().find(|l| l.starts_with("wchar:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// CPU ticks of the (single live) `ledger-writer` thread.
-fn writer_cpu_ticks() -> Option<u64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let task = task.ok()?.path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim_end() == "ledger-writer" {
-            return procfs::stat_ticks(&task.join("stat"));
-        }
-    }
-    None
 }

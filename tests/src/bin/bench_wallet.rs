@@ -47,7 +47,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,24 +64,16 @@ use ledger::{
     AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions, NewEvent,
     StreamAppend, Timestamp,
 };
-use ledger_tests::procfs;
+use ledger_tests::bench::fmt::mib_text;
+use ledger_tests::bench::json::emit;
+use ledger_tests::bench::rng::Rng;
+use ledger_tests::bench::stats::rounded_index;
+use ledger_tests::bench::{cores, temp_dir};
+use ledger_tests::procfs::{self, cpu_share_text};
+use ledger_tests::say;
 use projections::{ProjectionHook, SubmitError, WalletService};
 use serde_json::json;
 use tokio::task::JoinSet;
-
-/// Set by `--json`: human lines go to stderr and one JSON document to stdout.
-static JSON: AtomicBool = AtomicBool::new(false);
-
-/// A human output line: stdout, or stderr under `--json`.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        if JSON.load(Ordering::Relaxed) {
-            eprintln!($($arg)*);
-        } else {
-            println!($($arg)*);
-        }
-    };
-}
 
 /// Members per preparation append (one stream each, plus its identity stream in round 0).
 const PREP_MEMBERS_PER_APPEND: usize = 400;
@@ -205,14 +197,11 @@ enum Workload {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    JSON.store(args.json, Ordering::Relaxed);
-    let base = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::current_dir().context("current directory")?,
-    };
+    ledger_tests::bench::json::set_json_mode(args.json);
+    let base = ledger_tests::bench::base_dir(args.dir.as_deref())?;
     say!(
         "bench_wallet: {} cores ({}), RAM {}, redb backend, stores under {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores(),
         procfs::cpu_model().unwrap_or_else(|| "unknown CPU".into()),
         procfs::mem_total_text().unwrap_or_else(|| "unknown".into()),
         base.display()
@@ -221,7 +210,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    match args.workload {
+    run_workload(args.workload, &base, &runtime)
+}
+
+/// Checks the workload's arguments and runs it; its stores go in a temporary directory under
+/// `base` (or where `--store` says).
+fn run_workload(
+    workload: Workload,
+    base: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    match workload {
         Workload::Rebuild {
             events,
             members,
@@ -229,10 +228,7 @@ fn main() -> anyhow::Result<()> {
             seed,
         } => {
             ensure!(members >= 2, "--members must be at least 2");
-            let tmp = tempfile::Builder::new()
-                .prefix("bench-wallet-")
-                .tempdir_in(&base)
-                .with_context(|| format!("temp dir under {}", base.display()))?;
+            let tmp = temp_dir(base, "bench-wallet-")?;
             let dir = store.unwrap_or_else(|| tmp.path().join("store"));
             runtime.block_on(bench_rebuild(&dir, events, members, seed))
         }
@@ -247,10 +243,7 @@ fn main() -> anyhow::Result<()> {
                 "need --members >= 2 * --clients"
             );
             ensure!(seconds > 0.0, "--seconds must be positive");
-            let tmp = tempfile::Builder::new()
-                .prefix("bench-wallet-")
-                .tempdir_in(&base)
-                .with_context(|| format!("temp dir under {}", base.display()))?;
+            let tmp = temp_dir(base, "bench-wallet-")?;
             runtime.block_on(bench_commands(tmp.path(), clients, members, seconds, seed))
         }
         Workload::History {
@@ -266,10 +259,7 @@ fn main() -> anyhow::Result<()> {
             histories.push(0);
             histories.sort_unstable();
             histories.dedup();
-            let tmp = tempfile::Builder::new()
-                .prefix("bench-wallet-")
-                .tempdir_in(&base)
-                .with_context(|| format!("temp dir under {}", base.display()))?;
+            let tmp = temp_dir(base, "bench-wallet-")?;
             runtime.block_on(bench_history(
                 tmp.path(),
                 clients,
@@ -286,27 +276,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             ensure!(clients >= 1, "--clients must be at least 1");
             ensure!(seconds > 0.0, "--seconds must be positive");
-            let tmp = tempfile::Builder::new()
-                .prefix("bench-wallet-")
-                .tempdir_in(&base)
-                .with_context(|| format!("temp dir under {}", base.display()))?;
+            let tmp = temp_dir(base, "bench-wallet-")?;
             runtime.block_on(bench_hot(tmp.path(), clients, seconds, seed))
         }
         Workload::Scan { store } => bench_scan(&store),
         Workload::Digest { store, no_fold } => bench_digest(&store, no_fold),
     }
-}
-
-/// Prints the `--json` document (only under `--json`).
-fn emit(doc: serde_json::Value) -> anyhow::Result<()> {
-    if JSON.load(Ordering::Relaxed) {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    }
-    Ok(())
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,7 +327,7 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
         scan.as_secs_f64(),
         scanned as f64 / scan.as_secs_f64(),
         bytes as f64 / 1e6 / scan.as_secs_f64(),
-        fmt_kib(scan_rss)
+        mib_text(scan_rss)
     );
 
     let digest_stored = projections::digest::stored_digest(&*engine.snapshot()?)?;
@@ -361,7 +336,7 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
     let started = Instant::now();
     let report = projections::rebuild(&*engine, &mut |_| {})?;
     let wall = started.elapsed();
-    let cpu = cpu_share(cpu_before, wall);
+    let cpu = cpu_share_text(cpu_before, wall);
     let rss = procfs::vm_hwm_kib("self");
     let head = report.head.0;
     say!(
@@ -371,7 +346,7 @@ async fn bench_rebuild(dir: &Path, events: u64, members: usize, seed: u64) -> an
         report.stats.passes,
         wall.as_secs_f64(),
         head as f64 / wall.as_secs_f64(),
-        fmt_kib(rss)
+        mib_text(rss)
     );
     say!(
         "rebuild / raw scan: {:.2}x the scan time; store file {:.1} MB",
@@ -446,7 +421,7 @@ fn bench_scan(store: &Path) -> anyhow::Result<()> {
         wall.as_secs_f64(),
         scanned as f64 / wall.as_secs_f64(),
         bytes as f64 / 1e6 / wall.as_secs_f64(),
-        fmt_kib(rss)
+        mib_text(rss)
     );
     emit(json!({
         "workload": "scan",
@@ -593,7 +568,7 @@ fn bench_digest(store: &Path, no_fold: bool) -> anyhow::Result<()> {
             Some(s) => format!(
                 "fold of the log into fresh buckets {s:.2} s ({:.0} events/s, peak RSS {})",
                 head as f64 / s,
-                fmt_kib(fold_rss)
+                mib_text(fold_rss)
             ),
             None => "fold skipped (--no-fold: the stored buckets are the fresh side)".into(),
         }
@@ -649,23 +624,6 @@ fn raw_scan(engine: &dyn ledger::Engine) -> anyhow::Result<(u64, u64)> {
         from = next;
     }
     Ok((n, bytes))
-}
-
-/// splitmix64: tiny, fast, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn member_id(index: usize) -> MemberId {
@@ -995,7 +953,7 @@ async fn bench_commands(
         }
     }
     let wall = started.elapsed();
-    let cpu = cpu_share(cpu_before, wall);
+    let cpu = cpu_share_text(cpu_before, wall);
     let rss = procfs::vm_hwm_kib("self");
     let views_ok = {
         let snap = service.ledger().snapshot()?;
@@ -1010,9 +968,9 @@ async fn bench_commands(
         tally.events,
         wall.as_secs_f64(),
         tally.events as f64 / wall.as_secs_f64(),
-        percentile(&tally.latencies_us, 0.50),
-        percentile(&tally.latencies_us, 0.99),
-        fmt_kib(rss)
+        rounded_index(&tally.latencies_us, 0.50),
+        rounded_index(&tally.latencies_us, 0.99),
+        mib_text(rss)
     );
     say!(
         "                    rejected {}, coupon fallbacks to top_up {}, views at head: {views_ok}",
@@ -1032,8 +990,8 @@ async fn bench_commands(
         base.wall.as_secs_f64(),
         base.calls as f64 / base.wall.as_secs_f64(),
         base.events as f64 / base.wall.as_secs_f64(),
-        percentile(&base.latencies_us, 0.50),
-        percentile(&base.latencies_us, 0.99),
+        rounded_index(&base.latencies_us, 0.50),
+        rounded_index(&base.latencies_us, 0.99),
         base.cpu
     );
     say!(
@@ -1058,8 +1016,8 @@ async fn bench_commands(
         "seconds": wall.as_secs_f64(),
         "commands_per_s": rate,
         "events_per_s": tally.events as f64 / wall.as_secs_f64(),
-        "p50_us": percentile(&tally.latencies_us, 0.50),
-        "p99_us": percentile(&tally.latencies_us, 0.99),
+        "p50_us": rounded_index(&tally.latencies_us, 0.50),
+        "p99_us": rounded_index(&tally.latencies_us, 0.99),
         "cpu": cpu,
         "peak_rss_kib": rss,
         "views_at_head": views_ok,
@@ -1067,8 +1025,8 @@ async fn bench_commands(
         "baseline_events": base.events,
         "baseline_seconds": base.wall.as_secs_f64(),
         "baseline_calls_per_s": base_rate,
-        "baseline_p50_us": percentile(&base.latencies_us, 0.50),
-        "baseline_p99_us": percentile(&base.latencies_us, 0.99),
+        "baseline_p50_us": rounded_index(&base.latencies_us, 0.50),
+        "baseline_p99_us": rounded_index(&base.latencies_us, 0.99),
         "ratio_vs_baseline": rate / base_rate,
     }))
 }
@@ -1323,7 +1281,7 @@ async fn raw_appends(dir: &Path, clients: usize, shapes: &[u8]) -> anyhow::Resul
         events,
         wall,
         latencies_us,
-        cpu: cpu_share(cpu_before, wall),
+        cpu: cpu_share_text(cpu_before, wall),
     })
 }
 
@@ -1440,7 +1398,7 @@ impl Load {
     }
 
     fn p_ms(&self, p: f64) -> f64 {
-        percentile(&self.latencies_us, p) as f64 / 1e3
+        rounded_index(&self.latencies_us, p) as f64 / 1e3
     }
 
     /// `p_ms` to two decimals, or `-` when no command was applied.
@@ -1460,8 +1418,8 @@ impl Load {
             "seconds": self.wall.as_secs_f64(),
             "commands_per_s": self.rate(),
             "events_per_s": self.events as f64 / self.wall.as_secs_f64(),
-            "p50_us": percentile(&self.latencies_us, 0.50),
-            "p99_us": percentile(&self.latencies_us, 0.99),
+            "p50_us": rounded_index(&self.latencies_us, 0.50),
+            "p99_us": rounded_index(&self.latencies_us, 0.99),
             "failures": self.failures.json(),
             "cpu": self.cpu,
         })
@@ -1519,7 +1477,7 @@ async fn run_load(
         load.failures.merge(failures);
     }
     load.wall = started.elapsed();
-    load.cpu = cpu_share(cpu_before, load.wall);
+    load.cpu = cpu_share_text(cpu_before, load.wall);
     load.latencies_us.sort_unstable();
     Ok(load)
 }
@@ -1974,32 +1932,4 @@ async fn bench_hot(tmp: &Path, clients: usize, seconds: f64, seed: u64) -> anyho
         "target_ratio_min": HOT_TARGET_RATIO,
         "met": met,
     }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// machine and process figures
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn fmt_kib(kib: Option<u64>) -> String {
-    kib.map_or("unknown".into(), |k| {
-        format!("{:.0} MiB", k as f64 / 1024.0)
-    })
-}
-
-/// CPU used since `before` as a share of one core, e.g. `180% of one core`.
-fn cpu_share(before: Option<u64>, wall: Duration) -> String {
-    match (before, procfs::process_cpu_ticks()) {
-        (Some(a), Some(b)) => format!(
-            "{:.0}% of one core",
-            (b - a) as f64 / 100.0 / wall.as_secs_f64() * 100.0
-        ),
-        _ => "unknown".into(),
-    }
 }

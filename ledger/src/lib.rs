@@ -41,6 +41,7 @@ pub mod append;
 pub mod codec;
 pub mod domain;
 pub mod engine;
+pub mod event_log;
 pub mod ledger;
 pub mod limits;
 pub mod log;
@@ -55,6 +56,7 @@ pub mod verify;
 pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppend};
 pub use codec::{Codec, CodecError};
 pub use engine::{Durability, Engine, EngineError, Snapshot, TableChunks, WriteBatch};
+pub use event_log::EventLog;
 pub use ledger::{
     CommandAnswer, CommandError, CommandJob, CommitHook, ExpirePart, GroupHook, HookError, Ledger,
     LedgerError, LedgerOptions, Subscription,

@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::{Durability, Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+use crate::event_log::EventLog;
 use crate::ledger::CommitHook;
 use crate::log::{self, tables, CommandEntry, FORMAT_VERSION, META_FORMAT_VERSION};
 use crate::record::EventRecord;
-use crate::segments::{Frame, FrameHeader, Location, LogError, SegmentLog, SEGMENTS_DIR};
+use crate::segments::{Frame, FrameHeader, Location, LogError, SEGMENTS_DIR};
 use crate::types::{Hash, Head, Position};
 
 /// File name of the redb index engine inside a store directory.
@@ -232,18 +233,34 @@ fn parse_frame_entry(key: &[u8], value: &[u8]) -> Option<(u64, Location, u32)> {
     ))
 }
 
+/// Where a written frame is and what it spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameSpan {
+    /// Where it starts.
+    pub at: Location,
+    /// Position of its first event.
+    pub first_position: u64,
+    /// Events in it.
+    pub events: u32,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
 /// What one frame puts in the index: its stream runs, its commands, its frame entry and the new
 /// checkpoint. The one place that builds them, for the writer and for recovery alike.
 pub(crate) fn index_frame(
     batch: &mut WriteBatch,
-    at: Location,
-    header_events: u32,
-    first_position: u64,
-    frame_len: u64,
+    frame: FrameSpan,
     commands: &[(String, CommandEntry)],
     records: &[Arc<EventRecord>],
     head: Head,
 ) {
+    let FrameSpan {
+        at,
+        first_position,
+        events: header_events,
+        len: frame_len,
+    } = frame;
     for (id, entry) in commands {
         batch.put(tables::COMMANDS, id.as_bytes().to_vec(), entry.encode());
     }
@@ -299,7 +316,7 @@ pub(crate) fn index_frame(
 pub struct Store {
     dir: PathBuf,
     index: Arc<dyn Engine>,
-    log: SegmentLog,
+    log: Box<dyn EventLog>,
 }
 
 impl Store {
@@ -313,9 +330,9 @@ impl Store {
         &self.index
     }
 
-    /// The segment log.
-    pub fn log(&self) -> &SegmentLog {
-        &self.log
+    /// The event log.
+    pub fn log(&self) -> &dyn EventLog {
+        &*self.log
     }
 
     /// A consistent read view ([`Engine::snapshot`], callable without the trait in scope).
@@ -350,8 +367,8 @@ impl Store {
         hooks: &[Arc<dyn CommitHook>],
     ) -> Result<Arc<Store>, OpenError> {
         let path = dir.display().to_string();
-        let log = SegmentLog::open(&dir.join(SEGMENTS_DIR), create, true)
-            .map_err(|e| log_open_error(&path, e))?;
+        let log =
+            crate::event_log::open_segments(dir, create).map_err(|e| log_open_error(&path, e))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
@@ -463,10 +480,12 @@ impl Store {
         }
         index_frame(
             &mut batch,
-            frame.location,
-            frame.header.events,
-            frame.header.first_position,
-            frame.header.frame_len(),
+            FrameSpan {
+                at: frame.location,
+                first_position: frame.header.first_position,
+                events: frame.header.events,
+                len: frame.header.frame_len(),
+            },
             &commands,
             &records,
             at,
@@ -527,7 +546,7 @@ impl Engine for Store {
         let checkpoint = Checkpoint::read(&*index)?;
         Ok(Box::new(StoreSnapshot {
             index,
-            log: &self.log,
+            log: &*self.log,
             head: checkpoint.head.position.0,
             frame: RefCell::new(None),
         }))
@@ -613,7 +632,7 @@ fn rollback_key(id: u64) -> Vec<u8> {
 /// other table from the index engine.
 struct StoreSnapshot<'a> {
     index: Box<dyn Snapshot + 'a>,
-    log: &'a SegmentLog,
+    log: &'a dyn EventLog,
     /// The last indexed position: nothing after it is served.
     head: u64,
     /// The last whole frame read (scans read a frame once, then serve it in pieces).
@@ -641,7 +660,7 @@ impl StoreSnapshot<'_> {
 
     fn damaged(&self, position: u64, reason: &str) -> EngineError {
         EngineError::Corrupted {
-            path: self.log.dir().display().to_string(),
+            path: self.log.describe(),
             reason: format!("event at position {position}: {reason}"),
         }
     }

@@ -90,6 +90,15 @@ pub fn run(
             ledger::store::V1_REDB_FILE
         );
     }
+    if !dir.join(ledger::store::V1_REDB_FILE).exists() {
+        // The source is read from a copy taken under a shared flock of its redb file
+        // (`migrate::copy_source`); a sled directory has no such single file to lock.
+        bail!(
+            "store {} is a format-1 sled store ({}/): `migrate run segments` moves format-1 redb stores only",
+            dir.display(),
+            ledger::store::V1_SLED_DIR
+        );
+    }
     let run_id = migrate::run_id();
     let (scratch, source_copy) = migrate::fresh_scratch(dir, migration)?;
     let result =
@@ -168,7 +177,8 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Notes
     }
     bar.set_message("migrate: write segments");
     let target = ledger::store::open_engine(scratch, Create::IfMissing, backend)?;
-    let written = copy_log(&*src, &target, &source_copy.join(ORDER_FILE), &mut |n| {
+    let order = source_copy.join(ORDER_FILE);
+    let written = copy_log(&*src, &target, &order, FRAME_EVENTS, &mut |n| {
         bar.set_position(n)
     })?;
     // The frames are synced; one synced index commit makes every unsynced one before it durable.
@@ -226,11 +236,13 @@ struct Written {
 }
 
 /// Appends every record of `src` and every command entry to `target`, verbatim, in frames (see
-/// the module doc). `order_path` is a scratch file for the commands sorted by position.
+/// the module doc) cut after `frame_events` events ([`FRAME_EVENTS`]; tests cut smaller).
+/// `order_path` is a scratch file for the commands sorted by position.
 fn copy_log(
     src: &dyn Snapshot,
     target: &Store,
     order_path: &Path,
+    frame_events: usize,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Written> {
     let order = RedbEngine::open(order_path, true)?;
@@ -247,7 +259,7 @@ fn copy_log(
             break;
         }
         for r in records {
-            let full = frame.len() >= FRAME_EVENTS || frame_bytes >= FRAME_BYTES;
+            let full = frame.len() >= frame_events || frame_bytes >= FRAME_BYTES;
             // A frame holds whole commands: cut only where the next record starts another one.
             if full
                 && frame
@@ -430,5 +442,82 @@ fn compare_commands(src: &dyn Snapshot, dst: &dyn Snapshot) -> anyhow::Result<Co
             }
         ));
         return Ok(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::Hash;
+
+    /// A copy of the committed format-1 fixture (2,774 events, layout-1 views).
+    fn fixture(tmp: &Path) -> std::path::PathBuf {
+        let dir = tmp.join("v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-store/ledger.redb");
+        std::fs::copy(file, dir.join(ledger::store::V1_REDB_FILE)).unwrap();
+        dir
+    }
+
+    // Proves the copy in small frames (cut only between commands) gives a format-2 log that
+    // verifies, with the source's head and every command entry; and that `append_verbatim`
+    // refuses, writing nothing, a record that does not continue the head, a record whose bytes
+    // do not match its hash, and a command outside the frame.
+    #[test]
+    fn copy_in_small_frames_keeps_the_chain_and_commands_and_verbatim_refuses_strangers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, backend) = ledger::store::open_v1_engine(&fixture(tmp.path())).unwrap();
+        let src = source.snapshot().unwrap();
+        let target =
+            ledger::store::open_engine(&tmp.path().join("v2"), Create::IfMissing, backend).unwrap();
+        let written = copy_log(
+            &*src,
+            &target,
+            &tmp.path().join(ORDER_FILE),
+            100,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(written.events, 2_774);
+        assert!(written.frames >= 27, "{written:?}");
+        let dst = target.snapshot().unwrap();
+        let verified = ledger::verify::verify(&*dst, &mut |_| {}).unwrap();
+        assert_eq!(verified.failure, None);
+        let (src_head, last) = log::read_head(&*src).unwrap();
+        assert_eq!(verified.head, src_head);
+        let commands = compare_commands(&*src, &*dst).unwrap();
+        assert_eq!(commands.failures, Vec::<String>::new());
+        assert_eq!(commands.compared, written.commands);
+        drop(dst);
+
+        let end = target.log().end();
+        let mut stranger = last.unwrap();
+        stranger.position = src_head.position.next();
+        stranger.prev_hash = Hash::GENESIS;
+        let err = target
+            .append_verbatim(&[stranger.clone()], &[])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not continue the head"),
+            "{err}"
+        );
+        stranger.prev_hash = src_head.hash;
+        let err = target
+            .append_verbatim(&[stranger.clone()], &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match its hash"), "{err}");
+        let entry = CommandEntry {
+            first_position: Position(1),
+            count: 1,
+            fingerprint: [0; 32],
+        };
+        let err = target
+            .append_verbatim(&[], &[("late".to_owned(), entry)])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not belong in a frame"),
+            "{err}"
+        );
+        assert_eq!(target.log().end(), end, "a refused append wrote");
     }
 }

@@ -634,6 +634,60 @@ fn segments_migration_refuses_when_an_old_view_differs_from_the_log() {
     assert!(siblings(&store, ".migrating-").is_empty());
 }
 
+// Proves kill -9 at random points of `migrate run segments` (copy, frames, rebuild, gate,
+// migration event, cut-over, report) leaves either the format-1 store byte for byte or the
+// migrated one whole (verify, check and the old binary's export), never anything between; the
+// re-run succeeds.
+#[test]
+fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = layout1_store(tmp.path());
+    let original = redb_bytes(&store);
+    let started = Instant::now();
+    ok(&store, &["migrate", "run", "segments", "--dry-run"]);
+    let span_ms = started.elapsed().as_millis().max(50) as u64;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut migrated = 0;
+    for i in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay_ms = seed % (span_ms + span_ms / 4);
+        let mut child = command(&store, &["migrate", "run", "segments"])
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+        child.wait().expect("reap");
+        // Any command first finishes a cut-over the kill interrupted (the journal).
+        let v = run(&store, &["verify"]);
+        if store.join("ledger.redb").exists() {
+            assert_eq!(v.code, 2, "iteration {i} after {delay_ms} ms: {}", v.stderr);
+            assert!(
+                redb_bytes(&store) == original,
+                "iteration {i}: source changed"
+            );
+            assert_eq!(entries(&store), ["ledger.redb"], "iteration {i}");
+            continue;
+        }
+        migrated += 1;
+        assert_eq!(v.code, 0, "iteration {i} after {delay_ms} ms: {}", v.stderr);
+        ok(&store, &["check"]);
+        assert!(
+            export(&store) == fixture_text("v1-export.jsonl"),
+            "iteration {i}"
+        );
+        ok(&store, &["migrate", "rollback"]);
+        assert!(redb_bytes(&store) == original, "iteration {i}: rollback");
+    }
+    eprintln!("{migrated} of 10 kills came after the cut-over");
+    ok(&store, &["migrate", "run", "segments"]);
+    ok(&store, &["check"]);
+    assert!(export(&store) == fixture_text("v1-export.jsonl"));
+    assert!(siblings(&store, ".migrating-").is_empty());
+    assert!(!tmp.path().join("store.cutover").exists());
+}
+
 // Proves `migrate run segments` on a store already in format 2 does nothing and says why (exit 2).
 #[test]
 fn segments_migration_refuses_a_format2_store() {

@@ -770,14 +770,15 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
         }
     };
     let mut batch = std::mem::take(&mut plan.batch);
+    let place = store::FramePlace {
+        at,
+        first_position: first,
+        events: plan.frame.events(),
+        len: bytes.len() as u64,
+    };
     store::index_frame(
         &mut batch,
-        store::FrameSpan {
-            at,
-            first_position: first,
-            events: plan.frame.events(),
-            len: bytes.len() as u64,
-        },
+        place,
         &plan.recorded,
         &plan.records,
         plan.state.head,

@@ -63,7 +63,9 @@ pub use ledger::{
 };
 pub use log::ReadError;
 pub use record::{EventRecord, RecordError, RecordView};
-pub use store::{open_engine, open_store, Backend, Checkpoint, Create, Guard, OpenError, Store};
+pub use store::{
+    open_engine, open_store, Backend, Checkpoint, Create, Guard, OpenError, Store, VerbatimError,
+};
 pub use timestamp::{Timestamp, TimestampError};
 pub use types::{ExpectedVersion, Hash, Head, Position, StreamVersion};
 pub use verify::{VerifyFailure, VerifyReport};

@@ -29,6 +29,10 @@ pub const MAX_APPENDS_PER_COMMIT: usize = 4_096;
 pub const GROUP_GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(150);
 /// Capacity of the writer's queue; callers wait (back-pressure) when it is full.
 pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
+/// Most events in one frame appended verbatim (`Store::append_verbatim`, the migration from
+/// format 1): the migration cuts its frames after a few thousand events, but only between two
+/// commands (a frame holds whole commands), so a frame is that plus at most one whole command.
+pub const MAX_VERBATIM_EVENTS: usize = 2 * MAX_EVENTS_PER_APPEND;
 /// Most events a single read call returns.
 pub const MAX_READ_EVENTS: usize = 100_000;
 /// Events the writer indexes between two synced index commits (checkpoints). Bounds the log

@@ -20,6 +20,7 @@
 //! A format-1 store (a directory with `ledger.redb`, events inside redb) is refused with the
 //! command that migrates it (`migrate-tool migrate run segments`).
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,10 @@ use crate::event_log::EventLog;
 use crate::ledger::CommitHook;
 use crate::log::{self, tables, CommandEntry, FORMAT_VERSION, META_FORMAT_VERSION};
 use crate::record::EventRecord;
-use crate::segments::{Frame, FrameHeader, Location, LogError, SEGMENTS_DIR};
+use crate::segments::{
+    Frame, FrameBuilder, FrameHeader, Location, LogError, SegmentLog, FRAME_HEADER_BYTES,
+    MAX_FRAME_PAYLOAD, SEGMENTS_DIR,
+};
 use crate::types::{Hash, Head, Position};
 
 /// File name of the redb index engine inside a store directory.
@@ -96,6 +100,47 @@ pub enum OpenError {
     /// I/O failure.
     #[error("cannot open store {path}: {reason}")]
     Io { path: String, reason: String },
+}
+
+/// Why [`Store::append_verbatim`] wrote nothing, or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerbatimError {
+    /// The records or commands do not continue the log as it stands (the values are named).
+    #[error("verbatim append refused: {reason}")]
+    Refused { reason: String },
+    /// Writing the frame failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Reading or committing the index failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The raw engine of a format-1 store in `dir` and the backend it uses, for the migration to
+/// format 2 (`migrate run segments`) only. Everything of a format-1 store is inside it: its
+/// snapshots have a real `events` table, so reads by position ([`log::read_all`],
+/// [`log::read_head`]) work, and the views and the `commands` table are as format 2 has them;
+/// its `stream_index` has one entry per event (stream, 0x00, version -> position u64 LE),
+/// which this build's stream reads ([`log::read_stream`]) do not parse. The engine opens its
+/// file as any writer does (redb rewrites header bytes even to read): open a copy.
+pub fn open_v1_engine(dir: &Path) -> Result<(Arc<dyn Engine>, Backend), OpenError> {
+    let path = dir.display().to_string();
+    if dir.join(V1_REDB_FILE).exists() {
+        let engine = crate::engine::redb::RedbEngine::open(&dir.join(V1_REDB_FILE), false)
+            .map_err(|e| map_engine_error(&path, e))?;
+        return Ok((Arc::new(engine), Backend::Redb));
+    }
+    #[cfg(feature = "sled")]
+    if dir.join(V1_SLED_DIR).exists() {
+        let engine = crate::engine::sled::SledEngine::open(&dir.join(V1_SLED_DIR))
+            .map_err(|e| map_engine_error(&path, e))?;
+        return Ok((Arc::new(engine), Backend::Sled));
+    }
+    Err(OpenError::NotAStore {
+        path,
+        reason: format!("it holds no format-1 store ({V1_REDB_FILE} or {V1_SLED_DIR})"),
+    })
 }
 
 /// Which index engine a format-2 directory holds, if any.
@@ -233,16 +278,16 @@ fn parse_frame_entry(key: &[u8], value: &[u8]) -> Option<(u64, Location, u32)> {
     ))
 }
 
-/// Where a written frame is and what it spans.
+/// Where a frame was written and what its header says: what [`index_frame`] indexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameSpan {
-    /// Where it starts.
+pub(crate) struct FramePlace {
+    /// Where the frame starts.
     pub at: Location,
-    /// Position of its first event.
+    /// Position of its first event (the head + 1 for a frame without events).
     pub first_position: u64,
     /// Events in it.
     pub events: u32,
-    /// Its length in bytes.
+    /// Bytes of the whole frame (header and payload).
     pub len: u64,
 }
 
@@ -250,12 +295,12 @@ pub struct FrameSpan {
 /// checkpoint. The one place that builds them, for the writer and for recovery alike.
 pub(crate) fn index_frame(
     batch: &mut WriteBatch,
-    frame: FrameSpan,
+    frame: FramePlace,
     commands: &[(String, CommandEntry)],
-    records: &[Arc<EventRecord>],
+    records: &[impl Borrow<EventRecord>],
     head: Head,
 ) {
-    let FrameSpan {
+    let FramePlace {
         at,
         first_position,
         events: header_events,
@@ -266,7 +311,7 @@ pub(crate) fn index_frame(
     }
     let mut run: Option<(usize, usize)> = None;
     let flush = |batch: &mut WriteBatch, from: usize, to: usize| {
-        let first = &records[from];
+        let first: &EventRecord = records[from].borrow();
         batch.put(
             tables::STREAM_INDEX,
             log::stream_key(&first.stream, first.version),
@@ -278,9 +323,11 @@ pub(crate) fn index_frame(
         );
     };
     for (i, r) in records.iter().enumerate() {
+        let r: &EventRecord = r.borrow();
+        let prev = |to: usize| -> &EventRecord { records[to].borrow() };
         run = match run {
             Some((from, to))
-                if records[to].stream == r.stream && records[to].version.0 + 1 == r.version.0 =>
+                if prev(to).stream == r.stream && prev(to).version.0 + 1 == r.version.0 =>
             {
                 Some((from, i))
             }
@@ -294,16 +341,16 @@ pub(crate) fn index_frame(
     if let Some((from, to)) = run {
         flush(batch, from, to + 1);
     }
-    if header_events > 0 {
+    if frame.events > 0 {
         batch.put(
             tables::FRAMES,
-            frame_key(first_position).to_vec(),
-            frame_value(at, header_events),
+            frame_key(frame.first_position).to_vec(),
+            frame_value(frame.at, frame.events),
         );
     }
     let end = Location {
-        segment: at.segment,
-        offset: at.offset + frame_len,
+        segment: frame.at.segment,
+        offset: frame.at.offset + frame.len,
     };
     batch.put(
         tables::META,
@@ -357,6 +404,113 @@ impl Store {
         durability: Durability,
     ) -> Result<(), EngineError> {
         self.index.commit_with(batch, durability)
+    }
+
+    /// Appends records sealed elsewhere, byte for byte (same positions, hashes, event ids, times
+    /// and command ids), as one frame holding them and `commands` (every command entry the
+    /// frame records, including commands that appended no events), then indexes the frame
+    /// ([`index_frame`], as the writer does) with an unsynced index commit: the caller makes the
+    /// index durable with a synced [`Store::commit`] when it is done.
+    ///
+    /// For the migration from format 1, which moves a log into a new store with nothing else
+    /// writing it: no ledger writer may run on this store meanwhile. Refused, with nothing
+    /// written: a record that does not continue the chain at the head (position, previous
+    /// hash) or whose hash does not recompute; a command whose entry lies outside the frame's
+    /// positions; more than [`crate::limits::MAX_VERBATIM_EVENTS`] events or
+    /// [`MAX_FRAME_PAYLOAD`] bytes; an index that is not at the end of the log. Returns the
+    /// new head.
+    pub fn append_verbatim(
+        &self,
+        records: &[EventRecord],
+        commands: &[(String, CommandEntry)],
+    ) -> Result<Head, VerbatimError> {
+        let refused = |reason: String| VerbatimError::Refused { reason };
+        if records.is_empty() && commands.is_empty() {
+            return Err(refused("nothing to append".into()));
+        }
+        if records.len() > crate::limits::MAX_VERBATIM_EVENTS {
+            return Err(refused(format!(
+                "{} events in one frame; at most {}",
+                records.len(),
+                crate::limits::MAX_VERBATIM_EVENTS
+            )));
+        }
+        let checkpoint = Checkpoint::read(&*self.index.snapshot()?)?;
+        if checkpoint.end != self.log.end() {
+            return Err(refused(format!(
+                "the index is at {} but the log ends at {}: another writer ran",
+                checkpoint.end,
+                self.log.end()
+            )));
+        }
+        let first = checkpoint.head.position.next();
+        let mut builder = FrameBuilder::new(first);
+        let mut payload_bytes = 0u64;
+        let mut head = checkpoint.head;
+        for r in records {
+            if r.position != head.position.next() || r.prev_hash != head.hash {
+                return Err(refused(format!(
+                    "the record at position {} (previous hash {}) does not continue the head {} ({})",
+                    r.position, r.prev_hash, head.position, head.hash
+                )));
+            }
+            let bytes = r.encode();
+            if EventRecord::stored_hash(&bytes, &r.prev_hash) != r.hash {
+                return Err(refused(format!(
+                    "the record at position {} does not match its hash {}: not a sealed record",
+                    r.position, r.hash
+                )));
+            }
+            payload_bytes += 4 + bytes.len() as u64;
+            if payload_bytes > u64::from(MAX_FRAME_PAYLOAD) {
+                return Err(refused(format!(
+                    "the frame would exceed {MAX_FRAME_PAYLOAD} bytes at position {}",
+                    r.position
+                )));
+            }
+            builder.push_record(&bytes);
+            head = Head {
+                position: r.position,
+                hash: r.hash,
+            };
+        }
+        for (id, entry) in commands {
+            // A command's events lie in the frame; one without events was recorded at the head
+            // + 1 of its time, which is in the frame or just after its last event.
+            let end = entry.first_position.0 + u64::from(entry.count.max(1)) - 1;
+            let inside = entry.first_position >= first && end <= head.position.0.max(first.0);
+            let inside =
+                inside || (entry.count == 0 && entry.first_position == head.position.next());
+            if !inside || id.is_empty() || id.len() > usize::from(u8::MAX) {
+                return Err(refused(format!(
+                    "command {id:?} (first position {}, {} events) does not belong in a frame of positions {first}..={}",
+                    entry.first_position, entry.count, head.position
+                )));
+            }
+            payload_bytes += 1 + id.len() as u64 + 44;
+            builder.push_command(id, entry);
+        }
+        if payload_bytes > u64::from(MAX_FRAME_PAYLOAD) {
+            return Err(refused(format!(
+                "the frame would exceed {MAX_FRAME_PAYLOAD} bytes"
+            )));
+        }
+        let frame = builder.encode();
+        debug_assert_eq!(
+            frame.len() as u64,
+            FRAME_HEADER_BYTES as u64 + payload_bytes
+        );
+        let at = self.log.append(&frame, first.0)?;
+        let mut batch = WriteBatch::new();
+        let place = FramePlace {
+            at,
+            first_position: first.0,
+            events: builder.events(),
+            len: frame.len() as u64,
+        };
+        index_frame(&mut batch, place, commands, records, head);
+        self.index.commit_with(batch, Durability::Unsynced)?;
+        Ok(head)
     }
 
     /// Opens the store on an already open index engine (tests wrap engines this way).
@@ -478,18 +632,13 @@ impl Store {
                 g.finish(&mut batch).map_err(Recovery::other)?;
             }
         }
-        index_frame(
-            &mut batch,
-            FrameSpan {
-                at: frame.location,
-                first_position: frame.header.first_position,
-                events: frame.header.events,
-                len: frame.header.frame_len(),
-            },
-            &commands,
-            &records,
-            at,
-        );
+        let place = FramePlace {
+            at: frame.location,
+            first_position: frame.header.first_position,
+            events: frame.header.events,
+            len: frame.header.frame_len(),
+        };
+        index_frame(&mut batch, place, &commands, &records, at);
         self.index
             .commit_with(batch, Durability::Unsynced)
             .map_err(Recovery::other)?;

@@ -277,6 +277,18 @@ pub fn verify(
     }
 }
 
+/// The log alone, without its indexes: positions 1..=head without a gap, every record parses,
+/// carries its position, links to the previous hash and recomputes its own, event ids
+/// increase. For a format-1 log (the source of `migrate run segments`), whose stream index has
+/// one entry per event where this build reads runs: the migration builds the indexes anew from
+/// the log and verifies them, with [`verify`], on the new store.
+pub fn verify_chain(
+    snap: &dyn Snapshot,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
+    Ok(run_pass(snap, progress, Some(Sums::default()))?.0)
+}
+
 /// The precise pass alone: index lookups per event (slower; names the first bad position).
 pub fn verify_precise(
     snap: &dyn Snapshot,

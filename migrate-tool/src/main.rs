@@ -13,7 +13,8 @@
 //! - [`expire`]: `expire`, the nightly `expire` without a member over the whole store.
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
-//!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report.
+//!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report;
+//!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves.
 //! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
 //!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
@@ -32,6 +33,7 @@ mod migrate;
 mod migrate_copy;
 mod migrate_report;
 mod migrate_rows;
+mod migrate_segments;
 mod output;
 mod read;
 mod reset;

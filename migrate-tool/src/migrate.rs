@@ -65,6 +65,8 @@ pub enum Kind {
     ResetCredentials,
     /// Views only: layout 1 (one value per member) -> layout 2 (rows); the log is untouched.
     Rows,
+    /// Storage format 1 (events inside redb) -> 2 (segment files): every record byte for byte.
+    Segments,
 }
 
 /// A named migration and what it declares it changes.
@@ -120,6 +122,16 @@ pub const MIGRATIONS: &[Migration] = &[
             "system-migrations: +1 system.migration_applied event",
         ],
         kind: Kind::Rows,
+    },
+    Migration {
+        name: "segments",
+        summary: "move a format-1 store (events inside redb) to format 2 (events in segment files, redb for indexes and views); every record kept byte for byte; views rebuilt in layout 2",
+        declares: &[
+            "storage format 1 -> 2: the same records, byte for byte (positions, hashes, event ids, times, command ids), now in segment frames; every command entry kept; stream index rebuilt as runs",
+            "views rebuilt in layout 2 (a layout-1 source is compared as `rows` compares it: its old views decoded, in digest definition 2); export byte-identical",
+            "system-migrations: +1 system.migration_applied event",
+        ],
+        kind: Kind::Segments,
     },
     Migration {
         name: "reset-credentials",
@@ -188,6 +200,10 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
     if migration.kind == Kind::ResetCredentials {
         bail!("run this migration as `migrate-tool reset-credentials` (it appends in place)");
     }
+    if migration.kind == Kind::Segments {
+        return crate::migrate_segments::run(dir, migration, opts, out);
+    }
+    refuse_format_1(dir, migration)?;
     if migration.kind == Kind::Rows {
         return crate::migrate_rows::run(dir, migration, opts, out);
     }
@@ -215,6 +231,28 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
         started,
     );
     conclude(dir, lock, migration, opts, report, &scratch, out)
+}
+
+/// Every migration but `segments` needs a format-2 store: this build cannot write format 1.
+/// Exit 2 naming `migrate run segments` (which moves layout-1 views to layout 2 as well, so it
+/// replaces `rows` on such a store).
+fn refuse_format_1(dir: &Path, migration: &Migration) -> anyhow::Result<()> {
+    if !ledger::store::is_v1_store(dir) {
+        return Ok(());
+    }
+    if migration.kind == Kind::Rows {
+        bail!(
+            "store {} is in format 1 (events inside redb), which this build cannot write: run `migrate-tool --store {} migrate run segments` instead, which moves its log to format 2 and its views to layout 2 under one gate",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Err(ledger::OpenError::OlderFormat {
+        path: dir.display().to_string(),
+        found: 1,
+        supported: ledger::log::FORMAT_VERSION,
+    }
+    .into())
 }
 
 /// The end of every `migrate run`, after its gate: applied (gate passed, not a dry run), the
@@ -278,7 +316,12 @@ pub(crate) fn fresh_scratch(
 /// migration reads a copy. A shared flock on the source file during the copy keeps any writer
 /// (redb takes an exclusive one) from opening it meanwhile, so the copy is of a closed file.
 pub(crate) fn copy_source(dir: &Path, to: &Path) -> anyhow::Result<()> {
-    let file_path = dir.join(ledger::store::REDB_FILE);
+    let file_name = if ledger::store::is_v1_store(dir) {
+        ledger::store::V1_REDB_FILE
+    } else {
+        ledger::store::REDB_FILE
+    };
+    let file_path = dir.join(file_name);
     let file = std::fs::File::open(&file_path).with_context(|| {
         format!(
             "no store at {} (cannot open {})",

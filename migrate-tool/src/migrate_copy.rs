@@ -83,7 +83,7 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
             };
             Ok((r.codec, 1, r.codec.encode(&v1)?))
         }
-        Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows => {
+        Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows | Kind::Segments => {
             Ok((r.codec, r.schema_version, r.payload.clone()))
         }
         Kind::Recode => {
@@ -329,7 +329,7 @@ fn declared(kind: Kind, s: &EventRecord) -> (Codec, u16) {
             (s.codec, current)
         }
         Kind::Downcast if is_paid_v2(s) => (s.codec, 1),
-        Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows => {
+        Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows | Kind::Segments => {
             (s.codec, s.schema_version)
         }
         Kind::Recode => (Codec::Postcard, s.schema_version),

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use ledger::domain::{MemberId, WalletState};
 use ledger::engine::TableChunks;
-use ledger::{Create, Snapshot, WriteBatch};
+use ledger::{Create, Snapshot, VerifyReport, WriteBatch};
 use projections::check::{Invariant, HASH_CHAIN, VIEWS_MATCH_LOG};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{fold_log, AsOf, FoldOptions};
@@ -82,7 +82,8 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Expor
     let bar = output::progress(None, "gate: before (layout 1)");
     let source = store::open_existing(source_copy)?;
     let src = source.snapshot()?;
-    let (before, old) = before_layout1(&*src, &mut |n| bar.set_position(n))?;
+    let verified = ledger::verify::verify(&*src, &mut |n| bar.set_position(n))?;
+    let (before, old) = before_layout1(&*src, &verified, &mut |n| bar.set_position(n))?;
     let gate = Gate::begin("migration", before);
     if let Some(refusal) = gate.refusal() {
         bar.finish_and_clear();
@@ -129,12 +130,14 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Expor
 }
 
 /// The layout-1 side: its figures in this build's digest definition (see the module doc), and
-/// what the report records of it.
-fn before_layout1(
+/// what the report records of it. `verified` is the caller's verification of the same log (of
+/// a format-1 log, `migrate run segments` can verify the chain only: its stream index is not in
+/// this build's format). Shared by `rows` and `segments`, which moves layout-1 views too.
+pub(crate) fn before_layout1(
     snap: &dyn Snapshot,
+    verified: &VerifyReport,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<(Figures, serde_json::Value)> {
-    let verified = ledger::verify::verify(snap, progress)?;
     let mut chain = Invariant::new(HASH_CHAIN);
     if let Some(f) = &verified.failure {
         chain.fail(format!("position {}: {}", f.position, f.reason));
@@ -211,7 +214,7 @@ fn before_layout1(
 }
 
 /// BLAKE3 over the `export` lines of the stored (layout 2) views, and how many there are.
-fn export_of_rows(snap: &dyn Snapshot) -> anyhow::Result<(String, u64)> {
+pub(crate) fn export_of_rows(snap: &dyn Snapshot) -> anyhow::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut members = 0u64;
     views::for_each_shown(snap, &mut |shown| {
@@ -225,7 +228,7 @@ fn export_of_rows(snap: &dyn Snapshot) -> anyhow::Result<(String, u64)> {
 
 /// The old views as a side of the gate: wallets decoded from `view_wallet`; their member hashes
 /// in this build's definition (the stored ones are definition 1, not comparable).
-struct Layout1Views<'a>(&'a dyn Snapshot);
+pub(crate) struct Layout1Views<'a>(pub(crate) &'a dyn Snapshot);
 
 impl Side for Layout1Views<'_> {
     fn bucket_members(&self, _: u16) -> Result<Option<BucketEntries>, ProjectionError> {

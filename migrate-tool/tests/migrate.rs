@@ -446,99 +446,135 @@ fn fixture_text(name: &str) -> String {
     .unwrap()
 }
 
-// Proves a store written before rows is refused by every command that reads or writes its views
-// (exit 2, naming the migration to run), and that nothing was written by trying.
+/// Names of the entries of a store directory, sorted.
+fn entries(store: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+// Proves a format-1 store is refused by every command of this build, readers and writers alike
+// (exit 2, naming `migrate run segments`), `migrate run rows` included (it names `segments`
+// instead), and that nothing was written by trying: this build never opens the format-1 file.
 #[test]
-fn a_layout1_store_is_refused_with_the_migration_to_run() {
+fn a_format1_store_is_refused_naming_migrate_run_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
+    let original = redb_bytes(&store);
     for args in [
         &["show", "m1"][..],
         &["export"],
         &["digest"],
+        &["log", "--limit", "1"],
+        &["verify"],
+        &["check"],
         &["import", "-"],
+        &["rebuild"],
+        &["demo", "--members", "1"],
+        &["migrate", "status"],
+        &["migrate", "run", "upcast"],
     ] {
         let r = run(&store, args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(
-            r.stderr.contains(
-                "the views of this store are in layout 1, this build reads layout 2: run `migrate-tool migrate run rows`"
-            ),
+            r.stderr.contains("is in format 1 (events inside redb)")
+                && r.stderr.contains(&format!(
+                    "migrate it with `migrate-tool --store {} migrate run segments`",
+                    store.display()
+                )),
             "{args:?}: {}",
             r.stderr
         );
     }
-    // The log itself is readable whatever the views' layout, and nothing was written: the head
-    // and the layout are as the old binary left them. (Bytes cannot be compared: even a read-only
-    // redb session rewrites its file header.)
-    let verified = json(&ok(&store, &["verify", "--json"]).stdout);
-    assert_eq!(verified["head"], 2774, "{verified}");
-    let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
-    let snap = engine.snapshot().unwrap();
-    assert_eq!(views::stored_layout(&*snap).unwrap(), Some(1));
-    assert_eq!(
-        snap.scan(
-            views::tables::ROWS,
-            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
-            1
-        )
-        .unwrap()
-        .len(),
-        0,
-        "a refused command wrote wallet rows"
+    let rows = run(&store, &["migrate", "run", "rows"]);
+    assert_eq!(rows.code, 2, "{}", rows.stderr);
+    assert!(
+        rows.stderr
+            .contains("which this build cannot write: run `migrate-tool --store")
+            && rows.stderr.contains("migrate run segments` instead"),
+        "{}",
+        rows.stderr
     );
+    assert!(redb_bytes(&store) == original, "a refused command wrote");
+    assert_eq!(entries(&store), ["ledger.redb"]);
 }
 
-// Proves `migrate run rows` moves a layout-1 store to rows under the gate: the dry run leaves the
-// file byte-identical; the run exports byte-identically to what the old binary exported, every
-// invariant holds after, the report records both digests (the old binary's, and the new
-// definition's) and the migration event; `migrate rollback` restores the old file byte for byte.
+// Proves `migrate run segments` moves the format-1 fixture (layout-1 views) to format 2 under the
+// gate: the dry run leaves the file byte-identical; the run keeps the head position and head hash
+// (every record byte for byte), every command entry, exports byte-identically to what the old
+// binary exported, and every invariant holds after (verify and check); the report records the old
+// binary's digest (definition 1) beside the gate's, both export hashes and the migration event;
+// the moved store takes writes; `migrate rollback` restores the format-1 file byte for byte.
 #[test]
-fn rows_migration_keeps_every_wallet_and_records_both_digests() {
+fn segments_migration_moves_the_v1_fixture_keeping_every_record_and_wallet() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
     let original = redb_bytes(&store);
-    let dry = ok(&store, &["migrate", "run", "rows", "--dry-run", "--json"]);
+    let dry = ok(
+        &store,
+        &["migrate", "run", "segments", "--dry-run", "--json"],
+    );
     assert_eq!(json(&dry.stdout)["content"]["ok"], true, "{}", dry.stdout);
     assert!(
         redb_bytes(&store) == original,
         "the dry run touched the store"
     );
+    assert_eq!(entries(&store), ["ledger.redb"]);
+    assert!(siblings(&store, ".migrating-").is_empty());
 
-    let r = ok(&store, &["migrate", "run", "rows", "--json"]);
+    let r = ok(&store, &["migrate", "run", "segments", "--json"]);
     let doc = json(&r.stdout);
     let c = &doc["content"];
     assert_eq!(c["ok"], true, "{}", r.stdout);
-    // The old binary's digest is recorded; the gate compares both sides in this build's
-    // definition (the old views decoded and hashed as rows), so its digest is unchanged.
-    let old_digest = fixture_text("v1-digest.txt");
-    assert_eq!(c["old_views"]["digest"], old_digest.trim());
-    assert_eq!(c["old_views"]["digest_definition"], 1);
-    assert_eq!(c["new_views"]["digest_definition"], 2);
-    assert_ne!(c["after"]["digest"], c["old_views"]["digest"]);
+    assert_eq!(c["before"]["head"], 2774);
+    assert_eq!(c["after"]["head"], 2774);
+    assert_eq!(c["before"]["head_hash"], c["after"]["head_hash"]);
+    assert_eq!(c["head_hash_changed"], false);
     assert_eq!(c["digest_unchanged"], true);
     assert_eq!(c["before"]["digest"], c["after"]["digest"]);
-    assert_eq!(
-        c["old_views"]["export_blake3"],
-        c["new_views"]["export_blake3"]
-    );
-    assert_eq!(c["differing_members"], 0);
-    assert_eq!(c["before"]["head_hash"], c["after"]["head_hash"]);
     assert_eq!(c["before"]["members"], 302);
     assert_eq!(c["after"]["members"], 302);
+    assert_eq!(c["differing_members"], 0);
+    let old_digest = fixture_text("v1-digest.txt");
+    assert_eq!(c["source"]["format"], 1);
+    assert_eq!(c["source"]["views"]["layout"], 1);
+    assert_eq!(c["source"]["views"]["digest"], old_digest.trim());
+    assert_eq!(c["source"]["views"]["digest_definition"], 1);
+    assert_eq!(c["target"]["format"], 2);
+    assert_eq!(c["target"]["views"]["digest_definition"], 2);
+    assert_eq!(
+        c["source"]["views"]["export_blake3"],
+        c["target"]["views"]["export_blake3"]
+    );
+    assert_eq!(c["target"]["events_written"], 2774);
+    assert_eq!(
+        c["target"]["commands_written"],
+        c["target"]["commands_compared"]
+    );
+    assert!(c["target"]["commands_written"].as_u64().unwrap() >= 2774 / 4);
     let event = doc["migration_event_position"].as_u64().unwrap();
-    assert_eq!(event, c["before"]["head"].as_u64().unwrap() + 1);
+    assert_eq!(event, 2775);
+    let kept = PathBuf::from(doc["kept"].as_str().unwrap());
+    assert!(std::fs::read(kept.join("ledger.redb")).unwrap() == original);
+    assert_eq!(entries(&store), ["index.redb", "segments"]);
 
-    let export = ok(&store, &["export"]).stdout;
     assert!(
-        export == fixture_text("v1-export.jsonl"),
+        export(&store) == fixture_text("v1-export.jsonl"),
         "export after the migration differs from the old binary's"
     );
+    let verified = json(&ok(&store, &["verify", "--json"]).stdout);
+    assert_eq!(verified["head"], 2775, "{verified}");
     let check = ok(&store, &["check", "--json"]);
     assert_eq!(json(&check.stdout)["ok"], true, "{}", check.stdout);
     let digest = ok(&store, &["digest"]).stdout;
     assert_eq!(digest.trim(), c["after"]["digest"].as_str().unwrap());
-    // Commands work on the moved store.
+    // The log is the old one plus the migration event: position 1 reads as before.
+    let first = json(&ok(&store, &["log", "--limit", "1", "--json"]).stdout);
+    assert!(first.to_string().contains("\"position\":1"), "{first}");
+    // Commands work on the moved store; a retried command id of the old log is a duplicate.
     let mut import = command(&store, &["import", "-"]);
     import.stdin(Stdio::piped());
     let mut child = import.spawn().unwrap();
@@ -547,7 +583,7 @@ fn rows_migration_keeps_every_wallet_and_records_both_digests() {
         .stdin
         .take()
         .unwrap()
-        .write_all(br#"{"id":"after-rows-1","type":"top_up","member":"m1","amount":1}"#)
+        .write_all(br#"{"id":"after-segments-1","type":"top_up","member":"m1","amount":1}"#)
         .unwrap();
     assert!(child.wait().unwrap().success());
 
@@ -558,16 +594,16 @@ fn rows_migration_keeps_every_wallet_and_records_both_digests() {
     );
 }
 
-// Proves the gate refuses a layout-1 store whose stored view of m1 is not what the log folds to
-// (the export of the old views is the "before"): exit 1, m1's difference named by the export
-// comparison, the store byte-identical.
+// Proves the gate refuses a format-1 store whose stored (layout-1) view of m1 is not what the log
+// folds to: exit 1, the export difference named, the store byte-identical, no scratch left.
 #[test]
-fn rows_migration_refuses_when_an_old_view_differs_from_the_log() {
+fn segments_migration_refuses_when_an_old_view_differs_from_the_log() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
     {
-        let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
-        let snap = engine.snapshot().unwrap();
+        let engine =
+            ledger::engine::redb::RedbEngine::open(&store.join("ledger.redb"), false).unwrap();
+        let snap = ledger::Engine::snapshot(&engine).unwrap();
         let bytes = snap.get(views::tables::WALLETS_V1, b"m1").unwrap().unwrap();
         let mut state = views::decode_state_v1("m1", &bytes).unwrap();
         drop(snap);
@@ -578,18 +614,96 @@ fn rows_migration_refuses_when_an_old_view_differs_from_the_log() {
         value.extend(ledger::Codec::Bincode2.encode(&state).unwrap());
         let mut batch = WriteBatch::new();
         batch.put(views::tables::WALLETS_V1, b"m1".to_vec(), value);
-        engine.commit(batch).unwrap();
+        ledger::Engine::commit(&engine, batch).unwrap();
     }
     let damaged = redb_bytes(&store);
-    let r = run(&store, &["migrate", "run", "rows", "--json"]);
+    let r = run(&store, &["migrate", "run", "segments", "--json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let doc = json(&r.stdout);
     let failures = doc["content"]["failures"].to_string();
     assert!(failures.contains("export differs"), "{failures}");
     assert!(
+        doc["content"]["changed_members"].to_string().contains("m1"),
+        "{doc}"
+    );
+    assert!(
         redb_bytes(&store) == damaged,
         "a refused migration touched the store"
     );
+    assert_eq!(entries(&store), ["ledger.redb"]);
+    assert!(siblings(&store, ".migrating-").is_empty());
+}
+
+// Proves kill -9 at random points of `migrate run segments` (copy, frames, rebuild, gate,
+// migration event, cut-over, report) leaves either the format-1 store byte for byte or the
+// migrated one whole (verify, check and the old binary's export), never anything between; the
+// re-run succeeds.
+#[test]
+fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = layout1_store(tmp.path());
+    let original = redb_bytes(&store);
+    let started = Instant::now();
+    ok(&store, &["migrate", "run", "segments", "--dry-run"]);
+    let span_ms = started.elapsed().as_millis().max(50) as u64;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut migrated = 0;
+    for i in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay_ms = seed % (span_ms + span_ms / 4);
+        let mut child = command(&store, &["migrate", "run", "segments"])
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+        child.wait().expect("reap");
+        // Any command first finishes a cut-over the kill interrupted (the journal).
+        let v = run(&store, &["verify"]);
+        if store.join("ledger.redb").exists() {
+            assert_eq!(v.code, 2, "iteration {i} after {delay_ms} ms: {}", v.stderr);
+            assert!(
+                redb_bytes(&store) == original,
+                "iteration {i}: source changed"
+            );
+            assert_eq!(entries(&store), ["ledger.redb"], "iteration {i}");
+            continue;
+        }
+        migrated += 1;
+        assert_eq!(v.code, 0, "iteration {i} after {delay_ms} ms: {}", v.stderr);
+        ok(&store, &["check"]);
+        assert!(
+            export(&store) == fixture_text("v1-export.jsonl"),
+            "iteration {i}"
+        );
+        ok(&store, &["migrate", "rollback"]);
+        assert!(redb_bytes(&store) == original, "iteration {i}: rollback");
+    }
+    eprintln!("{migrated} of 10 kills came after the cut-over");
+    ok(&store, &["migrate", "run", "segments"]);
+    ok(&store, &["check"]);
+    assert!(export(&store) == fixture_text("v1-export.jsonl"));
+    assert!(siblings(&store, ".migrating-").is_empty());
+    assert!(!tmp.path().join("store.cutover").exists());
+}
+
+// Proves `migrate run segments` on a store already in format 2 does nothing and says why (exit 2).
+#[test]
+fn segments_migration_refuses_a_format2_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    ok(&store, &["demo", "--members", "5", "--seed", "5"]);
+    let digest = ok(&store, &["digest"]).stdout;
+    let r = run(&store, &["migrate", "run", "segments"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("is already in format 2: `migrate run segments` moves format-1 stores only"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ok(&store, &["digest"]).stdout, digest);
     assert!(siblings(&store, ".migrating-").is_empty());
 }
 

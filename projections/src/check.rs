@@ -177,7 +177,18 @@ pub fn check_snapshot(
         })
     })?;
     laps.lap("check: verify");
-    Ok(fold_and_compare(snap, progress)?.with_chain(&verified))
+    check_verified(snap, &verified, progress)
+}
+
+/// Invariants 2-5 over `snap`, with invariant 1 from a verification of the same log the caller
+/// made: `migrate run segments` verifies a format-1 source's chain with
+/// `ledger::verify::verify_chain` (its stream index is not in this build's format).
+pub fn check_verified(
+    snap: &dyn Snapshot,
+    verified: &VerifyReport,
+    progress: &ProgressFn<'_>,
+) -> Result<CheckReport, ProjectionError> {
+    Ok(fold_and_compare(snap, progress)?.with_chain(verified))
 }
 
 /// [`check_snapshot`] with `verify` (invariant 1) on a second thread, over its own snapshot of

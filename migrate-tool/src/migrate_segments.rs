@@ -1,0 +1,523 @@
+//! `migrate run segments`: moves a format-1 store (every event, index and view inside
+//! `ledger.redb`) to format 2 (events in segment files, `index.redb` for what the log rebuilds),
+//! under the one gate of SPEC section 5 (`projections::Gate`).
+//!
+//! This build cannot open a format-1 store for writing, so the migration reads a copy of it
+//! through the raw engine ([`ledger::store::open_v1_engine`]) and builds the new store in a
+//! scratch directory beside it:
+//! 1. **before**, on the copy: the log's chain ([`ledger::verify::verify_chain`]: positions,
+//!    links, hashes, event ids; its per-event stream index is not read, the new store's is built
+//!    from the log and verified); then, with views in layout 2, every invariant of `check` and
+//!    the stored digest; with views in layout 1, the figures of `migrate run rows` (its old views
+//!    decoded and hashed in digest definition 2: [`crate::migrate_rows::before_layout1`]). And
+//!    the BLAKE3 of the `export` lines of the old views.
+//! 2. **work**: the commands, sorted by their first position in a scratch redb file (bounded
+//!    memory whatever their number), and the records, read in position order, go into frames of
+//!    a few thousand events, cut only between two commands, through
+//!    [`ledger::Store::append_verbatim`], which appends each record byte for byte (it checks the
+//!    chain continues and every hash recomputes) with the command entries that fall in the
+//!    frame, and indexes the frame as the writer does. Commands recorded after the last event
+//!    (no events of their own) go in one last frame. Then the views are rebuilt in layout 2.
+//! 3. **after**, on the new store: every invariant of `check` (with `verify` of the new indexes),
+//!    its stored digest, the export's BLAKE3, and the command tables of both stores compared entry
+//!    by entry.
+//! 4. **compare** under [`Declared::Nothing`]: the same head position and head hash (the same
+//!    chain, so the same records), the same members and digest (else the differing members are
+//!    named), and on top the same export and the same command table.
+//!
+//! Then [`crate::migrate::conclude`], as every migration: applied (gate passed, not a dry run),
+//! a `system.migration_applied` event in the new store and the journaled cut-over, the format-1
+//! store kept beside as `<store>.before-<run>-segments` for `migrate rollback`; otherwise the
+//! scratch store is removed and the source was never written.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use ledger::engine::redb::RedbEngine;
+use ledger::engine::{Engine, TableChunks};
+use ledger::log::{self, tables, CommandEntry};
+use ledger::record::EventRecord;
+use ledger::{Create, Position, Snapshot, Store, WriteBatch};
+use projections::gate::{Side, StoredViews};
+use projections::views;
+use projections::{Declared, Figures, Gate, GateReport};
+use serde_json::{json, Value};
+
+use crate::lock::StoreLock;
+use crate::migrate::{self, Migration, RunOptions};
+use crate::migrate_report::Report;
+use crate::migrate_rows::{before_layout1, export_of_rows, Layout1Views};
+use crate::output::{self, Outcome};
+use crate::{check, store};
+
+/// Events after which a frame is cut at the next command boundary.
+const FRAME_EVENTS: usize = 4_096;
+/// Record bytes after which a frame is cut at the next command boundary.
+const FRAME_BYTES: usize = 8 << 20;
+/// Events read from the source per step.
+const READ_EVENTS: usize = 4_096;
+/// Command entries read (and sorted, and compared) per step.
+const COMMAND_CHUNK: usize = 16_384;
+/// The scratch file holding the commands in position order, inside the source's copy (removed
+/// with it).
+const ORDER_FILE: &str = "commands-by-position.redb";
+/// Its table: first position (u64 big-endian) and command id -> command entry bytes.
+const ORDER_TABLE: &str = "commands_by_position";
+
+/// `migrate run segments`.
+pub fn run(
+    dir: &Path,
+    migration: &Migration,
+    opts: &RunOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let lock = StoreLock::acquire(dir, "migrate run segments")?;
+    if !ledger::store::is_v1_store(dir) {
+        if ledger::store::detect_backend(dir).is_some() {
+            bail!(
+                "store {} is already in format {}: `migrate run segments` moves format-1 stores only",
+                dir.display(),
+                log::FORMAT_VERSION
+            );
+        }
+        bail!(
+            "no format-1 store at {} (no {})",
+            dir.display(),
+            ledger::store::V1_REDB_FILE
+        );
+    }
+    if !dir.join(ledger::store::V1_REDB_FILE).exists() {
+        // The source is read from a copy taken under a shared flock of its redb file
+        // (`migrate::copy_source`); a sled directory has no such single file to lock.
+        bail!(
+            "store {} is a format-1 sled store ({}/): `migrate run segments` moves format-1 redb stores only",
+            dir.display(),
+            ledger::store::V1_SLED_DIR
+        );
+    }
+    let run_id = migrate::run_id();
+    let (scratch, source_copy) = migrate::fresh_scratch(dir, migration)?;
+    let result =
+        migrate::copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
+    store::remove_scratch(&source_copy);
+    let (gate, notes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            store::remove_scratch(&scratch);
+            return Err(e);
+        }
+    };
+    let mut report = Report::new(dir, migration, &run_id, opts.dry_run, gate, None, started);
+    report.note("source", notes.source);
+    report.note("target", notes.target);
+    migrate::conclude(dir, lock, migration, opts, report, &scratch, out)
+}
+
+/// What the report records of each store beyond the gate's figures.
+struct Notes {
+    source: Value,
+    target: Value,
+}
+
+/// The before side of a format-1 store: its figures, its views' layout, and its export hash.
+struct Before {
+    figures: Figures,
+    layout: Option<u32>,
+    export_blake3: String,
+    recorded: Value,
+}
+
+fn before(snap: &dyn Snapshot, bar: &indicatif::ProgressBar) -> anyhow::Result<Before> {
+    let verified = ledger::verify::verify_chain(snap, &mut |n| bar.set_position(n))?;
+    let layout = views::stored_layout(snap)?;
+    if layout == Some(1) {
+        bar.set_message("gate: before (format 1, views in layout 1)");
+        let (figures, old) = before_layout1(snap, &verified, &mut |n| bar.set_position(n))?;
+        let export_blake3 = old["export_blake3"].as_str().unwrap_or_default().to_owned();
+        return Ok(Before {
+            figures,
+            layout,
+            export_blake3,
+            recorded: json!({"format": 1, "views": old}),
+        });
+    }
+    bar.set_message("gate: before (format 1)");
+    let checked = projections::check::check_verified(snap, &verified, &check::progress(bar))?;
+    let figures = Figures::of_check(checked, snap)?;
+    let (export_blake3, _) = export_of_rows(snap)?;
+    Ok(Before {
+        figures,
+        layout,
+        recorded: json!({
+            "format": 1,
+            "views": {"layout": layout, "digest_definition": 2, "export_blake3": export_blake3},
+        }),
+        export_blake3,
+    })
+}
+
+/// Before, work and after, through the gate (see the module doc).
+fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Notes)> {
+    let bar = output::progress(None, "gate: before (format 1)");
+    let (source, backend) = ledger::store::open_v1_engine(source_copy)?;
+    let src = source.snapshot()?;
+    let before = before(&*src, &bar)?;
+    let gate = Gate::begin("migration", before.figures);
+    if let Some(refusal) = gate.refusal() {
+        bar.finish_and_clear();
+        let notes = Notes {
+            source: before.recorded,
+            target: Value::Null,
+        };
+        return Ok((gate.refuse(vec![refusal]), notes));
+    }
+    bar.set_message("migrate: write segments");
+    let target = ledger::store::open_engine(scratch, Create::IfMissing, backend)?;
+    let order = source_copy.join(ORDER_FILE);
+    let written = copy_log(&*src, &target, &order, FRAME_EVENTS, &mut |n| {
+        bar.set_position(n)
+    })?;
+    // The frames are synced; one synced index commit makes every unsynced one before it durable.
+    target.commit(WriteBatch::new())?;
+    bar.set_message("migrate: rebuild views in layout 2");
+    projections::rebuild(&*target, &mut |n| bar.set_position(n))?;
+    bar.set_message("gate: after (format 2)");
+    let dst = target.snapshot()?;
+    let checked = projections::check_engine(&*target, &*dst, &check::progress(&bar))?;
+    let after = Figures::of_check(checked, &*dst)?;
+    let (export_blake3, _) = export_of_rows(&*dst)?;
+    bar.set_message("gate: compare command tables");
+    let commands = compare_commands(&*src, &*dst)?;
+    bar.finish_and_clear();
+    let layout1 = Layout1Views(&*src);
+    let stored = StoredViews(&*src);
+    let source_side: &dyn Side = if before.layout == Some(1) {
+        &layout1
+    } else {
+        &stored
+    };
+    let mut report = gate.finish(Declared::Nothing, after, source_side, &StoredViews(&*dst))?;
+    if export_blake3 != before.export_blake3 {
+        report.add_failure(format!(
+            "export differs: BLAKE3 {} of the format-1 store, {export_blake3} of the new one",
+            before.export_blake3
+        ));
+    }
+    for failure in &commands.failures {
+        report.add_failure(failure.clone());
+    }
+    let target_notes = json!({
+        "format": log::FORMAT_VERSION,
+        "views": {"layout": views::LAYOUT, "digest_definition": 2, "export_blake3": export_blake3},
+        "events_written": written.events,
+        "frames_written": written.frames,
+        "commands_written": written.commands,
+        "commands_compared": commands.compared,
+    });
+    Ok((
+        report,
+        Notes {
+            source: before.recorded,
+            target: target_notes,
+        },
+    ))
+}
+
+/// What [`copy_log`] wrote.
+#[derive(Debug, Default)]
+struct Written {
+    events: u64,
+    frames: u64,
+    commands: u64,
+}
+
+/// Appends every record of `src` and every command entry to `target`, verbatim, in frames (see
+/// the module doc) cut after `frame_events` events ([`FRAME_EVENTS`]; tests cut smaller).
+/// `order_path` is a scratch file for the commands sorted by position.
+fn copy_log(
+    src: &dyn Snapshot,
+    target: &Store,
+    order_path: &Path,
+    frame_events: usize,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<Written> {
+    let order = RedbEngine::open(order_path, true)?;
+    sort_commands(src, &order)?;
+    let order_snap = order.snapshot()?;
+    let mut commands = CommandsInOrder::new(&*order_snap);
+    let mut written = Written::default();
+    let mut frame: Vec<EventRecord> = Vec::new();
+    let mut frame_bytes = 0usize;
+    let mut next = Position(1);
+    loop {
+        let records = log::read_all(src, next, READ_EVENTS)?;
+        if records.is_empty() {
+            break;
+        }
+        for r in records {
+            let full = frame.len() >= frame_events || frame_bytes >= FRAME_BYTES;
+            // A frame holds whole commands: cut only where the next record starts another one.
+            if full
+                && frame
+                    .last()
+                    .is_some_and(|last| last.command_id != r.command_id)
+            {
+                write_frame(target, &mut frame, &mut commands, &mut written)?;
+                frame_bytes = 0;
+            }
+            next = r.position.next();
+            frame_bytes += r.encoded_len();
+            frame.push(r);
+        }
+        progress(next.0 - 1);
+    }
+    if !frame.is_empty() {
+        write_frame(target, &mut frame, &mut commands, &mut written)?;
+    }
+    // Commands recorded after the last event, with no events of their own.
+    let rest = commands.take_through(u64::MAX)?;
+    if !rest.is_empty() {
+        target.append_verbatim(&[], &rest)?;
+        written.frames += 1;
+        written.commands += rest.len() as u64;
+    }
+    Ok(written)
+}
+
+/// Appends `frame` (then empties it) with the commands recorded at or before its last position.
+fn write_frame(
+    target: &Store,
+    frame: &mut Vec<EventRecord>,
+    commands: &mut CommandsInOrder<'_>,
+    written: &mut Written,
+) -> anyhow::Result<()> {
+    let last = frame
+        .last()
+        .expect("write_frame is called with at least one record")
+        .position;
+    let entries = commands.take_through(last.0)?;
+    target
+        .append_verbatim(frame, &entries)
+        .with_context(|| format!("cannot write the frame ending at position {last}"))?;
+    written.events += frame.len() as u64;
+    written.frames += 1;
+    written.commands += entries.len() as u64;
+    frame.clear();
+    Ok(())
+}
+
+/// Key of a command in the position-ordered scratch table.
+fn order_key(entry: &CommandEntry, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&entry.first_position.0.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+/// Copies the source's command table into `order`, keyed by first position then id.
+fn sort_commands(src: &dyn Snapshot, order: &RedbEngine) -> anyhow::Result<u64> {
+    let mut count = 0u64;
+    for chunk in TableChunks::new(src, tables::COMMANDS, COMMAND_CHUNK) {
+        let mut batch = WriteBatch::new();
+        for (id, value) in chunk? {
+            let entry = decode_command(&id, &value)?;
+            batch.put(ORDER_TABLE, order_key(&entry, &id), value);
+            count += 1;
+        }
+        // A scratch file: nothing to make durable.
+        order.commit_with(batch, ledger::Durability::Unsynced)?;
+    }
+    Ok(count)
+}
+
+fn decode_command(id: &[u8], value: &[u8]) -> anyhow::Result<CommandEntry> {
+    CommandEntry::decode(value).with_context(|| {
+        format!(
+            "the source's command entry {:?} has {} bytes, expected 44",
+            String::from_utf8_lossy(id),
+            value.len()
+        )
+    })
+}
+
+/// The commands of the scratch table in position order, handed out frame by frame.
+struct CommandsInOrder<'s> {
+    chunks: TableChunks<'s>,
+    ready: VecDeque<(String, CommandEntry)>,
+    done: bool,
+}
+
+impl<'s> CommandsInOrder<'s> {
+    fn new(snap: &'s dyn Snapshot) -> CommandsInOrder<'s> {
+        CommandsInOrder {
+            chunks: TableChunks::new(snap, ORDER_TABLE, COMMAND_CHUNK),
+            ready: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Every command not handed out yet whose first position is at most `last`.
+    fn take_through(&mut self, last: u64) -> anyhow::Result<Vec<(String, CommandEntry)>> {
+        let mut out = Vec::new();
+        loop {
+            if self.ready.is_empty() && !self.fill()? {
+                return Ok(out);
+            }
+            match self.ready.front() {
+                Some((_, entry)) if entry.first_position.0 <= last => {
+                    out.extend(self.ready.pop_front());
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Reads the next chunk; false when there is none.
+    fn fill(&mut self) -> anyhow::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let Some(chunk) = self.chunks.next() else {
+            self.done = true;
+            return Ok(false);
+        };
+        for (key, value) in chunk? {
+            let id = key.get(8..).unwrap_or_default();
+            let entry = decode_command(id, &value)?;
+            let id = String::from_utf8(id.to_vec())
+                .with_context(|| format!("command id {id:02x?} is not UTF-8"))?;
+            self.ready.push_back((id, entry));
+        }
+        Ok(true)
+    }
+}
+
+/// How the two command tables compare.
+struct CommandsCompared {
+    /// Entries compared (until the first difference).
+    compared: u64,
+    /// The first difference, if any.
+    failures: Vec<String>,
+}
+
+/// Walks both command tables in key order: every entry must be in both, with equal bytes. The
+/// first difference is named (after it the walks are out of step and every pair differs).
+fn compare_commands(src: &dyn Snapshot, dst: &dyn Snapshot) -> anyhow::Result<CommandsCompared> {
+    let flat = |snap| {
+        TableChunks::new(snap, tables::COMMANDS, COMMAND_CHUNK).flat_map(|chunk| match chunk {
+            Ok(entries) => entries.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    };
+    let (mut a, mut b) = (flat(src), flat(dst));
+    let mut out = CommandsCompared {
+        compared: 0,
+        failures: Vec::new(),
+    };
+    loop {
+        let (x, y) = match (a.next().transpose()?, b.next().transpose()?) {
+            (None, None) => return Ok(out),
+            pair => pair,
+        };
+        out.compared += 1;
+        if x == y {
+            continue;
+        }
+        let name = |e: &Option<(Vec<u8>, Vec<u8>)>| match e {
+            Some((k, _)) => format!("command {:?}", String::from_utf8_lossy(k)),
+            None => "no more commands".to_owned(),
+        };
+        out.failures.push(format!(
+            "command tables differ: the format-1 store has {} where the new one has {}{}",
+            name(&x),
+            name(&y),
+            if x.as_ref().map(|e| &e.0) == y.as_ref().map(|e| &e.0) {
+                " (same id, different entry)"
+            } else {
+                ""
+            }
+        ));
+        return Ok(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::Hash;
+
+    /// A copy of the committed format-1 fixture (2,774 events, layout-1 views).
+    fn fixture(tmp: &Path) -> std::path::PathBuf {
+        let dir = tmp.join("v1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-store/ledger.redb");
+        std::fs::copy(file, dir.join(ledger::store::V1_REDB_FILE)).unwrap();
+        dir
+    }
+
+    // Proves the copy in small frames (cut only between commands) gives a format-2 log that
+    // verifies, with the source's head and every command entry; and that `append_verbatim`
+    // refuses, writing nothing, a record that does not continue the head, a record whose bytes
+    // do not match its hash, and a command outside the frame.
+    #[test]
+    fn copy_in_small_frames_keeps_the_chain_and_commands_and_verbatim_refuses_strangers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, backend) = ledger::store::open_v1_engine(&fixture(tmp.path())).unwrap();
+        let src = source.snapshot().unwrap();
+        let target =
+            ledger::store::open_engine(&tmp.path().join("v2"), Create::IfMissing, backend).unwrap();
+        let written = copy_log(
+            &*src,
+            &target,
+            &tmp.path().join(ORDER_FILE),
+            100,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(written.events, 2_774);
+        assert!(written.frames >= 27, "{written:?}");
+        let dst = target.snapshot().unwrap();
+        let verified = ledger::verify::verify(&*dst, &mut |_| {}).unwrap();
+        assert_eq!(verified.failure, None);
+        let (src_head, last) = log::read_head(&*src).unwrap();
+        assert_eq!(verified.head, src_head);
+        let commands = compare_commands(&*src, &*dst).unwrap();
+        assert_eq!(commands.failures, Vec::<String>::new());
+        assert_eq!(commands.compared, written.commands);
+        drop(dst);
+
+        let end = target.log().end();
+        let mut stranger = last.unwrap();
+        stranger.position = src_head.position.next();
+        stranger.prev_hash = Hash::GENESIS;
+        let err = target
+            .append_verbatim(&[stranger.clone()], &[])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not continue the head"),
+            "{err}"
+        );
+        stranger.prev_hash = src_head.hash;
+        let err = target
+            .append_verbatim(&[stranger.clone()], &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match its hash"), "{err}");
+        let entry = CommandEntry {
+            first_position: Position(1),
+            count: 1,
+            fingerprint: [0; 32],
+        };
+        let err = target
+            .append_verbatim(&[], &[("late".to_owned(), entry)])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not belong in a frame"),
+            "{err}"
+        );
+        assert_eq!(target.log().end(), end, "a refused append wrote");
+    }
+}

@@ -96,6 +96,14 @@ impl Engine for SledEngine {
     }
 
     fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            // sled's multi-tree transaction indexes its first tree: an empty one would panic.
+            // Nothing to apply; a synced commit still makes every earlier one durable.
+            if durability == Durability::Synced {
+                self.db.flush().map_err(|e| self.error("flush", e))?;
+            }
+            return Ok(());
+        }
         // Trees in a fixed order; each op refers to its tree by index.
         let mut index: BTreeMap<&'static str, usize> = BTreeMap::new();
         for op in &batch.ops {

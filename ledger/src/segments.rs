@@ -2,8 +2,9 @@
 //!
 //! The log is a directory `segments/` of files `0000000001.seg`, `0000000002.seg`, ... Each
 //! starts with a 32-byte header and holds frames back to back; the rest of the file is zeros,
-//! written ahead of the frames ([`PREALLOCATE_STEP`] at a time, then `fsync`ed) so that writing
-//! a frame never changes the file's size and its `fdatasync` writes no file metadata.
+//! written ahead of the frames ([`PREALLOCATE_STEP`] at a time, then `fsync`ed, by a thread of
+//! its own that keeps 8 MiB ahead of the writer) so that writing a frame never changes the
+//! file's size and its `fdatasync` writes no file metadata.
 //!
 //! One frame per group commit: a 48-byte header with the payload's length and a BLAKE3
 //! checksum, then the commands the group recorded and its event records (each the BLAKE3-chained
@@ -375,10 +376,115 @@ struct Tail {
     segment: u32,
     /// End of the last frame.
     end: u64,
-    /// Bytes of the file zero-filled and synced.
-    allocated: u64,
     /// Set by a failed frame write or sync.
     stopped: Option<String>,
+}
+
+/// How far ahead of the writer's end the filler keeps the current segment zero-filled.
+const FILL_AHEAD: u64 = 2 * PREALLOCATE_STEP;
+
+/// Zero-fills the current segment ahead of the writer on a thread of its own, so that a group
+/// commit waits for it only when the writer catches up (a burst larger than [`FILL_AHEAD`]).
+struct Filler {
+    state: Mutex<FillState>,
+    changed: std::sync::Condvar,
+}
+
+struct FillState {
+    /// The segment being filled.
+    segment: Option<Arc<Segment>>,
+    /// Bytes of it zero-filled and synced.
+    allocated: u64,
+    /// Bytes the writer asked for.
+    want: u64,
+    /// Why the last fill failed (handed to the writer waiting for it).
+    error: Option<LogError>,
+    stop: bool,
+}
+
+impl Filler {
+    fn new() -> Arc<Filler> {
+        Arc::new(Filler {
+            state: Mutex::new(FillState {
+                segment: None,
+                allocated: 0,
+                want: 0,
+                error: None,
+                stop: false,
+            }),
+            changed: std::sync::Condvar::new(),
+        })
+    }
+
+    /// The writer moved to `segment`, zero-filled up to `allocated`.
+    fn reset(&self, segment: Arc<Segment>, allocated: u64) {
+        let mut st = self.state.lock().expect("filler lock");
+        st.segment = Some(segment);
+        st.allocated = allocated;
+        st.want = allocated;
+        st.error = None;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `segment` is zero-filled up to `needed`, asking for [`FILL_AHEAD`] more
+    /// (but not past `cap`, the segment size, unless `needed` is).
+    fn ensure(&self, segment: &Arc<Segment>, needed: u64, cap: u64) -> Result<(), LogError> {
+        let mut st = self.state.lock().expect("filler lock");
+        if st.segment.as_ref().map(|s| s.number) != Some(segment.number) {
+            st.segment = Some(Arc::clone(segment));
+            st.allocated = segment
+                .file
+                .metadata()
+                .map_err(|e| LogError::io("stat", &segment.path, &e))?
+                .len();
+        }
+        st.want = st.want.max((needed + FILL_AHEAD).min(cap.max(needed)));
+        self.changed.notify_all();
+        while st.allocated < needed {
+            if let Some(e) = st.error.take() {
+                st.want = st.allocated;
+                return Err(e);
+            }
+            st = self.changed.wait(st).expect("filler lock");
+        }
+        Ok(())
+    }
+
+    fn run(&self) {
+        loop {
+            let (segment, from, len) = {
+                let mut st = self.state.lock().expect("filler lock");
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    if let Some(seg) = &st.segment {
+                        if st.want > st.allocated && st.error.is_none() {
+                            let len = (st.want - st.allocated).min(PREALLOCATE_STEP);
+                            break (Arc::clone(seg), st.allocated, len);
+                        }
+                    }
+                    st = self.changed.wait(st).expect("filler lock");
+                }
+            };
+            let result = zero_fill(&segment.file, from, len).and_then(|()| segment.file.sync_all());
+            let mut st = self.state.lock().expect("filler lock");
+            let same = st.segment.as_ref().map(|s| s.number) == Some(segment.number)
+                && st.allocated == from;
+            if same {
+                match result {
+                    Ok(()) => st.allocated = from + len,
+                    Err(e) => st.error = Some(LogError::io("zero-fill", &segment.path, &e)),
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.state.lock().expect("filler lock").stop = true;
+        self.changed.notify_all();
+    }
 }
 
 /// The segment files of one store.
@@ -388,6 +494,17 @@ pub struct SegmentLog {
     segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     tail: Mutex<Tail>,
     writable: bool,
+    filler: Arc<Filler>,
+    filler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        self.filler.stop();
+        if let Some(handle) = self.filler_thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = handle.join();
+        }
+    }
 }
 
 impl SegmentLog {
@@ -411,11 +528,20 @@ impl SegmentLog {
             tail: Mutex::new(Tail {
                 segment: 1,
                 end: SEGMENT_HEADER_BYTES,
-                allocated: 0,
                 stopped: None,
             }),
             writable,
+            filler: Filler::new(),
+            filler_thread: Mutex::new(None),
         };
+        if writable {
+            let filler = Arc::clone(&log.filler);
+            let handle = std::thread::Builder::new()
+                .name("ledger-zero-fill".into())
+                .spawn(move || filler.run())
+                .map_err(|e| LogError::io("start the zero-fill thread", dir, &e))?;
+            *log.filler_thread.lock().expect("filler thread lock") = Some(handle);
+        }
         let mut numbers = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, &e))? {
             let entry = entry.map_err(|e| LogError::io("list", dir, &e))?;
@@ -778,9 +904,9 @@ impl SegmentLog {
         *self.tail.lock().expect("tail lock") = Tail {
             segment: at.segment,
             end: at.offset,
-            allocated: len,
             stopped: None,
         };
+        self.filler.reset(seg, len);
         Ok(tail)
     }
 
@@ -902,9 +1028,9 @@ impl SegmentLog {
         *self.tail.lock().expect("tail lock") = Tail {
             segment: at.segment,
             end: at.offset,
-            allocated: len,
             stopped: None,
         };
+        self.filler.reset(seg, len);
         Ok(())
     }
 
@@ -936,23 +1062,19 @@ impl SegmentLog {
         if tail.end + need > self.segment_bytes && tail.end > SEGMENT_HEADER_BYTES {
             let number = tail.segment + 1;
             let allocated = self.create_segment(number, first_position)?;
-            self.open_segment(number)?;
+            let seg = self.open_segment(number)?;
+            self.filler.reset(seg, allocated);
             *tail = Tail {
                 segment: number,
                 end: SEGMENT_HEADER_BYTES,
-                allocated,
                 stopped: None,
             };
         }
         let seg = self.segment(tail.segment)?;
-        if tail.end + need > tail.allocated {
-            let want = (tail.end + need).max(tail.allocated + PREALLOCATE_STEP);
-            let step = want.div_ceil(PREALLOCATE_STEP) * PREALLOCATE_STEP - tail.allocated;
-            zero_fill(&seg.file, tail.allocated, step)
-                .and_then(|()| seg.file.sync_all())
-                .map_err(|e| LogError::io("zero-fill", &seg.path, &e))?;
-            tail.allocated += step;
-        }
+        // Usually already done by the filler thread; a frame never waits for more than its
+        // own bytes (nothing of it is written when this fails: the group fails, the log goes on).
+        self.filler
+            .ensure(&seg, tail.end + need, self.segment_bytes)?;
         let at = Location {
             segment: tail.segment,
             offset: tail.end,

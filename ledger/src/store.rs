@@ -32,8 +32,8 @@ use crate::ledger::CommitHook;
 use crate::log::{self, tables, CommandEntry, FORMAT_VERSION, META_FORMAT_VERSION};
 use crate::record::EventRecord;
 use crate::segments::{
-    Frame, FrameBuilder, FrameHeader, Location, LogError, SegmentLog, FRAME_HEADER_BYTES,
-    MAX_FRAME_PAYLOAD, SEGMENTS_DIR,
+    Frame, FrameBuilder, FrameHeader, Location, LogError, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD,
+    SEGMENTS_DIR,
 };
 use crate::types::{Hash, Head, Position};
 
@@ -300,12 +300,6 @@ pub(crate) fn index_frame(
     records: &[impl Borrow<EventRecord>],
     head: Head,
 ) {
-    let FramePlace {
-        at,
-        first_position,
-        events: header_events,
-        len: frame_len,
-    } = frame;
     for (id, entry) in commands {
         batch.put(tables::COMMANDS, id.as_bytes().to_vec(), entry.encode());
     }
@@ -392,7 +386,7 @@ impl Store {
         Engine::commit(self, batch)
     }
 
-    /// Writes one frame durably (one write, one fdatasync); see [`SegmentLog::append`].
+    /// Writes one frame durably (one write, one fdatasync); see [`EventLog::append`].
     pub fn append_frame(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
         self.log.append(frame, first_position)
     }

@@ -998,24 +998,63 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 }
 
 /// Reads a store's frames in order from its first segment, without the index and without any
-/// lock: for a reader beside a running writer (verify, log). Stops at the end of the log, or at
-/// the first frame that does not check (a frame the writer is still writing), so it never yields
-/// a torn frame.
+/// lock: for a reader beside a running writer (`verify`, `log`, as-of replays from another
+/// process). Stops at the end of the log, or at the first frame that does not check, so it never
+/// yields a torn frame.
+///
+/// # What a reader beside a writer sees
+/// The writer writes frame `n + 1` only after frame `n` is synced, and a new segment file only
+/// appears (renamed in) once its header is synced, so every frame before the last one found is
+/// synced and the last one is either whole or being written. A frame being written does not
+/// check yet (its checksum covers every byte) and ends the read. The head reached is therefore
+/// at or after every head the writer acknowledged before the reader started. It may include the
+/// one frame whose `fdatasync` has not returned yet: whole in the page cache, not yet
+/// acknowledged, and lost only if the machine (not the writer process) crashes before the sync.
+///
+/// Segment files are listed once, when the reader opens: frames the writer puts in a segment
+/// created later are not read (the reader ends at a consistent head before them).
+///
+/// A frame that checks but does not start at the next position is damage, an error, never an
+/// end: a torn frame cannot have a valid checksum.
 pub struct FrameReader {
     log: SegmentLog,
+    /// Where the next frame is looked for; `None` once the end was reached.
     at: Option<Location>,
+    /// Position of the next frame's first event.
     position: u64,
+    /// Where the read ended, and why when it ended at bytes that are not a whole frame.
+    end: Option<(Location, Option<String>)>,
 }
 
 impl FrameReader {
-    /// Opens the segment directory read-only.
+    /// Opens the segment directory (`STORE/segments`) read-only. Takes no lock.
     pub fn open(dir: &Path) -> Result<FrameReader, LogError> {
         let log = SegmentLog::open(dir, false, false)?;
         Ok(FrameReader {
             log,
             at: Some(Location::START),
             position: 1,
+            end: None,
         })
+    }
+
+    /// Where the read ended (after the last frame yielded) and, when the bytes there were not a
+    /// frame that checks (a frame being written, or damage the index-backed `verify` names),
+    /// why. `None` until the iterator has returned `None`.
+    pub fn end(&self) -> Option<(Location, Option<&str>)> {
+        self.end
+            .as_ref()
+            .map(|(at, reason)| (*at, reason.as_deref()))
+    }
+
+    /// Position of the next event: the head reached so far, plus one.
+    pub fn next_position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(&mut self, at: Location, reason: Option<String>) {
+        self.at = None;
+        self.end = Some((at, reason));
     }
 }
 
@@ -1023,10 +1062,11 @@ impl Iterator for FrameReader {
     type Item = Result<Frame, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let at = match self.log.resolve(self.at?) {
+        let here = self.at?;
+        let at = match self.log.resolve(here) {
             Ok(Some(at)) => at,
             Ok(None) => {
-                self.at = None;
+                self.finish(here, None);
                 return None;
             }
             Err(e) => {
@@ -1040,10 +1080,25 @@ impl Iterator for FrameReader {
                 self.at = Some(self.log.next_location(at, &frame.header));
                 Some(Ok(frame))
             }
-            // Not whole yet (or not at all): the end of what a reader can vouch for.
-            _ => {
+            Ok(frame) => {
                 self.at = None;
+                Some(Err(LogError::Damaged {
+                    segment: at.segment,
+                    offset: at.offset,
+                    reason: format!(
+                        "frame starts at position {}, expected {}",
+                        frame.header.first_position, self.position
+                    ),
+                }))
+            }
+            // Not whole yet (or not at all): the end of what a reader can vouch for.
+            Err(LogError::Damaged { reason, .. }) => {
+                self.finish(at, Some(reason));
                 None
+            }
+            Err(other) => {
+                self.at = None;
+                Some(Err(other))
             }
         }
     }

@@ -566,6 +566,65 @@ impl Iterator for StreamEvents<'_> {
     }
 }
 
+/// Stream ids read per chunk by [`streams`].
+const ITER_CHUNK_STREAMS: usize = 4_096;
+
+/// Every stream id that starts with `prefix` and has at least one event, in byte order, read
+/// [`ITER_CHUNK_STREAMS`] at a time ([`list_streams`]: one index seek per stream). The first
+/// error ends the iteration.
+pub fn streams<'s>(snap: &'s dyn Snapshot, prefix: &'s str) -> Streams<'s> {
+    Streams {
+        snap,
+        prefix,
+        after: None,
+        chunk: Vec::new().into_iter(),
+        done: false,
+    }
+}
+
+/// The iterator of [`streams`].
+pub struct Streams<'s> {
+    snap: &'s dyn Snapshot,
+    prefix: &'s str,
+    /// The last stream id of the previous chunk.
+    after: Option<String>,
+    chunk: std::vec::IntoIter<String>,
+    done: bool,
+}
+
+impl Iterator for Streams<'_> {
+    type Item = Result<String, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(stream) = self.chunk.next() {
+            return Some(Ok(stream));
+        }
+        if self.done {
+            return None;
+        }
+        match list_streams(
+            self.snap,
+            self.prefix,
+            self.after.as_deref(),
+            ITER_CHUNK_STREAMS,
+        ) {
+            Ok(ids) => {
+                let Some(last) = ids.last() else {
+                    self.done = true;
+                    return None;
+                };
+                self.after = Some(last.clone());
+                self.chunk = ids.into_iter();
+                self.chunk.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Every event in the segment files of the store in `store_dir`, in position order, read
 /// without the index and without any lock: for a reader beside a running writer (see
 /// [`FrameReader`] for the head it reaches and why it never yields a torn frame). One frame in

@@ -1,5 +1,7 @@
 //! Read commands: `show`, `export`, `digest`, `log`. They open the engine without a writer, read
-//! one consistent snapshot, and stream their output (bounded memory at any store size).
+//! one consistent snapshot, and stream their output (bounded memory at any store size). While a
+//! writer holds the store, `log` and `show --as-of` read the segment files instead
+//! (`store::open_for_log_read`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,9 +20,6 @@ use serde_json::{json, Value};
 use crate::output::Outcome;
 use crate::store::{self, LogSource};
 use projections::WalletJson;
-
-/// Rows or streams read per chunk.
-const CHUNK: usize = 4_096;
 
 /// Parses `--as-of`; a bad value is a bad argument (exit 2). Absent: the head.
 pub fn parse_as_of(input: Option<&str>) -> anyhow::Result<AsOf> {
@@ -130,27 +129,16 @@ pub fn for_each_folded(
     as_of: AsOf,
     each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let streams = log::list_streams(
-            snap,
-            ledger::domain::WALLET_STREAM_PREFIX,
-            after.as_deref(),
-            CHUNK,
-        )?;
-        let Some(last) = streams.last() else {
-            return Ok(());
+    for stream in log::streams(snap, ledger::domain::WALLET_STREAM_PREFIX) {
+        let stream = stream?;
+        let Some((_, member)) = ledger::domain::member_of_stream(&stream) else {
+            bail!("stream {stream} is not a wallet stream of a valid member id");
         };
-        after = Some(last.clone());
-        for stream in &streams {
-            let Some((_, member)) = ledger::domain::member_of_stream(stream) else {
-                bail!("stream {stream} is not a wallet stream of a valid member id");
-            };
-            if let Some(state) = fold::fold_member(snap, &member, as_of)? {
-                each(state)?;
-            }
+        if let Some(state) = fold::fold_member(snap, &member, as_of)? {
+            each(state)?;
         }
     }
+    Ok(())
 }
 
 /// `export [--as-of T]`.

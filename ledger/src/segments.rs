@@ -1014,8 +1014,12 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 /// Segment files are listed once, when the reader opens: frames the writer puts in a segment
 /// created later are not read (the reader ends at a consistent head before them).
 ///
-/// A frame that checks but does not start at the next position is damage, an error, never an
-/// end: a torn frame cannot have a valid checksum.
+/// Damage is an error, never an end: a frame that checks but does not start at the next
+/// position (a torn frame cannot have a valid checksum), or bytes that are not a whole frame
+/// with a valid frame after them (read again after that frame was found, so a frame the writer
+/// finished meanwhile is read, not reported). At the end of the log the reader looks for such a
+/// frame in the rest of the segment files it listed (at most one segment's zero-filled tail, read
+/// once per end).
 pub struct FrameReader {
     log: SegmentLog,
     /// Where the next frame is looked for; `None` once the end was reached.
@@ -1063,43 +1067,80 @@ impl Iterator for FrameReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         let here = self.at?;
-        let at = match self.log.resolve(here) {
-            Ok(Some(at)) => at,
-            Ok(None) => {
-                self.finish(here, None);
-                return None;
-            }
+        let (at, reason) = match self.log.resolve(here) {
+            Ok(Some(at)) => match self.read_next(at) {
+                Ok(frame) => return Some(Ok(frame)),
+                Err(Ending::Error(e)) => {
+                    self.at = None;
+                    return Some(Err(e));
+                }
+                Err(Ending::NotAFrame(reason)) => (at, Some(reason)),
+            },
+            Ok(None) => (here, None),
             Err(e) => {
                 self.at = None;
                 return Some(Err(e));
             }
         };
+        // Nothing whole at `at`: the end of the log, a frame being written, or damage. Only the
+        // last frame can be incomplete (the writer writes frame n + 1 after frame n is synced),
+        // so when a valid frame follows, the one at `at` was complete before it: read it again,
+        // and if it still does not check, it is damage, never an end.
+        match self.log.find_valid_frame_after(at) {
+            Ok(None) => {
+                self.finish(at, reason);
+                None
+            }
+            Ok(Some(found)) => match self.read_next(at) {
+                Ok(frame) => Some(Ok(frame)),
+                Err(Ending::Error(e)) => {
+                    self.at = None;
+                    Some(Err(e))
+                }
+                Err(Ending::NotAFrame(reason)) => {
+                    self.at = None;
+                    Some(Err(LogError::Damaged {
+                        segment: at.segment,
+                        offset: at.offset,
+                        reason: format!("{reason}, and a valid frame follows at {found}"),
+                    }))
+                }
+            },
+            Err(e) => {
+                self.at = None;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Why [`FrameReader::read_next`] found no frame.
+enum Ending {
+    /// The bytes there are not a whole frame that checks (the reason).
+    NotAFrame(String),
+    /// Damage (a valid frame at the wrong position) or an I/O error.
+    Error(LogError),
+}
+
+impl FrameReader {
+    /// Reads the frame at `at` and moves past it.
+    fn read_next(&mut self, at: Location) -> Result<Frame, Ending> {
         match self.log.read_frame(at) {
             Ok(frame) if frame.header.first_position == self.position => {
                 self.position += u64::from(frame.header.events);
                 self.at = Some(self.log.next_location(at, &frame.header));
-                Some(Ok(frame))
+                Ok(frame)
             }
-            Ok(frame) => {
-                self.at = None;
-                Some(Err(LogError::Damaged {
-                    segment: at.segment,
-                    offset: at.offset,
-                    reason: format!(
-                        "frame starts at position {}, expected {}",
-                        frame.header.first_position, self.position
-                    ),
-                }))
-            }
-            // Not whole yet (or not at all): the end of what a reader can vouch for.
-            Err(LogError::Damaged { reason, .. }) => {
-                self.finish(at, Some(reason));
-                None
-            }
-            Err(other) => {
-                self.at = None;
-                Some(Err(other))
-            }
+            Ok(frame) => Err(Ending::Error(LogError::Damaged {
+                segment: at.segment,
+                offset: at.offset,
+                reason: format!(
+                    "frame starts at position {}, expected {}",
+                    frame.header.first_position, self.position
+                ),
+            })),
+            Err(LogError::Damaged { reason, .. }) => Err(Ending::NotAFrame(reason)),
+            Err(other) => Err(Ending::Error(other)),
         }
     }
 }

@@ -43,7 +43,7 @@ use crate::engine::{Snapshot, TableChunks};
 use crate::log::{self, tables, ReadError};
 use crate::multiset::Sum256;
 use crate::record::{EventRecord, RecordView};
-use crate::segments::{Frame, FrameReader, SEGMENTS_DIR};
+use crate::segments::{Frame, FrameReader, LogError, SEGMENTS_DIR};
 use crate::types::{Hash, Head, Position, StreamVersion};
 
 /// Events read per scan call.
@@ -492,7 +492,14 @@ pub fn verify_segments(
         versions: HashMap::new(),
     };
     for frame in frames {
-        if let Err(reason) = pass.frame(&frame?) {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // Damage where the log must be whole: a failure at the next position, as the
+            // index-backed pass reports a bad record.
+            Err(e @ LogError::Damaged { .. }) => return Ok(pass.report(Some(e.to_string()))),
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(reason) = pass.frame(&frame) {
             return Ok(pass.report(Some(reason)));
         }
         progress(pass.expected.0 - 1);

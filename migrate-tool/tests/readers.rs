@@ -276,3 +276,59 @@ fn a_frame_being_written_ends_the_segment_read_at_the_frame_before_it() {
     assert!(r.stderr.contains("held by a writer"), "{}", r.stderr);
     drop(engine);
 }
+
+#[test]
+fn a_damaged_frame_before_the_end_is_a_failure_not_an_end() {
+    // Proves the lock-free reader tells damage from a frame being written: a flipped byte in a
+    // frame that has a whole frame after it fails `verify` at that frame's first position,
+    // naming the segment and the valid frame that follows, instead of ending early with `ok`.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let service = WalletService::open(&store, LedgerOptions::default()).expect("open the store");
+    service
+        .submit_blocking(&command(
+            r#"{"id":"o1","type":"open_wallet","member":"m1","at":"2019-07-01T10:00:00+09:00"}"#,
+        ))
+        .unwrap();
+    for k in 0..5 {
+        service.submit_blocking(&top_up(2 * k)).unwrap();
+    }
+    let segments = store.join(SEGMENTS_DIR);
+    let frames: Vec<_> = FrameReader::open(&segments)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let victim = &frames[2];
+    let path = segments.join(ledger::segments::segment_name(victim.location.segment));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let at = victim.location.offset + victim.header.frame_len() - 1;
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x40], at).unwrap();
+    file.sync_all().unwrap();
+
+    let report = ledger::verify::verify_segments(&store, &mut |_| {}).unwrap();
+    let failure = report.failure.expect("the damage is found");
+    assert_eq!(failure.position, victim.header.first_position);
+    assert!(
+        failure.reason.contains("a valid frame follows"),
+        "{}",
+        failure.reason
+    );
+    assert_eq!(report.head.position.0, victim.header.first_position - 1);
+
+    // From another process while this one holds the store: exit 1, the position named.
+    let r = run(&store, &["verify", "--json"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let doc = json(&r.stdout);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(
+        doc["failure"]["position"].as_u64(),
+        Some(victim.header.first_position)
+    );
+    drop(service);
+}

@@ -6,7 +6,9 @@
 //!   contract of each backend) and its backends, redb and (feature `sled`) sled.
 //! - [`record`]: the event envelope and its on-disk bytes, hash-chained with BLAKE3.
 //! - [`codec`]: payload codecs behind a tag byte.
-//! - [`log`]: table and key layouts, and reads (head, one stream, all, a command's entry).
+//! - [`log`]: table and key layouts, and reads (head, one stream, all, a command's entry), as
+//!   iterators in bounded memory (`log::events`, `log::stream_events`, `log::streams`), and
+//!   `log::segment_events`, the segment files read without the index or a lock (beside a writer).
 //! - [`append`]: append requests, validation, and the writer's planning step.
 //! - [`ledger`](mod@ledger): the [`Ledger`] handle: group-commit writer thread, commands decided
 //!   in the writer, commit hooks, reads, subscriptions.

@@ -21,6 +21,7 @@ use std::ops::Bound;
 
 use crate::engine::{EngineError, Snapshot};
 use crate::record::{EventRecord, RecordError};
+use crate::segments::{Frame, FrameReader, Location, LogError, SEGMENTS_DIR};
 use crate::types::{Head, Position, StreamVersion};
 
 /// Table names owned by the ledger. Projections use their own names, prefixed `view_`.
@@ -64,6 +65,10 @@ pub enum ReadError {
         key: String,
         reason: String,
     },
+    /// Reading the segment files directly (without the index) failed ([`segment_events`],
+    /// [`crate::verify::verify_segments`]).
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// Key of an event: its position, big-endian.
@@ -451,4 +456,241 @@ pub fn list_streams(
         cursor.push(1);
     }
     Ok(out)
+}
+
+/// Events read per chunk by [`events`] and [`stream_events`]: bounds their memory (a chunk of
+/// records at a time) while keeping one index scan per chunk, not per event.
+const ITER_CHUNK_EVENTS: usize = 4_096;
+
+/// Every event from position `from` (inclusive) to the snapshot's head, in position order.
+/// Reads [`ITER_CHUNK_EVENTS`] at a time, so memory stays bounded at any log size. The first
+/// error ends the iteration.
+pub fn events(snap: &dyn Snapshot, from: Position) -> Events<'_> {
+    Events {
+        snap,
+        next: Position(from.0.max(1)),
+        chunk: Vec::new().into_iter(),
+        done: false,
+    }
+}
+
+/// The iterator of [`events`].
+pub struct Events<'s> {
+    snap: &'s dyn Snapshot,
+    /// Position of the first event of the next chunk.
+    next: Position,
+    chunk: std::vec::IntoIter<EventRecord>,
+    done: bool,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<EventRecord, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(record) = self.chunk.next() {
+            return Some(Ok(record));
+        }
+        if self.done {
+            return None;
+        }
+        match read_all(self.snap, self.next, ITER_CHUNK_EVENTS) {
+            Ok(records) => {
+                let Some(last) = records.last() else {
+                    self.done = true;
+                    return None;
+                };
+                self.next = last.position.next();
+                self.chunk = records.into_iter();
+                self.chunk.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Every event of `stream` from version `from` (inclusive; 0 reads as 1), in version order.
+/// Reads [`ITER_CHUNK_EVENTS`] at a time through the stream index (bounded memory, no scan of
+/// other streams). The first error ends the iteration.
+pub fn stream_events<'s>(
+    snap: &'s dyn Snapshot,
+    stream: &'s str,
+    from: StreamVersion,
+) -> StreamEvents<'s> {
+    StreamEvents {
+        snap,
+        stream,
+        next: StreamVersion(from.0.max(1)),
+        chunk: Vec::new().into_iter(),
+        done: false,
+    }
+}
+
+/// The iterator of [`stream_events`].
+pub struct StreamEvents<'s> {
+    snap: &'s dyn Snapshot,
+    stream: &'s str,
+    /// Version of the first event of the next chunk.
+    next: StreamVersion,
+    chunk: std::vec::IntoIter<EventRecord>,
+    done: bool,
+}
+
+impl Iterator for StreamEvents<'_> {
+    type Item = Result<EventRecord, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(record) = self.chunk.next() {
+            return Some(Ok(record));
+        }
+        if self.done {
+            return None;
+        }
+        match read_stream(self.snap, self.stream, self.next, ITER_CHUNK_EVENTS) {
+            Ok(records) => {
+                let Some(last) = records.last() else {
+                    self.done = true;
+                    return None;
+                };
+                self.next = StreamVersion(last.version.0 + 1);
+                self.chunk = records.into_iter();
+                self.chunk.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Stream ids read per chunk by [`streams`].
+const ITER_CHUNK_STREAMS: usize = 4_096;
+
+/// Every stream id that starts with `prefix` and has at least one event, in byte order, read
+/// [`ITER_CHUNK_STREAMS`] at a time ([`list_streams`]: one index seek per stream). The first
+/// error ends the iteration.
+pub fn streams<'s>(snap: &'s dyn Snapshot, prefix: &'s str) -> Streams<'s> {
+    Streams {
+        snap,
+        prefix,
+        after: None,
+        chunk: Vec::new().into_iter(),
+        done: false,
+    }
+}
+
+/// The iterator of [`streams`].
+pub struct Streams<'s> {
+    snap: &'s dyn Snapshot,
+    prefix: &'s str,
+    /// The last stream id of the previous chunk.
+    after: Option<String>,
+    chunk: std::vec::IntoIter<String>,
+    done: bool,
+}
+
+impl Iterator for Streams<'_> {
+    type Item = Result<String, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(stream) = self.chunk.next() {
+            return Some(Ok(stream));
+        }
+        if self.done {
+            return None;
+        }
+        match list_streams(
+            self.snap,
+            self.prefix,
+            self.after.as_deref(),
+            ITER_CHUNK_STREAMS,
+        ) {
+            Ok(ids) => {
+                let Some(last) = ids.last() else {
+                    self.done = true;
+                    return None;
+                };
+                self.after = Some(last.clone());
+                self.chunk = ids.into_iter();
+                self.chunk.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Every event in the segment files of the store in `store_dir`, in position order, read
+/// without the index and without any lock: for a reader beside a running writer (see
+/// [`FrameReader`] for the head it reaches and why it never yields a torn frame). One frame in
+/// memory at a time. Records are decoded (their structure checked), not hash-verified: that is
+/// [`crate::verify::verify_segments`]'s job.
+pub fn segment_events(store_dir: &std::path::Path) -> Result<SegmentEvents, ReadError> {
+    Ok(SegmentEvents {
+        frames: FrameReader::open(&store_dir.join(SEGMENTS_DIR))?,
+        frame: None,
+        index: 0,
+        done: false,
+    })
+}
+
+/// The iterator of [`segment_events`].
+pub struct SegmentEvents {
+    frames: FrameReader,
+    /// The frame being read, and the index of its next record.
+    frame: Option<Frame>,
+    index: usize,
+    done: bool,
+}
+
+impl SegmentEvents {
+    /// Where the read ended and, when it ended at bytes that are not a whole frame, why (see
+    /// [`FrameReader::end`]). `None` until the iterator has returned `None`.
+    pub fn end(&self) -> Option<(Location, Option<&str>)> {
+        self.frames.end()
+    }
+}
+
+impl Iterator for SegmentEvents {
+    type Item = Result<EventRecord, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(frame) = &self.frame {
+                if self.index < frame.header.events as usize {
+                    let position = frame.header.first_position + self.index as u64;
+                    let bytes = frame.record(self.index);
+                    self.index += 1;
+                    let record = EventRecord::decode(bytes)
+                        .map_err(|source| ReadError::Damaged { position, source });
+                    if record.is_err() {
+                        self.done = true;
+                    }
+                    return Some(record);
+                }
+            }
+            match self.frames.next() {
+                None => {
+                    self.done = true;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e.into()));
+                }
+                Some(Ok(frame)) => {
+                    self.frame = Some(frame);
+                    self.index = 0;
+                }
+            }
+        }
+    }
 }

@@ -1120,24 +1120,67 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 }
 
 /// Reads a store's frames in order from its first segment, without the index and without any
-/// lock: for a reader beside a running writer (verify, log). Stops at the end of the log, or at
-/// the first frame that does not check (a frame the writer is still writing), so it never yields
-/// a torn frame.
+/// lock: for a reader beside a running writer (`verify`, `log`, as-of replays from another
+/// process). Stops at the end of the log, or at the first frame that does not check, so it never
+/// yields a torn frame.
+///
+/// # What a reader beside a writer sees
+/// The writer writes frame `n + 1` only after frame `n` is synced, and a new segment file only
+/// appears (renamed in) once its header is synced, so every frame before the last one found is
+/// synced and the last one is either whole or being written. A frame being written does not
+/// check yet (its checksum covers every byte) and ends the read. The head reached is therefore
+/// at or after every head the writer acknowledged before the reader started. It may include the
+/// one frame whose `fdatasync` has not returned yet: whole in the page cache, not yet
+/// acknowledged, and lost only if the machine (not the writer process) crashes before the sync.
+///
+/// Segment files are listed once, when the reader opens: frames the writer puts in a segment
+/// created later are not read (the reader ends at a consistent head before them).
+///
+/// Damage is an error, never an end: a frame that checks but does not start at the next
+/// position (a torn frame cannot have a valid checksum), or bytes that are not a whole frame
+/// with a valid frame after them (read again after that frame was found, so a frame the writer
+/// finished meanwhile is read, not reported). At the end of the log the reader looks for such a
+/// frame in the rest of the segment files it listed (at most one segment's zero-filled tail, read
+/// once per end).
 pub struct FrameReader {
     log: SegmentLog,
+    /// Where the next frame is looked for; `None` once the end was reached.
     at: Option<Location>,
+    /// Position of the next frame's first event.
     position: u64,
+    /// Where the read ended, and why when it ended at bytes that are not a whole frame.
+    end: Option<(Location, Option<String>)>,
 }
 
 impl FrameReader {
-    /// Opens the segment directory read-only.
+    /// Opens the segment directory (`STORE/segments`) read-only. Takes no lock.
     pub fn open(dir: &Path) -> Result<FrameReader, LogError> {
         let log = SegmentLog::open(dir, false, false)?;
         Ok(FrameReader {
             log,
             at: Some(Location::START),
             position: 1,
+            end: None,
         })
+    }
+
+    /// Where the read ended (after the last frame yielded) and, when the bytes there were not a
+    /// frame that checks (a frame being written, or damage the index-backed `verify` names),
+    /// why. `None` until the iterator has returned `None`.
+    pub fn end(&self) -> Option<(Location, Option<&str>)> {
+        self.end
+            .as_ref()
+            .map(|(at, reason)| (*at, reason.as_deref()))
+    }
+
+    /// Position of the next event: the head reached so far, plus one.
+    pub fn next_position(&self) -> u64 {
+        self.position
+    }
+
+    fn finish(&mut self, at: Location, reason: Option<String>) {
+        self.at = None;
+        self.end = Some((at, reason));
     }
 }
 
@@ -1145,28 +1188,81 @@ impl Iterator for FrameReader {
     type Item = Result<Frame, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let at = match self.log.resolve(self.at?) {
-            Ok(Some(at)) => at,
-            Ok(None) => {
-                self.at = None;
-                return None;
-            }
+        let here = self.at?;
+        let (at, reason) = match self.log.resolve(here) {
+            Ok(Some(at)) => match self.read_next(at) {
+                Ok(frame) => return Some(Ok(frame)),
+                Err(Ending::Error(e)) => {
+                    self.at = None;
+                    return Some(Err(e));
+                }
+                Err(Ending::NotAFrame(reason)) => (at, Some(reason)),
+            },
+            Ok(None) => (here, None),
             Err(e) => {
                 self.at = None;
                 return Some(Err(e));
             }
         };
+        // Nothing whole at `at`: the end of the log, a frame being written, or damage. Only the
+        // last frame can be incomplete (the writer writes frame n + 1 after frame n is synced),
+        // so when a valid frame follows, the one at `at` was complete before it: read it again,
+        // and if it still does not check, it is damage, never an end.
+        match self.log.find_valid_frame_after(at) {
+            Ok(None) => {
+                self.finish(at, reason);
+                None
+            }
+            Ok(Some(found)) => match self.read_next(at) {
+                Ok(frame) => Some(Ok(frame)),
+                Err(Ending::Error(e)) => {
+                    self.at = None;
+                    Some(Err(e))
+                }
+                Err(Ending::NotAFrame(reason)) => {
+                    self.at = None;
+                    Some(Err(LogError::Damaged {
+                        segment: at.segment,
+                        offset: at.offset,
+                        reason: format!("{reason}, and a valid frame follows at {found}"),
+                    }))
+                }
+            },
+            Err(e) => {
+                self.at = None;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Why [`FrameReader::read_next`] found no frame.
+enum Ending {
+    /// The bytes there are not a whole frame that checks (the reason).
+    NotAFrame(String),
+    /// Damage (a valid frame at the wrong position) or an I/O error.
+    Error(LogError),
+}
+
+impl FrameReader {
+    /// Reads the frame at `at` and moves past it.
+    fn read_next(&mut self, at: Location) -> Result<Frame, Ending> {
         match self.log.read_frame(at) {
             Ok(frame) if frame.header.first_position == self.position => {
                 self.position += u64::from(frame.header.events);
                 self.at = Some(self.log.next_location(at, &frame.header));
-                Some(Ok(frame))
+                Ok(frame)
             }
-            // Not whole yet (or not at all): the end of what a reader can vouch for.
-            _ => {
-                self.at = None;
-                None
-            }
+            Ok(frame) => Err(Ending::Error(LogError::Damaged {
+                segment: at.segment,
+                offset: at.offset,
+                reason: format!(
+                    "frame starts at position {}, expected {}",
+                    frame.header.first_position, self.position
+                ),
+            })),
+            Err(LogError::Damaged { reason, .. }) => Err(Ending::NotAFrame(reason)),
+            Err(other) => Err(Ending::Error(other)),
         }
     }
 }

@@ -11,7 +11,7 @@ use projections::check::{CheckReport, Progress};
 use serde_json::json;
 
 use crate::output::{self, Outcome};
-use crate::store;
+use crate::store::{self, LogSource};
 
 /// The progress callback of a check or a gate's check: the spinner shows the events done so
 /// far; with `MIGRATE_TOOL_TIMING` set, each phase's wall time (measured by the library), the
@@ -78,7 +78,7 @@ pub fn write_check_human(report: &CheckReport, out: &mut dyn Write) -> std::io::
 
 /// `check [--json]`.
 pub fn check_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let engine = store::open_existing(dir)?;
+    let engine = store::open_for_views(dir, "check")?;
     let snap = engine.snapshot()?;
     let bar = output::progress(None, "check");
     let report = projections::check_engine(&*engine, &*snap, &progress(&bar))?;
@@ -91,12 +91,18 @@ pub fn check_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<
     Ok(Outcome::from_ok(report.ok()))
 }
 
-/// `verify [--json]`.
+/// `verify [--json]`: with the index when the store is free, else the segments alone (a writer
+/// holds the store; see `store::open_for_log_read`). Same output either way.
 pub fn verify_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let engine = store::open_existing(dir)?;
-    let snap = engine.snapshot()?;
+    let source = store::open_for_log_read(dir)?;
     let bar = output::progress(None, "verify: events");
-    let report = ledger::verify::verify(&*snap, &mut |n| bar.set_position(n))?;
+    let report = match source {
+        LogSource::Store(engine) => {
+            let snap = engine.snapshot()?;
+            ledger::verify::verify(&*snap, &mut |n| bar.set_position(n))?
+        }
+        LogSource::Segments => ledger::verify::verify_segments(dir, &mut |n| bar.set_position(n))?,
+    };
     bar.finish_and_clear();
     if json {
         let failure = report

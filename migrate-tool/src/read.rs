@@ -1,5 +1,7 @@
 //! Read commands: `show`, `export`, `digest`, `log`. They open the engine without a writer, read
-//! one consistent snapshot, and stream their output (bounded memory at any store size).
+//! one consistent snapshot, and stream their output (bounded memory at any store size). While a
+//! writer holds the store, `log` and `show --as-of` read the segment files instead
+//! (`store::open_for_log_read`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,11 +18,8 @@ use projections::views;
 use serde_json::{json, Value};
 
 use crate::output::Outcome;
-use crate::store;
+use crate::store::{self, LogSource};
 use projections::WalletJson;
-
-/// Rows or streams read per chunk.
-const CHUNK: usize = 4_096;
 
 /// Parses `--as-of`; a bad value is a bad argument (exit 2). Absent: the head.
 pub fn parse_as_of(input: Option<&str>) -> anyhow::Result<AsOf> {
@@ -60,14 +59,14 @@ pub fn show(
 ) -> anyhow::Result<Outcome> {
     let member = parse_member(member)?;
     let as_of = parse_as_of(as_of)?;
-    let engine = store::open_existing(dir)?;
-    let snap = engine.snapshot()?;
     let shown = match as_of {
         AsOf::Head => {
+            let engine = store::open_for_views(dir, "show")?;
+            let snap = engine.snapshot()?;
             store::require_current_views(&*snap)?;
             views::load_shown(&*snap, &member)?
         }
-        other => fold::fold_member(&*snap, &member, other)?.map(|s| views::ShownWallet::of(&s)),
+        other => fold_as_of(dir, &member, other)?.map(|s| views::ShownWallet::of(&s)),
     };
     let Some(shown) = shown else {
         eprintln!("member {member} has no wallet");
@@ -80,6 +79,21 @@ pub fn show(
         write_human(&shown, out)?;
     }
     Ok(Outcome::Ok)
+}
+
+/// One member's wallet as of a moment: from its stream through the index, or, while a writer
+/// holds the store, from the segment files (every frame is read; only the member's wallet
+/// stream is folded).
+fn fold_as_of(dir: &Path, member: &MemberId, as_of: AsOf) -> anyhow::Result<Option<WalletState>> {
+    Ok(match store::open_for_log_read(dir)? {
+        LogSource::Store(engine) => fold::fold_member(&*engine.snapshot()?, member, as_of)?,
+        LogSource::Segments => {
+            let stream = ledger::domain::wallet_stream(member);
+            let records = log::segment_events(dir)?
+                .filter(|r| r.as_ref().map_or(true, |r| r.stream == stream));
+            fold::fold_wallet_records(records, as_of)?
+        }
+    })
 }
 
 fn list_or_none(items: &[String]) -> String {
@@ -115,33 +129,22 @@ pub fn for_each_folded(
     as_of: AsOf,
     each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let streams = log::list_streams(
-            snap,
-            ledger::domain::WALLET_STREAM_PREFIX,
-            after.as_deref(),
-            CHUNK,
-        )?;
-        let Some(last) = streams.last() else {
-            return Ok(());
+    for stream in log::streams(snap, ledger::domain::WALLET_STREAM_PREFIX) {
+        let stream = stream?;
+        let Some((_, member)) = ledger::domain::member_of_stream(&stream) else {
+            bail!("stream {stream} is not a wallet stream of a valid member id");
         };
-        after = Some(last.clone());
-        for stream in &streams {
-            let Some((_, member)) = ledger::domain::member_of_stream(stream) else {
-                bail!("stream {stream} is not a wallet stream of a valid member id");
-            };
-            if let Some(state) = fold::fold_member(snap, &member, as_of)? {
-                each(state)?;
-            }
+        if let Some(state) = fold::fold_member(snap, &member, as_of)? {
+            each(state)?;
         }
     }
+    Ok(())
 }
 
 /// `export [--as-of T]`.
 pub fn export(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let as_of = parse_as_of(as_of)?;
-    let engine = store::open_existing(dir)?;
+    let engine = store::open_for_views(dir, "export")?;
     let snap = engine.snapshot()?;
     match as_of {
         AsOf::Head => {
@@ -186,7 +189,7 @@ pub fn fresh_digest(snap: &dyn Snapshot, as_of: AsOf) -> anyhow::Result<ledger::
 /// `digest [--as-of T]`.
 pub fn digest(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let as_of = parse_as_of(as_of)?;
-    let engine = store::open_existing(dir)?;
+    let engine = store::open_for_views(dir, "digest")?;
     let snap = engine.snapshot()?;
     let root = match as_of {
         AsOf::Head => {
@@ -208,8 +211,7 @@ pub fn log(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
-    let engine = store::open_existing(dir)?;
-    let snap = engine.snapshot()?;
+    let source = store::open_for_log_read(dir)?;
     let mut left = limit.unwrap_or(u64::MAX);
     let mut first = true;
     if json {
@@ -227,37 +229,33 @@ pub fn log(
         }
         Ok(())
     };
-    match stream {
-        Some(stream) => {
-            let mut version = StreamVersion(1);
-            while left > 0 {
-                let records = log::read_stream(&*snap, stream, version, CHUNK)?;
-                let Some(last) = records.last() else { break };
-                version = StreamVersion(last.version.0 + 1);
-                for r in records.iter().filter(|r| r.position.0 >= from) {
-                    if left == 0 {
-                        break;
-                    }
-                    emit(r)?;
-                    left -= 1;
-                }
+    let from = Position(from.max(1));
+    let mut each = |records: &mut dyn Iterator<Item = Result<EventRecord, ledger::ReadError>>| {
+        while left > 0 {
+            let Some(record) = records.next() else { break };
+            let record = record?;
+            if record.position >= from {
+                emit(&record)?;
+                left -= 1;
             }
         }
-        None => {
-            let mut next = Position(from.max(1));
-            while left > 0 {
-                let records = log::read_all(&*snap, next, CHUNK)?;
-                let Some(last) = records.last() else { break };
-                next = last.position.next();
-                for r in &records {
-                    if left == 0 {
-                        break;
-                    }
-                    emit(r)?;
-                    left -= 1;
-                }
-            }
+        anyhow::Ok(())
+    };
+    match (source, stream) {
+        (LogSource::Store(engine), Some(stream)) => {
+            let snap = engine.snapshot()?;
+            each(&mut log::stream_events(&*snap, stream, StreamVersion(1)))?;
         }
+        (LogSource::Store(engine), None) => {
+            let snap = engine.snapshot()?;
+            each(&mut log::events(&*snap, from))?;
+        }
+        // Beside a writer: every frame is read; only the stream's events are shown.
+        (LogSource::Segments, Some(stream)) => each(
+            &mut log::segment_events(dir)?
+                .filter(|r| r.as_ref().map_or(true, |r| r.stream == stream)),
+        )?,
+        (LogSource::Segments, None) => each(&mut log::segment_events(dir)?)?,
     }
     if json {
         writeln!(out, "]}}")?;

@@ -4,13 +4,20 @@
 //! fresh empty store. Every [`ledger::OpenError`] variant (missing, not a store, locked, newer
 //! format, damaged, I/O) already carries a one-line message naming the path and the rule; the
 //! CLI prints it as it is.
+//!
+//! # Beside a writer
+//! While another process writes (an import, a service), the index is locked
+//! ([`ledger::OpenError::Locked`]). Commands that only read the log (`verify`, `log`,
+//! `show --as-of`) then read the segment files directly, up to the synced head they find
+//! ([`open_for_log_read`]); commands that need the views (`show` at the head, `export`,
+//! `digest`, `check`) fail, saying which commands still work ([`open_for_views`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ledger::log;
-use ledger::{Backend, Create, Head, Snapshot, Store};
+use ledger::{Backend, Create, Head, OpenError, Snapshot, Store};
 use projections::views;
 use projections::WalletService;
 
@@ -18,6 +25,43 @@ use projections::WalletService;
 /// `verify`, which must work on a damaged store.
 pub fn open_existing(dir: &Path) -> anyhow::Result<Arc<Store>> {
     Ok(projections::open_store(dir, Create::No, Backend::Redb)?)
+}
+
+/// Where a command that only reads the log reads it from.
+pub enum LogSource {
+    /// The store, opened (no writer runs): indexed reads of one snapshot.
+    Store(Arc<Store>),
+    /// A writer holds the store: the segment files, read without the index and without a lock.
+    Segments,
+}
+
+/// Opens an existing store for a command that can read the log's segments alone (`verify`,
+/// `log`, `show --as-of`). When another process holds the store, says so on stderr and returns
+/// [`LogSource::Segments`].
+pub fn open_for_log_read(dir: &Path) -> anyhow::Result<LogSource> {
+    match projections::open_store(dir, Create::No, Backend::Redb) {
+        Ok(store) => Ok(LogSource::Store(store)),
+        Err(OpenError::Locked { .. }) => {
+            eprintln!(
+                "note: store {} is held by a writer; reading the log's segments up to the synced head (without the index or the views)",
+                dir.display()
+            );
+            Ok(LogSource::Segments)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens an existing store for a command that reads the views (`show` at the head, `export`,
+/// `digest`, `check`): while a writer holds the store the error says which commands work.
+pub fn open_for_views(dir: &Path, command: &str) -> anyhow::Result<Arc<Store>> {
+    match projections::open_store(dir, Create::No, Backend::Redb) {
+        Ok(store) => Ok(store),
+        Err(e @ OpenError::Locked { .. }) => Err(anyhow::Error::new(e).context(format!(
+            "`{command}` reads the views, which only the writing process may open (`verify`, `log` and `show --as-of` read the log beside a writer)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens or creates a store and starts the wallet service on it (import, demo).

@@ -266,26 +266,31 @@ pub fn check_after_identity_appends(
     let (head, _) = ledger::log::read_head(snap)?;
     let digest = digest::stored_digest(snap)?;
     let mut views_inv = Invariant::new(VIEWS_MATCH_LOG);
-    let mut next = before.head.position.next();
-    while next <= head.position {
-        let records = ledger::log::read_all(snap, next, SCAN_CHUNK)?;
-        let Some(last) = records.last() else { break };
-        next = last.position.next();
-        for r in &records {
-            let identity = matches!(
-                ledger::domain::member_of_stream(&r.stream),
-                Some((StreamKind::Identity, _))
-            );
-            if !identity {
-                views_inv.fail(format!(
-                    "position {}: {} on stream {} is not an identity event",
-                    r.position, r.event_type, r.stream
-                ));
-            }
+    let mut count = 0u64;
+    for r in ledger::log::events(snap, before.head.position.next()) {
+        let r = r?;
+        let identity = matches!(
+            ledger::domain::member_of_stream(&r.stream),
+            Some((StreamKind::Identity, _))
+        );
+        if !identity {
+            views_inv.fail(format!(
+                "position {}: {} on stream {} is not an identity event",
+                r.position, r.event_type, r.stream
+            ));
         }
+        count += 1;
+        if count % SCAN_CHUNK as u64 == 0 {
+            progress(Progress::Events {
+                phase: "new events",
+                count,
+            });
+        }
+    }
+    if count % SCAN_CHUNK as u64 != 0 {
         progress(Progress::Events {
             phase: "new events",
-            count: next.0 - before.head.position.0 - 1,
+            count,
         });
     }
     let checkpoint = views::checkpoint(snap)?;

@@ -190,9 +190,6 @@ pub fn bucket_members(
         .collect())
 }
 
-/// Streams listed per read of the stream index by [`wallet_members_in`].
-const STREAMS_PER_READ: usize = 10_000;
-
 /// Members with a wallet stream in the log whose bucket is one of `buckets`, in id order: a walk
 /// of the stream index. Only for when differing buckets name nobody through the stored member
 /// hashes (a wallet with no trace at all in the views); `check` and the gate both use it.
@@ -201,17 +198,10 @@ pub fn wallet_members_in(
     buckets: &BTreeSet<u16>,
 ) -> Result<Vec<String>, ProjectionError> {
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let streams =
-            ledger::log::list_streams(snap, "wallet-", after.as_deref(), STREAMS_PER_READ)?;
-        let Some(last) = streams.last() else { break };
-        after = Some(last.clone());
-        for s in &streams {
-            if let Some((_, m)) = ledger::domain::member_of_stream(s) {
-                if buckets.contains(&bucket_of(&m)) {
-                    out.push(m.to_string());
-                }
+    for s in ledger::log::streams(snap, "wallet-") {
+        if let Some((_, m)) = ledger::domain::member_of_stream(&s?) {
+            if buckets.contains(&bucket_of(&m)) {
+                out.push(m.to_string());
             }
         }
     }

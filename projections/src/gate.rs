@@ -689,7 +689,8 @@ mod tests {
     impl Derive for ChangedFold {
         fn buckets(&self, snap: &dyn Snapshot) -> Result<(Vec<BucketSum>, u64), ProjectionError> {
             let mut states: BTreeMap<MemberId, Option<WalletState>> = BTreeMap::new();
-            for record in ledger::log::read_all(snap, ledger::Position(1), 1_024)? {
+            for record in ledger::log::events(snap, ledger::Position(1)) {
+                let record = record?;
                 if let Some((m, e)) = crate::hook::wallet_event_of(&record)? {
                     changed_apply(states.entry(m).or_default(), &e, record.position.0)?;
                 }
@@ -708,7 +709,8 @@ mod tests {
         ) -> Result<Option<WalletState>, ProjectionError> {
             let stream = ledger::domain::wallet_stream(member);
             let mut state = None;
-            for r in ledger::log::read_stream(snap, &stream, StreamVersion(1), 1_024)? {
+            for r in ledger::log::stream_events(snap, &stream, StreamVersion(1)) {
+                let r = r?;
                 if let Some((_, e)) = crate::hook::wallet_event_of(&r)? {
                     changed_apply(&mut state, &e, r.position.0)?;
                 }

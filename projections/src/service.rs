@@ -45,8 +45,6 @@ use crate::hook::ProjectionHook;
 use crate::views;
 use crate::{rebuild, ProjectionError};
 
-/// Events read per step of a statement.
-const STATEMENT_CHUNK: usize = 4_096;
 /// Members whose expirations are queued to the writer at once by a whole-store `expire`.
 const EXPIRE_WINDOW: usize = 512;
 /// Members read from the expiry index per round of a whole-store `expire`.
@@ -301,33 +299,27 @@ impl WalletService {
         let snap = self.snapshot()?;
         let stream = wallet_stream(member);
         let mut balance = 0u64;
-        let mut from = StreamVersion(1);
-        loop {
-            let records = log::read_stream(&*snap, &stream, from, STATEMENT_CHUNK)?;
-            let Some(last) = records.last() else {
-                return Ok(());
+        for record in log::stream_events(&*snap, &stream, StreamVersion(1)) {
+            let record = record?;
+            let Some((_, event)) = crate::hook::wallet_event_of(&record)? else {
+                continue;
             };
-            from = StreamVersion(last.version.0 + 1);
-            for record in records {
-                let Some((_, event)) = crate::hook::wallet_event_of(&record)? else {
-                    continue;
-                };
-                let delta = balance_delta(&event);
-                let after = i128::from(balance) + delta;
-                balance = u64::try_from(after).map_err(|_| ProjectionError::Event {
-                    position: record.position.0,
-                    reason: format!("the balance of member {member} would be {after} yen"),
-                })?;
-                each(StatementLine {
-                    position: record.position.0,
-                    at: record.at,
-                    event_type: record.event_type,
-                    command_id: record.command_id,
-                    delta_yen: delta,
-                    balance_yen: balance,
-                })?;
-            }
+            let delta = balance_delta(&event);
+            let after = i128::from(balance) + delta;
+            balance = u64::try_from(after).map_err(|_| ProjectionError::Event {
+                position: record.position.0,
+                reason: format!("the balance of member {member} would be {after} yen"),
+            })?;
+            each(StatementLine {
+                position: record.position.0,
+                at: record.at,
+                event_type: record.event_type,
+                command_id: record.command_id,
+                delta_yen: delta,
+                balance_yen: balance,
+            })?;
         }
+        Ok(())
     }
 }
 
@@ -533,25 +525,19 @@ pub fn load_identity(
 ) -> Result<Option<IdentityState>, ProjectionError> {
     let stream = identity_stream(member);
     let mut state = None;
-    let mut from = StreamVersion(1);
-    loop {
-        let records = log::read_stream(snap, &stream, from, 4_096)?;
-        let Some(last) = records.last() else {
-            return Ok(state);
-        };
-        from = StreamVersion(last.version.0 + 1);
-        for r in &records {
-            let event = DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
-                .map_err(|e| ProjectionError::Event {
+    for r in log::stream_events(snap, &stream, StreamVersion(1)) {
+        let r = r?;
+        let event = DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+            .map_err(|e| ProjectionError::Event {
                 position: r.position.0,
                 reason: e.to_string(),
             })?;
-            if let DomainEvent::Identity(e) = event {
-                apply_identity_event(&mut state, &e).map_err(|e| ProjectionError::Event {
-                    position: r.position.0,
-                    reason: e.to_string(),
-                })?;
-            }
+        if let DomainEvent::Identity(e) = event {
+            apply_identity_event(&mut state, &e).map_err(|e| ProjectionError::Event {
+                position: r.position.0,
+                reason: e.to_string(),
+            })?;
         }
     }
+    Ok(state)
 }

@@ -125,6 +125,8 @@ pub struct TableChunks<'s> {
     chunk: usize,
     /// Last key of the previous chunk; `None` before the first.
     after: Option<Vec<u8>>,
+    /// Where the first chunk starts (inclusive); `None`: the table's first key.
+    start: Option<Vec<u8>>,
     /// Set once a scan came back empty or failed.
     done: bool,
 }
@@ -138,7 +140,21 @@ impl<'s> TableChunks<'s> {
             table,
             chunk,
             after: None,
+            start: None,
             done: false,
+        }
+    }
+
+    /// Pages through `table` from key `start` (inclusive) on.
+    pub fn starting_at(
+        snap: &'s dyn Snapshot,
+        table: &'s str,
+        start: &[u8],
+        chunk: usize,
+    ) -> TableChunks<'s> {
+        TableChunks {
+            start: Some(start.to_vec()),
+            ..TableChunks::new(snap, table, chunk)
         }
     }
 }
@@ -150,9 +166,10 @@ impl Iterator for TableChunks<'_> {
         if self.done {
             return None;
         }
-        let lower = match &self.after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
+        let lower = match (&self.after, &self.start) {
+            (Some(k), _) => Bound::Excluded(k.as_slice()),
+            (None, Some(k)) => Bound::Included(k.as_slice()),
+            (None, None) => Bound::Unbounded,
         };
         let rows = match self
             .snap

@@ -13,7 +13,8 @@
 //!   within the pass's memory budget.
 //! - `decode`: the borrowed fast decoder of wallet payloads, checked against the reference
 //!   decoder of `hook`.
-//! - `member`: [`fold_member`], one member's stream.
+//! - `member`: [`fold_member`], one member's stream ([`fold_wallet_records`]: the same fold
+//!   of any source of its records).
 //!
 //! Invariants kept across the module:
 //! - Pure over the log: a fold reads the events table of one snapshot (the pipelined fold: one
@@ -35,7 +36,7 @@ use ledger::domain::{MemberId, WalletEvent, WalletState};
 use ledger::record::EventRecord;
 use ledger::{Position, Timestamp};
 
-pub use member::fold_member;
+pub use member::{fold_member, fold_wallet_records};
 pub use partition::{fold_log, fold_log_pipelined};
 
 /// Which events count. How an operator spells one (`--as-of @N` or a time) is the command

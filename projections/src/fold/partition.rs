@@ -18,13 +18,11 @@
 //!   [`AsOf`](super::AsOf)'s position, and the events it includes are exactly those
 //!   [`AsOf::includes_at`](super::AsOf::includes_at) includes.
 
-use std::ops::Bound;
-
 use ledger::domain::{apply_wallet_event_owned, MemberId};
 use ledger::engine::Entry;
-use ledger::log::{self, tables as log_tables};
+use ledger::log::tables as log_tables;
 use ledger::record::EventRecord;
-use ledger::{Engine, Position, Snapshot};
+use ledger::{Engine, Position, Snapshot, TableChunks};
 
 use super::decode::decode_fast;
 use super::pass::{member_key_hash, PassStates};
@@ -176,28 +174,10 @@ type PassFn<'p> = &'p mut dyn FnMut(
     &mut u64,
 ) -> Result<Option<PassStates>, ProjectionError>;
 
-/// The events table in chunks of [`CHUNK_EVENTS`], from position 1 to the end of `snap`.
+/// The events table in chunks of [`CHUNK_EVENTS`], from position 1 to the end of `snap`: raw
+/// entries, because the pass parses each envelope without allocating ([`fold_chunks`]).
 fn scan_chunks(snap: &dyn Snapshot) -> impl Iterator<Item = Chunk> + '_ {
-    let mut from = Some(log::event_key(Position(1)).to_vec());
-    std::iter::from_fn(move || {
-        let start = from.take()?;
-        let chunk = snap.scan(
-            log_tables::EVENTS,
-            (Bound::Included(&start[..]), Bound::Unbounded),
-            CHUNK_EVENTS,
-        );
-        match chunk {
-            Err(e) => Some(Err(e.into())),
-            Ok(chunk) => {
-                let (last, _) = chunk.last()?;
-                // The smallest key greater than the last one read.
-                let mut next = last.clone();
-                next.push(0);
-                from = Some(next);
-                Some(Ok(chunk))
-            }
-        }
-    })
+    TableChunks::new(snap, log_tables::EVENTS, CHUNK_EVENTS).map(|chunk| Ok(chunk?))
 }
 
 /// One pass. `None`: the partition did not fit the pass's member cap or memory budget (the

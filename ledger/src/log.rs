@@ -159,6 +159,25 @@ impl CommandEntry {
         out
     }
 
+    /// Whether this entry belongs in a frame whose events are at `first..=head` (`head` is
+    /// `first - 1` for a frame without events): a command with events has all of them in the
+    /// frame; a command without events was recorded at the head + 1 of its time, which is in
+    /// the frame or just after its last event. The rule [`crate::Store::append_verbatim`]
+    /// enforces, and the one a migration uses to place entries in frames.
+    pub fn lies_in_frame(&self, first: Position, head: Position) -> bool {
+        if self.first_position < first {
+            return false;
+        }
+        if self.count == 0 {
+            return self.first_position <= head.next();
+        }
+        let end = self
+            .first_position
+            .0
+            .saturating_add(u64::from(self.count) - 1);
+        end <= head.0
+    }
+
     /// Parses stored bytes.
     pub fn decode(bytes: &[u8]) -> Option<CommandEntry> {
         if bytes.len() != 44 {

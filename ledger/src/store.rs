@@ -32,8 +32,8 @@ use crate::ledger::CommitHook;
 use crate::log::{self, tables, CommandEntry, FORMAT_VERSION, META_FORMAT_VERSION};
 use crate::record::EventRecord;
 use crate::segments::{
-    Frame, FrameBuilder, FrameHeader, Location, LogError, SegmentLog, FRAME_HEADER_BYTES,
-    MAX_FRAME_PAYLOAD, SEGMENTS_DIR,
+    Frame, FrameBuilder, FrameHeader, Location, LogError, FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD,
+    SEGMENTS_DIR,
 };
 use crate::types::{Hash, Head, Position};
 
@@ -300,12 +300,6 @@ pub(crate) fn index_frame(
     records: &[impl Borrow<EventRecord>],
     head: Head,
 ) {
-    let FramePlace {
-        at,
-        first_position,
-        events: header_events,
-        len: frame_len,
-    } = frame;
     for (id, entry) in commands {
         batch.put(tables::COMMANDS, id.as_bytes().to_vec(), entry.encode());
     }
@@ -392,7 +386,7 @@ impl Store {
         Engine::commit(self, batch)
     }
 
-    /// Writes one frame durably (one write, one fdatasync); see [`SegmentLog::append`].
+    /// Writes one frame durably (one write, one fdatasync); see [`crate::segments::SegmentLog::append`].
     pub fn append_frame(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
         self.log.append(frame, first_position)
     }
@@ -475,12 +469,7 @@ impl Store {
             };
         }
         for (id, entry) in commands {
-            // A command's events lie in the frame; one without events was recorded at the head
-            // + 1 of its time, which is in the frame or just after its last event.
-            let end = entry.first_position.0 + u64::from(entry.count.max(1)) - 1;
-            let inside = entry.first_position >= first && end <= head.position.0.max(first.0);
-            let inside =
-                inside || (entry.count == 0 && entry.first_position == head.position.next());
+            let inside = entry.lies_in_frame(first, head.position);
             if !inside || id.is_empty() || id.len() > usize::from(u8::MAX) {
                 return Err(refused(format!(
                     "command {id:?} (first position {}, {} events) does not belong in a frame of positions {first}..={}",

@@ -14,7 +14,9 @@
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
 //!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report;
-//!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves.
+//!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves;
+//!   [`frames`] writes a whole log into a new store in frames, for `segments` and the
+//!   copy-transforms.
 //! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
 //!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
@@ -26,6 +28,7 @@ mod check;
 mod cli;
 mod demo;
 mod expire;
+mod frames;
 mod gate;
 mod import;
 mod lock;

@@ -280,7 +280,8 @@ fn compare_commands(src: &dyn Snapshot, dst: &dyn Snapshot) -> anyhow::Result<Co
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger::Hash;
+    use ledger::log::CommandEntry;
+    use ledger::{Hash, Position};
 
     /// A copy of the committed format-1 fixture (2,774 events, layout-1 views).
     fn fixture(tmp: &Path) -> std::path::PathBuf {

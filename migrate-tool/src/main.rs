@@ -99,7 +99,7 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let dir = cli.store;
     lock::recover_if_free(&dir)?;
-    let _lock = match writer_name(&cli.command) {
+    let lock = match writer_name(&cli.command) {
         Some(name) => Some(StoreLock::acquire(&dir, name)?),
         None => None,
     };
@@ -149,6 +149,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             fault_touch_wallet,
         } => reset::run(
             &dir,
+            lock.as_ref()
+                .expect("reset-credentials is a writer: its lock is taken above"),
             reset::Options {
                 all,
                 members: member,

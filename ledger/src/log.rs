@@ -471,3 +471,39 @@ pub fn list_streams(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(first: u64, count: u32) -> CommandEntry {
+        CommandEntry {
+            first_position: Position(first),
+            count,
+            fingerprint: [0; 32],
+        }
+    }
+
+    // Proves the frame rule of command entries: a command's events all lie in the frame; a
+    // command without events lies in the frame or at its head + 1; a frame without events holds
+    // only commands without events at its first position; nothing before the frame, nothing
+    // past it, no overflow on a huge first position.
+    #[test]
+    fn a_command_entry_lies_in_a_frame_only_where_its_events_are() {
+        let (first, head) = (Position(10), Position(14));
+        assert!(entry(10, 5).lies_in_frame(first, head));
+        assert!(entry(12, 1).lies_in_frame(first, head));
+        assert!(
+            !entry(12, 4).lies_in_frame(first, head),
+            "ends past the frame"
+        );
+        assert!(!entry(9, 2).lies_in_frame(first, head), "starts before it");
+        assert!(entry(10, 0).lies_in_frame(first, head));
+        assert!(entry(15, 0).lies_in_frame(first, head), "head + 1");
+        assert!(!entry(16, 0).lies_in_frame(first, head));
+        let (first, head) = (Position(15), Position(14));
+        assert!(entry(15, 0).lies_in_frame(first, head));
+        assert!(!entry(15, 1).lies_in_frame(first, head), "no event to hold");
+        assert!(!entry(u64::MAX, 2).lies_in_frame(Position(1), Position(u64::MAX - 1)));
+    }
+}

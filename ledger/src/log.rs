@@ -164,6 +164,25 @@ impl CommandEntry {
         out
     }
 
+    /// Whether this entry belongs in a frame whose events are at `first..=head` (`head` is
+    /// `first - 1` for a frame without events): a command with events has all of them in the
+    /// frame; a command without events was recorded at the head + 1 of its time, which is in
+    /// the frame or just after its last event. The rule [`crate::Store::append_verbatim`]
+    /// enforces, and the one a migration uses to place entries in frames.
+    pub fn lies_in_frame(&self, first: Position, head: Position) -> bool {
+        if self.first_position < first {
+            return false;
+        }
+        if self.count == 0 {
+            return self.first_position <= head.next();
+        }
+        let end = self
+            .first_position
+            .0
+            .saturating_add(u64::from(self.count) - 1);
+        end <= head.0
+    }
+
     /// Parses stored bytes.
     pub fn decode(bytes: &[u8]) -> Option<CommandEntry> {
         if bytes.len() != 44 {
@@ -692,5 +711,41 @@ impl Iterator for SegmentEvents {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(first: u64, count: u32) -> CommandEntry {
+        CommandEntry {
+            first_position: Position(first),
+            count,
+            fingerprint: [0; 32],
+        }
+    }
+
+    // Proves the frame rule of command entries: a command's events all lie in the frame; a
+    // command without events lies in the frame or at its head + 1; a frame without events holds
+    // only commands without events at its first position; nothing before the frame, nothing
+    // past it, no overflow on a huge first position.
+    #[test]
+    fn a_command_entry_lies_in_a_frame_only_where_its_events_are() {
+        let (first, head) = (Position(10), Position(14));
+        assert!(entry(10, 5).lies_in_frame(first, head));
+        assert!(entry(12, 1).lies_in_frame(first, head));
+        assert!(
+            !entry(12, 4).lies_in_frame(first, head),
+            "ends past the frame"
+        );
+        assert!(!entry(9, 2).lies_in_frame(first, head), "starts before it");
+        assert!(entry(10, 0).lies_in_frame(first, head));
+        assert!(entry(15, 0).lies_in_frame(first, head), "head + 1");
+        assert!(!entry(16, 0).lies_in_frame(first, head));
+        let (first, head) = (Position(15), Position(14));
+        assert!(entry(15, 0).lies_in_frame(first, head));
+        assert!(!entry(15, 1).lies_in_frame(first, head), "no event to hold");
+        assert!(!entry(u64::MAX, 2).lies_in_frame(Position(1), Position(u64::MAX - 1)));
     }
 }

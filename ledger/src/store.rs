@@ -469,12 +469,7 @@ impl Store {
             };
         }
         for (id, entry) in commands {
-            // A command's events lie in the frame; one without events was recorded at the head
-            // + 1 of its time, which is in the frame or just after its last event.
-            let end = entry.first_position.0 + u64::from(entry.count.max(1)) - 1;
-            let inside = entry.first_position >= first && end <= head.position.0.max(first.0);
-            let inside =
-                inside || (entry.count == 0 && entry.first_position == head.position.next());
+            let inside = entry.lies_in_frame(first, head.position);
             if !inside || id.is_empty() || id.len() > usize::from(u8::MAX) {
                 return Err(refused(format!(
                     "command {id:?} (first position {}, {} events) does not belong in a frame of positions {first}..={}",

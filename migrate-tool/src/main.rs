@@ -14,7 +14,9 @@
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
 //!   [`migrate_copy`] is their copy-transform engine and proof, [`migrate_report`] their report;
-//!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves.
+//!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves;
+//!   [`frames`] writes a whole log into a new store in frames, for `segments` and the
+//!   copy-transforms.
 //! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
 //!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
@@ -26,6 +28,7 @@ mod check;
 mod cli;
 mod demo;
 mod expire;
+mod frames;
 mod gate;
 mod import;
 mod lock;
@@ -96,7 +99,7 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let dir = cli.store;
     lock::recover_if_free(&dir)?;
-    let _lock = match writer_name(&cli.command) {
+    let lock = match writer_name(&cli.command) {
         Some(name) => Some(StoreLock::acquire(&dir, name)?),
         None => None,
     };
@@ -146,6 +149,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             fault_touch_wallet,
         } => reset::run(
             &dir,
+            lock.as_ref()
+                .expect("reset-credentials is a writer: its lock is taken above"),
             reset::Options {
                 all,
                 members: member,

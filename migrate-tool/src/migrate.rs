@@ -8,7 +8,8 @@
 //! 3. **copy-transform** ([`crate::migrate_copy`]): read the source log in position order,
 //!    transform each record, write it into a new store `<store>.migrating-<name>` with the same
 //!    positions, stream versions, event ids, command ids and times, a recomputed hash chain, and
-//!    the command table copied; then rebuild the projections there with this binary;
+//!    the command entries copied, in frames of the new store's segment log
+//!    ([`crate::frames`]); then rebuild the projections there with this binary;
 //! 4. **after**: the same figures on the new store;
 //! 5. **compare** everything the migration did not declare, in `projections::gate` under
 //!    [`Declared::RecordsRewritten`]: every invariant holds on both; head position and members
@@ -35,13 +36,14 @@ use anyhow::{bail, Context};
 use ledger::domain::{MigrationApplied, SystemEvent, SYSTEM_MIGRATIONS_STREAM};
 use ledger::{
     AppendRequest, Codec, Create, ExpectedVersion, Ledger, NewEvent, Snapshot, StreamAppend,
-    StreamVersion, Timestamp,
+    StreamVersion, Timestamp, WriteBatch,
 };
 use projections::digest;
 use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
 use serde_json::{json, Value};
 
 use crate::check;
+use crate::frames;
 use crate::lock::{self, StoreLock};
 use crate::migrate_copy::{self, CopyStats, Fault, LogCompare};
 use crate::migrate_report::{self, Report};
@@ -361,10 +363,17 @@ fn run_on_scratch(
     }
     bar.set_message("migrate: copy-transform");
     let target = ledger::store::open_engine(scratch, Create::IfMissing, ledger::Backend::Redb)?;
-    let stats: CopyStats =
-        migrate_copy::copy_transform(&*src_snap, &*target, migration.kind, opts.fault, &mut |n| {
-            bar.set_position(n)
-        })?;
+    let order = source_copy.join(frames::ORDER_FILE);
+    let stats: CopyStats = migrate_copy::copy_transform(
+        &*src_snap,
+        &target,
+        &order,
+        migration.kind,
+        opts.fault,
+        &mut |n| bar.set_position(n),
+    )?;
+    // The frames are synced; one synced index commit makes every unsynced one before it durable.
+    target.commit(WriteBatch::new())?;
     bar.set_message("migrate: rebuild projections");
     if let Err(e) = projections::rebuild(&*target, &mut |n| bar.set_position(n)) {
         if !matches!(e, projections::ProjectionError::Event { .. }) {
@@ -376,6 +385,7 @@ fn run_on_scratch(
         let logs = migrate_copy::compare_logs(&*src_snap, &*dst_snap, migration.kind)?;
         bar.finish_and_clear();
         let mut reasons = vec![format!("the transformed log cannot be folded: {e}")];
+        reasons.extend(stats.unplaced_commands);
         reasons.extend(log_failures(&logs));
         return Ok((gate.refuse(reasons), None));
     }
@@ -391,7 +401,12 @@ fn run_on_scratch(
         &StoredViews(&*src_snap),
         &StoredViews(&*dst_snap),
     )?;
-    for failure in log_failures(&logs) {
+    for failure in stats
+        .unplaced_commands
+        .iter()
+        .cloned()
+        .chain(log_failures(&logs))
+    {
         report.add_failure(failure);
     }
     Ok((report, Some((stats, logs))))

@@ -2,11 +2,14 @@
 //!
 //! [`copy_transform`] reads the source log in position order and writes each transformed record
 //! into a new store with the same position, stream version, event id, command id, business and
-//! recorded time; codec, schema version and payload change as the migration declares, and the
-//! hash chain is recomputed over the new bytes. Records go straight to the engine in batches
-//! (events and stream index in the same batch), then the command table is copied unchanged
-//! (positions are kept, so its entries stay true). The writer thread is not used: it would assign
-//! new positions and times.
+//! recorded time; codec, schema version and payload change as the migration declares, and each
+//! record is re-sealed over its new bytes, chained from the new store's empty head. The records
+//! and the command entries, unchanged (positions are kept, so they stay true), go into the new
+//! store's log in frames through [`ledger::Store::append_verbatim`] ([`crate::frames`], shared
+//! with `migrate run segments`); it checks every record continues the chain and recomputes its
+//! hash. The writer thread is not used: it would assign new positions and times. A faulty
+//! transform that moves events leaves command entries that fit no frame: they are left out and
+//! named, the command tables differ, and the gate refuses.
 //!
 //! [`compare_logs`] then walks both logs in lockstep and proves: every event is there, in the same
 //! order, with the same envelope, and decodes to the same domain event (a legacy version decodes
@@ -15,13 +18,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use ledger::domain::{Currency, DomainEvent, PaidV1, SystemEvent, WalletEvent, LEGACY_TYPES};
 use ledger::log::{self, tables};
 use ledger::record::EventRecord;
-use ledger::{Codec, Engine, Hash, Position, Snapshot, WriteBatch};
+use ledger::{Codec, Hash, Position, Snapshot, Store};
 
+use crate::frames;
 use crate::migrate::Kind;
 
 /// Events per write batch and per read.
@@ -51,6 +56,9 @@ pub struct CopyStats {
     pub events_rewritten: u64,
     /// Command entries copied.
     pub commands_copied: u64,
+    /// Command entries of the source that fit no frame of the new log, left out (a transform
+    /// that moved events), one line each up to a limit ([`frames::Written::unplaced`]).
+    pub unplaced_commands: Vec<String>,
     /// Source records by (type, version).
     pub by_type: BTreeMap<(String, u16), u64>,
 }
@@ -195,10 +203,12 @@ fn apply_fault(plan: &FaultPlan, mut r: EventRecord) -> anyhow::Result<Option<Ev
     Ok(Some(r))
 }
 
-/// Copies the source log into `target` (an empty store), transformed. See the module doc.
+/// Copies the source log into `target` (an empty store), transformed, in frames
+/// ([`frames::write_log`], `order_path` its scratch file). See the module doc.
 pub fn copy_transform(
     src: &dyn Snapshot,
-    target: &dyn Engine,
+    target: &Store,
+    order_path: &Path,
     kind: Kind,
     fault: Option<Fault>,
     progress: &mut dyn FnMut(u64),
@@ -208,72 +218,51 @@ pub fn copy_transform(
     }
     let plan = plan_fault(src, fault)?;
     let mut stats = CopyStats::default();
-    let mut prev = Hash([0; 32]);
-    let mut next = Position(1);
+    let mut prev = Hash::GENESIS;
     let mut shift = 0u64;
-    loop {
-        let records = log::read_all(src, next, CHUNK_EVENTS)?;
-        let Some(last) = records.last() else { break };
-        next = last.position.next();
-        let mut batch = WriteBatch::new();
-        for r in records {
-            stats.events_read += 1;
-            *stats
-                .by_type
-                .entry((r.event_type.clone(), r.schema_version))
-                .or_default() += 1;
-            let (codec, schema_version, payload) = transform(kind, &r)?;
-            let rewritten =
-                codec != r.codec || schema_version != r.schema_version || payload != r.payload;
-            let mut out = r.clone();
-            out.codec = codec;
-            out.schema_version = schema_version;
-            out.payload = payload;
-            let Some(mut out) = apply_fault(&plan, out)? else {
-                shift += 1;
-                continue;
-            };
-            out.position = Position(out.position.0 - shift);
-            out.prev_hash = prev;
-            out.seal();
-            prev = out.hash;
-            stats.events_rewritten += u64::from(rewritten);
-            stats.events_written += 1;
-            batch.put(
-                tables::STREAM_INDEX,
-                log::stream_key(&out.stream, out.version),
-                out.position.0.to_le_bytes().to_vec(),
-            );
-            batch.put(
-                tables::EVENTS,
-                log::event_key(out.position).to_vec(),
-                out.encode(),
-            );
-        }
-        target.commit(batch)?;
+    let records = frames::records(src).filter_map(|r| {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        stats.events_read += 1;
         progress(stats.events_read);
-    }
-    stats.commands_copied = copy_table(src, target, tables::COMMANDS)?;
+        *stats
+            .by_type
+            .entry((r.event_type.clone(), r.schema_version))
+            .or_default() += 1;
+        let (codec, schema_version, payload) = match transform(kind, &r) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let rewritten =
+            codec != r.codec || schema_version != r.schema_version || payload != r.payload;
+        let mut out = r;
+        out.codec = codec;
+        out.schema_version = schema_version;
+        out.payload = payload;
+        let mut out = match apply_fault(&plan, out) {
+            Ok(Some(out)) => out,
+            Ok(None) => {
+                shift += 1;
+                return None;
+            }
+            Err(e) => return Some(Err(e)),
+        };
+        // Re-sealed over the new bytes, chained from the new store's head.
+        out.position = Position(out.position.0 - shift);
+        out.prev_hash = prev;
+        out.seal();
+        prev = out.hash;
+        stats.events_rewritten += u64::from(rewritten);
+        stats.events_written += 1;
+        Some(Ok(out))
+    });
+    let written = frames::write_log(src, records, target, order_path, frames::FRAME_EVENTS)?;
+    debug_assert_eq!(written.events, stats.events_written);
+    stats.commands_copied = written.commands;
+    stats.unplaced_commands = written.unplaced;
     Ok(stats)
-}
-
-/// Copies every entry of a table verbatim; returns the count.
-fn copy_table(src: &dyn Snapshot, target: &dyn Engine, table: &'static str) -> anyhow::Result<u64> {
-    let mut count = 0u64;
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let rows = src.scan(table, (lower, Bound::Unbounded), CHUNK_EVENTS)?;
-        let Some((last, _)) = rows.last() else { break };
-        after = Some(last.clone());
-        let mut batch = WriteBatch::new();
-        for (k, v) in rows {
-            batch.put(table, k, v);
-            count += 1;
-        }
-        target.commit(batch)?;
-    }
-    Ok(count)
 }
 
 /// The lockstep comparison's findings.

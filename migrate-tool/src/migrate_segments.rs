@@ -11,13 +11,12 @@
 //!    the stored digest; with views in layout 1, the figures of `migrate run rows` (its old views
 //!    decoded and hashed in digest definition 2: [`crate::migrate_rows::before_layout1`]). And
 //!    the BLAKE3 of the `export` lines of the old views.
-//! 2. **work**: the commands, sorted by their first position in a scratch redb file (bounded
-//!    memory whatever their number), and the records, read in position order, go into frames of
-//!    a few thousand events, cut only between two commands, through
-//!    [`ledger::Store::append_verbatim`], which appends each record byte for byte (it checks the
-//!    chain continues and every hash recomputes) with the command entries that fall in the
-//!    frame, and indexes the frame as the writer does. Commands recorded after the last event
-//!    (no events of their own) go in one last frame. Then the views are rebuilt in layout 2.
+//! 2. **work**: the records, read in position order, go into frames with their command entries
+//!    ([`crate::frames`]: a few thousand events, cut only between two commands, the commands
+//!    sorted by position in a scratch file) through [`ledger::Store::append_verbatim`], which
+//!    appends each record byte for byte (it checks the chain continues and every hash
+//!    recomputes) and indexes the frame as the writer does. Then the views are rebuilt in
+//!    layout 2.
 //! 3. **after**, on the new store: every invariant of `check` (with `verify` of the new indexes),
 //!    its stored digest, the export's BLAKE3, and the command tables of both stores compared entry
 //!    by entry.
@@ -30,42 +29,26 @@
 //! store kept beside as `<store>.before-<run>-segments` for `migrate rollback`; otherwise the
 //! scratch store is removed and the source was never written.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use ledger::engine::redb::RedbEngine;
-use ledger::engine::{Engine, TableChunks};
-use ledger::log::{self, tables, CommandEntry};
-use ledger::record::EventRecord;
-use ledger::{Create, Position, Snapshot, Store, WriteBatch};
+use anyhow::bail;
+use ledger::engine::TableChunks;
+use ledger::log::{self, tables};
+use ledger::{Create, Snapshot, Store, WriteBatch};
 use projections::gate::{Side, StoredViews};
 use projections::views;
 use projections::{Declared, Figures, Gate, GateReport};
 use serde_json::{json, Value};
 
+use crate::frames::{self, Written, COMMAND_CHUNK};
 use crate::lock::StoreLock;
 use crate::migrate::{self, Migration, RunOptions};
 use crate::migrate_report::Report;
 use crate::migrate_rows::{before_layout1, export_of_rows, Layout1Views};
 use crate::output::{self, Outcome};
 use crate::{check, store};
-
-/// Events after which a frame is cut at the next command boundary.
-const FRAME_EVENTS: usize = 4_096;
-/// Record bytes after which a frame is cut at the next command boundary.
-const FRAME_BYTES: usize = 8 << 20;
-/// Events read from the source per step.
-const READ_EVENTS: usize = 4_096;
-/// Command entries read (and sorted, and compared) per step.
-const COMMAND_CHUNK: usize = 16_384;
-/// The scratch file holding the commands in position order, inside the source's copy (removed
-/// with it).
-const ORDER_FILE: &str = "commands-by-position.redb";
-/// Its table: first position (u64 big-endian) and command id -> command entry bytes.
-const ORDER_TABLE: &str = "commands_by_position";
 
 /// `migrate run segments`.
 pub fn run(
@@ -177,8 +160,8 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Notes
     }
     bar.set_message("migrate: write segments");
     let target = ledger::store::open_engine(scratch, Create::IfMissing, backend)?;
-    let order = source_copy.join(ORDER_FILE);
-    let written = copy_log(&*src, &target, &order, FRAME_EVENTS, &mut |n| {
+    let order = source_copy.join(frames::ORDER_FILE);
+    let written = copy_log(&*src, &target, &order, frames::FRAME_EVENTS, &mut |n| {
         bar.set_position(n)
     })?;
     // The frames are synced; one synced index commit makes every unsynced one before it durable.
@@ -207,7 +190,7 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Notes
             before.export_blake3
         ));
     }
-    for failure in &commands.failures {
+    for failure in commands.failures.iter().chain(&written.unplaced) {
         report.add_failure(failure.clone());
     }
     let target_notes = json!({
@@ -227,17 +210,9 @@ fn gate(source_copy: &Path, scratch: &Path) -> anyhow::Result<(GateReport, Notes
     ))
 }
 
-/// What [`copy_log`] wrote.
-#[derive(Debug, Default)]
-struct Written {
-    events: u64,
-    frames: u64,
-    commands: u64,
-}
-
-/// Appends every record of `src` and every command entry to `target`, verbatim, in frames (see
-/// the module doc) cut after `frame_events` events ([`FRAME_EVENTS`]; tests cut smaller).
-/// `order_path` is a scratch file for the commands sorted by position.
+/// Appends every record of `src` and every command entry to `target`, verbatim, in frames
+/// ([`frames::write_log`]) cut after `frame_events` events ([`frames::FRAME_EVENTS`]; tests cut
+/// smaller). `order_path` is a scratch file for the commands sorted by position.
 fn copy_log(
     src: &dyn Snapshot,
     target: &Store,
@@ -245,155 +220,12 @@ fn copy_log(
     frame_events: usize,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Written> {
-    let order = RedbEngine::open(order_path, true)?;
-    sort_commands(src, &order)?;
-    let order_snap = order.snapshot()?;
-    let mut commands = CommandsInOrder::new(&*order_snap);
-    let mut written = Written::default();
-    let mut frame: Vec<EventRecord> = Vec::new();
-    let mut frame_bytes = 0usize;
-    let mut next = Position(1);
-    loop {
-        let records = log::read_all(src, next, READ_EVENTS)?;
-        if records.is_empty() {
-            break;
+    let records = frames::records(src).inspect(|r| {
+        if let Ok(r) = r {
+            progress(r.position.0);
         }
-        for r in records {
-            let full = frame.len() >= frame_events || frame_bytes >= FRAME_BYTES;
-            // A frame holds whole commands: cut only where the next record starts another one.
-            if full
-                && frame
-                    .last()
-                    .is_some_and(|last| last.command_id != r.command_id)
-            {
-                write_frame(target, &mut frame, &mut commands, &mut written)?;
-                frame_bytes = 0;
-            }
-            next = r.position.next();
-            frame_bytes += r.encoded_len();
-            frame.push(r);
-        }
-        progress(next.0 - 1);
-    }
-    if !frame.is_empty() {
-        write_frame(target, &mut frame, &mut commands, &mut written)?;
-    }
-    // Commands recorded after the last event, with no events of their own.
-    let rest = commands.take_through(u64::MAX)?;
-    if !rest.is_empty() {
-        target.append_verbatim(&[], &rest)?;
-        written.frames += 1;
-        written.commands += rest.len() as u64;
-    }
-    Ok(written)
-}
-
-/// Appends `frame` (then empties it) with the commands recorded at or before its last position.
-fn write_frame(
-    target: &Store,
-    frame: &mut Vec<EventRecord>,
-    commands: &mut CommandsInOrder<'_>,
-    written: &mut Written,
-) -> anyhow::Result<()> {
-    let last = frame
-        .last()
-        .expect("write_frame is called with at least one record")
-        .position;
-    let entries = commands.take_through(last.0)?;
-    target
-        .append_verbatim(frame, &entries)
-        .with_context(|| format!("cannot write the frame ending at position {last}"))?;
-    written.events += frame.len() as u64;
-    written.frames += 1;
-    written.commands += entries.len() as u64;
-    frame.clear();
-    Ok(())
-}
-
-/// Key of a command in the position-ordered scratch table.
-fn order_key(entry: &CommandEntry, id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + id.len());
-    key.extend_from_slice(&entry.first_position.0.to_be_bytes());
-    key.extend_from_slice(id);
-    key
-}
-
-/// Copies the source's command table into `order`, keyed by first position then id.
-fn sort_commands(src: &dyn Snapshot, order: &RedbEngine) -> anyhow::Result<u64> {
-    let mut count = 0u64;
-    for chunk in TableChunks::new(src, tables::COMMANDS, COMMAND_CHUNK) {
-        let mut batch = WriteBatch::new();
-        for (id, value) in chunk? {
-            let entry = decode_command(&id, &value)?;
-            batch.put(ORDER_TABLE, order_key(&entry, &id), value);
-            count += 1;
-        }
-        // A scratch file: nothing to make durable.
-        order.commit_with(batch, ledger::Durability::Unsynced)?;
-    }
-    Ok(count)
-}
-
-fn decode_command(id: &[u8], value: &[u8]) -> anyhow::Result<CommandEntry> {
-    CommandEntry::decode(value).with_context(|| {
-        format!(
-            "the source's command entry {:?} has {} bytes, expected 44",
-            String::from_utf8_lossy(id),
-            value.len()
-        )
-    })
-}
-
-/// The commands of the scratch table in position order, handed out frame by frame.
-struct CommandsInOrder<'s> {
-    chunks: TableChunks<'s>,
-    ready: VecDeque<(String, CommandEntry)>,
-    done: bool,
-}
-
-impl<'s> CommandsInOrder<'s> {
-    fn new(snap: &'s dyn Snapshot) -> CommandsInOrder<'s> {
-        CommandsInOrder {
-            chunks: TableChunks::new(snap, ORDER_TABLE, COMMAND_CHUNK),
-            ready: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    /// Every command not handed out yet whose first position is at most `last`.
-    fn take_through(&mut self, last: u64) -> anyhow::Result<Vec<(String, CommandEntry)>> {
-        let mut out = Vec::new();
-        loop {
-            if self.ready.is_empty() && !self.fill()? {
-                return Ok(out);
-            }
-            match self.ready.front() {
-                Some((_, entry)) if entry.first_position.0 <= last => {
-                    out.extend(self.ready.pop_front());
-                }
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// Reads the next chunk; false when there is none.
-    fn fill(&mut self) -> anyhow::Result<bool> {
-        if self.done {
-            return Ok(false);
-        }
-        let Some(chunk) = self.chunks.next() else {
-            self.done = true;
-            return Ok(false);
-        };
-        for (key, value) in chunk? {
-            let id = key.get(8..).unwrap_or_default();
-            let entry = decode_command(id, &value)?;
-            let id = String::from_utf8(id.to_vec())
-                .with_context(|| format!("command id {id:02x?} is not UTF-8"))?;
-            self.ready.push_back((id, entry));
-        }
-        Ok(true)
-    }
+    });
+    frames::write_log(src, records, target, order_path, frame_events)
 }
 
 /// How the two command tables compare.
@@ -448,7 +280,8 @@ fn compare_commands(src: &dyn Snapshot, dst: &dyn Snapshot) -> anyhow::Result<Co
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger::Hash;
+    use ledger::log::CommandEntry;
+    use ledger::{Hash, Position};
 
     /// A copy of the committed format-1 fixture (2,774 events, layout-1 views).
     fn fixture(tmp: &Path) -> std::path::PathBuf {
@@ -473,7 +306,7 @@ mod tests {
         let written = copy_log(
             &*src,
             &target,
-            &tmp.path().join(ORDER_FILE),
+            &tmp.path().join(frames::ORDER_FILE),
             100,
             &mut |_| {},
         )

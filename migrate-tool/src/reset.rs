@@ -2,8 +2,8 @@
 //! of SPEC section 5.
 //!
 //! The resets run in place under a rollback point (redb), or on a scratch copy of the store
-//! (sled: beside it, so that the result can be renamed in atomically; in the temp dir for
-//! `--dry-run`). Around them runs `projections::gate`: a full check before, the resets, the
+//! directory (sled: beside it, so that the whole directory, index and segments, replaces the
+//! store through the journaled cut-over of `crate::lock`; in the temp dir for `--dry-run`). Around them runs `projections::gate`: a full check before, the resets, the
 //! incremental check after (`projections::check_after_identity_appends`). A reset is an identity
 //! operation, so it declares exactly one change ([`Declared::IdentityAppends`]): the head moves by
 //! one event per member reset. Everything else must be equal: every invariant holds before and
@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::check;
 use crate::gate::{figures_line, report_fields, write_findings};
+use crate::lock::StoreLock;
 use crate::output::{self, Outcome};
 use crate::store;
 
@@ -77,7 +78,14 @@ struct GateRun {
 }
 
 /// `reset-credentials`.
-pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+/// `lock` is the store's lock, held by the caller for the whole command: nothing else writes the
+/// store meanwhile, and the sled path's cut-over is journaled under it.
+pub fn run(
+    dir: &Path,
+    lock: &StoreLock,
+    opts: Options,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let start_time = Timestamp::now();
     let run_id: String = start_time
@@ -110,7 +118,7 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
         (gate, applied)
     } else {
         drop(source);
-        gate_on_copy(dir, &opts, &named, &run_id, start_time)?
+        gate_on_copy(lock, &opts, &named, &run_id, start_time)?
     };
     let report = Report {
         dir,
@@ -131,19 +139,20 @@ pub fn run(dir: &Path, opts: Options, out: &mut dyn Write) -> anyhow::Result<Out
 /// The gate on a scratch copy, for backends without rollback points (sled): the copy is renamed
 /// over the store only if the gate passes (and this is not a dry run).
 fn gate_on_copy(
-    dir: &Path,
+    lock: &StoreLock,
     opts: &Options,
     named: &[MemberId],
     run_id: &str,
     at: Timestamp,
 ) -> anyhow::Result<(GateRun, bool)> {
+    let dir = lock.dir();
     let scratch = if opts.dry_run {
         store::temp_scratch(run_id)
     } else {
         store::sibling_scratch(dir, run_id)
     };
     let source = copy_locked(dir, &scratch)?;
-    let source = if opts.dry_run {
+    let mut source = if opts.dry_run {
         drop(source);
         None
     } else {
@@ -153,7 +162,9 @@ fn gate_on_copy(
         .and_then(|engine| gate(engine, opts, named, run_id, at, false));
     let result = match gate {
         Ok(g) if g.report.ok() && source.is_some() => {
-            let swapped = store::swap_in(&scratch, dir);
+            // Closed before the swap: nothing may write the store it is about to replace.
+            drop(source.take());
+            let swapped = store::swap_in(lock, &scratch, run_id);
             store::remove_scratch(&scratch);
             swapped?;
             (g, true)

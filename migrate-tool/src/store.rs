@@ -21,6 +21,8 @@ use ledger::{Backend, Create, Head, OpenError, Snapshot, Store};
 use projections::views;
 use projections::WalletService;
 
+use crate::lock::{self, StoreLock};
+
 /// Opens an existing store's engine (no writer thread, no view rebuild): read commands and
 /// `verify`, which must work on a damaged store.
 pub fn open_existing(dir: &Path) -> anyhow::Result<Arc<Store>> {
@@ -110,6 +112,9 @@ pub fn copy_store(from: &Path, to: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Copies `from` into `to`, syncing every file and then every directory, so that a copy that
+/// is renamed in afterwards (the cut-over) survives a crash whole: the segment files and the
+/// directory entries naming them.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -122,7 +127,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::File::open(&target)?.sync_all()?;
         }
     }
-    Ok(())
+    std::fs::File::open(to)?.sync_all()
 }
 
 /// Removes a scratch directory; a failure is reported but does not change the outcome.
@@ -139,14 +144,7 @@ pub fn remove_scratch(dir: &Path) {
 
 /// A scratch directory beside `dir` (same file system, so a finished copy can be renamed in).
 pub fn sibling_scratch(dir: &Path, run_id: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "ledger-data".into());
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (parent, name) = lock::split(dir);
     parent.join(format!(".{name}.reset-{run_id}"))
 }
 
@@ -158,19 +156,67 @@ pub fn temp_scratch(run_id: &str) -> PathBuf {
     ))
 }
 
-/// Replaces the store file of `dir` with the one of `scratch` (rename: atomic on one file
-/// system), then syncs the directory so the rename is durable.
-pub fn swap_in(scratch: &Path, dir: &Path) -> anyhow::Result<()> {
-    let file = ledger::store::REDB_FILE;
-    std::fs::rename(scratch.join(file), dir.join(file)).with_context(|| {
-        format!(
-            "cannot move the checked store {} into {}",
-            scratch.display(),
-            dir.display()
-        )
-    })?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))?;
+/// Replaces the store directory covered by `lock` with `scratch`, whole (format 2: the index
+/// and the segments together; renaming only the index would pair it with the old segments),
+/// through the journaled cut-over of [`crate::lock`] (a kill between its two renames is finished
+/// by the next lock holder), then deletes the replaced store. A kill after the cut-over but
+/// before the deletion leaves `<store>.replaced-<run>` beside the store, the store as it was.
+pub fn swap_in(lock: &StoreLock, scratch: &Path, run_id: &str) -> anyhow::Result<()> {
+    let replaced = lock::sibling(lock.dir(), &format!(".replaced-{run_id}"));
+    lock::cut_over(lock, scratch, &replaced)?;
+    remove_scratch(&replaced);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    // Proves `copy_store` copies the subdirectories (the segments) and `swap_in` replaces the
+    // whole store directory: the new index and the new segments, no old segment left beside
+    // the new index, and nothing left over (scratch, replaced store, journal).
+    #[test]
+    fn swap_in_replaces_the_index_and_the_segments_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        write(&dir.join(ledger::store::REDB_FILE), b"old index");
+        write(&dir.join("segments/0000000001.seg"), b"old segment 1");
+        write(&dir.join("segments/0000000002.seg"), b"old segment 2");
+        let scratch = sibling_scratch(&dir, "r1");
+        copy_store(&dir, &scratch).unwrap();
+        assert_eq!(
+            std::fs::read(scratch.join("segments/0000000002.seg")).unwrap(),
+            b"old segment 2"
+        );
+        write(&scratch.join(ledger::store::REDB_FILE), b"new index");
+        write(&scratch.join("segments/0000000001.seg"), b"new segment 1");
+        std::fs::remove_file(scratch.join("segments/0000000002.seg")).unwrap();
+
+        let lock = StoreLock::acquire(&dir, "test").unwrap();
+        swap_in(&lock, &scratch, "r1").unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(ledger::store::REDB_FILE)).unwrap(),
+            b"new index"
+        );
+        let segments: Vec<_> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(segments, ["0000000001.seg"]);
+        assert_eq!(
+            std::fs::read(dir.join("segments/0000000001.seg")).unwrap(),
+            b"new segment 1"
+        );
+        let mut beside: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        beside.sort();
+        assert_eq!(beside, ["store", "store.lock"]);
+    }
 }

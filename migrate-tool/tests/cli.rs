@@ -301,6 +301,47 @@ fn log_lists_events_in_order_with_filters() {
     assert_eq!(events[1]["command_id"], "s4");
 }
 
+/// Flips the last bit of the record at `position` in its segment file and re-seals the frame's
+/// checksum, so the frame still reads: damage behind the log's back that only the hash chain
+/// can find (the store refuses any write to `events`, so the damage is done on disk).
+fn tamper_record(store: &Path, position: u64) {
+    use ledger::segments::{segment_name, FrameBuilder, FrameReader, SEGMENTS_DIR};
+    use std::os::unix::fs::FileExt;
+    let segments = store.join(SEGMENTS_DIR);
+    let frame = FrameReader::open(&segments)
+        .expect("the segments open")
+        .map(|f| f.expect("a whole frame"))
+        .find(|f| {
+            let first = f.header.first_position;
+            first <= position && position < first + u64::from(f.header.events)
+        })
+        .expect("a frame holds the position");
+    let mut builder = FrameBuilder::new(Position(frame.header.first_position));
+    for (id, entry) in frame.commands().expect("the frame's commands parse") {
+        builder.push_command(&id, &entry);
+    }
+    for (at, record) in (frame.header.first_position..).zip(frame.records()) {
+        let mut bytes = record.to_vec();
+        if at == position {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }
+        builder.push_record(&bytes);
+    }
+    let bytes = builder.encode();
+    assert_eq!(
+        bytes.len() as u64,
+        frame.header.frame_len(),
+        "same frame size"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments.join(segment_name(frame.location.segment)))
+        .expect("the segment opens")
+        .write_all_at(&bytes, frame.location.offset)
+        .expect("the frame is rewritten");
+}
+
 #[test]
 fn verify_passes_and_names_the_first_tampered_position() {
     let tmp = tempfile::tempdir().unwrap();
@@ -311,21 +352,7 @@ fn verify_passes_and_names_the_first_tampered_position() {
         (ok.code, doc["ok"].clone(), doc["head"].clone()),
         (0, true.into(), 9.into())
     );
-    {
-        let engine = projections::open_store(&store, Create::No, Backend::Redb).unwrap();
-        let key = ledger::log::event_key(Position(4));
-        let mut bytes = engine
-            .snapshot()
-            .unwrap()
-            .get("events", &key)
-            .unwrap()
-            .unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        let mut batch = WriteBatch::new();
-        batch.put("events", key.to_vec(), bytes);
-        engine.commit(batch).unwrap();
-    }
+    tamper_record(&store, 4);
     let bad = run(&store, &["verify"]);
     assert_eq!(bad.code, 1);
     assert!(
@@ -465,6 +492,39 @@ fn reset_credentials_for_named_members_with_dry_run_and_errors() {
         leftovers.is_empty(),
         "scratch copies left behind: {leftovers:?}"
     );
+}
+
+// Proves reset-credentials on a sled store (no rollback points: it works on a copy of the store
+// directory) swaps in the whole checked copy, index and segments together: the reset is in the
+// log, verify and check pass (the index and the segments agree), the wallets are as they were,
+// and nothing is left beside the store.
+#[cfg(feature = "sled")]
+#[test]
+fn reset_credentials_on_sled_swaps_in_the_whole_store_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    drop(projections::open_store(&store, Create::IfMissing, Backend::Sled).unwrap());
+    let file = write_file(tmp.path(), "setup.jsonl", SETUP.as_bytes());
+    let imported = run(&store, &["import", file.to_str().unwrap()]);
+    assert_eq!(imported.code, 0, "{}", imported.stderr);
+    assert!(store.join(ledger::store::SLED_DIR).is_dir());
+    let export_before = run(&store, &["export"]).stdout;
+    let reset = run(&store, &["reset-credentials", "--member", "m1"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    assert!(reset.stdout.contains("gate: passed"), "{}", reset.stdout);
+    assert_eq!(head(&store), 10);
+    let last = json(&run(&store, &["log", "--from", "10", "--json"]).stdout);
+    assert_eq!(last["events"][0]["type"], "identity.password_reset");
+    assert_eq!(run(&store, &["verify"]).code, 0);
+    assert_eq!(run(&store, &["check"]).code, 0);
+    assert_eq!(run(&store, &["export"]).stdout, export_before);
+    assert!(store.join(ledger::store::SLED_DIR).is_dir());
+    let mut beside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    beside.sort();
+    assert_eq!(beside, ["setup.jsonl", "store", "store.lock"]);
 }
 
 #[test]

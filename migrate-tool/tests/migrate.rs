@@ -51,8 +51,27 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-fn redb_bytes(store: &Path) -> Vec<u8> {
-    std::fs::read(store.join("ledger.redb")).expect("read the store file")
+/// Every file of the store directory (format 2: `index.redb` and the segments; format 1:
+/// `ledger.redb`), by path inside it, with the BLAKE3 of its bytes: equal means the store is
+/// byte for byte as it was.
+fn store_bytes(store: &Path) -> Vec<(String, String)> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("list the store directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let bytes = std::fs::read(&path).expect("read a store file");
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((name, blake3::hash(&bytes).to_hex().to_string()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(store, store, &mut out);
+    out.sort();
+    assert!(!out.is_empty(), "no store files in {}", store.display());
+    out
 }
 
 /// Entries beside the store whose name starts with `<store>` + `infix`.
@@ -104,14 +123,14 @@ fn upcast_rewrites_every_v1_payment_keeps_every_wallet_and_rolls_back() {
         .as_u64()
         .unwrap();
     let exported = export(&store);
-    let bytes = redb_bytes(&store);
+    let bytes = store_bytes(&store);
 
     let dry = json(&ok(&store, &["migrate", "run", "upcast", "--dry-run", "--json"]).stdout);
     assert_eq!(dry["content"]["ok"], true);
     assert_eq!(dry["content"]["dry_run"], true);
     assert_eq!(dry["migration_event_position"], Value::Null);
     assert_eq!(
-        redb_bytes(&store),
+        store_bytes(&store),
         bytes,
         "a dry run leaves the store as it was"
     );
@@ -157,7 +176,7 @@ fn upcast_rewrites_every_v1_payment_keeps_every_wallet_and_rolls_back() {
     let back = json(&ok(&store, &["migrate", "rollback", "--json"]).stdout);
     assert_eq!(back["ok"], true);
     assert_eq!(
-        redb_bytes(&store),
+        store_bytes(&store),
         bytes,
         "rollback restores the store byte for byte"
     );
@@ -246,7 +265,7 @@ fn faulty_transforms_are_refused_naming_the_member_and_leave_the_source_byte_ide
     for migration in ["upcast", "recode"] {
         for (fault, pick) in cases {
             let member = member_at_middle(&store, pick);
-            let bytes = redb_bytes(&store);
+            let bytes = store_bytes(&store);
             let r = run(&store, &["migrate", "run", migration, "--fault", fault]);
             assert_eq!(r.code, 1, "{migration} {fault}: {}\n{}", r.stdout, r.stderr);
             let named = r
@@ -260,7 +279,7 @@ fn faulty_transforms_are_refused_naming_the_member_and_leave_the_source_byte_ide
                 r.stdout
             );
             assert!(r.stdout.contains("not applied: the store was not touched"));
-            assert_eq!(redb_bytes(&store), bytes, "{migration} {fault}");
+            assert_eq!(store_bytes(&store), bytes, "{migration} {fault}");
             assert!(siblings(&store, ".before-").is_empty());
             assert!(siblings(&store, ".migrating-").is_empty());
             let doc = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
@@ -301,7 +320,7 @@ fn faulty_transforms_are_refused_naming_the_member_and_leave_the_source_byte_ide
 fn a_second_migration_or_a_writer_is_refused_while_the_store_is_locked() {
     let tmp = tempfile::tempdir().unwrap();
     let store = v1_store(tmp.path(), "20");
-    let bytes = redb_bytes(&store);
+    let bytes = store_bytes(&store);
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -323,7 +342,7 @@ fn a_second_migration_or_a_writer_is_refused_while_the_store_is_locked() {
             r.stderr
         );
     }
-    assert_eq!(redb_bytes(&store), bytes);
+    assert_eq!(store_bytes(&store), bytes);
     lock.unlock().unwrap();
     ok(&store, &["migrate", "run", "upcast"]);
 }
@@ -463,7 +482,7 @@ fn entries(store: &Path) -> Vec<String> {
 fn a_format1_store_is_refused_naming_migrate_run_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
-    let original = redb_bytes(&store);
+    let original = store_bytes(&store);
     for args in [
         &["show", "m1"][..],
         &["export"],
@@ -498,7 +517,7 @@ fn a_format1_store_is_refused_naming_migrate_run_segments() {
         "{}",
         rows.stderr
     );
-    assert!(redb_bytes(&store) == original, "a refused command wrote");
+    assert!(store_bytes(&store) == original, "a refused command wrote");
     assert_eq!(entries(&store), ["ledger.redb"]);
 }
 
@@ -512,14 +531,14 @@ fn a_format1_store_is_refused_naming_migrate_run_segments() {
 fn segments_migration_moves_the_v1_fixture_keeping_every_record_and_wallet() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
-    let original = redb_bytes(&store);
+    let original = store_bytes(&store);
     let dry = ok(
         &store,
         &["migrate", "run", "segments", "--dry-run", "--json"],
     );
     assert_eq!(json(&dry.stdout)["content"]["ok"], true, "{}", dry.stdout);
     assert!(
-        redb_bytes(&store) == original,
+        store_bytes(&store) == original,
         "the dry run touched the store"
     );
     assert_eq!(entries(&store), ["ledger.redb"]);
@@ -558,7 +577,7 @@ fn segments_migration_moves_the_v1_fixture_keeping_every_record_and_wallet() {
     let event = doc["migration_event_position"].as_u64().unwrap();
     assert_eq!(event, 2775);
     let kept = PathBuf::from(doc["kept"].as_str().unwrap());
-    assert!(std::fs::read(kept.join("ledger.redb")).unwrap() == original);
+    assert!(store_bytes(&kept) == original);
     assert_eq!(entries(&store), ["index.redb", "segments"]);
 
     assert!(
@@ -589,7 +608,7 @@ fn segments_migration_moves_the_v1_fixture_keeping_every_record_and_wallet() {
 
     ok(&store, &["migrate", "rollback"]);
     assert!(
-        redb_bytes(&store) == original,
+        store_bytes(&store) == original,
         "rollback did not restore the old file"
     );
 }
@@ -616,7 +635,7 @@ fn segments_migration_refuses_when_an_old_view_differs_from_the_log() {
         batch.put(views::tables::WALLETS_V1, b"m1".to_vec(), value);
         ledger::Engine::commit(&engine, batch).unwrap();
     }
-    let damaged = redb_bytes(&store);
+    let damaged = store_bytes(&store);
     let r = run(&store, &["migrate", "run", "segments", "--json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let doc = json(&r.stdout);
@@ -627,7 +646,7 @@ fn segments_migration_refuses_when_an_old_view_differs_from_the_log() {
         "{doc}"
     );
     assert!(
-        redb_bytes(&store) == damaged,
+        store_bytes(&store) == damaged,
         "a refused migration touched the store"
     );
     assert_eq!(entries(&store), ["ledger.redb"]);
@@ -642,7 +661,7 @@ fn segments_migration_refuses_when_an_old_view_differs_from_the_log() {
 fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
     let tmp = tempfile::tempdir().unwrap();
     let store = layout1_store(tmp.path());
-    let original = redb_bytes(&store);
+    let original = store_bytes(&store);
     let started = Instant::now();
     ok(&store, &["migrate", "run", "segments", "--dry-run"]);
     let span_ms = started.elapsed().as_millis().max(50) as u64;
@@ -664,7 +683,7 @@ fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
         if store.join("ledger.redb").exists() {
             assert_eq!(v.code, 2, "iteration {i} after {delay_ms} ms: {}", v.stderr);
             assert!(
-                redb_bytes(&store) == original,
+                store_bytes(&store) == original,
                 "iteration {i}: source changed"
             );
             assert_eq!(entries(&store), ["ledger.redb"], "iteration {i}");
@@ -678,7 +697,7 @@ fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
             "iteration {i}"
         );
         ok(&store, &["migrate", "rollback"]);
-        assert!(redb_bytes(&store) == original, "iteration {i}: rollback");
+        assert!(store_bytes(&store) == original, "iteration {i}: rollback");
     }
     eprintln!("{migrated} of 10 kills came after the cut-over");
     ok(&store, &["migrate", "run", "segments"]);

@@ -788,6 +788,24 @@ mod tests {
         assert_eq!(report.diffs[0].derived.as_ref().map(|w| w.balance), Some(0));
     }
 
+    /// Copies the store directory `from` (its files and subdirectories) into `to`, which must
+    /// not exist; `to` may lie inside `from`: it is skipped.
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir(to).expect("a fresh dir");
+        for entry in std::fs::read_dir(from).expect("the store dir lists") {
+            let entry = entry.expect("an entry");
+            let path = entry.path();
+            if path == to {
+                continue;
+            }
+            if entry.file_type().expect("a type").is_dir() {
+                copy_dir(&path, &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(&path, to.join(entry.file_name())).expect("the store copies");
+            }
+        }
+    }
+
     /// The reset's gate (one identity event declared) from `before`, taken on `old`, to `after`,
     /// a check of `new`.
     fn reset_gate(
@@ -816,14 +834,8 @@ mod tests {
         let before = figures(&*engine);
         let before_copy = tmp.path().join("before");
         drop(engine);
-        std::fs::create_dir(&before_copy).expect("a fresh dir");
-        for entry in std::fs::read_dir(tmp.path()).expect("the store dir lists") {
-            let entry = entry.expect("an entry");
-            if entry.file_type().expect("a type").is_file() {
-                std::fs::copy(entry.path(), before_copy.join(entry.file_name()))
-                    .expect("the store copies");
-            }
-        }
+        // The whole store directory (index file and segments), closed, is the store as it was.
+        copy_dir(tmp.path(), &before_copy);
         let old =
             ledger::store::open_engine(&before_copy, ledger::Create::No, ledger::Backend::Redb)
                 .expect("the copy opens");

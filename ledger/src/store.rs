@@ -349,9 +349,21 @@ impl Store {
         create: bool,
         hooks: &[Arc<dyn CommitHook>],
     ) -> Result<Arc<Store>, OpenError> {
+        Store::with_index_options(dir, index, create, hooks, &StoreOptions::default())
+    }
+
+    /// [`Store::with_index`] with [`StoreOptions`].
+    pub fn with_index_options(
+        dir: &Path,
+        index: Arc<dyn Engine>,
+        create: bool,
+        hooks: &[Arc<dyn CommitHook>],
+        options: &StoreOptions,
+    ) -> Result<Arc<Store>, OpenError> {
         let path = dir.display().to_string();
-        let log = SegmentLog::open(&dir.join(SEGMENTS_DIR), create, true)
-            .map_err(|e| log_open_error(&path, e))?;
+        let log =
+            SegmentLog::open_sized(&dir.join(SEGMENTS_DIR), create, true, options.segment_bytes)
+                .map_err(|e| log_open_error(&path, e))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
@@ -790,6 +802,32 @@ pub fn open_engine(dir: &Path, create: Create, backend: Backend) -> Result<Arc<S
     open_store(dir, create, backend, &[])
 }
 
+/// How a store is opened, beyond where and with which backend. Nothing here is stored: each
+/// open chooses again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Size at which the writer starts the next segment file
+    /// ([`crate::segments::DEFAULT_SEGMENT_BYTES`] by default; tests use small ones so that
+    /// appends cross segments often).
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            segment_bytes: crate::segments::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The default options with segments of `segment_bytes`.
+    pub fn with_segment_bytes(segment_bytes: u64) -> StoreOptions {
+        StoreOptions { segment_bytes }
+    }
+}
+
 /// Opens (or creates) the store in `dir`: `backend` chooses the index engine of a new store (an
 /// existing one keeps its own). Recovers as the module doc says; `hooks` are the commit hooks
 /// the frames past the checkpoint are replayed through (the ones the writer runs: pass the
@@ -799,6 +837,17 @@ pub fn open_store(
     create: Create,
     backend: Backend,
     hooks: &[Arc<dyn CommitHook>],
+) -> Result<Arc<Store>, OpenError> {
+    open_store_with(dir, create, backend, hooks, &StoreOptions::default())
+}
+
+/// [`open_store`] with [`StoreOptions`].
+pub fn open_store_with(
+    dir: &Path,
+    create: Create,
+    backend: Backend,
+    hooks: &[Arc<dyn CommitHook>],
+    options: &StoreOptions,
 ) -> Result<Arc<Store>, OpenError> {
     let path = dir.display().to_string();
     if dir.exists() && !dir.is_dir() {
@@ -845,7 +894,7 @@ pub fn open_store(
             ),
         });
     }
-    Store::with_index(dir, index, creating, hooks)
+    Store::with_index_options(dir, index, creating, hooks, options)
 }
 
 /// Key in `meta` marking a guarded bulk operation in progress: the rollback point id (u64 LE),

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger::{
-    AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions,
-    NewEvent, StreamAppend, Timestamp,
+    AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions, NewEvent,
+    StreamAppend, Timestamp,
 };
 
 /// Business time used by the builders: 2024-01-01T00:00:00Z in microseconds. Fixed so that two

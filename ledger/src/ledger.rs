@@ -284,13 +284,13 @@ impl Ledger {
         hooks: Vec<Arc<dyn CommitHook>>,
     ) -> Result<Ledger, LedgerError> {
         store::record_hooks(&engine, &hooks)?;
-        let state = load_state(&*engine)?;
+        let state = load_state(&engine)?;
         let (sender, receiver) = mpsc::channel(limits::WRITER_QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(state.head);
         let writer_engine = Arc::clone(&engine);
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run_writer(&*writer_engine, receiver, state, &hooks, &head_tx))
+            .spawn(move || run_writer(&writer_engine, receiver, state, &hooks, &head_tx))
             .map_err(|e| {
                 LedgerError::Open(OpenError::Io {
                     path: "ledger writer thread".into(),

@@ -815,11 +815,19 @@ mod tests {
         let before_copy = tmp.path().join("before");
         drop(engine);
         std::fs::create_dir(&before_copy).expect("a fresh dir");
+        // The index file and, in format 2, the `segments/` directory of the events.
         for entry in std::fs::read_dir(tmp.path()).expect("the store dir lists") {
             let entry = entry.expect("an entry");
+            let target = before_copy.join(entry.file_name());
             if entry.file_type().expect("a type").is_file() {
-                std::fs::copy(entry.path(), before_copy.join(entry.file_name()))
-                    .expect("the store copies");
+                std::fs::copy(entry.path(), &target).expect("the store copies");
+            } else if entry.file_name() == ledger::segments::SEGMENTS_DIR {
+                std::fs::create_dir(&target).expect("a fresh segments dir");
+                for file in std::fs::read_dir(entry.path()).expect("the segments list") {
+                    let file = file.expect("a segment");
+                    std::fs::copy(file.path(), target.join(file.file_name()))
+                        .expect("the segment copies");
+                }
             }
         }
         let old =

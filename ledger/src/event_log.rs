@@ -56,6 +56,11 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Stops the log: every later append fails until it is reopened.
     fn stop(&self, reason: String);
+
+    /// Makes the next frame's sync fail, as a disk error would (tests only: feature
+    /// `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    fn fail_next_sync(&self);
 }
 
 impl EventLog for SegmentLog {
@@ -99,13 +104,24 @@ impl EventLog for SegmentLog {
     fn stop(&self, reason: String) {
         SegmentLog::stop(self, reason)
     }
+
+    #[cfg(feature = "fault-injection")]
+    fn fail_next_sync(&self) {
+        SegmentLog::fail_next_sync(self)
+    }
 }
 
-/// Opens the segment log of a store directory as an [`EventLog`].
-pub fn open_segments(dir: &Path, create: bool) -> Result<Box<dyn EventLog>, LogError> {
-    Ok(Box::new(SegmentLog::open(
+/// Opens the segment log of a store directory as an [`EventLog`], starting a new segment at
+/// `segment_bytes` (see [`SegmentLog::open_sized`]).
+pub fn open_segments(
+    dir: &Path,
+    create: bool,
+    segment_bytes: u64,
+) -> Result<Box<dyn EventLog>, LogError> {
+    Ok(Box::new(SegmentLog::open_sized(
         &dir.join(crate::segments::SEGMENTS_DIR),
         create,
         true,
+        segment_bytes,
     )?))
 }

@@ -66,7 +66,8 @@ pub use ledger::{
 pub use log::ReadError;
 pub use record::{EventRecord, RecordError, RecordView};
 pub use store::{
-    open_engine, open_store, Backend, Checkpoint, Create, Guard, OpenError, Store, VerbatimError,
+    open_engine, open_store, open_store_with, Backend, Checkpoint, Create, Guard, OpenError, Store,
+    StoreOptions, VerbatimError,
 };
 pub use timestamp::{Timestamp, TimestampError};
 pub use types::{ExpectedVersion, Hash, Head, Position, StreamVersion};

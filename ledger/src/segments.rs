@@ -496,6 +496,9 @@ pub struct SegmentLog {
     writable: bool,
     filler: Arc<Filler>,
     filler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Armed by [`SegmentLog::fail_next_sync`]: the next frame's `fdatasync` fails.
+    #[cfg(feature = "fault-injection")]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for SegmentLog {
@@ -511,6 +514,25 @@ impl SegmentLog {
     /// Opens the segment directory `dir` (creating it and its first segment when `create`).
     /// Checks every segment header; the end of the log is found by [`SegmentLog::recover`].
     pub fn open(dir: &Path, create: bool, writable: bool) -> Result<SegmentLog, LogError> {
+        SegmentLog::open_sized(dir, create, writable, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// [`SegmentLog::open`] with the size at which the writer starts the next segment. Not
+    /// stored: each open chooses it, and it only decides where new frames go, so logs written
+    /// with different sizes read the same. Small sizes make tests cross segments often.
+    ///
+    /// # Panics
+    /// If `segment_bytes` leaves no room for a frame header after the segment header.
+    pub fn open_sized(
+        dir: &Path,
+        create: bool,
+        writable: bool,
+        segment_bytes: u64,
+    ) -> Result<SegmentLog, LogError> {
+        assert!(
+            segment_bytes >= SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64,
+            "a segment of {segment_bytes} bytes cannot hold a frame"
+        );
         if !dir.exists() {
             if !create {
                 return Err(LogError::Io {
@@ -523,7 +545,7 @@ impl SegmentLog {
         }
         let log = SegmentLog {
             dir: dir.to_path_buf(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_bytes,
             segments: RwLock::new(BTreeMap::new()),
             tail: Mutex::new(Tail {
                 segment: 1,
@@ -533,6 +555,8 @@ impl SegmentLog {
             writable,
             filler: Filler::new(),
             filler_thread: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         };
         if writable {
             let filler = Arc::clone(&log.filler);
@@ -581,6 +605,26 @@ impl SegmentLog {
             log.open_segment(n)?;
         }
         Ok(log)
+    }
+
+    /// Makes the next frame's `fdatasync` fail, as a disk error would: the group fails and the
+    /// log stops, exactly as for a real failure. Only with the `fault-injection` feature (tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_sync(&self) {
+        self.fail_next_sync
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The frame's `fdatasync`, or the failure armed by [`SegmentLog::fail_next_sync`].
+    fn sync_frame(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::other("injected fdatasync failure"));
+        }
+        file.sync_data()
     }
 
     /// The directory of the segment files.
@@ -1082,7 +1126,7 @@ impl SegmentLog {
         if let Err(e) = seg
             .file
             .write_all_at(frame, at.offset)
-            .and_then(|()| seg.file.sync_data())
+            .and_then(|()| self.sync_frame(&seg.file))
         {
             let reason = format!("{} at {at}: {e}", seg.path.display());
             tail.stopped = Some(reason.clone());
@@ -1092,7 +1136,7 @@ impl SegmentLog {
         Ok(at)
     }
 
-    /// Marks the log stopped (a test's injected fdatasync failure uses the same path).
+    /// Marks the log stopped (the writer does after a failed index commit of a durable frame).
     pub fn stop(&self, reason: String) {
         self.tail.lock().expect("tail lock").stopped = Some(reason);
     }

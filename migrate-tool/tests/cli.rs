@@ -3,11 +3,13 @@
 //! leaves every wallet byte-identical).
 
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
-use ledger::{Backend, Create, Position, WriteBatch};
+use ledger::segments::{segment_name, FrameReader, Location, SEGMENTS_DIR};
+use ledger::{Backend, Create, WriteBatch};
 use projections::views;
 
 const SETUP: &str = include_str!("data/setup.jsonl");
@@ -301,47 +303,6 @@ fn log_lists_events_in_order_with_filters() {
     assert_eq!(events[1]["command_id"], "s4");
 }
 
-/// Flips the last bit of the record at `position` in its segment file and re-seals the frame's
-/// checksum, so the frame still reads: damage behind the log's back that only the hash chain
-/// can find (the store refuses any write to `events`, so the damage is done on disk).
-fn tamper_record(store: &Path, position: u64) {
-    use ledger::segments::{segment_name, FrameBuilder, FrameReader, SEGMENTS_DIR};
-    use std::os::unix::fs::FileExt;
-    let segments = store.join(SEGMENTS_DIR);
-    let frame = FrameReader::open(&segments)
-        .expect("the segments open")
-        .map(|f| f.expect("a whole frame"))
-        .find(|f| {
-            let first = f.header.first_position;
-            first <= position && position < first + u64::from(f.header.events)
-        })
-        .expect("a frame holds the position");
-    let mut builder = FrameBuilder::new(Position(frame.header.first_position));
-    for (id, entry) in frame.commands().expect("the frame's commands parse") {
-        builder.push_command(&id, &entry);
-    }
-    for (at, record) in (frame.header.first_position..).zip(frame.records()) {
-        let mut bytes = record.to_vec();
-        if at == position {
-            let last = bytes.len() - 1;
-            bytes[last] ^= 1;
-        }
-        builder.push_record(&bytes);
-    }
-    let bytes = builder.encode();
-    assert_eq!(
-        bytes.len() as u64,
-        frame.header.frame_len(),
-        "same frame size"
-    );
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(segments.join(segment_name(frame.location.segment)))
-        .expect("the segment opens")
-        .write_all_at(&bytes, frame.location.offset)
-        .expect("the frame is rewritten");
-}
-
 #[test]
 fn verify_passes_and_names_the_first_tampered_position() {
     let tmp = tempfile::tempdir().unwrap();
@@ -352,7 +313,13 @@ fn verify_passes_and_names_the_first_tampered_position() {
         (ok.code, doc["ok"].clone(), doc["head"].clone()),
         (0, true.into(), 9.into())
     );
-    tamper_record(&store, 4);
+    // A record changed inside its frame, the frame's checksum recomputed (a tamperer who knows
+    // the format): the store opens, and verify names the record's position (exit 1).
+    let (location, original, record_end) = frame_holding(&store, 4);
+    let mut damaged = original.clone();
+    damaged[record_end - 1] ^= 1;
+    reseal(&mut damaged);
+    write_segment(&store, location, &damaged);
     let bad = run(&store, &["verify"]);
     assert_eq!(bad.code, 1);
     assert!(
@@ -364,6 +331,72 @@ fn verify_passes_and_names_the_first_tampered_position() {
     assert_eq!(check["ok"], false);
     assert_eq!(check["invariants"][0]["name"], "hash-chain");
     assert_eq!(check["invariants"][0]["ok"], false);
+
+    // The same change without the checksum recomputed: the frame no longer checks, so the store
+    // is damaged and refused before verify runs (exit 2), naming the segment file and the byte.
+    let mut naive = original.clone();
+    naive[record_end - 1] ^= 1;
+    write_segment(&store, location, &naive);
+    let refused = run(&store, &["verify"]);
+    assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
+    let named = format!(
+        "{}, byte {}",
+        segment_name(location.segment),
+        location.offset
+    );
+    assert!(refused.stderr.contains(&named), "{}", refused.stderr);
+    write_segment(&store, location, &original);
+    assert_eq!(
+        run(&store, &["verify"]).code,
+        0,
+        "the restored frame verifies"
+    );
+}
+
+/// The frame holding event `position` of the closed store: where it is, its bytes, and the end
+/// of the event's record within them.
+fn frame_holding(store: &Path, position: u64) -> (Location, Vec<u8>, usize) {
+    let frame = FrameReader::open(&store.join(SEGMENTS_DIR))
+        .unwrap()
+        .map(|f| f.unwrap())
+        .find(|f| {
+            let first = f.header.first_position;
+            (first..first + u64::from(f.header.events)).contains(&position)
+        })
+        .expect("a frame holds the position");
+    let mut bytes = vec![0u8; frame.header.frame_len() as usize];
+    let file = std::fs::File::open(segment_file(store, frame.location.segment)).unwrap();
+    file.read_exact_at(&mut bytes, frame.location.offset)
+        .unwrap();
+    let record = frame.record((position - frame.header.first_position) as usize);
+    let start = bytes
+        .windows(record.len())
+        .position(|w| w == record)
+        .expect("the record is in its frame's bytes");
+    (frame.location, bytes, start + record.len())
+}
+
+fn segment_file(store: &Path, segment: u32) -> PathBuf {
+    store.join(SEGMENTS_DIR).join(segment_name(segment))
+}
+
+fn write_segment(store: &Path, at: Location, bytes: &[u8]) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment_file(store, at.segment))
+        .unwrap();
+    file.write_all_at(bytes, at.offset).unwrap();
+    file.sync_data().unwrap();
+}
+
+/// Recomputes a frame's checksum (BLAKE3 of header bytes 0..32 and the payload, first 16 bytes,
+/// in header bytes 32..48: `docs/format.md`).
+fn reseal(bytes: &mut [u8]) {
+    let mut h = blake3::Hasher::new();
+    h.update(&bytes[..32]);
+    h.update(&bytes[48..]);
+    let sum = *h.finalize().as_bytes();
+    bytes[32..48].copy_from_slice(&sum[..16]);
 }
 
 /// Replaces m1's stored view with its state plus one yen (the log is untouched).

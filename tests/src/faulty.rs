@@ -1,11 +1,20 @@
 //! A test [`Engine`] that wraps a real one and can hold or fail commits on demand.
 //!
-//! Two controls, both one-shot and race-free with respect to the ledger's single writer:
+//! It wraps the *index engine* of a store (format 2): the segment log is not behind it. So a
+//! failed commit here is the index commit that follows a durable frame (the writer stops), and a
+//! failed snapshot is a failure before the group's frame is written (the group fails and the
+//! writer goes on). The log's own fault, a failed `fdatasync`, is
+//! `SegmentLog::fail_next_sync` (feature `fault-injection` of the ledger crate).
+//!
+//! Three controls, each one-shot and race-free with respect to the ledger's single writer:
 //! - [`FaultyEngine::hold_commits`] makes commits wait at a gate until
 //!   [`FaultyEngine::release_commits`]; while the writer waits there, further appends pile up in
 //!   its queue and all land in its next group commit.
 //! - [`FaultyEngine::fail_next_commit`] makes the next commit that *starts* after the call return
 //!   [`EngineError::Injected`] without touching the wrapped engine.
+//! - [`FaultyEngine::fail_next_snapshot`] makes the next snapshot return
+//!   [`EngineError::Injected`]: the writer takes one at the start of every group, before its
+//!   frame is built.
 //!
 //! The wrapper records what each failed batch contained, so a test can prove how many appends
 //! were in the commit that failed instead of assuming it.
@@ -16,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use ledger::engine::WriteOp;
 use ledger::log::tables;
-use ledger::{Engine, EngineError, Snapshot, WriteBatch};
+use ledger::{Durability, Engine, EngineError, Snapshot, WriteBatch};
 
 /// Longest a commit waits at a closed gate before failing the test, so a mistake in a test
 /// cannot hang the suite.
@@ -28,6 +37,10 @@ pub struct FaultyEngine {
     inner: Arc<dyn Engine>,
     /// Armed by `fail_next_commit`, consumed by the next commit that starts.
     fail_next: AtomicBool,
+    /// Armed by `fail_next_snapshot`, consumed by the next snapshot.
+    fail_next_snapshot: AtomicBool,
+    /// Snapshots failed by injection.
+    snapshots_failed: AtomicU64,
     /// True while commits must wait; the condvar wakes them on release.
     gate: (Mutex<bool>, Condvar),
     /// Commits that have started (entered `commit`), failed or not.
@@ -44,6 +57,8 @@ impl FaultyEngine {
         Arc::new(FaultyEngine {
             inner,
             fail_next: AtomicBool::new(false),
+            fail_next_snapshot: AtomicBool::new(false),
+            snapshots_failed: AtomicU64::new(0),
             gate: (Mutex::new(false), Condvar::new()),
             commits_started: AtomicU64::new(0),
             commits_ok: AtomicU64::new(0),
@@ -54,6 +69,16 @@ impl FaultyEngine {
     /// The next commit that starts fails with [`EngineError::Injected`] and writes nothing.
     pub fn fail_next_commit(&self) {
         self.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The next snapshot fails with [`EngineError::Injected`].
+    pub fn fail_next_snapshot(&self) {
+        self.fail_next_snapshot.store(true, Ordering::SeqCst);
+    }
+
+    /// Number of snapshots failed by injection.
+    pub fn snapshots_failed(&self) -> u64 {
+        self.snapshots_failed.load(Ordering::SeqCst)
     }
 
     /// Commits from now on wait at the gate (after deciding whether they fail).
@@ -140,10 +165,20 @@ impl Engine for FaultyEngine {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        if self.fail_next_snapshot.swap(false, Ordering::SeqCst) {
+            self.snapshots_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(EngineError::Injected("test failure of a snapshot".into()));
+        }
         self.inner.snapshot()
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    /// Forwards the durability, so the writer's unsynced index commits stay unsynced (the
+    /// trait's default would sync every one).
+    fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         // Decide before waiting: a failure armed while this commit waits belongs to the next one.
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
         self.commits_started.fetch_add(1, Ordering::SeqCst);
@@ -158,23 +193,34 @@ impl Engine for FaultyEngine {
                 batch.len()
             )));
         }
-        self.inner.commit(batch)?;
+        self.inner.commit_with(batch, durability)?;
         self.commits_ok.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
 
-/// A store in `dir` whose index engine is a [`FaultyEngine`] around the real one: faults hit the
-/// index and view commits (after a group's frame is durable), never the segment log.
+/// A store in `dir` whose index engine is a [`FaultyEngine`] around the real one, with no
+/// hooks: faults hit the index engine, never the segment log.
 pub fn faulty_store(
     dir: &std::path::Path,
     backend: ledger::Backend,
 ) -> (Arc<FaultyEngine>, Arc<ledger::Store>) {
-    let plain = ledger::store::open_engine(dir, ledger::Create::IfMissing, backend)
+    faulty_store_with(dir, backend, &[])
+}
+
+/// [`faulty_store`] for a store whose writer runs `hooks` (a wallet store: the projection
+/// hook): opening replays any unindexed log tail through them, before the faulty engine is
+/// put in front of the index.
+pub fn faulty_store_with(
+    dir: &std::path::Path,
+    backend: ledger::Backend,
+    hooks: &[Arc<dyn ledger::CommitHook>],
+) -> (Arc<FaultyEngine>, Arc<ledger::Store>) {
+    let plain = ledger::open_store(dir, ledger::Create::IfMissing, backend, hooks)
         .unwrap_or_else(|e| panic!("opening a {backend:?} test store failed: {e}"));
     let faulty = FaultyEngine::new(Arc::clone(plain.index()));
     drop(plain);
-    let store = ledger::Store::with_index(dir, faulty.clone(), false, &[])
+    let store = ledger::Store::with_index(dir, faulty.clone(), false, hooks)
         .unwrap_or_else(|e| panic!("reopening the store on the faulty engine failed: {e}"));
     (faulty, store)
 }

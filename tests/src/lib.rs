@@ -5,6 +5,7 @@
 //!   output, the driver's child runner and summary table).
 //! - [`child`]: run a real child process and SIGKILL it (the crash tests' harness).
 //! - [`crash_content`]: the crash writer's event content, shared with the crash test.
+//! - [`frames`]: read and rewrite a store's segment frames behind its back (tamper tests).
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
 //! - [`procfs`]: memory, CPU, load and I/O readings from `/proc` for the benchmark programs.
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
@@ -15,6 +16,7 @@ pub mod child;
 pub mod crash_content;
 pub mod faulty;
 pub mod fixture;
+pub mod frames;
 pub mod procfs;
 pub mod wallet;
 

@@ -52,6 +52,7 @@ for_each_backend!(
     ledger_subscription_catches_up_then_follows_live_without_gaps,
     ledger_subscription_ends_when_the_ledger_is_dropped,
     ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing,
+    ledger_failed_index_commit_after_a_durable_frame_stops_the_writer,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1322,21 +1323,20 @@ fn ledger_subscription_ends_when_the_ledger_is_dropped(backend: Backend) {
     });
 }
 
-fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backend: Backend) {
-    // Proves the writer's failure path: when a group commit fails, every append planned into it
-    // gets AppendError::Storage, the head and the log are unchanged, their command ids are not
-    // used up, and the next append lands at the right position.
-    let store = TestStore::new(backend);
-    let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
-    let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the faulty engine");
+/// Holds the writer inside the index commit of a `gate` append (the third event of `s-a`), arms
+/// `arm` while it waits, queues six `doomed` appends (one after the gate on `s-a`, five on new
+/// streams of two events each) so that they are planned into the writer's next group, then
+/// releases the gate. Returns the outcome of each doomed append, in order.
+fn doomed_group(
+    ledger: &Ledger,
+    faulty: &FaultyEngine,
+    arm: impl FnOnce(),
+) -> Vec<(String, Result<AppendOutcome, AppendError>)> {
     ok(
-        &ledger,
+        ledger,
         one("base", "s-a", ExpectedVersion::NoStream, &[b"0", b"1"]),
     );
-    let rt = runtime();
-    rt.block_on(async {
-        // Hold the writer inside the commit of `gate`, so that the appends below queue up and
-        // are planned into one group commit, which is the one made to fail.
+    runtime().block_on(async {
         faulty.hold_commits();
         let started = faulty.commits_started();
         let gate = {
@@ -1352,7 +1352,7 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
             })
         };
         faulty.wait_for_commits_started(started + 1, Duration::from_secs(10));
-        faulty.fail_next_commit();
+        arm();
         let doomed_ids: Vec<String> = (0..6).map(|i| format!("doomed{i}")).collect();
         let doomed: Vec<_> = doomed_ids
             .iter()
@@ -1373,42 +1373,57 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
                 tokio::spawn(async move { l.append(request).await })
             })
             .collect();
-        // Give the tasks time to reach the writer's queue; the failed batch's contents are
-        // checked below, so a slow machine shows up as a clear assertion, not a wrong pass.
+        // Give the tasks time to reach the writer's queue. Not a correctness bound: each test
+        // proves afterwards that all six were in the one faulty group (a one-shot fault fails
+        // one group only), so a slow machine shows up as a clear assertion, not a wrong pass.
         tokio::time::sleep(Duration::from_millis(300)).await;
         faulty.release_commits();
-
         let gate = gate
             .await
             .expect("gate task")
             .expect("the held commit succeeds");
         assert_eq!(gate, outcome(3, 1, false));
-        let after_gate = vec![
-            row(1, "s-a", 1, "base", b"0"),
-            row(2, "s-a", 2, "base", b"1"),
-            row(3, "s-a", 3, "gate", b"2"),
-        ];
-        for (id, task) in doomed_ids.iter().zip(doomed) {
-            match task.await.expect("doomed task") {
-                Err(AppendError::Storage { reason }) => {
-                    assert!(reason.contains("injected"), "{id}: reason {reason:?}")
-                }
-                other => panic!("{id}: expected AppendError::Storage, got {other:?}"),
-            }
+        let mut out = Vec::new();
+        for (id, task) in doomed_ids.into_iter().zip(doomed) {
+            out.push((id, task.await.expect("doomed task")));
         }
-        let mut failed = faulty.failed_batches();
-        assert_eq!(failed.len(), 1, "exactly one commit failed");
-        failed[0].sort();
-        assert_eq!(
-            failed[0], doomed_ids,
-            "the failed commit held every doomed append"
-        );
-        assert_eq!(
-            summary(&all(&ledger)),
-            after_gate,
-            "no doomed event is stored"
-        );
-    });
+        out
+    })
+}
+
+fn after_gate() -> Vec<(u64, String, u64, String, Vec<u8>)> {
+    vec![
+        row(1, "s-a", 1, "base", b"0"),
+        row(2, "s-a", 2, "base", b"1"),
+        row(3, "s-a", 3, "gate", b"2"),
+    ]
+}
+
+fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backend: Backend) {
+    // Proves the writer's failure path before a frame is written (here the group's snapshot
+    // fails, as a hook's `begin` or any planning error would): every append planned into the
+    // group gets AppendError::Storage, the head and the log are unchanged, their command ids are
+    // not used up, the writer goes on, and the next append lands at the right position.
+    let store = TestStore::new(backend);
+    let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
+    let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the faulty engine");
+    let segment_end = || ledger.engine().log().end();
+    let doomed = doomed_group(&ledger, &faulty, || faulty.fail_next_snapshot());
+    assert_eq!(faulty.snapshots_failed(), 1, "exactly one snapshot failed");
+    for (id, result) in &doomed {
+        match result {
+            Err(AppendError::Storage { reason }) => {
+                assert!(reason.contains("injected"), "{id}: reason {reason:?}")
+            }
+            other => panic!("{id}: expected AppendError::Storage, got {other:?}"),
+        }
+    }
+    let end_after_failure = segment_end();
+    assert_eq!(
+        summary(&all(&ledger)),
+        after_gate(),
+        "no doomed event is stored"
+    );
     let head = durable_head(&ledger);
     assert_eq!(head.position, Position(3));
     assert_eq!(head.hash, all(&ledger)[2].hash);
@@ -1419,7 +1434,8 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
             StreamVersion(0)
         );
     }
-    // The writer recovered: the next append and a retry of a doomed id land right after the head.
+    // The writer recovered: the next append and a retry of a doomed id land right after the head,
+    // in the very bytes where the doomed group would have gone (nothing of it reached the log).
     assert_eq!(
         ok(
             &ledger,
@@ -1432,6 +1448,12 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
         ),
         outcome(4, 1, false)
     );
+    let frames = ledger_frames(&ledger);
+    assert_eq!(
+        frames.last().map(|f| f.0),
+        Some(end_after_failure),
+        "the next frame starts where the log ended before the failed group"
+    );
     assert_eq!(
         ok(
             &ledger,
@@ -1441,4 +1463,107 @@ fn ledger_failed_group_commit_fails_every_append_in_it_and_changes_nothing(backe
     );
     assert_eq!(all(&ledger)[3].prev_hash, head.hash);
     assert_verifies(&ledger, 6);
+}
+
+/// Every frame of the ledger's log, read from the segment files: (location, first position,
+/// events).
+fn ledger_frames(ledger: &Ledger) -> Vec<(ledger::segments::Location, u64, u32)> {
+    let dir = ledger.engine().dir().join(ledger::segments::SEGMENTS_DIR);
+    ledger::segments::FrameReader::open(&dir)
+        .expect("open the segments read-only")
+        .map(|f| {
+            let f = f.expect("a healthy frame");
+            (f.location, f.header.first_position, f.header.events)
+        })
+        .collect()
+}
+
+fn ledger_failed_index_commit_after_a_durable_frame_stops_the_writer(backend: Backend) {
+    // Proves the writer's failure path after a frame is durable (issue 12 item 4): the group's
+    // index commit fails, so every caller of that group and every later caller gets an error and
+    // nothing is acknowledged; reopening the store finds every event of the group (its frame was
+    // synced) and indexes it, with a chain that verifies and a writer that goes on after it.
+    let store = TestStore::new(backend);
+    let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
+    let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the faulty engine");
+    let doomed = doomed_group(&ledger, &faulty, || faulty.fail_next_commit());
+    for (id, result) in &doomed {
+        match result {
+            Err(AppendError::Storage { reason }) => assert!(
+                reason.contains("injected") && reason.contains("reopen"),
+                "{id}: reason {reason:?}"
+            ),
+            other => panic!("{id}: expected AppendError::Storage, got {other:?}"),
+        }
+    }
+    let mut failed = faulty.failed_batches();
+    assert_eq!(failed.len(), 1, "exactly one commit failed");
+    failed[0].sort();
+    let ids: Vec<String> = doomed.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(failed[0], ids, "the failed commit held every doomed append");
+    // Stopped: a later append, even a valid one, is refused and writes nothing.
+    let frames_before = ledger_frames(&ledger);
+    match ledger.append_blocking(one("later", "s-later", ExpectedVersion::NoStream, &[b"l"])) {
+        Err(AppendError::Storage { reason }) => {
+            assert!(reason.contains("stopped"), "reason {reason:?}")
+        }
+        other => panic!("an append after the stop: expected Storage, got {other:?}"),
+    }
+    assert_eq!(
+        ledger_frames(&ledger),
+        frames_before,
+        "nothing written after the stop"
+    );
+    // The index never took the group: readers of this handle still see the gate's head.
+    assert_eq!(durable_head(&ledger).position, Position(3));
+    drop(ledger);
+    // The faulty wrapper holds the index engine (and its file lock) too.
+    drop(faulty);
+
+    // Reopen on the plain engine: recovery replays the durable frame past the checkpoint.
+    let ledger = store.ledger();
+    let records = all(&ledger);
+    assert_eq!(records.len(), 14, "base 2 + gate 1 + doomed 1 + 5 x 2");
+    assert_eq!(summary(&records[..3]), after_gate());
+    let mut doomed_rows: Vec<(String, String, u64, Vec<u8>)> = records[3..]
+        .iter()
+        .map(|r| {
+            (
+                r.command_id.clone(),
+                r.stream.clone(),
+                r.version.0,
+                r.payload.clone(),
+            )
+        })
+        .collect();
+    doomed_rows.sort();
+    let mut expected = vec![("doomed0".to_owned(), "s-a".to_owned(), 4, b"d".to_vec())];
+    for i in 1..6 {
+        expected.push((format!("doomed{i}"), format!("s-d{i}"), 1, b"d".to_vec()));
+        expected.push((format!("doomed{i}"), format!("s-d{i}"), 2, b"e".to_vec()));
+    }
+    expected.sort();
+    assert_eq!(
+        doomed_rows, expected,
+        "every event of the stopped group is kept"
+    );
+    assert_verifies(&ledger, 14);
+    assert_eq!(
+        ledger.stream_version("s-later").expect("version"),
+        StreamVersion(0)
+    );
+    // A retry of a doomed id is a duplicate (it was durable), and the writer goes on.
+    let retry = ok(
+        &ledger,
+        one("doomed3", "s-d3", ExpectedVersion::NoStream, &[b"d", b"e"]),
+    );
+    assert!(retry.duplicate, "retry of a durable command: {retry:?}");
+    assert_eq!(
+        ok(
+            &ledger,
+            one("later", "s-later", ExpectedVersion::NoStream, &[b"l"])
+        ),
+        outcome(15, 1, false)
+    );
+    assert_verifies(&ledger, 15);
 }

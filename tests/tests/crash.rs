@@ -4,14 +4,15 @@
 //!
 //! # What killing the process proves, and what it does not
 //!
-//! `Ledger::append` resolves only after the group commit holding the request returned from
-//! `Engine::commit` (durability contract, `ledger/src/engine/mod.rs`, promise 2). The writer
+//! `Ledger::append` resolves only after the group commit holding the request wrote its frame to
+//! the segment log and `fdatasync`ed it (`ledger/src/segments.rs`). The writer
 //! (`src/bin/crash_writer.rs`) prints a line only after that, so every printed line is an append
-//! the ledger claimed durable. SIGKILL stops the process at an arbitrary instruction: between
-//! `write`s of a commit, between the data and its sync, while other callers are queued, or during
-//! open/recovery of the previous crash. Everything the process had handed to the kernel stays in
-//! the page cache and reaches the file; everything still in the process's memory (a user-space
-//! buffer, a half-built batch, a commit whose write calls were not all made) is lost. So the test
+//! the ledger claimed durable. SIGKILL stops the process at an arbitrary instruction: during a
+//! frame's write, between the write and its sync, during the index commit after it, while other
+//! callers are queued, or during open/recovery of the previous crash. Everything the process had
+//! handed to the kernel stays in the page cache and reaches the file; everything still in the
+//! process's memory (a user-space buffer, a half-built frame, a commit whose write calls were
+//! not all made) is lost. So the test
 //! catches: acks sent before the commit's writes were issued (ack-before-write, acks from the
 //! wrong group), non-atomic commits (a torn batch is visible after reopen: verify fails or an
 //! acked event is missing), recovery that drops or rewrites committed data, and reopen that does
@@ -20,8 +21,19 @@
 //! It does NOT cover power loss or a kernel crash: those lose what is in the page cache but was
 //! never fsynced, and a killed process never loses that. An ack sent after `write` but before
 //! `fdatasync` passes this test and would still lose data on power loss. That part of the promise
-//! rests on redb's `Durability::Immediate` (fdatasync before commit returns; sled only promises
-//! `sync_file_range`, see `engine/sled.rs`) and needs a VM/dm-flakey style power-cut test to check.
+//! rests on the frame's `fdatasync` before any caller is answered (the index engines commit
+//! unsynced between checkpoints and are rebuilt from the log) and needs a VM/dm-flakey style
+//! power-cut test to check.
+//!
+//! # Where the kills land (storage format 2)
+//! The writer opens the store with small segments ([`CRASH_SEGMENT_BYTES`]), so a run rolls over
+//! to a new segment file every few dozen events: kills land while a frame is written or synced,
+//! while its (unsynced) index commit runs, while a segment file is created (temporary name,
+//! zero-fill, rename, directory sync), and, one run in eight, while the writer is still opening:
+//! recovery replays the previous run's unindexed tail and commits the synced index checkpoint.
+//! One run in sixteen lives about one second, so that its kill lands around the writer's first
+//! timed synced checkpoint ([`ledger::limits::CHECKPOINT_INTERVAL`]). The test counts the segment
+//! files at the end and requires many roll-overs.
 //!
 //! Runs `CRASH_ITERATIONS` iterations (default 200) on one store per backend; the seed is
 //! printed and can be replayed with `CRASH_SEED`.
@@ -41,6 +53,8 @@ use ledger_tests::wallet::splitmix64;
 
 /// Iterations when `CRASH_ITERATIONS` is not set.
 const DEFAULT_ITERATIONS: u64 = 200;
+/// Segment size the writer opens the store with: small, so that roll-over is frequent.
+const CRASH_SEGMENT_BYTES: u64 = 64 << 10;
 /// Longest wait for the writer to open the store (recovery of a large redb file included).
 /// Every this many iterations (and after the last) the whole log goes through `verify`; the
 /// others check the chain of the events added since the previous iteration. A full verify of a
@@ -171,8 +185,12 @@ fn run_crash_iterations(name: &str, backend: Backend) {
         // One kill in eight lands while the writer is still opening (recovering) the store.
         // Never in the first run: the store must exist before a kill can find it half-open.
         let early = splitmix64(&mut rng) % 8 == 0 && iteration > 0;
+        let around_checkpoint = !early && splitmix64(&mut rng) % 16 == 0;
         let delay = if early {
             Duration::from_micros(splitmix64(&mut rng) % 6_000)
+        } else if around_checkpoint {
+            let interval = ledger::limits::CHECKPOINT_INTERVAL.as_micros() as u64;
+            Duration::from_micros(interval - 20_000 + splitmix64(&mut rng) % 120_000)
         } else {
             Duration::from_micros(5_000 + splitmix64(&mut rng) % 75_000)
         };
@@ -182,6 +200,7 @@ fn run_crash_iterations(name: &str, backend: Backend) {
                 store.path().as_os_str(),
                 OsStr::new(name),
                 OsStr::new(&run_seed.to_string()),
+                OsStr::new(&CRASH_SEGMENT_BYTES.to_string()),
             ],
             &stderr_path,
             early,
@@ -216,6 +235,14 @@ fn run_crash_iterations(name: &str, backend: Backend) {
     assert!(
         acks_total >= iterations,
         "only {acks_total} acks in {iterations} runs: the test barely exercised the writer"
+    );
+    let segments = std::fs::read_dir(store.path().join(ledger::segments::SEGMENTS_DIR))
+        .expect("list the segment files")
+        .count() as u64;
+    eprintln!("crash test {name}: {segments} segment files");
+    assert!(
+        segments >= iterations / 4,
+        "only {segments} segment files after {iterations} runs: roll-over was barely exercised"
     );
 }
 

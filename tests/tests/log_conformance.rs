@@ -21,7 +21,8 @@ type OpenLog = fn(&Path) -> Box<dyn EventLog>;
 /// Each implementation, by name.
 fn logs() -> Vec<(&'static str, OpenLog)> {
     vec![("segments", |dir| {
-        open_segments(dir, true).expect("the segment log opens")
+        // Small segments, so the suite crosses segment files (roll-over, truncation across them).
+        open_segments(dir, true, 8 * 1024).expect("the segment log opens")
     })]
 }
 

@@ -1,6 +1,24 @@
-//! Tamper evidence: damage written behind the ledger's back must be found by `verify` at the
-//! exact position (part a, through the engine, every backend), and damage to the redb file must
-//! give an error, a verify failure or an unchanged log, never a panic (part b, on disk).
+//! Tamper evidence for storage format 2: damage written behind the ledger's back must be found.
+//!
+//! What is on disk now: the events in segment frames (`segments/`, each frame sealed by a BLAKE3
+//! checksum around BLAKE3-chained records), and in the index engine (`index.redb` or
+//! `index.sled/`) only what the log rebuilds: stream index runs, command entries, frame index
+//! entries and the index checkpoint.
+//!
+//! (a) Through an open engine, every backend: bytes of the segment files and entries of the
+//! index tables are changed while a bare engine is open, and `verify` on it must name the exact
+//! position. Then, for damage to the log, what the next open does.
+//!
+//! What `verify` reports for a record whose bytes changed: the record's position, whether or not
+//! the tamperer also recomputed the frame's checksum. The record chain is checked per record, and
+//! a frame whose checksum fails is served record by record (as `get` always does), so the first
+//! bad record is named. The next *open* of a store with a frame whose checksum fails refuses it
+//! (`OpenError::Damaged` naming the segment file and the frame's byte offset: issue 12, "a bad
+//! frame in the synced part is a damaged store"); a resealed frame opens, and `verify` names the
+//! position again.
+//!
+//! (b) On disk: damage to the index file (`index.redb`) must give an error, a verify failure or
+//! an unchanged log, never a panic and never a log with another head.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -8,12 +26,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use ledger::log::{self, tables, FORMAT_VERSION, META_FORMAT_VERSION};
-use ledger::store::{open_engine, REDB_FILE};
+use ledger::log::{self, tables, StreamRun, FORMAT_VERSION, META_FORMAT_VERSION};
+use ledger::segments::{segment_name, Location, SEGMENTS_DIR};
+use ledger::store::{open_engine, Checkpoint, META_LOG_CHECKPOINT, REDB_FILE};
 use ledger::{
     Backend, Create, Engine, ExpectedVersion, Head, Ledger, LedgerError, LedgerOptions, OpenError,
-    Position, StreamVersion, VerifyReport, WriteBatch,
+    Position, StoreOptions, StreamVersion, VerifyReport, WriteBatch,
 };
+use ledger_tests::frames::{self, read_frame, record_ranges, reseal, write_at, FrameInfo};
 use ledger_tests::{append_request, new_event, stream_append, TestStore};
 
 /// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
@@ -31,23 +51,38 @@ macro_rules! for_each_backend {
 
 for_each_backend!(
     every_single_byte_flip_in_an_event_record_is_found_at_its_position,
-    a_deleted_event_is_a_gap_at_its_position,
+    a_flip_that_breaks_the_frame_checksum_is_found_at_its_position_and_refuses_the_next_open,
+    a_deleted_event_is_named_at_its_frame_and_refuses_the_next_open,
     swapped_events_fail_at_the_first_of_the_two,
-    a_stream_index_entry_pointing_elsewhere_fails_at_its_event,
-    a_missing_stream_index_entry_fails_at_its_event,
+    a_stream_index_run_pointing_elsewhere_fails_at_its_first_event,
+    a_missing_stream_index_run_fails_at_its_first_event,
     an_extra_stream_index_entry_fails_after_the_head,
     a_truncated_stream_index_value_is_reported_at_its_event,
     a_missing_command_entry_fails_at_the_commands_first_event,
+    a_missing_or_redirected_frame_index_entry_is_an_error_naming_the_position,
+    an_index_checkpoint_behind_the_log_is_replayed_and_a_wrong_one_refuses_to_open,
     a_store_with_a_newer_format_version_is_refused,
 );
 
 /// Events in the log built by [`build_log`].
 const LOG_EVENTS: u64 = 50;
+/// Segment size of the tamper stores: small, so that part (b) copies little (the first segment
+/// is zero-filled to this size), and large enough for the whole 50-event log.
+const SEGMENT_BYTES: u64 = 64 << 10;
 
 /// Writes 50 events over 4 streams through the ledger: single- and multi-event commands and
-/// one command over two streams, so that every verify check has something to check.
+/// one command over two streams, so that every verify check has something to check. One frame
+/// per command (the appends are sequential).
 fn build_log(store: &TestStore) -> Head {
-    let ledger = store.ledger();
+    let engine = ledger::open_store_with(
+        &store.dir(),
+        Create::IfMissing,
+        store.backend,
+        &[],
+        &StoreOptions::with_segment_bytes(SEGMENT_BYTES),
+    )
+    .expect("create the tamper store");
+    let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the tamper store");
     let mut written = 0u64;
     let mut i = 0u32;
     while written < LOG_EVENTS {
@@ -105,6 +140,18 @@ fn assert_fails_at(engine: &dyn Engine, position: u64, what: &str) -> String {
     failure.reason
 }
 
+/// Asserts verify stops with a read error (never a pass) whose message contains `needle`.
+fn assert_read_error(engine: &dyn Engine, needle: &str, what: &str) {
+    let snap = engine.snapshot().expect("snapshot of the tampered store");
+    match ledger::verify::verify(&*snap, &mut |_| {}) {
+        Err(e) => assert!(
+            e.to_string().contains(needle),
+            "{what}: error {e} does not name {needle:?}"
+        ),
+        Ok(report) => panic!("{what}: expected a read error, verify gave {report:?}"),
+    }
+}
+
 fn assert_clean(engine: &dyn Engine, head: Head) {
     let report = verify(engine);
     assert_eq!(report.failure, None, "the restored log verifies");
@@ -131,11 +178,27 @@ fn raw_delete(engine: &dyn Engine, table: &'static str, key: &[u8]) {
 }
 
 /// A store with the 50-event log, reopened as a bare engine (no ledger writer running).
-fn tampered_store(backend: Backend) -> (TestStore, Arc<dyn Engine>, Head) {
+fn tampered_store(backend: Backend) -> (TestStore, Arc<ledger::Store>, Head) {
     let store = TestStore::new(backend);
     let head = build_log(&store);
     let engine = store.engine();
     (store, engine, head)
+}
+
+/// The index engine of the store in `dir` alone, without the segments (as a repair tool would
+/// open it when the store refuses to open).
+fn index_engine(dir: &Path, backend: Backend) -> Arc<dyn Engine> {
+    match backend {
+        Backend::Redb => Arc::new(
+            ledger::engine::redb::RedbEngine::open(&dir.join(REDB_FILE), false)
+                .expect("open the redb index"),
+        ),
+        #[cfg(feature = "sled")]
+        Backend::Sled => Arc::new(
+            ledger::engine::sled::SledEngine::open(&dir.join(ledger::store::SLED_DIR))
+                .expect("open the sled index"),
+        ),
+    }
 }
 
 fn event_at(engine: &dyn Engine, position: u64) -> ledger::EventRecord {
@@ -145,38 +208,77 @@ fn event_at(engine: &dyn Engine, position: u64) -> ledger::EventRecord {
         .expect("event present")
 }
 
+/// The stream index run holding the event at `position`: its key and its value.
+fn run_of(engine: &dyn Engine, position: u64) -> (Vec<u8>, StreamRun) {
+    let record = event_at(engine, position);
+    let key = log::stream_key(&record.stream, record.version);
+    let snap = engine.snapshot().expect("snapshot");
+    let (k, v) = snap
+        .last(
+            tables::STREAM_INDEX,
+            (Bound::Unbounded, Bound::Included(&key[..])),
+        )
+        .expect("stream index read")
+        .expect("a run holds the event");
+    let run = StreamRun::decode(&v).expect("a healthy run");
+    assert!(
+        run.first_position.0 <= position && position < run.first_position.0 + u64::from(run.count),
+        "the run found does not hold {position}"
+    );
+    (k, run)
+}
+
+/// Asserts that opening the store in `dir` is refused as damaged, naming the segment file of
+/// `frame` and (when `exact`) the frame's byte offset.
+fn assert_open_refused_naming(dir: &Path, backend: Backend, frame: &FrameInfo, exact: bool) {
+    let what = format!("the damaged frame at {}", frame.location);
+    match open_engine(dir, Create::No, backend) {
+        Err(OpenError::Damaged { reason, .. }) => {
+            let file = segment_name(frame.location.segment);
+            let byte = format!("byte {}:", frame.location.offset);
+            assert!(
+                reason.contains(&file) && (!exact || reason.contains(&byte)),
+                "{what}: the refusal {reason:?} does not name it"
+            );
+        }
+        Err(other) => panic!("{what}: expected OpenError::Damaged, got {other:?}"),
+        Ok(_) => panic!("{what}: the store opened"),
+    }
+}
+
+/// The frame holding `position`, its bytes, and the byte range of the record in them.
+fn record_in_frame(dir: &Path, position: u64) -> (FrameInfo, Vec<u8>, std::ops::Range<usize>) {
+    let frame = frames::frame_of(dir, position);
+    let bytes = read_frame(dir, &frame);
+    let range = record_ranges(&bytes)[(position - frame.header.first_position) as usize].clone();
+    (frame, bytes, range)
+}
+
 // ---------------------------------------------------------------------------------------------
-// (a) through the engine
+// (a) through an open engine
 
 fn every_single_byte_flip_in_an_event_record_is_found_at_its_position(backend: Backend) {
     // Proves the hash chain covers every byte of a record: for every event and a spread of byte
     // offsets (every 4th, shifted per event, plus the first three and last bytes), flipping one
-    // bit and writing the record back makes verify fail at exactly that event's position.
-    let (_store, engine, head) = tampered_store(backend);
-    let originals: Vec<(Vec<u8>, Vec<u8>)> = {
-        let snap = engine.snapshot().expect("snapshot");
-        snap.scan(tables::EVENTS, (Bound::Unbounded, Bound::Unbounded), 1000)
-            .expect("scan events")
-    };
-    assert_eq!(originals.len() as u64, LOG_EVENTS);
+    // bit of the record inside its frame, with the frame's checksum recomputed as a tamperer who
+    // knows the format would, makes verify fail at exactly that event's position.
+    let (store, engine, head) = tampered_store(backend);
+    let dir = store.dir();
     let mut flips = 0u32;
-    let mut pending_restore: Option<(Vec<u8>, Vec<u8>)> = None;
-    for (index, (key, value)) in originals.iter().enumerate() {
-        let position = index as u64 + 1;
-        let last = value.len() - 1;
-        let offsets = (0..value.len()).filter(|i| i % 4 == index % 4 || *i < 3 || *i == last);
+    for position in 1..=LOG_EVENTS {
+        let (frame, original, range) = record_in_frame(&dir, position);
+        let (index, len) = (position as usize - 1, range.len());
+        let offsets = (0..len).filter(|i| i % 4 == index % 4 || *i < 3 || *i == len - 1);
         for offset in offsets {
-            let mut damaged = value.clone();
-            damaged[offset] ^= 1 << (offset % 8);
-            // Restoring the previous flip and writing this one in a single batch halves the
-            // number of commits; verify sees only this flip.
-            let mut batch = WriteBatch::new();
-            if let Some((k, v)) = pending_restore.take() {
-                batch.put(tables::EVENTS, k, v);
-            }
-            batch.put(tables::EVENTS, key.clone(), damaged);
-            engine.commit(batch).expect("raw write of a damaged record");
-            pending_restore = Some((key.clone(), value.clone()));
+            let mut damaged = original.clone();
+            damaged[range.start + offset] ^= 1 << (offset % 8);
+            reseal(&mut damaged);
+            write_at(
+                &dir,
+                frame.location.segment,
+                frame.location.offset,
+                &damaged,
+            );
             assert_fails_at(
                 &*engine,
                 position,
@@ -184,86 +286,214 @@ fn every_single_byte_flip_in_an_event_record_is_found_at_its_position(backend: B
             );
             flips += 1;
         }
+        write_at(
+            &dir,
+            frame.location.segment,
+            frame.location.offset,
+            &original,
+        );
     }
-    let (k, v) = pending_restore.expect("at least one flip was made");
-    raw_put(&*engine, tables::EVENTS, &k, &v);
     assert_clean(&*engine, head);
     assert!(flips > 1_500, "only {flips} flips were tried");
 }
 
-fn a_deleted_event_is_a_gap_at_its_position(backend: Backend) {
-    // Proves removing an event from the middle or the end of the log is named at its position.
-    let (_store, engine, head) = tampered_store(backend);
-    for position in [1, 25, LOG_EVENTS] {
-        let key = log::event_key(Position(position));
-        let original = raw_get(&*engine, tables::EVENTS, &key);
-        raw_delete(&*engine, tables::EVENTS, &key);
-        let reason = assert_fails_at(&*engine, position, &format!("delete of {position}"));
-        if position < LOG_EVENTS {
-            assert!(reason.contains("missing"), "reason {reason:?}");
+fn a_flip_that_breaks_the_frame_checksum_is_found_at_its_position_and_refuses_the_next_open(
+    backend: Backend,
+) {
+    // Proves a naive flip (the frame's checksum no longer holds) is still named by verify at the
+    // record's position on an open engine, and that the next open refuses the store, naming the
+    // segment file and the frame's byte offset; nothing is truncated: restoring the byte makes
+    // the same store open and verify again.
+    let (store, engine, head) = tampered_store(backend);
+    let dir = store.dir();
+    for position in [1u64, 2, 24, 25, LOG_EVENTS] {
+        let (frame, original, range) = record_in_frame(&dir, position);
+        for offset in [range.start, range.start + range.len() / 2, range.end - 1] {
+            let mut damaged = original.clone();
+            damaged[offset] ^= 0x20;
+            write_at(
+                &dir,
+                frame.location.segment,
+                frame.location.offset,
+                &damaged,
+            );
+            assert_fails_at(
+                &*engine,
+                position,
+                &format!("naive flip at frame byte {offset}, position {position}"),
+            );
+            write_at(
+                &dir,
+                frame.location.segment,
+                frame.location.offset,
+                &original,
+            );
         }
-        raw_put(&*engine, tables::EVENTS, &key, &original);
     }
     assert_clean(&*engine, head);
+    drop(engine);
+    let (frame, original, range) = record_in_frame(&dir, 25);
+    let mut damaged = original.clone();
+    damaged[range.end - 1] ^= 0x20;
+    write_at(
+        &dir,
+        frame.location.segment,
+        frame.location.offset,
+        &damaged,
+    );
+    assert_open_refused_naming(&dir, backend, &frame, true);
+    write_at(
+        &dir,
+        frame.location.segment,
+        frame.location.offset,
+        &original,
+    );
+    assert_clean(&*store.engine(), head);
+}
+
+/// Rewrites `frame` without its record `i`, resealed, and zeroes the bytes it no longer covers:
+/// an event deleted by a tamperer who knows the format.
+fn delete_record(dir: &Path, frame: &FrameInfo, i: usize) {
+    let bytes = read_frame(dir, frame);
+    let ranges = record_ranges(&bytes);
+    let commands_end = 48 + frame.header.commands_bytes as usize;
+    let mut records: Vec<&[u8]> = ranges.iter().map(|r| &bytes[r.clone()]).collect();
+    records.remove(i);
+    let mut payload = bytes[48..commands_end].to_vec();
+    let mut offset = 0u32;
+    for r in &records {
+        payload.extend_from_slice(&offset.to_le_bytes());
+        offset += r.len() as u32;
+    }
+    for r in &records {
+        payload.extend_from_slice(r);
+    }
+    let mut out = bytes[..48].to_vec();
+    out[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    out[16..20].copy_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+    reseal(&mut out);
+    out.resize(bytes.len(), 0);
+    write_at(dir, frame.location.segment, frame.location.offset, &out);
+}
+
+fn a_deleted_event_is_named_at_its_frame_and_refuses_the_next_open(backend: Backend) {
+    // Proves removing an event from its frame (the frame rewritten shorter and resealed) is
+    // found. On an open engine, reading the log stops with an error naming the first position of
+    // the frame that held it (the frame no longer matches its frame index entry). Before format 2
+    // this was a verify failure "position p is missing"; now the frame, not the event, is what
+    // the index vouches for, so the position named is the frame's first. The next open refuses
+    // the store, naming the segment file (the log breaks inside the indexed part). Restoring the
+    // frame restores the store.
+    for position in [1u64, 25, LOG_EVENTS] {
+        let (store, engine, head) = tampered_store(backend);
+        let dir = store.dir();
+        let frame = frames::frame_of(&dir, position);
+        let original = read_frame(&dir, &frame);
+        delete_record(
+            &dir,
+            &frame,
+            (position - frame.header.first_position) as usize,
+        );
+        assert_read_error(
+            &*engine,
+            &format!("event at position {}", frame.header.first_position),
+            &format!("delete of {position}"),
+        );
+        drop(engine);
+        assert_open_refused_naming(&dir, backend, &frame, false);
+        write_at(
+            &dir,
+            frame.location.segment,
+            frame.location.offset,
+            &original,
+        );
+        assert_clean(&*store.engine(), head);
+    }
+}
+
+/// Exchanges the records of events `a` and `b` (of equal length) in their frames, resealed.
+fn swap_records(dir: &Path, a: u64, b: u64) {
+    let (fa, mut ba, ra) = record_in_frame(dir, a);
+    let (fb, mut bb, rb) = record_in_frame(dir, b);
+    assert_eq!(ra.len(), rb.len(), "records {a} and {b} differ in length");
+    if fa == fb {
+        let tmp = ba[ra.clone()].to_vec();
+        ba.copy_within(rb.clone(), ra.start);
+        ba[rb].copy_from_slice(&tmp);
+    } else {
+        let tmp = ba[ra.clone()].to_vec();
+        ba[ra].copy_from_slice(&bb[rb.clone()]);
+        bb[rb].copy_from_slice(&tmp);
+        reseal(&mut bb);
+        write_at(dir, fb.location.segment, fb.location.offset, &bb);
+    }
+    reseal(&mut ba);
+    write_at(dir, fa.location.segment, fa.location.offset, &ba);
 }
 
 fn swapped_events_fail_at_the_first_of_the_two(backend: Backend) {
-    // Proves exchanging two stored records (each still intact and self-consistent) is named at
-    // the earlier of the two positions.
-    let (_store, engine, head) = tampered_store(backend);
-    for (a, b) in [(10u64, 30u64), (1, 2), (49, 50)] {
-        let ka = log::event_key(Position(a));
-        let kb = log::event_key(Position(b));
-        let va = raw_get(&*engine, tables::EVENTS, &ka);
-        let vb = raw_get(&*engine, tables::EVENTS, &kb);
-        let mut batch = WriteBatch::new();
-        batch.put(tables::EVENTS, ka.to_vec(), vb.clone());
-        batch.put(tables::EVENTS, kb.to_vec(), va.clone());
-        engine.commit(batch).expect("swap");
+    // Proves exchanging two records (each intact and self-consistent, their frames resealed),
+    // within one frame or across frames, is named at the earlier of the two positions, on an
+    // open engine and after reopening (the frames check, so the store opens; the chain does not).
+    let (store, engine, head) = tampered_store(backend);
+    let dir = store.dir();
+    let len_of = |p: u64| record_in_frame(&dir, p).2.len();
+    let within = frames::frames(&dir)
+        .into_iter()
+        .find(|f| f.header.events == 3)
+        .expect("a 3-event frame");
+    let p = within.header.first_position;
+    let across = (1..=LOG_EVENTS)
+        .flat_map(|a| (a + 1..=LOG_EVENTS).map(move |b| (a, b)))
+        .filter(|&(a, b)| frames::frame_of(&dir, a) != frames::frame_of(&dir, b))
+        .find(|&(a, b)| len_of(a) == len_of(b))
+        .expect("two records of equal length in different frames");
+    for (a, b) in [(p, p + 1), (p, p + 2), across] {
+        swap_records(&dir, a, b);
         assert_fails_at(&*engine, a, &format!("swap of {a} and {b}"));
-        let mut batch = WriteBatch::new();
-        batch.put(tables::EVENTS, ka.to_vec(), va);
-        batch.put(tables::EVENTS, kb.to_vec(), vb);
-        engine.commit(batch).expect("unswap");
+        swap_records(&dir, a, b);
+        assert_clean(&*engine, head);
     }
+    let (a, b) = across;
+    swap_records(&dir, a, b);
+    drop(engine);
+    let engine = store.engine();
+    assert_fails_at(&*engine, a, &format!("swap of {a} and {b} after reopen"));
+    swap_records(&dir, a, b);
     assert_clean(&*engine, head);
 }
 
-fn a_stream_index_entry_pointing_elsewhere_fails_at_its_event(backend: Backend) {
-    // Proves a stream index entry redirected to another position is named at the event it
-    // should point to.
+fn a_stream_index_run_pointing_elsewhere_fails_at_its_first_event(backend: Backend) {
+    // Proves a stream index run (one entry per run of a stream's events in one append) moved to
+    // another position is named at the first event the run should point to.
     let (_store, engine, head) = tampered_store(backend);
     for position in [1u64, 20, LOG_EVENTS] {
-        let record = event_at(&*engine, position);
-        let key = log::stream_key(&record.stream, record.version);
-        let original = raw_get(&*engine, tables::STREAM_INDEX, &key);
-        assert_eq!(original, position.to_le_bytes().to_vec());
-        let elsewhere = if position == 1 { 2u64 } else { position - 1 };
-        raw_put(
-            &*engine,
-            tables::STREAM_INDEX,
-            &key,
-            &elsewhere.to_le_bytes(),
-        );
+        let (key, run) = run_of(&*engine, position);
+        let first = run.first_position.0;
+        let elsewhere = if first == 1 { 2 } else { first - 1 };
+        let moved = StreamRun {
+            first_position: Position(elsewhere),
+            ..run
+        };
+        raw_put(&*engine, tables::STREAM_INDEX, &key, &moved.encode());
         assert_fails_at(
             &*engine,
-            position,
-            &format!("index of {position} -> {elsewhere}"),
+            first,
+            &format!("run of {position} moved {first} -> {elsewhere}"),
         );
-        raw_put(&*engine, tables::STREAM_INDEX, &key, &original);
+        raw_put(&*engine, tables::STREAM_INDEX, &key, &run.encode());
     }
     assert_clean(&*engine, head);
 }
 
-fn a_missing_stream_index_entry_fails_at_its_event(backend: Backend) {
-    // Proves a deleted stream index entry is named at its event's position.
+fn a_missing_stream_index_run_fails_at_its_first_event(backend: Backend) {
+    // Proves a deleted stream index run is named at the position of its first event.
     let (_store, engine, head) = tampered_store(backend);
-    let record = event_at(&*engine, 20);
-    let key = log::stream_key(&record.stream, record.version);
-    let original = raw_get(&*engine, tables::STREAM_INDEX, &key);
+    let (key, run) = run_of(&*engine, 20);
     raw_delete(&*engine, tables::STREAM_INDEX, &key);
-    assert_fails_at(&*engine, 20, "deleted index entry");
-    raw_put(&*engine, tables::STREAM_INDEX, &key, &original);
+    assert_fails_at(&*engine, run.first_position.0, "deleted run");
+    raw_put(&*engine, tables::STREAM_INDEX, &key, &run.encode());
     assert_clean(&*engine, head);
 }
 
@@ -272,7 +502,11 @@ fn an_extra_stream_index_entry_fails_after_the_head(backend: Backend) {
     // found by the entry count and reported at head + 1.
     let (_store, engine, head) = tampered_store(backend);
     let key = log::stream_key("s-1", StreamVersion(999));
-    raw_put(&*engine, tables::STREAM_INDEX, &key, &20u64.to_le_bytes());
+    let extra = StreamRun {
+        first_position: Position(20),
+        count: 1,
+    };
+    raw_put(&*engine, tables::STREAM_INDEX, &key, &extra.encode());
     let reason = assert_fails_at(&*engine, LOG_EVENTS + 1, "extra index entry");
     assert!(reason.contains("stream index"), "reason {reason:?}");
     raw_delete(&*engine, tables::STREAM_INDEX, &key);
@@ -280,13 +514,12 @@ fn an_extra_stream_index_entry_fails_after_the_head(backend: Backend) {
 }
 
 fn a_truncated_stream_index_value_is_reported_at_its_event(backend: Backend) {
-    // Proves a damaged (7-byte) stream index value is a verify failure named at its event, like
-    // any other damage, so `verify` can exit 1 naming the first bad position (SPEC 3), rather
-    // than a read error that aborts the pass without a position.
+    // Proves a damaged (7-byte) stream index value is a verify failure named at the first event
+    // of its run, like any other damage, so `verify` can exit 1 naming the first bad position
+    // (SPEC 3), rather than a read error that aborts the pass without a position.
     let (_store, engine, head) = tampered_store(backend);
-    let record = event_at(&*engine, 20);
-    let key = log::stream_key(&record.stream, record.version);
-    let original = raw_get(&*engine, tables::STREAM_INDEX, &key);
+    let (key, run) = run_of(&*engine, 20);
+    let original = run.encode();
     raw_put(&*engine, tables::STREAM_INDEX, &key, &original[..7]);
     let snap = engine.snapshot().expect("snapshot");
     let result = ledger::verify::verify(&*snap, &mut |_| {});
@@ -296,7 +529,11 @@ fn a_truncated_stream_index_value_is_reported_at_its_event(backend: Backend) {
             let failure = report
                 .failure
                 .expect("verify passed over a damaged index entry");
-            assert_eq!(failure.position, 20, "reason {:?}", failure.reason);
+            assert_eq!(
+                failure.position, run.first_position.0,
+                "reason {:?}",
+                failure.reason
+            );
         }
         Err(e) => panic!("verify aborted without naming a position: {e}"),
     }
@@ -325,6 +562,111 @@ fn a_missing_command_entry_fails_at_the_commands_first_event(backend: Backend) {
         &entry,
     );
     assert_clean(&*engine, head);
+}
+
+fn a_missing_or_redirected_frame_index_entry_is_an_error_naming_the_position(backend: Backend) {
+    // Proves the frame index (where each frame is) is never trusted blindly: a deleted entry, or
+    // one pointing at another frame, stops verify with an error naming the first position the
+    // entry serves, never serves another frame's records as these positions, and never lets
+    // verify pass. (A frame index entry is not an event: this is a read error, not a verify
+    // failure at a position.)
+    let (store, engine, head) = tampered_store(backend);
+    let all = frames::frames(&store.dir());
+    for target in [&all[0], &all[all.len() / 2], &all[all.len() - 1]] {
+        let first = target.header.first_position;
+        let key = first.to_be_bytes();
+        let original = raw_get(&*engine, tables::FRAMES, &key);
+        raw_delete(&*engine, tables::FRAMES, &key);
+        assert_read_error(
+            &*engine,
+            &format!("event at position {first}"),
+            &format!("deleted frame entry {first}"),
+        );
+        let other = all.iter().find(|f| f != &target).expect("another frame");
+        let mut redirected = original.clone();
+        redirected[0..4].copy_from_slice(&other.location.segment.to_le_bytes());
+        redirected[4..12].copy_from_slice(&other.location.offset.to_le_bytes());
+        raw_put(&*engine, tables::FRAMES, &key, &redirected);
+        assert_read_error(
+            &*engine,
+            &format!("event at position {first}"),
+            &format!("frame entry {first} -> {}", other.location),
+        );
+        raw_put(&*engine, tables::FRAMES, &key, &original);
+    }
+    assert_clean(&*engine, head);
+}
+
+fn an_index_checkpoint_behind_the_log_is_replayed_and_a_wrong_one_refuses_to_open(
+    backend: Backend,
+) {
+    // Proves the index checkpoint is only where recovery starts, never a way to lose or invent
+    // events: set back to an earlier frame boundary, the next open replays the frames after it
+    // and the log verifies with the same head and the checkpoint back at the end; pointing at
+    // the end with an earlier head, or past the end of the log, or cut short, the store refuses
+    // to open (OpenError::Damaged), and putting the right checkpoint back opens it unchanged.
+    let (store, engine, head) = tampered_store(backend);
+    let dir = store.dir();
+    let all = frames::frames(&dir);
+    let original = raw_get(&*engine, tables::META, META_LOG_CHECKPOINT);
+    let saved = Checkpoint::decode(&original).expect("a healthy checkpoint");
+    assert_eq!(saved.head, head);
+    let tenth = &all[9];
+    let back_head = tenth.header.first_position + u64::from(tenth.header.events) - 1;
+    let back = Checkpoint {
+        head: Head {
+            position: Position(back_head),
+            hash: event_at(&*engine, back_head).hash,
+        },
+        end: all[10].location,
+    };
+    raw_put(&*engine, tables::META, META_LOG_CHECKPOINT, &back.encode());
+    drop(engine);
+    let engine = store.engine();
+    assert_clean(&*engine, head);
+    assert_eq!(
+        raw_get(&*engine, tables::META, META_LOG_CHECKPOINT),
+        original,
+        "the replay brought the checkpoint back to the end of the log"
+    );
+    drop(engine);
+    let past_end = Location {
+        segment: saved.end.segment,
+        offset: saved.end.offset + 4096,
+    };
+    let wrong = [
+        (
+            "at the end with an earlier head",
+            Checkpoint {
+                head: back.head,
+                ..saved
+            }
+            .encode(),
+        ),
+        (
+            "past the end of the log",
+            Checkpoint {
+                end: past_end,
+                ..saved
+            }
+            .encode(),
+        ),
+        ("cut short", original[..51].to_vec()),
+    ];
+    for (what, bytes) in wrong {
+        let index = index_engine(&dir, backend);
+        raw_put(&*index, tables::META, META_LOG_CHECKPOINT, &bytes);
+        drop(index);
+        match open_engine(&dir, Create::No, backend) {
+            Err(OpenError::Damaged { .. }) => {}
+            Err(other) => panic!("checkpoint {what}: expected Damaged, got {other:?}"),
+            Ok(_) => panic!("checkpoint {what}: the store opened"),
+        }
+        let index = index_engine(&dir, backend);
+        raw_put(&*index, tables::META, META_LOG_CHECKPOINT, &original);
+        drop(index);
+        assert_clean(&*store.engine(), head);
+    }
 }
 
 fn a_store_with_a_newer_format_version_is_refused(backend: Backend) {
@@ -367,7 +709,7 @@ fn a_store_with_a_newer_format_version_is_refused(backend: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (b) on disk, redb
+// (b) on disk: the redb index file, beside intact segments
 
 /// What reopening and verifying a damaged file gave.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -403,12 +745,18 @@ fn reopen_and_verify(dir: &Path, head: Head) -> Attempt {
     }
 }
 
-/// Writes `bytes` as the redb file of a fresh store directory and runs `reopen_and_verify`
-/// under `catch_unwind`; `Err` carries the panic message.
-fn attempt(bytes: &[u8], head: Head) -> Result<Attempt, String> {
+/// Writes `bytes` as the redb index file of a fresh store directory beside a copy of the
+/// intact segment files in `segments`, and runs `reopen_and_verify` under `catch_unwind`; `Err`
+/// carries the panic message.
+fn attempt(bytes: &[u8], segments: &Path, head: Head) -> Result<Attempt, String> {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("store");
-    std::fs::create_dir(&dir).expect("create store dir");
+    std::fs::create_dir_all(dir.join(SEGMENTS_DIR)).expect("create store dir");
+    for entry in std::fs::read_dir(segments).expect("list the segments") {
+        let entry = entry.expect("a segment entry");
+        std::fs::copy(entry.path(), dir.join(SEGMENTS_DIR).join(entry.file_name()))
+            .expect("copy a segment file");
+    }
     std::fs::write(dir.join(REDB_FILE), bytes).expect("write damaged file");
     catch_unwind(AssertUnwindSafe(|| reopen_and_verify(&dir, head))).map_err(|p| {
         p.downcast_ref::<String>()
@@ -434,12 +782,13 @@ fn closed_redb_store() -> (TestStore, Vec<u8>, Head) {
 fn run_attempts(
     name: &str,
     variants: impl Iterator<Item = (usize, Vec<u8>)>,
+    segments: &Path,
     head: Head,
 ) -> BTreeMap<Attempt, u32> {
     let mut tally = BTreeMap::new();
     let mut panics = Vec::new();
     for (offset, bytes) in variants {
-        match attempt(&bytes, head) {
+        match attempt(&bytes, segments, head) {
             Ok(outcome) => *tally.entry(outcome).or_insert(0) += 1,
             Err(message) => panics.push((offset, message)),
         }
@@ -456,12 +805,15 @@ fn run_attempts(
 
 #[test]
 fn redb_file_byte_flips_give_an_error_a_failure_or_an_unchanged_log_never_a_panic() {
-    // Proves that flipping one byte of the closed redb file (every 97th offset, the middle, and
-    // the first bytes of the file) never makes opening or verifying panic, and never makes a
-    // damaged log verify with a different head.
-    let (_store, original, head) = closed_redb_store();
+    // Proves that flipping one byte of the closed redb index file (every 97th offset, the
+    // middle, and the first bytes of the file), beside intact segments, never makes opening or
+    // verifying panic, and never makes the log verify with a different head. (The events are in
+    // the segments now, so most flips hit rebuildable data: an error, a verify failure, or, when
+    // the flip hits unused space or what recovery replays, the unchanged log.)
+    let (store, original, head) = closed_redb_store();
+    let segments = store.dir().join(SEGMENTS_DIR);
     assert!(
-        attempt(&original, head) == Ok(Attempt::Unchanged),
+        attempt(&original, &segments, head) == Ok(Attempt::Unchanged),
         "the untouched copy verifies"
     );
     let len = original.len();
@@ -478,7 +830,7 @@ fn redb_file_byte_flips_give_an_error_a_failure_or_an_unchanged_log_never_a_pani
         bytes[offset] ^= 0xff;
         (offset, bytes)
     });
-    let tally = run_attempts("byte flips", variants, head);
+    let tally = run_attempts("byte flips", variants, &segments, head);
     let noticed: u32 = tally
         .iter()
         .filter(|(k, _)| **k != Attempt::Unchanged)
@@ -489,9 +841,11 @@ fn redb_file_byte_flips_give_an_error_a_failure_or_an_unchanged_log_never_a_pani
 
 #[test]
 fn redb_file_truncations_give_an_error_a_failure_or_an_unchanged_log_never_a_panic() {
-    // Proves that a redb file cut short at many lengths (every 4 KiB page boundary and a spread
-    // of odd lengths) gives an error or a failure, never a panic or a silently shorter log.
-    let (_store, original, head) = closed_redb_store();
+    // Proves that a redb index file cut short at many lengths (every 4 KiB page boundary and a
+    // spread of odd lengths), beside intact segments, gives an error, a failure or the unchanged
+    // log, never a panic or a silently shorter log.
+    let (store, original, head) = closed_redb_store();
+    let segments = store.dir().join(SEGMENTS_DIR);
     let len = original.len();
     let mut cuts: Vec<usize> = (0..len).step_by(4096).collect();
     cuts.extend((0..len).step_by(7919));
@@ -502,12 +856,12 @@ fn redb_file_truncations_give_an_error_a_failure_or_an_unchanged_log_never_a_pan
         cuts = vec![only];
     }
     let variants = cuts.into_iter().map(|cut| (cut, original[..cut].to_vec()));
-    run_attempts("truncations", variants, head);
+    run_attempts("truncations", variants, &segments, head);
 }
 
 #[test]
 fn a_file_that_is_not_a_store_is_refused_with_an_error() {
-    // Proves random bytes named ledger.redb are refused as "not a store" (or damaged), not
+    // Proves random bytes named index.redb are refused as "not a store" (or damaged), not
     // treated as an empty store and not reported as a plain I/O error.
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("store");

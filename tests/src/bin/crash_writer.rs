@@ -1,4 +1,4 @@
-//! `crash_writer STORE_DIR BACKEND SEED`: appends to a ledger forever, printing one line per
+//! `crash_writer STORE_DIR BACKEND SEED [SEGMENT_BYTES]`: appends to a ledger forever, printing one line per
 //! durable acknowledgement, until it is killed. The kill -9 test (`tests/crash.rs`) runs it,
 //! SIGKILLs it at a random moment and checks that every printed append survived.
 //!
@@ -13,6 +13,10 @@
 //! recompute the exact bytes from the line alone. `tests/crash.rs` has the same function; the
 //! two must stay identical (any difference fails every payload comparison there).
 //!
+//! `SEGMENT_BYTES` (default 64 MiB) is the segment size the store is opened with: the test
+//! passes a small one so that segment roll-over happens many times per run, and kills land
+//! while a segment is being created.
+//!
 //! Command ids are `c<SEED>-<WRITER>-<K>`: the test gives each run a different seed, so ids never
 //! repeat on one store. Each writer task owns its streams (`crash-w<WRITER>-a|b|c`), reads their
 //! versions once at start and appends with `ExpectedVersion::Exact`, so any lost or reordered
@@ -24,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use ledger::{
-    AppendRequest, Backend, Codec, ExpectedVersion, Ledger, LedgerError, LedgerOptions, NewEvent,
-    OpenError, StreamAppend, StreamVersion,
+    AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerError, NewEvent,
+    OpenError, StoreOptions, StreamAppend, StreamVersion,
 };
 use ledger_tests::crash_content::event_content;
 use ledger_tests::wallet::splitmix64;
@@ -41,10 +45,20 @@ const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (Some(dir), Some(backend), Some(seed), None) =
-        (args.next(), args.next(), args.next(), args.next())
-    else {
-        bail!("usage: crash_writer STORE_DIR redb|sled SEED");
+    let (Some(dir), Some(backend), Some(seed), segment_bytes, None) = (
+        args.next(),
+        args.next(),
+        args.next(),
+        args.next(),
+        args.next(),
+    ) else {
+        bail!("usage: crash_writer STORE_DIR redb|sled SEED [SEGMENT_BYTES]");
+    };
+    let segment_bytes: u64 = match segment_bytes {
+        None => ledger::segments::DEFAULT_SEGMENT_BYTES,
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("segment size {s:?} is not a u64"))?,
     };
     let backend = parse_backend(&backend)?;
     let seed: u64 = seed
@@ -55,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(run(PathBuf::from(dir), backend, seed))
+    runtime.block_on(run(PathBuf::from(dir), backend, seed, segment_bytes))
 }
 
 fn parse_backend(name: &str) -> anyhow::Result<Backend> {
@@ -67,12 +81,8 @@ fn parse_backend(name: &str) -> anyhow::Result<Backend> {
     }
 }
 
-async fn run(dir: PathBuf, backend: Backend, seed: u64) -> anyhow::Result<()> {
-    let options = LedgerOptions {
-        backend,
-        ..LedgerOptions::default()
-    };
-    let ledger = open_waiting_for_lock(&dir, options)?;
+async fn run(dir: PathBuf, backend: Backend, seed: u64, segment_bytes: u64) -> anyhow::Result<()> {
+    let ledger = open_waiting_for_lock(&dir, backend, segment_bytes)?;
     print_line(&format!("ready {}", ledger.head().position))?;
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..WRITERS {
@@ -93,12 +103,20 @@ async fn run(dir: PathBuf, backend: Backend, seed: u64) -> anyhow::Result<()> {
 /// internal reference to its file goes, which background threadpool jobs and epoch-deferred
 /// frees can hold on to for a while after `Db` is dropped, so the next open may briefly see
 /// `Locked`.
-fn open_waiting_for_lock(dir: &Path, options: LedgerOptions) -> anyhow::Result<Ledger> {
+fn open_waiting_for_lock(
+    dir: &Path,
+    backend: Backend,
+    segment_bytes: u64,
+) -> anyhow::Result<Ledger> {
     let started = Instant::now();
     let mut attempts = 0u32;
+    let options = StoreOptions::with_segment_bytes(segment_bytes);
     loop {
         attempts += 1;
-        match Ledger::open(dir, options.clone()) {
+        let opened = ledger::open_store_with(dir, Create::IfMissing, backend, &[], &options)
+            .map_err(LedgerError::Open)
+            .and_then(|store| Ledger::with_engine(store, Vec::new()));
+        match opened {
             Ok(ledger) => {
                 if attempts > 1 {
                     eprintln!(

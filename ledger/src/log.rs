@@ -480,46 +480,48 @@ pub fn list_streams(
 /// Events read per chunk by [`events`] and [`stream_events`]: bounds their memory (a chunk of
 /// records at a time) while keeping one index scan per chunk, not per event.
 const ITER_CHUNK_EVENTS: usize = 4_096;
+/// Stream ids read per chunk by [`streams`].
+const ITER_CHUNK_STREAMS: usize = 4_096;
 
-/// Every event from position `from` (inclusive) to the snapshot's head, in position order.
-/// Reads [`ITER_CHUNK_EVENTS`] at a time, so memory stays bounded at any log size. The first
-/// error ends the iteration.
-pub fn events(snap: &dyn Snapshot, from: Position) -> Events<'_> {
-    Events {
-        snap,
-        next: Position(from.0.max(1)),
-        chunk: Vec::new().into_iter(),
-        done: false,
-    }
-}
-
-/// The iterator of [`events`].
-pub struct Events<'s> {
-    snap: &'s dyn Snapshot,
-    /// Position of the first event of the next chunk.
-    next: Position,
-    chunk: std::vec::IntoIter<EventRecord>,
+/// An iterator over items read a chunk at a time: `read` gets the last item of the previous
+/// chunk (`None` for the first) and returns the next chunk; an empty chunk ends it, and so
+/// does the first error. The one paging loop of [`events`], [`stream_events`] and [`streams`].
+pub struct Chunked<T, F> {
+    read: F,
+    last: Option<T>,
+    chunk: std::vec::IntoIter<T>,
     done: bool,
 }
 
-impl Iterator for Events<'_> {
-    type Item = Result<EventRecord, ReadError>;
+impl<T: Clone, F: FnMut(Option<&T>) -> Result<Vec<T>, ReadError>> Chunked<T, F> {
+    fn new(read: F) -> Chunked<T, F> {
+        Chunked {
+            read,
+            last: None,
+            chunk: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl<T: Clone, F: FnMut(Option<&T>) -> Result<Vec<T>, ReadError>> Iterator for Chunked<T, F> {
+    type Item = Result<T, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(record) = self.chunk.next() {
-            return Some(Ok(record));
+        if let Some(item) = self.chunk.next() {
+            return Some(Ok(item));
         }
         if self.done {
             return None;
         }
-        match read_all(self.snap, self.next, ITER_CHUNK_EVENTS) {
-            Ok(records) => {
-                let Some(last) = records.last() else {
+        match (self.read)(self.last.as_ref()) {
+            Ok(items) => {
+                let Some(last) = items.last() else {
                     self.done = true;
                     return None;
                 };
-                self.next = last.position.next();
-                self.chunk = records.into_iter();
+                self.last = Some(last.clone());
+                self.chunk = items.into_iter();
                 self.chunk.next().map(Ok)
             }
             Err(e) => {
@@ -528,6 +530,20 @@ impl Iterator for Events<'_> {
             }
         }
     }
+}
+
+/// Every event from position `from` (inclusive) to the snapshot's head, in position order.
+/// Reads [`ITER_CHUNK_EVENTS`] at a time, so memory stays bounded at any log size. The first
+/// error ends the iteration.
+pub fn events(
+    snap: &dyn Snapshot,
+    from: Position,
+) -> impl Iterator<Item = Result<EventRecord, ReadError>> + '_ {
+    let from = Position(from.0.max(1));
+    Chunked::new(move |last: Option<&EventRecord>| {
+        let next = last.map_or(from, |r| r.position.next());
+        read_all(snap, next, ITER_CHUNK_EVENTS)
+    })
 }
 
 /// Every event of `stream` from version `from` (inclusive; 0 reads as 1), in version order.
@@ -537,111 +553,23 @@ pub fn stream_events<'s>(
     snap: &'s dyn Snapshot,
     stream: &'s str,
     from: StreamVersion,
-) -> StreamEvents<'s> {
-    StreamEvents {
-        snap,
-        stream,
-        next: StreamVersion(from.0.max(1)),
-        chunk: Vec::new().into_iter(),
-        done: false,
-    }
+) -> impl Iterator<Item = Result<EventRecord, ReadError>> + 's {
+    let from = StreamVersion(from.0.max(1));
+    Chunked::new(move |last: Option<&EventRecord>| {
+        let next = last.map_or(from, |r| StreamVersion(r.version.0 + 1));
+        read_stream(snap, stream, next, ITER_CHUNK_EVENTS)
+    })
 }
 
-/// The iterator of [`stream_events`].
-pub struct StreamEvents<'s> {
-    snap: &'s dyn Snapshot,
-    stream: &'s str,
-    /// Version of the first event of the next chunk.
-    next: StreamVersion,
-    chunk: std::vec::IntoIter<EventRecord>,
-    done: bool,
-}
-
-impl Iterator for StreamEvents<'_> {
-    type Item = Result<EventRecord, ReadError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(record) = self.chunk.next() {
-            return Some(Ok(record));
-        }
-        if self.done {
-            return None;
-        }
-        match read_stream(self.snap, self.stream, self.next, ITER_CHUNK_EVENTS) {
-            Ok(records) => {
-                let Some(last) = records.last() else {
-                    self.done = true;
-                    return None;
-                };
-                self.next = StreamVersion(last.version.0 + 1);
-                self.chunk = records.into_iter();
-                self.chunk.next().map(Ok)
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-/// Stream ids read per chunk by [`streams`].
-const ITER_CHUNK_STREAMS: usize = 4_096;
-
-/// Every stream id that starts with `prefix` and has at least one event, in byte order, read
-/// [`ITER_CHUNK_STREAMS`] at a time ([`list_streams`]: one index seek per stream). The first
-/// error ends the iteration.
-pub fn streams<'s>(snap: &'s dyn Snapshot, prefix: &'s str) -> Streams<'s> {
-    Streams {
-        snap,
-        prefix,
-        after: None,
-        chunk: Vec::new().into_iter(),
-        done: false,
-    }
-}
-
-/// The iterator of [`streams`].
-pub struct Streams<'s> {
+/// Every stream id starting with `prefix`, in byte order, [`ITER_CHUNK_STREAMS`] at a time.
+/// The first error ends the iteration.
+pub fn streams<'s>(
     snap: &'s dyn Snapshot,
     prefix: &'s str,
-    /// The last stream id of the previous chunk.
-    after: Option<String>,
-    chunk: std::vec::IntoIter<String>,
-    done: bool,
-}
-
-impl Iterator for Streams<'_> {
-    type Item = Result<String, ReadError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(stream) = self.chunk.next() {
-            return Some(Ok(stream));
-        }
-        if self.done {
-            return None;
-        }
-        match list_streams(
-            self.snap,
-            self.prefix,
-            self.after.as_deref(),
-            ITER_CHUNK_STREAMS,
-        ) {
-            Ok(ids) => {
-                let Some(last) = ids.last() else {
-                    self.done = true;
-                    return None;
-                };
-                self.after = Some(last.clone());
-                self.chunk = ids.into_iter();
-                self.chunk.next().map(Ok)
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
+) -> impl Iterator<Item = Result<String, ReadError>> + 's {
+    Chunked::new(move |last: Option<&String>| {
+        list_streams(snap, prefix, last.map(String::as_str), ITER_CHUNK_STREAMS)
+    })
 }
 
 /// Every event in the segment files of the store in `store_dir`, in position order, read

@@ -370,6 +370,17 @@ struct Segment {
     path: PathBuf,
 }
 
+impl Segment {
+    /// The file's length.
+    fn file_len(&self) -> Result<u64, LogError> {
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &self.path, &e))?
+            .len())
+    }
+}
+
 /// Where the writer appends.
 #[derive(Debug)]
 struct Tail {
@@ -432,11 +443,7 @@ impl Filler {
         let mut st = self.state.lock().expect("filler lock");
         if st.segment.as_ref().map(|s| s.number) != Some(segment.number) {
             st.segment = Some(Arc::clone(segment));
-            st.allocated = segment
-                .file
-                .metadata()
-                .map_err(|e| LogError::io("stat", &segment.path, &e))?
-                .len();
+            st.allocated = segment.file_len()?;
         }
         st.want = st.want.max((needed + FILL_AHEAD).min(cap.max(needed)));
         self.changed.notify_all();
@@ -940,18 +947,19 @@ impl SegmentLog {
             return Err(self.damaged_before_checkpoint(at));
         }
         let seg = self.segment(at.segment)?;
-        let len = seg
-            .file
-            .metadata()
-            .map_err(|e| LogError::io("stat", &seg.path, &e))?
-            .len();
+        let len = seg.file_len()?;
+        self.set_end(at, seg, len);
+        Ok(tail)
+    }
+
+    /// Makes `at` where the writer appends next, with `seg` (its segment) zero-filled to `len`.
+    fn set_end(&self, at: Location, seg: Arc<Segment>, len: u64) {
         *self.tail.lock().expect("tail lock") = Tail {
             segment: at.segment,
             end: at.offset,
             stopped: None,
         };
         self.filler.reset(seg, len);
-        Ok(tail)
     }
 
     fn damaged_before_checkpoint(&self, at: Location) -> LogError {
@@ -986,11 +994,7 @@ impl SegmentLog {
     /// The offset just past the last non-zero byte of the segment after `at`, if any.
     fn last_nonzero_from(&self, at: Location) -> Result<Option<u64>, LogError> {
         let seg = self.segment(at.segment)?;
-        let len = seg
-            .file
-            .metadata()
-            .map_err(|e| LogError::io("stat", &seg.path, &e))?
-            .len();
+        let len = seg.file_len()?;
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = at.offset;
         let mut last = None;
@@ -1015,11 +1019,7 @@ impl SegmentLog {
                 SEGMENT_HEADER_BYTES
             };
             let seg = self.segment(number)?;
-            let len = seg
-                .file
-                .metadata()
-                .map_err(|e| LogError::io("stat", &seg.path, &e))?
-                .len();
+            let len = seg.file_len()?;
             if start >= len {
                 continue;
             }
@@ -1064,17 +1064,8 @@ impl SegmentLog {
             }
         }
         sync_dir(&self.dir)?;
-        let len = seg
-            .file
-            .metadata()
-            .map_err(|e| LogError::io("stat", &seg.path, &e))?
-            .len();
-        *self.tail.lock().expect("tail lock") = Tail {
-            segment: at.segment,
-            end: at.offset,
-            stopped: None,
-        };
-        self.filler.reset(seg, len);
+        let len = seg.file_len()?;
+        self.set_end(at, seg, len);
         Ok(())
     }
 

@@ -831,9 +831,16 @@ impl SegmentLog {
         if self.read_header(at)?.is_some() {
             return Ok(Some(at));
         }
-        if self.segment(at.segment + 1).is_ok() {
+        let next = at.segment + 1;
+        // A reader beside a writer: the writer may have started the next segment after this
+        // log was opened (a segment file that exists is whole: created under a temporary name).
+        let known = self.segment(next).is_ok()
+            || (!self.writable
+                && self.dir.join(segment_name(next)).exists()
+                && self.open_segment(next).is_ok());
+        if known {
             return Ok(Some(Location {
-                segment: at.segment + 1,
+                segment: next,
                 offset: SEGMENT_HEADER_BYTES,
             }));
         }

@@ -561,3 +561,35 @@ fn dump(engine: &dyn Engine, table: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .scan(table, (Bound::Unbounded, Bound::Unbounded), usize::MAX)
         .expect("scan")
 }
+
+/// Proves a reader beside a writer follows the log into segments the writer starts after the
+/// reader opened: a `FrameReader` opened on one segment, then 40 appends rolling over many 4 KiB
+/// segments, reads every frame up to the head (it used to stop at the segments it listed when
+/// it opened).
+#[test]
+fn a_reader_follows_segments_created_after_it_opened() {
+    let store = TestStore::new(Backend::Redb);
+    let dir = store.dir();
+    let ledger = open_ledger(&dir, Backend::Redb, SMALL_SEGMENT_BYTES);
+    append(&ledger, "first", "s-0", 1, 100).expect("the first append");
+    let mut reader = ledger::segments::FrameReader::open(&dir.join(ledger::segments::SEGMENTS_DIR))
+        .expect("a reader opens beside the writer");
+    let first = reader.next().expect("one frame").expect("it checks");
+    assert_eq!(first.header.first_position, 1);
+    let mut head = Head::default();
+    for i in 0..40 {
+        head =
+            append(&ledger, &format!("a{i}"), &format!("s-{}", i % 3), 3, 700).expect("an append");
+    }
+    let segments = std::fs::read_dir(dir.join(ledger::segments::SEGMENTS_DIR))
+        .expect("list segments")
+        .count();
+    assert!(segments > 10, "the appends rolled over ({segments} files)");
+    let mut last = first.header.first_position + u64::from(first.header.events) - 1;
+    for frame in reader {
+        let frame = frame.expect("a whole frame");
+        assert_eq!(frame.header.first_position, last + 1, "no gap");
+        last += u64::from(frame.header.events);
+    }
+    assert_eq!(last, head.position.0, "the reader reached the head");
+}

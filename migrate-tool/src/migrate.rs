@@ -212,17 +212,9 @@ pub fn run(dir: &Path, opts: &RunOptions, out: &mut dyn Write) -> anyhow::Result
     let started = Instant::now();
     let lock = StoreLock::acquire(dir, &format!("migrate run {}", migration.name))?;
     let run_id = run_id();
-    let (scratch, source_copy) = fresh_scratch(dir, migration)?;
-    let result = copy_source(dir, &source_copy)
-        .and_then(|()| run_on_scratch(&source_copy, migration, opts, &scratch));
-    store::remove_scratch(&source_copy);
-    let (gate, copied) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            store::remove_scratch(&scratch);
-            return Err(e);
-        }
-    };
+    let (scratch, gate, copied) = gate_on_copy(dir, migration, |source_copy, scratch| {
+        run_on_scratch(source_copy, migration, opts, scratch)
+    })?;
     let report = Report::new(
         dir,
         migration,
@@ -290,6 +282,27 @@ pub(crate) fn conclude(
         report.write_human(out, &path)?;
     }
     Ok(Outcome::from_ok(ok))
+}
+
+/// Runs `gate` on a copy of the source (`gate(source_copy, scratch)` builds the new store in
+/// the scratch and compares), then removes the copy; on an error removes the scratch too. The
+/// source itself is never opened, so a refusal or a kill leaves it as it was. Returns the
+/// scratch and what the gate returned, for [`conclude`].
+pub(crate) fn gate_on_copy<T>(
+    dir: &Path,
+    migration: &Migration,
+    gate: impl FnOnce(&Path, &Path) -> anyhow::Result<(GateReport, T)>,
+) -> anyhow::Result<(PathBuf, GateReport, T)> {
+    let (scratch, source_copy) = fresh_scratch(dir, migration)?;
+    let result = copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
+    store::remove_scratch(&source_copy);
+    match result {
+        Ok((report, notes)) => Ok((scratch, report, notes)),
+        Err(e) => {
+            store::remove_scratch(&scratch);
+            Err(e)
+        }
+    }
 }
 
 /// Removes what an interrupted run of `migration` left beside the store (its scratch store and

@@ -54,17 +54,7 @@ pub fn run(
     let started = Instant::now();
     let lock = StoreLock::acquire(dir, "migrate run rows")?;
     let run_id = migrate::run_id();
-    let (scratch, source_copy) = migrate::fresh_scratch(dir, migration)?;
-    let result =
-        migrate::copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
-    store::remove_scratch(&source_copy);
-    let (gate, exports) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            store::remove_scratch(&scratch);
-            return Err(e);
-        }
-    };
+    let (scratch, gate, exports) = migrate::gate_on_copy(dir, migration, gate)?;
     let mut report = Report::new(dir, migration, &run_id, opts.dry_run, gate, None, started);
     report.note("old_views", exports.old);
     report.note("new_views", exports.new);

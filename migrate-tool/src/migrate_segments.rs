@@ -42,13 +42,13 @@ use projections::views;
 use projections::{Declared, Figures, Gate, GateReport};
 use serde_json::{json, Value};
 
+use crate::check;
 use crate::frames::{self, Written, COMMAND_CHUNK};
 use crate::lock::StoreLock;
 use crate::migrate::{self, Migration, RunOptions};
 use crate::migrate_report::Report;
 use crate::migrate_rows::{before_layout1, export_of_rows, Layout1Views};
 use crate::output::{self, Outcome};
-use crate::{check, store};
 
 /// `migrate run segments`.
 pub fn run(
@@ -83,17 +83,7 @@ pub fn run(
         );
     }
     let run_id = migrate::run_id();
-    let (scratch, source_copy) = migrate::fresh_scratch(dir, migration)?;
-    let result =
-        migrate::copy_source(dir, &source_copy).and_then(|()| gate(&source_copy, &scratch));
-    store::remove_scratch(&source_copy);
-    let (gate, notes) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            store::remove_scratch(&scratch);
-            return Err(e);
-        }
-    };
+    let (scratch, gate, notes) = migrate::gate_on_copy(dir, migration, gate)?;
     let mut report = Report::new(dir, migration, &run_id, opts.dry_run, gate, None, started);
     report.note("source", notes.source);
     report.note("target", notes.target);

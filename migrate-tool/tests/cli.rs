@@ -2,52 +2,21 @@
 //! error corpus (golden file `data/bad.expected`), and the 7Pay story (a bulk password reset
 //! leaves every wallet byte-identical).
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
 use ledger::segments::{segment_name, FrameReader, Location, SEGMENTS_DIR};
 use ledger::{Backend, Create, WriteBatch};
 use projections::views;
 
+mod common;
+use common::{run, run_with};
+
 const SETUP: &str = include_str!("data/setup.jsonl");
 const BAD: &[u8] = include_bytes!("data/bad.jsonl");
 const BAD_EXPECTED: &str = include_str!("data/bad.expected");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_with(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
-    cmd.arg("--store").arg(store).args(args);
-    cmd.env_remove("LEDGER_STORE");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("the binary was built by cargo");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for the binary");
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
-
-fn run(store: &Path, args: &[&str]) -> Run {
-    run_with(store, args, None)
-}
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);

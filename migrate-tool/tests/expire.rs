@@ -8,39 +8,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use ledger::domain::{CouponStatus, DomainEvent, WalletEvent};
 use ledger::{Backend, Create, Position, Timestamp};
 use projections::views;
 use serde_json::{json, Value};
 
+mod common;
+use common::run;
+
 /// The nightly job's time in JST, and the same instant in UTC (the default id uses UTC).
 const AS_OF: &str = "2019-07-20T00:00:00+09:00";
 const AS_OF_UTC: &str = "2019-07-19T15:00:00Z";
 const DEFAULT_ID: &str = "expire-2019-07-19T15:00:00Z";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(store: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_migrate-tool"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("LEDGER_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary was built by cargo");
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

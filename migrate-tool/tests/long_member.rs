@@ -5,49 +5,17 @@
 //! `reset-credentials --all` (wallet untouched), `rebuild` (same digest), a `redeem_miles` that
 //! takes the earliest lot, a refund of the very first payment, and `expire` of the store.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
+
+mod common;
+use common::{run_with as run, Run};
 
 /// Payments, lots and coupons of the member.
 const PAYMENTS: u64 = 100_000;
 const LOTS: u64 = 10_000;
 const COUPONS: u64 = 10_000;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
-    cmd.arg("--store").arg(store).args(args);
-    cmd.env_remove("LEDGER_STORE");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("the binary was built by cargo");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(input)
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for the binary");
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
 
 fn ok(store: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     let r = run(store, args, stdin);

@@ -8,8 +8,6 @@
 //! in a thread, recording each acknowledged head); every reader is a real `migrate-tool` child
 //! process, which finds the index locked.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,30 +16,11 @@ use ledger::segments::{FrameReader, SEGMENTS_DIR};
 use ledger::LedgerOptions;
 use projections::WalletService;
 
+mod common;
+use common::run;
+
 /// Reads run while the writer appends.
 const READ_ROUNDS: usize = 20;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(store: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_migrate-tool"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("LEDGER_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary was built by cargo");
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-    }
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

@@ -24,3 +24,18 @@ pub use faulty::FaultyEngine;
 pub use fixture::{
     append_request, backends, new_event, stream_append, TestStore, BASE_TIME_MICROS,
 };
+
+/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`:
+/// each function takes the `ledger::Backend` to run on (sled only with the `sled` feature).
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_redb {
+            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
+        }
+        #[cfg(feature = "sled")]
+        mod on_sled {
+            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
+        }
+    };
+}

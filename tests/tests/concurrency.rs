@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use ledger::{
     AppendError, AppendOutcome, Backend, ExpectedVersion, Ledger, Position, StreamVersion,
 };
+use ledger_tests::for_each_backend;
 use ledger_tests::{append_request, new_event, stream_append, TestStore};
 
 /// Concurrent writer tasks.
@@ -17,19 +18,6 @@ const OWN_APPENDS: u64 = 8;
 const SHARED_APPENDS: u64 = 3;
 /// The stream every task competes for.
 const SHARED: &str = "shared";
-
-/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redb {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
-        }
-        #[cfg(feature = "sled")]
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
-        }
-    };
-}
 
 for_each_backend!(sixty_four_concurrent_writers_lose_nothing_and_conflict_only_for_real);
 

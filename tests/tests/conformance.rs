@@ -11,20 +11,8 @@ use ledger::{
     AppendError, AppendOutcome, Backend, Engine, EventRecord, ExpectedVersion, Hash, Head, Ledger,
     Position, StreamVersion, WriteBatch,
 };
+use ledger_tests::for_each_backend;
 use ledger_tests::{append_request, new_event, stream_append, FaultyEngine, TestStore};
-
-/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redb {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
-        }
-        #[cfg(feature = "sled")]
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
-        }
-    };
-}
 
 for_each_backend!(
     engine_get_put_delete_round_trip,

@@ -19,21 +19,9 @@ use ledger::{
     AppendError, Backend, Create, Engine, EventRecord, ExpectedVersion, Head, Ledger, OpenError,
     Position, StoreOptions,
 };
+use ledger_tests::for_each_backend;
 use ledger_tests::frames::{self, read_frame, write_at, FrameInfo};
 use ledger_tests::{append_request, new_event, stream_append, TestStore};
-
-/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redb {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
-        }
-        #[cfg(feature = "sled")]
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
-        }
-    };
-}
 
 for_each_backend!(
     a_torn_last_frame_at_every_byte_offset_reopens_at_the_frame_before,

@@ -33,21 +33,9 @@ use ledger::{
     Backend, Create, Engine, ExpectedVersion, Head, Ledger, LedgerError, LedgerOptions, OpenError,
     Position, StoreOptions, StreamVersion, VerifyReport, WriteBatch,
 };
+use ledger_tests::for_each_backend;
 use ledger_tests::frames::{self, read_frame, record_ranges, reseal, write_at, FrameInfo};
 use ledger_tests::{append_request, new_event, stream_append, TestStore};
-
-/// Generates one `#[test]` per listed function and backend, named `on_<backend>::<function>`.
-macro_rules! for_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redb {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Redb) })*
-        }
-        #[cfg(feature = "sled")]
-        mod on_sled {
-            $(#[test] fn $name() { super::$name(ledger::Backend::Sled) })*
-        }
-    };
-}
 
 for_each_backend!(
     every_single_byte_flip_in_an_event_record_is_found_at_its_position,

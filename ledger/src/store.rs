@@ -41,6 +41,9 @@ use crate::types::{Hash, Head, Position};
 pub const REDB_FILE: &str = "index.redb";
 /// Directory name of the sled index engine inside a store directory.
 pub const SLED_DIR: &str = "index.sled";
+/// Marker file present while a store is being created. A directory holding it is not a store
+/// (yet): a creation killed half-way leaves it, and the next create clears what it made.
+pub const CREATING_FILE: &str = "creating";
 /// The single file of a format-1 store (events inside redb).
 pub const V1_REDB_FILE: &str = "ledger.redb";
 /// The directory of a format-1 sled store.
@@ -143,8 +146,12 @@ pub fn open_v1_engine(dir: &Path) -> Result<(Arc<dyn Engine>, Backend), OpenErro
     })
 }
 
-/// Which index engine a format-2 directory holds, if any.
+/// Which index engine a format-2 directory holds, if any. A directory whose creation did not
+/// finish (it still holds [`CREATING_FILE`]) holds none.
 pub fn detect_backend(dir: &Path) -> Option<Backend> {
+    if dir.join(CREATING_FILE).exists() {
+        return None;
+    }
     if dir.join(REDB_FILE).exists() {
         return Some(Backend::Redb);
     }
@@ -1042,20 +1049,7 @@ pub fn open_store_with(
         if create == Create::No {
             return Err(OpenError::Missing { path });
         }
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(false)
-        {
-            return Err(OpenError::NotAStore {
-                path,
-                reason: format!("the directory is not empty and has no {REDB_FILE}"),
-            });
-        }
-        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        begin_creation(dir, &path)?;
     }
     let creating = found.is_none();
     let index = open_backend(dir, found.unwrap_or(backend), creating)
@@ -1068,7 +1062,83 @@ pub fn open_store_with(
             ),
         });
     }
-    Store::with_index_options(dir, index, creating, hooks, options)
+    let store = Store::with_index_options(dir, index, creating, hooks, options)?;
+    if creating {
+        finish_creation(dir).map_err(|reason| OpenError::Io { path, reason })?;
+    }
+    Ok(store)
+}
+
+/// Starts creating a store in `dir`: the directory must be empty or hold only what a killed
+/// creation left (it still has [`CREATING_FILE`]), which is cleared. The marker is written and
+/// synced before anything else, so until [`finish_creation`] removes it the directory is not a
+/// store to anyone (`detect_backend`), and a kill at any moment leaves either no store or a
+/// whole one. Two processes creating the same store at the same moment are not supported.
+fn begin_creation(dir: &Path, path: &str) -> Result<(), OpenError> {
+    let io = |reason: String| OpenError::Io {
+        path: path.into(),
+        reason,
+    };
+    let marker = dir.join(CREATING_FILE);
+    if marker.exists() {
+        for leftover in [REDB_FILE, SLED_DIR, SEGMENTS_DIR] {
+            let leftover = dir.join(leftover);
+            let removed = if leftover.is_dir() {
+                std::fs::remove_dir_all(&leftover)
+            } else {
+                std::fs::remove_file(&leftover)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io(format!(
+                        "cannot clear {} left by an interrupted creation: {e}",
+                        leftover.display()
+                    )))
+                }
+            }
+        }
+    }
+    let others: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != CREATING_FILE)
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(format!("cannot list the directory: {e}"))),
+    };
+    if let Some(first) = others.first() {
+        return Err(OpenError::NotAStore {
+            path: path.into(),
+            reason: format!(
+                "the directory is not empty (it holds {first:?}) and has no {REDB_FILE}"
+            ),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    std::fs::File::create(&marker).map_err(|e| io(format!("cannot write {CREATING_FILE}: {e}")))?;
+    sync_directory(dir).map_err(io)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_directory(parent).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Ends a creation begun by [`begin_creation`]: every file of the new store is durable, then the
+/// marker goes, durably.
+fn finish_creation(dir: &Path) -> Result<(), String> {
+    sync_directory(dir)?;
+    std::fs::remove_file(dir.join(CREATING_FILE))
+        .map_err(|e| format!("cannot remove {CREATING_FILE}: {e}"))?;
+    sync_directory(dir)
+}
+
+fn sync_directory(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync directory {}: {e}", dir.display()))
 }
 
 /// Key in `meta` marking a guarded bulk operation in progress: the rollback point id (u64 LE),

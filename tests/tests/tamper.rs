@@ -911,3 +911,72 @@ fn opening_a_missing_store_without_create_is_missing_and_creates_nothing() {
     let entries = std::fs::read_dir(&empty).expect("read dir").count();
     assert_eq!(entries, 0, "Create::No wrote into the empty directory");
 }
+
+#[test]
+fn a_creation_killed_at_any_step_leaves_no_store_and_the_next_create_starts_clean() {
+    // A creation writes `creating` first and removes it last. Whatever a kill left between the
+    // two (the marker alone, the marker and an index, or a whole empty store still marked) is no
+    // store to a reader (Missing, as CI once found: "the segments directory has no segment
+    // file"), and the next create clears it and makes a working store.
+    use ledger::store::CREATING_FILE;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let whole = tmp.path().join("whole");
+    drop(open_engine(&whole, Create::IfMissing, Backend::Redb).expect("create a store"));
+    assert!(
+        !whole.join(CREATING_FILE).exists(),
+        "a finished creation kept its marker"
+    );
+    let leftovers: [(&str, &[&str]); 3] = [
+        ("marker only", &[]),
+        ("marker and index", &[REDB_FILE]),
+        ("marker, index and segments", &[REDB_FILE, SEGMENTS_DIR]),
+    ];
+    for (case, files) in leftovers {
+        let dir = tmp.path().join(case.replace([' ', ','], "-"));
+        std::fs::create_dir(&dir).expect("create dir");
+        std::fs::write(dir.join(CREATING_FILE), b"").expect("write marker");
+        for name in files {
+            let from = whole.join(name);
+            if from.is_dir() {
+                std::fs::create_dir(dir.join(name)).expect("mkdir");
+                for entry in std::fs::read_dir(&from).expect("list") {
+                    let entry = entry.expect("entry");
+                    std::fs::copy(entry.path(), dir.join(name).join(entry.file_name()))
+                        .expect("copy");
+                }
+            } else {
+                std::fs::copy(&from, dir.join(name)).expect("copy");
+            }
+        }
+        match open_engine(&dir, Create::No, Backend::Redb) {
+            Err(OpenError::Missing { .. }) => {}
+            Err(other) => panic!("{case}: expected Missing, got {other}"),
+            Ok(_) => panic!("{case}: a half-created store opened as a store"),
+        }
+        let engine = open_engine(&dir, Create::IfMissing, Backend::Redb)
+            .unwrap_or_else(|e| panic!("{case}: create after an interrupted creation: {e}"));
+        assert!(!dir.join(CREATING_FILE).exists(), "{case}: marker kept");
+        let ledger = Ledger::with_engine(engine, Vec::new()).expect("a ledger");
+        ledger
+            .append_blocking(append_request(
+                "after-recreation",
+                vec![stream_append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![new_event("t", b"x", 0)],
+                )],
+            ))
+            .unwrap_or_else(|e| panic!("{case}: append after the re-creation: {e}"));
+        drop(ledger);
+        let reopened = open_engine(&dir, Create::No, Backend::Redb)
+            .unwrap_or_else(|e| panic!("{case}: reopen: {e}"));
+        assert_eq!(
+            log::read_head(&*Engine::snapshot(&*reopened).expect("snapshot"))
+                .expect("head")
+                .0
+                .position,
+            Position(1),
+            "{case}: the event appended after the re-creation"
+        );
+    }
+}

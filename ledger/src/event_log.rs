@@ -118,7 +118,18 @@ pub fn open_segments(
     create: bool,
     segment_bytes: u64,
 ) -> Result<Box<dyn EventLog>, LogError> {
-    Ok(Box::new(SegmentLog::open_sized(
+    open_segments_on(crate::vfs::RealFs::shared(), dir, create, segment_bytes)
+}
+
+/// [`open_segments`] on the file system `vfs`.
+pub fn open_segments_on(
+    vfs: std::sync::Arc<dyn crate::vfs::Vfs>,
+    dir: &Path,
+    create: bool,
+    segment_bytes: u64,
+) -> Result<Box<dyn EventLog>, LogError> {
+    Ok(Box::new(SegmentLog::open_on(
+        vfs,
         &dir.join(crate::segments::SEGMENTS_DIR),
         create,
         true,

@@ -54,6 +54,7 @@ pub mod store;
 pub mod timestamp;
 pub mod types;
 pub mod verify;
+pub mod vfs;
 
 pub use append::{AppendError, AppendOutcome, AppendRequest, NewEvent, StreamAppend};
 pub use codec::{Codec, CodecError};

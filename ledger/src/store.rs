@@ -36,6 +36,7 @@ use crate::segments::{
     SEGMENTS_DIR,
 };
 use crate::types::{Hash, Head, Position};
+use crate::vfs::{OpenMode, RealFs, Vfs};
 
 /// File name of the redb index engine inside a store directory.
 pub const REDB_FILE: &str = "index.redb";
@@ -149,14 +150,19 @@ pub fn open_v1_engine(dir: &Path) -> Result<(Arc<dyn Engine>, Backend), OpenErro
 /// Which index engine a format-2 directory holds, if any. A directory whose creation did not
 /// finish (it still holds [`CREATING_FILE`]) holds none.
 pub fn detect_backend(dir: &Path) -> Option<Backend> {
-    if dir.join(CREATING_FILE).exists() {
+    detect_backend_on(&RealFs, dir)
+}
+
+/// [`detect_backend`] on the file system `vfs`.
+fn detect_backend_on(vfs: &dyn Vfs, dir: &Path) -> Option<Backend> {
+    if vfs.exists(&dir.join(CREATING_FILE)) {
         return None;
     }
-    if dir.join(REDB_FILE).exists() {
+    if vfs.exists(&dir.join(REDB_FILE)) {
         return Some(Backend::Redb);
     }
     #[cfg(feature = "sled")]
-    if dir.join(SLED_DIR).exists() {
+    if vfs.exists(&dir.join(SLED_DIR)) {
         return Some(Backend::Sled);
     }
     None
@@ -164,7 +170,11 @@ pub fn detect_backend(dir: &Path) -> Option<Backend> {
 
 /// True when `dir` holds a format-1 store.
 pub fn is_v1_store(dir: &Path) -> bool {
-    dir.join(V1_REDB_FILE).exists() || dir.join(V1_SLED_DIR).exists()
+    is_v1_store_on(&RealFs, dir)
+}
+
+fn is_v1_store_on(vfs: &dyn Vfs, dir: &Path) -> bool {
+    vfs.exists(&dir.join(V1_REDB_FILE)) || vfs.exists(&dir.join(V1_SLED_DIR))
 }
 
 /// Key in `meta` of the index checkpoint ([`Checkpoint`]).
@@ -528,8 +538,13 @@ impl Store {
         options: &StoreOptions,
     ) -> Result<Arc<Store>, OpenError> {
         let path = dir.display().to_string();
-        let log = crate::event_log::open_segments(dir, create, options.segment_bytes)
-            .map_err(|e| log_open_error(&path, e))?;
+        let log = crate::event_log::open_segments_on(
+            options.vfs(),
+            dir,
+            create,
+            options.segment_bytes,
+        )
+        .map_err(|e| log_open_error(&path, e))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
@@ -985,19 +1000,24 @@ pub fn open_engine(dir: &Path, create: Create, backend: Backend) -> Result<Arc<S
 
 /// How a store is opened, beyond where and with which backend. Nothing here is stored: each
 /// open chooses again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreOptions {
     /// Size at which the writer starts the next segment file
     /// ([`crate::segments::DEFAULT_SEGMENT_BYTES`] by default; tests use small ones so that
     /// appends cross segments often).
     pub segment_bytes: u64,
+    /// The file system the whole store lives on: `None` is the real one ([`RealFs`], with redb
+    /// opening and locking its own file); the reliability simulator passes a simulated disk,
+    /// and then redb runs on it too (redb only, and without redb's file lock).
+    pub vfs: Option<Arc<dyn Vfs>>,
 }
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             segment_bytes: crate::segments::DEFAULT_SEGMENT_BYTES,
+            vfs: None,
         }
     }
 }
@@ -1005,7 +1025,21 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// The default options with segments of `segment_bytes`.
     pub fn with_segment_bytes(segment_bytes: u64) -> StoreOptions {
-        StoreOptions { segment_bytes }
+        StoreOptions {
+            segment_bytes,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// These options with the store on the file system `vfs`.
+    pub fn on_vfs(mut self, vfs: Arc<dyn Vfs>) -> StoreOptions {
+        self.vfs = Some(vfs);
+        self
+    }
+
+    /// The file system the store lives on.
+    fn vfs(&self) -> Arc<dyn Vfs> {
+        self.vfs.clone().unwrap_or_else(RealFs::shared)
     }
 }
 
@@ -1031,30 +1065,31 @@ pub fn open_store_with(
     options: &StoreOptions,
 ) -> Result<Arc<Store>, OpenError> {
     let path = dir.display().to_string();
-    if dir.exists() && !dir.is_dir() {
+    let vfs = options.vfs();
+    if vfs.exists(dir) && !vfs.is_dir(dir) {
         return Err(OpenError::NotAStore {
             path,
             reason: "it is a file, not a directory".into(),
         });
     }
-    if is_v1_store(dir) {
+    if is_v1_store_on(&*vfs, dir) {
         return Err(OpenError::OlderFormat {
             path,
             found: 1,
             supported: FORMAT_VERSION,
         });
     }
-    let found = detect_backend(dir);
+    let found = detect_backend_on(&*vfs, dir);
     if found.is_none() {
         if create == Create::No {
             return Err(OpenError::Missing { path });
         }
-        begin_creation(dir, &path)?;
+        begin_creation(&*vfs, dir, &path)?;
     }
     let creating = found.is_none();
-    let index = open_backend(dir, found.unwrap_or(backend), creating)
+    let index = open_backend(options.vfs.as_ref(), dir, found.unwrap_or(backend), creating)
         .map_err(|e| map_engine_error(&path, e))?;
-    if !creating && !dir.join(SEGMENTS_DIR).exists() {
+    if !creating && !vfs.exists(&dir.join(SEGMENTS_DIR)) {
         return Err(OpenError::Damaged {
             path,
             reason: format!(
@@ -1064,7 +1099,7 @@ pub fn open_store_with(
     }
     let store = Store::with_index_options(dir, index, creating, hooks, options)?;
     if creating {
-        finish_creation(dir).map_err(|reason| OpenError::Io { path, reason })?;
+        finish_creation(&*vfs, dir).map_err(|reason| OpenError::Io { path, reason })?;
     }
     Ok(store)
 }
@@ -1074,19 +1109,19 @@ pub fn open_store_with(
 /// synced before anything else, so until [`finish_creation`] removes it the directory is not a
 /// store to anyone (`detect_backend`), and a kill at any moment leaves either no store or a
 /// whole one. Two processes creating the same store at the same moment are not supported.
-fn begin_creation(dir: &Path, path: &str) -> Result<(), OpenError> {
+fn begin_creation(vfs: &dyn Vfs, dir: &Path, path: &str) -> Result<(), OpenError> {
     let io = |reason: String| OpenError::Io {
         path: path.into(),
         reason,
     };
     let marker = dir.join(CREATING_FILE);
-    if marker.exists() {
+    if vfs.exists(&marker) {
         for leftover in [REDB_FILE, SLED_DIR, SEGMENTS_DIR] {
             let leftover = dir.join(leftover);
-            let removed = if leftover.is_dir() {
-                std::fs::remove_dir_all(&leftover)
+            let removed = if vfs.is_dir(&leftover) {
+                vfs.remove_dir_all(&leftover)
             } else {
-                std::fs::remove_file(&leftover)
+                vfs.remove_file(&leftover)
             };
             match removed {
                 Ok(()) => {}
@@ -1100,10 +1135,9 @@ fn begin_creation(dir: &Path, path: &str) -> Result<(), OpenError> {
             }
         }
     }
-    let others: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+    let others: Vec<String> = match vfs.list(dir) {
+        Ok(names) => names
+            .into_iter()
             .filter(|name| name != CREATING_FILE)
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -1117,27 +1151,27 @@ fn begin_creation(dir: &Path, path: &str) -> Result<(), OpenError> {
             ),
         });
     }
-    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
-    std::fs::File::create(&marker).map_err(|e| io(format!("cannot write {CREATING_FILE}: {e}")))?;
-    sync_directory(dir).map_err(io)?;
+    vfs.create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    vfs.open(&marker, OpenMode::CREATE_NEW)
+        .map_err(|e| io(format!("cannot write {CREATING_FILE}: {e}")))?;
+    sync_directory(vfs, dir).map_err(io)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_directory(parent).map_err(io)?;
+        sync_directory(vfs, parent).map_err(io)?;
     }
     Ok(())
 }
 
 /// Ends a creation begun by [`begin_creation`]: every file of the new store is durable, then the
 /// marker goes, durably.
-fn finish_creation(dir: &Path) -> Result<(), String> {
-    sync_directory(dir)?;
-    std::fs::remove_file(dir.join(CREATING_FILE))
+fn finish_creation(vfs: &dyn Vfs, dir: &Path) -> Result<(), String> {
+    sync_directory(vfs, dir)?;
+    vfs.remove_file(&dir.join(CREATING_FILE))
         .map_err(|e| format!("cannot remove {CREATING_FILE}: {e}"))?;
-    sync_directory(dir)
+    sync_directory(vfs, dir)
 }
 
-fn sync_directory(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_directory(vfs: &dyn Vfs, dir: &Path) -> Result<(), String> {
+    vfs.sync_dir(dir)
         .map_err(|e| format!("cannot sync directory {}: {e}", dir.display()))
 }
 
@@ -1221,20 +1255,35 @@ fn recover_interrupted_guard(engine: &dyn Engine) -> Result<(), EngineError> {
     set_guard_marker(engine, None)
 }
 
+/// Opens the index engine: on the real file system when `vfs` is `None`, else on `vfs` (redb
+/// only: sled has no pluggable storage).
 fn open_backend(
+    vfs: Option<&Arc<dyn Vfs>>,
     dir: &Path,
     backend: Backend,
     create: bool,
 ) -> Result<Arc<dyn Engine>, EngineError> {
-    match backend {
-        Backend::Redb => Ok(Arc::new(crate::engine::redb::RedbEngine::open(
+    match (backend, vfs) {
+        (Backend::Redb, None) => Ok(Arc::new(crate::engine::redb::RedbEngine::open(
+            &dir.join(REDB_FILE),
+            create,
+        )?)),
+        (Backend::Redb, Some(vfs)) => Ok(Arc::new(crate::engine::redb::RedbEngine::open_on(
+            &**vfs,
             &dir.join(REDB_FILE),
             create,
         )?)),
         #[cfg(feature = "sled")]
-        Backend::Sled => Ok(Arc::new(crate::engine::sled::SledEngine::open(
+        (Backend::Sled, None) => Ok(Arc::new(crate::engine::sled::SledEngine::open(
             &dir.join(SLED_DIR),
         )?)),
+        #[cfg(feature = "sled")]
+        (Backend::Sled, Some(vfs)) => Err(EngineError::Io {
+            operation: "open",
+            reason: format!(
+                "a sled index cannot live on {vfs:?}: only redb runs on another file system"
+            ),
+        }),
     }
 }
 

@@ -110,7 +110,19 @@ pub fn open_store(
     create: ledger::Create,
     backend: ledger::Backend,
 ) -> Result<Arc<ledger::Store>, ledger::OpenError> {
-    ledger::open_store(dir, create, backend, &all_hooks(Vec::new()))
+    open_store_with(dir, create, backend, &ledger::StoreOptions::default())
+}
+
+/// [`open_store`] with [`ledger::StoreOptions`] (segment size, the file system: the reliability
+/// simulator opens wallet stores on its simulated disk this way, then starts the service with
+/// [`WalletService::with_engine`]).
+pub fn open_store_with(
+    dir: &Path,
+    create: ledger::Create,
+    backend: ledger::Backend,
+    options: &ledger::StoreOptions,
+) -> Result<Arc<ledger::Store>, ledger::OpenError> {
+    ledger::open_store_with(dir, create, backend, &all_hooks(Vec::new()), options)
 }
 
 /// A ledger with the wallet views attached.

@@ -8,6 +8,10 @@
 //! - [`frames`]: read and rewrite a store's segment frames behind its back (tamper tests).
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
 //! - [`procfs`]: memory, CPU, load and I/O readings from `/proc` for the benchmark programs.
+//! - [`simdisk`]: an in-memory disk (a `ledger::vfs::Vfs`) that loses unsynced writes at a
+//!   power cut, tears the last one, fails reads, writes and syncs, and rots bits.
+//! - [`simulate`]: the seeded reliability simulator on that disk (binary `simulate`, test
+//!   `simulate`).
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
 //!   tests can put several appends into one group commit and make that commit fail.
 
@@ -18,6 +22,8 @@ pub mod faulty;
 pub mod fixture;
 pub mod frames;
 pub mod procfs;
+pub mod simdisk;
+pub mod simulate;
 pub mod wallet;
 
 pub use faulty::FaultyEngine;

@@ -16,6 +16,33 @@ use redb::{
 };
 
 use super::{Durability, Engine, EngineError, Entry, Snapshot, WriteBatch, WriteOp};
+use crate::vfs::{OpenMode, Vfs, VfsFile};
+
+/// A [`Vfs`] file as redb's storage.
+#[derive(Debug)]
+struct VfsBackend(Box<dyn VfsFile>);
+
+impl redb::StorageBackend for VfsBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write_all_at(data, offset)
+    }
+}
 
 /// Page cache for the redb file. Bounded so that 16.5M-member stores stay within memory targets.
 const CACHE_SIZE_BYTES: usize = 512 * 1024 * 1024;
@@ -68,6 +95,43 @@ impl RedbEngine {
                 builder.open(path)
             }
         }));
+        RedbEngine::opened(path, opened)
+    }
+
+    /// Opens (creating when `create`) the redb file at `path` of the file system `vfs`, through
+    /// redb's `StorageBackend`: the reliability simulator's disk. No file lock (the simulated
+    /// disk has one process); otherwise as [`RedbEngine::open`].
+    pub fn open_on(vfs: &dyn Vfs, path: &Path, create: bool) -> Result<RedbEngine, EngineError> {
+        let shown = path.display().to_string();
+        let mode = if create {
+            OpenMode::CREATE
+        } else {
+            OpenMode::WRITE
+        };
+        let file = vfs.open(path, mode).map_err(|e| EngineError::Io {
+            operation: "open",
+            reason: format!("{shown}: {e}"),
+        })?;
+        if !create && file.is_empty().map_err(|e| EngineError::io("open", e))? {
+            return Err(EngineError::Corrupted {
+                path: shown,
+                reason: "the file is empty".into(),
+            });
+        }
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_SIZE_BYTES);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.create_with_backend(VfsBackend(file))
+        }));
+        RedbEngine::opened(path, opened)
+    }
+
+    /// What [`RedbEngine::open`] and [`RedbEngine::open_on`] make of redb's answer.
+    fn opened(
+        path: &Path,
+        opened: std::thread::Result<Result<Database, DatabaseError>>,
+    ) -> Result<RedbEngine, EngineError> {
+        let shown = path.display().to_string();
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => {

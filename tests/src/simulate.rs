@@ -223,15 +223,25 @@ fn one_round(
     report: &mut SimReport,
 ) -> Result<SimDisk, String> {
     let dir = store_dir();
-    let start_ops = disk.operations();
-    let cut_after = splitmix64(rng) % (*avg_ops * 4 / 3 + 1);
-    disk.cut_power_at(start_ops + 1 + cut_after);
+    let mut start_ops = disk.operations();
+    // One round in five cuts the power while the store opens (recovery, view rebuild); the
+    // rest while the clients run, at a uniform operation of a typical run or after its end.
+    let cut_in_open = splitmix64(rng) % 5 == 0;
+    let mut cut_after = splitmix64(rng) % 400;
+    if cut_in_open {
+        disk.cut_power_at(start_ops + 1 + cut_after);
+    }
     disk.set_rates(config.rates);
     let opened = projections::open_store_with(&dir, Create::IfMissing, Backend::Redb, options)
         .map_err(|e| e.to_string())
         .and_then(|store| WalletService::with_engine(store, Vec::new()).map_err(|e| e.to_string()));
     match opened {
         Ok(service) => {
+            if !cut_in_open {
+                start_ops = disk.operations();
+                cut_after = splitmix64(rng) % (*avg_ops * 4 / 3 + 1);
+                disk.cut_power_at(start_ops + 1 + cut_after);
+            }
             let answers = run_clients(config, crash, rng, &service, &disk);
             drop(service);
             if std::env::var_os("SIM_DEBUG").is_some() {

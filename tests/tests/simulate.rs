@@ -20,12 +20,16 @@ const DEFAULT_CRASHES: u64 = 500;
 #[test]
 fn simulated_power_cuts_and_disk_faults_never_lose_an_acked_command_or_serve_a_wrong_wallet() {
     // Every rule of `ledger_tests::simulate` after each of >= 500 power cuts with random EIO,
-    // ENOSPC, torn writes and bit flips. Planted defects it caught (each reverted): the writer
-    // acking before the frame's fdatasync (`SegmentLog::append` without `sync_frame`): "acknowledged
-    // command ... is not in the commands index"; recovery zeroing the last valid frame
-    // (`torn_or_damaged` called for a frame that checks): the same; a failed fdatasync not
-    // stopping the log (`tail.stopped` not set): "acked although it was submitted after a failed
-    // sync".
+    // ENOSPC, torn writes and bit flips. Planted defects it caught (seed 5, each reverted):
+    // - the writer acking before the frame's fdatasync (`SegmentLog::append` without
+    //   `sync_frame`): round 0, "the store did not reopen: ... the frame's checksum does not
+    //   match its bytes" (an acked frame torn, a later one kept);
+    // - recovery zeroing a valid last frame (`recover` calling `torn_or_damaged` on a frame that
+    //   checks when no header follows it): round 0, "acknowledged command ... is not in the
+    //   commands index";
+    // - a failed frame fdatasync returned as a plain I/O error without stopping the log (the
+    //   writer fails the group and goes on, the fsyncgate retry): round 32, "command ... was
+    //   acked although it was submitted after a failed sync of .../0000000003.seg".
     let seed = seed_from_env("SIMULATE_SEED");
     let crashes: u64 = std::env::var("SIMULATE_CRASHES")
         .ok()

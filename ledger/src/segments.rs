@@ -471,7 +471,8 @@ impl Filler {
                     st = self.changed.wait(st).expect("filler lock");
                 }
             };
-            let result = zero_fill(&*segment.file, from, len).and_then(|()| segment.file.sync_all());
+            let result =
+                zero_fill(&*segment.file, from, len).and_then(|()| segment.file.sync_all());
             let mut st = self.state.lock().expect("filler lock");
             let same = st.segment.as_ref().map(|s| s.number) == Some(segment.number)
                 && st.allocated == from;

@@ -538,13 +538,9 @@ impl Store {
         options: &StoreOptions,
     ) -> Result<Arc<Store>, OpenError> {
         let path = dir.display().to_string();
-        let log = crate::event_log::open_segments_on(
-            options.vfs(),
-            dir,
-            create,
-            options.segment_bytes,
-        )
-        .map_err(|e| log_open_error(&path, e))?;
+        let log =
+            crate::event_log::open_segments_on(options.vfs(), dir, create, options.segment_bytes)
+                .map_err(|e| log_open_error(&path, e))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
@@ -1087,8 +1083,13 @@ pub fn open_store_with(
         begin_creation(&*vfs, dir, &path)?;
     }
     let creating = found.is_none();
-    let index = open_backend(options.vfs.as_ref(), dir, found.unwrap_or(backend), creating)
-        .map_err(|e| map_engine_error(&path, e))?;
+    let index = open_backend(
+        options.vfs.as_ref(),
+        dir,
+        found.unwrap_or(backend),
+        creating,
+    )
+    .map_err(|e| map_engine_error(&path, e))?;
     if !creating && !vfs.exists(&dir.join(SEGMENTS_DIR)) {
         return Err(OpenError::Damaged {
             path,

@@ -60,7 +60,9 @@ pub use gate::{
 };
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};
-pub use service::{open_store, open_store_with, Queued, StatementLine, SubmitError, Submitted, WalletService};
+pub use service::{
+    open_store, open_store_with, Queued, StatementLine, SubmitError, Submitted, WalletService,
+};
 pub use shown::WalletJson;
 
 /// Why a projection operation failed.

@@ -18,7 +18,8 @@
 //!   name was never synced is gone). Simplification: directories themselves are durable as soon
 //!   as they are made, and `remove_dir_all` is durable at once (only store creation uses it);
 //! - faults drawn from a seeded RNG at each operation, at the rates of [`FaultRates`]: a read,
-//!   write or sync fails with EIO, a write fails with ENOSPC (nothing of it written). A failed
+//!   write or sync fails with EIO, a write that needs new blocks (past the end of a file, or in
+//!   redb's sparse file) fails with ENOSPC (nothing of it written). A failed
 //!   sync leaves the file's unsynced writes unsynced (the next power cut may keep or drop them);
 //! - [`SimDisk::flip_bit`] flips a bit in a file's durable bytes (bit rot).
 //!
@@ -454,7 +455,12 @@ impl VfsFile for SimHandle {
             st.stats.write_eio += 1;
             return Err(eio(&format!("write to {}", self.path.display())));
         }
-        if st.draw(full_ppm) {
+        // A full disk fails writes that need new blocks: past the end of the file, or anywhere
+        // in redb's file (grown with `set_len`, so sparse). Overwriting bytes already written
+        // (a frame in the zero-filled part of a segment) needs none.
+        let grows = offset + buf.len() as u64 > st.file(self.id).data.len() as u64;
+        let sparse = self.path.to_string_lossy().ends_with(".redb");
+        if (grows || sparse) && st.draw(full_ppm) {
             st.stats.write_enospc += 1;
             return Err(enospc());
         }

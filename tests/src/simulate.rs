@@ -106,7 +106,7 @@ pub struct SimReport {
     pub flips: u64,
     /// Distinct refused-open messages (the first few).
     pub refused_messages: Vec<String>,
-    /// Distinct command failure messages during the runs (the first few).
+    /// Command failures during the runs by kind (message up to its first detail, and cause).
     pub failure_messages: BTreeMap<String, u64>,
     /// Faults and writes, by class, over every disk.
     pub disk: DiskStats,
@@ -164,7 +164,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Box<SimFailure>> {
             None => {
                 report.stores += 1;
                 let disk = SimDisk::new(splitmix64(&mut rng));
-                let segment_bytes = [16 << 10, 64 << 10, 1 << 20][(splitmix64(&mut rng) % 3) as usize];
+                let segment_bytes =
+                    [16 << 10, 64 << 10, 1 << 20][(splitmix64(&mut rng) % 3) as usize];
                 let options =
                     StoreOptions::with_segment_bytes(segment_bytes).on_vfs(Arc::new(disk.clone()));
                 (disk, Model::default(), options)
@@ -300,7 +301,9 @@ fn one_round(
         }
     }
     if let Some(what) = disk.written_after_failed_sync() {
-        return Err(format!("the writer went on after a failed fdatasync: {what}"));
+        return Err(format!(
+            "the writer went on after a failed fdatasync: {what}"
+        ));
     }
     disk.power_cut();
     let next = disk.reboot();
@@ -315,11 +318,24 @@ fn one_round(
 
 /// The message of a failed command without its variable parts (ids, offsets), for the summary.
 fn failure_class(message: &str) -> String {
-    let cut: String = message
+    let message = message
+        .strip_prefix("append failed, nothing was written: ")
+        .unwrap_or(message);
+    let what: String = message
         .chars()
+        .take_while(|&c| c != '(' && c != ':')
         .map(|c| if c.is_ascii_digit() { '#' } else { c })
         .collect();
-    cut.chars().take(140).collect()
+    let cause = [
+        ("simulated EIO", "EIO"),
+        ("No space left", "ENOSPC"),
+        ("power cut", "power cut"),
+        ("Previous I/O error", "redb after an earlier I/O error"),
+    ]
+    .iter()
+    .find(|(needle, _)| message.contains(needle))
+    .map_or("other", |(_, cause)| cause);
+    format!("{} [{cause}]", what.trim())
 }
 
 /// Runs the clients until each submitted its commands or the disk lost power.
@@ -408,8 +424,8 @@ fn check_after_reboot(
     report: &mut SimReport,
 ) -> Result<(), String> {
     let dir = store_dir();
-    let options = StoreOptions::with_segment_bytes(options.segment_bytes)
-        .on_vfs(Arc::new(disk.clone()));
+    let options =
+        StoreOptions::with_segment_bytes(options.segment_bytes).on_vfs(Arc::new(disk.clone()));
     let context = format!("round {crash}, after the power cut");
     let store = match projections::open_store_with(&dir, Create::No, Backend::Redb, &options) {
         Ok(store) => store,
@@ -443,7 +459,7 @@ fn check_after_reboot(
     let service = WalletService::with_engine(store, Vec::new())
         .map_err(|e| format!("{context}: the service did not start: {e}"))?;
     for m in 0..MEMBERS {
-        let member = MemberId::new(&format!("w{m}")).expect("w0..w5 are valid member ids");
+        let member = MemberId::new(format!("w{m}")).expect("w0..w5 are valid member ids");
         let answer = service
             .wallet(&member)
             .map_err(|e| format!("{context}: reading wallet {member}: {e}"))?;
@@ -472,7 +488,9 @@ fn check_after_reboot(
                     ));
                 }
                 report.acked += 1;
-                model.acked.insert(id, (s.outcome.first_position, s.outcome.count));
+                model
+                    .acked
+                    .insert(id, (s.outcome.first_position, s.outcome.count));
             }
             (Err(SubmitError::Rejected(_)), None) => {
                 model.rejected.insert(id);
@@ -510,7 +528,9 @@ fn check_commands_whole(snap: &dyn ledger::Snapshot, context: &str) -> Result<()
     for (id, (first, _, count)) in runs {
         let entry = log::command_entry(snap, &id)
             .map_err(|e| format!("{context}: {e}"))?
-            .ok_or_else(|| format!("{context}: events of {id} are in the log but not the command"))?;
+            .ok_or_else(|| {
+                format!("{context}: events of {id} are in the log but not the command")
+            })?;
         if (entry.first_position.0, entry.count) != (first, count) {
             return Err(format!(
                 "{context}: command {id} has {count} events from {first} in the log, its entry says {} from {}",
@@ -531,8 +551,8 @@ fn flip_and_reopen(
     report: &mut SimReport,
 ) -> Result<(), String> {
     let dir = store_dir();
-    let options = StoreOptions::with_segment_bytes(options.segment_bytes)
-        .on_vfs(Arc::new(disk.clone()));
+    let options =
+        StoreOptions::with_segment_bytes(options.segment_bytes).on_vfs(Arc::new(disk.clone()));
     let end = match projections::open_store_with(&dir, Create::No, Backend::Redb, &options) {
         Ok(store) => store.log().end(),
         Err(OpenError::Missing { .. }) => return Ok(()),

@@ -72,8 +72,9 @@ fn a_read_error_while_recovering_is_an_io_error_never_damage_or_a_torn_tail() {
     // with an I/O error, and a clean reopen still has every acked command.
     let dir = Path::new("/store");
     let disk = SimDisk::new(11);
-    let store = projections::open_store_with(dir, Create::IfMissing, Backend::Redb, &sim_options(&disk))
-        .expect("a new store on the simulated disk");
+    let store =
+        projections::open_store_with(dir, Create::IfMissing, Backend::Redb, &sim_options(&disk))
+            .expect("a new store on the simulated disk");
     let service = WalletService::with_engine(store, Vec::new()).expect("the service starts");
     let mut acked = Vec::new();
     for n in 0..12 {
@@ -83,7 +84,11 @@ fn a_read_error_while_recovering_is_an_io_error_never_damage_or_a_torn_tail() {
             command(json!({"id": format!("t{n}"), "type": "top_up", "member": "w0", "amount": n}))
         };
         let done = service.submit_blocking(&cmd).expect("no faults are armed");
-        acked.push((cmd.id.to_string(), done.outcome.first_position, done.outcome.count));
+        acked.push((
+            cmd.id.to_string(),
+            done.outcome.first_position,
+            done.outcome.count,
+        ));
     }
     // The power goes before the service can sync anything more at shutdown.
     disk.power_cut();
@@ -102,13 +107,19 @@ fn a_read_error_while_recovering_is_an_io_error_never_damage_or_a_torn_tail() {
             Err(_) => failed_opens += 1,
         }
         let clean = faulty.copy();
-        let store = projections::open_store_with(dir, Create::No, Backend::Redb, &sim_options(&clean))
-            .unwrap_or_else(|e| panic!("after read {nth} failed once, the clean reopen failed: {e}"));
+        let store =
+            projections::open_store_with(dir, Create::No, Backend::Redb, &sim_options(&clean))
+                .unwrap_or_else(|e| {
+                    panic!("after read {nth} failed once, the clean reopen failed: {e}")
+                });
         let snap = store.snapshot().expect("a snapshot");
         for (id, first, count) in &acked {
             assert_applied(&*snap, id, *first, *count);
         }
         assert!(acked.last().is_some_and(|a| a.1 > Position(0)));
     }
-    assert!(failed_opens > 0, "no read during the open hit the chosen read: the test tests nothing");
+    assert!(
+        failed_opens > 0,
+        "no read during the open hit the chosen read: the test tests nothing"
+    );
 }

@@ -73,7 +73,10 @@ fn main() {
         }
         Err(failure) => {
             print_summary(&failure.report, seed, started.elapsed());
-            println!("FAILED in round {} of seed {seed}: {}", failure.crash, failure.message);
+            println!(
+                "FAILED in round {} of seed {seed}: {}",
+                failure.crash, failure.message
+            );
             println!("reproduce: {reproduce}");
             std::process::exit(1);
         }
@@ -81,7 +84,12 @@ fn main() {
 }
 
 fn print_summary(r: &SimReport, seed: u64, elapsed: std::time::Duration) {
-    println!("seed {seed}: {} crashes on {} stores in {:.1} s", r.crashes, r.stores, elapsed.as_secs_f64());
+    println!(
+        "seed {seed}: {} crashes on {} stores in {:.1} s",
+        r.crashes,
+        r.stores,
+        elapsed.as_secs_f64()
+    );
     println!(
         "  power cuts while clients ran: {}; opens failed under a fault or the cut: {}",
         r.cuts_mid_run, r.failed_opens
@@ -95,7 +103,10 @@ fn print_summary(r: &SimReport, seed: u64, elapsed: std::time::Duration) {
         "  faults injected: read EIO {}, write EIO {}, write ENOSPC {}, sync EIO {}; at reboots {} unsynced writes kept, {} dropped, {} torn; {} disk operations",
         d.read_eio, d.write_eio, d.write_enospc, d.sync_eio, d.unsynced_kept, d.unsynced_dropped, d.torn, d.operations
     );
-    println!("  bits flipped in synced frames, each refused at open: {}", r.flips);
+    println!(
+        "  bits flipped in synced frames, each refused at open: {}",
+        r.flips
+    );
     for m in &r.refused_messages {
         println!("    refused: {m}");
     }

@@ -17,6 +17,8 @@
 //!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves;
 //!   [`frames`] writes a whole log into a new store in frames, for `segments` and the
 //!   copy-transforms.
+//! - [`faults`]: the deliberately faulty transform and reset the gate tests use, with the
+//!   cargo feature `fault-injection` only (never in a release build).
 //! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
 //!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
@@ -28,6 +30,7 @@ mod check;
 mod cli;
 mod demo;
 mod expire;
+mod faults;
 mod frames;
 mod gate;
 mod import;
@@ -97,11 +100,13 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
 }
 
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let dir = cli.store;
-    lock::recover_if_free(&dir)?;
-    let lock = match writer_name(&cli.command) {
-        Some(name) => Some(StoreLock::acquire(&dir, name)?),
-        None => None,
+    // A writer's lock finishes an interrupted cut-over (`StoreLock::acquire`); `migrate run`
+    // and `rollback` take it themselves. Readers never rename: they read the store where the
+    // cut-over journal says it is (`lock::reading_dir`).
+    let (dir, lock) = match (writer_name(&cli.command), &cli.command) {
+        (Some(name), _) => (cli.store.clone(), Some(StoreLock::acquire(&cli.store, name)?)),
+        (None, Cmd::Migrate(_)) => (cli.store.clone(), None),
+        (None, _) => (lock::reading_dir(&cli.store)?, None),
     };
     match cli.command {
         Cmd::Migrate(MigrateCmd::List { json }) => migrate::list(json, out),
@@ -109,14 +114,14 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             name,
             dry_run,
             json,
-            fault,
+            faults,
         }) => migrate::run(
             &dir,
             &migrate::RunOptions {
                 name,
                 dry_run,
                 json,
-                fault,
+                faults,
             },
             out,
         ),
@@ -146,7 +151,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             reason,
             dry_run,
             json,
-            fault_touch_wallet,
+            faults,
         } => reset::run(
             &dir,
             lock.as_ref()
@@ -157,7 +162,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 reason,
                 dry_run,
                 json,
-                fault_touch_wallet,
+                faults,
             },
             out,
         ),

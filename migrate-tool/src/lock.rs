@@ -370,6 +370,118 @@ mod tests {
         assert!(!dir.exists(), "the lock never creates the store directory");
     }
 
+    // Proves the cut-over journal is not trusted (issue 13 item 9): a journal whose paths leave
+    // the store's parent directory, climb with `..`, or have a name no cut-over of this tool
+    // gives is refused, by a writer's lock and by a reader alike, naming the journal, the field
+    // and the rule, and nothing is renamed: the store, the directories named and the journal
+    // stay as they were. Planted defect: `check_journal` returning `Ok(())` at once; the lock
+    // then moved the store onto `kept` and `outside` into the store's place, and this failed.
+    #[test]
+    fn a_journal_naming_paths_outside_the_store_is_refused_and_nothing_is_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("a");
+        let dir = parent.join("store");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"store").unwrap();
+        let outside = tmp.path().join("b").join("victim");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"victim").unwrap();
+        let shaped = parent.join("store.migrating-x");
+        std::fs::create_dir_all(&shaped).unwrap();
+        let kept = parent.join("store.before-x");
+        let cases = [
+            ("incoming", outside.clone(), kept.clone(), "must be one of"),
+            (
+                "incoming",
+                tmp.path().join("b").join("store.migrating-x"),
+                kept.clone(),
+                "must be beside the store",
+            ),
+            (
+                "incoming",
+                parent.join("..").join("a").join("store.migrating-x"),
+                kept.clone(),
+                "`..`",
+            ),
+            ("kept", shaped.clone(), outside.clone(), "must be one of"),
+            (
+                "kept",
+                shaped.clone(),
+                parent.join("other.before-x"),
+                "must be one of",
+            ),
+            (
+                "kept",
+                shaped.clone(),
+                parent.join("store.before-x/../../b"),
+                "`..`",
+            ),
+            (
+                "incoming",
+                PathBuf::from("/etc"),
+                kept.clone(),
+                "must be one of",
+            ),
+        ];
+        for (field, incoming, kept, rule) in cases {
+            let kept_existed = kept.exists();
+            let journal = Journal {
+                kept: kept.clone(),
+                incoming: incoming.clone(),
+            };
+            std::fs::write(journal_path(&dir), serde_json::to_vec(&journal).unwrap()).unwrap();
+            let writer = StoreLock::acquire(&dir, "import").unwrap_err();
+            let reader = reading_dir(&dir).unwrap_err();
+            for err in [format!("{writer:#}"), format!("{reader:#}")] {
+                assert!(
+                    err.contains("store.cutover is refused")
+                        && err.contains(&format!("field `{field}`"))
+                        && err.contains(rule)
+                        && err.contains("nothing was renamed"),
+                    "{incoming:?} -> {kept:?}: {err}"
+                );
+            }
+            assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"store");
+            assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"victim");
+            assert!(shaped.is_dir(), "{incoming:?} -> {kept:?}");
+            assert_eq!(kept.exists(), kept_existed, "{incoming:?} -> {kept:?}");
+            assert!(journal_path(&dir).exists(), "the journal is left for a person");
+        }
+    }
+
+    // Proves a read-only command never renames (issue 13 item 9): with a cut-over interrupted
+    // before its first rename it reads the store where it is, and between the renames it reads
+    // the directory moving in; the directories and the journal stay as they are until a writer's
+    // lock finishes the cut-over. Planted defect: `reading_dir` finishing the cut-over (as every
+    // command used to, through the lock); the directories then moved and this failed.
+    #[test]
+    fn readers_read_where_the_journal_says_and_leave_the_cut_over_to_a_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let incoming = tmp.path().join("store.migrating-x");
+        let kept = tmp.path().join("store.before-x");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&incoming).unwrap();
+        let journal = Journal {
+            kept: kept.clone(),
+            incoming: incoming.clone(),
+        };
+        std::fs::write(journal_path(&dir), serde_json::to_vec(&journal).unwrap()).unwrap();
+        // Before the first rename: the store is whole where it is.
+        assert_eq!(reading_dir(&dir).unwrap(), dir);
+        assert!(dir.is_dir() && incoming.is_dir() && !kept.exists());
+        // Between the renames: the store is the directory moving in.
+        std::fs::rename(&dir, &kept).unwrap();
+        assert_eq!(reading_dir(&dir).unwrap(), incoming);
+        assert!(!dir.exists() && incoming.is_dir() && kept.is_dir());
+        assert!(journal_path(&dir).exists());
+        // A writer's lock finishes it.
+        drop(StoreLock::acquire(&dir, "import").unwrap());
+        assert!(dir.is_dir() && !incoming.exists() && kept.is_dir());
+        assert!(!journal_path(&dir).exists());
+        assert_eq!(reading_dir(&dir).unwrap(), dir);
+    }
+
     // Proves a cut-over interrupted between its renames is finished by the next lock holder.
     #[test]
     fn interrupted_cut_over_is_finished_on_next_lock() {

@@ -117,8 +117,9 @@ mod enabled {
             return Ok(None);
         }
         if plan.alter == Some(p) {
-            let event = DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
-                .with_context(|| format!("event at position {} ({})", r.position, r.stream))?;
+            let event =
+                DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+                    .with_context(|| format!("event at position {} ({})", r.position, r.stream))?;
             if let DomainEvent::Wallet(WalletEvent::ToppedUp(mut e)) = event {
                 e.amount.0 += 1;
                 r.payload = DomainEvent::Wallet(WalletEvent::ToppedUp(e)).encode(r.codec)?;

@@ -214,7 +214,8 @@ fn read_journal(dir: &Path) -> anyhow::Result<Option<Journal>> {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read cut-over journal {}", path.display()))
+            return Err(e)
+                .with_context(|| format!("cannot read cut-over journal {}", path.display()))
         }
     };
     let Ok(journal) = serde_json::from_slice::<Journal>(&bytes) else {
@@ -239,7 +240,12 @@ fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
     let (parent, name) = split(dir);
     let reset_copy = format!(".{name}.reset-");
     let fields = [
-        ("incoming", &journal.incoming, &INCOMING_SUFFIXES[..], Some(reset_copy.as_str())),
+        (
+            "incoming",
+            &journal.incoming,
+            &INCOMING_SUFFIXES[..],
+            Some(reset_copy.as_str()),
+        ),
         ("kept", &journal.kept, &KEPT_SUFFIXES[..], None),
     ];
     for (field, path, suffixes, other_prefix) in fields {
@@ -270,10 +276,8 @@ fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         });
         if !shaped {
-            let mut shapes: Vec<String> = suffixes
-                .iter()
-                .map(|s| format!("{name}{s}<run>"))
-                .collect();
+            let mut shapes: Vec<String> =
+                suffixes.iter().map(|s| format!("{name}{s}<run>")).collect();
             shapes.extend(other_prefix.map(|p| format!("{p}<run>")));
             return Err(refuse(format!(
                 "its name must be one of {}",
@@ -445,7 +449,10 @@ mod tests {
             assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"victim");
             assert!(shaped.is_dir(), "{incoming:?} -> {kept:?}");
             assert_eq!(kept.exists(), kept_existed, "{incoming:?} -> {kept:?}");
-            assert!(journal_path(&dir).exists(), "the journal is left for a person");
+            assert!(
+                journal_path(&dir).exists(),
+                "the journal is left for a person"
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 //!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
 //! - [`demo`]: `demo`, deterministic seeded activity.
+//! - [`durable`]: writing a file that survives a power cut (the migration reports).
 //! - [`expire`]: `expire`, the nightly `expire` without a member over the whole store.
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
@@ -29,6 +30,7 @@
 mod check;
 mod cli;
 mod demo;
+mod durable;
 mod expire;
 mod faults;
 mod frames;
@@ -104,7 +106,10 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     // and `rollback` take it themselves. Readers never rename: they read the store where the
     // cut-over journal says it is (`lock::reading_dir`).
     let (dir, lock) = match (writer_name(&cli.command), &cli.command) {
-        (Some(name), _) => (cli.store.clone(), Some(StoreLock::acquire(&cli.store, name)?)),
+        (Some(name), _) => (
+            cli.store.clone(),
+            Some(StoreLock::acquire(&cli.store, name)?),
+        ),
         (None, Cmd::Migrate(_)) => (cli.store.clone(), None),
         (None, _) => (lock::reading_dir(&cli.store)?, None),
     };

@@ -43,9 +43,9 @@ use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
 use serde_json::{json, Value};
 
 use crate::check;
+use crate::faults::MigrateFaults;
 use crate::frames;
 use crate::lock::{self, StoreLock};
-use crate::faults::MigrateFaults;
 use crate::migrate_copy::{self, CopyStats, LogCompare};
 use crate::migrate_report::{self, Report};
 use crate::output::{self, Outcome};

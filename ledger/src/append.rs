@@ -75,7 +75,9 @@ impl AppendOutcome {
     }
 }
 
-/// Why an append was refused. Nothing was written in every case.
+/// Why an append was not acknowledged. Nothing was written in every case but
+/// [`AppendError::OutcomeUnknown`], where the write itself failed part way (or its index commit
+/// did): the group may be in the log, and a retry with the same command id settles it.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppendError {
@@ -92,9 +94,17 @@ pub enum AppendError {
     /// The request breaks a rule (limits, names).
     #[error("invalid append: {field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// The group commit this request was in failed; the log is as it was before it.
+    /// The group commit this request was in failed before anything was written (reading,
+    /// planning, preparing the segment): the log is as it was before it.
     #[error("append failed, nothing was written: {reason}")]
     Storage { reason: String },
+    /// The group's frame write or fdatasync failed, or the index commit after a durable frame:
+    /// the events may or may not be in the log (a failed fsync says nothing about which pages
+    /// reached the disk) and the writer stopped. Reopen the store and send the same request
+    /// again with the same command id: it is answered as a duplicate, with the original
+    /// positions, if the group was written, and appended once if it was not.
+    #[error("append outcome unknown: {reason}; the events may or may not be in the log: reopen the store and retry with the same command id, which answers with the original positions if it was written and appends it once if not")]
+    OutcomeUnknown { reason: String },
     /// A commit hook (the projections) failed on this request's group; nothing was written.
     /// Keeps the hook's error, with its sources.
     #[error("append failed, nothing was written: {0}")]

@@ -9,7 +9,9 @@
 //! a crash), and only then answers each caller. If the group fails before its frame is written,
 //! every caller in it gets the error and the writer re-reads the head: the log is as it was. If
 //! the frame's write or sync fails, or the index commit after it, the writer stops: every caller
-//! of that group and every later one gets an error, and the store must be reopened.
+//! of that group gets [`AppendError::OutcomeUnknown`] (the frame may be on disk: a retry with
+//! the same command id after a reopen settles it), every later one an error that nothing was
+//! written, and the store must be reopened.
 //!
 //! The writer is an OS thread, not a tokio task, because a commit blocks on fsync; tokio
 //! channels connect it to async and blocking callers alike.
@@ -153,7 +155,8 @@ impl CommandJob {
     }
 }
 
-/// Why a command was not applied. Nothing was written in every case.
+/// Why a command was not applied. Nothing was written in every case but
+/// [`AppendError::OutcomeUnknown`] (see there).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
@@ -756,11 +759,11 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
     let at = match engine.append_frame(&bytes, first) {
         Ok(at) => at,
         Err(LogError::Stopped { reason }) => {
-            let err = AppendError::Storage {
-                    reason: format!(
-                        "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped: reopen the store"
-                    ),
-                };
+            let err = AppendError::OutcomeUnknown {
+                reason: format!(
+                    "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped"
+                ),
+            };
             return Written::Stop(err, reason);
         }
         Err(e) => {
@@ -790,7 +793,7 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
             );
         engine.log().stop(reason.clone());
         return Written::Stop(
-            AppendError::Storage {
+            AppendError::OutcomeUnknown {
                 reason: reason.clone(),
             },
             reason,

@@ -437,7 +437,11 @@ fn record(
                 work.members.push(m.to_string());
             }
         }
-        Err(e @ (AppendError::Storage { .. } | AppendError::Closed)) => {
+        Err(
+            e @ (AppendError::Storage { .. }
+            | AppendError::OutcomeUnknown { .. }
+            | AppendError::Closed),
+        ) => {
             return Err(anyhow::Error::new(e).context("appending resets"));
         }
         Err(e) => {

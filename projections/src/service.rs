@@ -50,7 +50,8 @@ const EXPIRE_WINDOW: usize = 512;
 /// Members read from the expiry index per round of a whole-store `expire`.
 const EXPIRE_ROUND: usize = 8_192;
 
-/// Why a command was not applied. Nothing was written in every case.
+/// Why a command was not applied. Nothing was written in every case but
+/// `Ledger(AppendError::OutcomeUnknown)`, whose retry with the same id settles it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {

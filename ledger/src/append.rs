@@ -75,7 +75,9 @@ impl AppendOutcome {
     }
 }
 
-/// Why an append was refused. Nothing was written in every case.
+/// Why an append was not acknowledged. Nothing was written in every case but
+/// [`AppendError::OutcomeUnknown`], where the write itself failed part way (or its index commit
+/// did): the group may be in the log, and a retry with the same command id settles it.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppendError {
@@ -92,9 +94,17 @@ pub enum AppendError {
     /// The request breaks a rule (limits, names).
     #[error("invalid append: {field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// The group commit this request was in failed; the log is as it was before it.
+    /// The group commit this request was in failed before anything was written (reading,
+    /// planning, preparing the segment): the log is as it was before it.
     #[error("append failed, nothing was written: {reason}")]
     Storage { reason: String },
+    /// The group's frame write or fdatasync failed, or the index commit after a durable frame:
+    /// the events may or may not be in the log (a failed fsync says nothing about which pages
+    /// reached the disk) and the writer stopped. Reopen the store and send the same request
+    /// again with the same command id: it is answered as a duplicate, with the original
+    /// positions, if the group was written, and appended once if it was not.
+    #[error("append outcome unknown: {reason}; the events may or may not be in the log: reopen the store and retry with the same command id, which answers with the original positions if it was written and appends it once if not")]
+    OutcomeUnknown { reason: String },
     /// A commit hook (the projections) failed on this request's group; nothing was written.
     /// Keeps the hook's error, with its sources.
     #[error("append failed, nothing was written: {0}")]
@@ -311,15 +321,17 @@ pub(crate) struct Plan<'s> {
 }
 
 impl<'s> Plan<'s> {
+    /// A group recorded at `recorded_at` (the writer's clock, read once per group).
     pub fn new(
         snap: &'s dyn Snapshot,
         state: WriterState,
         committed: &'s StreamVersions,
+        recorded_at: Timestamp,
     ) -> Plan<'s> {
         Plan {
             snap,
             state,
-            recorded_at: Timestamp::now(),
+            recorded_at,
             committed,
             versions: HashMap::new(),
             commands: HashMap::new(),
@@ -411,7 +423,7 @@ impl<'s> Plan<'s> {
 
     fn push_record(&mut self, command_id: &str, stream: &str, version: StreamVersion, e: NewEvent) {
         let position = self.state.head.position.next();
-        let event_id = next_event_id(self.state.last_event_id);
+        let event_id = next_event_id(self.state.last_event_id, self.recorded_at);
         let mut record = EventRecord {
             codec: e.codec,
             position,
@@ -438,12 +450,19 @@ impl<'s> Plan<'s> {
     }
 }
 
-/// A UUID v7 for now, forced above the previous id so ids strictly increase with position even
-/// if the clock steps back.
-fn next_event_id(previous: Option<uuid::Uuid>) -> uuid::Uuid {
-    let fresh = uuid::Uuid::now_v7();
+/// A UUID v7 for `now` (the group's recorded time), forced above the previous id so ids
+/// strictly increase with position even if the clock steps back: then the ids carry on from the
+/// previous one (+ 1) until the clock passes it again.
+pub(crate) fn next_event_id(previous: Option<uuid::Uuid>, now: Timestamp) -> uuid::Uuid {
+    let micros = u64::try_from(now.0).unwrap_or(0);
+    let fresh = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        micros / 1_000_000,
+        // Below 10^9: a remainder of microseconds times 1,000.
+        (micros % 1_000_000) as u32 * 1_000,
+    ));
     match previous {
-        Some(prev) if fresh <= prev => uuid::Uuid::from_u128(prev.as_u128() + 1),
+        Some(prev) if fresh <= prev => uuid::Uuid::from_u128(prev.as_u128().wrapping_add(1)),
         _ => fresh,
     }
 }

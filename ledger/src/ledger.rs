@@ -9,7 +9,9 @@
 //! a crash), and only then answers each caller. If the group fails before its frame is written,
 //! every caller in it gets the error and the writer re-reads the head: the log is as it was. If
 //! the frame's write or sync fails, or the index commit after it, the writer stops: every caller
-//! of that group and every later one gets an error, and the store must be reopened.
+//! of that group gets [`AppendError::OutcomeUnknown`] (the frame may be on disk: a retry with
+//! the same command id after a reopen settles it), every later one an error that nothing was
+//! written, and the store must be reopened.
 //!
 //! The writer is an OS thread, not a tokio task, because a commit blocks on fsync; tokio
 //! channels connect it to async and blocking callers alike.
@@ -33,7 +35,7 @@ use crate::log::{self, ReadError};
 use crate::record::EventRecord;
 use crate::segments::LogError;
 use crate::store::{self, Backend, Create, OpenError, Store};
-use crate::timestamp::Timestamp;
+use crate::timestamp::{Clock, SystemClock, Timestamp};
 use crate::types::{ExpectedVersion, Head, Position, StreamVersion};
 use crate::verify::{self, VerifyReport};
 
@@ -153,7 +155,8 @@ impl CommandJob {
     }
 }
 
-/// Why a command was not applied. Nothing was written in every case.
+/// Why a command was not applied. Nothing was written in every case but
+/// [`AppendError::OutcomeUnknown`] (see there).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
@@ -232,6 +235,7 @@ struct Job {
 
 struct Inner {
     engine: Arc<Store>,
+    clock: Arc<dyn Clock>,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     head: watch::Receiver<Head>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -283,14 +287,35 @@ impl Ledger {
         engine: Arc<Store>,
         hooks: Vec<Arc<dyn CommitHook>>,
     ) -> Result<Ledger, LedgerError> {
+        Ledger::with_engine_and_clock(engine, hooks, Arc::new(SystemClock))
+    }
+
+    /// [`Ledger::with_engine`] reading the wall clock from `clock` (recorded times, event ids,
+    /// the default business time of commands): tests step it back to prove nothing depends on
+    /// it moving forward (see [`Clock`]).
+    pub fn with_engine_and_clock(
+        engine: Arc<Store>,
+        hooks: Vec<Arc<dyn CommitHook>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ledger, LedgerError> {
         store::record_hooks(&engine, &hooks)?;
         let state = load_state(&engine)?;
         let (sender, receiver) = mpsc::channel(limits::WRITER_QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(state.head);
         let writer_engine = Arc::clone(&engine);
+        let writer_clock = Arc::clone(&clock);
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run_writer(&writer_engine, receiver, state, &hooks, &head_tx))
+            .spawn(move || {
+                run_writer(
+                    &writer_engine,
+                    receiver,
+                    state,
+                    &hooks,
+                    &head_tx,
+                    &*writer_clock,
+                )
+            })
             .map_err(|e| {
                 LedgerError::Open(OpenError::Io {
                     path: "ledger writer thread".into(),
@@ -300,11 +325,17 @@ impl Ledger {
         Ok(Ledger {
             inner: Arc::new(Inner {
                 engine,
+                clock,
                 sender: Mutex::new(Some(sender)),
                 head: head_rx,
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    /// The current time on this ledger's clock (see [`Clock`]).
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job>, AppendError> {
@@ -546,6 +577,7 @@ fn run_writer(
     mut state: WriterState,
     hooks: &[Arc<dyn CommitHook>],
     head_tx: &watch::Sender<Head>,
+    clock: &dyn Clock,
 ) {
     let mut versions = StreamVersions::default();
     let mut checkpoints = Checkpoints::new();
@@ -569,6 +601,7 @@ fn run_writer(
         }
         let mut writer = Writer {
             engine,
+            clock,
             versions: &mut versions,
             checkpoints: &mut checkpoints,
             hooks,
@@ -628,6 +661,7 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, first: Job, in_flight: usize) -> V
 /// What the writer keeps between groups.
 struct Writer<'w> {
     engine: &'w Store,
+    clock: &'w dyn Clock,
     versions: &'w mut StreamVersions,
     checkpoints: &'w mut Checkpoints,
     hooks: &'w [Arc<dyn CommitHook>],
@@ -672,7 +706,7 @@ impl Writer<'_> {
                 }
             }
         }
-        let mut plan = Plan::new(&*snap, state, self.versions);
+        let mut plan = Plan::new(&*snap, state, self.versions, self.clock.now());
         let mut pending: Vec<(Reply, AppendOutcome)> = Vec::with_capacity(jobs.len());
         let mut failed: Option<AppendError> = None;
         for job in jobs {
@@ -756,11 +790,11 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
     let at = match engine.append_frame(&bytes, first) {
         Ok(at) => at,
         Err(LogError::Stopped { reason }) => {
-            let err = AppendError::Storage {
-                    reason: format!(
-                        "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped: reopen the store"
-                    ),
-                };
+            let err = AppendError::OutcomeUnknown {
+                reason: format!(
+                    "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped"
+                ),
+            };
             return Written::Stop(err, reason);
         }
         Err(e) => {
@@ -790,7 +824,7 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
             );
         engine.log().stop(reason.clone());
         return Written::Stop(
-            AppendError::Storage {
+            AppendError::OutcomeUnknown {
                 reason: reason.clone(),
             },
             reason,

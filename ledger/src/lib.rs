@@ -70,6 +70,6 @@ pub use store::{
     open_engine, open_store, open_store_with, Backend, Checkpoint, Create, Guard, OpenError, Store,
     StoreOptions, VerbatimError,
 };
-pub use timestamp::{Timestamp, TimestampError};
+pub use timestamp::{Clock, SystemClock, Timestamp, TimestampError};
 pub use types::{ExpectedVersion, Hash, Head, Position, StreamVersion};
 pub use verify::{VerifyFailure, VerifyReport};

@@ -196,7 +196,9 @@ impl CommandEntry {
     }
 }
 
-/// The last event's position and hash.
+/// The last event's position and hash. The key it is stored under must be the record's own
+/// position: a writer starts after this head, so a damaged key (a flipped bit) would make it
+/// append after a gap, or past the largest position.
 pub fn read_head(snap: &dyn Snapshot) -> Result<(Head, Option<EventRecord>), ReadError> {
     match snap.last(tables::EVENTS, (Bound::Unbounded, Bound::Unbounded))? {
         None => Ok((Head::default(), None)),
@@ -206,6 +208,16 @@ pub fn read_head(snap: &dyn Snapshot) -> Result<(Head, Option<EventRecord>), Rea
                 position: position.0,
                 source,
             })?;
+            if record.position != position {
+                return Err(ReadError::DamagedEntry {
+                    table: tables::EVENTS,
+                    key: position.to_string(),
+                    reason: format!(
+                        "the last event is stored under position {position} but its record says {}: the head cannot be trusted",
+                        record.position
+                    ),
+                });
+            }
             Ok((
                 Head {
                     position,

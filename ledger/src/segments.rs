@@ -889,18 +889,27 @@ impl SegmentLog {
         };
         let mut position = self.segment(at.segment)?.first_position;
         let mut tail = Vec::new();
+        // The checkpoint comes from the index file, which is not trusted: the walk must land on
+        // its end exactly (a frame boundary), at its position.
+        let mut landed = false;
         loop {
             let before_checkpoint = at < checkpoint;
-            if at == checkpoint && position != next_position {
-                return Err(LogError::Damaged {
-                    segment: at.segment,
-                    offset: at.offset,
-                    reason: format!(
-                        "the frames before the index checkpoint end at position {}, the index says {}",
-                        position - 1,
-                        next_position - 1
-                    ),
-                });
+            if !landed && at > checkpoint {
+                return Err(self.checkpoint_off_boundary(checkpoint, at));
+            }
+            if at == checkpoint {
+                landed = true;
+                if position != next_position {
+                    return Err(LogError::Damaged {
+                        segment: at.segment,
+                        offset: at.offset,
+                        reason: format!(
+                            "the frames before the index checkpoint end at position {}, the index says {}",
+                            position.saturating_sub(1),
+                            next_position.saturating_sub(1)
+                        ),
+                    });
+                }
             }
             if self.read_header(at)?.is_none() {
                 // No frame here: the end of this segment's frames (the rest is zeros), or damage.
@@ -916,7 +925,7 @@ impl SegmentLog {
                                 reason: format!(
                                     "segment starts at position {}, the one before ends at {}",
                                     next.first_position,
-                                    position - 1
+                                    position.saturating_sub(1)
                                 ),
                             });
                         }
@@ -967,7 +976,16 @@ impl SegmentLog {
                 }
                 Err(other) => return Err(other),
             };
-            position += u64::from(frame.header.events);
+            position = position
+                .checked_add(u64::from(frame.header.events))
+                .ok_or_else(|| LogError::Damaged {
+                    segment: at.segment,
+                    offset: at.offset,
+                    reason: format!(
+                        "frame of {} events at position {position} runs past the largest position",
+                        frame.header.events
+                    ),
+                })?;
             let next = self.next_location(at, &frame.header);
             if !before_checkpoint {
                 tail.push(frame);
@@ -976,6 +994,9 @@ impl SegmentLog {
         }
         if at < checkpoint {
             return Err(self.damaged_before_checkpoint(at));
+        }
+        if !landed {
+            return Err(self.checkpoint_off_boundary(checkpoint, at));
         }
         let seg = self.segment(at.segment)?;
         let len = seg.file_len()?;
@@ -991,6 +1012,17 @@ impl SegmentLog {
             stopped: None,
         };
         self.filler.reset(seg, len);
+    }
+
+    /// The index checkpoint's end is not where a frame ends: the walk reached `at` past it.
+    fn checkpoint_off_boundary(&self, checkpoint: Location, at: Location) -> LogError {
+        LogError::Damaged {
+            segment: checkpoint.segment,
+            offset: checkpoint.offset,
+            reason: format!(
+                "the index checkpoint says the indexed frames end at {checkpoint}, which is not where a frame ends (the walk went from before it to {at})"
+            ),
+        }
     }
 
     fn damaged_before_checkpoint(&self, at: Location) -> LogError {

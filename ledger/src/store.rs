@@ -563,15 +563,27 @@ impl Store {
 
     /// Finds the end of the log and replays the frames past the checkpoint into the index and,
     /// through `hooks`, into the views; then syncs the index.
+    ///
+    /// The checkpoint is read from a file and is not trusted: the log's walk must land on its
+    /// end at its position ([`crate::segments::SegmentLog::recover`]), and with nothing to
+    /// replay the record at its position must have its hash ([`Store::check_head`]). A
+    /// checkpoint that fails either is a damaged store, never a head the writer appends after.
     fn recover(&self, hooks: &[Arc<dyn CommitHook>]) -> Result<(), Recovery> {
         let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::other)?)
             .map_err(Recovery::other)?;
+        let next_position = checkpoint.head.position.0.checked_add(1).ok_or_else(|| {
+            Recovery::Other(format!(
+                "the index checkpoint in {} says the last event is at position {}, which has no position after it: the index is damaged",
+                self.index_file(),
+                checkpoint.head.position
+            ))
+        })?;
         let tail = self
             .log
-            .recover(checkpoint.end, checkpoint.head.position.0 + 1)
+            .recover(checkpoint.end, next_position)
             .map_err(Recovery::Log)?;
         if tail.is_empty() {
-            return Ok(());
+            return self.check_head(checkpoint.head);
         }
         let stored = self
             .index
@@ -594,6 +606,41 @@ impl Store {
         self.index
             .commit_with(WriteBatch::new(), Durability::Synced)
             .map_err(Recovery::other)
+    }
+
+    /// The index file, for messages.
+    fn index_file(&self) -> String {
+        let name = if self.index.name() == "sled" {
+            SLED_DIR
+        } else {
+            REDB_FILE
+        };
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Checks that the log's record at the checkpoint's head position has the checkpoint's
+    /// hash: the head the writer chains its next event to is the log's, not a damaged copy.
+    fn check_head(&self, head: Head) -> Result<(), Recovery> {
+        let found = {
+            let snap = self.snapshot().map_err(Recovery::other)?;
+            log::read_head(&*snap).map_err(|e| {
+                Recovery::Other(format!(
+                    "the index checkpoint in {} says the last event is at position {}, which cannot be read: {e}",
+                    self.index_file(),
+                    head.position
+                ))
+            })?
+        };
+        if found.0 != head {
+            return Err(Recovery::Other(format!(
+                "the index checkpoint in {} says the last event is at position {} with hash {}, but the log's event there has hash {}: the index is damaged",
+                self.index_file(),
+                head.position,
+                head.hash,
+                found.0.hash
+            )));
+        }
+        Ok(())
     }
 
     /// Indexes one frame past the checkpoint, as the writer did when it wrote it.
@@ -819,7 +866,7 @@ impl StoreSnapshot<'_> {
             .ok_or_else(|| self.damaged(position, "no frame index entry holds it"))?;
         let (first, at, events) = parse_frame_entry(&k, &v)
             .ok_or_else(|| self.damaged(position, "frame entry does not parse"))?;
-        if position >= first + u64::from(events) {
+        if position >= first.saturating_add(u64::from(events)) {
             return Err(self.damaged(position, "the frame index has a gap here"));
         }
         Ok((first, at, events))
@@ -915,7 +962,7 @@ impl Snapshot for StoreSnapshot<'_> {
                     // record's hash chain and names the first bad position (a damaged record
                     // is damage at that event) rather than failing the read without one. A
                     // damaged frame header still fails here: `event` checks it.
-                    let end = (first + u64::from(events) - 1).min(last);
+                    let end = (first.saturating_add(u64::from(events)) - 1).min(last);
                     while next <= end && out.len() < limit {
                         let bytes = self
                             .event(next)?
@@ -931,7 +978,7 @@ impl Snapshot for StoreSnapshot<'_> {
                     self.damaged(next, &format!("the frame at {at} is not the indexed one"))
                 );
             }
-            let end = (first + u64::from(events) - 1).min(last);
+            let end = (first.saturating_add(u64::from(events)) - 1).min(last);
             while next <= end && out.len() < limit {
                 let bytes = frame.record((next - first) as usize);
                 out.push((next.to_be_bytes().to_vec(), bytes.to_vec()));

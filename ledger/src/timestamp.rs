@@ -29,6 +29,30 @@ pub enum TimestampError {
     OutOfRange { input: String },
 }
 
+/// Where the ledger reads the wall clock: the recorded time of every event, the time part of
+/// its UUID v7 id, and a command's business time when it has no `at`. The system clock by
+/// default ([`SystemClock`]); tests give their own to step it back
+/// ([`crate::Ledger::with_engine_and_clock`]).
+///
+/// Nothing may assume it only moves forward: the system clock can step back (NTP, a VM
+/// restored, an operator). Event ids stay strictly increasing with position whatever it does
+/// (the writer takes the previous id + 1 when the clock's id is not above it); recorded times
+/// follow the clock, backwards too; no rule compares recorded times.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock ([`Timestamp::now`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
 impl Timestamp {
     /// The Unix epoch.
     pub const EPOCH: Timestamp = Timestamp(0);

@@ -123,10 +123,9 @@ pub enum Cmd {
         /// One JSON report on stdout.
         #[arg(long)]
         json: bool,
-        /// Test only: also credit 1 yen to the first member's wallet, a deliberately faulty
-        /// reset that the gate must refuse and roll back.
-        #[arg(long, hide = true)]
-        fault_touch_wallet: bool,
+        /// Test-only flags (`--fault-touch-wallet`), with the feature `fault-injection` only.
+        #[command(flatten)]
+        faults: crate::faults::ResetFaults,
     },
     /// Named migrations behind the gate of SPEC section 5: copy-transform, prove, cut over.
     #[command(
@@ -204,9 +203,9 @@ pub enum MigrateCmd {
         /// One JSON report on stdout.
         #[arg(long)]
         json: bool,
-        /// A deliberately faulty transform, for tests of the gate only.
-        #[arg(long, hide = true, value_enum)]
-        fault: Option<crate::migrate_copy::Fault>,
+        /// Test-only flags (`--fault`), with the feature `fault-injection` only.
+        #[command(flatten)]
+        faults: crate::faults::MigrateFaults,
     },
     /// Lock holder, encodings and schema versions in the log, applied migrations, kept stores.
     #[command(after_help = "Example:\n  migrate-tool migrate status --json")]

@@ -449,7 +449,12 @@ async fn run_member(ledger: Ledger, mut script: Script) -> anyhow::Result<(Tally
         match ledger.append(req).await {
             Ok(o) if o.duplicate => tally.duplicate += 1,
             Ok(o) => tally.events += u64::from(o.count),
-            Err(e @ (AppendError::Storage { .. } | AppendError::Hook(_) | AppendError::Closed)) => {
+            Err(
+                e @ (AppendError::Storage { .. }
+                | AppendError::OutcomeUnknown { .. }
+                | AppendError::Hook(_)
+                | AppendError::Closed),
+            ) => {
                 return Err(anyhow::Error::new(e).context(format!("demo command {}", cmd.id)));
             }
             Err(e) => rejected.push(format!("{}: {e}", cmd.id)),

@@ -200,7 +200,10 @@ fn is_fatal(e: &SubmitError) -> bool {
         e,
         SubmitError::Read(_)
             | SubmitError::Ledger(
-                AppendError::Storage { .. } | AppendError::Hook(_) | AppendError::Closed
+                AppendError::Storage { .. }
+                    | AppendError::OutcomeUnknown { .. }
+                    | AppendError::Hook(_)
+                    | AppendError::Closed
             )
     )
 }

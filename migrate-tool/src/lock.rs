@@ -13,7 +13,12 @@
 //!
 //! The cut-over journal `<parent>/<name>.cutover` lives here too: it is written (and synced)
 //! before a cut-over's two renames and removed after them, so a process killed between the two
-//! renames leaves enough to finish the cut-over the next time anyone takes the lock.
+//! renames leaves enough to finish the cut-over the next time a writing command takes the lock.
+//! The journal is a file on disk like any other, so it is not trusted: before anything is
+//! renamed, both of its paths must be directories beside the store with names of the shapes this
+//! tool gives them ([`check_journal`]); a journal that names anything else (`/etc`, `../x`,
+//! another store) is refused with an error and nothing is renamed. Read-only commands never
+//! rename ([`reading_dir`]): they read the store where the journal says it is.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -200,33 +205,141 @@ fn finish(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
     sync_parent(dir)
 }
 
+/// What the journal beside `dir` says: `Ok(None)` without a journal, or with a torn one (a
+/// journal is synced before either rename, so a torn one was never acted on). A journal that
+/// parses is checked ([`check_journal`]) before anyone acts on it.
+fn read_journal(dir: &Path) -> anyhow::Result<Option<Journal>> {
+    let path = journal_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read cut-over journal {}", path.display()))
+        }
+    };
+    let Ok(journal) = serde_json::from_slice::<Journal>(&bytes) else {
+        return Ok(None);
+    };
+    check_journal(dir, &journal)
+        .with_context(|| format!("cut-over journal {} is refused", path.display()))?;
+    Ok(Some(journal))
+}
+
+/// Name suffixes (after `<name>`) of the directories a cut-over moves in: a migration's checked
+/// copy, or the kept store a rollback puts back. (A reset's copy is `.<name>.reset-<run>`.)
+const INCOMING_SUFFIXES: [&str; 2] = [".migrating-", ".before-"];
+/// Name suffixes of the directories a cut-over moves the store to.
+const KEPT_SUFFIXES: [&str; 3] = [".before-", ".replaced-", ".rolled-back-"];
+
+/// Refuses a journal that would rename anything but this tool's own directories beside the
+/// store: each path must be in the store's parent directory (no `..`, no other directory), and
+/// its name `<name><suffix><run>` with a suffix of its field (see [`INCOMING_SUFFIXES`],
+/// [`KEPT_SUFFIXES`]) and a run part of letters, digits, `.`, `_` and `-`.
+fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
+    let (parent, name) = split(dir);
+    let reset_copy = format!(".{name}.reset-");
+    let fields = [
+        (
+            "incoming",
+            &journal.incoming,
+            &INCOMING_SUFFIXES[..],
+            Some(reset_copy.as_str()),
+        ),
+        ("kept", &journal.kept, &KEPT_SUFFIXES[..], None),
+    ];
+    for (field, path, suffixes, other_prefix) in fields {
+        let refuse = |rule: String| {
+            anyhow::anyhow!(
+                "field `{field}` is {}: {rule}; nothing was renamed (check what it names, then remove the journal)",
+                path.display()
+            )
+        };
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(refuse("it has a `..` component".into()));
+        }
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            return Err(refuse("it has no file name".into()));
+        };
+        let prefixes = suffixes
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .chain(other_prefix.map(str::to_owned));
+        let run = prefixes.into_iter().find_map(|p| file.strip_prefix(&p));
+        let shaped = run.is_some_and(|run| {
+            !run.is_empty()
+                && run
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+        if !shaped {
+            let mut shapes: Vec<String> =
+                suffixes.iter().map(|s| format!("{name}{s}<run>")).collect();
+            shapes.extend(other_prefix.map(|p| format!("{p}<run>")));
+            return Err(refuse(format!(
+                "its name must be one of {}",
+                shapes.join(", ")
+            )));
+        }
+        let beside = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let same = match (beside.canonicalize(), parent.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            return Err(refuse(format!(
+                "it must be beside the store, in {}",
+                parent.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Finishes a cut-over that a killed process left between its two renames.
 fn recover_cutover(lock: &StoreLock) -> anyhow::Result<()> {
     let path = journal_path(lock.dir());
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Some(journal) = read_journal(lock.dir())? else {
+        // No journal, or a torn one written before either rename: nothing to finish.
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
         return Ok(());
     };
-    match serde_json::from_slice::<Journal>(&bytes) {
-        Ok(journal) => {
-            eprintln!(
-                "note: finishing an interrupted cut-over of {} (journal {})",
-                lock.dir().display(),
-                path.display()
-            );
-            finish(lock.dir(), &journal)
-        }
-        // A torn journal was written before either rename (it is synced before them): drop it.
-        Err(_) => Ok(std::fs::remove_file(&path)?),
-    }
+    eprintln!(
+        "note: finishing an interrupted cut-over of {} (journal {})",
+        lock.dir().display(),
+        path.display()
+    );
+    finish(lock.dir(), &journal)
 }
 
-/// Finishes an interrupted cut-over before any command reads the store, if the lock is free
-/// (a held lock means a live migration whose journal is current: leave it alone).
-pub fn recover_if_free(dir: &Path) -> anyhow::Result<()> {
-    if journal_path(dir).exists() && StoreLock::holder(dir)?.is_none() {
-        drop(StoreLock::acquire(dir, "cut-over recovery")?);
+/// The directory a read-only command reads the store `dir` from. Readers never rename (a
+/// rename is a write, and readers take no lock): an interrupted cut-over is finished by the next
+/// writing command, which takes the lock. Meanwhile, before the cut-over's first rename the
+/// store at `dir` is whole and is read there; between the two renames `dir` is missing and the
+/// checked directory that was moving in is the store: it is read where it is, saying so on
+/// stderr. A journal that fails [`check_journal`] is an error here too.
+pub fn reading_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let Some(journal) = read_journal(dir)? else {
+        return Ok(dir.to_path_buf());
+    };
+    if !dir.exists() && journal.incoming.is_dir() {
+        eprintln!(
+            "note: {} is between the two renames of an interrupted cut-over (journal {}); reading {}, which takes its place; the next writing command finishes the cut-over",
+            dir.display(),
+            journal_path(dir).display(),
+            journal.incoming.display()
+        );
+        return Ok(journal.incoming);
     }
-    Ok(())
+    Ok(dir.to_path_buf())
 }
 
 /// Makes renames in the store's parent directory durable.
@@ -259,6 +372,121 @@ mod tests {
         let again = StoreLock::acquire(&dir, "import").unwrap();
         assert_eq!(again.dir(), dir.as_path());
         assert!(!dir.exists(), "the lock never creates the store directory");
+    }
+
+    // Proves the cut-over journal is not trusted (issue 13 item 9): a journal whose paths leave
+    // the store's parent directory, climb with `..`, or have a name no cut-over of this tool
+    // gives is refused, by a writer's lock and by a reader alike, naming the journal, the field
+    // and the rule, and nothing is renamed: the store, the directories named and the journal
+    // stay as they were. Planted defect: `check_journal` returning `Ok(())` at once; the lock
+    // then moved the store onto `kept` and `outside` into the store's place, and this failed.
+    #[test]
+    fn a_journal_naming_paths_outside_the_store_is_refused_and_nothing_is_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("a");
+        let dir = parent.join("store");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"store").unwrap();
+        let outside = tmp.path().join("b").join("victim");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"victim").unwrap();
+        let shaped = parent.join("store.migrating-x");
+        std::fs::create_dir_all(&shaped).unwrap();
+        let kept = parent.join("store.before-x");
+        let cases = [
+            ("incoming", outside.clone(), kept.clone(), "must be one of"),
+            (
+                "incoming",
+                tmp.path().join("b").join("store.migrating-x"),
+                kept.clone(),
+                "must be beside the store",
+            ),
+            (
+                "incoming",
+                parent.join("..").join("a").join("store.migrating-x"),
+                kept.clone(),
+                "`..`",
+            ),
+            ("kept", shaped.clone(), outside.clone(), "must be one of"),
+            (
+                "kept",
+                shaped.clone(),
+                parent.join("other.before-x"),
+                "must be one of",
+            ),
+            (
+                "kept",
+                shaped.clone(),
+                parent.join("store.before-x/../../b"),
+                "`..`",
+            ),
+            (
+                "incoming",
+                PathBuf::from("/etc"),
+                kept.clone(),
+                "must be one of",
+            ),
+        ];
+        for (field, incoming, kept, rule) in cases {
+            let kept_existed = kept.exists();
+            let journal = Journal {
+                kept: kept.clone(),
+                incoming: incoming.clone(),
+            };
+            std::fs::write(journal_path(&dir), serde_json::to_vec(&journal).unwrap()).unwrap();
+            let writer = StoreLock::acquire(&dir, "import").unwrap_err();
+            let reader = reading_dir(&dir).unwrap_err();
+            for err in [format!("{writer:#}"), format!("{reader:#}")] {
+                assert!(
+                    err.contains("store.cutover is refused")
+                        && err.contains(&format!("field `{field}`"))
+                        && err.contains(rule)
+                        && err.contains("nothing was renamed"),
+                    "{incoming:?} -> {kept:?}: {err}"
+                );
+            }
+            assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"store");
+            assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"victim");
+            assert!(shaped.is_dir(), "{incoming:?} -> {kept:?}");
+            assert_eq!(kept.exists(), kept_existed, "{incoming:?} -> {kept:?}");
+            assert!(
+                journal_path(&dir).exists(),
+                "the journal is left for a person"
+            );
+        }
+    }
+
+    // Proves a read-only command never renames (issue 13 item 9): with a cut-over interrupted
+    // before its first rename it reads the store where it is, and between the renames it reads
+    // the directory moving in; the directories and the journal stay as they are until a writer's
+    // lock finishes the cut-over. Planted defect: `reading_dir` finishing the cut-over (as every
+    // command used to, through the lock); the directories then moved and this failed.
+    #[test]
+    fn readers_read_where_the_journal_says_and_leave_the_cut_over_to_a_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let incoming = tmp.path().join("store.migrating-x");
+        let kept = tmp.path().join("store.before-x");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&incoming).unwrap();
+        let journal = Journal {
+            kept: kept.clone(),
+            incoming: incoming.clone(),
+        };
+        std::fs::write(journal_path(&dir), serde_json::to_vec(&journal).unwrap()).unwrap();
+        // Before the first rename: the store is whole where it is.
+        assert_eq!(reading_dir(&dir).unwrap(), dir);
+        assert!(dir.is_dir() && incoming.is_dir() && !kept.exists());
+        // Between the renames: the store is the directory moving in.
+        std::fs::rename(&dir, &kept).unwrap();
+        assert_eq!(reading_dir(&dir).unwrap(), incoming);
+        assert!(!dir.exists() && incoming.is_dir() && kept.is_dir());
+        assert!(journal_path(&dir).exists());
+        // A writer's lock finishes it.
+        drop(StoreLock::acquire(&dir, "import").unwrap());
+        assert!(dir.is_dir() && !incoming.exists() && kept.is_dir());
+        assert!(!journal_path(&dir).exists());
+        assert_eq!(reading_dir(&dir).unwrap(), dir);
     }
 
     // Proves a cut-over interrupted between its renames is finished by the next lock holder.

@@ -10,6 +10,7 @@
 //!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
 //! - [`demo`]: `demo`, deterministic seeded activity.
+//! - [`durable`]: writing a file that survives a power cut (the migration reports).
 //! - [`expire`]: `expire`, the nightly `expire` without a member over the whole store.
 //! - [`lock`]: the store-level lock every writing command takes, and the cut-over journal.
 //! - [`migrate`]: `migrate list|run|status|rollback`, named migrations inside the gate;
@@ -17,6 +18,8 @@
 //!   [`migrate_rows`] and [`migrate_segments`] are the view-layout and storage-format moves;
 //!   [`frames`] writes a whole log into a new store in frames, for `segments` and the
 //!   copy-transforms.
+//! - [`faults`]: the deliberately faulty transform and reset the gate tests use, with the
+//!   cargo feature `fault-injection` only (never in a release build).
 //! - [`gate`]: `gate`, the pre-deploy projection gate, and the rendering of every gate's report
 //!   (`projections::gate`: one report for `gate`, `reset-credentials` and `migrate run`).
 //!
@@ -27,7 +30,9 @@
 mod check;
 mod cli;
 mod demo;
+mod durable;
 mod expire;
+mod faults;
 mod frames;
 mod gate;
 mod import;
@@ -97,11 +102,16 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
 }
 
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let dir = cli.store;
-    lock::recover_if_free(&dir)?;
-    let lock = match writer_name(&cli.command) {
-        Some(name) => Some(StoreLock::acquire(&dir, name)?),
-        None => None,
+    // A writer's lock finishes an interrupted cut-over (`StoreLock::acquire`); `migrate run`
+    // and `rollback` take it themselves. Readers never rename: they read the store where the
+    // cut-over journal says it is (`lock::reading_dir`).
+    let (dir, lock) = match (writer_name(&cli.command), &cli.command) {
+        (Some(name), _) => (
+            cli.store.clone(),
+            Some(StoreLock::acquire(&cli.store, name)?),
+        ),
+        (None, Cmd::Migrate(_)) => (cli.store.clone(), None),
+        (None, _) => (lock::reading_dir(&cli.store)?, None),
     };
     match cli.command {
         Cmd::Migrate(MigrateCmd::List { json }) => migrate::list(json, out),
@@ -109,14 +119,14 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             name,
             dry_run,
             json,
-            fault,
+            faults,
         }) => migrate::run(
             &dir,
             &migrate::RunOptions {
                 name,
                 dry_run,
                 json,
-                fault,
+                faults,
             },
             out,
         ),
@@ -146,7 +156,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             reason,
             dry_run,
             json,
-            fault_touch_wallet,
+            faults,
         } => reset::run(
             &dir,
             lock.as_ref()
@@ -157,7 +167,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 reason,
                 dry_run,
                 json,
-                fault_touch_wallet,
+                faults,
             },
             out,
         ),

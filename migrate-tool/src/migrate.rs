@@ -43,9 +43,10 @@ use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
 use serde_json::{json, Value};
 
 use crate::check;
+use crate::faults::MigrateFaults;
 use crate::frames;
 use crate::lock::{self, StoreLock};
-use crate::migrate_copy::{self, CopyStats, Fault, LogCompare};
+use crate::migrate_copy::{self, CopyStats, LogCompare};
 use crate::migrate_report::{self, Report};
 use crate::output::{self, Outcome};
 use crate::store;
@@ -153,8 +154,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// One JSON document on stdout.
     pub json: bool,
-    /// A deliberately faulty transform (hidden; tests prove the gate catches it).
-    pub fault: Option<Fault>,
+    /// A deliberately faulty transform, with the feature `fault-injection` only (tests prove
+    /// the gate catches it).
+    pub faults: MigrateFaults,
 }
 
 fn find(name: &str) -> anyhow::Result<&'static Migration> {
@@ -382,7 +384,7 @@ fn run_on_scratch(
         &target,
         &order,
         migration.kind,
-        opts.fault,
+        &opts.faults,
         &mut |n| bar.set_position(n),
     )?;
     // The frames are synced; one synced index commit makes every unsynced one before it durable.

@@ -26,6 +26,7 @@ use ledger::log::{self, tables};
 use ledger::record::EventRecord;
 use ledger::{Codec, Hash, Position, Snapshot, Store};
 
+use crate::faults::{self, MigrateFaults};
 use crate::frames;
 use crate::migrate::Kind;
 
@@ -33,17 +34,6 @@ use crate::migrate::Kind;
 const CHUNK_EVENTS: usize = 8_192;
 /// Mismatches described; the rest are counted.
 const MAX_MISMATCHES: usize = 50;
-
-/// A deliberately faulty transform, for tests of the gate (hidden on the command line).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Fault {
-    /// Drop one wallet event (later positions close up, as a naive filter would).
-    DropOne,
-    /// Add one yen to one top-up.
-    AlterAmount,
-    /// Swap two consecutive events of one wallet stream.
-    Reorder,
-}
 
 /// What the copy did.
 #[derive(Clone, Debug, Default)]
@@ -120,89 +110,6 @@ fn decode_domain(r: &EventRecord) -> anyhow::Result<DomainEvent> {
         .with_context(|| format!("event at position {} ({})", r.position, r.stream))
 }
 
-/// Where a fault strikes, chosen from the source before the copy.
-#[derive(Default)]
-struct FaultPlan {
-    drop: Option<u64>,
-    alter: Option<u64>,
-    swap: Option<(u64, EventRecord, u64, EventRecord)>,
-}
-
-fn plan_fault(snap: &dyn Snapshot, fault: Option<Fault>) -> anyhow::Result<FaultPlan> {
-    let mut plan = FaultPlan::default();
-    let Some(fault) = fault else {
-        return Ok(plan);
-    };
-    let head = log::read_head(snap)?.0.position.0;
-    for start in [head / 2 + 1, 1] {
-        let mut next = Position(start);
-        loop {
-            let records = log::read_all(snap, next, CHUNK_EVENTS)?;
-            let Some(last) = records.last() else { break };
-            next = last.position.next();
-            for r in &records {
-                if !r.stream.starts_with(ledger::domain::WALLET_STREAM_PREFIX) {
-                    continue;
-                }
-                match fault {
-                    Fault::DropOne if r.version.0 > 1 => {
-                        plan.drop = Some(r.position.0);
-                        return Ok(plan);
-                    }
-                    Fault::AlterAmount if r.event_type == "wallet.topped_up" => {
-                        plan.alter = Some(r.position.0);
-                        return Ok(plan);
-                    }
-                    Fault::Reorder if r.version.0 > 1 => {
-                        let later = log::read_stream(
-                            snap,
-                            &r.stream,
-                            ledger::StreamVersion(r.version.0 + 1),
-                            1,
-                        )?;
-                        if let Some(n) = later.into_iter().next() {
-                            plan.swap = Some((r.position.0, n.clone(), n.position.0, r.clone()));
-                            return Ok(plan);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    bail!("fault {fault:?}: the store has no event it applies to")
-}
-
-/// Applies a planned fault to one record; `None` drops it.
-fn apply_fault(plan: &FaultPlan, mut r: EventRecord) -> anyhow::Result<Option<EventRecord>> {
-    let p = r.position.0;
-    if plan.drop == Some(p) {
-        return Ok(None);
-    }
-    if plan.alter == Some(p) {
-        if let DomainEvent::Wallet(WalletEvent::ToppedUp(mut e)) = decode_domain(&r)? {
-            e.amount.0 += 1;
-            r.payload = DomainEvent::Wallet(WalletEvent::ToppedUp(e)).encode(r.codec)?;
-        }
-    }
-    if let Some((a, content_of_b, b, content_of_a)) = &plan.swap {
-        let other = if *a == p {
-            Some(content_of_b)
-        } else if *b == p {
-            Some(content_of_a)
-        } else {
-            None
-        };
-        if let Some(o) = other {
-            r.event_type = o.event_type.clone();
-            r.schema_version = o.schema_version;
-            r.codec = o.codec;
-            r.payload = o.payload.clone();
-        }
-    }
-    Ok(Some(r))
-}
-
 /// Copies the source log into `target` (an empty store), transformed, in frames
 /// ([`frames::write_log`], `order_path` its scratch file). See the module doc.
 pub fn copy_transform(
@@ -210,13 +117,13 @@ pub fn copy_transform(
     target: &Store,
     order_path: &Path,
     kind: Kind,
-    fault: Option<Fault>,
+    faults: &MigrateFaults,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<CopyStats> {
     if log::read_head(&*target.snapshot()?)?.0.position.0 != 0 {
         bail!("the migration target is not empty");
     }
-    let plan = plan_fault(src, fault)?;
+    let plan = faults::plan(src, faults)?;
     let mut stats = CopyStats::default();
     let mut prev = Hash::GENESIS;
     let mut shift = 0u64;
@@ -241,7 +148,7 @@ pub fn copy_transform(
         out.codec = codec;
         out.schema_version = schema_version;
         out.payload = payload;
-        let mut out = match apply_fault(&plan, out) {
+        let mut out = match faults::apply(&plan, out) {
             Ok(Some(out)) => out,
             Ok(None) => {
                 shift += 1;

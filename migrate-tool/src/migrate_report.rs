@@ -17,6 +17,7 @@ use anyhow::Context;
 use projections::GateReport;
 use serde_json::{json, Value};
 
+use crate::durable;
 use crate::gate::{figures_line, report_fields, write_findings};
 use crate::lock;
 use crate::migrate::{Copied, Migration};
@@ -190,19 +191,20 @@ impl Report {
     }
 }
 
-/// Writes the report file (synced) and returns its path.
+/// Writes the report file durably ([`durable::write_file`]: temporary file, fsync, rename,
+/// fsync of the report directory; the directory's own entry is synced in its parent) and
+/// returns its path.
 pub fn write(dir: &Path, report: &Report) -> anyhow::Result<PathBuf> {
     let folder = lock::sibling(dir, ".migrations");
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create report directory {}", folder.display()))?;
+    lock::sync_parent(&folder)?;
     let name = report.content["migration"].as_str().unwrap_or("migration");
     let path = folder.join(format!("{}-{name}.json", report.run_id));
     let doc = report.file_json(&path);
-    let mut file = std::fs::File::create(&path)
+    let mut bytes = serde_json::to_vec_pretty(&doc)?;
+    bytes.push(b'\n');
+    durable::write_file(&path, &bytes)
         .with_context(|| format!("cannot write report {}", path.display()))?;
-    file.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    lock::sync_parent(&folder)?;
     Ok(path)
 }

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use ledger::domain::{
-    identity_stream, reset_of_registered, DomainEvent, MemberId, ToppedUp, WalletEvent, Yen,
-};
+use ledger::domain::{identity_stream, reset_of_registered, MemberId};
 use ledger::store::Guard;
 use ledger::{
     AppendError, AppendOutcome, AppendRequest, Engine, ExpectedVersion, Head, Ledger, Snapshot,
@@ -33,6 +31,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::check;
+use crate::faults::{self, ResetFaults};
 use crate::gate::{figures_line, report_fields, write_findings};
 use crate::lock::StoreLock;
 use crate::output::{self, Outcome};
@@ -57,8 +56,8 @@ pub struct Options {
     pub dry_run: bool,
     /// JSON report.
     pub json: bool,
-    /// Test only: a faulty reset that also credits the first member's wallet.
-    pub fault_touch_wallet: bool,
+    /// A faulty reset that also credits a wallet, with the feature `fault-injection` only.
+    pub faults: ResetFaults,
 }
 
 /// What the resets did.
@@ -302,7 +301,7 @@ fn reset_and_compare(
             run_id: job.run_id,
             reason: job.opts.reason.as_deref(),
             at: job.at,
-            fault_touch_wallet: job.opts.fault_touch_wallet,
+            faults: &job.opts.faults,
         },
         job.bar,
     ))?;
@@ -330,7 +329,7 @@ struct ResetSpec<'a> {
     run_id: &'a str,
     reason: Option<&'a str>,
     at: Timestamp,
-    fault_touch_wallet: bool,
+    faults: &'a ResetFaults,
 }
 
 /// Identity streams reset by one atomic append (one command id per chunk).
@@ -360,8 +359,8 @@ impl ResetSpec<'_> {
                 });
             }
         }
-        if let (true, 0, Some(first)) = (self.fault_touch_wallet, chunk, members.first()) {
-            streams.push(fault_top_up(first, self.at)?);
+        if let Some(stream) = faults::top_up_stream(self.faults, chunk, members, self.at)? {
+            streams.push(stream);
         }
         Ok(AppendRequest {
             command_id: format!("reset-{}-{chunk}", self.run_id),
@@ -369,18 +368,6 @@ impl ResetSpec<'_> {
             streams,
         })
     }
-}
-
-/// The deliberate fault of `--fault-touch-wallet`: a 1-yen top-up of `member`'s wallet.
-fn fault_top_up(member: &MemberId, at: Timestamp) -> anyhow::Result<StreamAppend> {
-    // Built by hand on purpose: it breaks the rule that a reset touches no wallet, which no
-    // decision would produce.
-    let event = DomainEvent::Wallet(WalletEvent::ToppedUp(ToppedUp { amount: Yen(1) }));
-    Ok(StreamAppend {
-        stream: ledger::domain::wallet_stream(member),
-        expected: ExpectedVersion::Any,
-        events: vec![event.to_new_event(at)?],
-    })
 }
 
 type Done = (Vec<MemberId>, Result<AppendOutcome, AppendError>);
@@ -450,7 +437,11 @@ fn record(
                 work.members.push(m.to_string());
             }
         }
-        Err(e @ (AppendError::Storage { .. } | AppendError::Closed)) => {
+        Err(
+            e @ (AppendError::Storage { .. }
+            | AppendError::OutcomeUnknown { .. }
+            | AppendError::Closed),
+        ) => {
             return Err(anyhow::Error::new(e).context("appending resets"));
         }
         Err(e) => {

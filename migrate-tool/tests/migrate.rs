@@ -678,7 +678,8 @@ fn kill_9_during_segments_leaves_the_v1_store_or_the_whole_new_one() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
         child.wait().expect("reap");
-        // Any command first finishes a cut-over the kill interrupted (the journal).
+        // A reader reads the store where an interrupted cut-over's journal says it is (the
+        // store, or between the renames the copy moving in); the next writer finishes it.
         let v = run(&store, &["verify"]);
         if store.join("ledger.redb").exists() {
             assert_eq!(v.code, 2, "iteration {i} after {delay_ms} ms: {}", v.stderr);

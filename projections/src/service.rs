@@ -50,7 +50,8 @@ const EXPIRE_WINDOW: usize = 512;
 /// Members read from the expiry index per round of a whole-store `expire`.
 const EXPIRE_ROUND: usize = 8_192;
 
-/// Why a command was not applied. Nothing was written in every case.
+/// Why a command was not applied. Nothing was written in every case but
+/// `Ledger(AppendError::OutcomeUnknown)`, whose retry with the same id settles it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
@@ -143,7 +144,7 @@ impl WalletService {
                     reason: e.to_string(),
                 }
             })?;
-        WalletService::start(engine, hooks)
+        WalletService::start(engine, hooks, Arc::new(ledger::SystemClock))
     }
 
     /// Like [`WalletService::open`] on an already open store (opened with [`open_store`], so that
@@ -152,18 +153,31 @@ impl WalletService {
         engine: Arc<ledger::Store>,
         hooks: Vec<Arc<dyn ledger::CommitHook>>,
     ) -> Result<WalletService, ProjectionError> {
-        WalletService::start(engine, all_hooks(hooks))
+        WalletService::start(engine, all_hooks(hooks), Arc::new(ledger::SystemClock))
+    }
+
+    /// [`WalletService::with_engine`] reading the wall clock from `clock` (recorded times,
+    /// event ids, the business time of a command without `at`), see [`ledger::Clock`].
+    pub fn with_engine_and_clock(
+        engine: Arc<ledger::Store>,
+        hooks: Vec<Arc<dyn ledger::CommitHook>>,
+        clock: Arc<dyn ledger::Clock>,
+    ) -> Result<WalletService, ProjectionError> {
+        WalletService::start(engine, all_hooks(hooks), clock)
     }
 
     fn start(
         engine: Arc<ledger::Store>,
         hooks: Vec<Arc<dyn ledger::CommitHook>>,
+        clock: Arc<dyn ledger::Clock>,
     ) -> Result<WalletService, ProjectionError> {
         if !rebuild::views_current(&*engine)? {
             rebuild::rebuild(&*engine, &mut |_| {})?;
         }
-        let ledger = Ledger::with_engine(engine, hooks).map_err(|e| ProjectionError::Fold {
-            reason: e.to_string(),
+        let ledger = Ledger::with_engine_and_clock(engine, hooks, clock).map_err(|e| {
+            ProjectionError::Fold {
+                reason: e.to_string(),
+            }
         })?;
         Ok(WalletService { ledger })
     }
@@ -175,7 +189,7 @@ impl WalletService {
 
     /// Applies a command; resolves when its events are durable.
     pub async fn submit(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
-        let at = cmd.at.unwrap_or_else(Timestamp::now);
+        let at = cmd.at.unwrap_or_else(|| self.ledger.now());
         if is_expire_all(cmd) {
             return self.expire_all(cmd, at, &mut |_| {}).await;
         }
@@ -194,13 +208,13 @@ impl WalletService {
                 reason: "an expire of every wallet runs member by member; submit it".into(),
             }));
         }
-        let at = cmd.at.unwrap_or_else(Timestamp::now);
+        let at = cmd.at.unwrap_or_else(|| self.ledger.now());
         Ok(Queued(self.ledger.queue_command(job(cmd, at, None)).await?))
     }
 
     /// [`WalletService::submit`] for callers outside an async runtime.
     pub fn submit_blocking(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
-        let at = cmd.at.unwrap_or_else(Timestamp::now);
+        let at = cmd.at.unwrap_or_else(|| self.ledger.now());
         if is_expire_all(cmd) {
             return self.expire_all_blocking(cmd, at, &mut |_| {});
         }

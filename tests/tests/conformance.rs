@@ -1476,12 +1476,17 @@ fn ledger_failed_index_commit_after_a_durable_frame_stops_the_writer(backend: Ba
     let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger on the faulty engine");
     let doomed = doomed_group(&ledger, &faulty, || faulty.fail_next_commit());
     for (id, result) in &doomed {
+        // The frame is durable, so "nothing was written" would be false: the outcome is
+        // reported unknown, to be settled by a retry with the same id (done below).
         match result {
-            Err(AppendError::Storage { reason }) => assert!(
-                reason.contains("injected") && reason.contains("reopen"),
-                "{id}: reason {reason:?}"
+            Err(e @ AppendError::OutcomeUnknown { reason }) => assert!(
+                reason.contains("injected")
+                    && reason.contains("reopen")
+                    && e.to_string().contains("retry with the same command id")
+                    && !e.to_string().contains("nothing was written"),
+                "{id}: {e}"
             ),
-            other => panic!("{id}: expected AppendError::Storage, got {other:?}"),
+            other => panic!("{id}: expected AppendError::OutcomeUnknown, got {other:?}"),
         }
     }
     let mut failed = faulty.failed_batches();

@@ -5,10 +5,18 @@
 //! Tables are redb tables of `&[u8] -> &[u8]`, created on first write. redb locks the file for
 //! its writer (`ConcurrencyMode::ExclusiveWriter`), so a second process gets
 //! [`EngineError::Locked`] instead of corrupting the store.
+//!
+//! redb panics on some damaged files. A panic is caught and reported as corruption, and it
+//! **poisons** the engine: redb's in-memory state (its open transaction, allocator, cache) may
+//! be half-updated, so every later read and write of this handle is refused with an error
+//! saying why, until the store is reopened (which runs redb's repair when it is needed).
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "fault-injection")]
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use redb::{
     Database, DatabaseError, ReadTransaction, ReadableDatabase, StorageError, TableDefinition,
@@ -52,6 +60,11 @@ pub struct RedbEngine {
     /// `Option` only so that `Drop` can close it inside `catch_unwind`.
     db: Option<Database>,
     path: PathBuf,
+    /// What redb panicked on, once it has: every later operation is refused (module doc).
+    poisoned: OnceLock<String>,
+    /// Test-only: panic inside the next write transaction ([`RedbEngine::panic_in_next_commit`]).
+    #[cfg(feature = "fault-injection")]
+    panic_next_commit: AtomicBool,
 }
 
 impl Drop for RedbEngine {
@@ -155,10 +168,48 @@ impl RedbEngine {
                 })
             }
         };
-        Ok(RedbEngine {
+        Ok(RedbEngine::with_database(db, path))
+    }
+
+    fn with_database(db: Database, path: &Path) -> RedbEngine {
+        RedbEngine {
             db: Some(db),
             path: path.to_path_buf(),
-        })
+            poisoned: OnceLock::new(),
+            #[cfg(feature = "fault-injection")]
+            panic_next_commit: AtomicBool::new(false),
+        }
+    }
+
+    /// Test-only: the next commit panics inside its redb write transaction, as redb does on
+    /// some damaged files, so that tests can prove the engine is poisoned afterwards.
+    #[cfg(feature = "fault-injection")]
+    pub fn panic_in_next_commit(&self) {
+        self.panic_next_commit.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses every operation once redb has panicked (see the module doc).
+    fn check_poisoned(&self) -> Result<(), EngineError> {
+        match self.poisoned.get() {
+            None => Ok(()),
+            Some(why) => Err(EngineError::Corrupted {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "redb panicked earlier ({why}); this handle refuses every read and write until the store is reopened"
+                ),
+            }),
+        }
+    }
+
+    /// Records that redb panicked during `what` and returns the error for it.
+    fn poison(&self, what: String) -> EngineError {
+        let _ = self.poisoned.set(what.clone());
+        EngineError::Corrupted {
+            path: self.path.display().to_string(),
+            reason: format!(
+                "{what}; every later read and write of this handle is refused until the store is reopened"
+            ),
+        }
     }
 
     fn db(&self) -> &Database {
@@ -182,6 +233,12 @@ impl RedbEngine {
             .db()
             .begin_write()
             .map_err(|e| self.storage_error("begin write", e))?;
+        #[cfg(feature = "fault-injection")]
+        if self.panic_next_commit.swap(false, Ordering::SeqCst) {
+            panic!(
+                "injected panic inside a redb write transaction (RedbEngine::panic_in_next_commit)"
+            );
+        }
         match durability {
             Durability::Synced => txn.set_quick_repair(true),
             Durability::Unsynced => txn
@@ -238,6 +295,7 @@ impl Engine for RedbEngine {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        self.check_poisoned()?;
         let txn = self
             .db()
             .begin_read()
@@ -246,6 +304,7 @@ impl Engine for RedbEngine {
     }
 
     fn create_rollback_point(&self) -> Result<Option<u64>, EngineError> {
+        self.check_poisoned()?;
         let txn = self
             .db()
             .begin_write()
@@ -258,6 +317,7 @@ impl Engine for RedbEngine {
     }
 
     fn rollback_to(&self, id: u64) -> Result<(), EngineError> {
+        self.check_poisoned()?;
         let mut txn = self
             .db()
             .begin_write()
@@ -273,6 +333,7 @@ impl Engine for RedbEngine {
     }
 
     fn release_rollback_point(&self, id: u64) -> Result<(), EngineError> {
+        self.check_poisoned()?;
         let txn = self
             .db()
             .begin_write()
@@ -283,6 +344,7 @@ impl Engine for RedbEngine {
     }
 
     fn rollback_points(&self) -> Result<Vec<u64>, EngineError> {
+        self.check_poisoned()?;
         let txn = self
             .db()
             .begin_write()
@@ -300,15 +362,14 @@ impl Engine for RedbEngine {
     }
 
     fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
-        // A damaged file can make redb panic mid-transaction; report it as corruption instead.
+        self.check_poisoned()?;
+        // A damaged file can make redb panic mid-transaction; report it as corruption instead,
+        // and poison the engine: redb's state after the panic is not to be trusted.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.apply(batch, durability)
         })) {
             Ok(result) => result,
-            Err(_) => Err(EngineError::Corrupted {
-                path: self.path.display().to_string(),
-                reason: "redb panicked while committing".into(),
-            }),
+            Err(_) => Err(self.poison("redb panicked while committing".into())),
         }
     }
 }
@@ -326,6 +387,7 @@ impl RedbSnapshot<'_> {
         empty: T,
         f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StorageError>,
     ) -> Result<T, EngineError> {
+        self.engine.check_poisoned()?;
         let run = || match self.txn.open_table(table(name)) {
             Ok(t) => f(&t).map_err(|e| self.engine.storage_error(operation, e)),
             Err(TableError::TableDoesNotExist(_)) => Ok(empty),
@@ -333,10 +395,9 @@ impl RedbSnapshot<'_> {
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(result) => result,
-            Err(_) => Err(EngineError::Corrupted {
-                path: self.engine.path.display().to_string(),
-                reason: format!("redb panicked during {operation} on table {name}"),
-            }),
+            Err(_) => Err(self
+                .engine
+                .poison(format!("redb panicked during {operation} on table {name}"))),
         }
     }
 }

@@ -618,7 +618,7 @@ fn store_pass(
     let report = verify(&*snap, progress)?;
     // The hash the index-backed pass recomputed at `watch` (it passed that position).
     let watched = match watch {
-        Some(p) if p.0 > 0 && report.failure.as_ref().map_or(true, |f| f.position > p.0) => {
+        Some(p) if p.0 > 0 && report.failure.as_ref().is_none_or(|f| f.position > p.0) => {
             log::read_event(&*snap, p)?.map(|r| r.hash)
         }
         _ => None,

@@ -120,7 +120,7 @@ pub fn verify_cmd(
     bar.finish_and_clear();
     let anchor_ok = anchored
         .as_ref()
-        .map_or(true, |(_, outcome)| *outcome == AnchorOutcome::Holds);
+        .is_none_or(|(_, outcome)| *outcome == AnchorOutcome::Holds);
     if json {
         let failure = report
             .failure

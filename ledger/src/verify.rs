@@ -641,10 +641,7 @@ fn store_pass(
         return Ok((
             fail(format!(
                 "the segment files end at {} ({}), the index at {} ({})",
-                segments.head.position,
-                segments.head.hash,
-                report.head.position,
-                report.head.hash
+                segments.head.position, segments.head.hash, report.head.position, report.head.hash
             )),
             watched,
         ));
@@ -654,7 +651,10 @@ fn store_pass(
         for (key, value) in &chunk? {
             let Some(entry) = log::CommandEntry::decode(value) else {
                 let id = String::from_utf8_lossy(key);
-                return Ok((fail(format!("command index entry of {id} is damaged")), watched));
+                return Ok((
+                    fail(format!("command index entry of {id} is damaged")),
+                    watched,
+                ));
             };
             add_fingerprinted_command(&mut indexed, key, &entry);
         }

@@ -66,9 +66,8 @@ pub fn run(dir: &Path, format: Format, out: &mut dyn Write) -> anyhow::Result<Ou
         LogSource::Segments => from_segments(dir)?,
     };
     let anchor = Anchor::from(info.head);
-    let time = |f: fn(&EventRecord) -> ledger::Timestamp| {
-        info.last.as_ref().map(|r| f(r).to_rfc3339())
-    };
+    let time =
+        |f: fn(&EventRecord) -> ledger::Timestamp| info.last.as_ref().map(|r| f(r).to_rfc3339());
     match format {
         Format::Anchor => writeln!(out, "{anchor}")?,
         Format::Json => writeln!(
@@ -104,7 +103,10 @@ pub fn run(dir: &Path, format: Format, out: &mut dyn Write) -> anyhow::Result<Ou
                 info.frames, info.segments, info.read_from
             )?;
             writeln!(out, "anchor {anchor}")?;
-            writeln!(out, "check it later with: migrate-tool verify --since {anchor}")?;
+            writeln!(
+                out,
+                "check it later with: migrate-tool verify --since {anchor}"
+            )?;
         }
     }
     Ok(Outcome::Ok)
@@ -117,7 +119,12 @@ fn from_index(engine: &ledger::Store) -> anyhow::Result<HeadInfo> {
     if last.is_some() {
         let bytes = snap
             .get(tables::EVENTS, &log::event_key(head.position))?
-            .with_context(|| format!("the last event, at position {}, cannot be read back", head.position))?;
+            .with_context(|| {
+                format!(
+                    "the last event, at position {}, cannot be read back",
+                    head.position
+                )
+            })?;
         check_own_hash(&bytes, head)?;
     }
     let mut frames = 0u64;
@@ -170,8 +177,12 @@ fn from_segments(dir: &Path) -> anyhow::Result<HeadInfo> {
 /// The record's hash must recompute from its bytes and its previous hash: a published anchor
 /// is never a hash the record itself does not carry.
 fn check_own_hash(bytes: &[u8], head: Head) -> anyhow::Result<()> {
-    let record = EventRecord::view(bytes)
-        .with_context(|| format!("the last event, at position {}, does not parse", head.position))?;
+    let record = EventRecord::view(bytes).with_context(|| {
+        format!(
+            "the last event, at position {}, does not parse",
+            head.position
+        )
+    })?;
     let recomputed: Hash = EventRecord::stored_hash(bytes, &record.prev_hash);
     if recomputed != head.hash {
         bail!(

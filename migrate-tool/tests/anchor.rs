@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use ledger::segments::{segment_name, FrameReader, Location, FRAME_HEADER_BYTES, SEGMENTS_DIR};
 use ledger::store::{Checkpoint, META_LOG_CHECKPOINT};
-use ledger::{
-    Backend, Create, Hash, Head, LedgerOptions, Position, StoreOptions, WriteBatch,
-};
+use ledger::{Backend, Create, Hash, Head, LedgerOptions, Position, StoreOptions, WriteBatch};
 use projections::{ProjectionHook, WalletService};
 use serde_json::Value;
 
@@ -127,10 +125,17 @@ fn head_is_an_anchor_that_verify_since_accepts_while_the_log_grows_and_beside_a_
     let doc = json(&r);
     assert_eq!(doc["read_from"], "segments", "{doc}");
     assert_eq!(doc["position"].as_u64(), Some(writer_head.position.0));
-    assert_eq!(doc["hash"].as_str(), Some(writer_head.hash.to_hex().as_str()));
+    assert_eq!(
+        doc["hash"].as_str(),
+        Some(writer_head.hash.to_hex().as_str())
+    );
     let r = run(&store, &["verify", "--since", &anchor]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("ok: the log extends the anchor"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ok: the log extends the anchor"),
+        "{}",
+        r.stdout
+    );
     drop(service);
 }
 
@@ -158,13 +163,21 @@ fn a_tail_cut_with_its_index_entries_passes_verify_but_fails_verify_since() {
     let doc = assert_verify_passes(&store, "the cut store");
     assert_eq!(doc["head"].as_u64(), Some(old_position));
     let r = run(&store, &["check"]);
-    assert_eq!(r.code, 0, "check alone passes on the cut store: {}", r.stdout);
+    assert_eq!(
+        r.code, 0,
+        "check alone passes on the cut store: {}",
+        r.stdout
+    );
 
     let r = run(&store, &["verify", "--json", "--since", &anchor]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let doc = json(&r);
     assert_eq!(doc["ok"], false, "{doc}");
-    assert_eq!(doc["failure"], Value::Null, "the log itself verifies: {doc}");
+    assert_eq!(
+        doc["failure"],
+        Value::Null,
+        "the log itself verifies: {doc}"
+    );
     assert_eq!(doc["anchor"]["outcome"], "truncated", "{doc}");
     let message = doc["anchor"]["message"].as_str().unwrap();
     for needle in [
@@ -318,17 +331,41 @@ fn an_event_rewritten_and_rechained_to_the_head_passes_verify_but_fails_verify_s
     demo_store(&store);
     let (position, hash, anchor) = head(&store);
     let target = position / 2;
-    let before = run(&store, &["log", "--json", "--from", &(target - 1).to_string(), "--limit", "1"]);
-    let before_hash = json(&before)["events"][0]["hash"].as_str().unwrap().to_owned();
+    let before = run(
+        &store,
+        &[
+            "log",
+            "--json",
+            "--from",
+            &(target - 1).to_string(),
+            "--limit",
+            "1",
+        ],
+    );
+    let before_hash = json(&before)["events"][0]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let new_head = rewrite_and_rechain(&store, target);
     assert_eq!(new_head.position.0, position);
-    assert_ne!(new_head.hash.to_hex(), hash, "the rewrite changed the head hash");
+    assert_ne!(
+        new_head.hash.to_hex(),
+        hash,
+        "the rewrite changed the head hash"
+    );
     set_checkpoint_hash(&store, new_head.hash);
     let doc = assert_verify_passes(&store, "the rewritten store");
-    assert_eq!(doc["head_hash"].as_str(), Some(new_head.hash.to_hex().as_str()));
+    assert_eq!(
+        doc["head_hash"].as_str(),
+        Some(new_head.hash.to_hex().as_str())
+    );
     let r = run(&store, &["check"]);
-    assert_eq!(r.code, 0, "check alone passes on the rewritten store: {}", r.stdout);
+    assert_eq!(
+        r.code, 0,
+        "check alone passes on the rewritten store: {}",
+        r.stdout
+    );
 
     let r = run(&store, &["verify", "--json", "--since", &anchor]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
@@ -337,15 +374,24 @@ fn an_event_rewritten_and_rechained_to_the_head_passes_verify_but_fails_verify_s
     let found = new_head.hash.to_hex();
     assert_eq!(doc["anchor"]["found_hash"].as_str(), Some(found.as_str()));
     let message = doc["anchor"]["message"].as_str().unwrap();
-    let needle = format!("the event at position {position} has hash {found}, the anchor says {hash}");
+    let needle =
+        format!("the event at position {position} has hash {found}, the anchor says {hash}");
     assert!(message.contains(&needle), "{needle:?} not in {message}");
     let r = run(&store, &["verify", "--since", &anchor]);
     assert_eq!(r.code, 1);
-    assert!(r.stdout.contains(&format!("ANCHOR FAILED: {needle}")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("ANCHOR FAILED: {needle}")),
+        "{}",
+        r.stdout
+    );
 
     let earlier = format!("{}:{before_hash}", target - 1);
     let r = run(&store, &["verify", "--since", &earlier]);
-    assert_eq!(r.code, 0, "an anchor before the rewrite holds: {}", r.stdout);
+    assert_eq!(
+        r.code, 0,
+        "an anchor before the rewrite holds: {}",
+        r.stdout
+    );
 }
 
 // Proves the index checkpoint is covered by `verify`: the same rewrite and re-chain, but the
@@ -423,8 +469,12 @@ fn multi_segment_store(dir: &Path) {
     let service = WalletService::with_engine(engine, Vec::new()).expect("start the service");
     for i in 0..200 {
         for line in [
-            format!(r#"{{"id":"o{i}","type":"open_wallet","member":"m{i}","at":"2019-08-01T10:00:00Z"}}"#),
-            format!(r#"{{"id":"t{i}","type":"top_up","member":"m{i}","amount":500,"at":"2019-08-01T11:00:00Z"}}"#),
+            format!(
+                r#"{{"id":"o{i}","type":"open_wallet","member":"m{i}","at":"2019-08-01T10:00:00Z"}}"#
+            ),
+            format!(
+                r#"{{"id":"t{i}","type":"top_up","member":"m{i}","amount":500,"at":"2019-08-01T11:00:00Z"}}"#
+            ),
         ] {
             let cmd = ledger::domain::Command::parse_json_line(&line).expect("a valid command");
             service.submit_blocking(&cmd).expect("accepted");
@@ -472,19 +522,39 @@ fn bad_anchors_and_missing_stores_are_usage_errors() {
     for (anchor, needle) in [
         ("12", "is not POSITION:HASH".to_owned()),
         ("x:00", "the position `x` is not a whole number".to_owned()),
-        ("-1:00", "the position `-1` is not a whole number".to_owned()),
-        ("5:abc", "the hash must be 64 hex digits (32 bytes), found `abc`".to_owned()),
-        (&format!("5:{}g", &ones[1..]), "the hash must be 64 hex digits".to_owned()),
-        (&format!("0:{ones}"), "position 0 is the empty log, whose hash is 64 zeros".to_owned()),
+        (
+            "-1:00",
+            "the position `-1` is not a whole number".to_owned(),
+        ),
+        (
+            "5:abc",
+            "the hash must be 64 hex digits (32 bytes), found `abc`".to_owned(),
+        ),
+        (
+            &format!("5:{}g", &ones[1..]),
+            "the hash must be 64 hex digits".to_owned(),
+        ),
+        (
+            &format!("0:{ones}"),
+            "position 0 is the empty log, whose hash is 64 zeros".to_owned(),
+        ),
     ] {
         let r = run(&store, &["verify", &format!("--since={anchor}")]);
         assert_eq!(r.code, 2, "{anchor}: {}{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("--since"), "{anchor}: {}", r.stderr);
-        assert!(r.stderr.contains(&needle), "{anchor}: {needle:?} not in {}", r.stderr);
+        assert!(
+            r.stderr.contains(&needle),
+            "{anchor}: {needle:?} not in {}",
+            r.stderr
+        );
         assert!(r.stdout.is_empty(), "{anchor}: {}", r.stdout);
     }
     let r = run(&store, &["verify", "--since", &format!("0:{zeros}")]);
-    assert_eq!(r.code, 0, "the empty log's anchor holds for every log: {}", r.stdout);
+    assert_eq!(
+        r.code, 0,
+        "the empty log's anchor holds for every log: {}",
+        r.stdout
+    );
 
     let missing = tmp.path().join("missing");
     let r = run(&missing, &["head"]);

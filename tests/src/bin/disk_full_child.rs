@@ -162,7 +162,13 @@ fn submit(service: &WalletService, c: u64, k: u64, blobs: bool) -> (String, Resu
     }
     let cmd = command(c, k);
     let id = cmd.id.as_str().to_owned();
-    (id, service.submit_blocking(&cmd).map(|_| ()).map_err(|e| e.to_string()))
+    (
+        id,
+        service
+            .submit_blocking(&cmd)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    )
 }
 
 fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> serde_json::Value {
@@ -223,6 +229,10 @@ fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> ser
     }
     let mut acked = std::mem::take(&mut *acked.lock().expect("acked list"));
     let errors = std::mem::take(&mut *errors.lock().expect("error list"));
+    // While still full: what the first segment file holds (a failed zero-fill step must not
+    // keep the bytes it did write).
+    let first_segment_bytes =
+        std::fs::metadata(store.join("segments/0000000001.seg")).map_or(0, |m| m.len());
 
     // Space freed while the same service runs: a log that only failed to zero-fill goes on; a
     // writer stopped by a failed index commit refuses until the store is reopened.
@@ -249,7 +259,8 @@ fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> ser
     };
 
     std::fs::remove_file(&filler).expect("remove the filler");
-    let (reopened, present, missing, new_writes, verify, check) = match open(&store, segment_bytes) {
+    let (reopened, present, missing, new_writes, verify, check) = match open(&store, segment_bytes)
+    {
         Err(e) => (Some(e), 0, Vec::new(), Vec::new(), json!(null), json!(null)),
         Ok(service) => after_space_freed(&service, &acked),
     };
@@ -258,6 +269,7 @@ fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> ser
         "acked": acked.len(),
         "errors": errors,
         "same_service_after_free_errors": same_service_errors,
+        "first_segment_bytes": first_segment_bytes,
         "reopen_while_full_error": reopen_while_full,
         "reopen_error": reopened,
         "acked_present": present,
@@ -309,7 +321,8 @@ fn after_space_freed(service: &WalletService, acked: &[String]) -> AfterSpace {
             "failure": r.failure.map(|f| format!("{}: {}", f.position, f.reason))}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     };
-    let check = match projections::check_engine(&**engine, &*snap, &projections::check::no_progress) {
+    let check = match projections::check_engine(&**engine, &*snap, &projections::check::no_progress)
+    {
         Ok(r) => json!({"ok": r.ok(), "failed": r.invariants.iter().filter(|i| !i.ok)
             .map(|i| format!("{}: {:?}", i.name, i.details)).collect::<Vec<_>>()}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),

@@ -820,7 +820,8 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
     let durability = checkpoints.next(plan.frame.events());
     if let Err(e) = engine.commit_index(batch, durability) {
         let reason = format!(
-                "the index commit after a durable frame failed ({e}); the events are in the log and a reopen indexes them"
+                "the index commit of store {} after a durable frame failed ({e}); the events are in the log and a reopen indexes them",
+                engine.dir().display()
             );
         engine.log().stop(reason.clone());
         return Written::Stop(

@@ -471,6 +471,7 @@ impl Filler {
                     st = self.changed.wait(st).expect("filler lock");
                 }
             };
+            let before_bytes = segment.file.len();
             let result =
                 zero_fill(&*segment.file, from, len).and_then(|()| segment.file.sync_all());
             let mut st = self.state.lock().expect("filler lock");
@@ -479,7 +480,16 @@ impl Filler {
             if same {
                 match result {
                     Ok(()) => st.allocated = from + len,
-                    Err(e) => st.error = Some(LogError::io("zero-fill", &segment.path, &e)),
+                    Err(e) => {
+                        // Give back what the failed step did allocate (a full disk must not
+                        // keep the space the index needs in zeros nobody will use): the file's
+                        // length before the step, at or past `from`, below which the writer
+                        // writes, so no frame byte is cut.
+                        if let Ok(before_bytes) = before_bytes {
+                            let _ = segment.file.set_len(before_bytes.max(from));
+                        }
+                        st.error = Some(LogError::io("zero-fill", &segment.path, &e));
+                    }
                 }
             }
             self.changed.notify_all();

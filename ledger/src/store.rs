@@ -553,6 +553,10 @@ impl Store {
         })?;
         store.recover(hooks).map_err(|e| match e {
             Recovery::Log(e) => log_open_error(&path, e),
+            Recovery::Io(reason) => OpenError::Io {
+                path: path.clone(),
+                reason,
+            },
             Recovery::Other(reason) => OpenError::Damaged {
                 path: path.clone(),
                 reason,
@@ -605,7 +609,7 @@ impl Store {
         }
         self.index
             .commit_with(WriteBatch::new(), Durability::Synced)
-            .map_err(Recovery::other)
+            .map_err(Recovery::commit)
     }
 
     /// The index file, for messages.
@@ -706,17 +710,29 @@ impl Store {
         index_frame(&mut batch, place, &commands, &records, at);
         self.index
             .commit_with(batch, Durability::Unsynced)
-            .map_err(Recovery::other)?;
+            .map_err(Recovery::commit)?;
         Ok(at)
     }
 }
 
 enum Recovery {
     Log(LogError),
+    /// The index could not be written (a full disk, an I/O error): the store is not damaged.
+    Io(String),
     Other(String),
 }
 
 impl Recovery {
+    /// A failed index commit: an I/O failure (e.g. no space left) is not damage.
+    fn commit(e: EngineError) -> Recovery {
+        match e {
+            EngineError::Io { .. } => Recovery::Io(format!(
+                "cannot write the index while replaying the log past its checkpoint: {e}"
+            )),
+            other => Recovery::other(other),
+        }
+    }
+
     fn other(e: impl std::fmt::Display) -> Recovery {
         Recovery::Other(format!(
             "cannot replay the log past the index checkpoint: {e}"

@@ -35,15 +35,37 @@
 //! Accepted: it is what proves versions without the stream index; a command id reused in two
 //! different frames is not caught here (that needs a set of every id: the index-backed
 //! [`verify`] catches it).
+//!
+//! # The whole store: log, frames, index and checkpoint
+//! [`verify_store`] is what `migrate-tool verify` runs on a store it can open: [`verify`] (the
+//! log through the index, and both indexes against it, and the index checkpoint against the
+//! head it recomputed), then [`verify_segments`] over the same files (every frame's checksum,
+//! which the index-backed read does not need to check, and each frame's commands against its
+//! events), and last the command index against the frames' commands sections, fingerprints
+//! included (a multiset sum of (id, first position, count, fingerprint) each side). Two reads
+//! of the log: what it costs to cover the bytes the hash chain does not (the commands
+//! sections). `docs/format.md` has the table of what is covered by what.
+//!
+//! # Anchors: proving the log still extends a published head
+//! A head published elsewhere ([`Anchor`], `migrate-tool head`) pins the whole prefix: the hash
+//! at a position commits to every event before it. [`verify_store_since`] and
+//! [`verify_segments_since`] verify the whole log from position 1 (so the hash at the anchor's
+//! position is recomputed, not read) and then compare ([`AnchorOutcome`]): a log that now ends
+//! before the anchor was truncated, even when its tail was cut together with its index entries
+//! (a consistent older copy verifies on its own); a different hash at the anchor's position
+//! means a rewrite at or before it, even when every later event was re-chained.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use crate::engine::{Snapshot, TableChunks};
 use crate::log::{self, tables, ReadError};
 use crate::multiset::Sum256;
 use crate::record::{EventRecord, RecordView};
 use crate::segments::{Frame, FrameReader, LogError, SEGMENTS_DIR};
+use crate::store::{Checkpoint, Store, META_LOG_CHECKPOINT};
 use crate::types::{Hash, Head, Position, StreamVersion};
 
 /// Events read per scan call.
@@ -275,7 +297,11 @@ pub fn verify(
     };
     sums.close_command();
     let head = report.head.position;
-    match check_indexes(snap, head, &sums)? {
+    let indexes = match check_indexes(snap, head, &sums)? {
+        Ok(()) => check_checkpoint(snap, report.head)?,
+        Err(reason) => Err(reason),
+    };
+    match indexes {
         Ok(()) => Ok(report),
         Err(reason) => {
             let (precise, _) = run_pass(snap, &mut |_| {}, None)?;
@@ -311,6 +337,23 @@ pub fn verify_precise(
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, ReadError> {
     Ok(run_pass(snap, progress, None)?.0)
+}
+
+/// The index checkpoint (format 2; a format-1 index has none) must name the head the pass
+/// recomputed, hash included: the writer chains its next event to the checkpoint's hash, and
+/// recovery replays from it, so a checkpoint that disagrees with the log would fork the chain.
+fn check_checkpoint(snap: &dyn Snapshot, head: Head) -> Result<Result<(), String>, ReadError> {
+    if snap.get(tables::META, META_LOG_CHECKPOINT)?.is_none() {
+        return Ok(Ok(()));
+    }
+    let checkpoint = Checkpoint::read(snap)?;
+    if checkpoint.head != head {
+        return Ok(Err(format!(
+            "the index checkpoint names head {} ({}), but the log's head recomputes as {} ({})",
+            checkpoint.head.position, checkpoint.head.hash, head.position, head.hash
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Reads both indexes sequentially: per-stream version runs, and the multiset sums.
@@ -496,27 +539,291 @@ pub fn verify_segments(
     store_dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, ReadError> {
+    Ok(segment_pass(store_dir, None, progress)?.0)
+}
+
+/// [`verify_segments`], then the anchor: see the module doc, "Anchors".
+pub fn verify_segments_since(
+    store_dir: &Path,
+    anchor: &Anchor,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(VerifyReport, AnchorOutcome), ReadError> {
+    let (report, pass) = segment_pass(store_dir, Some(anchor.position), progress)?;
+    let outcome = anchor.outcome(&report, || Ok(pass.watched));
+    Ok((report, outcome?))
+}
+
+/// Reads every frame of the store in `store_dir`; `watch`: the position whose recomputed hash
+/// the returned pass keeps (in `watched`).
+fn segment_pass(
+    store_dir: &Path,
+    watch: Option<Position>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(VerifyReport, SegmentPass), ReadError> {
     let frames = FrameReader::open(&store_dir.join(SEGMENTS_DIR))?;
     let mut pass = SegmentPass {
         expected: Position(1),
         prev_hash: Hash::GENESIS,
         prev_event_id: None,
         versions: HashMap::new(),
+        commands: Sum256::default(),
+        watch,
+        watched: None,
     };
     for frame in frames {
         let frame = match frame {
             Ok(frame) => frame,
             // Damage where the log must be whole: a failure at the next position, as the
             // index-backed pass reports a bad record.
-            Err(e @ LogError::Damaged { .. }) => return Ok(pass.report(Some(e.to_string()))),
+            Err(e @ LogError::Damaged { .. }) => {
+                return Ok((pass.report(Some(e.to_string())), pass))
+            }
             Err(e) => return Err(e.into()),
         };
         if let Err(reason) = pass.frame(&frame) {
-            return Ok(pass.report(Some(reason)));
+            return Ok((pass.report(Some(reason)), pass));
         }
         progress(pass.expected.0 - 1);
     }
-    Ok(pass.report(None))
+    Ok((pass.report(None), pass))
+}
+
+/// Verifies a store the caller has open (no writer elsewhere): the log through the index, then
+/// the segment files, then the command index against the frames (see the module doc, "The
+/// whole store"). The first failure is reported.
+pub fn verify_store(
+    store: &Store,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
+    Ok(store_pass(store, None, progress)?.0)
+}
+
+/// [`verify_store`], then the anchor: see the module doc, "Anchors".
+pub fn verify_store_since(
+    store: &Store,
+    anchor: &Anchor,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(VerifyReport, AnchorOutcome), ReadError> {
+    let (report, watched) = store_pass(store, Some(anchor.position), progress)?;
+    let outcome = anchor.outcome(&report, || Ok(watched));
+    Ok((report, outcome?))
+}
+
+fn store_pass(
+    store: &Store,
+    watch: Option<Position>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(VerifyReport, Option<Hash>), ReadError> {
+    let snap = store.snapshot()?;
+    let report = verify(&*snap, progress)?;
+    // The hash the index-backed pass recomputed at `watch` (it passed that position).
+    let watched = match watch {
+        Some(p) if p.0 > 0 && report.failure.as_ref().is_none_or(|f| f.position > p.0) => {
+            log::read_event(&*snap, p)?.map(|r| r.hash)
+        }
+        _ => None,
+    };
+    if report.failure.is_some() {
+        return Ok((report, watched));
+    }
+    let (segments, pass) = segment_pass(store.dir(), None, progress)?;
+    if segments.failure.is_some() {
+        return Ok((segments, watched));
+    }
+    let fail = |reason: String| VerifyReport {
+        failure: Some(VerifyFailure {
+            position: report.head.position.0 + 1,
+            reason,
+        }),
+        ..report.clone()
+    };
+    if segments.head != report.head {
+        return Ok((
+            fail(format!(
+                "the segment files end at {} ({}), the index at {} ({})",
+                segments.head.position, segments.head.hash, report.head.position, report.head.hash
+            )),
+            watched,
+        ));
+    }
+    let mut indexed = Sum256::default();
+    for chunk in TableChunks::new(&*snap, tables::COMMANDS, CHUNK_EVENTS) {
+        for (key, value) in &chunk? {
+            let Some(entry) = log::CommandEntry::decode(value) else {
+                let id = String::from_utf8_lossy(key);
+                return Ok((
+                    fail(format!("command index entry of {id} is damaged")),
+                    watched,
+                ));
+            };
+            add_fingerprinted_command(&mut indexed, key, &entry);
+        }
+    }
+    if indexed != pass.commands {
+        return Ok((
+            fail("the command index does not hold exactly the commands the frames record (id, first position, event count, fingerprint): an entry or a fingerprint was changed".into()),
+            watched,
+        ));
+    }
+    Ok((report, watched))
+}
+
+fn add_fingerprinted_command(sum: &mut Sum256, id: &[u8], entry: &log::CommandEntry) {
+    sum.add_item(&[
+        id,
+        &entry.first_position.0.to_le_bytes(),
+        &entry.count.to_le_bytes(),
+        &entry.fingerprint,
+    ]);
+}
+
+/// A head published elsewhere (`migrate-tool head`): a position and the hash of the event
+/// there (position 0 and the zero hash: the empty log). Written and parsed as `POSITION:HASH`,
+/// the hash in 64 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The anchored position.
+    pub position: Position,
+    /// The hash of the event at it.
+    pub hash: Hash,
+}
+
+/// Why an anchor argument does not parse. Each names the input and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnchorError {
+    /// No `:` between the two parts.
+    #[error("anchor `{input}` is not POSITION:HASH (as `migrate-tool head` prints it)")]
+    Shape { input: String },
+    /// The position is not a whole number.
+    #[error("anchor `{input}`: the position `{position}` is not a whole number")]
+    Position { input: String, position: String },
+    /// The hash is not 64 hex digits.
+    #[error("anchor `{input}`: the hash must be 64 hex digits (32 bytes), found `{hash}`")]
+    Hash { input: String, hash: String },
+    /// Position 0 is the empty log, whose hash is all zeros.
+    #[error("anchor `{input}`: position 0 is the empty log, whose hash is 64 zeros")]
+    Genesis { input: String },
+}
+
+impl FromStr for Anchor {
+    type Err = AnchorError;
+
+    fn from_str(input: &str) -> Result<Anchor, AnchorError> {
+        let (position, hash) = input.split_once(':').ok_or_else(|| AnchorError::Shape {
+            input: input.to_owned(),
+        })?;
+        let position = match position.parse::<u64>() {
+            Ok(p) if position.bytes().all(|b| b.is_ascii_digit()) => Position(p),
+            _ => {
+                return Err(AnchorError::Position {
+                    input: input.to_owned(),
+                    position: position.to_owned(),
+                })
+            }
+        };
+        let bad_hash = || AnchorError::Hash {
+            input: input.to_owned(),
+            hash: hash.to_owned(),
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad_hash());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).map_err(|_| bad_hash())?;
+        }
+        let hash = Hash(bytes);
+        if position.0 == 0 && hash != Hash::GENESIS {
+            return Err(AnchorError::Genesis {
+                input: input.to_owned(),
+            });
+        }
+        Ok(Anchor { position, hash })
+    }
+}
+
+impl fmt::Display for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.position, self.hash)
+    }
+}
+
+impl From<Head> for Anchor {
+    fn from(head: Head) -> Anchor {
+        Anchor {
+            position: head.position,
+            hash: head.hash,
+        }
+    }
+}
+
+/// What a verification found at an anchor's position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnchorOutcome {
+    /// The event there has the anchor's hash, recomputed from position 1.
+    Holds,
+    /// The log verifies but ends before the anchor's position: it was truncated, or replaced
+    /// by an older copy (or it is another store).
+    Truncated { head: Head },
+    /// The event there has another hash: the log was rewritten at or before that position.
+    Rewritten { found: Hash },
+    /// Verification failed at or before the anchor's position, so nothing is proven about it
+    /// (the report's failure says where and why).
+    Unreached,
+}
+
+impl Anchor {
+    /// Compares the anchor with a finished verification; `hash_at` gives the recomputed hash at
+    /// the anchor's position (asked only when the report verified past it).
+    fn outcome(
+        &self,
+        report: &VerifyReport,
+        hash_at: impl FnOnce() -> Result<Option<Hash>, ReadError>,
+    ) -> Result<AnchorOutcome, ReadError> {
+        if report
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.position <= self.position.0)
+        {
+            return Ok(AnchorOutcome::Unreached);
+        }
+        if report.head.position < self.position {
+            return Ok(AnchorOutcome::Truncated { head: report.head });
+        }
+        let found = match self.position.0 {
+            0 => Hash::GENESIS,
+            _ => match hash_at()? {
+                Some(hash) => hash,
+                // The pass went past the position, so the event is there; reading it back
+                // found nothing: the log changed under the reader.
+                None => return Ok(AnchorOutcome::Truncated { head: report.head }),
+            },
+        };
+        Ok(if found == self.hash {
+            AnchorOutcome::Holds
+        } else {
+            AnchorOutcome::Rewritten { found }
+        })
+    }
+
+    /// One line naming the position and both hashes, or `None` when the anchor holds.
+    pub fn describe(&self, outcome: &AnchorOutcome) -> Option<String> {
+        let (p, h) = (self.position, self.hash);
+        match outcome {
+            AnchorOutcome::Holds => None,
+            AnchorOutcome::Truncated { head } => Some(format!(
+                "the log ends at position {} (hash {}) before the anchor's position {p} (anchor hash {h}): it was truncated or replaced by an older copy",
+                head.position, head.hash
+            )),
+            AnchorOutcome::Rewritten { found } => Some(format!(
+                "the event at position {p} has hash {found}, the anchor says {h}: the log was rewritten at or before position {p}"
+            )),
+            AnchorOutcome::Unreached => Some(format!(
+                "the anchor {p}:{h} could not be checked: the log does not verify up to position {p}"
+            )),
+        }
+    }
 }
 
 /// The state of [`verify_segments`] between frames.
@@ -527,6 +834,11 @@ struct SegmentPass {
     prev_event_id: Option<uuid::Uuid>,
     /// Last version seen of every stream (O(streams) memory, see the module doc).
     versions: HashMap<String, u64>,
+    /// Multiset sum of every frame's command entries, fingerprints included.
+    commands: Sum256,
+    /// The position whose recomputed hash is kept in `watched` (an anchor's).
+    watch: Option<Position>,
+    watched: Option<Hash>,
 }
 
 impl SegmentPass {
@@ -564,6 +876,7 @@ impl SegmentPass {
         let mut spans = Vec::with_capacity(commands.len());
         let mut cursor = first;
         for (id, entry) in &commands {
+            add_fingerprinted_command(&mut self.commands, id.as_bytes(), entry);
             if entry.first_position.0 != cursor {
                 return Err(format!(
                     "the frame at {at} records command {id} at position {}, but its events would start at {cursor}",
@@ -640,6 +953,9 @@ impl SegmentPass {
                 self.versions
                     .insert(record.stream.to_owned(), record.version.0);
             }
+        }
+        if self.watch == Some(p) {
+            self.watched = Some(record.hash);
         }
         self.prev_hash = record.hash;
         self.prev_event_id = Some(record.event_id);

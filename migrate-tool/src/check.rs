@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
+use ledger::verify::{self, Anchor, AnchorOutcome};
 use projections::check::{CheckReport, Progress};
 use serde_json::json;
 
@@ -91,31 +92,50 @@ pub fn check_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<
     Ok(Outcome::from_ok(report.ok()))
 }
 
-/// `verify [--json]`: with the index when the store is free, else the segments alone (a writer
-/// holds the store; see `store::open_for_log_read`). Same output either way.
-pub fn verify_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+/// `verify [--json] [--since POS:HASH]`: with the index when the store is free (the log, the
+/// indexes, every frame and the command fingerprints: `ledger::verify::verify_store`), else the
+/// segments alone (a writer holds the store; see `store::open_for_log_read`). Same output
+/// either way. With an anchor, exit 1 also when the log no longer extends it.
+pub fn verify_cmd(
+    dir: &Path,
+    json: bool,
+    since: Option<&Anchor>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Outcome> {
     let source = store::open_for_log_read(dir)?;
     let bar = output::progress(None, "verify: events");
-    let report = match source {
-        LogSource::Store(engine) => {
-            let snap = engine.snapshot()?;
-            ledger::verify::verify(&*snap, &mut |n| bar.set_position(n))?
+    let mut progress = |n| bar.set_position(n);
+    let (report, anchored) = match (source, since) {
+        (LogSource::Store(engine), None) => (verify::verify_store(&engine, &mut progress)?, None),
+        (LogSource::Store(engine), Some(anchor)) => {
+            let (report, outcome) = verify::verify_store_since(&engine, anchor, &mut progress)?;
+            (report, Some((anchor, outcome)))
         }
-        LogSource::Segments => ledger::verify::verify_segments(dir, &mut |n| bar.set_position(n))?,
+        (LogSource::Segments, None) => (verify::verify_segments(dir, &mut progress)?, None),
+        (LogSource::Segments, Some(anchor)) => {
+            let (report, outcome) = verify::verify_segments_since(dir, anchor, &mut progress)?;
+            (report, Some((anchor, outcome)))
+        }
     };
     bar.finish_and_clear();
+    let anchor_ok = anchored
+        .as_ref()
+        .is_none_or(|(_, outcome)| *outcome == AnchorOutcome::Holds);
     if json {
         let failure = report
             .failure
             .as_ref()
             .map(|f| json!({"position": f.position, "reason": f.reason}));
-        let doc = json!({
-            "ok": report.failure.is_none(),
+        let mut doc = json!({
+            "ok": report.failure.is_none() && anchor_ok,
             "events_checked": report.events_checked,
             "head": report.head.position.0,
             "head_hash": report.head.hash.to_hex(),
             "failure": failure,
         });
+        if let Some((anchor, outcome)) = &anchored {
+            doc["anchor"] = anchor_json(anchor, outcome);
+        }
         writeln!(out, "{doc}")?;
     } else {
         match &report.failure {
@@ -130,8 +150,36 @@ pub fn verify_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result
                 f.position, f.reason, report.events_checked
             )?,
         }
+        if let Some((anchor, outcome)) = &anchored {
+            match anchor.describe(outcome) {
+                None => writeln!(
+                    out,
+                    "ok: the log extends the anchor {anchor} (same hash at position {})",
+                    anchor.position
+                )?,
+                Some(message) => writeln!(out, "ANCHOR FAILED: {message}")?,
+            }
+        }
     }
-    Ok(Outcome::from_ok(report.failure.is_none()))
+    Ok(Outcome::from_ok(report.failure.is_none() && anchor_ok))
+}
+
+/// The `anchor` member of `verify --since --json`: what was asked, what was found, and the
+/// message naming the position and both hashes.
+fn anchor_json(anchor: &Anchor, outcome: &AnchorOutcome) -> serde_json::Value {
+    let (name, found) = match outcome {
+        AnchorOutcome::Holds => ("holds", Some(anchor.hash)),
+        AnchorOutcome::Truncated { .. } => ("truncated", None),
+        AnchorOutcome::Rewritten { found } => ("rewritten", Some(*found)),
+        AnchorOutcome::Unreached => ("unreached", None),
+    };
+    json!({
+        "position": anchor.position.0,
+        "hash": anchor.hash.to_hex(),
+        "outcome": name,
+        "found_hash": found.map(|h| h.to_hex()),
+        "message": anchor.describe(outcome),
+    })
 }
 
 /// `rebuild`: holds the store lock (the engine is open in this process only), so no writer runs.

@@ -84,12 +84,33 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Hash chain, gap-free positions and stream versions, unique ids.
-    #[command(after_help = "Example:\n  migrate-tool verify --json")]
+    /// Hash chain, gap-free positions and stream versions, unique ids, every frame's checksum,
+    /// the indexes and the command fingerprints against the log; with `--since`, that the log
+    /// still extends a head published earlier (see `head`). Exit 1 names the first bad position.
+    #[command(after_help = "Example:\n  migrate-tool verify --json\n  \
+                            migrate-tool verify --since 1200:9f3ad1c0...e07b (the anchor `head` printed)")]
     Verify {
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// An anchor `POSITION:HASH` (64 hex digits) printed by `head` earlier: the event at
+        /// POSITION must still have HASH and the chain must verify from it to the head, so a
+        /// truncated or rewritten log fails (exit 1).
+        #[arg(long, value_name = "POS:HASH")]
+        since: Option<ledger::verify::Anchor>,
+    },
+    /// The log head as a checkpoint to publish elsewhere (position and hash, the anchor for
+    /// `verify --since`), with the time of the last event and the segment and frame counts.
+    /// Works beside a running writer (reads the segment files without its lock).
+    #[command(after_help = "Example:\n  migrate-tool head --json\n  \
+                            migrate-tool verify --since \"$(migrate-tool head --anchor)\"")]
+    Head {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Print only the anchor `POSITION:HASH` (for scripts).
+        #[arg(long, conflicts_with = "json")]
+        anchor: bool,
     },
     /// Every invariant of SPEC section 4; exit 1 if any fails.
     #[command(after_help = "Example:\n  migrate-tool check --json")]

@@ -6,6 +6,7 @@
 //! - [`output`]: the shared outcome type (exit codes), progress bars.
 //! - [`import`]: `import`, streaming with a bounded window of concurrent, order-safe submits.
 //! - [`read`]: `show`, `export`, `digest`, `log`.
+//! - [`head`]: `head`, the log head as an anchor to publish (`verify --since` checks it).
 //! - [`check`]: `verify`, `check` (rendering `projections::check`, the invariants of SPEC
 //!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
@@ -35,6 +36,7 @@ mod expire;
 mod faults;
 mod frames;
 mod gate;
+mod head;
 mod import;
 mod lock;
 mod migrate;
@@ -147,7 +149,8 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             limit,
             json,
         } => read::log(&dir, stream.as_deref(), from, limit, json, out),
-        Cmd::Verify { json } => check::verify_cmd(&dir, json, out),
+        Cmd::Verify { json, since } => check::verify_cmd(&dir, json, since.as_ref(), out),
+        Cmd::Head { json, anchor } => head::run(&dir, head::Format::of(json, anchor), out),
         Cmd::Check { json } => check::check_cmd(&dir, json, out),
         Cmd::Rebuild => check::rebuild_cmd(&dir, out),
         Cmd::ResetCredentials {

@@ -444,6 +444,7 @@ fn fold_and_compare(
                     head.position
                 ));
             }
+            check_hooks(snap, &mut views_inv)?;
             check_conservation(&stats.totals, &pass.sums, &mut conservation);
             check_digest(snap, &pass.builder, stored_digest, &mut neutral)?;
         }
@@ -454,6 +455,23 @@ fn fold_and_compare(
         members: pass.sums.members,
         invariants: [views_inv, negative, conservation, neutral],
     })
+}
+
+/// The commit hooks the writer recorded in `meta` must include the views' hook: recovery replays
+/// a crash's log tail only through the recorded hooks (and refuses to open when the opener's
+/// differ), so a list without it would leave the views behind the log or the store unopenable.
+fn check_hooks(snap: &dyn Snapshot, inv: &mut Invariant) -> Result<(), ProjectionError> {
+    let Some(bytes) = snap.get(ledger::log::tables::META, ledger::store::META_HOOKS)? else {
+        return Ok(());
+    };
+    let names = String::from_utf8_lossy(&bytes);
+    let views = ledger::CommitHook::name(&crate::ProjectionHook);
+    if !names.split(',').any(|name| name == views) {
+        inv.fail(format!(
+            "the index's meta `hooks` is {names:?}: the writer's hooks must include `{views}`, which keeps the views"
+        ));
+    }
+    Ok(())
 }
 
 /// Invariant 5: the digest of the fresh fold equals the stored digest; the differing buckets

@@ -365,12 +365,20 @@ pub struct Store {
     dir: PathBuf,
     index: Arc<dyn Engine>,
     log: Box<dyn EventLog>,
+    /// Set when this open found the index damaged and rebuilt it from the log: what it did.
+    index_rebuilt: std::sync::OnceLock<String>,
 }
 
 impl Store {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What this open did if it found the index damaged (or missing) and rebuilt it from the
+    /// log: where the damaged index was moved and why. `None` for an ordinary open.
+    pub fn index_rebuilt(&self) -> Option<&str> {
+        self.index_rebuilt.get().map(String::as_str)
     }
 
     /// The index engine (views, indexes, checkpoint).
@@ -519,7 +527,8 @@ impl Store {
         Store::with_index_options(dir, index, create, hooks, &StoreOptions::default())
     }
 
-    /// [`Store::with_index`] with [`StoreOptions`].
+    /// [`Store::with_index`] with [`StoreOptions`]. An index found damaged is refused here
+    /// ([`OpenError::Damaged`]); [`open_store_with`], which can make a new index, rebuilds it.
     pub fn with_index_options(
         dir: &Path,
         index: Arc<dyn Engine>,
@@ -527,34 +536,106 @@ impl Store {
         hooks: &[Arc<dyn CommitHook>],
         options: &StoreOptions,
     ) -> Result<Arc<Store>, OpenError> {
+        Store::open_on_index(dir, index, create, hooks, options).map_err(|e| match e {
+            Opening::IndexDamaged(reason) => OpenError::Damaged {
+                path: dir.display().to_string(),
+                reason: format!("its index is damaged: {reason}"),
+            },
+            Opening::Failed(e) => e,
+        })
+    }
+
+    /// Opens the store on `index`, telling damage to the index (which the log rebuilds) from
+    /// every other failure.
+    fn open_on_index(
+        dir: &Path,
+        index: Arc<dyn Engine>,
+        create: bool,
+        hooks: &[Arc<dyn CommitHook>],
+        options: &StoreOptions,
+    ) -> Result<Arc<Store>, Opening> {
         let path = dir.display().to_string();
         let log = crate::event_log::open_segments(dir, create, options.segment_bytes)
-            .map_err(|e| log_open_error(&path, e))?;
+            .map_err(|e| Opening::Failed(log_open_error(&path, e)))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
             log,
+            index_rebuilt: std::sync::OnceLock::new(),
         });
-        check_format(&path, &*store.index)?;
-        recover_interrupted_guard(&*store).map_err(|e| OpenError::Damaged {
-            path: path.clone(),
-            reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+        check_format(&path, &*store.index).map_err(|e| match e {
+            // A version the index cannot have been written with is a refusal, not damage: a
+            // newer build's store must not be rebuilt by an older one.
+            e @ (OpenError::NewerFormat { .. } | OpenError::OlderFormat { .. }) => {
+                Opening::Failed(e)
+            }
+            other => Opening::IndexDamaged(other.to_string()),
+        })?;
+        recover_interrupted_guard(&*store).map_err(|e| {
+            Opening::Failed(OpenError::Damaged {
+                path: path.clone(),
+                reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+            })
         })?;
         store.recover(hooks).map_err(|e| match e {
-            Recovery::Log(e) => log_open_error(&path, e),
-            Recovery::Other(reason) => OpenError::Damaged {
+            // A log that does not continue the checkpoint: the checkpoint is wrong when the
+            // event it names is not in the log with its hash (the index is damaged); otherwise
+            // the log is (a damaged synced frame refuses to open).
+            Recovery::Log(e) => match store.checkpoint_disagrees_with_log() {
+                Some(why) => Opening::IndexDamaged(format!("{why} ({e})")),
+                None => Opening::Failed(log_open_error(&path, e)),
+            },
+            Recovery::Index(reason) => Opening::IndexDamaged(reason),
+            Recovery::Other(reason) => Opening::Failed(OpenError::Damaged {
                 path: path.clone(),
                 reason,
-            },
+            }),
         })?;
         Ok(store)
+    }
+
+    /// Why the index checkpoint is not a point of this log, if it is not: the event it names
+    /// must be in the log (found through the frame index) with the hash it records. Damage to
+    /// the log there also counts; the rebuild it leads to then fails on the log itself.
+    fn checkpoint_disagrees_with_log(&self) -> Option<String> {
+        let snap = match Engine::snapshot(self) {
+            Ok(snap) => snap,
+            Err(e) => return Some(format!("the index checkpoint cannot be read: {e}")),
+        };
+        let checkpoint = match Checkpoint::read(&*snap) {
+            Ok(c) => c,
+            Err(e) => return Some(format!("the index checkpoint cannot be read: {e}")),
+        };
+        if checkpoint.head.position.0 == 0 {
+            return (checkpoint.end != Location::START).then(|| {
+                format!(
+                    "the index checkpoint names no event but ends at {}",
+                    checkpoint.end
+                )
+            });
+        }
+        match log::read_event(&*snap, checkpoint.head.position) {
+            Ok(Some(r)) if r.hash == checkpoint.head.hash => None,
+            Ok(Some(r)) => Some(format!(
+                "the index checkpoint names event {} with hash {}, the log has {}",
+                checkpoint.head.position, checkpoint.head.hash, r.hash
+            )),
+            Ok(None) => Some(format!(
+                "the index checkpoint names event {}, which the log does not hold",
+                checkpoint.head.position
+            )),
+            Err(e) => Some(format!(
+                "the event the index checkpoint names ({}) cannot be read: {e}",
+                checkpoint.head.position
+            )),
+        }
     }
 
     /// Finds the end of the log and replays the frames past the checkpoint into the index and,
     /// through `hooks`, into the views; then syncs the index.
     fn recover(&self, hooks: &[Arc<dyn CommitHook>]) -> Result<(), Recovery> {
-        let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::other)?)
-            .map_err(Recovery::other)?;
+        let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::index)?)
+            .map_err(Recovery::index)?;
         let tail = self
             .log
             .recover(checkpoint.end, checkpoint.head.position.0 + 1)
@@ -566,7 +647,7 @@ impl Store {
             .index
             .snapshot()
             .and_then(|s| s.get(tables::META, META_HOOKS))
-            .map_err(Recovery::other)?
+            .map_err(Recovery::index)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let given = hook_names(hooks);
@@ -582,7 +663,7 @@ impl Store {
         }
         self.index
             .commit_with(WriteBatch::new(), Durability::Synced)
-            .map_err(Recovery::other)
+            .map_err(Recovery::index)
     }
 
     /// Indexes one frame past the checkpoint, as the writer did when it wrote it.
@@ -625,18 +706,18 @@ impl Store {
         }
         let mut batch = WriteBatch::new();
         {
-            let snap = self.snapshot().map_err(Recovery::other)?;
+            let snap = self.snapshot().map_err(Recovery::index)?;
             let mut groups = Vec::with_capacity(hooks.len());
             for hook in hooks {
-                groups.push(hook.begin(&*snap).map_err(Recovery::other)?);
+                groups.push(hook.begin(&*snap).map_err(Recovery::index)?);
             }
             if !records.is_empty() {
                 for g in &mut groups {
-                    g.apply(&records).map_err(Recovery::other)?;
+                    g.apply(&records).map_err(Recovery::index)?;
                 }
             }
             for g in groups {
-                g.finish(&mut batch).map_err(Recovery::other)?;
+                g.finish(&mut batch).map_err(Recovery::index)?;
             }
         }
         let place = FramePlace {
@@ -648,22 +729,33 @@ impl Store {
         index_frame(&mut batch, place, &commands, &records, at);
         self.index
             .commit_with(batch, Durability::Unsynced)
-            .map_err(Recovery::other)?;
+            .map_err(Recovery::index)?;
         Ok(at)
     }
 }
 
+/// Why recovery failed: the log, the index (or the views the hooks read from it), or else.
 enum Recovery {
     Log(LogError),
+    /// Reading or writing the index failed while replaying: the index is damaged (a replay
+    /// into a new index, from the log alone, tells whether the log is to blame after all).
+    Index(String),
     Other(String),
 }
 
 impl Recovery {
-    fn other(e: impl std::fmt::Display) -> Recovery {
-        Recovery::Other(format!(
+    fn index(e: impl std::fmt::Display) -> Recovery {
+        Recovery::Index(format!(
             "cannot replay the log past the index checkpoint: {e}"
         ))
     }
+}
+
+/// Why opening a store on an index failed: damage to the index (rebuilt from the log by
+/// [`open_store_with`]), or anything else (refused).
+enum Opening {
+    IndexDamaged(String),
+    Failed(OpenError),
 }
 
 fn log_open_error(path: &str, e: LogError) -> OpenError {
@@ -1045,6 +1137,11 @@ pub fn open_store_with(
         });
     }
     let found = detect_backend(dir);
+    if found.is_none() && has_log_without_index(dir) {
+        // Everything in an index is derived from the log: a store whose index is gone (moved
+        // aside by an operator, or by an earlier open that found it damaged) gets a new one.
+        return rebuild_index(dir, backend, hooks, options, "it has no index".into(), None);
+    }
     if found.is_none() {
         if create == Create::No {
             return Err(OpenError::Missing { path });
@@ -1052,8 +1149,19 @@ pub fn open_store_with(
         begin_creation(dir, &path)?;
     }
     let creating = found.is_none();
-    let index = open_backend(dir, found.unwrap_or(backend), creating)
-        .map_err(|e| map_engine_error(&path, e))?;
+    let backend = found.unwrap_or(backend);
+    let index = match open_backend(dir, backend, creating) {
+        Ok(index) => index,
+        // The engine itself refuses the file (redb: a failed repair after a crash, a header or
+        // tree it cannot parse; sled: a checksum failure in its log). With the segments there,
+        // the index is rebuilt from them; without, it stays untouched and refused.
+        Err(EngineError::Corrupted { reason, .. })
+            if !creating && dir.join(SEGMENTS_DIR).exists() =>
+        {
+            return rebuild_index(dir, backend, hooks, options, reason, Some(backend));
+        }
+        Err(e) => return Err(map_engine_error(&path, e)),
+    };
     if !creating && !dir.join(SEGMENTS_DIR).exists() {
         return Err(OpenError::Damaged {
             path,
@@ -1062,18 +1170,127 @@ pub fn open_store_with(
             ),
         });
     }
-    let store = Store::with_index_options(dir, index, creating, hooks, options)?;
+    let store = match Store::open_on_index(dir, index, creating, hooks, options) {
+        Ok(store) => store,
+        Err(Opening::IndexDamaged(reason)) if !creating => {
+            return rebuild_index(dir, backend, hooks, options, reason, Some(backend));
+        }
+        Err(Opening::IndexDamaged(reason)) => {
+            return Err(OpenError::Damaged {
+                path,
+                reason: format!("its new index is damaged: {reason}"),
+            })
+        }
+        Err(Opening::Failed(e)) => return Err(e),
+    };
     if creating {
         finish_creation(dir).map_err(|reason| OpenError::Io { path, reason })?;
     }
     Ok(store)
 }
 
-/// Starts creating a store in `dir`: the directory must be empty or hold only what a killed
-/// creation left (it still has [`CREATING_FILE`]), which is cleared. The marker is written and
-/// synced before anything else, so until [`finish_creation`] removes it the directory is not a
-/// store to anyone (`detect_backend`), and a kill at any moment leaves either no store or a
-/// whole one. Two processes creating the same store at the same moment are not supported.
+/// Name suffix of an index moved aside because it was damaged: `index.redb.damaged-<unix
+/// seconds>` (`-<n>` added if that name is taken). Kept for inspection; nothing reads it.
+pub const DAMAGED_INDEX_SUFFIX: &str = ".damaged-";
+
+/// True when `dir` holds a finished log (a segments directory, no creation under way) but no
+/// index of any backend.
+fn has_log_without_index(dir: &Path) -> bool {
+    dir.join(SEGMENTS_DIR).is_dir() && !dir.join(CREATING_FILE).exists() && !is_v1_store(dir)
+}
+
+/// Rebuilds the index of the store in `dir` from its log: moves the damaged index (of backend
+/// `damaged`, if there is one) aside, makes a new one and opens the store on it, which replays
+/// every frame from the start of the log through `hooks` as recovery after a crash replays a
+/// tail. The segments are only read. Says what it did on stderr and in
+/// [`Store::index_rebuilt`]. If the log itself is damaged the open fails on it, as it would
+/// have with the old index.
+///
+/// An interrupted guarded operation ([`Guard`]) whose rollback point was in the damaged index
+/// cannot be rolled back any more: its appended events stay (each one a whole, decided command).
+fn rebuild_index(
+    dir: &Path,
+    backend: Backend,
+    hooks: &[Arc<dyn CommitHook>],
+    options: &StoreOptions,
+    reason: String,
+    damaged: Option<Backend>,
+) -> Result<Arc<Store>, OpenError> {
+    let path = dir.display().to_string();
+    let io = |reason: String| OpenError::Io {
+        path: path.clone(),
+        reason,
+    };
+    let moved = match damaged {
+        Some(b) => Some(move_index_aside(dir, b).map_err(io)?),
+        None => None,
+    };
+    let index = open_backend(dir, backend, true).map_err(|e| map_engine_error(&path, e))?;
+    // Recovery replays frames only through the hooks the index records; a new index records
+    // the ones given, which are the ones this store's writer runs.
+    let mut batch = WriteBatch::new();
+    batch.put(
+        tables::META,
+        META_HOOKS.to_vec(),
+        hook_names(hooks).into_bytes(),
+    );
+    index
+        .commit(batch)
+        .map_err(|e| map_engine_error(&path, e))?;
+    let store = Store::open_on_index(dir, index, false, hooks, options).map_err(|e| match e {
+        Opening::IndexDamaged(reason) => OpenError::Damaged {
+            path: path.clone(),
+            reason: format!("the index rebuilt from the log cannot be used: {reason}"),
+        },
+        Opening::Failed(e) => e,
+    })?;
+    let note = match moved {
+        Some(to) => format!(
+            "store {path}: the index was damaged ({reason}); moved it to {} and rebuilt it from the log (head {})",
+            to.display(),
+            Checkpoint::read(&*store.index.snapshot().map_err(|e| map_engine_error(&path, e))?)
+                .map_err(|e| map_engine_error(&path, e))?
+                .head
+                .position
+        ),
+        None => format!("store {path}: {reason}; rebuilt the index from the log"),
+    };
+    eprintln!("note: {note}");
+    // Set once, here, on a store nobody else holds yet.
+    let _ = store.index_rebuilt.set(note);
+    Ok(store)
+}
+
+/// Renames the index of `backend` in `dir` to `<name>.damaged-<unix seconds>` and syncs the
+/// directory. Returns the new path.
+fn move_index_aside(dir: &Path, backend: Backend) -> Result<PathBuf, String> {
+    let name = match backend {
+        Backend::Redb => REDB_FILE,
+        #[cfg(feature = "sled")]
+        Backend::Sled => SLED_DIR,
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let base = format!("{name}{DAMAGED_INDEX_SUFFIX}{secs}");
+    let mut to = dir.join(&base);
+    let mut n = 1u32;
+    while to.exists() {
+        to = dir.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(dir.join(name), &to).map_err(|e| {
+        format!(
+            "cannot move the damaged index {} aside to {}: {e}",
+            dir.join(name).display(),
+            to.display()
+        )
+    })?;
+    sync_directory(dir)?;
+    Ok(to)
+}
+
 fn begin_creation(dir: &Path, path: &str) -> Result<(), OpenError> {
     let io = |reason: String| OpenError::Io {
         path: path.into(),

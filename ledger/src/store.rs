@@ -594,9 +594,12 @@ impl Store {
         Ok(store)
     }
 
-    /// Why the index checkpoint is not a point of this log, if it is not: the event it names
-    /// must be in the log (found through the frame index) with the hash it records. Damage to
-    /// the log there also counts; the rebuild it leads to then fails on the log itself.
+    /// Why the index checkpoint is not a point of this log, if that is what a failed recovery
+    /// means: the event it names is in the log (found through the frame index, whose entry and
+    /// the frame's header agree) but with another hash, or the checkpoint does not decode.
+    /// Anything else is the log's failure and refuses the open: a checkpoint past the log's
+    /// end is evidence of a lost tail, and a frame that cannot be read is damage to the log
+    /// (rebuilding from the start would take a damaged last frame for a torn write).
     fn checkpoint_disagrees_with_log(&self) -> Option<String> {
         let snap = match Engine::snapshot(self) {
             Ok(snap) => snap,
@@ -607,27 +610,14 @@ impl Store {
             Err(e) => return Some(format!("the index checkpoint cannot be read: {e}")),
         };
         if checkpoint.head.position.0 == 0 {
-            return (checkpoint.end != Location::START).then(|| {
-                format!(
-                    "the index checkpoint names no event but ends at {}",
-                    checkpoint.end
-                )
-            });
+            return None;
         }
         match log::read_event(&*snap, checkpoint.head.position) {
-            Ok(Some(r)) if r.hash == checkpoint.head.hash => None,
-            Ok(Some(r)) => Some(format!(
+            Ok(Some(r)) if r.hash != checkpoint.head.hash => Some(format!(
                 "the index checkpoint names event {} with hash {}, the log has {}",
                 checkpoint.head.position, checkpoint.head.hash, r.hash
             )),
-            Ok(None) => Some(format!(
-                "the index checkpoint names event {}, which the log does not hold",
-                checkpoint.head.position
-            )),
-            Err(e) => Some(format!(
-                "the event the index checkpoint names ({}) cannot be read: {e}",
-                checkpoint.head.position
-            )),
+            _ => None,
         }
     }
 

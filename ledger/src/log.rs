@@ -249,9 +249,40 @@ pub fn stream_version(snap: &dyn Snapshot, stream: &str) -> Result<StreamVersion
         None => Ok(StreamVersion(0)),
         Some((key, value)) => {
             let (version, run) = decode_run(&key, &value)?;
-            Ok(StreamVersion(version.0 + u64::from(run.count) - 1))
+            let last = StreamVersion(version.0 + u64::from(run.count) - 1);
+            // The writer numbers the stream's next event from this: a run damaged in the index
+            // must stop it, not give the log a wrong version. One event read per stream.
+            let position = Position(run.first_position.0 + u64::from(run.count) - 1);
+            indexed_event(snap, &key, stream, last, position)?;
+            Ok(last)
         }
     }
+}
+
+/// The event at `position`, which the stream index entry `key` says is `stream`'s `version`:
+/// an entry that decodes but points elsewhere (bit rot in an index page) is
+/// [`ReadError::DamagedEntry`], never an event of another stream served as this one's.
+fn indexed_event(
+    snap: &dyn Snapshot,
+    key: &[u8],
+    stream: &str,
+    version: StreamVersion,
+    position: Position,
+) -> Result<EventRecord, ReadError> {
+    let damaged = |reason: String| ReadError::DamagedEntry {
+        table: tables::STREAM_INDEX,
+        key: describe_stream_key(key),
+        reason,
+    };
+    let record = read_event(snap, position)?
+        .ok_or_else(|| damaged(format!("points at missing position {position}")))?;
+    if record.stream != stream || record.version != version {
+        return Err(damaged(format!(
+            "says position {position} is {stream} version {version}, the log has {} version {} there",
+            record.stream, record.version
+        )));
+    }
+    Ok(record)
 }
 
 /// The position the stream index gives `stream`'s `version`, if it holds it.
@@ -296,18 +327,39 @@ pub fn command_entry(
     snap: &dyn Snapshot,
     command_id: &str,
 ) -> Result<Option<CommandEntry>, ReadError> {
-    match snap.get(tables::COMMANDS, command_id.as_bytes())? {
-        None => Ok(None),
-        Some(bytes) => {
-            CommandEntry::decode(&bytes)
-                .map(Some)
-                .ok_or_else(|| ReadError::DamagedEntry {
-                    table: tables::COMMANDS,
-                    key: command_id.to_owned(),
-                    reason: format!("value has {} bytes, expected 44", bytes.len()),
-                })
+    let damaged = |reason: String| ReadError::DamagedEntry {
+        table: tables::COMMANDS,
+        key: command_id.to_owned(),
+        reason,
+    };
+    let Some(bytes) = snap.get(tables::COMMANDS, command_id.as_bytes())? else {
+        return Ok(None);
+    };
+    let entry = CommandEntry::decode(&bytes)
+        .ok_or_else(|| damaged(format!("value has {} bytes, expected 44", bytes.len())))?;
+    // A retry is answered from this entry: an entry that decodes but whose events are not the
+    // command's (bit rot in an index page) must be an error, never another command's outcome.
+    // A command without events has none to compare; `verify` checks it against its frame.
+    if entry.count > 0 {
+        let last = Position(entry.first_position.0 + u64::from(entry.count) - 1);
+        for position in [entry.first_position, last] {
+            match read_event(snap, position)? {
+                Some(r) if r.command_id == command_id => {}
+                Some(r) => {
+                    return Err(damaged(format!(
+                        "says position {position} is the command's, the log has command {:?} there",
+                        r.command_id
+                    )))
+                }
+                None => {
+                    return Err(damaged(format!(
+                        "says the command's events end at {last}, past the log's head"
+                    )))
+                }
+            }
         }
     }
+    Ok(Some(entry))
 }
 
 /// The first command (in id byte order) whose id starts with `prefix`, with its stored outcome:
@@ -410,6 +462,9 @@ pub fn read_stream(
     };
     let mut out = Vec::new();
     let mut first = true;
+    // The version the next event served must have: runs whose keys were damaged would leave
+    // a gap (or a repeat) that must be an error, never a shorter stream.
+    let mut want = from.0;
     while out.len() < limit {
         let lower = if first {
             Bound::Included(cursor.as_slice())
@@ -432,13 +487,16 @@ pub fn read_stream(
                     return Ok(out);
                 }
                 let position = Position(run.first_position.0 + i);
-                let record =
-                    read_event(snap, position)?.ok_or_else(|| ReadError::DamagedEntry {
+                let version = StreamVersion(version.0 + i);
+                if version.0 != want {
+                    return Err(ReadError::DamagedEntry {
                         table: tables::STREAM_INDEX,
                         key: describe_stream_key(key),
-                        reason: format!("points at missing position {position}"),
-                    })?;
-                out.push(record);
+                        reason: format!("the stream's runs skip from version {want} to {version}"),
+                    });
+                }
+                out.push(indexed_event(snap, key, stream, version, position)?);
+                want += 1;
             }
         }
         cursor = last_key;

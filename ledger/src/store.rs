@@ -375,12 +375,20 @@ pub struct Store {
     dir: PathBuf,
     index: Arc<dyn Engine>,
     log: Box<dyn EventLog>,
+    /// Set when this open found the index damaged and rebuilt it from the log: what it did.
+    index_rebuilt: std::sync::OnceLock<String>,
 }
 
 impl Store {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What this open did if it found the index damaged (or missing) and rebuilt it from the
+    /// log: where the damaged index was moved and why. `None` for an ordinary open.
+    pub fn index_rebuilt(&self) -> Option<&str> {
+        self.index_rebuilt.get().map(String::as_str)
     }
 
     /// The index engine (views, indexes, checkpoint).
@@ -529,7 +537,8 @@ impl Store {
         Store::with_index_options(dir, index, create, hooks, &StoreOptions::default())
     }
 
-    /// [`Store::with_index`] with [`StoreOptions`].
+    /// [`Store::with_index`] with [`StoreOptions`]. An index found damaged is refused here
+    /// ([`OpenError::Damaged`]); [`open_store_with`], which can make a new index, rebuilds it.
     pub fn with_index_options(
         dir: &Path,
         index: Arc<dyn Engine>,
@@ -537,32 +546,94 @@ impl Store {
         hooks: &[Arc<dyn CommitHook>],
         options: &StoreOptions,
     ) -> Result<Arc<Store>, OpenError> {
+        Store::open_on_index(dir, index, create, hooks, options).map_err(|e| match e {
+            Opening::IndexDamaged(reason) => OpenError::Damaged {
+                path: dir.display().to_string(),
+                reason: format!("its index is damaged: {reason}"),
+            },
+            Opening::Failed(e) => e,
+        })
+    }
+
+    /// Opens the store on `index`, telling damage to the index (which the log rebuilds) from
+    /// every other failure.
+    fn open_on_index(
+        dir: &Path,
+        index: Arc<dyn Engine>,
+        create: bool,
+        hooks: &[Arc<dyn CommitHook>],
+        options: &StoreOptions,
+    ) -> Result<Arc<Store>, Opening> {
         let path = dir.display().to_string();
         let log =
             crate::event_log::open_segments_on(options.vfs(), dir, create, options.segment_bytes)
-                .map_err(|e| log_open_error(&path, e))?;
+                .map_err(|e| Opening::Failed(log_open_error(&path, e)))?;
         let store = Arc::new(Store {
             dir: dir.to_path_buf(),
             index,
             log,
+            index_rebuilt: std::sync::OnceLock::new(),
         });
-        check_format(&path, &*store.index)?;
-        recover_interrupted_guard(&*store).map_err(|e| OpenError::Damaged {
-            path: path.clone(),
-            reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+        check_format(&path, &*store.index).map_err(|e| match e {
+            // A version the index cannot have been written with is a refusal, not damage: a
+            // newer build's store must not be rebuilt by an older one.
+            e @ (OpenError::NewerFormat { .. } | OpenError::OlderFormat { .. }) => {
+                Opening::Failed(e)
+            }
+            other => Opening::IndexDamaged(other.to_string()),
+        })?;
+        recover_interrupted_guard(&*store).map_err(|e| {
+            Opening::Failed(OpenError::Damaged {
+                path: path.clone(),
+                reason: format!("cannot roll back an interrupted bulk operation: {e}"),
+            })
         })?;
         store.recover(hooks).map_err(|e| match e {
-            Recovery::Log(e) => log_open_error(&path, e),
-            Recovery::Io(reason) => OpenError::Io {
+            // A log that does not continue the checkpoint: the checkpoint is wrong when the
+            // event it names is not in the log with its hash (the index is damaged); otherwise
+            // the log is (a damaged synced frame refuses to open).
+            Recovery::Log(e) => match store.checkpoint_disagrees_with_log() {
+                Some(why) => Opening::IndexDamaged(format!("{why} ({e})")),
+                None => Opening::Failed(log_open_error(&path, e)),
+            },
+            Recovery::Index(reason) => Opening::IndexDamaged(reason),
+            Recovery::Io(reason) => Opening::Failed(OpenError::Io {
                 path: path.clone(),
                 reason,
-            },
-            Recovery::Other(reason) => OpenError::Damaged {
+            }),
+            Recovery::Other(reason) => Opening::Failed(OpenError::Damaged {
                 path: path.clone(),
                 reason,
-            },
+            }),
         })?;
         Ok(store)
+    }
+
+    /// Why the index checkpoint is not a point of this log, if that is what a failed recovery
+    /// means: the event it names is in the log (found through the frame index, whose entry and
+    /// the frame's header agree) but with another hash, or the checkpoint does not decode.
+    /// Anything else is the log's failure and refuses the open: a checkpoint past the log's
+    /// end is evidence of a lost tail, and a frame that cannot be read is damage to the log
+    /// (rebuilding from the start would take a damaged last frame for a torn write).
+    fn checkpoint_disagrees_with_log(&self) -> Option<String> {
+        let snap = match Engine::snapshot(self) {
+            Ok(snap) => snap,
+            Err(e) => return Some(format!("the index checkpoint cannot be read: {e}")),
+        };
+        let checkpoint = match Checkpoint::read(&*snap) {
+            Ok(c) => c,
+            Err(e) => return Some(format!("the index checkpoint cannot be read: {e}")),
+        };
+        if checkpoint.head.position.0 == 0 {
+            return None;
+        }
+        match log::read_event(&*snap, checkpoint.head.position) {
+            Ok(Some(r)) if r.hash != checkpoint.head.hash => Some(format!(
+                "the index checkpoint names event {} with hash {}, the log has {}",
+                checkpoint.head.position, checkpoint.head.hash, r.hash
+            )),
+            _ => None,
+        }
     }
 
     /// Finds the end of the log and replays the frames past the checkpoint into the index and,
@@ -573,11 +644,11 @@ impl Store {
     /// replay the record at its position must have its hash ([`Store::check_head`]). A
     /// checkpoint that fails either is a damaged store, never a head the writer appends after.
     fn recover(&self, hooks: &[Arc<dyn CommitHook>]) -> Result<(), Recovery> {
-        let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::other)?)
-            .map_err(Recovery::other)?;
+        let checkpoint = Checkpoint::read(&*self.index.snapshot().map_err(Recovery::index)?)
+            .map_err(Recovery::index)?;
         let next_position = checkpoint.head.position.0.checked_add(1).ok_or_else(|| {
-            Recovery::Other(format!(
-                "the index checkpoint in {} says the last event is at position {}, which has no position after it: the index is damaged",
+            Recovery::Index(format!(
+                "the index checkpoint in {} says the last event is at position {}, which has no position after it",
                 self.index_file(),
                 checkpoint.head.position
             ))
@@ -593,7 +664,7 @@ impl Store {
             .index
             .snapshot()
             .and_then(|s| s.get(tables::META, META_HOOKS))
-            .map_err(Recovery::other)?
+            .map_err(Recovery::index)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let given = hook_names(hooks);
@@ -626,9 +697,9 @@ impl Store {
     /// hash: the head the writer chains its next event to is the log's, not a damaged copy.
     fn check_head(&self, head: Head) -> Result<(), Recovery> {
         let found = {
-            let snap = self.snapshot().map_err(Recovery::other)?;
+            let snap = self.snapshot().map_err(Recovery::index)?;
             log::read_head(&*snap).map_err(|e| {
-                Recovery::Other(format!(
+                Recovery::Index(format!(
                     "the index checkpoint in {} says the last event is at position {}, which cannot be read: {e}",
                     self.index_file(),
                     head.position
@@ -636,8 +707,8 @@ impl Store {
             })?
         };
         if found.0 != head {
-            return Err(Recovery::Other(format!(
-                "the index checkpoint in {} says the last event is at position {} with hash {}, but the log's event there has hash {}: the index is damaged",
+            return Err(Recovery::Index(format!(
+                "the index checkpoint in {} says the last event is at position {} with hash {}, but the log's event there has hash {}",
                 self.index_file(),
                 head.position,
                 head.hash,
@@ -687,18 +758,18 @@ impl Store {
         }
         let mut batch = WriteBatch::new();
         {
-            let snap = self.snapshot().map_err(Recovery::other)?;
+            let snap = self.snapshot().map_err(Recovery::index)?;
             let mut groups = Vec::with_capacity(hooks.len());
             for hook in hooks {
-                groups.push(hook.begin(&*snap).map_err(Recovery::other)?);
+                groups.push(hook.begin(&*snap).map_err(Recovery::index)?);
             }
             if !records.is_empty() {
                 for g in &mut groups {
-                    g.apply(&records).map_err(Recovery::other)?;
+                    g.apply(&records).map_err(Recovery::index)?;
                 }
             }
             for g in groups {
-                g.finish(&mut batch).map_err(Recovery::other)?;
+                g.finish(&mut batch).map_err(Recovery::index)?;
             }
         }
         let place = FramePlace {
@@ -715,29 +786,41 @@ impl Store {
     }
 }
 
+/// Why recovery failed: the log, the index (or the views the hooks read from it), or else.
 enum Recovery {
     Log(LogError),
     /// The index could not be written (a full disk, an I/O error): the store is not damaged.
     Io(String),
+    /// Reading or writing the index failed while replaying: the index is damaged (a replay
+    /// into a new index, from the log alone, tells whether the log is to blame after all).
+    Index(String),
     Other(String),
 }
 
 impl Recovery {
-    /// A failed index commit: an I/O failure (e.g. no space left) is not damage.
+    /// A failed index commit: an I/O failure (e.g. no space left) is not damage; anything else
+    /// is the index's.
     fn commit(e: EngineError) -> Recovery {
         match e {
             EngineError::Io { .. } => Recovery::Io(format!(
                 "cannot write the index while replaying the log past its checkpoint: {e}"
             )),
-            other => Recovery::other(other),
+            other => Recovery::index(other),
         }
     }
 
-    fn other(e: impl std::fmt::Display) -> Recovery {
-        Recovery::Other(format!(
+    fn index(e: impl std::fmt::Display) -> Recovery {
+        Recovery::Index(format!(
             "cannot replay the log past the index checkpoint: {e}"
         ))
     }
+}
+
+/// Why opening a store on an index failed: damage to the index (rebuilt from the log by
+/// [`open_store_with`]), or anything else (refused).
+enum Opening {
+    IndexDamaged(String),
+    Failed(OpenError),
 }
 
 fn log_open_error(path: &str, e: LogError) -> OpenError {
@@ -1139,6 +1222,11 @@ pub fn open_store_with(
         });
     }
     let found = detect_backend_on(&*vfs, dir);
+    if found.is_none() && has_log_without_index(&*vfs, dir) {
+        // Everything in an index is derived from the log: a store whose index is gone (moved
+        // aside by an operator, or by an earlier open that found it damaged) gets a new one.
+        return rebuild_index(dir, backend, hooks, options, "it has no index".into(), None);
+    }
     if found.is_none() {
         if create == Create::No {
             return Err(OpenError::Missing { path });
@@ -1146,13 +1234,19 @@ pub fn open_store_with(
         begin_creation(&*vfs, dir, &path)?;
     }
     let creating = found.is_none();
-    let index = open_backend(
-        options.vfs.as_ref(),
-        dir,
-        found.unwrap_or(backend),
-        creating,
-    )
-    .map_err(|e| map_engine_error(&path, e))?;
+    let backend = found.unwrap_or(backend);
+    let index = match open_backend(options.vfs.as_ref(), dir, backend, creating) {
+        Ok(index) => index,
+        // The engine itself refuses the file (redb: a failed repair after a crash, a header or
+        // tree it cannot parse; sled: a checksum failure in its log). With the segments there,
+        // the index is rebuilt from them; without, it stays untouched and refused.
+        Err(EngineError::Corrupted { reason, .. })
+            if !creating && vfs.exists(&dir.join(SEGMENTS_DIR)) =>
+        {
+            return rebuild_index(dir, backend, hooks, options, reason, Some(backend));
+        }
+        Err(e) => return Err(map_engine_error(&path, e)),
+    };
     if !creating && !vfs.exists(&dir.join(SEGMENTS_DIR)) {
         return Err(OpenError::Damaged {
             path,
@@ -1161,11 +1255,128 @@ pub fn open_store_with(
             ),
         });
     }
-    let store = Store::with_index_options(dir, index, creating, hooks, options)?;
+    let store = match Store::open_on_index(dir, index, creating, hooks, options) {
+        Ok(store) => store,
+        Err(Opening::IndexDamaged(reason)) if !creating => {
+            return rebuild_index(dir, backend, hooks, options, reason, Some(backend));
+        }
+        Err(Opening::IndexDamaged(reason)) => {
+            return Err(OpenError::Damaged {
+                path,
+                reason: format!("its new index is damaged: {reason}"),
+            })
+        }
+        Err(Opening::Failed(e)) => return Err(e),
+    };
     if creating {
         finish_creation(&*vfs, dir).map_err(|reason| OpenError::Io { path, reason })?;
     }
     Ok(store)
+}
+
+/// Name suffix of an index moved aside because it was damaged: `index.redb.damaged-<unix
+/// seconds>` (`-<n>` added if that name is taken). Kept for inspection; nothing reads it.
+pub const DAMAGED_INDEX_SUFFIX: &str = ".damaged-";
+
+/// True when `dir` holds a finished log (a segments directory, no creation under way) but no
+/// index of any backend.
+fn has_log_without_index(vfs: &dyn Vfs, dir: &Path) -> bool {
+    vfs.is_dir(&dir.join(SEGMENTS_DIR))
+        && !vfs.exists(&dir.join(CREATING_FILE))
+        && !is_v1_store_on(vfs, dir)
+}
+
+/// Rebuilds the index of the store in `dir` from its log: moves the damaged index (of backend
+/// `damaged`, if there is one) aside, makes a new one and opens the store on it, which replays
+/// every frame from the start of the log through `hooks` as recovery after a crash replays a
+/// tail. The segments are only read. Says what it did on stderr and in
+/// [`Store::index_rebuilt`]. If the log itself is damaged the open fails on it, as it would
+/// have with the old index.
+///
+/// An interrupted guarded operation ([`Guard`]) whose rollback point was in the damaged index
+/// cannot be rolled back any more: its appended events stay (each one a whole, decided command).
+fn rebuild_index(
+    dir: &Path,
+    backend: Backend,
+    hooks: &[Arc<dyn CommitHook>],
+    options: &StoreOptions,
+    reason: String,
+    damaged: Option<Backend>,
+) -> Result<Arc<Store>, OpenError> {
+    let path = dir.display().to_string();
+    let io = |reason: String| OpenError::Io {
+        path: path.clone(),
+        reason,
+    };
+    let vfs = options.vfs();
+    let moved = match damaged {
+        Some(b) => Some(move_index_aside(&*vfs, dir, b).map_err(io)?),
+        None => None,
+    };
+    let index = open_backend(options.vfs.as_ref(), dir, backend, true).map_err(|e| map_engine_error(&path, e))?;
+    // Recovery replays frames only through the hooks the index records; a new index records
+    // the ones given, which are the ones this store's writer runs.
+    let mut batch = WriteBatch::new();
+    batch.put(
+        tables::META,
+        META_HOOKS.to_vec(),
+        hook_names(hooks).into_bytes(),
+    );
+    index
+        .commit(batch)
+        .map_err(|e| map_engine_error(&path, e))?;
+    let store = Store::open_on_index(dir, index, false, hooks, options).map_err(|e| match e {
+        Opening::IndexDamaged(reason) => OpenError::Damaged {
+            path: path.clone(),
+            reason: format!("the index rebuilt from the log cannot be used: {reason}"),
+        },
+        Opening::Failed(e) => e,
+    })?;
+    let note = match moved {
+        Some(to) => format!(
+            "store {path}: the index was damaged ({reason}); moved it to {} and rebuilt it from the log (head {})",
+            to.display(),
+            Checkpoint::read(&*store.index.snapshot().map_err(|e| map_engine_error(&path, e))?)
+                .map_err(|e| map_engine_error(&path, e))?
+                .head
+                .position
+        ),
+        None => format!("store {path}: {reason}; rebuilt the index from the log"),
+    };
+    eprintln!("note: {note}");
+    // Set once, here, on a store nobody else holds yet.
+    let _ = store.index_rebuilt.set(note);
+    Ok(store)
+}
+
+/// Renames the index of `backend` in `dir` to `<name>.damaged-<unix seconds>` and syncs the
+/// directory. Returns the new path.
+fn move_index_aside(vfs: &dyn Vfs, dir: &Path, backend: Backend) -> Result<PathBuf, String> {
+    let name = match backend {
+        Backend::Redb => REDB_FILE,
+        #[cfg(feature = "sled")]
+        Backend::Sled => SLED_DIR,
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let base = format!("{name}{DAMAGED_INDEX_SUFFIX}{secs}");
+    let mut to = dir.join(&base);
+    let mut n = 1u32;
+    while vfs.exists(&to) {
+        to = dir.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    vfs.rename(&dir.join(name), &to).map_err(|e| {
+        format!(
+            "cannot move the damaged index {} aside to {}: {e}",
+            dir.join(name).display(),
+            to.display()
+        )
+    })?;
+    sync_directory(vfs, dir)?;
+    Ok(to)
 }
 
 /// Starts creating a store in `dir`: the directory must be empty or hold only what a killed

@@ -271,15 +271,18 @@ impl WalletService {
         Ok(self.ledger.snapshot()?)
     }
 
-    /// The member's current wallet (from the view), `None` if the member has no wallet.
+    /// The member's current wallet (from the view), `None` if the member has no wallet. The
+    /// rows are checked against the member hash: a damaged view is an error, never an answer.
     pub fn wallet(&self, member: &MemberId) -> Result<Option<WalletState>, ProjectionError> {
         let snap = self.snapshot()?;
-        views::read_consistent(&*snap, || views::load_wallet(&*snap, member))
+        views::read_consistent(&*snap, || views::load_wallet_verified(&*snap, member))
     }
 
-    /// The member's wallet summary (balance, miles, counts): one row, whatever the history.
+    /// The member's wallet summary (balance, miles, counts): one row decoded, but every row of
+    /// the member read and checked against its member hash, so a damaged view is an error.
     pub fn summary(&self, member: &MemberId) -> Result<Option<WalletSummary>, ProjectionError> {
         let snap = self.snapshot()?;
+        views::read_consistent(&*snap, || views::verify_member_rows(&*snap, member))?;
         views::Rows::new(&*snap)
             .summary(member)
             .map_err(|e| ProjectionError::View {

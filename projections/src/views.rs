@@ -742,24 +742,127 @@ pub fn read_consistent<T>(
 
 /// Reads a member's whole wallet from its rows (`None`: no wallet). Reads every row of the
 /// member, so it is for showing and exporting a wallet, never for deciding a command.
+///
+/// Not checked against the member hash: for `check` and the gate, which compare the rows with
+/// the fold of the log and name the difference. What is served as a wallet answer is read with
+/// [`load_wallet_verified`].
 pub fn load_wallet<R: RowRead + ?Sized>(
     read: &R,
     member: &MemberId,
 ) -> Result<Option<WalletState>, ProjectionError> {
+    load_wallet_hashing(read, member).map(|(state, _)| state)
+}
+
+/// [`load_wallet`], the rows checked against the stored member hash first
+/// ([`verify_member_hash`]): a damaged view is an error, never a wallet answer.
+pub fn load_wallet_verified<R: RowRead + ?Sized>(
+    read: &R,
+    member: &MemberId,
+) -> Result<Option<WalletState>, ProjectionError> {
+    let (state, rows) = load_wallet_hashing(read, member)?;
+    verify_member_hash(read, member, &rows)?;
+    Ok(state)
+}
+
+/// A member's wallet and the sum of its rows' hashes, from one pass over its rows. The rows are
+/// hashed before they are decoded, so a row damaged past decoding still shows in the sum.
+fn load_wallet_hashing<R: RowRead + ?Sized>(
+    read: &R,
+    member: &MemberId,
+) -> Result<(Option<WalletState>, RowsSum), ProjectionError> {
     let prefix = member_prefix(member);
     let mut builder = WalletBuilder::new(member.clone());
-    try_visit(
+    let mut rows = RowsSum::default();
+    let decoded = try_visit(
         read,
         tables::ROWS,
         &prefix,
         &prefix_end(&prefix),
         &mut |key, value| {
+            rows.add(key, value);
             builder
                 .add(&key[prefix.len()..], value)
                 .map(|()| Visit::Continue)
         },
-    )??;
-    builder.finish()
+    )?;
+    // A row that does not decode is damage too; say so in the member hash's words when the
+    // sum already disagrees (it names the rule), else in the decoder's.
+    if let Err(e) = decoded {
+        verify_member_hash(read, member, &rows)?;
+        return Err(e);
+    }
+    let state = builder.finish();
+    if state.is_err() {
+        verify_member_hash(read, member, &rows)?;
+    }
+    Ok((state?, rows))
+}
+
+/// The sum of the hashes of a member's rows as read, and how many there were.
+#[derive(Default)]
+pub struct RowsSum {
+    sum: BucketSum,
+    count: u64,
+}
+
+impl RowsSum {
+    /// Adds one `wallet_rows` row.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.sum.add(&row_hash(key, value));
+        self.count += 1;
+    }
+}
+
+/// Checks the rows read of `member` against its stored member hash (`view_member_hash`, kept
+/// by the hook in the transaction of every change): the rows must be there exactly when the
+/// hash is, and their hashes must add up to it. Bit rot in any row (key or value), a lost
+/// row, a row of another member, or a damaged member hash all fail it, as
+/// [`ProjectionError::View`] naming the member and the repair. One lookup beyond the rows.
+///
+/// What it cannot see: a member whose rows and member hash are both gone (two tables' pages;
+/// `check` finds it from the fold), or damage that changes rows and hash to agree.
+pub fn verify_member_hash<R: RowRead + ?Sized>(
+    read: &R,
+    member: &MemberId,
+    rows: &RowsSum,
+) -> Result<(), ProjectionError> {
+    let stored = read.get(
+        tables::MEMBER_HASHES,
+        &crate::digest::member_hash_key(member),
+    )?;
+    let problem = match (stored, rows.count) {
+        (None, 0) => return Ok(()),
+        (None, n) => format!("{n} rows but no member hash"),
+        (Some(_), 0) => "a member hash but no rows".to_string(),
+        (Some(hash), n) if hash.as_slice() != rows.sum.to_bytes().as_slice() => {
+            format!("its {n} rows do not add up to its stored member hash")
+        }
+        (Some(_), _) => return Ok(()),
+    };
+    Err(damaged_view(
+        member,
+        format!("{problem}: the views are damaged and are not served; `migrate-tool rebuild` rebuilds them from the log"),
+    ))
+}
+
+/// Reads every row of `member` to check them against its member hash ([`verify_member_hash`]):
+/// for reads that decode only some rows (the shown part, the summary).
+pub fn verify_member_rows<R: RowRead + ?Sized>(
+    read: &R,
+    member: &MemberId,
+) -> Result<(), ProjectionError> {
+    let prefix = member_prefix(member);
+    let mut rows = RowsSum::default();
+    read.visit(
+        tables::ROWS,
+        &prefix,
+        &prefix_end(&prefix),
+        &mut |key, value| {
+            rows.add(key, value);
+            Visit::Continue
+        },
+    )?;
+    verify_member_hash(read, member, &rows)
 }
 
 /// Where the member id of a `wallet_rows` key ends (its `0x00`).
@@ -914,6 +1017,10 @@ pub fn load_shown<R: RowRead + ?Sized>(
         badges: Vec::new(),
         coupons: Vec::new(),
     };
+    // Shown rows are decoded only after every row of the member checks out against its member
+    // hash: that reads the lot and payment rows too (hashing, not decoding them), the price
+    // of never showing a damaged view.
+    verify_member_rows(read, member)?;
     let mut had_summary = false;
     let prefix = member_prefix(member);
     for kind in [kind::SUMMARY, kind::BADGE, kind::COUPON] {
@@ -935,72 +1042,61 @@ pub fn load_shown<R: RowRead + ?Sized>(
     shown.checked(had_summary)
 }
 
-/// Every stored wallet's shown part, in member id order, in one pass over `wallet_rows` that
-/// jumps over each member's lot and payment rows instead of reading them: one member in memory
-/// at a time, and a long history costs a seek, not a read.
+/// Every stored wallet's shown part, in member id order, in one pass over `wallet_rows`: one
+/// member in memory at a time. Each member's rows are checked against its member hash
+/// ([`verify_member_hash`]) before its wallet is handed on, so the lot and payment rows are read
+/// (hashed, not decoded) too: export never shows a damaged view.
 pub fn for_each_shown(
     snap: &dyn Snapshot,
     each: &mut dyn FnMut(ShownWallet) -> Result<(), ProjectionError>,
 ) -> Result<(), ProjectionError> {
-    let mut current: Option<(ShownWallet, bool)> = None;
-    // Where the next scan starts, and whether that key itself is included (the start, or the
-    // first key after a jump) or already read (the last key of the previous chunk).
-    let mut lower: Vec<u8> = Vec::new();
-    let mut included = true;
-    loop {
-        let bound = if included {
-            Bound::Included(lower.as_slice())
-        } else {
-            Bound::Excluded(lower.as_slice())
-        };
-        let rows = snap.scan(tables::ROWS, (bound, Bound::Unbounded), 4_096)?;
-        let Some((last, _)) = rows.last() else { break };
-        let mut next = (last.clone(), false);
-        for (key, value) in &rows {
-            let split = member_end(key)?;
+    /// The member being read: its shown part, whether it had a summary, its rows' hash sum.
+    struct Current {
+        shown: ShownWallet,
+        had_summary: bool,
+        rows: RowsSum,
+    }
+    let finish = |done: Current,
+                  each: &mut dyn FnMut(ShownWallet) -> Result<(), ProjectionError>|
+     -> Result<(), ProjectionError> {
+        verify_member_hash(snap, &done.shown.member, &done.rows)?;
+        match done.shown.checked(done.had_summary)? {
+            Some(shown) => each(shown),
+            None => Ok(()),
+        }
+    };
+    let mut current: Option<Current> = None;
+    for chunk in ledger::engine::TableChunks::new(snap, tables::ROWS, 4_096) {
+        for (key, value) in chunk? {
+            let split = member_end(&key)?;
             let name = &key[..split];
-            let kind = key.get(split + 1).copied();
             if current
                 .as_ref()
-                .is_none_or(|(s, _)| s.member.as_str().as_bytes() != name)
+                .is_none_or(|c| c.shown.member.as_str().as_bytes() != name)
             {
-                if let Some((done, had)) = current.take() {
-                    if let Some(shown) = done.checked(had)? {
-                        each(shown)?;
-                    }
+                if let Some(done) = current.take() {
+                    finish(done, each)?;
                 }
-                let member = member_of_row(name)?;
-                current = Some((
-                    ShownWallet {
-                        member,
+                current = Some(Current {
+                    shown: ShownWallet {
+                        member: member_of_row(name)?,
                         summary: WalletSummary::default(),
                         badges: Vec::new(),
                         coupons: Vec::new(),
                     },
-                    false,
-                ));
+                    had_summary: false,
+                    rows: RowsSum::default(),
+                });
             }
-            let (shown, had) = current.as_mut().expect("set just above");
-            match kind {
-                Some(kind::LOT) | Some(kind::PAYMENT) => {
-                    // Jump past this member's rows of that kind (they sort together).
-                    let mut skip_to = key[..split + 2].to_vec();
-                    *skip_to.last_mut().expect("kind byte") += 1;
-                    next = (skip_to, true);
-                    break;
-                }
-                _ => {
-                    *had |= kind == Some(kind::SUMMARY);
-                    shown.add(&key[split + 1..], value)?;
-                }
-            }
+            let c = current.as_mut().expect("set just above");
+            c.rows.add(&key, &value);
+            let kind = key.get(split + 1).copied();
+            c.had_summary |= kind == Some(kind::SUMMARY);
+            c.shown.add(&key[split + 1..], &value)?;
         }
-        (lower, included) = next;
     }
-    if let Some((done, had)) = current {
-        if let Some(shown) = done.checked(had)? {
-            each(shown)?;
-        }
+    if let Some(done) = current {
+        finish(done, each)?;
     }
     Ok(())
 }

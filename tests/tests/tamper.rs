@@ -17,8 +17,10 @@
 //! frame in the synced part is a damaged store"); a resealed frame opens, and `verify` names the
 //! position again.
 //!
-//! (b) On disk: damage to the index file (`index.redb`) must give an error, a verify failure or
-//! an unchanged log, never a panic and never a log with another head.
+//! (b) On disk: damage to the index file (`index.redb`) must give an error, a verify failure, an
+//! index rebuilt from the log at open (redb refused the file) or an unchanged log, never a panic
+//! and never a log with another head. `index_rot.rs` covers what a flip that redb does not
+//! notice does to each kind of entry.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -705,6 +707,9 @@ enum Attempt {
     OpenRefused,
     ReadError,
     VerifyFailed,
+    /// The open found the index damaged, moved it aside and rebuilt it from the log; verify
+    /// then passed with the original head.
+    Rebuilt,
     /// Verify passed with the original head: the damage hit unused space.
     Unchanged,
 }
@@ -728,7 +733,11 @@ fn reopen_and_verify(dir: &Path, head: Head) -> Attempt {
                 report.head, head,
                 "verify passed on a damaged file with another head"
             );
-            Attempt::Unchanged
+            if engine.index_rebuilt().is_some() {
+                Attempt::Rebuilt
+            } else {
+                Attempt::Unchanged
+            }
         }
     }
 }

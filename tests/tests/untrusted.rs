@@ -22,7 +22,7 @@ use ledger::{
 use ledger_tests::{append_request, for_each_backend, new_event, stream_append, TestStore};
 
 for_each_backend!(
-    a_damaged_index_checkpoint_refuses_to_open_naming_the_file_and_value,
+    a_damaged_index_checkpoint_is_rebuilt_from_the_log_or_refused_never_trusted,
     a_last_event_key_that_is_not_its_records_position_is_refused,
 );
 
@@ -59,12 +59,16 @@ fn read_checkpoint(dir: &Path, backend: Backend) -> Checkpoint {
     Checkpoint::read(&*snap).expect("the checkpoint parses")
 }
 
-fn a_damaged_index_checkpoint_refuses_to_open_naming_the_file_and_value(backend: Backend) {
+fn a_damaged_index_checkpoint_is_rebuilt_from_the_log_or_refused_never_trusted(
+    backend: Backend,
+) {
     // Proves the index checkpoint is not trusted at open (issue 13 item 9): each one-field
-    // damage below makes the store refuse to open with `OpenError::Damaged` naming the value,
-    // never open with a head the writer would append after (a gap, an overflow, a chain from a
-    // wrong hash); the store is untouched, so with the good checkpoint back it opens and the
-    // next append lands right after the real head. Planted defects: without the checked `+ 1`
+    // damage below never opens with a head the writer would append after (a gap, an overflow, a
+    // chain from a wrong hash). A checkpoint naming an event of the log with another hash is the
+    // index's damage, and the index is rebuilt from the log (back to the good checkpoint); one
+    // pointing past the log's frames refuses to open with `OpenError::Damaged` naming the value
+    // (it may be a lost tail) and the store is untouched, so with the good checkpoint back it
+    // opens and the next append lands right after the real head. Planted defects: without the checked `+ 1`
     // the u64::MAX case panicked ("attempt to add with overflow"); without the landing check
     // the off-boundary end opened; without `Store::check_head` the flipped hash opened.
     let store = TestStore::new(backend);
@@ -148,19 +152,35 @@ fn a_damaged_index_checkpoint_refuses_to_open_naming_the_file_and_value(backend:
     ];
     for (case, bad, says) in cases {
         write_checkpoint(&dir, backend, &bad);
+        // A checkpoint that names an event of the log with another hash (or no position at all)
+        // is the index's damage: rebuilt from the log. One that points past what the log holds
+        // may be a lost tail of acked events: refused, and the store left as it is.
+        let rebuilt = matches!(
+            case,
+            "position past the largest" | "position behind the log" | "one bit of the hash"
+        );
         match ledger::store::open_engine(&dir, Create::No, backend) {
-            Err(OpenError::Damaged { path, reason }) => {
+            Ok(opened) if rebuilt => {
+                let note = opened.index_rebuilt().unwrap_or_else(|| {
+                    panic!("{case}: opened on the damaged checkpoint without rebuilding")
+                });
+                assert!(note.contains(says), "{case}: {note}");
+                assert!(note.contains("rebuilt it from the log (head 6)"), "{case}: {note}");
+                drop(opened);
+                assert_eq!(read_checkpoint(&dir, backend), good, "{case}: rebuilt checkpoint");
+            }
+            Err(OpenError::Damaged { path, reason }) if !rebuilt => {
                 assert!(reason.contains(says), "{case}: {reason}");
                 assert_eq!(path, dir.display().to_string(), "{case}");
+                assert_eq!(
+                    read_checkpoint(&dir, backend),
+                    bad,
+                    "{case}: nothing rewritten"
+                );
             }
-            Err(other) => panic!("{case}: expected OpenError::Damaged, got {other}"),
-            Ok(_) => panic!("{case}: a store with a damaged checkpoint opened"),
+            Err(other) => panic!("{case}: expected {rebuilt:?} rebuilt, got {other}"),
+            Ok(_) => panic!("{case}: a store with a checkpoint past its log opened"),
         }
-        assert_eq!(
-            read_checkpoint(&dir, backend),
-            bad,
-            "{case}: nothing rewritten"
-        );
     }
     write_checkpoint(&dir, backend, &good);
     let ledger = store.ledger();

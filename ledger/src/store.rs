@@ -1313,7 +1313,8 @@ fn rebuild_index(
         Some(b) => Some(move_index_aside(&*vfs, dir, b).map_err(io)?),
         None => None,
     };
-    let index = open_backend(options.vfs.as_ref(), dir, backend, true).map_err(|e| map_engine_error(&path, e))?;
+    let index = open_backend(options.vfs.as_ref(), dir, backend, true)
+        .map_err(|e| map_engine_error(&path, e))?;
     // Recovery replays frames only through the hooks the index records; a new index records
     // the ones given, which are the ones this store's writer runs.
     let mut batch = WriteBatch::new();

@@ -59,9 +59,7 @@ fn read_checkpoint(dir: &Path, backend: Backend) -> Checkpoint {
     Checkpoint::read(&*snap).expect("the checkpoint parses")
 }
 
-fn a_damaged_index_checkpoint_is_rebuilt_from_the_log_or_refused_never_trusted(
-    backend: Backend,
-) {
+fn a_damaged_index_checkpoint_is_rebuilt_from_the_log_or_refused_never_trusted(backend: Backend) {
     // Proves the index checkpoint is not trusted at open (issue 13 item 9): each one-field
     // damage below never opens with a head the writer would append after (a gap, an overflow, a
     // chain from a wrong hash). A checkpoint naming an event of the log with another hash is the
@@ -165,9 +163,16 @@ fn a_damaged_index_checkpoint_is_rebuilt_from_the_log_or_refused_never_trusted(
                     panic!("{case}: opened on the damaged checkpoint without rebuilding")
                 });
                 assert!(note.contains(says), "{case}: {note}");
-                assert!(note.contains("rebuilt it from the log (head 6)"), "{case}: {note}");
+                assert!(
+                    note.contains("rebuilt it from the log (head 6)"),
+                    "{case}: {note}"
+                );
                 drop(opened);
-                assert_eq!(read_checkpoint(&dir, backend), good, "{case}: rebuilt checkpoint");
+                assert_eq!(
+                    read_checkpoint(&dir, backend),
+                    good,
+                    "{case}: rebuilt checkpoint"
+                );
             }
             Err(OpenError::Damaged { path, reason }) if !rebuilt => {
                 assert!(reason.contains(says), "{case}: {reason}");

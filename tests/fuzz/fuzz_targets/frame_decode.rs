@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(frame) = Frame::parse(Location::START, &bytes) else {
         return;
     };
-    assert!(checksum_holds(&bytes), "a frame whose checksum fails was accepted");
+    assert!(
+        checksum_holds(&bytes),
+        "a frame whose checksum fails was accepted"
+    );
     let _ = frame.commands();
     let mut total = 0usize;
     for record in frame.records() {

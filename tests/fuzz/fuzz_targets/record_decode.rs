@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(view.expect("checked above").to_record(), record);
-    assert_eq!(record.encode(), data, "an accepted record re-encodes to other bytes");
+    assert_eq!(
+        record.encode(),
+        data,
+        "an accepted record re-encodes to other bytes"
+    );
     assert_eq!(record.encoded_len(), data.len());
     let _ = EventRecord::stored_hash(data, &record.prev_hash);
     let _ = DomainEvent::decode(

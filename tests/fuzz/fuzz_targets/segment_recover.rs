@@ -69,7 +69,10 @@ fuzz_target!(|data: &[u8]| {
             checksum_holds(&bytes[start..]),
             "recovery accepted the frame at {at} whose checksum fails"
         );
-        assert_eq!(frame.header.first_position, position, "frames out of sequence");
+        assert_eq!(
+            frame.header.first_position, position,
+            "frames out of sequence"
+        );
         assert!(at >= end, "frames overlap");
         position = position
             .checked_add(u64::from(frame.header.events))
@@ -79,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
             offset: at.offset + frame.header.frame_len(),
         };
     }
-    assert_eq!(log.end(), end, "the writer would append somewhere else than after the tail");
+    assert_eq!(
+        log.end(),
+        end,
+        "the writer would append somewhere else than after the tail"
+    );
 
     // The recovered log takes a new frame, and recovers to the same frames plus it.
     // A frame whose event would end past u64::MAX is one the writer never plans (its position
@@ -115,5 +122,8 @@ fn first_frame(bytes: &[u8]) -> Option<(usize, u32)> {
     if frame.len() < len {
         return None;
     }
-    Some((len, u32::from_le_bytes(frame[16..20].try_into().expect("4 bytes"))))
+    Some((
+        len,
+        u32::from_le_bytes(frame[16..20].try_into().expect("4 bytes")),
+    ))
 }

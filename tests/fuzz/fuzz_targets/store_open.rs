@@ -27,9 +27,7 @@ use libfuzzer_sys::fuzz_target;
 fn let_caught_redb_panics_through() {
     let libfuzzer_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let in_redb = info
-            .location()
-            .is_some_and(|l| l.file().contains("/redb-"));
+        let in_redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
         if !in_redb {
             libfuzzer_hook(info);
         }
@@ -43,7 +41,8 @@ fn template() -> &'static Path {
             let_caught_redb_panics_through();
             let tmp = scratch();
             let dir = tmp.path().join("store");
-            let ledger = Ledger::open(&dir, options(Create::IfMissing)).expect("create the template");
+            let ledger =
+                Ledger::open(&dir, options(Create::IfMissing)).expect("create the template");
             for (i, stream) in ["wallet-a", "wallet-b", "wallet-a"].iter().enumerate() {
                 let event = NewEvent {
                     event_type: "fuzz.event".into(),
@@ -61,7 +60,9 @@ fn template() -> &'static Path {
                         events: vec![event.clone(), event],
                     }],
                 };
-                ledger.append_blocking(request).expect("the template's appends succeed");
+                ledger
+                    .append_blocking(request)
+                    .expect("the template's appends succeed");
             }
             drop(ledger);
             (tmp, dir)

@@ -10,6 +10,11 @@ pub const MAX_COMMAND_ID_BYTES: usize = 128;
 /// member id (64), and after the member's first append U+001F and the chunk number (a `u32`,
 /// at most 10 digits; see `ledger::ExpirePart`). Fits the record's one-byte length.
 pub const MAX_RECORD_COMMAND_ID_BYTES: usize = MAX_COMMAND_ID_BYTES + 1 + 64 + 1 + 10;
+/// Longest line of the JSON Lines command input (SPEC section 2) that is parsed, in bytes,
+/// not counting its LF; a longer line is rejected unread. A command is a few hundred bytes: this
+/// only stops runaway input, and parsing a line this long stays linear (well under 100 ms, see
+/// `bench_parse`).
+pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
 /// Longest event type name in bytes.
 pub const MAX_EVENT_TYPE_BYTES: usize = 64;
 /// Largest payload of one event.

@@ -338,8 +338,12 @@ impl Frame {
 
     /// The commands the frame records, in order.
     pub fn commands(&self) -> Result<Vec<(String, CommandEntry)>, String> {
-        let mut out = Vec::with_capacity(self.header.commands as usize);
         let mut rest = &self.payload[..self.header.commands_bytes as usize];
+        // The count is a header field: reserve no more than the section's bytes can hold (each
+        // command takes at least 45), or a damaged count asks for hundreds of GB (found by
+        // fuzzing, tests/tests/fuzz_regressions.rs).
+        let fits = rest.len() / (1 + 44);
+        let mut out = Vec::with_capacity((self.header.commands as usize).min(fits));
         for i in 0..self.header.commands {
             let (&len, tail) = rest
                 .split_first()
@@ -699,6 +703,14 @@ impl SegmentLog {
             return Err(damaged(&format!("header says segment {stored}")));
         }
         let first_position = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+        if first_position == 0 {
+            // Positions start at 1: the writer would append frames at position 0, which no
+            // frame header may carry, and recovery would cut them as a torn tail (found by
+            // fuzzing, tests/tests/fuzz_regressions.rs).
+            return Err(damaged(
+                "header says the segment starts at position 0 (positions start at 1)",
+            ));
+        }
         let segment = Arc::new(Segment {
             number,
             first_position,
@@ -986,13 +998,14 @@ impl SegmentLog {
                 }
                 Err(other) => return Err(other),
             };
+            // A damaged (or forged) frame must not wrap the position around.
             position = position
                 .checked_add(u64::from(frame.header.events))
                 .ok_or_else(|| LogError::Damaged {
                     segment: at.segment,
                     offset: at.offset,
                     reason: format!(
-                        "frame of {} events at position {position} runs past the largest position",
+                        "frame at position {position} has {} events, past the largest position",
                         frame.header.events
                     ),
                 })?;

@@ -30,7 +30,7 @@ use crate::store;
 /// order); bounds memory whatever the file size.
 const WINDOW: u64 = 8_192;
 /// Longest accepted line (a command is a few hundred bytes; this only stops runaway input).
-const MAX_LINE_BYTES: usize = 1 << 20;
+const MAX_LINE_BYTES: usize = ledger::limits::MAX_IMPORT_LINE_BYTES;
 /// Parsed lines buffered between the reader thread and the scheduler.
 const CHANNEL_LINES: usize = 1_024;
 
@@ -106,16 +106,19 @@ fn read_lines(input: Box<dyn Read + Send>, tx: &mpsc::Sender<FromReader>) {
             return;
         }
         number += 1;
+        // Decided before the byte-order mark is taken off: an overlong first line must not
+        // shrink under the limit and be parsed cut short (its rest would become line 2).
+        let overlong = buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n');
         if number == 1 && buf.starts_with(UTF8_BOM) {
             // SPEC 2: a byte-order mark at the start of the input (spreadsheet exports write
-            // one) is skipped.
+            // one) is skipped. Anywhere else it is an error (`InputError::ByteOrderMark`).
             buf.drain(..UTF8_BOM.len());
         }
-        if is_blank(&buf) {
+        if !overlong && is_blank(&buf) {
             // SPEC 2: blank lines are skipped and not counted; later lines keep their numbers.
             continue;
         }
-        let parsed = if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+        let parsed = if overlong {
             if let Err(e) = skip_rest_of_line(&mut reader) {
                 let _ = tx.blocking_send(FromReader::Failed(format!(
                     "cannot read input at line {number}: {e}"

@@ -116,6 +116,10 @@ pub enum InputError {
     /// The line is empty or only whitespace.
     #[error("empty line")]
     EmptyLine,
+    /// The line starts with a UTF-8 byte-order mark, which SPEC section 2 allows only at the
+    /// start of the input (where the import skips it), e.g. two exported files concatenated.
+    #[error("byte-order mark (U+FEFF) at the start of the line; one is allowed only at the start of the input")]
+    ByteOrderMark,
     /// Not JSON at all.
     #[error("malformed JSON: {reason}")]
     MalformedJson {
@@ -452,12 +456,20 @@ fn time_value(field: &'static str, value: &Value) -> Result<Timestamp, InputErro
     })
 }
 
+/// The first key (in input order) that an earlier key equals. Linear in the number of keys
+/// (one hash-set insert each): a line may hold up to a mebibyte of keys, and comparing each key
+/// with every earlier one took seconds on such a line (issue 13).
+fn first_duplicate<K: Eq + std::hash::Hash + Copy>(keys: impl Iterator<Item = K>) -> Option<K> {
+    let mut seen = std::collections::HashSet::new();
+    keys.into_iter().find(|&key| !seen.insert(key))
+}
+
 /// Finds the command type and checks field names: no duplicates, no unknown, none missing.
 fn check_shape(pairs: &[(String, Value)]) -> Result<&'static str, InputError> {
-    for (i, (key, _)) in pairs.iter().enumerate() {
-        if pairs[..i].iter().any(|(k, _)| k == key) {
-            return Err(InputError::DuplicateField { field: key.clone() });
-        }
+    if let Some(key) = first_duplicate(pairs.iter().map(|(k, _)| k.as_str())) {
+        return Err(InputError::DuplicateField {
+            field: key.to_owned(),
+        });
     }
     let type_value = pairs
         .iter()
@@ -589,6 +601,9 @@ impl Command {
     pub fn parse_json_line(line: &str) -> Result<Command, InputError> {
         if line.trim().is_empty() {
             return Err(InputError::EmptyLine);
+        }
+        if line.starts_with('\u{feff}') {
+            return Err(InputError::ByteOrderMark);
         }
         let top: TopLevel = serde_json::from_str(line).map_err(|e| InputError::MalformedJson {
             reason: e.to_string(),
@@ -885,5 +900,61 @@ impl FieldSink for Fingerprinter {
         self.0.update(b"t");
         self.bytes(name.as_bytes());
         self.0.update(&value.0.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::hash::{Hash, Hasher};
+
+    use super::*;
+
+    /// A key that counts how often it is compared with another.
+    #[derive(Clone, Copy)]
+    struct Counted<'a> {
+        key: &'a str,
+        comparisons: &'a Cell<u64>,
+    }
+
+    impl PartialEq for Counted<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.comparisons.set(self.comparisons.get() + 1);
+            self.key == other.key
+        }
+    }
+
+    impl Eq for Counted<'_> {}
+
+    impl Hash for Counted<'_> {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.key.hash(state);
+        }
+    }
+
+    // Proves the duplicate-key check is linear: 100,000 distinct keys (a 1 MiB line holds about
+    // that many) cost at most one key comparison each, where comparing each key with every
+    // earlier one costs 5 * 10^9. Planted defect: the old loop (`keys[..i].contains(key)` for
+    // each i) makes this fail with ~5 * 10^9 comparisons.
+    #[test]
+    fn duplicate_check_compares_each_key_at_most_about_once() {
+        let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();
+        let comparisons = Cell::new(0u64);
+        let counted = || {
+            keys.iter().map(|key| Counted {
+                key,
+                comparisons: &comparisons,
+            })
+        };
+        assert!(first_duplicate(counted()).is_none());
+        let n = keys.len() as u64;
+        assert!(
+            comparisons.get() <= n,
+            "{} comparisons for {n} keys",
+            comparisons.get()
+        );
+        // And it still finds the first repeated key in input order.
+        let line = ["a", "b", "c", "b", "a"];
+        assert_eq!(first_duplicate(line.iter().copied()), Some("b"));
     }
 }

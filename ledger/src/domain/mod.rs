@@ -30,6 +30,8 @@ pub mod rows;
 pub mod state;
 
 #[cfg(test)]
+mod parser_tests;
+#[cfg(test)]
 mod row_tests;
 #[cfg(test)]
 mod tests;

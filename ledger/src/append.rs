@@ -75,7 +75,9 @@ impl AppendOutcome {
     }
 }
 
-/// Why an append was refused. Nothing was written in every case.
+/// Why an append was refused. Nothing was written in every case but one:
+/// [`AppendError::Storage`] after the group's frame was handed to the log (its reason then says
+/// the outcome is unknown, see there).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppendError {
@@ -92,8 +94,12 @@ pub enum AppendError {
     /// The request breaks a rule (limits, names).
     #[error("invalid append: {field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// The group commit this request was in failed; the log is as it was before it.
-    #[error("append failed, nothing was written: {reason}")]
+    /// Storage failed. Before the group's frame was written, the reason starts "nothing was
+    /// written" and the log is as it was. After (the frame's write or fdatasync failed, or the
+    /// index commit after a durable frame) the reason says the outcome is unknown: the frame may
+    /// be in the log although the caller was told it failed, the writer has stopped, and a
+    /// retry with the same command id after reopening settles it (applied once, never twice).
+    #[error("append failed: {reason}")]
     Storage { reason: String },
     /// A commit hook (the projections) failed on this request's group; nothing was written.
     /// Keeps the hook's error, with its sources.

@@ -560,7 +560,9 @@ fn run_writer(
         in_flight = jobs.len().max(in_flight / 2);
         if let Some(reason) = &stopped {
             let err = AppendError::Storage {
-                reason: format!("the writer stopped: {reason}; reopen the store"),
+                reason: format!(
+                    "nothing was written: the writer stopped: {reason}; reopen the store"
+                ),
             };
             for job in jobs {
                 job.reply.fail(CommandError::Append(err.clone()));
@@ -650,6 +652,7 @@ impl Writer<'_> {
     fn group_commit(&mut self, state: WriterState, jobs: Vec<Job>) -> Result<WriterState, String> {
         let engine = self.engine;
         let fail_all = |jobs: Vec<Job>, err: AppendError| {
+            let err = nothing_written(err);
             for job in jobs {
                 job.reply.fail(CommandError::Append(err.clone()));
             }
@@ -726,6 +729,7 @@ impl Writer<'_> {
                 Ok(planned)
             }
             Written::Failed(err) => {
+                let err = nothing_written(err);
                 for (reply, _) in pending {
                     reply.fail(CommandError::Append(err.clone()));
                 }
@@ -757,10 +761,10 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
         Ok(at) => at,
         Err(LogError::Stopped { reason }) => {
             let err = AppendError::Storage {
-                    reason: format!(
-                        "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped: reopen the store"
-                    ),
-                };
+                reason: format!(
+                    "outcome unknown: the event log could not make this group durable ({reason}), so it may or may not be in the log; the writer stopped: reopen the store and retry with the same command id, which applies it at most once"
+                ),
+            };
             return Written::Stop(err, reason);
         }
         Err(e) => {
@@ -786,17 +790,32 @@ fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_
     let durability = checkpoints.next(plan.frame.events());
     if let Err(e) = engine.commit_index(batch, durability) {
         let reason = format!(
-                "the index commit after a durable frame failed ({e}); the events are in the log and a reopen indexes them"
-            );
+            "the index commit after a durable frame failed ({e}); the events are in the log and a reopen indexes them"
+        );
         engine.log().stop(reason.clone());
         return Written::Stop(
             AppendError::Storage {
-                reason: reason.clone(),
+                reason: format!(
+                    "outcome unknown: {reason}; the writer stopped: reopen the store and retry with the same command id, which answers it without applying it twice"
+                ),
             },
             reason,
         );
     }
     Written::Done
+}
+
+/// Says so in a storage error of a group that failed before its frame was written (the log is
+/// as it was); other errors already say what happened.
+fn nothing_written(err: AppendError) -> AppendError {
+    match err {
+        AppendError::Storage { reason } if !reason.starts_with("nothing was written") => {
+            AppendError::Storage {
+                reason: format!("nothing was written: {reason}"),
+            }
+        }
+        other => other,
+    }
 }
 
 fn hook_failed(error: HookError) -> AppendError {

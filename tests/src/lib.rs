@@ -7,6 +7,8 @@
 //! - [`crash_content`]: the crash writer's event content, shared with the crash test.
 //! - [`frames`]: read and rewrite a store's segment frames behind its back (tamper tests).
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
+//! - [`queue`]: put requests into the ledger writer's queue in a known order without waiting,
+//!   so a held writer's next group commit holds all of them.
 //! - [`procfs`]: memory, CPU, load and I/O readings from `/proc` for the benchmark programs.
 //! - [`faulty`]: an [`ledger::Engine`] wrapper that can hold or fail commits on demand, so the
 //!   tests can put several appends into one group commit and make that commit fail.
@@ -18,6 +20,7 @@ pub mod faulty;
 pub mod fixture;
 pub mod frames;
 pub mod procfs;
+pub mod queue;
 pub mod wallet;
 
 pub use faulty::FaultyEngine;

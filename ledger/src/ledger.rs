@@ -592,7 +592,9 @@ fn run_writer(
         in_flight = jobs.len().max(in_flight / 2);
         if let Some(reason) = &stopped {
             let err = AppendError::Storage {
-                reason: format!("the writer stopped: {reason}; reopen the store"),
+                reason: format!(
+                    "nothing was written: the writer stopped: {reason}; reopen the store"
+                ),
             };
             for job in jobs {
                 job.reply.fail(CommandError::Append(err.clone()));

@@ -6,7 +6,7 @@
 //! writer goes on). The log's own fault, a failed `fdatasync`, is
 //! `SegmentLog::fail_next_sync` (feature `fault-injection` of the ledger crate).
 //!
-//! Three controls, each one-shot and race-free with respect to the ledger's single writer:
+//! Four controls, each one-shot and race-free with respect to the ledger's single writer:
 //! - [`FaultyEngine::hold_commits`] makes commits wait at a gate until
 //!   [`FaultyEngine::release_commits`]; while the writer waits there, further appends pile up in
 //!   its queue and all land in its next group commit.
@@ -15,9 +15,13 @@
 //! - [`FaultyEngine::fail_next_snapshot`] makes the next snapshot return
 //!   [`EngineError::Injected`]: the writer takes one at the start of every group, before its
 //!   frame is built.
+//! - [`FaultyEngine::commit_then_fail_next`] makes the next commit that starts go through to the
+//!   wrapped engine, synced, and *then* return [`EngineError::Injected`]: the batch is durable
+//!   but the writer is told it failed ("written but reported failed", as a disk that loses the
+//!   acknowledgement of a completed write, or an fsync error reported after the data landed).
 //!
-//! The wrapper records what each failed batch contained, so a test can prove how many appends
-//! were in the commit that failed instead of assuming it.
+//! The wrapper records what each failed batch and each committed batch contained, so a test can
+//! prove how many appends were in one commit instead of assuming it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,9 +31,13 @@ use ledger::engine::WriteOp;
 use ledger::log::tables;
 use ledger::{Durability, Engine, EngineError, Snapshot, WriteBatch};
 
-/// Longest a commit waits at a closed gate before failing the test, so a mistake in a test
-/// cannot hang the suite.
-const GATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a commit waits at a closed gate before failing the test. Not a bound on how fast
+/// anything must be: it only turns a test that forgot to release the gate into a failure
+/// instead of a hang, so it is generous enough for a machine loaded by other work.
+const GATE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest [`FaultyEngine::wait_for_commits_started`] waits for the writer to reach a commit:
+/// again only a cap that turns a hang into a failure, never a speed requirement.
+const WAIT_CAP: Duration = Duration::from_secs(120);
 
 /// See the module doc.
 pub struct FaultyEngine {
@@ -37,6 +45,8 @@ pub struct FaultyEngine {
     inner: Arc<dyn Engine>,
     /// Armed by `fail_next_commit`, consumed by the next commit that starts.
     fail_next: AtomicBool,
+    /// Armed by `commit_then_fail_next`, consumed by the next commit that starts.
+    commit_then_fail: AtomicBool,
     /// Armed by `fail_next_snapshot`, consumed by the next snapshot.
     fail_next_snapshot: AtomicBool,
     /// Snapshots failed by injection.
@@ -49,6 +59,10 @@ pub struct FaultyEngine {
     commits_ok: AtomicU64,
     /// For each injected failure: the command ids written by the failed batch, in batch order.
     failed_batches: Mutex<Vec<Vec<String>>>,
+    /// For each batch the wrapped engine committed (including those then reported failed by
+    /// `commit_then_fail_next`): the command ids it indexed, in batch order. Empty for a
+    /// batch that records no command (a checkpoint, a guard marker).
+    committed_batches: Mutex<Vec<Vec<String>>>,
 }
 
 impl FaultyEngine {
@@ -57,18 +71,26 @@ impl FaultyEngine {
         Arc::new(FaultyEngine {
             inner,
             fail_next: AtomicBool::new(false),
+            commit_then_fail: AtomicBool::new(false),
             fail_next_snapshot: AtomicBool::new(false),
             snapshots_failed: AtomicU64::new(0),
             gate: (Mutex::new(false), Condvar::new()),
             commits_started: AtomicU64::new(0),
             commits_ok: AtomicU64::new(0),
             failed_batches: Mutex::new(Vec::new()),
+            committed_batches: Mutex::new(Vec::new()),
         })
     }
 
     /// The next commit that starts fails with [`EngineError::Injected`] and writes nothing.
     pub fn fail_next_commit(&self) {
         self.fail_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The next commit that starts is committed by the wrapped engine, synced, and then
+    /// reported as failed with [`EngineError::Injected`]: written but reported failed.
+    pub fn commit_then_fail_next(&self) {
+        self.commit_then_fail.store(true, Ordering::SeqCst);
     }
 
     /// The next snapshot fails with [`EngineError::Injected`].
@@ -118,13 +140,26 @@ impl FaultyEngine {
             .clone()
     }
 
-    /// Waits until at least `n` commits have started, or panics after `timeout`.
-    pub fn wait_for_commits_started(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    /// Command ids of every batch the wrapped engine committed that recorded at least one
+    /// command, one list per commit, in commit order.
+    pub fn committed_batches(&self) -> Vec<Vec<String>> {
+        self.committed_batches
+            .lock()
+            .expect("committed_batches lock is never poisoned: no panics while held")
+            .iter()
+            .filter(|ids| !ids.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `n` commits have started. Waits on the event itself; the cap
+    /// ([`WAIT_CAP`]) only turns a writer that never gets there into a failure, not a hang.
+    pub fn wait_for_commits_started(&self, n: u64) {
+        let deadline = Instant::now() + WAIT_CAP;
         while self.commits_started() < n {
             assert!(
                 Instant::now() < deadline,
-                "only {} of {n} commits started within {timeout:?}",
+                "only {} of {n} commits started after {WAIT_CAP:?}: the writer is stuck",
                 self.commits_started()
             );
             std::thread::sleep(Duration::from_millis(1));
@@ -181,6 +216,7 @@ impl Engine for FaultyEngine {
     fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         // Decide before waiting: a failure armed while this commit waits belongs to the next one.
         let fail = self.fail_next.swap(false, Ordering::SeqCst);
+        let fail_after = !fail && self.commit_then_fail.swap(false, Ordering::SeqCst);
         self.commits_started.fetch_add(1, Ordering::SeqCst);
         self.wait_at_gate();
         if fail {
@@ -193,7 +229,27 @@ impl Engine for FaultyEngine {
                 batch.len()
             )));
         }
+        let ids = command_ids(&batch);
+        if fail_after {
+            // Durable first, as a write whose completion was lost: synced whatever was asked.
+            self.inner.commit_with(batch, Durability::Synced)?;
+            self.committed_batches
+                .lock()
+                .expect("committed_batches lock is never poisoned: no panics while held")
+                .push(ids.clone());
+            self.failed_batches
+                .lock()
+                .expect("failed_batches lock is never poisoned: no panics while held")
+                .push(ids);
+            return Err(EngineError::Injected(
+                "test failure reported after the batch was committed and synced".into(),
+            ));
+        }
         self.inner.commit_with(batch, durability)?;
+        self.committed_batches
+            .lock()
+            .expect("committed_batches lock is never poisoned: no panics while held")
+            .push(ids);
         self.commits_ok.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! - [`crash_content`]: the crash writer's event content, shared with the crash test.
 //! - [`frames`]: read and rewrite a store's segment frames behind its back (tamper tests).
 //! - [`fixture`]: temporary store directories for every backend, and request builders.
+//! - [`queue`]: put requests into the ledger writer's queue in a known order without waiting,
+//!   so a held writer's next group commit holds all of them.
 //! - [`procfs`]: memory, CPU, load and I/O readings from `/proc` for the benchmark programs.
 //! - [`simdisk`]: an in-memory disk (a `ledger::vfs::Vfs`) that loses unsynced writes at a
 //!   power cut, tears the last one, fails reads, writes and syncs, and rots bits.
@@ -22,6 +24,7 @@ pub mod faulty;
 pub mod fixture;
 pub mod frames;
 pub mod procfs;
+pub mod queue;
 pub mod simdisk;
 pub mod simulate;
 pub mod wallet;

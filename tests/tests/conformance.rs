@@ -1277,12 +1277,16 @@ fn ledger_subscription_catches_up_then_follows_live_without_gaps(backend: Backen
     });
 }
 
+/// Longest a test waits for a subscription's next item. Only turns a subscription that never
+/// delivers into a failure instead of a hang; no speed is asserted (a loaded machine may be slow).
+const SUBSCRIPTION_CAP: Duration = Duration::from_secs(120);
+
 async fn next_event(sub: &mut ledger::Subscription) -> EventRecord {
-    match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+    match tokio::time::timeout(SUBSCRIPTION_CAP, sub.next()).await {
         Ok(Some(Ok(record))) => record,
         Ok(Some(Err(e))) => panic!("subscription read failed: {e}"),
         Ok(None) => panic!("subscription ended while the ledger is open"),
-        Err(_) => panic!("subscription delivered nothing within 10 s"),
+        Err(_) => panic!("subscription delivered nothing after {SUBSCRIPTION_CAP:?}"),
     }
 }
 
@@ -1298,12 +1302,12 @@ fn ledger_subscription_ends_when_the_ledger_is_dropped(backend: Backend) {
         let mut sub = ledger.subscribe(Position(1));
         assert_eq!(next_event(&mut sub).await.position, Position(1));
         drop(ledger);
-        let end = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
+        let end = tokio::time::timeout(SUBSCRIPTION_CAP, sub.next()).await;
         match end {
             Ok(None) => {}
             Ok(Some(other)) => panic!("expected the end of the subscription, got {other:?}"),
             Err(_) => panic!(
-                "subscription still waiting 2 s after the last Ledger handle was dropped: \
+                "subscription still waiting {SUBSCRIPTION_CAP:?} after the last Ledger handle was dropped: \
                  it holds its own Ledger clone, so the writer never stops and next() never \
                  returns None"
             ),
@@ -1339,9 +1343,11 @@ fn doomed_group(
                 .await
             })
         };
-        faulty.wait_for_commits_started(started + 1, Duration::from_secs(10));
+        faulty.wait_for_commits_started(started + 1);
         arm();
         let doomed_ids: Vec<String> = (0..6).map(|i| format!("doomed{i}")).collect();
+        // Each is in the writer's queue, in this order, when `enqueue` returns (see
+        // `ledger_tests::queue`): no sleep that a loaded machine could outlast.
         let doomed: Vec<_> = doomed_ids
             .iter()
             .enumerate()
@@ -1358,13 +1364,9 @@ fn doomed_group(
                         &[b"d", b"e"],
                     )
                 };
-                tokio::spawn(async move { l.append(request).await })
+                ledger_tests::queue::enqueue(async move { l.append(request).await })
             })
             .collect();
-        // Give the tasks time to reach the writer's queue. Not a correctness bound: each test
-        // proves afterwards that all six were in the one faulty group (a one-shot fault fails
-        // one group only), so a slow machine shows up as a clear assertion, not a wrong pass.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         faulty.release_commits();
         let gate = gate
             .await
@@ -1372,8 +1374,8 @@ fn doomed_group(
             .expect("the held commit succeeds");
         assert_eq!(gate, outcome(3, 1, false));
         let mut out = Vec::new();
-        for (id, task) in doomed_ids.into_iter().zip(doomed) {
-            out.push((id, task.await.expect("doomed task")));
+        for (id, queued) in doomed_ids.into_iter().zip(doomed) {
+            out.push((id, queued.await));
         }
         out
     })

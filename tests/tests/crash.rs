@@ -325,8 +325,10 @@ fn open_retrying_lock(store: &Path, options: LedgerOptions) -> Result<Ledger, Le
     let started = Instant::now();
     loop {
         match Ledger::open(store, options.clone()) {
+            // The cap only turns a lock that is never released into a failure; under load the
+            // release can take long, so it is generous.
             Err(LedgerError::Open(OpenError::Locked { .. }))
-                if started.elapsed() < Duration::from_secs(10) =>
+                if started.elapsed() < Duration::from_secs(120) =>
             {
                 std::thread::sleep(Duration::from_millis(5));
             }

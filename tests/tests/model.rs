@@ -2,17 +2,35 @@
 //! wrong, reused command ids with the same or different content), reads and reopens run against
 //! the real ledger and against a `BTreeMap` model; every outcome must be the model's.
 //!
+//! Appends also come in *groups*: several requests the writer must plan into one group commit,
+//! so planning against what earlier requests of the same group wrote is compared with the
+//! model too (a request expecting the version an earlier one in the group produced, an
+//! expected-version conflict with it, the same command id twice in one group with the same or
+//! different content). How a group is forced, without timing: the index engine is a
+//! [`ledger_tests::FaultyEngine`]; the test holds the writer inside the commit of a "gate"
+//! append, puts the group's requests into the writer's queue in order
+//! ([`ledger_tests::queue::enqueue`]), and releases it; the writer's next group takes them all.
+//! The committed batches the engine saw prove it: the group's new command ids are exactly one
+//! commit's. The model is sequential: a group must answer as the same requests one by one would.
+//!
+//! Planted defects this test caught (each run, seen failing, reverted): the planner forgetting
+//! command ids recorded earlier in the same group (`Plan::known_command` reading only the
+//! snapshot: an id twice in one group is appended twice); the planner forgetting versions
+//! written earlier in the group (`Plan::current_version` reading only committed state).
+//!
 //! Cases: 64 by default; set `PROPTEST_CASES` to run more. Failure persistence is off so the
 //! suite writes no regression files into the source tree; a failure prints its minimal case.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger::{
     AppendError, AppendOutcome, AppendRequest, Backend, Create, EventRecord, ExpectedVersion,
-    Ledger, LedgerError, LedgerOptions, NewEvent, OpenError, Position, StreamVersion,
+    Ledger, NewEvent, OpenError, Position, StreamVersion,
 };
-use ledger_tests::{new_event, stream_append, TestStore};
+use ledger_tests::queue::enqueue;
+use ledger_tests::{new_event, stream_append, FaultyEngine, TestStore};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError};
@@ -54,6 +72,9 @@ enum CommandId {
     Fresh,
     /// An id tried before (successfully or not). `same`: resend that attempt's content.
     Reuse { pick: Index, same: bool },
+    /// The id of the attempt just before (in a group: the previous request of the same group,
+    /// so the same id twice in one group commit). `same`: resend that attempt's content.
+    Last { same: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +93,8 @@ enum Op {
         limit: usize,
     },
     Reopen,
+    /// Appends the writer must plan into one group commit, in this order.
+    Group(Vec<(CommandId, Vec<Part>)>),
 }
 
 fn gen_event() -> impl Strategy<Value = GenEvent> {
@@ -100,20 +123,28 @@ fn gen_part() -> impl Strategy<Value = Part> {
     })
 }
 
-fn gen_op() -> impl Strategy<Value = Op> {
-    let id = prop_oneof![
-        3 => Just(CommandId::Fresh),
-        1 => (any::<Index>(), any::<bool>()).prop_map(|(pick, same)| CommandId::Reuse { pick, same }),
-    ];
-    let parts = prop::collection::vec(gen_part(), 1..4).prop_map(|mut parts| {
+fn gen_id() -> impl Strategy<Value = CommandId> {
+    prop_oneof![
+        6 => Just(CommandId::Fresh),
+        2 => (any::<Index>(), any::<bool>()).prop_map(|(pick, same)| CommandId::Reuse { pick, same }),
+        1 => any::<bool>().prop_map(|same| CommandId::Last { same }),
+    ]
+}
+
+fn gen_parts() -> impl Strategy<Value = Vec<Part>> {
+    prop::collection::vec(gen_part(), 1..4).prop_map(|mut parts| {
         // One append names a stream at most once (a second mention is a validation error,
         // which the conformance suite covers); keep the first mention.
         let mut seen = [false; STREAMS.len()];
         parts.retain(|p| !std::mem::replace(&mut seen[p.stream], true));
         parts
-    });
+    })
+}
+
+fn gen_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (id, parts).prop_map(|(id, parts)| Op::Append { id, parts }),
+        8 => (gen_id(), gen_parts()).prop_map(|(id, parts)| Op::Append { id, parts }),
+        4 => prop::collection::vec((gen_id(), gen_parts()), 2..7).prop_map(Op::Group),
         2 => (0..STREAMS.len(), 0u64..8, 0usize..10)
             .prop_map(|(stream, from, limit)| Op::ReadStream { stream, from, limit }),
         2 => (0u64..40, 0usize..50).prop_map(|(from, limit)| Op::ReadAll { from, limit }),
@@ -211,9 +242,15 @@ impl Model {
                 (STREAMS[p.stream].to_owned(), events)
             })
             .collect();
-        let (command_id, content) = match id {
-            CommandId::Reuse { pick, same } if !self.tried.is_empty() => {
-                let (id, old) = &self.tried[pick.index(self.tried.len())];
+        let earlier = match id {
+            CommandId::Reuse { pick, .. } if !self.tried.is_empty() => {
+                Some(&self.tried[pick.index(self.tried.len())])
+            }
+            CommandId::Last { .. } => self.tried.last(),
+            _ => None,
+        };
+        let (command_id, content) = match (id, earlier) {
+            (CommandId::Reuse { same, .. } | CommandId::Last { same }, Some((id, old))) => {
                 let content = if *same { old.clone() } else { generated };
                 (id.clone(), content)
             }
@@ -327,26 +364,33 @@ fn as_model(r: &EventRecord) -> ModelEvent {
 // ---------------------------------------------------------------------------------------------
 // Running a case
 
-/// Opens the ledger. sled 0.34 releases its file lock some time after the last handle is
+/// Longest [`open`] retries a store still locked by the handle just dropped: a cap that turns
+/// a lock never released into a failure, not a speed bound (a loaded machine is slow to release).
+const LOCK_CAP: Duration = Duration::from_secs(120);
+
+/// Opens the ledger on a [`FaultyEngine`] around the store's index (nothing is armed but the
+/// gate of [`Op::Group`]). sled 0.34 releases its file lock some time after the last handle is
 /// dropped (sled issue #1234), so a reopen right after a drop can see `Locked`; this test is
-/// about agreement with the model, so it retries for a bounded time. The conformance test
-/// `ledger_reopen_right_after_drop_is_never_locked` reports that behaviour on its own.
-fn open(store: &TestStore) -> Ledger {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let options = LedgerOptions {
-            create: Create::IfMissing,
-            backend: store.backend,
-            hooks: Vec::new(),
-        };
-        match Ledger::open(&store.dir(), options) {
-            Ok(ledger) => return ledger,
-            Err(LedgerError::Open(OpenError::Locked { .. })) if Instant::now() < deadline => {
+/// about agreement with the model, so it retries until the lock is released. The conformance
+/// test `ledger_reopen_right_after_drop_is_never_locked` reports that behaviour on its own.
+fn open(store: &TestStore) -> (Arc<FaultyEngine>, Ledger) {
+    let deadline = Instant::now() + LOCK_CAP;
+    let plain = loop {
+        match ledger::open_store(&store.dir(), Create::IfMissing, store.backend, &[]) {
+            Ok(plain) => break plain,
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("opening the {:?} model ledger failed: {e}", store.backend),
         }
-    }
+    };
+    let faulty = FaultyEngine::new(Arc::clone(plain.index()));
+    drop(plain);
+    let engine = ledger::Store::with_index(&store.dir(), faulty.clone(), false, &[])
+        .unwrap_or_else(|e| panic!("reopening the model store on the faulty engine: {e}"));
+    let ledger = Ledger::with_engine(engine, Vec::new())
+        .unwrap_or_else(|e| panic!("starting the model ledger: {e}"));
+    (faulty, ledger)
 }
 
 fn durable_head_position(ledger: &Ledger) -> Result<u64, TestCaseError> {
@@ -360,8 +404,11 @@ fn durable_head_position(ledger: &Ledger) -> Result<u64, TestCaseError> {
 
 fn run_case(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
     let store = TestStore::new(backend);
-    let mut ledger = open(&store);
+    let (mut faulty, mut ledger) = open(&store);
     let mut model = Model::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| TestCaseError::fail(format!("a tokio runtime: {e}")))?;
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Append { id, parts } => {
@@ -395,9 +442,13 @@ fn run_case(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
                     op
                 );
             }
+            Op::Group(requests) => {
+                run_group(&runtime, &ledger, &faulty, &mut model, step, requests)?;
+            }
             Op::Reopen => {
                 drop(ledger);
-                ledger = open(&store);
+                drop(faulty);
+                (faulty, ledger) = open(&store);
                 prop_assert_eq!(
                     ledger.head().position.0,
                     model.events.len() as u64,
@@ -440,6 +491,89 @@ fn run_case(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
             report.head.hash,
             last.hash,
             "verify head hash is the last record's"
+        );
+    }
+    Ok(())
+}
+
+/// Runs [`Op::Group`]: holds the writer in the commit of a gate append, queues the group's
+/// requests in order, releases the writer, and compares each answer with the model's (which
+/// runs them one by one). Then proves they were one group commit.
+fn run_group(
+    runtime: &tokio::runtime::Runtime,
+    ledger: &Ledger,
+    faulty: &FaultyEngine,
+    model: &mut Model,
+    step: usize,
+    requests: &[(CommandId, Vec<Part>)],
+) -> Result<(), TestCaseError> {
+    faulty.hold_commits();
+    let started = faulty.commits_started();
+    // The gate is a modelled append like any other: a fresh id, one event on its own stream.
+    model.fresh_ids += 1;
+    let gate = ledger_tests::append_request(
+        &format!("gate-{}", model.fresh_ids),
+        vec![stream_append(
+            "gate",
+            ExpectedVersion::Any,
+            vec![new_event("model.gate", b"g", 0)],
+        )],
+    );
+    let gate_want = model.append(&gate);
+    let gate_answer = enqueue({
+        let l = ledger.clone();
+        async move { l.append(gate).await }
+    });
+    // The writer is inside the gate's commit: whatever is queued now is its next group.
+    faulty.wait_for_commits_started(started + 1);
+    let mut queued = Vec::with_capacity(requests.len());
+    for (id, parts) in requests {
+        let request = model.request(id, parts);
+        let want = model.append(&request);
+        let answer = enqueue({
+            let l = ledger.clone();
+            let request = request.clone();
+            async move { l.append(request).await }
+        });
+        queued.push((request, want, answer));
+    }
+    faulty.release_commits();
+    let got = Outcome::from(runtime.block_on(gate_answer));
+    prop_assert_eq!(got, gate_want, "step {}: the group's gate", step);
+    // The group's requests that the model says write: their ids, in order, must be exactly
+    // the command ids of the one commit after the gate's.
+    let mut written = Vec::new();
+    for (i, (request, want, answer)) in queued.into_iter().enumerate() {
+        if let Outcome::Ok(o) = &want {
+            if !o.duplicate {
+                written.push(request.command_id.clone());
+            }
+        }
+        let got = Outcome::from(runtime.block_on(answer));
+        prop_assert_eq!(
+            got,
+            want,
+            "step {}: request {} of a group commit: {:?}",
+            step,
+            i,
+            request
+        );
+    }
+    let batches = faulty.committed_batches();
+    let last = batches.last().cloned().unwrap_or_default();
+    if written.is_empty() {
+        prop_assert!(
+            last.len() == 1 && last[0].starts_with("gate-"),
+            "step {}: the group wrote nothing, yet the last commit was {:?}",
+            step,
+            last
+        );
+    } else {
+        prop_assert_eq!(
+            &last,
+            &written,
+            "step {}: the group's appends were not one group commit",
+            step
         );
     }
     Ok(())

@@ -94,7 +94,9 @@ fn acknowledged_commands_survive_kill_9_with_views_at_the_head_equal_to_the_fold
 
 /// Opens the engine; `None` when the child was killed before it created the store.
 fn open_store(store: &Path, context: &str) -> Option<Arc<dyn Engine>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Waits for the lock's release itself; the cap only turns a lock never released into a
+    // failure, generous for a machine loaded by other work.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match projections::open_store(store, Create::No, Backend::Redb) {
             Ok(engine) => return Some(engine),

@@ -39,7 +39,7 @@ const WRITERS: u32 = 8;
 /// Streams each writer owns.
 const STREAMS_PER_WRITER: usize = 3;
 /// How long to wait for a store another holder still has locked (see `open_waiting_for_lock`).
-const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(10);
+const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// Pause between open attempts on a locked store.
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(5);
 

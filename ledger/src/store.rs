@@ -1309,6 +1309,22 @@ fn rebuild_index(
         reason,
     };
     let vfs = options.vfs();
+    // The new index is replayed through the hooks given here and records them. An open that
+    // runs none (a plain reader, `open_engine`) must not rebuild the index of a store whose
+    // writer runs hooks: the views would be dropped for good. It rebuilds only when the
+    // damaged index says its writer ran none either; otherwise the open is refused, and the
+    // writer's own open rebuilds it.
+    if hooks.is_empty() {
+        let recorded = damaged.and_then(|b| recorded_hooks(options, dir, b));
+        if recorded.as_deref() != Some("") {
+            return Err(OpenError::Damaged {
+                path,
+                reason: format!(
+                    "its index is damaged ({reason}) and is rebuilt from the log only through the hooks its writer runs, which this open does not run: open it the way its writer does (a wallet store: any migrate-tool command, projections::open_store or WalletService::open)"
+                ),
+            });
+        }
+    }
     let moved = match damaged {
         Some(b) => Some(move_index_aside(&*vfs, dir, b).map_err(io)?),
         None => None,
@@ -1348,6 +1364,15 @@ fn rebuild_index(
     // Set once, here, on a store nobody else holds yet.
     let _ = store.index_rebuilt.set(note);
     Ok(store)
+}
+
+/// The hook names a (damaged) index records in `meta.hooks` (none recorded: no hooks), if it
+/// opens and reads.
+fn recorded_hooks(options: &StoreOptions, dir: &Path, backend: Backend) -> Option<String> {
+    let index = open_backend(options.vfs.as_ref(), dir, backend, false).ok()?;
+    let snap = index.snapshot().ok()?;
+    let bytes = snap.get(tables::META, META_HOOKS).ok()?.unwrap_or_default();
+    String::from_utf8(bytes).ok()
 }
 
 /// Renames the index of `backend` in `dir` to `<name>.damaged-<unix seconds>` and syncs the

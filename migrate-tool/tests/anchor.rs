@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use ledger::segments::{segment_name, FrameReader, Location, FRAME_HEADER_BYTES, SEGMENTS_DIR};
 use ledger::store::{Checkpoint, META_LOG_CHECKPOINT};
-use ledger::{Backend, Create, Hash, Head, LedgerOptions, Position, StoreOptions, WriteBatch};
+use ledger::{
+    Backend, Create, Engine, Hash, Head, LedgerOptions, Position, StoreOptions, WriteBatch,
+};
 use projections::{ProjectionHook, WalletService};
 use serde_json::Value;
 
@@ -303,9 +305,12 @@ fn rewrite_and_rechain(store: &Path, target: u64) -> Head {
     head
 }
 
-/// Sets the index checkpoint's head hash, as a tamperer covering a rewrite would.
+/// Sets the index checkpoint's head hash, as a tamperer covering a rewrite would: in the redb
+/// file itself (a store open would find the checkpoint disagreeing with the log and refuse).
 fn set_checkpoint_hash(store: &Path, hash: Hash) {
-    let engine = ledger::open_engine(store, Create::No, Backend::Redb).expect("open the store");
+    let engine =
+        ledger::engine::redb::RedbEngine::open(&store.join(ledger::store::REDB_FILE), false)
+            .expect("open the index file");
     let mut checkpoint = Checkpoint::read(&*engine.snapshot().unwrap()).unwrap();
     checkpoint.head.hash = hash;
     let mut batch = WriteBatch::new();
@@ -394,24 +399,39 @@ fn an_event_rewritten_and_rechained_to_the_head_passes_verify_but_fails_verify_s
     );
 }
 
-// Proves the index checkpoint is covered by `verify`: the same rewrite and re-chain, but the
-// checkpoint left at the old head hash (the hash the writer would chain its next event to),
-// fails `verify` (exit 1) naming the checkpoint's head and hash and the recomputed ones.
-// Planted defect caught: `verify` without `check_checkpoint`.
+// Proves a checkpoint left at the old head hash by a rewrite and re-chain (the hash the writer
+// would chain its next event to) is never trusted: the next open finds it disagreeing with the
+// log, says so on stderr, keeps the old index aside and rebuilds the index from the log; the
+// rewrite itself is then caught by `verify --since` an anchor published before it. (`verify`'s
+// own checkpoint comparison still covers a reader beside a writer, which opens no index.)
+// Planted defect caught: `checkpoint_disagrees_with_log` answering None (the open refuses as a
+// damaged log instead, exit 2).
 #[test]
-fn an_index_checkpoint_that_disagrees_with_the_log_fails_verify() {
+fn a_checkpoint_that_disagrees_with_the_log_is_reported_and_the_index_rebuilt_at_open() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     demo_store(&store);
-    let (position, hash, _) = head(&store);
+    let (position, hash, anchor) = head(&store);
     let new_head = rewrite_and_rechain(&store, position / 2);
     let r = run(&store, &["verify"]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let needle = format!(
-        "the index checkpoint names head {position} ({hash}), but the log's head recomputes as {position} ({})",
+        "the index checkpoint in {} says the last event is at position {position} with hash {hash}, but the log's event there has hash {}",
+        store.join(ledger::store::REDB_FILE).display(),
         new_head.hash
     );
-    assert!(r.stdout.contains(&needle), "{needle:?} not in {}", r.stdout);
+    assert!(r.stderr.contains(&needle), "{needle:?} not in {}", r.stderr);
+    assert!(r.stderr.contains("rebuilt it from the log"), "{}", r.stderr);
+    let kept_aside = std::fs::read_dir(&store)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(".damaged-"));
+    assert!(kept_aside, "the damaged index was not kept aside");
+    let r = run(&store, &["check"]);
+    assert_eq!(r.code, 0, "views rebuilt from the log: {}", r.stdout);
+    let r = run(&store, &["verify", "--since", &anchor]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("ANCHOR FAILED"), "{}", r.stdout);
 }
 
 /// Flips one byte of the fingerprint of the first command of the frame holding `position`;

@@ -35,6 +35,11 @@ use crate::ProjectionError;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProjectionHook;
 
+impl ProjectionHook {
+    /// The hook's name, recorded in the store's `meta.hooks` by its writer.
+    pub const NAME: &'static str = "wallet-views";
+}
+
 /// Decodes a record as a wallet event of `member`, or `None` for identity and other streams.
 pub fn wallet_event_of(
     record: &EventRecord,
@@ -95,7 +100,7 @@ pub(crate) fn opened_in_own_stream(
 
 impl CommitHook for ProjectionHook {
     fn name(&self) -> &'static str {
-        "wallet-views"
+        ProjectionHook::NAME
     }
 
     fn begin<'s>(&'s self, snap: &'s dyn Snapshot) -> Result<Box<dyn GroupHook + 's>, HookError> {

@@ -52,6 +52,9 @@ pub fn rebuild(
     let snap = engine.snapshot()?;
     let (head, _) = log::read_head(&*snap)?;
     let digest_before = digest::stored_digest(&*snap)?;
+    let hooks_recorded = snap
+        .get(log::tables::META, ledger::store::META_HOOKS)?
+        .is_some_and(|names| !names.is_empty());
     // A live read snapshot keeps every page freed by later commits from being reused: holding it
     // through the rebuild made the file grow by gigabytes at 16.5M members.
     drop(snap);
@@ -76,6 +79,16 @@ pub fn rebuild(
         }
     }
     views::put_checkpoint(&mut last, head.position);
+    if !hooks_recorded {
+        // The views now stand as the views hook keeps them, so the store says its writer runs
+        // it (a store filled by a hook-free writer, like `demo`, rebuilt after): an open that
+        // runs no hooks then never rebuilds a damaged index without its views.
+        last.put(
+            log::tables::META,
+            ledger::store::META_HOOKS.to_vec(),
+            crate::hook::ProjectionHook::NAME.as_bytes().to_vec(),
+        );
+    }
     engine.commit(last)?;
     Ok(RebuildReport {
         digest_before,

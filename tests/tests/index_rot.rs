@@ -30,6 +30,7 @@ for_each_backend!(
     a_flipped_bit_in_a_command_entry_refuses_the_retry_instead_of_answering_it,
     a_flipped_bit_in_the_index_checkpoint_rebuilds_the_index_from_the_log_at_open,
     an_index_that_is_gone_is_rebuilt_from_the_log_at_open,
+    an_open_without_the_writers_hooks_never_rebuilds_a_damaged_index_without_its_views,
 );
 
 /// Members of the test store; m1's balance is distinctive so its summary row can be found.
@@ -370,6 +371,42 @@ fn a_flipped_bit_in_the_index_checkpoint_rebuilds_the_index_from_the_log_at_open
         "the damaged index was moved aside"
     );
     assert_repaired(&service, &built, "rebuilt at open");
+}
+
+fn an_open_without_the_writers_hooks_never_rebuilds_a_damaged_index_without_its_views(
+    backend: Backend,
+) {
+    // Proves a plain reader's open (`ledger::store::open_engine`, no hooks) of a wallet store
+    // whose index is damaged or gone refuses, saying how to rebuild, and changes nothing: a
+    // rebuild through no hooks would record none and drop every view for good (found when a
+    // tamper test's hook-free open rebuilt a demo store's index and `check` then saw no
+    // wallet). The writer's open then rebuilds it with the views. Planted defect: the hooks
+    // test in `rebuild_index` removed; the reader's open succeeded and the wallets were gone.
+    let built = build(backend);
+    let dir = built.store.dir();
+    let checkpoint = {
+        let service = open(&dir, backend, Create::No).expect("open");
+        let snap = service.ledger().snapshot().expect("a snapshot");
+        Checkpoint::read(&*snap).expect("the checkpoint")
+    };
+    flip_everywhere(&dir, backend, &checkpoint.encode(), 0);
+    match ledger::store::open_engine(&dir, Create::No, backend) {
+        Err(ledger::OpenError::Damaged { reason, .. }) => {
+            assert!(
+                reason.contains("open it the way its writer does"),
+                "{reason}"
+            )
+        }
+        Err(other) => panic!("expected a refusal naming the way to rebuild, got {other}"),
+        Ok(_) => panic!("a hook-free open rebuilt (or trusted) a wallet store's damaged index"),
+    }
+    assert!(
+        moved_aside(&dir).is_empty(),
+        "the refused open moved the index"
+    );
+    let service = open(&dir, backend, Create::No)
+        .unwrap_or_else(|e| panic!("the writer's open rebuilds the index: {e}"));
+    assert_repaired(&service, &built, "rebuilt by the writer's open");
 }
 
 fn an_index_that_is_gone_is_rebuilt_from_the_log_at_open(backend: Backend) {

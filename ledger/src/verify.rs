@@ -871,13 +871,20 @@ impl SegmentPass {
         let commands = frame
             .commands()
             .map_err(|reason| format!("the frame at {at}: {reason}"))?;
-        // Each command's events follow the previous command's, in the frame's order; a command
-        // with no events sits at the position the next event would take.
+        // Each command's events follow the previous command's, in the frame's order. A command
+        // with no events was recorded at the head + 1 of its time: the writer puts it where
+        // the next event would go, a migrated (format 1) store may have it a little earlier
+        // in the frame (`CommandEntry::lies_in_frame`), never past the next event.
         let mut spans = Vec::with_capacity(commands.len());
         let mut cursor = first;
         for (id, entry) in &commands {
             add_fingerprinted_command(&mut self.commands, id.as_bytes(), entry);
-            if entry.first_position.0 != cursor {
+            let placed = if entry.count == 0 {
+                (first..=cursor).contains(&entry.first_position.0)
+            } else {
+                entry.first_position.0 == cursor
+            };
+            if !placed {
                 return Err(format!(
                     "the frame at {at} records command {id} at position {}, but its events would start at {cursor}",
                     entry.first_position

@@ -450,7 +450,7 @@ impl Ledger {
 
     /// A stream's current version (0 if it has no events).
     pub fn stream_version(&self, stream: &str) -> Result<StreamVersion, ReadError> {
-        log::stream_version(&*self.snapshot()?, stream)
+        log::visible_stream_version(&*self.snapshot()?, stream)
     }
 
     /// Verifies the whole log (see [`crate::verify`]).

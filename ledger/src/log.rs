@@ -259,6 +259,47 @@ pub fn stream_version(snap: &dyn Snapshot, stream: &str) -> Result<StreamVersion
     }
 }
 
+/// [`stream_version`] for a reader beside the writer: the version as of the events the snapshot
+/// serves. On sled a snapshot is not one point in time across trees, so a reader may see a
+/// stream index run whose events lie past the head its snapshot serves (redb's snapshots never
+/// do); such runs are the writer's newer commits, not damage, and the version is the last one
+/// at or before that head. A run pointing at a missing position at or before the head is still
+/// damage. The writer uses the strict [`stream_version`]: a run it cannot read stops it.
+pub fn visible_stream_version(
+    snap: &dyn Snapshot,
+    stream: &str,
+) -> Result<StreamVersion, ReadError> {
+    let strict = stream_version(snap, stream);
+    let Err(ReadError::DamagedEntry { .. }) = strict else {
+        return strict;
+    };
+    let head = read_head(snap)?.0.position;
+    let (start, end) = stream_range(stream, StreamVersion(0));
+    let mut before = end.clone();
+    loop {
+        let Some((key, value)) = snap.last(
+            tables::STREAM_INDEX,
+            (Bound::Included(&start), Bound::Excluded(&before)),
+        )?
+        else {
+            return Ok(StreamVersion(0));
+        };
+        let (version, run) = decode_run(&key, &value)?;
+        if run.first_position <= head {
+            let visible = (head.0 - run.first_position.0 + 1).min(u64::from(run.count));
+            if before == end && visible == u64::from(run.count) {
+                // The stream's last run lies within the head: its failure was real damage.
+                return strict;
+            }
+            let last = StreamVersion(version.0 + visible - 1);
+            let position = Position(run.first_position.0 + visible - 1);
+            indexed_event(snap, &key, stream, last, position)?;
+            return Ok(last);
+        }
+        before = key;
+    }
+}
+
 /// The event at `position`, which the stream index entry `key` says is `stream`'s `version`:
 /// an entry that decodes but points elsewhere (bit rot in an index page) is
 /// [`ReadError::DamagedEntry`], never an event of another stream served as this one's.

@@ -4,7 +4,7 @@
 //! damaged in storage. (A changed fold is tested in `src/gate.rs`: it is built only in tests.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
@@ -12,44 +12,8 @@ use ledger::{Backend, Create, WriteBatch};
 use projections::views;
 use serde_json::Value;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn command(store: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
-    cmd.arg("--store").arg(store).args(args);
-    cmd.env_remove("LEDGER_STORE");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-fn run(store: &Path, args: &[&str]) -> Run {
-    let out = command(store, args).output().expect("run the binary");
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8"),
-    }
-}
-
-fn ok(store: &Path, args: &[&str]) -> Run {
-    let r = run(store, args);
-    assert_eq!(
-        r.code, 0,
-        "{args:?} failed\nstdout: {}\nstderr: {}",
-        r.stdout, r.stderr
-    );
-    r
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+mod common;
+use common::{command, copy_dir, json, ok, run};
 
 /// Every file of the store directory (format 2: `index.redb` and the segments; format 1:
 /// `ledger.redb`), by path inside it, with the BLAKE3 of its bytes: equal means the store is
@@ -345,20 +309,6 @@ fn a_second_migration_or_a_writer_is_refused_while_the_store_is_locked() {
     assert_eq!(store_bytes(&store), bytes);
     lock.unlock().unwrap();
     ok(&store, &["migrate", "run", "upcast"]);
-}
-
-/// Copies the directory `from` to `to` (which must not exist), file for file.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the copy's directory");
-    for entry in std::fs::read_dir(from).expect("list the directory to copy") {
-        let entry = entry.expect("a directory entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a store file");
-        }
-    }
 }
 
 /// The store's events (`log --json`), with what differs between two runs of the same migration

@@ -14,10 +14,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 mod common;
-use common::{run, Run};
+use common::{command, copy_dir, json, ok, run};
 
 /// Members of the demo store: enough that a reset of all of them spans a few hundred
 /// milliseconds, so random kills land before, during and after its appends.
@@ -26,34 +24,6 @@ const MEMBERS: &str = "2000";
 const ITERATIONS: u64 = 8;
 /// The event a reset appends, one per member.
 const RESET_EVENT: &str = "identity.password_reset v1";
-
-fn ok(store: &Path, args: &[&str]) -> Run {
-    let r = run(store, args);
-    assert_eq!(
-        r.code, 0,
-        "{args:?} failed\nstdout: {}\nstderr: {}",
-        r.stdout, r.stderr
-    );
-    r
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Copies the directory `from` to `to` (which must not exist), file for file.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create the copy's directory");
-    for entry in std::fs::read_dir(from).expect("list the directory to copy") {
-        let entry = entry.expect("a directory entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy a store file");
-        }
-    }
-}
 
 /// The store's head (position, hash) and how many reset events its log holds.
 fn head_and_resets(store: &Path) -> ((u64, String), u64) {
@@ -73,14 +43,11 @@ fn head_and_resets(store: &Path) -> ((u64, String), u64) {
 
 /// `reset-credentials --all` as a child process of this test, to be killed.
 fn reset_all(store: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate-tool"));
-    cmd.arg("--store")
-        .arg(store)
-        .args(["reset-credentials", "--all", "--reason", "kill test"]);
-    cmd.env_remove("LEDGER_STORE");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = command(
+        store,
+        &["reset-credentials", "--all", "--reason", "kill test"],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }
 

@@ -481,20 +481,20 @@ impl Filler {
             let mut st = self.state.lock().expect("filler lock");
             let same = st.segment.as_ref().map(|s| s.number) == Some(segment.number)
                 && st.allocated == from;
-            if same {
-                match result {
-                    Ok(()) => st.allocated = from + len,
-                    Err(e) => {
-                        // Give back what the failed step did allocate (a full disk must not
-                        // keep the space the index needs in zeros nobody will use): the file's
-                        // length before the step, at or past `from`, below which the writer
-                        // writes, so no frame byte is cut.
-                        if let Ok(before_bytes) = before_bytes {
-                            let _ = segment.file.set_len(before_bytes.max(from));
-                        }
-                        st.error = Some(LogError::io("zero-fill", &segment.path, &e));
-                    }
+            if let Err(e) = &result {
+                // Give back what the failed step did allocate (a full disk must not keep the
+                // space the index needs in zeros nobody will use), whether or not the log moved
+                // on meanwhile: the file's length before the step, at or past `from`, below
+                // which the writer writes (only this thread moves `allocated`), so no frame byte
+                // is cut.
+                if let Ok(before_bytes) = before_bytes {
+                    let _ = segment.file.set_len(before_bytes.max(from));
                 }
+                if same {
+                    st.error = Some(LogError::io("zero-fill", &segment.path, e));
+                }
+            } else if same {
+                st.allocated = from + len;
             }
             self.changed.notify_all();
         }

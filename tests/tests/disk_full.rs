@@ -158,11 +158,10 @@ fn a_full_disk_while_zero_filling_the_segment_fails_only_those_groups_on_tmpfs_a
         // still fails if failed steps pile up (the defect this check was written for); the
         // exact check is `first_segment_bytes == PREALLOCATE_STEP + SEGMENT_HEADER_BYTES`.
         let kept = report["first_segment_bytes"].as_u64().unwrap_or(u64::MAX);
+        let step = ledger::segments::PREALLOCATE_STEP;
+        let header = ledger::segments::SEGMENT_HEADER_BYTES;
         assert!(
-            kept >= ledger::segments::PREALLOCATE_STEP + ledger::segments::SEGMENT_HEADER_BYTES
-                && kept
-                    < 2 * ledger::segments::PREALLOCATE_STEP
-                        + ledger::segments::SEGMENT_HEADER_BYTES,
+            (step + header..2 * step + header).contains(&kept),
             "{what}: the failed zero-fill steps kept bytes of the full disk: {report}"
         );
     }

@@ -113,6 +113,9 @@ pub enum CommandBody {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
+    /// A request body carried `id`: over HTTP the `Idempotency-Key` header is the id.
+    #[error("field \"id\" is not allowed in a request body: the Idempotency-Key header is the command id")]
+    IdInBody,
     /// The line is empty or only whitespace.
     #[error("empty line")]
     EmptyLine,
@@ -616,10 +619,40 @@ impl Command {
                 })
             }
         };
-        let command_type = check_shape(&pairs)?;
+        Command::from_pairs(&pairs)
+    }
+
+    /// Parses a command sent without its `id` (the HTTP service's request body, whose id comes
+    /// from the `Idempotency-Key` header): the same strict rules as
+    /// [`Command::parse_json_line`], plus an `id` field in the body is refused
+    /// ([`InputError::IdInBody`]), so a client can never believe a body's id was used.
+    pub fn parse_request_body(body: &str, id: &CommandId) -> Result<Command, InputError> {
+        if body.trim().is_empty() {
+            return Err(InputError::EmptyLine);
+        }
+        let top: TopLevel = serde_json::from_str(body).map_err(|e| InputError::MalformedJson {
+            reason: e.to_string(),
+        })?;
+        let mut pairs = match top {
+            TopLevel::Object(pairs) => pairs,
+            TopLevel::Other(kind) => {
+                return Err(InputError::NotAnObject {
+                    got: kind.to_owned(),
+                })
+            }
+        };
+        if pairs.iter().any(|(k, _)| k == "id") {
+            return Err(InputError::IdInBody);
+        }
+        pairs.push(("id".to_owned(), Value::String(id.as_str().to_owned())));
+        Command::from_pairs(&pairs)
+    }
+
+    fn from_pairs(pairs: &[(String, Value)]) -> Result<Command, InputError> {
+        let command_type = check_shape(pairs)?;
         let fields = Fields {
             command_type,
-            pairs: &pairs,
+            pairs,
         };
         let id = fields.id("id", CommandId::new)?;
         let at = fields.get("at").map(|v| time_value("at", v)).transpose()?;

@@ -22,6 +22,8 @@
 //! For callers:
 //! - [`shown`]: the wallet as SPEC section 3 shows it ([`WalletJson`]), also in findings.
 //! - [`service`]: [`WalletService`], a ledger with the views attached: submit, read, check.
+//! - [`statement`]: a member's statement (running balance, positions, command ids), whole or
+//!   by page ([`statement_page`]), from a snapshot or any stream of records.
 //! - `test_store` (tests only): small stores built through the real service, for the unit tests
 //!   of `check` and `gate`.
 //!
@@ -31,7 +33,8 @@
 //!
 //! # Paths
 //! What callers use most is re-exported here: the service and its errors, the check, the gate,
-//! the folds ([`fold_log`], [`fold_member`], [`AsOf`], [`FoldOptions`]), [`rebuild()`] and
+//! the folds ([`fold_log`], [`fold_member`], [`AsOf`], [`FoldOptions`]), [`rebuild()`], the
+//! statement ([`StatementLine`], [`StatementStart`], [`StatementPage`], [`statement_page`]) and
 //! [`ProjectionError`]. Items of one concern keep their module as context: view keys and tables
 //! (`views::tables::*`, `views::load_shown`), digest functions (`digest::member_hash`,
 //! `digest::stored_digest`), invariant names (`check::VIEWS_MATCH_LOG`), fold budgets
@@ -45,6 +48,7 @@ pub mod hook;
 pub mod rebuild;
 pub mod service;
 pub mod shown;
+pub mod statement;
 pub mod views;
 
 #[cfg(test)]
@@ -60,10 +64,9 @@ pub use gate::{
 };
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};
-pub use service::{
-    open_store, open_store_with, Queued, StatementLine, SubmitError, Submitted, WalletService,
-};
+pub use service::{open_store, open_store_with, Queued, SubmitError, Submitted, WalletService};
 pub use shown::WalletJson;
+pub use statement::{statement_page, StatementLine, StatementPage, StatementStart};
 
 /// Why a projection operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,13 @@ pub enum ProjectionError {
     /// The fold could not proceed.
     #[error("fold failed: {reason}")]
     Fold { reason: String },
+    /// A caller's argument breaks its rule (e.g. a statement page of 0 lines).
+    #[error("{name} {value}: {rule}")]
+    Argument {
+        name: &'static str,
+        value: String,
+        rule: String,
+    },
     /// A check read two snapshots of one store (`check::check_engine`) and they differ: a
     /// writer ran during the check, which the caller promised would not happen.
     #[error("the store changed during the check: head {verify_head} for verify, {fold_head} for the fold")]

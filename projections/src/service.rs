@@ -1,5 +1,5 @@
 //! The wallet service API that the wallet core service embeds: open a ledger with its views,
-//! submit commands, read a member's state and statement.
+//! submit commands, read a member's state and statement (computed by [`crate::statement`]).
 //!
 //! Submitting runs the one direction of data inside the ledger's writer, in log order: the
 //! writer decides the command (`decide`, pure) against the stored rows plus everything its group
@@ -30,8 +30,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ledger::domain::{
-    apply_identity_event, identity_stream, wallet_stream, Command, CommandBody, DomainEvent,
-    IdentityState, MemberId, Rejection, StateReader, WalletEvent, WalletState, WalletSummary,
+    apply_identity_event, identity_stream, Command, CommandBody, DomainEvent, IdentityState,
+    MemberId, Rejection, StateReader, WalletState, WalletSummary,
 };
 use ledger::log;
 use ledger::{
@@ -42,6 +42,7 @@ use ledger::{
 use crate::check::{self, CheckReport, ProgressFn};
 use crate::fold::{self, AsOf};
 use crate::hook::ProjectionHook;
+use crate::statement::{self, StatementLine, StatementPage, StatementStart};
 use crate::views;
 use crate::{rebuild, ProjectionError};
 
@@ -76,23 +77,6 @@ pub struct Submitted {
     pub outcome: AppendOutcome,
     /// True when the id had been applied before with the same content (nothing written now).
     pub duplicate: bool,
-}
-
-/// One line of a member's statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatementLine {
-    /// Log position of the event.
-    pub position: u64,
-    /// Business time.
-    pub at: Timestamp,
-    /// Event type, e.g. `wallet.paid`.
-    pub event_type: String,
-    /// Command that produced it.
-    pub command_id: String,
-    /// Change of the balance in yen (negative for payments and transfers out).
-    pub delta_yen: i128,
-    /// Balance after the event.
-    pub balance_yen: u64,
 }
 
 /// The projection hook followed by `extra`: the hooks every writer and every recovery of a
@@ -307,7 +291,7 @@ impl WalletService {
         check::check_snapshot(&*self.snapshot()?, progress)
     }
 
-    /// The member's wallet events with the running balance.
+    /// The member's wallet events with the running balance (see [`crate::statement`]).
     pub fn statement(&self, member: &MemberId) -> Result<Vec<StatementLine>, ProjectionError> {
         let mut lines = Vec::new();
         self.statement_each(member, &mut |line| {
@@ -317,38 +301,26 @@ impl WalletService {
         Ok(lines)
     }
 
-    /// The member's wallet events with the running balance, one at a time in stream order:
-    /// memory stays the same whatever the history (the balance is carried from line to line;
-    /// no wallet state is built).
+    /// The member's wallet events with the running balance, one at a time in stream order, on
+    /// one snapshot: memory stays the same whatever the history (the balance is carried from
+    /// line to line; no wallet state is built). See [`statement::statement_each`].
     pub fn statement_each(
         &self,
         member: &MemberId,
         each: &mut dyn FnMut(StatementLine) -> Result<(), ProjectionError>,
     ) -> Result<(), ProjectionError> {
-        let snap = self.snapshot()?;
-        let stream = wallet_stream(member);
-        let mut balance = 0u64;
-        for record in log::stream_events(&*snap, &stream, StreamVersion(1)) {
-            let record = record?;
-            let Some((_, event)) = crate::hook::wallet_event_of(&record)? else {
-                continue;
-            };
-            let delta = balance_delta(&event);
-            let after = i128::from(balance) + delta;
-            balance = u64::try_from(after).map_err(|_| ProjectionError::Event {
-                position: record.position.0,
-                reason: format!("the balance of member {member} would be {after} yen"),
-            })?;
-            each(StatementLine {
-                position: record.position.0,
-                at: record.at,
-                event_type: record.event_type,
-                command_id: record.command_id,
-                delta_yen: delta,
-                balance_yen: balance,
-            })?;
-        }
-        Ok(())
+        statement::statement_each(&*self.snapshot()?, member, each)
+    }
+
+    /// At most `limit` lines of the member's statement from `start`, on one snapshot, and where
+    /// the next page starts. See [`statement::statement_page`].
+    pub fn statement_page(
+        &self,
+        member: &MemberId,
+        start: StatementStart,
+        limit: usize,
+    ) -> Result<StatementPage, ProjectionError> {
+        statement::statement_page(&*self.snapshot()?, member, start, limit)
     }
 }
 
@@ -492,25 +464,6 @@ impl ExpireRun {
             },
             _ => completion,
         }
-    }
-}
-
-/// How a wallet event changes the balance, in yen.
-fn balance_delta(event: &WalletEvent) -> i128 {
-    match event {
-        WalletEvent::ToppedUp(e) => i128::from(e.amount.0),
-        WalletEvent::Refunded(e) => i128::from(e.amount.0),
-        WalletEvent::TransferredIn(e) => i128::from(e.amount.0),
-        WalletEvent::Paid(e) => -i128::from(e.amount.0),
-        WalletEvent::TransferredOut(e) => -i128::from(e.amount.0),
-        WalletEvent::WalletOpened(_)
-        | WalletEvent::MilesEarned(_)
-        | WalletEvent::MilesRedeemed(_)
-        | WalletEvent::MilesExpired(_)
-        | WalletEvent::BadgeAwarded(_)
-        | WalletEvent::CouponIssued(_)
-        | WalletEvent::CouponRedeemed(_)
-        | WalletEvent::CouponExpired(_) => 0,
     }
 }
 

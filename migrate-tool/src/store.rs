@@ -88,13 +88,7 @@ pub fn head(snap: &dyn Snapshot) -> anyhow::Result<Head> {
 /// Refuses to serve views that are not at the log head (a crashed rebuild): they would show a
 /// state the log does not have.
 pub fn require_current_views(snap: &dyn Snapshot) -> anyhow::Result<()> {
-    views::require_layout(snap)?;
-    let head = head(snap)?.position.0;
-    let checkpoint = views::checkpoint(snap)?.0;
-    if checkpoint != head {
-        bail!(projections::ProjectionError::Behind { checkpoint, head });
-    }
-    Ok(())
+    Ok(views::require_current(snap)?)
 }
 
 /// Copies a store directory (files and subdirectories) to `to`, which must not exist.

@@ -67,7 +67,7 @@ pub fn write_findings(report: &GateReport, out: &mut dyn Write) -> std::io::Resu
 
 /// `gate [--json]`.
 pub fn gate_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let engine = store::open_existing(dir)?;
+    let engine = store::open_for_views(dir, "gate")?;
     let snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: folding the log");
     let run = gate::predeploy_report(&*snap)?;

@@ -41,6 +41,7 @@ pub struct AppState {
 /// The routes. Streams (the event feed, the export) are not under the request timeout: they
 /// last as long as the client reads.
 pub fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.config.request_timeout;
     let timed = Router::new()
         .route("/v1/commands", post(commands::submit))
         .route("/v1/members/{member}/wallet", get(reads::wallet))
@@ -55,10 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/console", get(crate::console::page))
         .route("/console/", get(crate::console::page))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout,
-        ));
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(timed_out))
+                .layer(tower::timeout::TimeoutLayer::new(timeout)),
+        );
     let streams = Router::new()
         .route("/v1/events", get(events::feed))
         .route("/v1/export", get(operator::export));
@@ -67,6 +69,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The answer when a request outlasts the request timeout (the only error the timeout layer
+/// makes). A command that timed out may still be applied: retry it with the same key.
+async fn timed_out(headers: axum::http::HeaderMap, error: tower::BoxError) -> Problem {
+    Problem::new(
+        Cause::Timeout,
+        format!(
+            "the request did not finish within the request timeout ({error}); a command may still be applied: send it again with the same Idempotency-Key to learn its outcome"
+        ),
+    )
+    .at(request_id(&headers))
+    .retry_after(1)
 }
 
 async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Problem {

@@ -231,8 +231,9 @@ impl Sheet<'_> {
                     let end = |t: Option<Timestamp>, open: &str| t.map_or(open.to_owned(), Timestamp::to_rfc3339);
                     write!(
                         self.out,
-                        "; {} lines shown with business time from {} to {}",
+                        "; {} line{} shown with business time from {} to {}",
                         self.shown,
+                        if self.shown == 1 { "" } else { "s" },
                         end(self.window.from, "the first"),
                         end(self.window.to, "the last")
                     )?;

@@ -348,6 +348,8 @@ fn long_balance(n: u64) -> u64 {
 /// Runs `migrate-tool --store STORE ARGS` with stdout into `out` and returns its exit code,
 /// stderr and peak resident set size in KiB (from `wait4`'s rusage, which covers the whole
 /// life of the process, not a sample).
+// The child is reaped by `wait4` itself (std's `wait` would not give its rusage).
+#[allow(clippy::zombie_processes)]
 fn run_measured(store: &Path, args: &[&str], out: &Path) -> (i32, String, u64) {
     let mut cmd = common::command(store, args);
     let stderr_path = out.with_extension("stderr");

@@ -50,10 +50,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// A member's statement, for an audit: every event of the member's wallet in stream order
-    /// with its log position, business time, type, command id, the change of the balance and
-    /// the running balance after it, then the final balance. Events that move no money (miles,
-    /// badges, coupons, the opening) are listed with a change of 0.
+    /// A member's statement: wallet events with position, command id and running balance.
+    ///
+    /// For an audit: every event of the member's wallet in stream order with its log position,
+    /// business time, type, command id, the change of the balance and the running balance after
+    /// it, then the final balance. Events that move no money (miles, badges, coupons, the
+    /// opening) are listed with a change of 0.
     ///
     /// `--from` and `--to` (RFC 3339 business time, both inclusive) choose which lines are
     /// shown, not where the balance starts: it is carried from the wallet's first event, so

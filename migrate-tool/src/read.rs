@@ -8,15 +8,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::bail;
-use ledger::domain::{DomainEvent, IdentityEvent, MemberId, WalletEvent, WalletState};
+use ledger::domain::{MemberId, WalletState};
 use ledger::log;
 use ledger::record::EventRecord;
-use ledger::{Position, Snapshot, StreamVersion, Timestamp};
+use ledger::{Position, Snapshot, StreamVersion};
 use projections::digest::{self, DigestBuilder};
 use projections::fold::{self, AsOf, FoldOptions};
-use projections::views;
-use serde_json::{json, Value};
+use projections::{shown, views};
 
 use crate::output::Outcome;
 use crate::store::{self, LogSource};
@@ -26,23 +24,8 @@ use projections::WalletJson;
 pub fn parse_as_of(input: Option<&str>) -> anyhow::Result<AsOf> {
     match input {
         None => Ok(AsOf::Head),
-        Some(text) => as_of_value(text).map_err(|e| anyhow::anyhow!("--as-of: {e}")),
+        Some(text) => AsOf::parse(text).map_err(|e| anyhow::anyhow!("--as-of: {e}")),
     }
-}
-
-/// The two spellings of an `--as-of` value: `@N`, the log position `N` (events at positions
-/// `<= N`), or an RFC 3339 time with offset (events whose business time is `<= T`). The error
-/// names the rule; [`parse_as_of`] adds the flag.
-fn as_of_value(input: &str) -> Result<AsOf, String> {
-    if let Some(n) = input.strip_prefix('@') {
-        return n
-            .parse::<u64>()
-            .map(|n| AsOf::Position(Position(n)))
-            .map_err(|_| format!("`{input}`: after @ must come a log position (a whole number)"));
-    }
-    Timestamp::parse_rfc3339(input)
-        .map(AsOf::BusinessTime)
-        .map_err(|e| e.to_string())
 }
 
 /// Parses a member argument; a bad id is a bad argument (exit 2).
@@ -159,51 +142,15 @@ fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
     )
 }
 
-/// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`
-/// from its own stream (members with no wallet at that moment are skipped).
-pub fn for_each_folded(
-    snap: &dyn Snapshot,
-    as_of: AsOf,
-    each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    for stream in log::streams(snap, ledger::domain::WALLET_STREAM_PREFIX) {
-        let stream = stream?;
-        let Some((_, member)) = ledger::domain::member_of_stream(&stream) else {
-            bail!("stream {stream} is not a wallet stream of a valid member id");
-        };
-        if let Some(state) = fold::fold_member(snap, &member, as_of)? {
-            each(state)?;
-        }
-    }
-    Ok(())
-}
-
 /// `export [--as-of T]`.
 pub fn export(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let as_of = parse_as_of(as_of)?;
     let engine = store::open_for_views(dir, "export")?;
     let snap = engine.snapshot()?;
-    match as_of {
-        AsOf::Head => {
-            store::require_current_views(&*snap)?;
-            let mut failed: Option<std::io::Error> = None;
-            views::for_each_shown(&*snap, &mut |shown| {
-                writeln!(out, "{}", WalletJson::of_shown(&shown).to_line()).map_err(|e| {
-                    let reason = e.to_string();
-                    failed = Some(e);
-                    projections::ProjectionError::Fold { reason }
-                })
-            })
-            .map_err(|e| match failed.take() {
-                Some(io) => anyhow::Error::new(io),
-                None => e.into(),
-            })?;
-        }
-        other => for_each_folded(&*snap, other, &mut |state: WalletState| {
-            writeln!(out, "{}", WalletJson::of(&state).to_line())?;
-            Ok(())
-        })?,
-    }
+    projections::export_each(&*snap, as_of, &mut |wallet| -> anyhow::Result<()> {
+        writeln!(out, "{}", wallet.to_line())?;
+        Ok(())
+    })?;
     Ok(Outcome::Ok)
 }
 
@@ -259,7 +206,7 @@ pub fn log(
                 write!(out, ",")?;
             }
             first = false;
-            write!(out, "{}", record_json(record))?;
+            write!(out, "{}", shown::event_json(record))?;
         } else {
             writeln!(out, "{}", record_line(record))?;
         }
@@ -290,19 +237,9 @@ pub fn log(
     Ok(Outcome::Ok)
 }
 
-fn decoded(record: &EventRecord) -> Result<DomainEvent, String> {
-    DomainEvent::decode(
-        &record.event_type,
-        record.schema_version,
-        record.codec,
-        &record.payload,
-    )
-    .map_err(|e| e.to_string())
-}
-
 fn record_line(r: &EventRecord) -> String {
-    let payload = match decoded(r) {
-        Ok(e) => payload_json(&e).to_string(),
+    let payload = match shown::decoded(r) {
+        Ok(e) => shown::payload_json(&e).to_string(),
         Err(e) => format!("(payload does not decode: {e})"),
     };
     format!(
@@ -311,74 +248,10 @@ fn record_line(r: &EventRecord) -> String {
     )
 }
 
-fn record_json(r: &EventRecord) -> Value {
-    let (payload, error) = match decoded(r) {
-        Ok(e) => (payload_json(&e), Value::Null),
-        Err(e) => (Value::Null, Value::String(e)),
-    };
-    let mut v = json!({
-        "position": r.position.0,
-        "stream": r.stream,
-        "version": r.version.0,
-        "type": r.event_type,
-        "schema_version": r.schema_version,
-        "at": r.at.to_rfc3339(),
-        "recorded_at": r.recorded_at.to_rfc3339(),
-        "event_id": r.event_id.to_string(),
-        "command_id": r.command_id,
-        "payload": payload,
-        "hash": r.hash.to_hex(),
-    });
-    if !error.is_null() {
-        v["payload_error"] = error;
-    }
-    v
-}
-
-/// The payload as JSON. `DomainEvent` itself does not implement `Serialize` (its on-disk
-/// identity is the type name, not a Rust variant), so each payload struct is serialized through
-/// serde here; times are shown as RFC 3339 instead of raw microseconds.
-pub fn payload_json(event: &DomainEvent) -> Value {
-    fn to<T: serde::Serialize>(v: &T) -> Value {
-        serde_json::to_value(v).unwrap_or_else(|e| Value::String(format!("(unprintable: {e})")))
-    }
-    let time = |t: ledger::Timestamp| Value::String(t.to_rfc3339());
-    match event {
-        DomainEvent::Wallet(w) => match w {
-            WalletEvent::WalletOpened(p) => to(p),
-            WalletEvent::ToppedUp(p) => to(p),
-            WalletEvent::Paid(p) => to(p),
-            WalletEvent::Refunded(p) => to(p),
-            WalletEvent::TransferredOut(p) => to(p),
-            WalletEvent::TransferredIn(p) => to(p),
-            WalletEvent::MilesEarned(p) => {
-                let mut v = to(p);
-                v["expires_at"] = time(p.expires_at);
-                v
-            }
-            WalletEvent::MilesRedeemed(p) => to(p),
-            WalletEvent::MilesExpired(p) => to(p),
-            WalletEvent::BadgeAwarded(p) => to(p),
-            WalletEvent::CouponIssued(p) => {
-                let mut v = to(p);
-                v["expires_at"] = time(p.expires_at);
-                v
-            }
-            WalletEvent::CouponRedeemed(p) => to(p),
-            WalletEvent::CouponExpired(p) => to(p),
-        },
-        DomainEvent::Identity(i) => match i {
-            IdentityEvent::Registered(p) => to(p),
-            // A unit struct serializes as null; an empty object reads better.
-            IdentityEvent::PasswordChanged(_) => json!({}),
-            IdentityEvent::PasswordReset(p) => to(p),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ledger::Timestamp;
 
     // Proves both spellings of `--as-of` parse to the moment they name, and that every bad value
     // is refused with the flag, the value and the rule in one line.

@@ -1,11 +1,14 @@
 //! The wallet as SPEC section 3 shows it (`show --json`, `export`), and as `check` and the gate
 //! name a wallet in their findings: one shape wherever a wallet is shown, so an operator can
-//! compare a finding with `show` output line for line.
+//! compare a finding with `show` output line for line. Also the one JSON shape of an event
+//! (`log --json`, the HTTP event feed).
 //!
 //! Invariant: the keys are exactly SPEC's, in its order, and every array is sorted (the state's
 //! collections are ordered, so this holds by construction).
 
-use ledger::domain::{CouponStatus, WalletState};
+use ledger::domain::{CouponStatus, DomainEvent, IdentityEvent, WalletEvent, WalletState};
+use ledger::record::EventRecord;
+use serde_json::{json, Value};
 
 use crate::views::ShownWallet;
 use serde::Serialize;
@@ -70,5 +73,83 @@ impl WalletJson {
     /// One line of JSON.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).expect("strings and integers always serialize")
+    }
+}
+
+/// The event's payload decoded, or why it does not decode.
+pub fn decoded(record: &EventRecord) -> Result<DomainEvent, String> {
+    DomainEvent::decode(
+        &record.event_type,
+        record.schema_version,
+        record.codec,
+        &record.payload,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// One event as `migrate-tool log --json` and walletd's `GET /v1/events` show it: the envelope,
+/// the decoded payload (or `payload_error`), and the hash.
+pub fn event_json(r: &EventRecord) -> Value {
+    let (payload, error) = match decoded(r) {
+        Ok(e) => (payload_json(&e), Value::Null),
+        Err(e) => (Value::Null, Value::String(e)),
+    };
+    let mut v = json!({
+        "position": r.position.0,
+        "stream": r.stream,
+        "version": r.version.0,
+        "type": r.event_type,
+        "schema_version": r.schema_version,
+        "at": r.at.to_rfc3339(),
+        "recorded_at": r.recorded_at.to_rfc3339(),
+        "event_id": r.event_id.to_string(),
+        "command_id": r.command_id,
+        "payload": payload,
+        "hash": r.hash.to_hex(),
+    });
+    if !error.is_null() {
+        v["payload_error"] = error;
+    }
+    v
+}
+
+/// The payload as JSON. `DomainEvent` itself does not implement `Serialize` (its on-disk
+/// identity is the type name, not a Rust variant), so each payload struct is serialized through
+/// serde here; times are shown as RFC 3339 instead of raw microseconds.
+pub fn payload_json(event: &DomainEvent) -> Value {
+    fn to<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or_else(|e| Value::String(format!("(unprintable: {e})")))
+    }
+    let time = |t: ledger::Timestamp| Value::String(t.to_rfc3339());
+    match event {
+        DomainEvent::Wallet(w) => match w {
+            WalletEvent::WalletOpened(p) => to(p),
+            WalletEvent::ToppedUp(p) => to(p),
+            WalletEvent::Paid(p) => to(p),
+            WalletEvent::Refunded(p) => to(p),
+            WalletEvent::TransferredOut(p) => to(p),
+            WalletEvent::TransferredIn(p) => to(p),
+            WalletEvent::MilesEarned(p) => {
+                let mut v = to(p);
+                v["expires_at"] = time(p.expires_at);
+                v
+            }
+            WalletEvent::MilesRedeemed(p) => to(p),
+            WalletEvent::MilesExpired(p) => to(p),
+            WalletEvent::BadgeAwarded(p) => to(p),
+            WalletEvent::CouponIssued(p) => {
+                let mut v = to(p);
+                v["expires_at"] = time(p.expires_at);
+                v
+            }
+            WalletEvent::CouponRedeemed(p) => to(p),
+            WalletEvent::CouponExpired(p) => to(p),
+        },
+        DomainEvent::Identity(i) => match i {
+            IdentityEvent::Registered(p) => to(p),
+            // A unit struct serializes as null; an empty object reads better.
+            IdentityEvent::PasswordChanged(_) => json!({}),
+            IdentityEvent::PasswordReset(p) => to(p),
+        },
     }
 }

@@ -113,6 +113,9 @@ pub enum CommandBody {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
+    /// A request body carried `id`: over HTTP the `Idempotency-Key` header is the id.
+    #[error("field \"id\" is not allowed in a request body: the Idempotency-Key header is the command id")]
+    IdInBody,
     /// The line is empty or only whitespace.
     #[error("empty line")]
     EmptyLine,
@@ -616,10 +619,40 @@ impl Command {
                 })
             }
         };
-        let command_type = check_shape(&pairs)?;
+        Command::from_pairs(&pairs)
+    }
+
+    /// Parses a command sent without its `id` (the HTTP service's request body, whose id comes
+    /// from the `Idempotency-Key` header): the same strict rules as
+    /// [`Command::parse_json_line`], plus an `id` field in the body is refused
+    /// ([`InputError::IdInBody`]), so a client can never believe a body's id was used.
+    pub fn parse_request_body(body: &str, id: &CommandId) -> Result<Command, InputError> {
+        if body.trim().is_empty() {
+            return Err(InputError::EmptyLine);
+        }
+        let top: TopLevel = serde_json::from_str(body).map_err(|e| InputError::MalformedJson {
+            reason: e.to_string(),
+        })?;
+        let mut pairs = match top {
+            TopLevel::Object(pairs) => pairs,
+            TopLevel::Other(kind) => {
+                return Err(InputError::NotAnObject {
+                    got: kind.to_owned(),
+                })
+            }
+        };
+        if pairs.iter().any(|(k, _)| k == "id") {
+            return Err(InputError::IdInBody);
+        }
+        pairs.push(("id".to_owned(), Value::String(id.as_str().to_owned())));
+        Command::from_pairs(&pairs)
+    }
+
+    fn from_pairs(pairs: &[(String, Value)]) -> Result<Command, InputError> {
+        let command_type = check_shape(pairs)?;
         let fields = Fields {
             command_type,
-            pairs: &pairs,
+            pairs,
         };
         let id = fields.id("id", CommandId::new)?;
         let at = fields.get("at").map(|v| time_value("at", v)).transpose()?;
@@ -936,6 +969,37 @@ mod tests {
     // that many) cost at most one key comparison each, where comparing each key with every
     // earlier one costs 5 * 10^9. Planted defect: the old loop (`keys[..i].contains(key)` for
     // each i) makes this fail with ~5 * 10^9 comparisons.
+    // Proves a request body parses exactly like an import line with the header's id (same
+    // command, same fingerprint), and that an `id` in the body is refused by name while every
+    // other rule of the import format still applies.
+    #[test]
+    fn a_request_body_is_an_import_line_whose_id_comes_from_the_header() {
+        let id = CommandId::new("backend:p1").expect("valid id");
+        let body = r#"{"type":"pay","member":"m1","amount":700,"merchant":"cafe"}"#;
+        let from_body = Command::parse_request_body(body, &id).expect("parses");
+        let line =
+            r#"{"id":"backend:p1","type":"pay","member":"m1","amount":700,"merchant":"cafe"}"#;
+        let from_line = Command::parse_json_line(line).expect("parses");
+        assert_eq!(from_body, from_line);
+        assert_eq!(from_body.fingerprint(), from_line.fingerprint());
+        let with_id = r#"{"id":"x","type":"top_up","member":"m1","amount":1}"#;
+        assert_eq!(
+            Command::parse_request_body(with_id, &id),
+            Err(InputError::IdInBody)
+        );
+        let err =
+            Command::parse_request_body(r#"{"type":"top_up","member":"m1","amount":"1"}"#, &id)
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field \"amount\" must be an integer, got string \"1\""
+        );
+        assert_eq!(
+            Command::parse_request_body(" ", &id),
+            Err(InputError::EmptyLine)
+        );
+    }
+
     #[test]
     fn duplicate_check_compares_each_key_at_most_about_once() {
         let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();

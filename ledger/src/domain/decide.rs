@@ -142,6 +142,32 @@ pub enum Rejection {
     Unreadable { reason: String },
 }
 
+impl Rejection {
+    /// A stable snake_case name of the rule that refused: a label for metrics and the HTTP
+    /// service's problem documents, which must not change when a message's wording does.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::NoWallet { .. } => "no_wallet",
+            Rejection::WalletExists { .. } => "wallet_exists",
+            Rejection::InsufficientBalance { .. } => "insufficient_balance",
+            Rejection::PaymentExists { .. } => "payment_exists",
+            Rejection::NotAPayment { .. } => "not_a_payment",
+            Rejection::RefundExceedsPayment { .. } => "refund_exceeds_payment",
+            Rejection::SameMember { .. } => "same_member",
+            Rejection::ExpiryNotAfterCommandTime { .. } => "expiry_not_after_command_time",
+            Rejection::InsufficientMiles { .. } => "insufficient_miles",
+            Rejection::BadgeHeld { .. } => "badge_held",
+            Rejection::CouponExists { .. } => "coupon_exists",
+            Rejection::NoCoupon { .. } => "no_coupon",
+            Rejection::CouponNotActive { .. } => "coupon_not_active",
+            Rejection::AlreadyRegistered { .. } => "already_registered",
+            Rejection::NotRegistered { .. } => "not_registered",
+            Rejection::Overflow { .. } => "overflow",
+            Rejection::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
 impl From<ReadFailure> for Rejection {
     fn from(failure: ReadFailure) -> Rejection {
         Rejection::Unreadable {

@@ -52,6 +52,23 @@ pub enum AsOf {
 }
 
 impl AsOf {
+    /// The two spellings of an as-of value (`--as-of`, the HTTP `as_of` parameter): `@N`, the
+    /// log position `N` (events at positions `<= N`), or an RFC 3339 time with offset (events
+    /// whose business time is `<= T`). The error names the rule; callers add the flag.
+    pub fn parse(input: &str) -> Result<AsOf, String> {
+        if let Some(n) = input.strip_prefix('@') {
+            return n
+                .parse::<u64>()
+                .map(|n| AsOf::Position(Position(n)))
+                .map_err(|_| {
+                    format!("`{input}`: after @ must come a log position (a whole number)")
+                });
+        }
+        Timestamp::parse_rfc3339(input)
+            .map(AsOf::BusinessTime)
+            .map_err(|e| e.to_string())
+    }
+
     /// Whether a record is included.
     pub fn includes(&self, record: &EventRecord) -> bool {
         self.includes_at(record.position, record.at)

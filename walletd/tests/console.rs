@@ -335,7 +335,8 @@ fn assert_rows_are_statement(rows: &[Row], statement: &Value) {
 /// Looking up m1 shows the balance the scenario leaves (by the test's model and by GET
 /// wallet), one statement row per m1 command with the model's running balance, and the head
 /// anchor and digest the API answers.
-/// Planted defect caught: the statement's balance column printing `line.delta_yen`.
+/// Planted defect caught: the statement's balance column printing `line.delta_yen` (a row
+/// showed -700). A script error fails every test here: `data-ready` is never set.
 #[tokio::test]
 async fn console_shows_balance_statement_and_head_of_a_member() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -464,7 +465,8 @@ async fn console_as_of_shows_the_older_balance_and_greys_later_rows() {
 
 /// A key the server does not know: the page shows the server's 401 problem (its detail) where
 /// the wallet would be, and no balance, statement, head or digest.
-/// Planted defect caught: `api()` not checking `response.ok` (the page printed "NaN").
+/// Planted defect caught: `api()` not checking `response.ok` (the page showed "Cannot read
+/// properties of undefined" instead of the 401).
 #[tokio::test]
 async fn console_with_a_bad_key_shows_the_401_and_no_balance() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -611,8 +613,8 @@ impl Driver {
 /// Following the log: the feed first catches up (m1's opening is in it), then a payment
 /// submitted while the page follows appears in #feed as one line with its position, type,
 /// stream and command id; Stop ends the stream.
-/// Planted defect caught: the feed parser keeping only complete blocks of the first chunk
-/// (the payment, arriving in a later chunk, never shows).
+/// Planted defect caught: the feed starting at the head + 1 instead of 20 events back (no
+/// catch-up: m1's opening never shows).
 #[tokio::test]
 async fn console_feed_shows_a_command_submitted_while_following() {
     let dir = tempfile::tempdir().expect("temp dir");

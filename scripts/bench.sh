@@ -15,9 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building release binaries (bench, bench_append, bench_wallet, migrate-tool; sled bench_append in target/bench-sled)" >&2
+echo "== building release binaries (bench, bench_append, bench_wallet, bench_http, migrate-tool, walletd; sled bench_append in target/bench-sled)" >&2
 cargo build --quiet --release -p ledger-tests --bins || exit 2
 cargo build --quiet --release -p migrate-tool || exit 2
+# The `http` rows (bench_http) start this walletd on loopback.
+cargo build --quiet --release -p walletd || exit 2
 # The sled backend is a feature of the same binary name; build it in its own target directory
 # so that it does not replace the redb-only bench_append.
 cargo build --quiet --release -p ledger-tests --features sled --bin bench_append \

@@ -7,7 +7,8 @@
 //! 1. **in process** (the baseline): `--members` funded wallets prepared in a fresh store
 //!    ([`prepare_members`], not timed), then `--connections` tokio tasks submit the mix through
 //!    `WalletService::submit` for `--seconds` ([`run_in_process`], the code path of
-//!    `bench_wallet commands`).
+//!    `bench_wallet commands`); then as many tasks read random wallets through
+//!    `WalletService::wallet` and encode the wallet JSON (what `GET wallet` costs without HTTP).
 //! 2. **walletd**: a second fresh store prepared the same way; a service key made with
 //!    `walletd keys add`; the release `walletd` started on it (`--listen 127.0.0.1:0
 //!    --rate-limit-per-sec 0 --log-format json`, stderr to a file), its address read from its
@@ -56,6 +57,7 @@ use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use ledger::domain::{Command, CommandBody, CommandId};
+use ledger::{Backend, Create, LedgerOptions};
 use ledger_tests::bench::commands::{
     coupons_for, member_id, prepare_members, run_in_process, ClientMix, InProcess,
 };
@@ -66,6 +68,7 @@ use ledger_tests::bench::stats::rounded_index;
 use ledger_tests::bench::{cores, temp_dir};
 use ledger_tests::procfs;
 use ledger_tests::say;
+use projections::{WalletJson, WalletService};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -182,8 +185,31 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // phase 1: in process
 
-async fn in_process_phase(tmp: &Path, args: &Args) -> anyhow::Result<InProcess> {
-    let coupons = coupons_for(args.seconds, args.members);
+/// The in-process figures: the commands load, then wallet reads on the same store.
+struct InProcessPhase {
+    commands: InProcess,
+    reads: Reads,
+}
+
+/// Wallet reads measured in process.
+struct Reads {
+    reads: u64,
+    wall: Duration,
+    /// Sorted.
+    latencies_us: Vec<u64>,
+    cpu_cores: f64,
+}
+
+impl Reads {
+    fn rate(&self) -> f64 {
+        self.reads as f64 / self.wall.as_secs_f64()
+    }
+}
+
+async fn in_process_phase(tmp: &Path, args: &Args) -> anyhow::Result<InProcessPhase> {
+    // As many coupons as the walletd store gets (it runs two command phases), so that both
+    // stores' wallets are the same size for the reads.
+    let coupons = coupons_for(2.0 * args.seconds, args.members);
     let dir = tmp.join("in-process");
     let started = Instant::now();
     prepare_members(&dir, args.members, coupons).await?;
@@ -220,9 +246,74 @@ async fn in_process_phase(tmp: &Path, args: &Args) -> anyhow::Result<InProcess> 
     if let Some(e) = &t.first_error {
         say!("              first error: {e}");
     }
+    let reads = in_process_reads(&dir, args).await?;
+    say!(
+        "in process  : {} clients reading wallets (WalletService::wallet + the wallet JSON): {} reads/s, p50 {}, p99 {}, CPU {} of one core",
+        args.connections,
+        thousands(reads.rate()),
+        fmt_us(rounded_index(&reads.latencies_us, 0.50) as f64),
+        fmt_us(rounded_index(&reads.latencies_us, 0.99) as f64),
+        pct(reads.cpu_cores)
+    );
     // The store is not needed any more; free its disk before the next one is made.
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(run)
+    Ok(InProcessPhase {
+        commands: run,
+        reads,
+    })
+}
+
+/// `clients` tasks reading random members' wallets through `WalletService::wallet` and
+/// encoding the wallet JSON walletd answers, for `args.seconds`: what `GET wallet` costs
+/// without HTTP (a library user's read; no blocking pool in between).
+async fn in_process_reads(dir: &Path, args: &Args) -> anyhow::Result<Reads> {
+    let service = WalletService::open(
+        dir,
+        LedgerOptions {
+            create: Create::No,
+            backend: Backend::Redb,
+            hooks: Vec::new(),
+        },
+    )?;
+    let cpu_before = procfs::process_cpu_ticks();
+    let started = Instant::now();
+    let stop = started + Duration::from_secs_f64(args.seconds);
+    let mut tasks = JoinSet::new();
+    for c in 0..args.connections {
+        let service = service.clone();
+        let members = args.members as u64;
+        let mut rng = Rng(args.seed ^ 0x5eed ^ (c as u64).wrapping_mul(0x9e37_79b9));
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < stop {
+                let member = member_id(rng.below(members) as usize);
+                let t = Instant::now();
+                let state = service
+                    .wallet(&member)?
+                    .with_context(|| format!("{member} has no wallet"))?;
+                let body = serde_json::to_vec(&WalletJson::of(&state))?;
+                latencies.push(t.elapsed().as_micros() as u64);
+                std::hint::black_box(body);
+                // One read per turn, as a connection's request would be: other tasks run.
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies_us = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies_us.extend(done??);
+    }
+    let wall = started.elapsed();
+    let cpu_cores = procfs::cpu_fraction(cpu_before, procfs::process_cpu_ticks(), wall);
+    drop(service);
+    latencies_us.sort_unstable();
+    Ok(Reads {
+        reads: latencies_us.len() as u64,
+        wall,
+        latencies_us,
+        cpu_cores,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1093,7 +1184,13 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-fn report(args: &Args, base: &InProcess, http: &OverHttp, load_start: &str) -> anyhow::Result<()> {
+fn report(
+    args: &Args,
+    in_process: &InProcessPhase,
+    http: &OverHttp,
+    load_start: &str,
+) -> anyhow::Result<()> {
+    let base = &in_process.commands;
     let in_rate = base.rate();
     let ratio = http.commands.rate() / in_rate;
     let commands_met = ratio >= TARGET_COMMANDS_RATIO;
@@ -1111,10 +1208,11 @@ fn report(args: &Args, base: &InProcess, http: &OverHttp, load_start: &str) -> a
         verdict(commands_met)
     );
     say!(
-        "GET wallet: {} requests/s (target >= {}): {}",
+        "GET wallet: {} requests/s (target >= {}): {}; the same reads in process: {} reads/s",
         thousands(http.reads.rate()),
         thousands(TARGET_GET_PER_S),
-        verdict(get_met)
+        verdict(get_met),
+        thousands(in_process.reads.rate())
     );
     say!(
         "SSE fan-out, {} subscribers keep up (every event, in order, worst lag <= {TARGET_SSE_LAG_S} s of writes): {}",
@@ -1159,6 +1257,14 @@ fn report(args: &Args, base: &InProcess, http: &OverHttp, load_start: &str) -> a
         "target_commands_ratio_min": TARGET_COMMANDS_RATIO,
         "commands_met": commands_met,
         "get_wallet": http.reads.json("requests"),
+        "in_process_reads": {
+            "reads": in_process.reads.reads,
+            "reads_per_s": in_process.reads.rate(),
+            "p50_us": rounded_index(&in_process.reads.latencies_us, 0.50),
+            "p99_us": rounded_index(&in_process.reads.latencies_us, 0.99),
+            "seconds": in_process.reads.wall.as_secs_f64(),
+            "cpu_cores": in_process.reads.cpu_cores,
+        },
         "target_get_per_s_min": TARGET_GET_PER_S,
         "get_met": get_met,
         "sse": {

@@ -112,6 +112,13 @@ pub enum AppendError {
     /// The ledger is shut down.
     #[error("the ledger is closed")]
     Closed,
+    /// The writer's queue is full ([`crate::Ledger::try_queue_command`] does not wait for
+    /// room): nothing was queued or written; send the same request again later.
+    #[error("the writer's queue is full ({waiting} commands waiting); retry later")]
+    Busy {
+        /// Jobs waiting in the queue when it was refused.
+        waiting: u64,
+    },
 }
 
 impl AppendError {

@@ -57,6 +57,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// Stops the log: every later append fails until it is reopened.
     fn stop(&self, reason: String);
 
+    /// The syncs that made frames durable since the log was opened, timed around the sync
+    /// itself (for metrics: `Ledger::stats`).
+    fn sync_stats(&self) -> crate::stats::SyncSnapshot;
+
     /// Makes the next frame's sync fail, as a disk error would (tests only: feature
     /// `fault-injection`).
     #[cfg(feature = "fault-injection")]
@@ -103,6 +107,10 @@ impl EventLog for SegmentLog {
 
     fn stop(&self, reason: String) {
         SegmentLog::stop(self, reason)
+    }
+
+    fn sync_stats(&self) -> crate::stats::SyncSnapshot {
+        SegmentLog::sync_stats(self)
     }
 
     #[cfg(feature = "fault-injection")]

@@ -1,7 +1,8 @@
 //! The [`Ledger`] handle: a single writer thread with group commit, and the read API.
 //!
 //! Appends from any number of callers go through a bounded queue (back-pressure: a caller waits
-//! when it is full) to one writer thread. The writer takes every request waiting (up to the
+//! when it is full, or is refused at once with [`Ledger::try_queue_command`]) to one writer
+//! thread. The writer takes every request waiting (up to the
 //! limits in [`crate::limits`]), plans them against one snapshot, lets the commit hooks add their
 //! writes (projections write their views here), writes the group's frame to the segment log
 //! with one write and one `fdatasync`, commits the index and views (synced only at a
@@ -17,6 +18,7 @@
 //! channels connect it to async and blocking callers alike.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -34,6 +36,7 @@ use crate::limits;
 use crate::log::{self, ReadError};
 use crate::record::EventRecord;
 use crate::segments::LogError;
+use crate::stats::{WriterCounters, WriterStats};
 use crate::store::{self, Backend, Create, OpenError, Store};
 use crate::timestamp::{Clock, SystemClock, Timestamp};
 use crate::types::{ExpectedVersion, Head, Position, StreamVersion};
@@ -239,6 +242,7 @@ struct Inner {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     head: watch::Receiver<Head>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<WriterCounters>,
 }
 
 impl Drop for Inner {
@@ -304,6 +308,8 @@ impl Ledger {
         let (head_tx, head_rx) = watch::channel(state.head);
         let writer_engine = Arc::clone(&engine);
         let writer_clock = Arc::clone(&clock);
+        let counters = Arc::new(WriterCounters::new());
+        let writer_counters = Arc::clone(&counters);
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
@@ -314,6 +320,7 @@ impl Ledger {
                     &hooks,
                     &head_tx,
                     &*writer_clock,
+                    &writer_counters,
                 )
             })
             .map_err(|e| {
@@ -329,6 +336,7 @@ impl Ledger {
                 sender: Mutex::new(Some(sender)),
                 head: head_rx,
                 writer: Mutex::new(Some(writer)),
+                counters,
             }),
         })
     }
@@ -382,6 +390,58 @@ impl Ledger {
             .await
             .map_err(|_| AppendError::Closed)?;
         Ok(CommandAnswer(answer))
+    }
+
+    /// [`Ledger::queue_command`] without waiting for room: when the writer's queue is full
+    /// ([`limits::WRITER_QUEUE_CAPACITY`] jobs waiting) it fails at once with
+    /// [`AppendError::Busy`] and nothing is queued or written, so a service can answer "retry
+    /// later" (HTTP 503) instead of holding the request. Callable from any thread, in or out of
+    /// an async runtime.
+    pub fn try_queue_command(&self, job: CommandJob) -> Result<CommandAnswer, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.sender()?;
+        match sender.try_send(Job {
+            work: Work::Command(job),
+            reply: Reply::Command(reply),
+        }) {
+            Ok(()) => Ok(CommandAnswer(answer)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(CommandError::Append(AppendError::Busy {
+                    waiting: (sender.max_capacity() - sender.capacity()) as u64,
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(CommandError::Append(AppendError::Closed))
+            }
+        }
+    }
+
+    /// The writer's counters, the log's frame syncs and the queue, for metrics (see
+    /// [`WriterStats`] for what each counts). Reads atomics only: never waits on the writer.
+    pub fn stats(&self) -> WriterStats {
+        let c = &*self.inner.counters;
+        let syncs = self.inner.engine.log().sync_stats();
+        let sender = self.sender().ok();
+        let (queue_depth, queue_capacity) = match &sender {
+            Some(s) => (
+                (s.max_capacity() - s.capacity()) as u64,
+                s.max_capacity() as u64,
+            ),
+            None => (0, limits::WRITER_QUEUE_CAPACITY as u64),
+        };
+        WriterStats {
+            groups: c.group_size.count(),
+            commands: c.commands.load(Ordering::Relaxed),
+            appends: c.appends.load(Ordering::Relaxed),
+            events: c.events.load(Ordering::Relaxed),
+            group_size_buckets: c.group_size.cumulative(),
+            fsync_count: syncs.count,
+            fsync_nanos_total: syncs.nanos_total,
+            fsync_nanos_buckets: syncs.nanos_buckets,
+            queue_depth,
+            queue_capacity,
+            writer_alive: sender.is_some() && c.alive.load(Ordering::Relaxed),
+        }
     }
 
     /// [`Ledger::submit`] for code outside an async runtime. Must not be called from inside one.
@@ -578,6 +638,7 @@ fn run_writer(
     hooks: &[Arc<dyn CommitHook>],
     head_tx: &watch::Sender<Head>,
     clock: &dyn Clock,
+    counters: &WriterCounters,
 ) {
     let mut versions = StreamVersions::default();
     let mut checkpoints = Checkpoints::new();
@@ -590,6 +651,7 @@ fn run_writer(
     while let Some(first) = receiver.blocking_recv() {
         let jobs = gather(&mut receiver, first, in_flight);
         in_flight = jobs.len().max(in_flight / 2);
+        count_jobs(counters, &jobs);
         if let Some(reason) = &stopped {
             let err = AppendError::Storage {
                 reason: format!(
@@ -604,6 +666,7 @@ fn run_writer(
         let mut writer = Writer {
             engine,
             clock,
+            counters,
             versions: &mut versions,
             checkpoints: &mut checkpoints,
             hooks,
@@ -614,10 +677,24 @@ fn run_writer(
             Err(reason) => stopped = Some(reason),
         }
     }
+    counters.alive.store(false, Ordering::Relaxed);
     // The last checkpoint: a clean shutdown leaves no tail to replay.
     if stopped.is_none() {
         let _ = engine.commit_index(WriteBatch::new(), Durability::Synced);
     }
+}
+
+/// Counts a group the writer took: its size and its jobs by kind.
+fn count_jobs(counters: &WriterCounters, jobs: &[Job]) {
+    let commands = jobs
+        .iter()
+        .filter(|j| matches!(j.work, Work::Command(_)))
+        .count() as u64;
+    counters.group_size.observe(jobs.len() as u64);
+    counters.commands.fetch_add(commands, Ordering::Relaxed);
+    counters
+        .appends
+        .fetch_add(jobs.len() as u64 - commands, Ordering::Relaxed);
 }
 
 /// Collects one group commit: `first`, everything already queued, and, while the group is
@@ -664,6 +741,7 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, first: Job, in_flight: usize) -> V
 struct Writer<'w> {
     engine: &'w Store,
     clock: &'w dyn Clock,
+    counters: &'w WriterCounters,
     versions: &'w mut StreamVersions,
     checkpoints: &'w mut Checkpoints,
     hooks: &'w [Arc<dyn CommitHook>],
@@ -752,6 +830,8 @@ impl Writer<'_> {
         drop(snap);
         match written {
             Written::Done => {
+                let events = planned.head.position.0 - state.head.position.0;
+                self.counters.events.fetch_add(events, Ordering::Relaxed);
                 // Publish the new head before any caller hears back, so a caller that reads
                 // `head()` after its append returns always sees its own events.
                 self.head_tx.send_replace(planned.head);
@@ -772,6 +852,9 @@ impl Writer<'_> {
                 Ok(state)
             }
             Written::Stop(err, reason) => {
+                // Before any caller hears of the failure, so a caller that then reads
+                // `Ledger::stats` sees the writer stopped.
+                self.counters.alive.store(false, Ordering::Relaxed);
                 for (reply, _) in pending {
                     reply.fail(CommandError::Append(err.clone()));
                 }

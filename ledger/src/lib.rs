@@ -13,6 +13,7 @@
 //! - [`ledger`](mod@ledger): the [`Ledger`] handle: group-commit writer thread, commands decided
 //!   in the writer, commit hooks, reads, subscriptions.
 //! - [`verify`](mod@verify): whole-log verification for auditors.
+//! - [`stats`]: the writer's and the log's counters for metrics ([`Ledger::stats`]).
 //! - [`store`]: opening a store directory (backend, format version) and rollback points
 //!   ([`Guard`]) for gated bulk operations.
 //!
@@ -50,6 +51,7 @@ pub mod log;
 pub mod multiset;
 pub mod record;
 pub mod segments;
+pub mod stats;
 pub mod store;
 pub mod timestamp;
 pub mod types;
@@ -66,6 +68,7 @@ pub use ledger::{
 };
 pub use log::ReadError;
 pub use record::{EventRecord, RecordError, RecordView};
+pub use stats::{SyncSnapshot, WriterStats};
 pub use store::{
     open_engine, open_store, open_store_with, Backend, Checkpoint, Create, Guard, OpenError, Store,
     StoreOptions, VerbatimError,

@@ -32,7 +32,8 @@ pub const MAX_APPENDS_PER_COMMIT: usize = 4_096;
 /// is smaller than the previous one (see `ledger::gather`). Well below one fdatasync (0.15-4 ms
 /// here), so a caller's latency grows by at most this.
 pub const GROUP_GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(150);
-/// Capacity of the writer's queue; callers wait (back-pressure) when it is full.
+/// Capacity of the writer's queue; callers wait (back-pressure) when it is full, or are
+/// refused with `AppendError::Busy` by `Ledger::try_queue_command`.
 pub const WRITER_QUEUE_CAPACITY: usize = 8_192;
 /// Most events in one frame appended verbatim (`Store::append_verbatim`, the migration from
 /// format 1): the migration cuts its frames after a few thousand events, but only between two

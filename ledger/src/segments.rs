@@ -516,6 +516,8 @@ pub struct SegmentLog {
     writable: bool,
     filler: Arc<Filler>,
     filler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Every frame's `fdatasync`, timed (see [`SegmentLog::sync_stats`]).
+    syncs: crate::stats::SyncStats,
     /// Armed by [`SegmentLog::fail_next_sync`]: the next frame's `fdatasync` fails.
     #[cfg(feature = "fault-injection")]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -591,6 +593,7 @@ impl SegmentLog {
             writable,
             filler: Filler::new(),
             filler_thread: Mutex::new(None),
+            syncs: crate::stats::SyncStats::default(),
             #[cfg(feature = "fault-injection")]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         };
@@ -662,7 +665,15 @@ impl SegmentLog {
         {
             return Err(std::io::Error::other("injected fdatasync failure"));
         }
-        file.sync_data()
+        let started = std::time::Instant::now();
+        let synced = file.sync_data();
+        self.syncs.observe(started.elapsed());
+        synced
+    }
+
+    /// The frame syncs since this log was opened: how many, and how long they took.
+    pub fn sync_stats(&self) -> crate::stats::SyncSnapshot {
+        self.syncs.snapshot()
     }
 
     /// The directory of the segment files.

@@ -1,6 +1,7 @@
 //! `verify`, `check` and `rebuild`: argument handling and rendering. The invariants of SPEC
 //! section 4 are proven by `projections::check` (one proof for the CLI, the gates and any
-//! service); this module turns its report into the human text or the `--json` document, and
+//! service); this module turns its report into the human text or the `--json` document (whose
+//! owner is `projections::check::report_json`, shared with walletd's `GET /v1/check`), and
 //! supplies the progress callback (a spinner, and phase timings on request).
 
 use std::io::Write;
@@ -45,18 +46,6 @@ pub fn progress(bar: &indicatif::ProgressBar) -> impl Fn(Progress<'_>) + Sync + 
     }
 }
 
-/// The `check --json` document.
-pub fn check_json(report: &CheckReport) -> serde_json::Value {
-    json!({
-        "ok": report.ok(),
-        "invariants": report.invariants,
-        "head": report.head.position.0,
-        "head_hash": report.head.hash.to_hex(),
-        "digest": report.digest.to_hex(),
-        "members": report.members,
-    })
-}
-
 /// The human lines of `check`: one per invariant with its details, then the figures.
 pub fn write_check_human(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {
     for inv in &report.invariants {
@@ -85,7 +74,7 @@ pub fn check_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<
     let report = projections::check_engine(&*engine, &*snap, &progress(&bar))?;
     bar.finish_and_clear();
     if json {
-        writeln!(out, "{}", check_json(&report))?;
+        writeln!(out, "{}", projections::check::report_json(&report))?;
     } else {
         write_check_human(&report, out)?;
     }

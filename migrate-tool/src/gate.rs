@@ -2,32 +2,22 @@
 //!
 //! The gate itself is `projections::gate` (SPEC section 5: one comparison, one report, one
 //! member-diff shape for the pre-deploy gate, `reset-credentials` and `migrate run`). This module
-//! runs the pre-deploy gate with this binary's fold (`projections::gate::predeploy` with
-//! [`ThisBuild`]: F, the log folded by this binary, against S, the stored bucket sums, and V,
-//! the sums of the stored rows), and renders a [`GateReport`] the same way for all three
-//! commands: [`report_fields`] for `--json`, [`write_findings`] for humans.
+//! runs the pre-deploy gate with this binary's fold (`projections::gate::predeploy_report`:
+//! F, the log folded by this binary, against S, the stored bucket sums, and V, the sums of the
+//! stored rows), and renders a [`GateReport`] the same way for all three commands:
+//! [`report_fields`] for `--json` (owned by `projections::gate`, with `predeploy_json` for this
+//! command), [`write_findings`] for humans.
 
 use std::io::Write;
 use std::path::Path;
 
-use projections::gate::{self, Figures, GateReport, ThisBuild};
-use serde_json::{json, Map, Value};
+use projections::gate::{self, Figures, GateReport};
+// The JSON documents of every gate are owned by `projections::gate` (walletd's `POST /v1/gate`
+// prints the same bytes); re-exported for the other gated commands.
+pub use projections::gate::report_fields;
 
 use crate::output::{self, Outcome};
 use crate::store;
-
-/// Before or after figures as JSON: head, head hash, digest, members, whether every invariant
-/// holds and the invariants (both `null` where that side proves none: the pre-deploy gate).
-pub fn figures_json(f: &Figures) -> Value {
-    json!({
-        "head": f.head.position.0,
-        "head_hash": f.head.hash.to_hex(),
-        "digest": f.digest.to_hex(),
-        "members": f.members,
-        "ok": f.invariants.as_ref().map(|_| f.ok()),
-        "invariants": f.invariants,
-    })
-}
 
 /// Before or after figures as one human line.
 pub fn figures_line(f: &Figures) -> String {
@@ -40,27 +30,6 @@ pub fn figures_line(f: &Figures) -> String {
         "head {} ({}), digest {}, {} members, check {check}",
         f.head.position, f.head.hash, f.digest, f.members
     )
-}
-
-/// The keys every gate's JSON document has: `ok`, `before`, `after`, `digest_unchanged`,
-/// `failures`, `differing_buckets` (a count), `differing_members` (a count) and
-/// `changed_members` (`{member, fields, stored, derived}` each, at most
-/// [`gate::MAX_MEMBERS_SHOWN`]). Each command adds its own keys.
-pub fn report_fields(report: &GateReport) -> Map<String, Value> {
-    let doc = json!({
-        "ok": report.ok(),
-        "before": figures_json(&report.before),
-        "after": report.after.as_ref().map(figures_json),
-        "digest_unchanged": report.digest_unchanged(),
-        "failures": report.failures,
-        "differing_buckets": report.differing_buckets.len(),
-        "differing_members": report.differing_members,
-        "changed_members": report.diffs,
-    });
-    match doc {
-        Value::Object(map) => map,
-        _ => unreachable!("json! of an object literal is an object"),
-    }
 }
 
 /// The human lines of a failed gate: each failure, then each differing member with its fields
@@ -98,18 +67,14 @@ pub fn write_findings(report: &GateReport, out: &mut dyn Write) -> std::io::Resu
 
 /// `gate [--json]`.
 pub fn gate_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let engine = store::open_existing(dir)?;
+    let engine = store::open_for_views(dir, "gate")?;
     let snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: folding the log");
-    let run = gate::predeploy(&*snap, &ThisBuild)?;
+    let run = gate::predeploy_report(&*snap)?;
     bar.finish_and_clear();
     let report = &run.report;
     if json {
-        let mut doc = report_fields(report);
-        doc.insert("fold_ms".into(), json!(run.fold.as_millis() as u64));
-        doc.insert("views_ms".into(), json!(run.views.as_millis() as u64));
-        doc.insert("localise_ms".into(), json!(run.localise.as_millis() as u64));
-        writeln!(out, "{}", Value::Object(doc))?;
+        writeln!(out, "{}", gate::predeploy_json(&run))?;
     } else {
         let derived = report.after.as_ref().unwrap_or(&report.before);
         writeln!(

@@ -37,6 +37,7 @@ mod faults;
 mod frames;
 mod gate;
 mod head;
+mod holder;
 mod import;
 mod lock;
 mod migrate;

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::bail;
 use ledger::domain::{MemberId, WalletState};
 use ledger::log;
 use ledger::record::EventRecord;
@@ -106,51 +105,15 @@ fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
     )
 }
 
-/// Calls `each` for every member with a wallet stream, in member id order, folded as of `as_of`
-/// from its own stream (members with no wallet at that moment are skipped).
-pub fn for_each_folded(
-    snap: &dyn Snapshot,
-    as_of: AsOf,
-    each: &mut dyn FnMut(WalletState) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    for stream in log::streams(snap, ledger::domain::WALLET_STREAM_PREFIX) {
-        let stream = stream?;
-        let Some((_, member)) = ledger::domain::member_of_stream(&stream) else {
-            bail!("stream {stream} is not a wallet stream of a valid member id");
-        };
-        if let Some(state) = fold::fold_member(snap, &member, as_of)? {
-            each(state)?;
-        }
-    }
-    Ok(())
-}
-
 /// `export [--as-of T]`.
 pub fn export(dir: &Path, as_of: Option<&str>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let as_of = parse_as_of(as_of)?;
     let engine = store::open_for_views(dir, "export")?;
     let snap = engine.snapshot()?;
-    match as_of {
-        AsOf::Head => {
-            store::require_current_views(&*snap)?;
-            let mut failed: Option<std::io::Error> = None;
-            views::for_each_shown(&*snap, &mut |shown| {
-                writeln!(out, "{}", WalletJson::of_shown(&shown).to_line()).map_err(|e| {
-                    let reason = e.to_string();
-                    failed = Some(e);
-                    projections::ProjectionError::Fold { reason }
-                })
-            })
-            .map_err(|e| match failed.take() {
-                Some(io) => anyhow::Error::new(io),
-                None => e.into(),
-            })?;
-        }
-        other => for_each_folded(&*snap, other, &mut |state: WalletState| {
-            writeln!(out, "{}", WalletJson::of(&state).to_line())?;
-            Ok(())
-        })?,
-    }
+    projections::export_each(&*snap, as_of, &mut |wallet| -> anyhow::Result<()> {
+        writeln!(out, "{}", wallet.to_line())?;
+        Ok(())
+    })?;
     Ok(Outcome::Ok)
 }
 

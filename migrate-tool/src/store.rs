@@ -21,6 +21,7 @@ use ledger::{Backend, Create, Head, OpenError, Snapshot, Store};
 use projections::views;
 use projections::WalletService;
 
+use crate::holder;
 use crate::lock::{self, StoreLock};
 
 /// Opens an existing store's engine (no writer thread, no view rebuild): read commands and
@@ -59,16 +60,39 @@ pub fn open_for_log_read(dir: &Path) -> anyhow::Result<LogSource> {
 pub fn open_for_views(dir: &Path, command: &str) -> anyhow::Result<Arc<Store>> {
     match projections::open_store(dir, Create::No, Backend::Redb) {
         Ok(store) => Ok(store),
-        Err(e @ OpenError::Locked { .. }) => Err(anyhow::Error::new(e).context(format!(
-            "`{command}` reads the views, which only the writing process may open (`verify`, `log` and `show --as-of` read the log beside a writer)"
-        ))),
+        Err(e @ OpenError::Locked { .. }) => Err(held(
+            dir,
+            command,
+            anyhow::Error::new(e).context(format!(
+                "`{command}` reads the views, which only the writing process may open (`verify`, `log` and `show --as-of` read the log beside a writer)"
+            )),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A locked-store error, with the walletd endpoint that does `command`'s job when walletd is
+/// the holder (its holder file names a live process).
+pub fn held(dir: &Path, command: &str, error: anyhow::Error) -> anyhow::Error {
+    match holder::hint(dir, command) {
+        Some(hint) => error.context(hint),
+        None => error,
+    }
+}
+
+/// Opens a store for a command that writes (`import`, `expire`, `gate`'s reads): a locked
+/// store's error names the walletd endpoint to use when walletd holds it.
+fn open_writable(dir: &Path, create: Create, command: &str) -> anyhow::Result<Arc<Store>> {
+    match projections::open_store(dir, create, Backend::Redb) {
+        Ok(store) => Ok(store),
+        Err(e @ OpenError::Locked { .. }) => Err(held(dir, command, anyhow::Error::new(e))),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Opens or creates a store and starts the wallet service on it (import, demo).
 pub fn open_service(dir: &Path) -> anyhow::Result<WalletService> {
-    let engine = projections::open_store(dir, Create::IfMissing, Backend::Redb)?;
+    let engine = open_writable(dir, Create::IfMissing, "import")?;
     WalletService::with_engine(engine, Vec::new())
         .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
 }
@@ -76,7 +100,7 @@ pub fn open_service(dir: &Path) -> anyhow::Result<WalletService> {
 /// Opens an existing store (never creates one) and starts the wallet service on it: a job
 /// pointed at a mistyped `--store` must fail (exit 2), not run on a fresh empty store.
 pub fn open_existing_service(dir: &Path) -> anyhow::Result<WalletService> {
-    WalletService::with_engine(open_existing(dir)?, Vec::new())
+    WalletService::with_engine(open_writable(dir, Create::No, "expire")?, Vec::new())
         .with_context(|| format!("cannot start the wallet service on {}", dir.display()))
 }
 
@@ -88,13 +112,7 @@ pub fn head(snap: &dyn Snapshot) -> anyhow::Result<Head> {
 /// Refuses to serve views that are not at the log head (a crashed rebuild): they would show a
 /// state the log does not have.
 pub fn require_current_views(snap: &dyn Snapshot) -> anyhow::Result<()> {
-    views::require_layout(snap)?;
-    let head = head(snap)?.position.0;
-    let checkpoint = views::checkpoint(snap)?.0;
-    if checkpoint != head {
-        bail!(projections::ProjectionError::Behind { checkpoint, head });
-    }
-    Ok(())
+    Ok(views::require_current(snap)?)
 }
 
 /// Copies a store directory (files and subdirectories) to `to`, which must not exist.

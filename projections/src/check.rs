@@ -123,6 +123,20 @@ impl CheckReport {
     }
 }
 
+/// The `check --json` document (`ok`, `invariants`, `head`, `head_hash`, `digest`, `members`):
+/// one owner, so `migrate-tool check --json` and a service's `GET /v1/check` serve the same
+/// bytes for the same report.
+pub fn report_json(report: &CheckReport) -> serde_json::Value {
+    serde_json::json!({
+        "ok": report.ok(),
+        "invariants": report.invariants,
+        "head": report.head.position.0,
+        "head_hash": report.head.hash.to_hex(),
+        "digest": report.digest.to_hex(),
+        "members": report.members,
+    })
+}
+
 /// What a running check tells its caller (a progress bar, a timing log). It is called from the
 /// check's threads, so the callback must be `Sync`.
 #[derive(Clone, Copy, Debug)]

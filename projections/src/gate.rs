@@ -35,6 +35,7 @@ use ledger::domain::{MemberId, WalletState};
 use ledger::engine::TableChunks;
 use ledger::{Hash, Head, Snapshot};
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use crate::check::{CheckReport, Invariant};
 use crate::digest::{self, BucketSum, DigestBuilder};
@@ -655,6 +656,60 @@ pub fn predeploy(snap: &dyn Snapshot, derive: &dyn Derive) -> Result<PreDeploy, 
         views,
         localise: started.elapsed(),
     })
+}
+
+/// The pre-deploy gate of this build ([`predeploy`] with [`ThisBuild`]) over one snapshot:
+/// what `migrate-tool gate` runs, and what a service runs on a snapshot of its own store while
+/// it serves.
+pub fn predeploy_report(snap: &dyn Snapshot) -> Result<PreDeploy, ProjectionError> {
+    predeploy(snap, &ThisBuild)
+}
+
+/// Before or after figures as JSON: head, head hash, digest, members, whether every invariant
+/// holds and the invariants (both `null` where that side proves none: the pre-deploy gate).
+pub fn figures_json(f: &Figures) -> Value {
+    json!({
+        "head": f.head.position.0,
+        "head_hash": f.head.hash.to_hex(),
+        "digest": f.digest.to_hex(),
+        "members": f.members,
+        "ok": f.invariants.as_ref().map(|_| f.ok()),
+        "invariants": f.invariants,
+    })
+}
+
+/// The keys every gate's JSON document has: `ok`, `before`, `after`, `digest_unchanged`,
+/// `failures`, `differing_buckets` (a count), `differing_members` (a count) and
+/// `changed_members` (`{member, fields, stored, derived}` each, at most [`MAX_MEMBERS_SHOWN`]).
+/// Each operation adds its own keys (see [`predeploy_json`]).
+pub fn report_fields(report: &GateReport) -> Map<String, Value> {
+    let mut doc = Map::new();
+    doc.insert("ok".into(), json!(report.ok()));
+    doc.insert("before".into(), figures_json(&report.before));
+    doc.insert(
+        "after".into(),
+        report.after.as_ref().map_or(Value::Null, figures_json),
+    );
+    doc.insert("digest_unchanged".into(), json!(report.digest_unchanged()));
+    doc.insert("failures".into(), json!(report.failures));
+    doc.insert(
+        "differing_buckets".into(),
+        json!(report.differing_buckets.len()),
+    );
+    doc.insert("differing_members".into(), json!(report.differing_members));
+    doc.insert("changed_members".into(), json!(report.diffs));
+    doc
+}
+
+/// The pre-deploy gate's JSON document: [`report_fields`] plus where its time went (`fold_ms`,
+/// `views_ms`, `localise_ms`). One owner, so `migrate-tool gate --json` and a service's
+/// `POST /v1/gate` print the same document for the same run.
+pub fn predeploy_json(run: &PreDeploy) -> Value {
+    let mut doc = report_fields(&run.report);
+    doc.insert("fold_ms".into(), json!(run.fold.as_millis() as u64));
+    doc.insert("views_ms".into(), json!(run.views.as_millis() as u64));
+    doc.insert("localise_ms".into(), json!(run.localise.as_millis() as u64));
+    Value::Object(doc)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //!
 //! For callers:
 //! - [`shown`]: the wallet as SPEC section 3 shows it ([`WalletJson`]), also in findings.
+//! - [`export`](mod@export): the export lines ([`export_each`]), for the CLI and a service.
 //! - [`service`]: [`WalletService`], a ledger with the views attached: submit, read, check.
 //! - [`statement`]: a member's statement (running balance, positions, command ids), whole or
 //!   by page ([`statement_page`]), from a snapshot or any stream of records.
@@ -42,6 +43,7 @@
 
 pub mod check;
 pub mod digest;
+pub mod export;
 pub mod fold;
 pub mod gate;
 pub mod hook;
@@ -58,9 +60,11 @@ pub use check::{
     check_after_identity_appends, check_engine, check_snapshot, CheckReport, Invariant, Progress,
 };
 pub use digest::DigestBuilder;
+pub use export::export_each;
 pub use fold::{fold_log, fold_member, AsOf, EventTotals, FoldOptions, FoldStats};
 pub use gate::{
-    Declared, Derive, Figures, Gate, GateReport, MemberDiff, Side, StoredViews, ThisBuild,
+    Declared, Derive, Figures, Gate, GateReport, MemberDiff, PreDeploy, Side, StoredViews,
+    ThisBuild,
 };
 pub use hook::ProjectionHook;
 pub use rebuild::{rebuild, RebuildReport};

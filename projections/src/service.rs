@@ -322,6 +322,20 @@ impl WalletService {
     ) -> Result<StatementPage, ProjectionError> {
         statement::statement_page(&*self.snapshot()?, member, start, limit)
     }
+
+    /// [`WalletService::submit`] that does not wait for room in the writer's queue: when it is
+    /// full, fails at once with `SubmitError::Ledger(AppendError::Busy)` and nothing is written
+    /// (a service answers "retry later"); otherwise queues the command and resolves when its
+    /// events are durable. An `expire` without a member cannot be queued as one job (it runs
+    /// member by member): it takes [`WalletService::submit`]'s path, waiting for room.
+    pub async fn try_submit(&self, cmd: &Command) -> Result<Submitted, SubmitError> {
+        let at = cmd.at.unwrap_or_else(|| self.ledger.now());
+        if is_expire_all(cmd) {
+            return self.expire_all(cmd, at, &mut |_| {}).await;
+        }
+        let answer = self.ledger.try_queue_command(job(cmd, at, None))?;
+        finish(answer.await)
+    }
 }
 
 /// A command queued by [`WalletService::queue`].

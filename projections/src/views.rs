@@ -1517,6 +1517,18 @@ pub fn require_layout(snap: &dyn Snapshot) -> Result<(), ProjectionError> {
     }
 }
 
+/// Refuses views that cannot be served as the state at the log head: another layout
+/// ([`require_layout`]), or a checkpoint behind the head (a crashed rebuild).
+pub fn require_current(snap: &dyn Snapshot) -> Result<(), ProjectionError> {
+    require_layout(snap)?;
+    let head = ledger::log::read_head(snap)?.0.position.0;
+    let checkpoint = checkpoint(snap)?.0;
+    if checkpoint != head {
+        return Err(ProjectionError::Behind { checkpoint, head });
+    }
+    Ok(())
+}
+
 /// Writes the checkpoint and this build's layout.
 pub fn put_checkpoint(batch: &mut WriteBatch, position: Position) {
     batch.put(

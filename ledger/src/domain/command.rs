@@ -969,6 +969,37 @@ mod tests {
     // that many) cost at most one key comparison each, where comparing each key with every
     // earlier one costs 5 * 10^9. Planted defect: the old loop (`keys[..i].contains(key)` for
     // each i) makes this fail with ~5 * 10^9 comparisons.
+    // Proves a request body parses exactly like an import line with the header's id (same
+    // command, same fingerprint), and that an `id` in the body is refused by name while every
+    // other rule of the import format still applies.
+    #[test]
+    fn a_request_body_is_an_import_line_whose_id_comes_from_the_header() {
+        let id = CommandId::new("backend:p1").expect("valid id");
+        let body = r#"{"type":"pay","member":"m1","amount":700,"merchant":"cafe"}"#;
+        let from_body = Command::parse_request_body(body, &id).expect("parses");
+        let line =
+            r#"{"id":"backend:p1","type":"pay","member":"m1","amount":700,"merchant":"cafe"}"#;
+        let from_line = Command::parse_json_line(line).expect("parses");
+        assert_eq!(from_body, from_line);
+        assert_eq!(from_body.fingerprint(), from_line.fingerprint());
+        let with_id = r#"{"id":"x","type":"top_up","member":"m1","amount":1}"#;
+        assert_eq!(
+            Command::parse_request_body(with_id, &id),
+            Err(InputError::IdInBody)
+        );
+        let err =
+            Command::parse_request_body(r#"{"type":"top_up","member":"m1","amount":"1"}"#, &id)
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field \"amount\" must be an integer, got string \"1\""
+        );
+        assert_eq!(
+            Command::parse_request_body(" ", &id),
+            Err(InputError::EmptyLine)
+        );
+    }
+
     #[test]
     fn duplicate_check_compares_each_key_at_most_about_once() {
         let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();

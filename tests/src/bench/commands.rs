@@ -294,7 +294,7 @@ impl ClientTally {
 
 /// One in-process client: the mix through `WalletService::submit` until `stop`. A rule
 /// rejection is counted and the client goes on; any other error ends it (and is reported).
-pub async fn run_client(service: WalletService, mut mix: ClientMix, stop: Instant) -> ClientTally {
+pub async fn run_client(service: WalletService, mix: &mut ClientMix, stop: Instant) -> ClientTally {
     let mut tally = ClientTally::default();
     while Instant::now() < stop {
         let mixed = mix.next_mixed();
@@ -347,17 +347,14 @@ impl InProcess {
     }
 }
 
-/// Opens the prepared store in `dir` as a `WalletService` and runs `clients` in-process clients
-/// of the mix ([`ClientMix`] with `members`, `coupons`, `seed`) for `seconds`; closes the
-/// service before returning.
+/// Opens the prepared store in `dir` as a `WalletService` and runs one in-process client per
+/// mix for `seconds`; closes the service before returning. The mixes come back, so that a later
+/// run goes on where this one stopped (no coupon is redeemed twice).
 pub async fn run_in_process(
     dir: &Path,
-    clients: usize,
-    members: usize,
-    coupons: u32,
+    mixes: Vec<ClientMix>,
     seconds: f64,
-    seed: u64,
-) -> anyhow::Result<InProcess> {
+) -> anyhow::Result<(InProcess, Vec<ClientMix>)> {
     let service = WalletService::open(
         dir,
         LedgerOptions {
@@ -371,13 +368,19 @@ pub async fn run_in_process(
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(seconds);
     let mut tasks = JoinSet::new();
-    for c in 0..clients {
-        let mix = ClientMix::new(c, clients, members, coupons, seed);
-        tasks.spawn(run_client(service.clone(), mix, stop));
+    for (c, mut mix) in mixes.into_iter().enumerate() {
+        let service = service.clone();
+        tasks.spawn(async move {
+            let tally = run_client(service, &mut mix, stop).await;
+            (c, tally, mix)
+        });
     }
     let mut tally = ClientTally::default();
+    let mut back = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        tally.merge(done?);
+        let (c, t, mix) = done?;
+        tally.merge(t);
+        back.push((c, mix));
     }
     let wall = started.elapsed();
     let cpu = procfs::cpu_share_text(cpu_before, wall);
@@ -389,12 +392,23 @@ pub async fn run_in_process(
     };
     drop(service);
     tally.latencies_us.sort_unstable();
-    Ok(InProcess {
-        tally,
-        wall,
-        cpu,
-        cpu_cores,
-        peak_rss_kib,
-        views_at_head,
-    })
+    back.sort_by_key(|(c, _)| *c);
+    Ok((
+        InProcess {
+            tally,
+            wall,
+            cpu,
+            cpu_cores,
+            peak_rss_kib,
+            views_at_head,
+        },
+        back.into_iter().map(|(_, m)| m).collect(),
+    ))
+}
+
+/// The mixes of `clients` clients over `members` members with `coupons` coupons each.
+pub fn client_mixes(clients: usize, members: usize, coupons: u32, seed: u64) -> Vec<ClientMix> {
+    (0..clients)
+        .map(|c| ClientMix::new(c, clients, members, coupons, seed))
+        .collect()
 }

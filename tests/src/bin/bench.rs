@@ -1394,7 +1394,10 @@ fn http_rows(table: &mut Table, c: &Child) {
             fmt_us(f(base, "p50_us")),
             fmt_us(f(base, "p99_us"))
         ),
-        format!("{} of in process", pct(f(d, "ratio_commands_vs_in_process"))),
+        format!(
+            "{} of in process",
+            pct(f(d, "ratio_commands_vs_in_process"))
+        ),
         rows[0].1,
         met("commands_met"),
         json!({"commands": cmd, "in_process": base}),

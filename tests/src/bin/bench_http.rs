@@ -3,27 +3,29 @@
 //! run with the same mix and the same number of clients; `GET wallet` throughput; and the live
 //! event feed (SSE) fanned out to many subscribers while the commands load runs.
 //!
-//! Phases, in one run:
-//! 1. **in process** (the baseline): `--members` funded wallets prepared in a fresh store
-//!    ([`prepare_members`], not timed), then `--connections` tokio tasks submit the mix through
-//!    `WalletService::submit` for `--seconds` ([`run_in_process`], the code path of
-//!    `bench_wallet commands`); then as many tasks read random wallets through
-//!    `WalletService::wallet` and encode the wallet JSON (what `GET wallet` costs without HTTP).
-//! 2. **walletd**: a second fresh store prepared the same way; a service key made with
-//!    `walletd keys add`; the release `walletd` started on it (`--listen 127.0.0.1:0
-//!    --rate-limit-per-sec 0 --log-format json`, stderr to a file), its address read from its
-//!    first stdout line.
-//! 3. **commands over HTTP**: `--connections` keep-alive HTTP/1.1 connections, one client task
-//!    each, each `POST /v1/commands` carrying a command of the same mix ([`ClientMix`], same seed)
-//!    and a unique `Idempotency-Key`, for `--seconds`. Target: >= 60% of phase 1.
-//! 4. **GET wallet**: `--connections` connections each reading `GET /v1/members/{m}/wallet` of
-//!    random members for `--seconds`. Target: >= 50,000 requests/s.
-//! 5. **SSE fan-out**: `--subscribers` connections on `GET /v1/events?from=<head + 1>` while the
-//!    phase 3 load runs again for `--seconds`. Each subscriber checks that the event ids it
-//!    receives are consecutive (no gap, no duplicate); a sampler compares, every 50 ms, the
-//!    highest position acknowledged to a client with each subscriber's last id (the lag, in
-//!    events). After the load, the subscribers must reach the last acknowledged position.
-//!    Target: they keep up (no gap, every event delivered, worst lag <= 1 s of writes).
+//! One run, every figure with its baseline from the same run:
+//! 1. **Stores**: two fresh stores of `--members` funded wallets ([`prepare_members`], not
+//!    timed): one for the in-process side, one for walletd. A service key is made with
+//!    `walletd keys add`, and the release `walletd` is started on the second store
+//!    (`--listen 127.0.0.1:0 --rate-limit-per-sec 0 --log-format json`, stderr to a file); its
+//!    address is its first stdout line.
+//! 2. **Commands**, `--rounds` rounds, each: `--connections` in-process clients submit the SPEC
+//!    mix through `WalletService::submit` for `--seconds` ([`run_in_process`], the code path of
+//!    `bench_wallet commands`), then `--connections` keep-alive HTTP/1.1 connections, one client
+//!    task each, `POST /v1/commands` the same mix ([`ClientMix`], same seed) with unique
+//!    `Idempotency-Key`s for `--seconds`. Alternating spreads the drifting load of a shared box
+//!    over both sides. Target: HTTP >= 60% of in process.
+//! 3. **Reads**, `--rounds` rounds, each: in-process tasks read random wallets through
+//!    `WalletService::wallet` and encode the wallet JSON (what a read costs without HTTP), then
+//!    `--connections` connections `GET /v1/members/{m}/wallet` of random members. Target:
+//!    >= 50,000 requests/s.
+//! 4. **SSE fan-out**: `--subscribers` connections on `GET /v1/events?from=<head + 1>` while
+//!    the HTTP commands load runs once more. Each subscriber checks that the event ids it
+//!    receives are consecutive (no gap, no repeat); a sampler compares, every 50 ms, the highest
+//!    position acknowledged to a client with each subscriber's last id (the lag, in events).
+//!    After the load, the subscribers must reach the last acknowledged position. Target: they
+//!    keep up (every event, in order, worst lag <= 1 s of writes).
+//! 5. walletd is stopped by SIGTERM; its head must equal the highest acknowledged position.
 //!
 //! The box has 2 cores and the load client runs on them beside the server: each phase reports
 //! the client's and the server's CPU (utime + stime from `/proc`) as a share of one core, so a
@@ -59,7 +61,7 @@ use hyper_util::rt::TokioIo;
 use ledger::domain::{Command, CommandBody, CommandId};
 use ledger::{Backend, Create, LedgerOptions};
 use ledger_tests::bench::commands::{
-    coupons_for, member_id, prepare_members, run_in_process, ClientMix, InProcess,
+    client_mixes, coupons_for, member_id, prepare_members, run_in_process, ClientMix, InProcess,
 };
 use ledger_tests::bench::fmt::{fmt_us, mib_text, pct, thousands};
 use ledger_tests::bench::json::emit;
@@ -105,6 +107,11 @@ struct Args {
     /// Seconds of each measured phase.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Rounds of (in process, over HTTP), alternated, for the commands and for the reads: on a
+    /// shared box the load of other processes drifts, and alternating spreads it over both
+    /// sides of the ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// SSE subscribers during the fan-out phase.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
@@ -130,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         "need --members >= 2 * --connections (each client owns at least two members)"
     );
     ensure!(args.seconds > 0.0, "--seconds must be positive");
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
     ensure!(
         args.client_threads >= 1,
         "--client-threads must be at least 1"
@@ -161,35 +169,219 @@ fn main() -> anyhow::Result<()> {
         cores()
     );
     let load_start = procfs::load_average();
-
-    // 1. The in-process baseline, on the runtime bench_wallet uses.
-    let in_process = {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("tokio runtime")?;
-        runtime.block_on(in_process_phase(tmp.path(), &args))?
-    };
-
-    // 2-5. walletd, driven by a client runtime of --client-threads threads.
-    let client = tokio::runtime::Builder::new_multi_thread()
+    // In process: the runtime bench_wallet uses. Over HTTP: a client runtime of
+    // --client-threads threads, so that the client leaves the server the rest of the box.
+    let in_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let over_http = client.block_on(http_phases(tmp.path(), &walletd, &args))?;
-    drop(client);
-    report(&args, &in_process, &over_http, &load_start)
+    let measured = run_phases(tmp.path(), &walletd, &args, &in_rt, &client_rt)?;
+    report(&args, &measured, &load_start)
+}
+
+/// Everything one run measured.
+struct Measured {
+    in_commands: Vec<InProcess>,
+    http_commands: Vec<HttpLoad>,
+    in_reads: Vec<Reads>,
+    http_reads: Vec<HttpLoad>,
+    fan_out: FanOut,
+    /// `GET /v1/head` after the loads equals the highest acknowledged position.
+    head_matches: bool,
+    stopped: String,
+    log_bytes: u64,
+    log_lines: u64,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Prepares both stores, starts walletd, runs the rounds and the fan-out, stops walletd.
+fn run_phases(
+    tmp: &Path,
+    walletd: &Path,
+    args: &Args,
+    in_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Measured> {
+    // Each store runs `rounds` command phases (walletd's one more, under the feed): enough
+    // coupons for all of them, and the same number in both, so the wallets read are alike.
+    let coupons = coupons_for((args.rounds + 1) as f64 * args.seconds, args.members);
+    let in_dir = tmp.join("in-process");
+    let http_dir = tmp.join("walletd-store");
+    let started = Instant::now();
+    in_rt.block_on(async {
+        prepare_members(&in_dir, args.members, coupons).await?;
+        prepare_members(&http_dir, args.members, coupons).await
+    })?;
+    say!(
+        "prepared two stores of {} wallets ({coupons} coupons each) in {:.1} s (not the figure)",
+        args.members,
+        started.elapsed().as_secs_f64()
+    );
+    let (server, key) = Walletd::start(walletd, tmp, &http_dir)?;
+    say!(
+        "walletd: {} (pid {}) on {}, log {}",
+        walletd.display(),
+        server.pid(),
+        server.addr,
+        server.log.display()
+    );
+    let acked = Arc::new(AtomicU64::new(
+        client_rt.block_on(head_position(&server, &key))?,
+    ));
+    let mixes = || client_mixes(args.connections, args.members, coupons, args.seed);
+    let (mut in_mixes, mut http_mixes) = (mixes(), mixes());
+    let (mut in_commands, mut http_commands) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let (run, back) = in_rt.block_on(run_in_process(&in_dir, in_mixes, args.seconds))?;
+        in_mixes = back;
+        ensure!(
+            run.views_at_head,
+            "in process: the views are not at the log head after round {round}"
+        );
+        say_in_process(round, args, &run);
+        in_commands.push(run);
+        let (load, back) = client_rt.block_on(commands_load(
+            &server,
+            &key,
+            args.seconds,
+            http_mixes,
+            &format!("cmd{round}"),
+            &acked,
+        ))?;
+        http_mixes = back;
+        say_load(
+            &format!("round {round} HTTP commands"),
+            "commands",
+            args,
+            &load,
+        );
+        http_commands.push(load);
+    }
+    let (mut in_reads, mut http_reads) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let reads = in_rt.block_on(in_process_reads(&in_dir, args, round as u64))?;
+        say!(
+            "round {round} in-process reads: {} clients (WalletService::wallet + the wallet JSON): {} reads/s, p50 {}, p99 {}, CPU {} of one core",
+            args.connections,
+            thousands(reads.rate()),
+            fmt_us(rounded_index(&reads.latencies_us, 0.50) as f64),
+            fmt_us(rounded_index(&reads.latencies_us, 0.99) as f64),
+            pct(reads.cpu_cores)
+        );
+        in_reads.push(reads);
+        let load = client_rt.block_on(wallet_reads(
+            &server,
+            &key,
+            args.connections,
+            args.members,
+            args.seconds,
+            args.seed ^ round as u64,
+        ))?;
+        say_load(
+            &format!("round {round} GET wallet"),
+            "requests",
+            args,
+            &load,
+        );
+        http_reads.push(load);
+    }
+    let _ = std::fs::remove_dir_all(&in_dir);
+
+    let (fan_out, _) = client_rt.block_on(fan_out(&server, &key, args, http_mixes, &acked))?;
+    let (min, mean) = fan_out.delivered_per_s();
+    say!(
+        "SSE fan-out: {} subscribers while {} commands/s (p50 {}, p99 {}, failures {}) wrote {} events/s; delivered per subscriber {} events/s (min {}); lag max {} events ({:.3} s of writes), at the end {} events, drained in {}; out of order {}; {}",
+        fan_out.subscribers,
+        thousands(fan_out.load.rate()),
+        fmt_us(fan_out.load.p_us(0.50) as f64),
+        fmt_us(fan_out.load.p_us(0.99) as f64),
+        fan_out.load.tally.failures,
+        thousands(fan_out.written_per_s()),
+        thousands(mean),
+        thousands(min),
+        fan_out.lag_max,
+        fan_out.lag_max_s(),
+        fan_out.lag_end,
+        fan_out
+            .drain
+            .map_or("NOT within the cap".into(), |d| format!("{:.3} s", d.as_secs_f64())),
+        fan_out.out_of_order,
+        fan_out.load.cpu.text()
+    );
+    for e in fan_out.subscriber_errors.iter().take(3) {
+        say!("    subscriber error: {e}");
+    }
+
+    let head = client_rt.block_on(head_position(&server, &key))?;
+    let written = acked.load(Ordering::Relaxed);
+    let peak_rss_kib = procfs::vm_hwm_kib(&server.pid().to_string());
+    let log = server.log.clone();
+    let stopped = server.stop()?;
+    say!(
+        "walletd: {stopped}; head {head}, highest acknowledged position {written}, peak RSS {}",
+        mib_text(peak_rss_kib)
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    if let Some(keep) = &args.keep_log {
+        std::fs::copy(&log, keep).with_context(|| format!("copy the log to {}", keep.display()))?;
+    }
+    Ok(Measured {
+        in_commands,
+        http_commands,
+        in_reads,
+        http_reads,
+        fan_out,
+        head_matches: head == written,
+        stopped,
+        log_bytes: log_text.len() as u64,
+        log_lines: log_text.lines().count() as u64,
+        peak_rss_kib,
+    })
+}
+
+fn say_in_process(round: usize, args: &Args, run: &InProcess) {
+    let t = &run.tally;
+    say!(
+        "round {round} in-process commands: {} clients, {} commands in {:.2} s: {} commands/s, p50 {}, p99 {}, rejected {}, CPU {}",
+        args.connections,
+        t.commands,
+        run.wall.as_secs_f64(),
+        thousands(run.rate()),
+        fmt_us(rounded_index(&t.latencies_us, 0.50) as f64),
+        fmt_us(rounded_index(&t.latencies_us, 0.99) as f64),
+        t.rejected,
+        run.cpu
+    );
+    if let Some(e) = &t.first_error {
+        say!("    first error: {e}");
+    }
+}
+
+fn say_load(what: &str, unit: &str, args: &Args, load: &HttpLoad) {
+    say!(
+        "{what}: {} connections, {} {unit} in {:.2} s: {} {unit}/s, p50 {}, p99 {}, rejected {}, failures {}; {}",
+        args.connections,
+        load.tally.commands,
+        load.wall.as_secs_f64(),
+        thousands(load.rate()),
+        fmt_us(load.p_us(0.50) as f64),
+        fmt_us(load.p_us(0.99) as f64),
+        load.tally.rejected,
+        load.tally.failures,
+        load.cpu.text()
+    );
+    if let Some(e) = &load.tally.first_error {
+        say!("    first error: {e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// phase 1: in process
-
-/// The in-process figures: the commands load, then wallet reads on the same store.
-struct InProcessPhase {
-    commands: InProcess,
-    reads: Reads,
-}
+// in process
 
 /// Wallet reads measured in process.
 struct Reads {
@@ -206,67 +398,10 @@ impl Reads {
     }
 }
 
-async fn in_process_phase(tmp: &Path, args: &Args) -> anyhow::Result<InProcessPhase> {
-    // As many coupons as the walletd store gets (it runs two command phases), so that both
-    // stores' wallets are the same size for the reads.
-    let coupons = coupons_for(2.0 * args.seconds, args.members);
-    let dir = tmp.join("in-process");
-    let started = Instant::now();
-    prepare_members(&dir, args.members, coupons).await?;
-    say!(
-        "in process: prepared {} wallets ({coupons} coupons each) in {:.1} s (not the figure)",
-        args.members,
-        started.elapsed().as_secs_f64()
-    );
-    let run = run_in_process(
-        &dir,
-        args.connections,
-        args.members,
-        coupons,
-        args.seconds,
-        args.seed,
-    )
-    .await?;
-    ensure!(
-        run.views_at_head,
-        "in process: the views are not at the log head after the run"
-    );
-    let t = &run.tally;
-    say!(
-        "in process  : {} clients, {} commands in {:.2} s: {} commands/s, p50 {}, p99 {}, rejected {}, CPU {}",
-        args.connections,
-        t.commands,
-        run.wall.as_secs_f64(),
-        thousands(run.rate()),
-        fmt_us(rounded_index(&t.latencies_us, 0.50) as f64),
-        fmt_us(rounded_index(&t.latencies_us, 0.99) as f64),
-        t.rejected,
-        run.cpu
-    );
-    if let Some(e) = &t.first_error {
-        say!("              first error: {e}");
-    }
-    let reads = in_process_reads(&dir, args).await?;
-    say!(
-        "in process  : {} clients reading wallets (WalletService::wallet + the wallet JSON): {} reads/s, p50 {}, p99 {}, CPU {} of one core",
-        args.connections,
-        thousands(reads.rate()),
-        fmt_us(rounded_index(&reads.latencies_us, 0.50) as f64),
-        fmt_us(rounded_index(&reads.latencies_us, 0.99) as f64),
-        pct(reads.cpu_cores)
-    );
-    // The store is not needed any more; free its disk before the next one is made.
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(InProcessPhase {
-        commands: run,
-        reads,
-    })
-}
-
 /// `clients` tasks reading random members' wallets through `WalletService::wallet` and
 /// encoding the wallet JSON walletd answers, for `args.seconds`: what `GET wallet` costs
 /// without HTTP (a library user's read; no blocking pool in between).
-async fn in_process_reads(dir: &Path, args: &Args) -> anyhow::Result<Reads> {
+async fn in_process_reads(dir: &Path, args: &Args, round: u64) -> anyhow::Result<Reads> {
     let service = WalletService::open(
         dir,
         LedgerOptions {
@@ -282,7 +417,7 @@ async fn in_process_reads(dir: &Path, args: &Args) -> anyhow::Result<Reads> {
     for c in 0..args.connections {
         let service = service.clone();
         let members = args.members as u64;
-        let mut rng = Rng(args.seed ^ 0x5eed ^ (c as u64).wrapping_mul(0x9e37_79b9));
+        let mut rng = Rng(args.seed ^ round ^ 0x5eed ^ (c as u64).wrapping_mul(0x9e37_79b9));
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < stop {
@@ -1042,138 +1177,6 @@ async fn head_position(server: &Walletd, key: &str) -> anyhow::Result<u64> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// phases 2-5
-
-/// What the walletd phases measured.
-struct OverHttp {
-    commands: HttpLoad,
-    reads: HttpLoad,
-    fan_out: FanOut,
-    /// `GET /v1/head` after the loads equals the highest acknowledged position.
-    head_matches: bool,
-    stopped: String,
-    log_bytes: u64,
-    log_lines: u64,
-    peak_rss_kib: Option<u64>,
-}
-
-async fn http_phases(tmp: &Path, walletd: &Path, args: &Args) -> anyhow::Result<OverHttp> {
-    // Two command phases draw coupons from the same store.
-    let coupons = coupons_for(2.0 * args.seconds, args.members);
-    let store = tmp.join("walletd-store");
-    let started = Instant::now();
-    prepare_members(&store, args.members, coupons).await?;
-    say!(
-        "walletd: prepared {} wallets ({coupons} coupons each) in {:.1} s (not the figure)",
-        args.members,
-        started.elapsed().as_secs_f64()
-    );
-    let (server, key) = Walletd::start(walletd, tmp, &store)?;
-    say!(
-        "walletd: {} (pid {}) on {}, log {}",
-        walletd.display(),
-        server.pid(),
-        server.addr,
-        server.log.display()
-    );
-    let acked = Arc::new(AtomicU64::new(head_position(&server, &key).await?));
-    let mixes: Vec<ClientMix> = (0..args.connections)
-        .map(|c| ClientMix::new(c, args.connections, args.members, coupons, args.seed))
-        .collect();
-
-    let (commands, mixes) =
-        commands_load(&server, &key, args.seconds, mixes, "cmd", &acked).await?;
-    say!(
-        "HTTP commands: {} connections, {} commands in {:.2} s: {} commands/s, p50 {}, p99 {}, rejected {}, failures {}; {}",
-        args.connections,
-        commands.tally.commands,
-        commands.wall.as_secs_f64(),
-        thousands(commands.rate()),
-        fmt_us(commands.p_us(0.50) as f64),
-        fmt_us(commands.p_us(0.99) as f64),
-        commands.tally.rejected,
-        commands.tally.failures,
-        commands.cpu.text()
-    );
-    if let Some(e) = &commands.tally.first_error {
-        say!("               first error: {e}");
-    }
-
-    let reads = wallet_reads(
-        &server,
-        &key,
-        args.connections,
-        args.members,
-        args.seconds,
-        args.seed,
-    )
-    .await?;
-    say!(
-        "GET wallet   : {} connections, {} requests in {:.2} s: {} requests/s, p50 {}, p99 {}, failures {}; {}",
-        args.connections,
-        reads.tally.commands,
-        reads.wall.as_secs_f64(),
-        thousands(reads.rate()),
-        fmt_us(reads.p_us(0.50) as f64),
-        fmt_us(reads.p_us(0.99) as f64),
-        reads.tally.failures,
-        reads.cpu.text()
-    );
-    if let Some(e) = &reads.tally.first_error {
-        say!("               first error: {e}");
-    }
-
-    let (fan_out, _mixes) = fan_out(&server, &key, args, mixes, &acked).await?;
-    let (min, mean) = fan_out.delivered_per_s();
-    say!(
-        "SSE fan-out  : {} subscribers while {} commands/s (p50 {}, p99 {}, failures {}) wrote {} events/s; delivered per subscriber {} events/s (min {}); lag max {} events ({:.3} s of writes), at the end {} events, drained in {}; out of order {}; {}",
-        fan_out.subscribers,
-        thousands(fan_out.load.rate()),
-        fmt_us(fan_out.load.p_us(0.50) as f64),
-        fmt_us(fan_out.load.p_us(0.99) as f64),
-        fan_out.load.tally.failures,
-        thousands(fan_out.written_per_s()),
-        thousands(mean),
-        thousands(min),
-        fan_out.lag_max,
-        fan_out.lag_max_s(),
-        fan_out.lag_end,
-        fan_out
-            .drain
-            .map_or("NOT within the cap".into(), |d| format!("{:.3} s", d.as_secs_f64())),
-        fan_out.out_of_order,
-        fan_out.load.cpu.text()
-    );
-    for e in fan_out.subscriber_errors.iter().take(3) {
-        say!("               subscriber error: {e}");
-    }
-
-    let head = head_position(&server, &key).await?;
-    let written = acked.load(Ordering::Relaxed);
-    let peak_rss_kib = procfs::vm_hwm_kib(&server.pid().to_string());
-    let log = server.log.clone();
-    let stopped = server.stop()?;
-    say!(
-        "walletd: {stopped}; head {head}, highest acknowledged position {written}, peak RSS {}",
-        mib_text(peak_rss_kib)
-    );
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    if let Some(keep) = &args.keep_log {
-        std::fs::copy(&log, keep).with_context(|| format!("copy the log to {}", keep.display()))?;
-    }
-    Ok(OverHttp {
-        commands,
-        reads,
-        fan_out,
-        head_matches: head == written,
-        stopped,
-        log_bytes: log_text.len() as u64,
-        log_lines: log_text.lines().count() as u64,
-        peak_rss_kib,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // the summary
 
 fn verdict(met: bool) -> &'static str {
@@ -1184,35 +1187,152 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-fn report(
-    args: &Args,
-    in_process: &InProcessPhase,
-    http: &OverHttp,
-    load_start: &str,
-) -> anyhow::Result<()> {
-    let base = &in_process.commands;
-    let in_rate = base.rate();
-    let ratio = http.commands.rate() / in_rate;
+/// Commands (or reads) per second over all rounds, p50 and p99 over all their samples, and
+/// each round's rate.
+struct Rounds {
+    count: u64,
+    seconds: f64,
+    /// Sorted.
+    latencies_us: Vec<u64>,
+    per_round: Vec<f64>,
+    /// Mean CPU of the server and the client (in process: the client is the server).
+    server_cores: f64,
+    client_cores: f64,
+}
+
+impl Rounds {
+    fn of(runs: impl Iterator<Item = (u64, Duration, Vec<u64>, f64, f64)>) -> Rounds {
+        let mut r = Rounds {
+            count: 0,
+            seconds: 0.0,
+            latencies_us: Vec::new(),
+            per_round: Vec::new(),
+            server_cores: 0.0,
+            client_cores: 0.0,
+        };
+        for (count, wall, latencies, server, client) in runs {
+            r.count += count;
+            r.seconds += wall.as_secs_f64();
+            r.latencies_us.extend(latencies);
+            r.per_round.push(count as f64 / wall.as_secs_f64());
+            r.server_cores += server;
+            r.client_cores += client;
+        }
+        let n = r.per_round.len().max(1) as f64;
+        r.server_cores /= n;
+        r.client_cores /= n;
+        r.latencies_us.sort_unstable();
+        r
+    }
+
+    fn http(loads: &[HttpLoad]) -> Rounds {
+        Rounds::of(loads.iter().map(|l| {
+            (
+                l.tally.commands,
+                l.wall,
+                l.tally.latencies_us.clone(),
+                l.cpu.server_cores,
+                l.cpu.client_cores,
+            )
+        }))
+    }
+
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.seconds
+    }
+
+    fn p_us(&self, p: f64) -> u64 {
+        rounded_index(&self.latencies_us, p)
+    }
+
+    fn per_round_text(&self) -> String {
+        self.per_round
+            .iter()
+            .map(|r| thousands(*r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn json(&self, unit: &str) -> Value {
+        json!({
+            unit: self.count,
+            format!("{unit}_per_s"): self.rate(),
+            format!("{unit}_per_s_per_round"): self.per_round,
+            "seconds": self.seconds,
+            "p50_us": self.p_us(0.50),
+            "p99_us": self.p_us(0.99),
+            "cpu": {
+                "server_cores": self.server_cores,
+                "client_cores": self.client_cores,
+                "client_share_of_used": self.client_cores / (self.client_cores + self.server_cores),
+            },
+        })
+    }
+}
+
+fn report(args: &Args, m: &Measured, load_start: &str) -> anyhow::Result<()> {
+    let in_commands = Rounds::of(m.in_commands.iter().map(|r| {
+        (
+            r.tally.commands,
+            r.wall,
+            r.tally.latencies_us.clone(),
+            r.cpu_cores,
+            0.0,
+        )
+    }));
+    let http_commands = Rounds::http(&m.http_commands);
+    let in_reads = Rounds::of(
+        m.in_reads
+            .iter()
+            .map(|r| (r.reads, r.wall, r.latencies_us.clone(), r.cpu_cores, 0.0)),
+    );
+    let http_reads = Rounds::http(&m.http_reads);
+    let ratio = http_commands.rate() / in_commands.rate();
     let commands_met = ratio >= TARGET_COMMANDS_RATIO;
-    let get_met = http.reads.rate() >= TARGET_GET_PER_S;
-    let fan = &http.fan_out;
+    let get_met = http_reads.rate() >= TARGET_GET_PER_S;
+    let fan = &m.fan_out;
     let sse_met = fan.keeps_up();
     let (min, mean) = fan.delivered_per_s();
+    let failures = |loads: &[HttpLoad]| loads.iter().map(|l| l.tally.failures).sum::<u64>();
+    let rejected = |loads: &[HttpLoad]| loads.iter().map(|l| l.tally.rejected).sum::<u64>();
+    let first_error = |loads: &[HttpLoad]| loads.iter().find_map(|l| l.tally.first_error.clone());
     say!("");
     say!(
-        "commands over HTTP / in process: {} / {} commands/s = {} (target >= {}): {}",
-        thousands(http.commands.rate()),
-        thousands(in_rate),
+        "commands over HTTP: {} commands/s (rounds {}), p50 {}, p99 {}, server CPU {}, client CPU {} ({} of what both used)",
+        thousands(http_commands.rate()),
+        http_commands.per_round_text(),
+        fmt_us(http_commands.p_us(0.50) as f64),
+        fmt_us(http_commands.p_us(0.99) as f64),
+        pct(http_commands.server_cores),
+        pct(http_commands.client_cores),
+        pct(http_commands.client_cores / (http_commands.client_cores + http_commands.server_cores))
+    );
+    say!(
+        "commands in process: {} commands/s (rounds {}), p50 {}, p99 {}, CPU {}",
+        thousands(in_commands.rate()),
+        in_commands.per_round_text(),
+        fmt_us(in_commands.p_us(0.50) as f64),
+        fmt_us(in_commands.p_us(0.99) as f64),
+        pct(in_commands.server_cores)
+    );
+    say!(
+        "commands over HTTP / in process: {} (target >= {}): {}",
         pct(ratio),
         pct(TARGET_COMMANDS_RATIO),
         verdict(commands_met)
     );
     say!(
-        "GET wallet: {} requests/s (target >= {}): {}; the same reads in process: {} reads/s",
-        thousands(http.reads.rate()),
+        "GET wallet: {} requests/s (rounds {}), p50 {}, p99 {}, server CPU {}, client CPU {} (target >= {}): {}; the same reads in process: {} reads/s (rounds {})",
+        thousands(http_reads.rate()),
+        http_reads.per_round_text(),
+        fmt_us(http_reads.p_us(0.50) as f64),
+        fmt_us(http_reads.p_us(0.99) as f64),
+        pct(http_reads.server_cores),
+        pct(http_reads.client_cores),
         thousands(TARGET_GET_PER_S),
         verdict(get_met),
-        thousands(in_process.reads.rate())
+        thousands(in_reads.rate()),
+        in_reads.per_round_text()
     );
     say!(
         "SSE fan-out, {} subscribers keep up (every event, in order, worst lag <= {TARGET_SSE_LAG_S} s of writes): {}",
@@ -1221,50 +1341,45 @@ fn report(
     );
     say!(
         "walletd log: {} lines, {:.1} MB; head after the run equals the last acknowledged position: {}; load average {load_start} at start, {} at end",
-        http.log_lines,
-        http.log_bytes as f64 / 1e6,
-        http.head_matches,
+        m.log_lines,
+        m.log_bytes as f64 / 1e6,
+        m.head_matches,
         procfs::load_average()
     );
     ensure!(
-        http.head_matches,
+        m.head_matches,
         "walletd's head differs from the highest acknowledged position"
     );
-    let t = &base.tally;
+    let mut commands_doc = http_commands.json("commands");
+    commands_doc["rejected"] = json!(rejected(&m.http_commands));
+    commands_doc["failures"] = json!(failures(&m.http_commands));
+    commands_doc["first_error"] = json!(first_error(&m.http_commands));
+    let mut in_doc = in_commands.json("commands");
+    in_doc["rejected"] = json!(m.in_commands.iter().map(|r| r.tally.rejected).sum::<u64>());
+    in_doc["first_error"] = json!(m
+        .in_commands
+        .iter()
+        .find_map(|r| r.tally.first_error.clone()));
+    let mut get_doc = http_reads.json("requests");
+    get_doc["failures"] = json!(failures(&m.http_reads));
+    get_doc["first_error"] = json!(first_error(&m.http_reads));
     emit(json!({
         "workload": "http",
         "cores": cores(),
         "connections": args.connections,
         "members": args.members,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "client_threads": args.client_threads,
         "load_average_start": load_start,
         "load_average_end": procfs::load_average(),
-        "in_process": {
-            "commands": t.commands,
-            "commands_per_s": in_rate,
-            "rejected": t.rejected,
-            "events": t.events,
-            "p50_us": rounded_index(&t.latencies_us, 0.50),
-            "p99_us": rounded_index(&t.latencies_us, 0.99),
-            "seconds": base.wall.as_secs_f64(),
-            "cpu_cores": base.cpu_cores,
-            "peak_rss_kib": base.peak_rss_kib,
-            "first_error": t.first_error,
-        },
-        "commands": http.commands.json("commands"),
+        "in_process": in_doc,
+        "commands": commands_doc,
         "ratio_commands_vs_in_process": ratio,
         "target_commands_ratio_min": TARGET_COMMANDS_RATIO,
         "commands_met": commands_met,
-        "get_wallet": http.reads.json("requests"),
-        "in_process_reads": {
-            "reads": in_process.reads.reads,
-            "reads_per_s": in_process.reads.rate(),
-            "p50_us": rounded_index(&in_process.reads.latencies_us, 0.50),
-            "p99_us": rounded_index(&in_process.reads.latencies_us, 0.99),
-            "seconds": in_process.reads.wall.as_secs_f64(),
-            "cpu_cores": in_process.reads.cpu_cores,
-        },
+        "get_wallet": get_doc,
+        "in_process_reads": in_reads.json("reads"),
         "target_get_per_s_min": TARGET_GET_PER_S,
         "get_met": get_met,
         "sse": {
@@ -1285,11 +1400,11 @@ fn report(
         },
         "sse_met": sse_met,
         "walletd": {
-            "stopped": http.stopped,
-            "peak_rss_kib": http.peak_rss_kib,
-            "log_lines": http.log_lines,
-            "log_bytes": http.log_bytes,
-            "head_matches_acknowledged": http.head_matches,
+            "stopped": m.stopped,
+            "peak_rss_kib": m.peak_rss_kib,
+            "log_lines": m.log_lines,
+            "log_bytes": m.log_bytes,
+            "head_matches_acknowledged": m.head_matches,
         },
     }))
 }

@@ -65,9 +65,9 @@ use ledger::{
     StreamAppend, Timestamp,
 };
 use ledger_tests::bench::commands::{
-    coupon_id, coupons_for, member_id, mix_command, new_command, new_event, open_prep_ledger,
-    prepare_members, run_in_process, BASE_AT_US, DAY_US, FAR_FUTURE_US, FUNDING_YEN, MERCHANTS,
-    PREP_IN_FLIGHT, PREP_MEMBERS_PER_APPEND,
+    client_mixes, coupon_id, coupons_for, member_id, mix_command, new_command, new_event,
+    open_prep_ledger, prepare_members, run_in_process, BASE_AT_US, DAY_US, FAR_FUTURE_US,
+    FUNDING_YEN, MERCHANTS, PREP_IN_FLIGHT, PREP_MEMBERS_PER_APPEND,
 };
 use ledger_tests::bench::fmt::mib_text;
 use ledger_tests::bench::json::emit;
@@ -870,7 +870,8 @@ async fn bench_commands(
         "commands: prepared {members} wallets (balance {FUNDING_YEN} yen, {coupons} coupons each) in {:.1} s (not the figure)",
         started.elapsed().as_secs_f64()
     );
-    let run = run_in_process(&dir, clients, members, coupons, seconds, seed).await?;
+    let mixes = client_mixes(clients, members, coupons, seed);
+    let (run, _) = run_in_process(&dir, mixes, seconds).await?;
     let (tally, wall, cpu, rss, views_ok) = (
         &run.tally,
         run.wall,

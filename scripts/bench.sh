@@ -10,7 +10,8 @@
 #
 # Options (passed to the driver): --dir DIR (default /tmp/ledger-bench), --no-pg (skip the
 # PostgreSQL peer, scripts/pg_peer.sh), --json FILE (the summary as JSON), --keep-stores,
-# --seconds S, --rebuild-events N, --demo-members N; `target/release/bench --help` lists all.
+# --seconds S, --rebuild-events N, --demo-members N, --only http (one workload, e.g. the
+# walletd rows of issue 14); `target/release/bench --help` lists all.
 # Exit status: 0, or 1 when a workload FAILED (its stderr tail is in the table), 2 on a build error.
 set -euo pipefail
 cd "$(dirname "$0")/.."

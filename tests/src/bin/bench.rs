@@ -28,7 +28,8 @@
 //! when that exists (the larger is reported). A child that exits non-zero or prints no JSON is
 //! reported as FAILED with the tail of its stderr; a figure that was not measured says so.
 //!
-//! Run: `bash scripts/bench.sh [--quick | --full] [--dir DIR] [--no-pg] [--json FILE]`.
+//! Run: `bash scripts/bench.sh [--quick | --full] [--dir DIR] [--no-pg] [--json FILE]
+//! [--only http,commands,...]`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,10 @@ struct Args {
     /// Keep the operator-steps stores (the rebuild store is always kept for reuse).
     #[arg(long)]
     keep_stores: bool,
+    /// Run only these workloads (comma-separated): append, commands, history, http, rebuild,
+    /// reopen, operator (append includes the PostgreSQL peer unless --no-pg).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1365,8 +1370,9 @@ fn http_rows(table: &mut Table, c: &Child) {
         .expect("a child that succeeded has its JSON document");
     let cpu = |load: &Value| {
         format!(
-            "CPU server {}, client {} of one core",
+            "CPU server {} ({:.0} µs per request), client {} of one core",
             pct(f(&load["cpu"], "server_cores")),
+            f(load, "server_cpu_us_per_request"),
             pct(f(&load["cpu"], "client_cores"))
         )
     };
@@ -1615,15 +1621,34 @@ fn print_summary(suite: &Suite, table: &Table) -> anyhow::Result<usize> {
 fn main() -> anyhow::Result<()> {
     let mut suite = Suite::new(Args::parse())?;
     let mut table = Table::default();
-    let redb = run_appends(&mut suite, &mut table)?;
-    let pg = run_pg_peer(&mut suite);
-    pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
-    run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
-    run_history_and_hot(&mut suite, &mut table);
-    run_http(&mut suite, &mut table);
-    run_rebuild(&mut suite, &mut table);
-    run_reopen(&mut suite, &mut table);
-    run_operator_steps(&mut suite, &mut table);
+    let only = suite.args.only.clone();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let pg = if wanted("append") {
+        let redb = run_appends(&mut suite, &mut table)?;
+        let pg = run_pg_peer(&mut suite);
+        pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
+        pg
+    } else {
+        Err("not run (--only)".into())
+    };
+    if wanted("commands") {
+        run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
+    }
+    if wanted("history") {
+        run_history_and_hot(&mut suite, &mut table);
+    }
+    if wanted("http") {
+        run_http(&mut suite, &mut table);
+    }
+    if wanted("rebuild") {
+        run_rebuild(&mut suite, &mut table);
+    }
+    if wanted("reopen") {
+        run_reopen(&mut suite, &mut table);
+    }
+    if wanted("operator") {
+        run_operator_steps(&mut suite, &mut table);
+    }
     if print_summary(&suite, &table)? > 0 {
         std::process::exit(1);
     }

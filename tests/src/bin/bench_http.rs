@@ -1245,6 +1245,12 @@ impl Rounds {
         rounded_index(&self.latencies_us, p)
     }
 
+    /// Server CPU time per request, µs: on a box shared with other work the scheduler decides
+    /// how much CPU the server gets, and this is the figure that does not depend on it.
+    fn server_cpu_us_per_request(&self) -> f64 {
+        self.server_cores * 1e6 / self.rate()
+    }
+
     fn per_round_text(&self) -> String {
         self.per_round
             .iter()
@@ -1261,6 +1267,7 @@ impl Rounds {
             "seconds": self.seconds,
             "p50_us": self.p_us(0.50),
             "p99_us": self.p_us(0.99),
+            "server_cpu_us_per_request": self.server_cpu_us_per_request(),
             "cpu": {
                 "server_cores": self.server_cores,
                 "client_cores": self.client_cores,
@@ -1298,22 +1305,24 @@ fn report(args: &Args, m: &Measured, load_start: &str) -> anyhow::Result<()> {
     let first_error = |loads: &[HttpLoad]| loads.iter().find_map(|l| l.tally.first_error.clone());
     say!("");
     say!(
-        "commands over HTTP: {} commands/s (rounds {}), p50 {}, p99 {}, server CPU {}, client CPU {} ({} of what both used)",
+        "commands over HTTP: {} commands/s (rounds {}), p50 {}, p99 {}, server CPU {} ({:.0} µs per command), client CPU {} ({} of what both used)",
         thousands(http_commands.rate()),
         http_commands.per_round_text(),
         fmt_us(http_commands.p_us(0.50) as f64),
         fmt_us(http_commands.p_us(0.99) as f64),
         pct(http_commands.server_cores),
+        http_commands.server_cpu_us_per_request(),
         pct(http_commands.client_cores),
         pct(http_commands.client_cores / (http_commands.client_cores + http_commands.server_cores))
     );
     say!(
-        "commands in process: {} commands/s (rounds {}), p50 {}, p99 {}, CPU {}",
+        "commands in process: {} commands/s (rounds {}), p50 {}, p99 {}, CPU {} ({:.0} µs per command)",
         thousands(in_commands.rate()),
         in_commands.per_round_text(),
         fmt_us(in_commands.p_us(0.50) as f64),
         fmt_us(in_commands.p_us(0.99) as f64),
-        pct(in_commands.server_cores)
+        pct(in_commands.server_cores),
+        in_commands.server_cpu_us_per_request()
     );
     say!(
         "commands over HTTP / in process: {} (target >= {}): {}",
@@ -1322,17 +1331,19 @@ fn report(args: &Args, m: &Measured, load_start: &str) -> anyhow::Result<()> {
         verdict(commands_met)
     );
     say!(
-        "GET wallet: {} requests/s (rounds {}), p50 {}, p99 {}, server CPU {}, client CPU {} (target >= {}): {}; the same reads in process: {} reads/s (rounds {})",
+        "GET wallet: {} requests/s (rounds {}), p50 {}, p99 {}, server CPU {} ({:.0} µs per request), client CPU {} (target >= {}): {}; the same reads in process: {} reads/s (rounds {}), {:.0} µs CPU per read",
         thousands(http_reads.rate()),
         http_reads.per_round_text(),
         fmt_us(http_reads.p_us(0.50) as f64),
         fmt_us(http_reads.p_us(0.99) as f64),
         pct(http_reads.server_cores),
+        http_reads.server_cpu_us_per_request(),
         pct(http_reads.client_cores),
         thousands(TARGET_GET_PER_S),
         verdict(get_met),
         thousands(in_reads.rate()),
-        in_reads.per_round_text()
+        in_reads.per_round_text(),
+        in_reads.server_cpu_us_per_request()
     );
     say!(
         "SSE fan-out, {} subscribers keep up (every event, in order, worst lag <= {TARGET_SSE_LAG_S} s of writes): {}",

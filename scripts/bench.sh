@@ -10,14 +10,17 @@
 #
 # Options (passed to the driver): --dir DIR (default /tmp/ledger-bench), --no-pg (skip the
 # PostgreSQL peer, scripts/pg_peer.sh), --json FILE (the summary as JSON), --keep-stores,
-# --seconds S, --rebuild-events N, --demo-members N; `target/release/bench --help` lists all.
+# --seconds S, --rebuild-events N, --demo-members N, --only http (one workload, e.g. the
+# walletd rows of issue 14); `target/release/bench --help` lists all.
 # Exit status: 0, or 1 when a workload FAILED (its stderr tail is in the table), 2 on a build error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building release binaries (bench, bench_append, bench_wallet, migrate-tool; sled bench_append in target/bench-sled)" >&2
+echo "== building release binaries (bench, bench_append, bench_wallet, bench_http, migrate-tool, walletd; sled bench_append in target/bench-sled)" >&2
 cargo build --quiet --release -p ledger-tests --bins || exit 2
 cargo build --quiet --release -p migrate-tool || exit 2
+# The `http` rows (bench_http) start this walletd on loopback.
+cargo build --quiet --release -p walletd || exit 2
 # The sled backend is a feature of the same binary name; build it in its own target directory
 # so that it does not replace the redb-only bench_append.
 cargo build --quiet --release -p ledger-tests --features sled --bin bench_append \

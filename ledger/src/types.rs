@@ -37,9 +37,17 @@ impl Hash {
     /// The hash that precedes position 1.
     pub const GENESIS: Hash = Hash([0; 32]);
 
-    /// Lower-case hex.
+    /// Lower-case hex. By table, not `format!` per byte: the live event feed shows one hash
+    /// per event per subscriber, and 32 formatted strings per hash were 16% of walletd's CPU
+    /// with 100 subscribers (BENCHMARKS.md, issue 14).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
+        out
     }
 }
 
@@ -82,5 +90,25 @@ impl fmt::Display for ExpectedVersion {
             ExpectedVersion::NoStream => f.write_str("no stream"),
             ExpectedVersion::Exact(v) => write!(f, "version {v}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves `Hash::to_hex` spells each byte as two lower-case digits, high nibble first: against
+    // BLAKE3's own hex of the same bytes (an independent implementation), and on bytes that use
+    // every digit once per 8 bytes. Planted defect caught: the two nibbles swapped.
+    #[test]
+    fn to_hex_spells_each_byte_as_two_lower_case_digits_high_nibble_first() {
+        let digest = blake3::hash(b"wallet-ledger");
+        assert_eq!(Hash(*digest.as_bytes()).to_hex(), digest.to_hex().as_str());
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef][i % 8];
+        }
+        assert_eq!(Hash(bytes).to_hex(), "0123456789abcdef".repeat(4));
+        assert_eq!(Hash::GENESIS.to_hex(), "0".repeat(64));
     }
 }

@@ -1,9 +1,11 @@
-//! The shared core of the benchmark programs (`bench`, `bench_append`, `bench_wallet`): each
+//! The shared core of the benchmark programs (`bench`, `bench_append`, `bench_wallet`, `bench_http`): each
 //! program keeps only its arguments and its workloads; everything they would otherwise each
 //! write again lives here, once.
 //!
 //! # Layout
 //! - [`stats`]: percentiles of latency samples.
+//! - [`commands`]: the SPEC 6 `commands` workload (members, the mix, the in-process load),
+//!   shared by `bench_wallet` and `bench_http`.
 //! - [`fmt`]: numbers, durations, sizes and ratios as text.
 //! - [`rng`]: the deterministic generator of the workload mixes.
 //! - [`json`]: `--json` output mode (`say!`, [`json::emit`]), reading a child's document and
@@ -14,6 +16,7 @@
 //!
 //! Readings from `/proc` (memory, CPU, load, I/O) are in [`crate::procfs`].
 
+pub mod commands;
 pub mod fmt;
 pub mod json;
 pub mod machine;

@@ -14,6 +14,9 @@
 //!   history; baseline: H = 0 in the same run);
 //! - `bench_wallet hot` (64 clients transferring out of one wallet; baseline: the same load out of
 //!   one wallet per client, in the same run);
+//! - `bench_http` (issue 14: the commands mix through walletd on loopback at 64 connections
+//!   against the in-process figure of the same run; `GET wallet`; SSE fan-out to 100
+//!   subscribers under the commands load), when `walletd` is built beside it;
 //! - `bench_wallet rebuild` (a kept store of >= 10M events; raw-scan baseline);
 //! - the operator steps on a `migrate-tool demo` store: demo, verify, a raw scan
 //!   (`bench_wallet scan`, the baseline of verify / check), check, `bench_wallet digest`
@@ -25,7 +28,8 @@
 //! when that exists (the larger is reported). A child that exits non-zero or prints no JSON is
 //! reported as FAILED with the tail of its stderr; a figure that was not measured says so.
 //!
-//! Run: `bash scripts/bench.sh [--quick | --full] [--dir DIR] [--no-pg] [--json FILE]`.
+//! Run: `bash scripts/bench.sh [--quick | --full] [--dir DIR] [--no-pg] [--json FILE]
+//! [--only http,commands,...]`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -99,6 +103,10 @@ struct Args {
     /// Keep the operator-steps stores (the rebuild store is always kept for reuse).
     #[arg(long)]
     keep_stores: bool,
+    /// Run only these workloads (comma-separated): append, commands, history, http, rebuild,
+    /// reopen, operator (append includes the PostgreSQL peer unless --no-pg).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1150,11 +1158,12 @@ impl Suite {
         );
         println!("load average at start (1, 5, 15 min): {}  (a shared box makes every figure a lower bound)", m.load_start);
         println!(
-            "plan: appends {} s per run; commands {} s; history {} s per H in {}; hot {} s per phase; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
+            "plan: appends {} s per run; commands {} s; history {} s per H in {}; hot {} s per phase; http {} s per phase; rebuild over {} events / {} members (kept in {}); operator steps at {} members x {}{}",
             plan.seconds,
             plan.seconds,
             plan.seconds,
             plan.histories,
+            plan.seconds,
             plan.seconds,
             plan.rebuild_events,
             plan.rebuild_members,
@@ -1306,6 +1315,145 @@ fn run_history_and_hot(suite: &mut Suite, table: &mut Table) {
     history_rows(table, &history);
     let hot = suite.run_wallet("bench_wallet hot", "hot", &["--seconds".into(), secs]);
     hot_row(table, &hot);
+}
+
+/// 3c. http (issue 14): the commands mix through walletd on loopback against the in-process
+/// figure of the same run, `GET wallet`, and the SSE fan-out.
+fn run_http(suite: &mut Suite, table: &mut Table) {
+    let walletd = suite.bin_dir.join("walletd");
+    let program = suite.bin_dir.join("bench_http");
+    let child = if walletd.exists() {
+        let args = [
+            "--json".into(),
+            "--dir".into(),
+            suite.dir.display().to_string(),
+            "--seconds".into(),
+            suite.plan.seconds.to_string(),
+            "--walletd".into(),
+            walletd.display().to_string(),
+        ];
+        suite.runner.run("bench_http", &program, &args, true)
+    } else {
+        let c = Child::not_built(
+            "bench_http",
+            program.display().to_string(),
+            format!(
+                "{} not found (build: cargo build --release -p walletd)",
+                walletd.display()
+            ),
+        );
+        println!("[-] bench_http: {}", c.stderr_tail);
+        c
+    };
+    http_rows(table, &child);
+}
+
+fn http_rows(table: &mut Table, c: &Child) {
+    let section = "http: walletd on loopback, 64 keep-alive connections, load client on the same 2 cores (bench_http); baseline: in-process commands, same mix, same run";
+    let rows = [
+        ("http commands C=64", ">= 60% of in-process commands"),
+        ("http GET wallet C=64", ">= 50,000 requests/s"),
+        (
+            "http SSE fan-out",
+            "subscribers keep up (every event in order, lag <= 1 s)",
+        ),
+    ];
+    if let Some(why) = c.failure() {
+        for (name, target) in rows {
+            table.missing(section, name, target, &why, !c.was_not_built());
+        }
+        return;
+    }
+    let d = c
+        .json
+        .as_ref()
+        .expect("a child that succeeded has its JSON document");
+    let cpu = |load: &Value| {
+        format!(
+            "CPU server {} ({:.0} µs per request), client {} of one core",
+            pct(f(&load["cpu"], "server_cores")),
+            f(load, "server_cpu_us_per_request"),
+            pct(f(&load["cpu"], "client_cores"))
+        )
+    };
+    let met = |key: &str| {
+        if d.get(key).and_then(Value::as_bool) == Some(true) {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        }
+    };
+    let (cmd, base) = (&d["commands"], &d["in_process"]);
+    table.add(
+        section,
+        rows[0].0,
+        format!(
+            "{} commands/s, p50 {}, p99 {}; {}",
+            thousands(f(cmd, "commands_per_s")),
+            fmt_us(f(cmd, "p50_us")),
+            fmt_us(f(cmd, "p99_us")),
+            cpu(cmd)
+        ),
+        format!(
+            "in process {} commands/s, p50 {}, p99 {}",
+            thousands(f(base, "commands_per_s")),
+            fmt_us(f(base, "p50_us")),
+            fmt_us(f(base, "p99_us"))
+        ),
+        format!(
+            "{} of in process",
+            pct(f(d, "ratio_commands_vs_in_process"))
+        ),
+        rows[0].1,
+        met("commands_met"),
+        json!({"commands": cmd, "in_process": base}),
+    );
+    let get = &d["get_wallet"];
+    table.add(
+        section,
+        rows[1].0,
+        format!(
+            "{} requests/s, p50 {}, p99 {}; {}",
+            thousands(f(get, "requests_per_s")),
+            fmt_us(f(get, "p50_us")),
+            fmt_us(f(get, "p99_us")),
+            cpu(get)
+        ),
+        "-",
+        "-",
+        rows[1].1,
+        met("get_met"),
+        get.clone(),
+    );
+    let sse = &d["sse"];
+    let subscribers = u(sse, "subscribers").unwrap_or(0);
+    let written = f(sse, "written_events_per_s");
+    table.add(
+        section,
+        format!("http SSE fan-out, {subscribers} subscribers"),
+        format!(
+            "{} events/s per subscriber (min {}); lag max {} events ({:.3} s), drained {}",
+            thousands(f(sse, "delivered_events_per_s_per_subscriber_mean")),
+            thousands(f(sse, "delivered_events_per_s_per_subscriber_min")),
+            u(sse, "lag_max_events").unwrap_or(0),
+            f(sse, "lag_max_s"),
+            sse.get("drain_s")
+                .and_then(Value::as_f64)
+                .map_or("NOT within 60 s".into(), |s| format!("in {s:.3} s"))
+        ),
+        format!(
+            "written {} events/s ({} commands/s under the feed)",
+            thousands(written),
+            thousands(f(&sse["load"], "commands_per_s"))
+        ),
+        format!(
+            "{} of written",
+            pct(f(sse, "delivered_events_per_s_per_subscriber_min") / written)
+        ),
+        rows[2].1,
+        met("sse_met"),
+        sse.clone(),
+    );
 }
 
 /// 4. rebuild over a kept store.
@@ -1473,14 +1621,34 @@ fn print_summary(suite: &Suite, table: &Table) -> anyhow::Result<usize> {
 fn main() -> anyhow::Result<()> {
     let mut suite = Suite::new(Args::parse())?;
     let mut table = Table::default();
-    let redb = run_appends(&mut suite, &mut table)?;
-    let pg = run_pg_peer(&mut suite);
-    pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
-    run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
-    run_history_and_hot(&mut suite, &mut table);
-    run_rebuild(&mut suite, &mut table);
-    run_reopen(&mut suite, &mut table);
-    run_operator_steps(&mut suite, &mut table);
+    let only = suite.args.only.clone();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let pg = if wanted("append") {
+        let redb = run_appends(&mut suite, &mut table)?;
+        let pg = run_pg_peer(&mut suite);
+        pg_rows(&mut table, &redb, pg.as_ref().map_err(Clone::clone));
+        pg
+    } else {
+        Err("not run (--only)".into())
+    };
+    if wanted("commands") {
+        run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
+    }
+    if wanted("history") {
+        run_history_and_hot(&mut suite, &mut table);
+    }
+    if wanted("http") {
+        run_http(&mut suite, &mut table);
+    }
+    if wanted("rebuild") {
+        run_rebuild(&mut suite, &mut table);
+    }
+    if wanted("reopen") {
+        run_reopen(&mut suite, &mut table);
+    }
+    if wanted("operator") {
+        run_operator_steps(&mut suite, &mut table);
+    }
     if print_summary(&suite, &table)? > 0 {
         std::process::exit(1);
     }

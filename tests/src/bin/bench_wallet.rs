@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::{Parser, Subcommand};
 use ledger::domain::{
-    Badge, BadgeAwarded, Command, CommandBody, CommandId, CouponExpired, CouponId, CouponIssued,
+    Badge, BadgeAwarded, CommandBody, CommandId, CouponExpired, CouponId, CouponIssued,
     CouponRedeemed, Currency, DomainEvent, IdentityEvent, LotId, MemberId, Miles, MilesEarned,
     MilesExpired, MilesRedeemed, Paid, Refunded, Registered, ToppedUp, TransferredIn,
     TransferredOut, WalletEvent, WalletOpened, Yen,
@@ -64,6 +64,11 @@ use ledger::{
     AppendRequest, Backend, Codec, Create, ExpectedVersion, Ledger, LedgerOptions, NewEvent,
     StreamAppend, Timestamp,
 };
+use ledger_tests::bench::commands::{
+    client_mixes, coupon_id, coupons_for, member_id, mix_command, new_command, new_event,
+    open_prep_ledger, prepare_members, run_in_process, BASE_AT_US, DAY_US, FAR_FUTURE_US,
+    FUNDING_YEN, MERCHANTS, PREP_IN_FLIGHT, PREP_MEMBERS_PER_APPEND,
+};
 use ledger_tests::bench::fmt::mib_text;
 use ledger_tests::bench::json::emit;
 use ledger_tests::bench::rng::Rng;
@@ -71,32 +76,16 @@ use ledger_tests::bench::stats::rounded_index;
 use ledger_tests::bench::{cores, temp_dir};
 use ledger_tests::procfs::{self, cpu_share_text};
 use ledger_tests::say;
-use projections::{ProjectionHook, SubmitError, WalletService};
+use projections::{SubmitError, WalletService};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-/// Members per preparation append (one stream each, plus its identity stream in round 0).
-const PREP_MEMBERS_PER_APPEND: usize = 400;
 /// Generated wallet events per member per preparation round (transfers add one more each).
 const PREP_EVENTS_PER_ROUND: usize = 16;
-/// Preparation appends in flight, so the writer can group-commit and generate concurrently.
-const PREP_IN_FLIGHT: usize = 3;
 /// Events per raw scan call in the rebuild baseline.
 const BASELINE_SCAN_CHUNK: usize = 16_384;
-/// Business time of the generated data: 2019-07-01T00:00:00+09:00 in microseconds.
-const BASE_AT_US: i64 = 1_561_906_800_000_000;
-/// Coupon expiry far in the future, so that `redeem_coupon` at "now" is valid.
-const FAR_FUTURE_US: i64 = 4_070_908_800_000_000;
-const DAY_US: i64 = 86_400_000_000;
 /// Payload bytes per event in the raw-append baseline (about a bincode `wallet.paid`).
 const BASELINE_PAYLOAD_BYTES: usize = 64;
-/// Starting balance of each member in the `commands` workload (the `top_up` maximum).
-const FUNDING_YEN: u64 = 100_000_000;
-const MERCHANTS: &[&str] = &[
-    "7-Eleven Shinjuku 3-chome",
-    "Ito-Yokado Omori",
-    "Loft Shibuya",
-];
 const BADGES: &[&str] = &["first-purchase", "night-owl", "commuter", "coffee-lover"];
 
 #[derive(Parser, Debug)]
@@ -626,10 +615,6 @@ fn raw_scan(engine: &dyn ledger::Engine) -> anyhow::Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
-fn member_id(index: usize) -> MemberId {
-    MemberId::new(format!("m{index:08}")).expect("m + 8 digits matches the member id rule")
-}
-
 /// Just enough of a member's wallet to generate only valid events.
 #[derive(Default)]
 struct Local {
@@ -774,27 +759,6 @@ impl Local {
     }
 }
 
-fn coupon_id(n: u32) -> CouponId {
-    CouponId::new(format!("cp-{n}")).expect("cp-N matches the coupon id rule")
-}
-
-fn new_event(event: DomainEvent, at: Timestamp) -> NewEvent {
-    event
-        .to_new_event(at)
-        .expect("generated events always encode")
-}
-
-fn open_prep_ledger(dir: &Path) -> anyhow::Result<Ledger> {
-    Ok(Ledger::open(
-        dir,
-        LedgerOptions {
-            create: Create::IfMissing,
-            backend: Backend::Redb,
-            hooks: vec![Arc::new(ProjectionHook)],
-        },
-    )?)
-}
-
 /// Appends rounds of generated events (every member gets [`PREP_EVENTS_PER_ROUND`] per round)
 /// until at least `target` events are in the log. Returns the number of events.
 async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyhow::Result<u64> {
@@ -891,19 +855,6 @@ async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyh
 // ---------------------------------------------------------------------------------------------
 // commands
 
-/// What one client did.
-#[derive(Default)]
-struct ClientTally {
-    commands: u64,
-    events: u64,
-    rejected: u64,
-    coupon_fallbacks: u64,
-    latencies_us: Vec<u64>,
-    /// Events per call, for the baseline: 1 or 2 (transfer).
-    shapes: Vec<u8>,
-    first_error: Option<String>,
-}
-
 async fn bench_commands(
     tmp: &Path,
     clients: usize,
@@ -911,10 +862,7 @@ async fn bench_commands(
     seconds: f64,
     seed: u64,
 ) -> anyhow::Result<()> {
-    // Enough coupons that redeem_coupon never runs dry at 100k commands/s.
-    let coupons = ((seconds * 100_000.0 * 0.1) / members as f64)
-        .ceil()
-        .max(4.0) as u32;
+    let coupons = coupons_for(seconds, members);
     let dir = tmp.join("commands");
     let started = Instant::now();
     prepare_members(&dir, members, coupons).await?;
@@ -922,46 +870,16 @@ async fn bench_commands(
         "commands: prepared {members} wallets (balance {FUNDING_YEN} yen, {coupons} coupons each) in {:.1} s (not the figure)",
         started.elapsed().as_secs_f64()
     );
-    let service = WalletService::open(
-        &dir,
-        LedgerOptions {
-            create: Create::No,
-            backend: Backend::Redb,
-            hooks: Vec::new(),
-        },
-    )?;
-    procfs::reset_peak_rss();
-    let cpu_before = procfs::process_cpu_ticks();
-    let started = Instant::now();
-    let stop = started + Duration::from_secs_f64(seconds);
-    let mut tasks = JoinSet::new();
-    for c in 0..clients {
-        let svc = service.clone();
-        tasks.spawn(run_client(svc, c, clients, members, coupons, seed, stop));
-    }
-    let mut tally = ClientTally::default();
-    while let Some(done) = tasks.join_next().await {
-        let t = done?;
-        tally.commands += t.commands;
-        tally.events += t.events;
-        tally.rejected += t.rejected;
-        tally.coupon_fallbacks += t.coupon_fallbacks;
-        tally.latencies_us.extend(t.latencies_us);
-        tally.shapes.extend(t.shapes);
-        if tally.first_error.is_none() {
-            tally.first_error = t.first_error;
-        }
-    }
-    let wall = started.elapsed();
-    let cpu = cpu_share_text(cpu_before, wall);
-    let rss = procfs::vm_hwm_kib("self");
-    let views_ok = {
-        let snap = service.ledger().snapshot()?;
-        projections::views::checkpoint(&*snap)? == service.ledger().head().position
-    };
-    drop(service);
-    tally.latencies_us.sort_unstable();
-    let rate = tally.commands as f64 / wall.as_secs_f64();
+    let mixes = client_mixes(clients, members, coupons, seed);
+    let (run, _) = run_in_process(&dir, mixes, seconds).await?;
+    let (tally, wall, cpu, rss, views_ok) = (
+        &run.tally,
+        run.wall,
+        &run.cpu,
+        run.peak_rss_kib,
+        run.views_at_head,
+    );
+    let rate = run.rate();
     say!(
         "commands          : {clients} clients, {} commands ({} events) in {:.2} s: {rate:.0} commands/s, {:.0} events/s, p50 {} us, p99 {} us, CPU {cpu}, peak RSS {}",
         tally.commands,
@@ -1029,191 +947,6 @@ async fn bench_commands(
         "baseline_p99_us": rounded_index(&base.latencies_us, 0.99),
         "ratio_vs_baseline": rate / base_rate,
     }))
-}
-
-/// Opens `members` wallets, funds them and issues `coupons` coupons each, as direct appends.
-async fn prepare_members(dir: &Path, members: usize, coupons: u32) -> anyhow::Result<()> {
-    let ledger = open_prep_ledger(dir)?;
-    let at = Timestamp(BASE_AT_US);
-    let mut in_flight = JoinSet::new();
-    for (n, block) in (0..members).step_by(PREP_MEMBERS_PER_APPEND).enumerate() {
-        let end = (block + PREP_MEMBERS_PER_APPEND).min(members);
-        let streams = (block..end)
-            .map(|m| {
-                let member = member_id(m);
-                let mut events = vec![
-                    WalletEvent::WalletOpened(WalletOpened {
-                        member: member.clone(),
-                    }),
-                    WalletEvent::ToppedUp(ToppedUp {
-                        amount: Yen(FUNDING_YEN),
-                    }),
-                ];
-                events.extend((1..=coupons).map(|c| {
-                    WalletEvent::CouponIssued(CouponIssued {
-                        coupon: coupon_id(c),
-                        value: Yen(500),
-                        expires_at: Timestamp(FAR_FUTURE_US),
-                    })
-                }));
-                StreamAppend {
-                    stream: ledger::domain::wallet_stream(&member),
-                    expected: ExpectedVersion::NoStream,
-                    events: events
-                        .into_iter()
-                        .map(|e| new_event(DomainEvent::Wallet(e), at))
-                        .collect(),
-                }
-            })
-            .collect();
-        let request = AppendRequest {
-            command_id: format!("bench-members-{n}"),
-            fingerprint: None,
-            streams,
-        };
-        while in_flight.len() >= PREP_IN_FLIGHT {
-            in_flight.join_next().await.expect("not empty")??;
-        }
-        let l = ledger.clone();
-        in_flight.spawn(async move { l.append(request).await });
-    }
-    while let Some(done) = in_flight.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
-async fn run_client(
-    service: WalletService,
-    client: usize,
-    clients: usize,
-    members: usize,
-    coupons: u32,
-    seed: u64,
-    stop: Instant,
-) -> ClientTally {
-    let mut rng = Rng(seed ^ (client as u64).wrapping_mul(0xd134_2543_de82_ef95));
-    // This client owns members client, client + clients, ...: it alone redeems their coupons.
-    let own: Vec<usize> = (client..members).step_by(clients).collect();
-    let mut next_coupon: Vec<u32> = vec![1; own.len()];
-    let mut tally = ClientTally::default();
-    while Instant::now() < stop {
-        let slot = rng.below(own.len() as u64) as usize;
-        let mixed = mix_command(
-            &mut rng,
-            member_id(own[slot]),
-            |rng| {
-                let mut to = rng.below(members as u64) as usize;
-                if to == own[slot] {
-                    to = (to + 1) % members;
-                }
-                member_id(to)
-            },
-            || {
-                let s = (0..own.len())
-                    .map(|k| (slot + k) % own.len())
-                    .find(|&s| next_coupon[s] <= coupons)?;
-                let coupon = coupon_id(next_coupon[s]);
-                next_coupon[s] += 1;
-                Some((member_id(own[s]), coupon))
-            },
-        );
-        if mixed.coupon_fallback {
-            tally.coupon_fallbacks += 1;
-        }
-        let shape = mixed.shape;
-        let cmd = new_command(mixed.body);
-        let t = Instant::now();
-        let result = service.submit(&cmd).await;
-        tally.latencies_us.push(t.elapsed().as_micros() as u64);
-        tally.commands += 1;
-        match result {
-            Ok(s) => {
-                tally.events += u64::from(s.outcome.count);
-                tally.shapes.push(shape);
-            }
-            Err(e @ SubmitError::Rejected(_)) => {
-                tally.rejected += 1;
-                tally.first_error.get_or_insert_with(|| e.to_string());
-            }
-            Err(e) => {
-                tally.first_error.get_or_insert_with(|| e.to_string());
-                break;
-            }
-        }
-    }
-    tally
-}
-
-/// One command of the SPEC section 2 mix.
-struct Mixed {
-    body: CommandBody,
-    /// Events it appends when applied: 2 for a transfer, else 1 (the raw-append baseline's call).
-    shape: u8,
-    /// A redeem_coupon that found no coupon left and became a top_up of 500 yen.
-    coupon_fallback: bool,
-}
-
-/// The SPEC section 2 command mix of `commands` and `history`: 40% pay, 20% top_up, 20%
-/// transfer, 10% earn_miles, 10% redeem_coupon, all by `member`. `to` picks a transfer's
-/// receiver; `coupon` the member and coupon to redeem (`None`: none left, a top_up instead).
-fn mix_command(
-    rng: &mut Rng,
-    member: MemberId,
-    to: impl FnOnce(&mut Rng) -> MemberId,
-    coupon: impl FnOnce() -> Option<(MemberId, CouponId)>,
-) -> Mixed {
-    let roll = rng.below(100);
-    let (mut shape, mut coupon_fallback) = (1u8, false);
-    let body = match roll {
-        0..=39 => CommandBody::Pay {
-            member,
-            amount: Yen(1 + rng.below(8_000)),
-            merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
-        },
-        40..=59 => CommandBody::TopUp {
-            member,
-            amount: Yen(500 + rng.below(20_000)),
-        },
-        60..=79 => {
-            shape = 2;
-            CommandBody::Transfer {
-                from: member,
-                to: to(rng),
-                amount: Yen(1 + rng.below(3_000)),
-            }
-        }
-        80..=89 => CommandBody::EarnMiles {
-            member,
-            miles: Miles(10 + rng.below(491)),
-            expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
-        },
-        _ => match coupon() {
-            Some((member, coupon)) => CommandBody::RedeemCoupon { member, coupon },
-            None => {
-                coupon_fallback = true;
-                CommandBody::TopUp {
-                    member,
-                    amount: Yen(500),
-                }
-            }
-        },
-    };
-    Mixed {
-        body,
-        shape,
-        coupon_fallback,
-    }
-}
-
-/// A command with a fresh, time-ordered id (as README asks of clients: the command index grows
-/// at its edge).
-fn new_command(body: CommandBody) -> Command {
-    Command {
-        id: CommandId::new(uuid::Uuid::now_v7().to_string()).expect("a UUID is short plain text"),
-        at: None,
-        body,
-    }
 }
 
 struct RawAppends {

@@ -1,7 +1,9 @@
 //! The handlers and the router. Each handler authenticates ([`Caller`]), checks the scope,
 //! parses with the ledger's own parsers (one decoder: the import format's), and answers JSON or
-//! a [`Problem`]. Reads that touch the store run on the blocking pool, so a long statement or a
-//! check never stalls the threads serving other requests.
+//! a [`Problem`]. Reads whose length depends on the data (a statement page, an as-of fold, a
+//! check, the digest) run on the blocking pool, so they never stall the threads serving other
+//! requests; a wallet at the head (one member's rows) is read in place, where the hand-off would
+//! cost more than the read.
 
 pub mod commands;
 pub mod events;

@@ -54,19 +54,29 @@ pub async fn wallet(
         ));
     }
     let rid = caller.request_id.clone();
-    let service = state.service.clone();
-    let found = blocking(rid.as_deref(), {
-        let member = member.clone();
-        let rid = rid.clone();
-        move || {
-            let state = match as_of {
-                AsOf::Head => service.wallet(&member),
-                other => service.wallet_as_of(&member, other),
-            };
-            state.map_err(|e| storage(rid.as_deref(), e))
+    let found = match as_of {
+        // At the head: one member's view rows, a few B-tree pages that are in the page cache
+        // while the service runs, read in tens of microseconds. Read here, not on the blocking
+        // pool: the hand-off (a thread woken, then this task woken back) cost more than the
+        // read itself and kept `GET wallet` at about half its rate (BENCHMARKS.md, issue 14).
+        AsOf::Head => state
+            .service
+            .wallet(&member)
+            .map_err(|e| storage(rid.as_deref(), e))?,
+        // As of a moment: a fold of the member's log, as long as its history; off the threads
+        // serving other requests.
+        other => {
+            let service = state.service.clone();
+            let member = member.clone();
+            let rid2 = rid.clone();
+            blocking(rid.as_deref(), move || {
+                service
+                    .wallet_as_of(&member, other)
+                    .map_err(|e| storage(rid2.as_deref(), e))
+            })
+            .await?
         }
-    })
-    .await?;
+    };
     match found {
         Some(state) => Ok(Json(WalletJson::of(&state))),
         None => Err(caller.problem(Cause::NotFound, format!("member {member} has no wallet"))),

@@ -41,8 +41,8 @@ fn assert_problem(what: &str, answer: &Answer, status: u16, cause: &str, detail:
 /// blank lines are empty bodies; `{"id":"b1"}` loses its id and is `{}`; the line without an
 /// id is sent without an Idempotency-Key; an `id` that is not a usable key stays in the body.
 const CORPUS: &[(usize, u16, &str, Option<&str>)] = &[
-    (1, 400, "malformed", Some("empty")),
-    (2, 400, "malformed", Some("empty")),
+    (1, 400, "malformed", Some("the request body is empty")),
+    (2, 400, "malformed", Some("the request body is empty")),
     (3, 400, "malformed", None),
     (4, 400, "malformed", None),
     (5, 400, "malformed", None),
@@ -176,7 +176,9 @@ async fn scenario_server(dir: &std::path::Path) -> (Server, reqwest::Client) {
 // scenario, is answered by the documented status and problem type with import's message in
 // `detail` (ids scoped to the caller), and that the whole corpus writes nothing (head and digest
 // unchanged). Planted defect caught: `refusal` in commands.rs mapping `NoWallet` to `rejected`
-// (422) instead of `not-found` (404): lines 30 and 38 fail.
+// (422) instead of `not-found` (404): lines 30 and 38 fail. Found: an empty body was answered
+// "empty line" (the import's wording, which names no input over HTTP); it now says the body is
+// empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_line_of_the_import_corpus_is_a_problem_naming_its_cause_and_writes_nothing() {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -569,6 +571,45 @@ async fn every_endpoint_answers_every_scope_and_bad_key_as_the_scope_table_says(
         allowed_commands,
         "one event per allowed command, none for refused ones"
     );
+}
+
+// Proves the Authorization scheme is matched without regard to case (RFC 9110 section 11.1:
+// "bearer", "BEARER" and "Bearer" are the same scheme, and clients differ), while a header
+// with no key or another scheme is still 401.
+// Found a bug: walletd accepted only the spelling `Bearer ` (auth.rs `strip_prefix`), so a
+// client sending `bearer <key>` got 401 with a valid key; this test failed on that cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_matched_without_regard_to_case() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(tmp.path(), &tmp.path().join("store"), &[]);
+    let client = common::client();
+    let key = server.key("aud").to_owned();
+    for (header, status) in [
+        (format!("Bearer {key}"), 200),
+        (format!("bearer {key}"), 200),
+        (format!("BEARER {key}"), 200),
+        (format!("Bearer  {key}"), 200),
+        ("Bearer".to_owned(), 401),
+        ("Bearer ".to_owned(), 401),
+        (format!("Token {key}"), 401),
+        (format!("Bearer{key}"), 401),
+    ] {
+        let got = answer(
+            client
+                .get(server.at("/v1/head"))
+                .header("Authorization", header.as_str()),
+        )
+        .await;
+        assert_eq!(
+            got.status,
+            status,
+            "Authorization: {header}: {}",
+            got.text()
+        );
+        if status == 401 {
+            assert_problem(&header, &got, 401, "unauthorized", "Authorization");
+        }
+    }
 }
 
 // Proves the per-key rate limit (`--rate-limit-per-sec 5`: a burst of 5, then 5 per second):

@@ -244,18 +244,22 @@ pub async fn get(
     (status, response.text().await.expect("a body"))
 }
 
-/// The `migrate-tool` binary of this workspace, beside walletd's; built first when a
-/// `cargo test -p walletd` alone did not build it.
+/// The `migrate-tool` binary of this workspace, beside walletd's, built once per test process
+/// with this build's index engine: a `migrate-tool` left by a build with other features (sled
+/// or not) would read the stores walletd wrote with another engine. Up to date, the build
+/// costs a second.
 pub fn migrate_tool() -> PathBuf {
-    let exe = PathBuf::from(WALLETD).with_file_name("migrate-tool");
-    if !exe.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "migrate-tool"])
-            .status()
-            .expect("cargo runs");
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "-p", "migrate-tool"]);
+        if cfg!(feature = "sled") {
+            cargo.args(["--features", "sled"]);
+        }
+        let status = cargo.status().expect("cargo runs");
         assert!(status.success(), "cargo build -p migrate-tool");
-    }
-    exe
+    });
+    PathBuf::from(WALLETD).with_file_name("migrate-tool")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -568,7 +568,8 @@ pub struct Subscription {
 const SUBSCRIPTION_CHUNK: usize = 1_024;
 
 impl Subscription {
-    /// The next event; waits for one when caught up. `None` once the ledger is closed.
+    /// The next event; waits for one when caught up. `None` once the ledger is closed. Must be
+    /// awaited inside a tokio runtime (its reads run on the blocking pool).
     pub async fn next(&mut self) -> Option<Result<EventRecord, ReadError>> {
         loop {
             if let Some(record) = self.buffer.pop_front() {
@@ -579,9 +580,22 @@ impl Subscription {
                 let ledger = Ledger {
                     inner: self.ledger.upgrade()?,
                 };
-                match ledger.read_all(self.next, SUBSCRIPTION_CHUNK) {
-                    Ok(records) => self.buffer.extend(records),
-                    Err(e) => return Some(Err(e)),
+                // The read touches the index and the segment files: run it on the blocking
+                // pool, so that many subscribers catching up (an HTTP event feed) never stall
+                // the runtime's threads serving everything else.
+                let from = self.next;
+                let read =
+                    tokio::task::spawn_blocking(move || ledger.read_all(from, SUBSCRIPTION_CHUNK))
+                        .await;
+                match read {
+                    Ok(Ok(records)) => self.buffer.extend(records),
+                    Ok(Err(e)) => return Some(Err(e)),
+                    Err(join) => {
+                        return Some(Err(ReadError::Engine(crate::EngineError::Io {
+                            operation: "a subscription's read",
+                            reason: join.to_string(),
+                        })))
+                    }
                 }
                 continue;
             }

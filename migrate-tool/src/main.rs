@@ -6,6 +6,7 @@
 //! - [`output`]: the shared outcome type (exit codes), progress bars.
 //! - [`import`]: `import`, streaming with a bounded window of concurrent, order-safe submits.
 //! - [`read`]: `show`, `export`, `digest`, `log`.
+//! - [`statement`]: `statement`, a member's events with the running balance, streamed.
 //! - [`head`]: `head`, the log head as an anchor to publish (`verify --since` checks it).
 //! - [`check`]: `verify`, `check` (rendering `projections::check`, the invariants of SPEC
 //!   section 4, and its progress and timing), `rebuild`.
@@ -48,6 +49,7 @@ mod migrate_segments;
 mod output;
 mod read;
 mod reset;
+mod statement;
 mod store;
 
 use std::io::Write;
@@ -142,6 +144,20 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             as_of,
             json,
         } => read::show(&dir, &member, as_of.as_deref(), json, out),
+        Cmd::Statement {
+            member,
+            from,
+            to,
+            json,
+            csv,
+        } => statement::run(
+            &dir,
+            &member,
+            from.as_deref(),
+            to.as_deref(),
+            statement::Format::of(json, csv),
+            out,
+        ),
         Cmd::Export { as_of } => read::export(&dir, as_of.as_deref(), out),
         Cmd::Digest { as_of } => read::digest(&dir, as_of.as_deref(), out),
         Cmd::Log {

@@ -1,7 +1,8 @@
 //! Read commands: `show`, `export`, `digest`, `log`. They open the engine without a writer, read
 //! one consistent snapshot, and stream their output (bounded memory at any store size). While a
 //! writer holds the store, `log` and `show --as-of` read the segment files instead
-//! (`store::open_for_log_read`).
+//! (`store::open_for_log_read`); [`with_stream_events`] is that choice for one stream, shared
+//! with `statement`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -72,11 +73,47 @@ fn fold_as_of(dir: &Path, member: &MemberId, as_of: AsOf) -> anyhow::Result<Opti
         LogSource::Store(engine) => fold::fold_member(&*engine.snapshot()?, member, as_of)?,
         LogSource::Segments => {
             let stream = ledger::domain::wallet_stream(member);
-            let records = log::segment_events(dir)?
-                .filter(|r| r.as_ref().map_or(true, |r| r.stream == stream));
+            let mut no_progress = || {};
+            let records = segment_stream_events(dir, &stream, &mut no_progress)?;
             fold::fold_wallet_records(records, as_of)?
         }
     })
+}
+
+/// The events of `stream` in stream order, read from the segment files (beside a writer):
+/// every frame is read, only the stream's records are kept; `tick` is called for every event
+/// read (progress). An error is kept (it ends the read).
+fn segment_stream_events<'a>(
+    dir: &Path,
+    stream: &'a str,
+    tick: &'a mut dyn FnMut(),
+) -> anyhow::Result<impl Iterator<Item = Result<EventRecord, ledger::ReadError>> + 'a> {
+    Ok(log::segment_events(dir)?
+        .inspect(move |_| tick())
+        .filter(move |r| r.as_ref().map_or(true, |r| r.stream == stream)))
+}
+
+/// Calls `read` with the events of `stream` in stream order (version 1 first): through the
+/// index of one snapshot, or, while a writer holds the store, from the segment files
+/// ([`segment_stream_events`]). `tick` is called for every event read, for progress. The one
+/// path of `log --stream` and `statement`.
+pub fn with_stream_events<T>(
+    dir: &Path,
+    stream: &str,
+    tick: &mut dyn FnMut(),
+    read: impl FnOnce(
+        &mut dyn Iterator<Item = Result<EventRecord, ledger::ReadError>>,
+    ) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match store::open_for_log_read(dir)? {
+        LogSource::Store(engine) => {
+            let snap = engine.snapshot()?;
+            let mut records =
+                log::stream_events(&*snap, stream, StreamVersion(1)).inspect(|_| tick());
+            read(&mut records)
+        }
+        LogSource::Segments => read(&mut segment_stream_events(dir, stream, tick)?),
+    }
 }
 
 fn list_or_none(items: &[String]) -> String {
@@ -158,7 +195,6 @@ pub fn log(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
-    let source = store::open_for_log_read(dir)?;
     let mut left = limit.unwrap_or(u64::MAX);
     let mut first = true;
     if json {
@@ -188,21 +224,12 @@ pub fn log(
         }
         anyhow::Ok(())
     };
-    match (source, stream) {
-        (LogSource::Store(engine), Some(stream)) => {
-            let snap = engine.snapshot()?;
-            each(&mut log::stream_events(&*snap, stream, StreamVersion(1)))?;
-        }
-        (LogSource::Store(engine), None) => {
-            let snap = engine.snapshot()?;
-            each(&mut log::events(&*snap, from))?;
-        }
-        // Beside a writer: every frame is read; only the stream's events are shown.
-        (LogSource::Segments, Some(stream)) => each(
-            &mut log::segment_events(dir)?
-                .filter(|r| r.as_ref().map_or(true, |r| r.stream == stream)),
-        )?,
-        (LogSource::Segments, None) => each(&mut log::segment_events(dir)?)?,
+    match stream {
+        Some(stream) => with_stream_events(dir, stream, &mut || {}, each)?,
+        None => match store::open_for_log_read(dir)? {
+            LogSource::Store(engine) => each(&mut log::events(&*engine.snapshot()?, from))?,
+            LogSource::Segments => each(&mut log::segment_events(dir)?)?,
+        },
     }
     if json {
         writeln!(out, "]}}")?;

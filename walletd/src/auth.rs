@@ -82,7 +82,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let key = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // The scheme is case-insensitive (RFC 9110 section 11.1): `bearer` is `Bearer`.
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
+            .map(|(_, key)| key)
             .ok_or_else(|| {
                 fail(
                     Cause::Unauthorized,

@@ -85,7 +85,7 @@ pub fn render_writer(stats: &ledger::WriterStats, out: &mut String) {
     };
     counter(
         "walletd_writer_groups_total",
-        "Group commits written (one frame and one fdatasync each).",
+        "Group commits the writer ran, each a batch of jobs from its queue; a group of only duplicates or refusals writes no frame and syncs nothing (see walletd_writer_fsync_seconds).",
         stats.groups,
     );
     counter(

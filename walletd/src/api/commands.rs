@@ -81,6 +81,13 @@ pub async fn submit(
     })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| caller.problem(Cause::Malformed, format!("the body is not UTF-8: {e}")))?;
+    // The ledger's parser words this for an import line ("empty line"); a request has a body.
+    if text.trim().is_empty() {
+        return Err(caller.problem(
+            Cause::Malformed,
+            "the request body is empty: send one command as a JSON object",
+        ));
+    }
     let mut command = Command::parse_request_body(text, &id).map_err(|e| {
         metrics::counter!("walletd_commands_rejected_total", "reason" => "malformed").increment(1);
         caller.problem(Cause::Malformed, e.to_string())

@@ -12,6 +12,7 @@
 //! - [`auth`]: the request's caller (bearer key -> [`keys::Principal`]) and its rate limit.
 //! - [`problem`]: every error answer, one stable `type` per cause.
 //! - [`api`]: the handlers: commands, reads, the event feed, operator endpoints.
+//! - [`feed`]: the log's tail, read and encoded once for every live event feed.
 //! - [`telemetry`]: logs (JSON off a terminal), request ids, Prometheus metrics.
 //! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers' annotations.
 //! - [`console`]: the auditor console, a static page compiled into the binary.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod feed;
 pub mod keys;
 pub mod openapi;
 pub mod problem;

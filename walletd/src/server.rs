@@ -78,7 +78,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     write_holder(&config.store, addr)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let tail = crate::feed::Tail::start(service.ledger(), stop_rx.clone());
     let state = Arc::new(AppState {
+        tail,
         service,
         keys,
         limiter: RateLimiter::new(config.rate_limit_per_sec),

@@ -2,8 +2,8 @@
 //!
 //! Each SSE `id` is the event's log position, so a client that reconnects with
 //! `Last-Event-ID: P` resumes at P + 1: positions have no gaps and the feed reads the durable
-//! log by position ([`ledger::Subscription`]), so it never skips or repeats an event and never
-//! shows one that is not durable. The feed ends when the server shuts down (the client
+//! log by position (catching up itself, then from the shared tail, [`crate::feed`]), so it
+//! never skips or repeats an event and never shows one that is not durable. The feed ends when the server shuts down (the client
 //! reconnects elsewhere with its last id).
 
 use std::collections::HashMap;
@@ -44,37 +44,34 @@ pub async fn feed(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     caller.require(Action::ReadEvents)?;
     let from = start(&caller, &headers, &query)?;
-    let subscription = state.service.ledger().subscribe(from);
+    let subscriber = state.tail.subscriber(state.service.ledger().clone(), from);
     let shutdown = state.shutdown.clone();
     metrics::gauge!("walletd_event_subscribers").increment(1.0);
     let events = stream::unfold(
-        Some((subscription, shutdown, Subscriber)),
+        Some((subscriber, shutdown, Counted)),
         |current| async move {
-            let (mut subscription, mut shutdown, guard) = current?;
+            let (mut subscriber, mut shutdown, guard) = current?;
             if *shutdown.borrow() {
                 return None;
             }
             let next = tokio::select! {
-                next = subscription.next() => next,
+                next = subscriber.next() => Some(next),
                 _ = wait_for_shutdown(&mut shutdown) => None,
             };
-            match next {
-                Some(Ok(record)) => {
+            match next? {
+                Ok(frame) => {
                     let event = Event::default()
-                        .id(record.position.0.to_string())
-                        .event(record.event_type.clone())
-                        .data(projections::shown::event_json(&record).to_string());
-                    Some((Ok(event), Some((subscription, shutdown, guard))))
+                        .id(frame.position.to_string())
+                        .event(&*frame.event_type)
+                        .data(&*frame.data);
+                    Some((Ok(event), Some((subscriber, shutdown, guard))))
                 }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "the event feed could not read the log");
-                    let event = Event::default()
-                        .event("error")
-                        .data(format!("the log could not be read: {e}"));
+                Err(e) => {
+                    tracing::error!(error = %e, "the event feed ended");
+                    let event = Event::default().event("error").data(e.to_string());
                     // The error ends the feed: the client reconnects with its last id.
                     Some((Ok(event), None))
                 }
-                None => None,
             }
         },
     );
@@ -82,9 +79,9 @@ pub async fn feed(
 }
 
 /// Counts a subscriber for as long as its stream lives.
-struct Subscriber;
+struct Counted;
 
-impl Drop for Subscriber {
+impl Drop for Counted {
     fn drop(&mut self) {
         metrics::gauge!("walletd_event_subscribers").decrement(1.0);
     }

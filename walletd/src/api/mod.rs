@@ -36,6 +36,8 @@ pub struct AppState {
     pub config: Config,
     /// Becomes true when shutdown starts: event feeds end, readiness fails.
     pub shutdown: watch::Receiver<bool>,
+    /// The log's tail, encoded once for every live event feed.
+    pub tail: Arc<crate::feed::Tail>,
     /// The Prometheus text renderer.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }

@@ -144,12 +144,23 @@ pub fn payload_json(event: &DomainEvent) -> Value {
             }
             WalletEvent::CouponRedeemed(p) => to(p),
             WalletEvent::CouponExpired(p) => to(p),
+            WalletEvent::HoldPlaced(p) => {
+                let mut v = to(p);
+                v["until"] = time(p.until);
+                v
+            }
+            WalletEvent::HoldConfirmed(p) => to(p),
+            WalletEvent::HoldCancelled(p) => to(p),
+            WalletEvent::Compensated(p) => to(p),
         },
         DomainEvent::Identity(i) => match i {
             IdentityEvent::Registered(p) => to(p),
             // A unit struct serializes as null; an empty object reads better.
             IdentityEvent::PasswordChanged(_) => json!({}),
             IdentityEvent::PasswordReset(p) => to(p),
+            IdentityEvent::LoggedIn(p) => to(p),
+            IdentityEvent::ContactChanged(p) => to(p),
         },
+        DomainEvent::Policy(ledger::domain::PolicyEvent::PolicySet(p)) => to(p),
     }
 }

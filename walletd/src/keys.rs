@@ -368,6 +368,7 @@ mod tests {
             member: m.clone(),
             amount: ledger::domain::Yen(1),
             merchant: "shop".into(),
+            device: None,
         };
         let top_up = CommandBody::TopUp {
             member: m1.clone(),
@@ -377,6 +378,7 @@ mod tests {
             from: from.clone(),
             to: to.clone(),
             amount: ledger::domain::Yen(1),
+            device: None,
         };
         let p = |scope: Scope| Principal {
             name: "k".into(),

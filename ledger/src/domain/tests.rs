@@ -31,6 +31,12 @@ struct World {
     wallets: BTreeMap<MemberId, WalletState>,
     identities: BTreeMap<MemberId, IdentityState>,
     log: Vec<(String, DomainEvent)>,
+    /// The rows of SPEC section 7 as the commit hook keeps them (security, devices, policy,
+    /// compensations), folded by the same rules (`SecurityRow::after_*`).
+    security: BTreeMap<MemberId, SecurityRow>,
+    devices: std::collections::BTreeSet<(MemberId, String)>,
+    policy: Option<PolicySet>,
+    compensations: std::collections::BTreeSet<(String, crate::types::Position)>,
 }
 
 impl World {
@@ -43,14 +49,32 @@ impl World {
             } => self.expire_all(*as_of),
             _ => decide(cmd, at, &self.input_for(cmd))?,
         };
-        self.apply(&decision);
+        self.apply_at(&decision, at);
         Ok(decision)
     }
 
     fn input_for(&self, cmd: &Command) -> DecideInput<'_> {
+        let mut input = DecideInput::new();
+        for (m, row) in &self.security {
+            input = input.with_security(m.clone(), *row);
+        }
+        for (m, device) in &self.devices {
+            input = input.with_device(m.clone(), device);
+        }
+        if let Some(policy) = self.policy {
+            input = input.with_policy(policy);
+        }
+        for (incident, original) in &self.compensations {
+            input = input.with_compensation(incident, *original);
+        }
+        for (i, (stream, _)) in self.log.iter().enumerate() {
+            if let Some((kind, m)) = member_of_stream(stream) {
+                input = input.with_event_at(crate::types::Position(i as u64 + 1), kind, m);
+            }
+        }
         cmd.stream_refs()
             .into_iter()
-            .fold(DecideInput::new(), |input, r| match r.kind {
+            .fold(input, |input, r| match r.kind {
                 StreamKind::Wallet => {
                     let state = self.wallets.get(&r.member);
                     input.with_wallet(r.member, state)
@@ -83,13 +107,59 @@ impl World {
     }
 
     fn apply(&mut self, decision: &[StreamEvents]) {
+        self.apply_at(decision, time(NOW));
+    }
+
+    /// Applies a decision whose business time is `at` (the security rows record it).
+    fn apply_at(&mut self, decision: &[StreamEvents], at: Timestamp) {
         for stream in decision {
-            let (kind, m) = member_of_stream(&stream.stream).expect("decide names valid streams");
             for event in &stream.events {
-                assert_eq!(event.stream_kind(), kind, "event kind matches stream kind");
-                self.apply_one(&m, event);
+                let position = crate::types::Position(self.log.len() as u64 + 1);
+                match (member_of_stream(&stream.stream), event) {
+                    (None, DomainEvent::Policy(PolicyEvent::PolicySet(p))) => {
+                        assert_eq!(stream.stream, SYSTEM_POLICY_STREAM);
+                        self.policy = Some(*p);
+                    }
+                    (Some((kind, m)), event) => {
+                        assert_eq!(event.stream_kind(), Some(kind), "event kind matches stream");
+                        self.apply_one(&m, event);
+                        self.apply_side(&m, event, at, position);
+                    }
+                    (None, other) => panic!("{} in stream {}", other.event_type(), stream.stream),
+                }
                 self.log.push((stream.stream.clone(), event.clone()));
             }
+        }
+    }
+
+    /// The security, device and compensation rows, as the commit hook folds them.
+    fn apply_side(
+        &mut self,
+        m: &MemberId,
+        event: &DomainEvent,
+        at: Timestamp,
+        position: crate::types::Position,
+    ) {
+        match event {
+            DomainEvent::Identity(e) => {
+                if let IdentityEvent::LoggedIn(login) = e {
+                    self.devices.insert((m.clone(), login.device.clone()));
+                }
+                let before = self.security.get(m).copied();
+                if let Some(row) = SecurityRow::after_identity(before, e, at, position) {
+                    self.security.insert(m.clone(), row);
+                }
+            }
+            DomainEvent::Wallet(WalletEvent::Compensated(c)) => {
+                self.compensations
+                    .insert((c.incident.clone(), crate::types::Position(c.original)));
+            }
+            DomainEvent::Wallet(e) => {
+                if let Some(row) = self.security.get_mut(m) {
+                    *row = row.after_wallet(e);
+                }
+            }
+            DomainEvent::Policy(_) => {}
         }
     }
 
@@ -107,6 +177,7 @@ impl World {
                 self.identities
                     .insert(m.clone(), state.expect("applied identity exists"));
             }
+            DomainEvent::Policy(_) => unreachable!("policy events go to no member's stream"),
         }
     }
 
@@ -114,7 +185,9 @@ impl World {
     fn refold(&self) -> BTreeMap<MemberId, WalletState> {
         let mut states: BTreeMap<MemberId, Option<WalletState>> = BTreeMap::new();
         for (stream, event) in &self.log {
-            let (_, m) = member_of_stream(stream).expect("logged streams are valid");
+            let Some((_, m)) = member_of_stream(stream) else {
+                continue;
+            };
             if let DomainEvent::Wallet(e) = event {
                 let state = states.entry(m).or_default();
                 apply_wallet_event(state, e).expect("the log folds cleanly");
@@ -383,7 +456,7 @@ fn miles_events_record_exact_lots_and_amounts() {
         .filter(|(stream, _)| stream == W1)
         .filter_map(|(_, e)| match e {
             DomainEvent::Wallet(w) => Some(w),
-            DomainEvent::Identity(_) => None,
+            DomainEvent::Identity(_) | DomainEvent::Policy(_) => None,
         })
         .collect();
     let redeemed: Vec<&MilesRedeemed> = wallet_events
@@ -513,18 +586,20 @@ fn reset_of_registered_is_what_decide_decides() {
         (r#"{"id":"r2","type":"reset_password","member":"m1"}"#, None),
     ] {
         let decided = decide(&parse(line), time(NOW), &input).expect("m1 is registered");
-        assert_eq!(reset_of_registered(&m1, reason), decided);
-        assert_eq!(
-            decided,
+        let reset = |operator| {
             vec![StreamEvents {
                 stream: "identity-m1".to_owned(),
                 events: vec![DomainEvent::Identity(IdentityEvent::PasswordReset(
                     PasswordReset {
                         reason: reason.map(str::to_owned),
-                    }
+                        operator,
+                    },
                 ))],
             }]
-        );
+        };
+        // The member's own reset is a credential event; reset-credentials' is the operator's.
+        assert_eq!(decided, reset(false));
+        assert_eq!(reset_of_registered(&m1, reason), reset(true));
     }
 }
 
@@ -1023,6 +1098,7 @@ fn event_type_names_and_versions_are_pinned() {
     let all: Vec<(&str, u16)> = WalletEvent::TYPES
         .iter()
         .chain(IdentityEvent::TYPES)
+        .chain(PolicyEvent::TYPES)
         .copied()
         .collect();
     assert_eq!(
@@ -1041,10 +1117,62 @@ fn event_type_names_and_versions_are_pinned() {
             ("wallet.coupon_issued", 1),
             ("wallet.coupon_redeemed", 1),
             ("wallet.coupon_expired", 1),
+            ("wallet.hold_placed", 1),
+            ("wallet.hold_confirmed", 1),
+            ("wallet.hold_cancelled", 1),
+            ("wallet.compensated", 1),
             ("identity.registered", 1),
             ("identity.password_changed", 1),
-            ("identity.password_reset", 1),
+            ("identity.password_reset", 2),
+            ("identity.logged_in", 1),
+            ("identity.contact_changed", 1),
+            ("policy.set", 1),
         ]
+    );
+    assert_eq!(
+        LEGACY_TYPES,
+        [("wallet.paid", 1), ("identity.password_reset", 1)]
+    );
+}
+
+// Proves `identity.password_reset` v1 bytes (in every store written before SPEC section 7)
+// still read, upcast to v2 with `operator` decided by the record's command id: true only for
+// `reset-credentials`' `reset-<run>-<chunk>` ids, false for a member's reset and when the id
+// is not known. Planted defect: `upcast` returning `operator: false` always fails the second
+// assertion.
+#[test]
+fn password_reset_v1_bytes_upcast_with_operator_from_the_command_id() {
+    let v1 = PasswordResetV1 {
+        reason: Some("7pay".to_owned()),
+    };
+    let bytes = Codec::Bincode2.encode(&v1).expect("encodes");
+    // Some (01), len 4, "7pay".
+    assert_eq!(hex(&bytes), "010437706179");
+    let upcast = |id: Option<&str>| match DomainEvent::decode_with_command_id(
+        "identity.password_reset",
+        1,
+        Codec::Bincode2,
+        &bytes,
+        id,
+    ) {
+        Ok(DomainEvent::Identity(IdentityEvent::PasswordReset(r))) => r,
+        other => panic!("v1 reset must read: {other:?}"),
+    };
+    assert!(!upcast(Some("r1")).operator);
+    assert!(upcast(Some("reset-0193a1b2-7")).operator);
+    assert!(!upcast(Some("reset-x")).operator);
+    assert!(!upcast(Some("reset--7")).operator);
+    assert!(!upcast(None).operator);
+    assert_eq!(upcast(None).reason.as_deref(), Some("7pay"));
+    let v2 = DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset {
+        reason: Some("7pay".to_owned()),
+        operator: true,
+    }));
+    assert_eq!(v2.schema_version(), 2);
+    // v1 bytes then `true` (01).
+    assert_eq!(
+        hex(&v2.encode(Codec::Bincode2).expect("encodes")),
+        "01043770617901"
     );
 }
 
@@ -1327,6 +1455,7 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 member,
                 amount,
                 merchant,
+                device: None,
             }
         }),
         (arb_member(), arb_command_id(), arb_yen(1)).prop_map(|(member, payment, amount)| {
@@ -1336,8 +1465,14 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 amount,
             }
         }),
-        (arb_member(), arb_member(), arb_yen(1))
-            .prop_map(|(from, to, amount)| CommandBody::Transfer { from, to, amount }),
+        (arb_member(), arb_member(), arb_yen(1)).prop_map(|(from, to, amount)| {
+            CommandBody::Transfer {
+                from,
+                to,
+                amount,
+                device: None,
+            }
+        }),
         (arb_member(), arb_miles(), arb_time()).prop_map(|(member, miles, expires_at)| {
             CommandBody::EarnMiles {
                 member,
@@ -1345,8 +1480,11 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 expires_at,
             }
         }),
-        (arb_member(), arb_miles())
-            .prop_map(|(member, miles)| CommandBody::RedeemMiles { member, miles }),
+        (arb_member(), arb_miles()).prop_map(|(member, miles)| CommandBody::RedeemMiles {
+            member,
+            miles,
+            device: None
+        }),
         (arb_member(), arb_badge())
             .prop_map(|(member, badge)| CommandBody::AwardBadge { member, badge }),
         (arb_member(), arb_coupon(), arb_yen(0), arb_time()).prop_map(
@@ -1359,8 +1497,11 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 }
             }
         ),
-        (arb_member(), arb_coupon())
-            .prop_map(|(member, coupon)| CommandBody::RedeemCoupon { member, coupon }),
+        (arb_member(), arb_coupon()).prop_map(|(member, coupon)| CommandBody::RedeemCoupon {
+            member,
+            coupon,
+            device: None
+        }),
         (arb_time(), proptest::option::of(arb_member()))
             .prop_map(|(as_of, member)| CommandBody::Expire { as_of, member }),
         (arb_member(), arb_text(128))
@@ -1434,7 +1575,7 @@ fn arb_event() -> impl Strategy<Value = DomainEvent> {
         1 => arb_text(128).prop_map(|login| DomainEvent::Identity(IdentityEvent::Registered(Registered { login }))),
         1 => Just(DomainEvent::Identity(IdentityEvent::PasswordChanged(PasswordChanged))),
         1 => proptest::option::of(arb_text(256))
-            .prop_map(|reason| DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset { reason }))),
+            .prop_map(|reason| DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset { reason, operator: false }))),
     ]
 }
 
@@ -1500,6 +1641,7 @@ fn op_command(op: &Op, seq: usize, now: &mut Timestamp, payments: &[CommandId]) 
             member: op_member(m),
             amount: Yen(a),
             merchant: "shop".into(),
+            device: None,
         },
         Op::Refund(m, p, a) => CommandBody::Refund {
             member: op_member(m),
@@ -1513,6 +1655,7 @@ fn op_command(op: &Op, seq: usize, now: &mut Timestamp, payments: &[CommandId]) 
             from: op_member(f),
             to: op_member(t),
             amount: Yen(a),
+            device: None,
         },
         Op::Earn(m, miles, d) => CommandBody::EarnMiles {
             member: op_member(m),
@@ -1522,6 +1665,7 @@ fn op_command(op: &Op, seq: usize, now: &mut Timestamp, payments: &[CommandId]) 
         Op::Redeem(m, miles) => CommandBody::RedeemMiles {
             member: op_member(m),
             miles: Miles(miles),
+            device: None,
         },
         Op::Badge(m, b) => CommandBody::AwardBadge {
             member: op_member(m),
@@ -1536,6 +1680,7 @@ fn op_command(op: &Op, seq: usize, now: &mut Timestamp, payments: &[CommandId]) 
         Op::RedeemCoupon(m, c) => CommandBody::RedeemCoupon {
             member: op_member(m),
             coupon: CouponId::new(format!("cp{c}")).expect("valid"),
+            device: None,
         },
         Op::Expire(m) => CommandBody::Expire {
             as_of: *now,
@@ -1758,4 +1903,237 @@ fn expire_at_most_takes_the_earliest_due_items_and_its_chain_ends_like_one_expir
     }
     assert_eq!(appends, vec![2, 2, 1]);
     assert_eq!(world.wallets, whole.wallets);
+}
+
+// Every rule of SPEC section 7 (login, change_contact, set_policy, the hold rule with its cap
+// and cool-down, confirm_hold, cancel_hold, expire of holds, compensate) with its exact
+// message, in one running world: each row sees the state the rows above left, and a rebuild
+// of the log gives the live wallets. Planted defects this catches: `hold_until` ignoring the
+// cap (the 3000 yen payment p1 is held), `debit_check` against the balance instead of the
+// available balance (p2 applies), confirm_hold without its `at < until` check (x2 confirms),
+// a known-device login counted as a credential event (p3 is held), and `compensate` without
+// the (incident, original) key (k2 pays twice).
+#[test]
+fn incident_rules_accept_and_reject_with_exact_messages() {
+    let mut world = World::default();
+    run_table(&mut world, INCIDENT_SETUP);
+    run_table(&mut world, INCIDENT_ROWS_HOLDS);
+    assert_eq!(world.wallet("m1").balance(), Yen(23_100));
+    assert_eq!(world.wallet("m2").balance(), Yen(1_000));
+    run_table(&mut world, INCIDENT_ROWS_CREDENTIALS);
+    assert_eq!(world.wallet("m1").held(), Yen(0));
+    run_table(&mut world, INCIDENT_ROWS_COMPENSATE);
+    // 23,100 - 6,000 (p3) + 3,000 + 3,000 (k1, k4) - 5,000 (p5).
+    assert_eq!(world.wallet("m1").balance(), Yen(18_100));
+    assert_eq!(world.refold(), world.wallets, "rebuild equals incremental");
+}
+
+const I1: &str = "identity-m1";
+const POLICY: &str = "system-policy";
+
+/// Positions 1-4: m1's wallet, m2's wallet, m1's top-up, m1's identity.
+const INCIDENT_SETUP: &[(&str, Expect)] = &[
+    (
+        r#"{"id":"s1","type":"open_wallet","member":"m1"}"#,
+        Ok(&[(W1, "wallet.opened")]),
+    ),
+    (
+        r#"{"id":"s2","type":"open_wallet","member":"m2"}"#,
+        Ok(&[(W2, "wallet.opened")]),
+    ),
+    (
+        r#"{"id":"s3","type":"top_up","member":"m1","amount":10000}"#,
+        Ok(&[(W1, "wallet.topped_up")]),
+    ),
+    (
+        r#"{"id":"s4","type":"register","member":"m1","login":"m1@example.com"}"#,
+        Ok(&[(I1, "identity.registered")]),
+    ),
+];
+
+const INCIDENT_ROWS_HOLDS: &[(&str, Expect)] = &[
+    (
+        r#"{"id":"l0","type":"login","member":"m9","device":"phone-a","ip":"203.0.113.5"}"#,
+        Err("member m9 is not registered"),
+    ),
+    // Position 5: a new-device login, the credential event at c = 10:00.
+    (
+        r#"{"id":"l1","type":"login","at":"2019-07-01T10:00:00Z","member":"m1","device":"phone-a","ip":"203.0.113.5"}"#,
+        Ok(&[(I1, "identity.logged_in")]),
+    ),
+    (
+        r#"{"id":"pol1","type":"set_policy","cooldown_hours":24,"cooldown_cap":5000}"#,
+        Ok(&[(POLICY, "policy.set")]),
+    ),
+    // Position 7: within the cap, applies.
+    (
+        r#"{"id":"p1","type":"pay","at":"2019-07-01T11:00:00Z","member":"m1","amount":3000,"merchant":"shop"}"#,
+        Ok(&[(W1, "wallet.paid")]),
+    ),
+    // 3000 sent + 3000 > 5000 within 24 hours of c: held until 2019-07-02T12:00:00Z.
+    (
+        r#"{"id":"h1","type":"pay","at":"2019-07-01T12:00:00Z","member":"m1","amount":3000,"merchant":"shop","device":"phone-a"}"#,
+        Ok(&[(W1, "wallet.hold_placed")]),
+    ),
+    (
+        r#"{"id":"p2","type":"pay","at":"2019-07-01T12:00:00Z","member":"m1","amount":5000,"merchant":"shop"}"#,
+        Err("insufficient available balance: member m1 has 4000 yen available (7000 minus 3000 held), needs 5000"),
+    ),
+    (
+        r#"{"id":"x1","type":"confirm_hold","member":"m1","hold":"nope"}"#,
+        Err("hold nope is not a pending hold of member m1"),
+    ),
+    (
+        r#"{"id":"x2","type":"confirm_hold","at":"2019-07-02T12:00:00Z","member":"m1","hold":"h1"}"#,
+        Err("hold h1 ended at 2019-07-02T12:00:00Z: confirm_hold needs a time before it"),
+    ),
+    (
+        r#"{"id":"x3","type":"confirm_hold","at":"2019-07-01T13:00:00Z","member":"m1","hold":"h1"}"#,
+        Ok(&[(W1, "wallet.hold_confirmed"), (W1, "wallet.paid")]),
+    ),
+    // The payment a confirmed hold created is refundable under the hold's id.
+    (
+        r#"{"id":"r1","type":"refund","member":"m1","payment":"h1","amount":100}"#,
+        Ok(&[(W1, "wallet.refunded")]),
+    ),
+    (
+        r#"{"id":"x4","type":"cancel_hold","member":"m1","hold":"h1"}"#,
+        Err("hold h1 is not a pending hold of member m1"),
+    ),
+    // A held transfer reserves in the sender's wallet only.
+    (
+        r#"{"id":"t1","type":"transfer","at":"2019-07-01T14:00:00Z","from":"m1","to":"m2","amount":2000}"#,
+        Ok(&[(W1, "wallet.hold_placed")]),
+    ),
+    (
+        r#"{"id":"x5","type":"cancel_hold","member":"m1","hold":"t1"}"#,
+        Ok(&[(W1, "wallet.hold_cancelled")]),
+    ),
+    (
+        r#"{"id":"x6","type":"confirm_hold","at":"2019-07-01T15:00:00Z","member":"m1","hold":"t1"}"#,
+        Err("hold t1 is not a pending hold of member m1"),
+    ),
+    // After the cool-down (c + 24 hours) nothing is held, whatever was sent.
+    (
+        r#"{"id":"t2","type":"transfer","at":"2019-07-02T11:00:00Z","from":"m1","to":"m2","amount":1000}"#,
+        Ok(&[(W1, "wallet.transferred_out"), (W2, "wallet.transferred_in")]),
+    ),
+    (
+        r#"{"id":"u2","type":"top_up","member":"m1","amount":20000}"#,
+        Ok(&[(W1, "wallet.topped_up")]),
+    ),
+];
+
+const INCIDENT_ROWS_CREDENTIALS: &[(&str, Expect)] = &[
+    // A login from a known device is no credential event: no new cool-down.
+    (
+        r#"{"id":"l2","type":"login","at":"2019-07-02T11:00:00Z","member":"m1","device":"phone-a","ip":"2001:db8::1"}"#,
+        Ok(&[(I1, "identity.logged_in")]),
+    ),
+    (
+        r#"{"id":"p3","type":"pay","at":"2019-07-02T11:30:00Z","member":"m1","amount":6000,"merchant":"shop"}"#,
+        Ok(&[(W1, "wallet.paid")]),
+    ),
+    (
+        r#"{"id":"cc0","type":"change_contact","member":"m9","login":"x@example.com"}"#,
+        Err("member m9 is not registered"),
+    ),
+    // A contact change is one: c = 2019-07-02T16:00, nothing sent since.
+    (
+        r#"{"id":"cc1","type":"change_contact","at":"2019-07-02T16:00:00Z","member":"m1","login":"m1@new.example"}"#,
+        Ok(&[(I1, "identity.contact_changed")]),
+    ),
+    (
+        r#"{"id":"p4","type":"pay","at":"2019-07-02T17:00:00Z","member":"m1","amount":5001,"merchant":"shop"}"#,
+        Ok(&[(W1, "wallet.hold_placed")]),
+    ),
+    // `expire` cancels a hold once as_of reaches its until (2019-07-03T17:00).
+    (
+        r#"{"id":"e1","type":"expire","as_of":"2019-07-03T16:59:59Z","member":"m1"}"#,
+        Ok(&[]),
+    ),
+    (
+        r#"{"id":"e2","type":"expire","as_of":"2019-07-03T17:00:00Z","member":"m1"}"#,
+        Ok(&[(W1, "wallet.hold_cancelled")]),
+    ),
+];
+
+const INCIDENT_ROWS_COMPENSATE: &[(&str, Expect)] = &[
+    // Position 7 is m1's payment p1.
+    (
+        r#"{"id":"k1","type":"compensate","member":"m1","incident":"7pay","original":7,"amount":3000}"#,
+        Ok(&[(W1, "wallet.compensated")]),
+    ),
+    (
+        r#"{"id":"k2","type":"compensate","member":"m1","incident":"7pay","original":7,"amount":3000}"#,
+        Err("incident 7pay already compensated original 7"),
+    ),
+    (
+        r#"{"id":"k3","type":"compensate","member":"m1","incident":"7pay","original":2,"amount":3000}"#,
+        Err("original 2 is not the position of an event of member m1"),
+    ),
+    (
+        r#"{"id":"k5","type":"compensate","member":"m1","incident":"7pay","original":9999,"amount":1}"#,
+        Err("original 9999 is not the position of an event of member m1"),
+    ),
+    // Position 5 is m1's login: an identity event of the member counts too.
+    (
+        r#"{"id":"k4","type":"compensate","member":"m1","incident":"7pay","original":5,"amount":3000}"#,
+        Ok(&[(W1, "wallet.compensated")]),
+    ),
+    (
+        r#"{"id":"k6","type":"compensate","member":"m3","incident":"7pay","original":5,"amount":1}"#,
+        Err("member m3 has no wallet"),
+    ),
+    // Cool-down 0 turns holds off, even right after a credential event.
+    (
+        r#"{"id":"pol2","type":"set_policy","cooldown_hours":0,"cooldown_cap":0}"#,
+        Ok(&[(POLICY, "policy.set")]),
+    ),
+    (
+        r#"{"id":"rp1","type":"reset_password","at":"2019-07-04T00:00:00Z","member":"m1"}"#,
+        Ok(&[(I1, "identity.password_reset")]),
+    ),
+    (
+        r#"{"id":"p5","type":"pay","at":"2019-07-04T00:00:01Z","member":"m1","amount":5000,"merchant":"shop"}"#,
+        Ok(&[(W1, "wallet.paid")]),
+    ),
+];
+
+// Proves SPEC section 7's exception: the resets `reset-credentials` appends (operator resets)
+// start no cool-down, while a member's own `reset_password` does, under the same policy.
+// Planted defect: `SecurityRow::after_identity` treating every reset as a credential event
+// makes the first payment a hold.
+#[test]
+fn operator_resets_start_no_cooldown_and_member_resets_do() {
+    let mut world = World::default();
+    run_table(&mut world, INCIDENT_SETUP);
+    run_table(
+        &mut world,
+        &[(
+            r#"{"id":"pol","type":"set_policy","cooldown_hours":24,"cooldown_cap":0}"#,
+            Ok(&[(POLICY, "policy.set")]),
+        )],
+    );
+    world.apply_at(
+        &reset_of_registered(&member("m1"), Some("7pay")),
+        time("2019-07-01T10:00:00Z"),
+    );
+    run_table(
+        &mut world,
+        &[
+            (
+                r#"{"id":"p1","type":"pay","at":"2019-07-01T11:00:00Z","member":"m1","amount":1,"merchant":"shop"}"#,
+                Ok(&[(W1, "wallet.paid")]),
+            ),
+            (
+                r#"{"id":"rp","type":"reset_password","at":"2019-07-01T12:00:00Z","member":"m1"}"#,
+                Ok(&[(I1, "identity.password_reset")]),
+            ),
+            (
+                r#"{"id":"p2","type":"pay","at":"2019-07-01T13:00:00Z","member":"m1","amount":1,"merchant":"shop"}"#,
+                Ok(&[(W1, "wallet.hold_placed")]),
+            ),
+        ],
+    );
 }

@@ -146,6 +146,8 @@ pub struct EventTotals {
     pub coupons_redeemed: u64,
     /// Coupons expired.
     pub coupons_expired: u64,
+    /// Yen of compensations (SPEC section 7).
+    pub compensations: u128,
 }
 
 impl EventTotals {
@@ -163,7 +165,13 @@ impl EventTotals {
             WalletEvent::CouponIssued(_) => self.coupons_issued += 1,
             WalletEvent::CouponRedeemed(_) => self.coupons_redeemed += 1,
             WalletEvent::CouponExpired(_) => self.coupons_expired += 1,
-            WalletEvent::WalletOpened(_) | WalletEvent::BadgeAwarded(_) => {}
+            WalletEvent::Compensated(e) => self.compensations += u128::from(e.amount.0),
+            // Holds move no money: a confirmed one arrives as its own payment or transfer.
+            WalletEvent::WalletOpened(_)
+            | WalletEvent::BadgeAwarded(_)
+            | WalletEvent::HoldPlaced(_)
+            | WalletEvent::HoldConfirmed(_)
+            | WalletEvent::HoldCancelled(_) => {}
         }
     }
 
@@ -172,6 +180,7 @@ impl EventTotals {
         self.top_ups += other.top_ups;
         self.payments += other.payments;
         self.refunds += other.refunds;
+        self.compensations += other.compensations;
         self.transfers_out += other.transfers_out;
         self.transfers_in += other.transfers_in;
         self.miles_earned += other.miles_earned;

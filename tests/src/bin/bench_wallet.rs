@@ -1170,6 +1170,7 @@ fn mix_command(
             member,
             amount: Yen(1 + rng.below(8_000)),
             merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+            device: None,
         },
         40..=59 => CommandBody::TopUp {
             member,
@@ -1181,6 +1182,7 @@ fn mix_command(
                 from: member,
                 to: to(rng),
                 amount: Yen(1 + rng.below(3_000)),
+                device: None,
             }
         }
         80..=89 => CommandBody::EarnMiles {
@@ -1189,7 +1191,11 @@ fn mix_command(
             expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
         },
         _ => match coupon() {
-            Some((member, coupon)) => CommandBody::RedeemCoupon { member, coupon },
+            Some((member, coupon)) => CommandBody::RedeemCoupon {
+                member,
+                coupon,
+                device: None,
+            },
             None => {
                 coupon_fallback = true;
                 CommandBody::TopUp {
@@ -1888,6 +1894,7 @@ async fn bench_hot(tmp: &Path, clients: usize, seconds: f64, seed: u64) -> anyho
                     from: from.clone(),
                     to: to.clone(),
                     amount: Yen(1 + rng.below(HOT_MAX_TRANSFER)),
+                    device: None,
                 }) as Generator
             })
             .collect();

@@ -93,6 +93,7 @@ fn events() -> Vec<DomainEvent> {
         })),
         DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset {
             reason: Some("locked out".into()),
+            operator: false,
         })),
     ]
 }

@@ -45,8 +45,15 @@ pub fn make_keys(dir: &Path) -> (PathBuf, HashMap<String, String>) {
             .args(["--name", name, "--scope", scope])
             .output()
             .expect("walletd keys add runs");
-        assert!(out.status.success(), "keys add: {}", String::from_utf8_lossy(&out.stderr));
-        let key = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+        assert!(
+            out.status.success(),
+            "keys add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned();
         assert!(key.starts_with("wk_"), "a key is printed: {key}");
         keys.insert((*name).to_owned(), key);
     }
@@ -63,8 +70,11 @@ impl Server {
             serde_json::from_str(&text).expect("keys.json parses")
         } else {
             let (_, keys) = make_keys(dir);
-            std::fs::write(dir.join("keys.json"), serde_json::to_string(&keys).expect("json"))
-                .expect("write keys.json");
+            std::fs::write(
+                dir.join("keys.json"),
+                serde_json::to_string(&keys).expect("json"),
+            )
+            .expect("write keys.json");
             keys
         };
         Server::start_with(dir, store, keys_file, keys, extra)
@@ -114,7 +124,10 @@ impl Server {
 
     /// The key named `name`.
     pub fn key(&self, name: &str) -> &str {
-        self.keys.get(name).map(String::as_str).expect("a known key name")
+        self.keys
+            .get(name)
+            .map(String::as_str)
+            .expect("a known key name")
     }
 
     /// `url` + `path`.

@@ -26,6 +26,10 @@ pub struct WalletJson {
     pub badges: Vec<String>,
     /// Coupon ids by status, each sorted.
     pub coupons: CouponsJson,
+    /// Yen reserved by pending holds (SPEC section 7); always present, 0 without holds.
+    pub held: u64,
+    /// The pending hold ids, sorted; always present.
+    pub holds: Vec<String>,
 }
 
 /// Coupon ids by status.
@@ -67,6 +71,8 @@ impl WalletJson {
                 redeemed: with(CouponStatus::Redeemed),
                 expired: with(CouponStatus::Expired),
             },
+            held: shown.summary.held.0,
+            holds: shown.holds.iter().map(|(id, _)| id.to_string()).collect(),
         }
     }
 

@@ -1945,6 +1945,7 @@ fn first_due_key(
     for (table, kind) in [
         (tables::LOT_ORDER, kind::LOT),
         (tables::COUPON_ORDER, kind::COUPON),
+        (tables::HOLD_ORDER, kind::HOLD),
     ] {
         let entries = snap.scan(
             table,

@@ -289,12 +289,12 @@ fn check_state_invariants(
             *by_status.entry(coupon.status).or_default() += 1;
         }
     }
-    let credits = totals.top_ups + totals.refunds + totals.transfers_in;
+    let credits = totals.top_ups + totals.refunds + totals.compensations + totals.transfers_in;
     let debits = totals.payments + totals.transfers_out;
     assert_eq!(
         Some(balances),
         credits.checked_sub(debits),
-        "{context}: sum of balances != top-ups + refunds + transfers in - payments - transfers out ({totals:?})"
+        "{context}: sum of balances != top-ups + refunds + compensations + transfers in - payments - transfers out ({totals:?})"
     );
     assert_eq!(
         totals.transfers_in, totals.transfers_out,

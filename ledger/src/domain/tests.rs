@@ -1450,14 +1450,14 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
         arb_member().prop_map(|member| CommandBody::OpenWallet { member }),
         (arb_member(), arb_yen(1))
             .prop_map(|(member, amount)| CommandBody::TopUp { member, amount }),
-        (arb_member(), arb_yen(1), arb_text(64)).prop_map(|(member, amount, merchant)| {
-            CommandBody::Pay {
+        (arb_member(), arb_yen(1), arb_text(64), arb_device()).prop_map(
+            |(member, amount, merchant, device)| CommandBody::Pay {
                 member,
                 amount,
                 merchant,
-                device: None,
+                device,
             }
-        }),
+        ),
         (arb_member(), arb_command_id(), arb_yen(1)).prop_map(|(member, payment, amount)| {
             CommandBody::Refund {
                 member,
@@ -1465,14 +1465,14 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 amount,
             }
         }),
-        (arb_member(), arb_member(), arb_yen(1)).prop_map(|(from, to, amount)| {
-            CommandBody::Transfer {
+        (arb_member(), arb_member(), arb_yen(1), arb_device()).prop_map(
+            |(from, to, amount, device)| CommandBody::Transfer {
                 from,
                 to,
                 amount,
-                device: None,
+                device,
             }
-        }),
+        ),
         (arb_member(), arb_miles(), arb_time()).prop_map(|(member, miles, expires_at)| {
             CommandBody::EarnMiles {
                 member,
@@ -1480,10 +1480,12 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 expires_at,
             }
         }),
-        (arb_member(), arb_miles()).prop_map(|(member, miles)| CommandBody::RedeemMiles {
-            member,
-            miles,
-            device: None
+        (arb_member(), arb_miles(), arb_device()).prop_map(|(member, miles, device)| {
+            CommandBody::RedeemMiles {
+                member,
+                miles,
+                device,
+            }
         }),
         (arb_member(), arb_badge())
             .prop_map(|(member, badge)| CommandBody::AwardBadge { member, badge }),
@@ -1497,10 +1499,12 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
                 }
             }
         ),
-        (arb_member(), arb_coupon()).prop_map(|(member, coupon)| CommandBody::RedeemCoupon {
-            member,
-            coupon,
-            device: None
+        (arb_member(), arb_coupon(), arb_device()).prop_map(|(member, coupon, device)| {
+            CommandBody::RedeemCoupon {
+                member,
+                coupon,
+                device,
+            }
         }),
         (arb_time(), proptest::option::of(arb_member()))
             .prop_map(|(as_of, member)| CommandBody::Expire { as_of, member }),
@@ -1509,6 +1513,47 @@ fn arb_body() -> impl Strategy<Value = CommandBody> {
         arb_member().prop_map(|member| CommandBody::ChangePassword { member }),
         (arb_member(), proptest::option::of(arb_text(256)))
             .prop_map(|(member, reason)| CommandBody::ResetPassword { member, reason }),
+        arb_incident_body(),
+    ]
+}
+
+/// The optional `device` of the outgoing commands.
+fn arb_device() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(arb_text(128))
+}
+
+/// The commands of SPEC section 7.
+fn arb_incident_body() -> impl Strategy<Value = CommandBody> {
+    let ip = prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| std::net::IpAddr::from(b)),
+        any::<[u8; 16]>().prop_map(|b| std::net::IpAddr::from(b)),
+    ];
+    prop_oneof![
+        (arb_member(), arb_text(128), ip).prop_map(|(member, device, ip)| CommandBody::Login {
+            member,
+            device,
+            ip
+        }),
+        (arb_member(), arb_text(128))
+            .prop_map(|(member, login)| CommandBody::ChangeContact { member, login }),
+        (0..=720u64, 0..=100_000_000u64).prop_map(|(cooldown_hours, cap)| {
+            CommandBody::SetPolicy {
+                cooldown_hours,
+                cooldown_cap: Yen(cap),
+            }
+        }),
+        (arb_member(), arb_command_id())
+            .prop_map(|(member, hold)| CommandBody::ConfirmHold { member, hold }),
+        (arb_member(), arb_command_id())
+            .prop_map(|(member, hold)| CommandBody::CancelHold { member, hold }),
+        (arb_member(), arb_text(64), 1..=u64::MAX, arb_yen(1)).prop_map(
+            |(member, incident, original, amount)| CommandBody::Compensate {
+                member,
+                incident,
+                original: crate::types::Position(original),
+                amount,
+            }
+        ),
     ]
 }
 

@@ -137,10 +137,15 @@ fn stored_views_in(snap: &dyn Snapshot, context: &str) -> BTreeMap<MemberId, Wal
     out
 }
 
-/// Every entry of the three expiry-order index tables, as (table, key).
+/// Every entry of the four expiry-order index tables, as (table, key).
 pub fn stored_index_entries(snap: &dyn Snapshot) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
-    for table in [tables::LOT_ORDER, tables::COUPON_ORDER, tables::DUE] {
+    for table in [
+        tables::LOT_ORDER,
+        tables::COUPON_ORDER,
+        tables::HOLD_ORDER,
+        tables::DUE,
+    ] {
         let rows = snap
             .scan(table, (Bound::Unbounded, Bound::Unbounded), usize::MAX)
             .unwrap_or_else(|e| panic!("scanning {table}: {e}"));

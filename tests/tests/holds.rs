@@ -118,9 +118,12 @@ fn line(op: &Op, seq: usize, now: &mut i64, holds: &[String], head: u64) -> Opti
     })
 }
 
+/// A table's entries, key and value, in key order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every entry of the tables that are not wallet rows: security, devices, policy,
 /// compensations, and the hold order index.
-fn side_tables(snap: &dyn Snapshot) -> BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>> {
+fn side_tables(snap: &dyn Snapshot) -> BTreeMap<&'static str, Entries> {
     [
         tables::SECURITY,
         tables::DEVICES,

@@ -1525,8 +1525,8 @@ fn arb_device() -> impl Strategy<Value = Option<String>> {
 /// The commands of SPEC section 7.
 fn arb_incident_body() -> impl Strategy<Value = CommandBody> {
     let ip = prop_oneof![
-        any::<[u8; 4]>().prop_map(|b| std::net::IpAddr::from(b)),
-        any::<[u8; 16]>().prop_map(|b| std::net::IpAddr::from(b)),
+        any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+        any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
     ];
     prop_oneof![
         (arb_member(), arb_text(128), ip).prop_map(|(member, device, ip)| CommandBody::Login {
@@ -1694,7 +1694,6 @@ fn op_command(
     holds: &[CommandId],
     events: usize,
 ) -> Option<Command> {
-    let day = |d: i64| now.plus_seconds(d * DAY_SECONDS);
     let hold = |i: usize| {
         holds
             .get(i % holds.len().max(1))

@@ -1028,7 +1028,7 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
 /// of its member, the policy row, the compensation keys. The one definition for the commit
 /// hook and for rebuild, so rebuild gives exactly the rows the commits wrote. Records that
 /// cannot change them (most) are skipped by type name before any decoding; an operator reset
-/// (`reset-credentials`' command ids) is skipped too, so a mass reset costs nothing here.
+/// costs the decoding of its small payload and no row read, so a mass reset stays cheap.
 pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
     rows: &mut W,
     record: &ledger::record::RecordView<'_>,
@@ -1048,11 +1048,6 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
     if !relevant {
         return Ok(());
     }
-    let operator_reset = record.event_type == "identity.password_reset"
-        && ledger::domain::is_reset_credentials_command_id(record.command_id);
-    if operator_reset {
-        return Ok(());
-    }
     let member = member_of_stream(record.stream).map(|(_, m)| m);
     let bad = |reason: String| ProjectionError::Event {
         position: record.position.0,
@@ -1060,15 +1055,31 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
     };
     // A payment or transfer changes a security row only if the member has one: one point read,
     // no decoding, for every member who never had a credential event.
-    let security = match &member {
-        Some(m) => read_security(rows, m)?,
-        None => None,
-    };
     let outgoing = matches!(record.event_type, "wallet.paid" | "wallet.transferred_out");
-    if outgoing && security.is_none() {
-        return Ok(());
+    let mut security = None;
+    if outgoing {
+        security = match &member {
+            Some(m) => read_security(rows, m)?,
+            None => None,
+        };
+        if security.is_none() {
+            return Ok(());
+        }
     }
     let event = DomainEvent::decode_record(record).map_err(|e| bad(e.to_string()))?;
+    // An operator reset (`reset-credentials`, millions at a time) changes nothing here: known
+    // from its own small payload, before any row is read.
+    if let DomainEvent::Identity(IdentityEvent::PasswordReset(reset)) = &event {
+        if reset.operator {
+            return Ok(());
+        }
+    }
+    if !outgoing {
+        security = match &member {
+            Some(m) => read_security(rows, m)?,
+            None => None,
+        };
+    }
     match (event, member) {
         (DomainEvent::Identity(e), Some(member)) => {
             if let IdentityEvent::LoggedIn(login) = &e {

@@ -273,3 +273,33 @@ fn a_fixed_run_places_confirms_and_cancels_holds_redb() {
 fn a_fixed_run_places_confirms_and_cancels_holds_sled() {
     fixed_run(Backend::Sled);
 }
+
+// Proves the store takes a reset's `operator` flag from the event, not from its command id: a
+// member's own `reset_password` sent with an id that looks like `reset-credentials`' (
+// `reset-<run>-<chunk>`) still starts a cool-down, so the payment after it is held. Planted
+// defect: `write_side_rows` skipping resets by command id (as it first did) leaves the payment
+// applied.
+#[test]
+fn a_member_reset_with_a_reset_credentials_like_id_starts_a_cooldown() {
+    let store = TestStore::new(Backend::Redb);
+    let service = open_service(&store.dir(), Backend::Redb);
+    let at = |secs: i64| at_secs(secs).to_rfc3339();
+    for line in [
+        json!({"id": "o", "type": "open_wallet", "member": "m0"}),
+        json!({"id": "t", "type": "top_up", "member": "m0", "amount": 1000}),
+        json!({"id": "r", "type": "register", "member": "m0", "login": "m0@example.jp"}),
+        json!({"id": "pol", "type": "set_policy", "cooldown_hours": 24, "cooldown_cap": 0}),
+        json!({"id": "reset-run-7", "type": "reset_password", "member": "m0", "at": at(0)}),
+        json!({"id": "p", "type": "pay", "member": "m0", "amount": 10, "merchant": "shop",
+               "at": at(60)}),
+    ] {
+        service
+            .submit_blocking(&command(line.clone()))
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    let wallet = service
+        .wallet(&ledger_tests::wallet::member("m0"))
+        .expect("reads")
+        .expect("m0 has a wallet");
+    assert_eq!((wallet.balance().0, wallet.held().0), (1000, 10));
+}

@@ -105,8 +105,10 @@ fn is_paid_v2(r: &EventRecord) -> bool {
     r.event_type == "wallet.paid" && r.schema_version == 2
 }
 
+/// Decodes with the record's command id, which the `identity.password_reset` v1 -> v2 upcast
+/// reads (an operator reset is known by it).
 fn decode_domain(r: &EventRecord) -> anyhow::Result<DomainEvent> {
-    DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+    DomainEvent::decode_record(&r.as_view())
         .with_context(|| format!("event at position {} ({})", r.position, r.stream))
 }
 
@@ -210,7 +212,7 @@ fn decoded(r: &EventRecord) -> Result<String, String> {
     if let Some(s) = SystemEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload) {
         return s.map(|e| format!("{e:?}")).map_err(|e| e.to_string());
     }
-    DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+    DomainEvent::decode_record(&r.as_view())
         .map(|e| format!("{e:?}"))
         .map_err(|e| e.to_string())
 }
@@ -396,4 +398,58 @@ pub fn census(snap: &dyn Snapshot) -> anyhow::Result<Census> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use ledger::domain::{IdentityEvent, PasswordResetV1};
+    use ledger::{Hash, Position, StreamVersion, Timestamp};
+
+    use super::*;
+
+    /// A stored `identity.password_reset` v1 record with `command_id`.
+    fn v1_reset(command_id: &str) -> EventRecord {
+        let v1 = PasswordResetV1 {
+            reason: Some("7pay".into()),
+        };
+        EventRecord {
+            codec: Codec::Bincode2,
+            position: Position(1),
+            stream: "identity-m1".into(),
+            version: StreamVersion(2),
+            event_id: Default::default(),
+            command_id: command_id.into(),
+            event_type: "identity.password_reset".into(),
+            schema_version: 1,
+            at: Timestamp(0),
+            recorded_at: Timestamp(0),
+            payload: Codec::Bincode2.encode(&v1).expect("encodes"),
+            prev_hash: Hash::default(),
+            hash: Hash::default(),
+        }
+    }
+
+    // Proves the `upcast` migration turns v1 resets into v2 with `operator` read from the
+    // record's command id (true for `reset-credentials`' `reset-<run>-<chunk>`, false for a
+    // member's reset), and that the copy's comparison decodes the source the same way (so the
+    // upcast compares equal). Planted defect: `decode_domain` without the command id writes
+    // `operator: false` for the mass reset, and this fails.
+    #[test]
+    fn upcast_of_v1_resets_keeps_who_reset() {
+        for (id, operator) in [("reset-0193-7", true), ("r1", false)] {
+            let source = v1_reset(id);
+            let (codec, version, payload) = transform(Kind::Upcast, &source).expect("upcasts");
+            assert_eq!((codec, version), (Codec::Bincode2, 2));
+            let mut target = source.clone();
+            target.schema_version = version;
+            target.payload = payload;
+            match DomainEvent::decode_record(&target.as_view()).expect("v2 decodes") {
+                DomainEvent::Identity(IdentityEvent::PasswordReset(r)) => {
+                    assert_eq!(r.operator, operator, "{id}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(decoded(&source), decoded(&target), "{id}");
+        }
+    }
 }

@@ -82,15 +82,10 @@ impl WalletJson {
     }
 }
 
-/// The event's payload decoded, or why it does not decode.
+/// The event's payload decoded (with the record's command id, so an old operator reset shows
+/// as one), or why it does not decode.
 pub fn decoded(record: &EventRecord) -> Result<DomainEvent, String> {
-    DomainEvent::decode(
-        &record.event_type,
-        record.schema_version,
-        record.codec,
-        &record.payload,
-    )
-    .map_err(|e| e.to_string())
+    DomainEvent::decode_record(&record.as_view()).map_err(|e| e.to_string())
 }
 
 /// One event as `migrate-tool log --json` and walletd's `GET /v1/events` show it: the envelope,

@@ -61,17 +61,18 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
             let event = decode_domain(r)?;
             Ok((r.codec, event.schema_version(), event.encode(r.codec)?))
         }
-        Kind::Downcast if is_paid_v2(r) => {
+        Kind::Downcast if is_paid_after_v1(r) => {
             let DomainEvent::Wallet(WalletEvent::Paid(p)) = decode_domain(r)? else {
                 bail!(
-                    "position {}: wallet.paid v2 does not decode as a payment",
-                    r.position
+                    "position {}: wallet.paid v{} does not decode as a payment",
+                    r.position,
+                    r.schema_version
                 );
             };
-            if p.currency != Currency::JPY || p.merchant_category.is_some() {
+            if p.currency != Currency::JPY || p.merchant_category.is_some() || p.device.is_some() {
                 bail!(
-                    "position {} ({}): payment {} has currency {} and category {:?}, which v1 cannot hold; refusing to downcast",
-                    r.position, r.stream, p.payment, p.currency, p.merchant_category.map(u16::from)
+                    "position {} ({}): payment {} has currency {}, category {:?} and device {:?}, which v1 cannot hold; refusing to downcast",
+                    r.position, r.stream, p.payment, p.currency, p.merchant_category.map(u16::from), p.device
                 );
             }
             let v1 = PaidV1 {
@@ -88,7 +89,7 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
             let to = Codec::Postcard;
             let payload = if legacy {
                 // Kept at its version: recode changes the encoding only.
-                to.encode(&r.codec.decode::<PaidV1>(&r.payload)?)?
+                reencode_legacy(r, to)?
             } else if let Some(system) =
                 SystemEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
             {
@@ -101,8 +102,30 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
     }
 }
 
-fn is_paid_v2(r: &EventRecord) -> bool {
-    r.event_type == "wallet.paid" && r.schema_version == 2
+/// A payment of a version the `downcast` migration turns into v1 (v2, or v3 without a device).
+fn is_paid_after_v1(r: &EventRecord) -> bool {
+    r.event_type == "wallet.paid" && (r.schema_version == 2 || r.schema_version == 3)
+}
+
+/// A legacy payload re-encoded with `to` at its own version (the struct of that version).
+fn reencode_legacy(r: &EventRecord, to: Codec) -> anyhow::Result<Vec<u8>> {
+    use ledger::domain::{
+        CouponRedeemedV1, MilesRedeemedV1, PaidV2, PasswordResetV1, TransferredOutV1,
+    };
+    let from = r.codec;
+    let p = &r.payload;
+    Ok(match (r.event_type.as_str(), r.schema_version) {
+        ("wallet.paid", 1) => to.encode(&from.decode::<PaidV1>(p)?)?,
+        ("wallet.paid", 2) => to.encode(&from.decode::<PaidV2>(p)?)?,
+        ("wallet.transferred_out", 1) => to.encode(&from.decode::<TransferredOutV1>(p)?)?,
+        ("wallet.miles_redeemed", 1) => to.encode(&from.decode::<MilesRedeemedV1>(p)?)?,
+        ("wallet.coupon_redeemed", 1) => to.encode(&from.decode::<CouponRedeemedV1>(p)?)?,
+        ("identity.password_reset", 1) => to.encode(&from.decode::<PasswordResetV1>(p)?)?,
+        (t, v) => bail!(
+            "position {}: legacy {t} v{v} has no re-encoding",
+            r.position
+        ),
+    })
 }
 
 /// Decodes with the record's command id, which the `identity.password_reset` v1 -> v2 upcast
@@ -226,7 +249,7 @@ fn declared(kind: Kind, s: &EventRecord) -> (Codec, u16) {
                 .map_or(s.schema_version, |e| e.schema_version());
             (s.codec, current)
         }
-        Kind::Downcast if is_paid_v2(s) => (s.codec, 1),
+        Kind::Downcast if is_paid_after_v1(s) => (s.codec, 1),
         Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows | Kind::Segments => {
             (s.codec, s.schema_version)
         }

@@ -469,9 +469,13 @@ pub fn decide(
             miles,
             expires_at,
         } => on_wallet(rows, member, |w| decide_earn(*miles, *expires_at, at, w)),
-        CommandBody::RedeemMiles { member, miles, .. } => {
-            on_wallet(rows, member, |w| decide_redeem_miles(*miles, at, w))
-        }
+        CommandBody::RedeemMiles {
+            member,
+            miles,
+            device,
+        } => on_wallet(rows, member, |w| {
+            decide_redeem_miles(*miles, at, device.as_deref(), w)
+        }),
         CommandBody::AwardBadge { member, badge } => {
             on_wallet(rows, member, |w| decide_award_badge(badge, w))
         }
@@ -483,9 +487,13 @@ pub fn decide(
         } => on_wallet(rows, member, |w| {
             decide_issue_coupon(coupon, *value, *expires_at, at, w)
         }),
-        CommandBody::RedeemCoupon { member, coupon, .. } => {
-            on_wallet(rows, member, |w| decide_redeem_coupon(coupon, at, w))
-        }
+        CommandBody::RedeemCoupon {
+            member,
+            coupon,
+            device,
+        } => on_wallet(rows, member, |w| {
+            decide_redeem_coupon(coupon, at, device.as_deref(), w)
+        }),
         CommandBody::Expire { as_of, member } => match member {
             None => Ok(Vec::new()),
             Some(member) => {
@@ -812,13 +820,14 @@ fn new_payment_id(wallet: &Wallet<'_>, id: &CommandId) -> Result<(), Rejection> 
     Ok(())
 }
 
-fn paid(id: &CommandId, amount: Yen, merchant: &str) -> WalletEvent {
+fn paid(id: &CommandId, amount: Yen, merchant: &str, device: Option<&str>) -> WalletEvent {
     WalletEvent::Paid(Paid {
         payment: id.clone(),
         amount,
         merchant: merchant.to_owned(),
         currency: Currency::JPY,
         merchant_category: None,
+        device: device.map(str::to_owned),
     })
 }
 
@@ -849,7 +858,7 @@ fn decide_pay(
             };
             hold_placed(outgoing, kind, until)
         }
-        None => paid(outgoing.id, outgoing.amount, merchant),
+        None => paid(outgoing.id, outgoing.amount, merchant, outgoing.device),
     };
     Ok(wallet_events(member, vec![event]))
 }
@@ -907,7 +916,13 @@ fn decide_transfer(
             vec![hold_placed(outgoing, kind, until)],
         ));
     }
-    Ok(transfer_events(from, to, outgoing.amount, Vec::new()))
+    Ok(transfer_events(
+        from,
+        to,
+        outgoing.amount,
+        outgoing.device,
+        Vec::new(),
+    ))
 }
 
 /// The two streams of a transfer that takes effect; `first` goes before the sender's
@@ -916,11 +931,13 @@ fn transfer_events(
     from: &MemberId,
     to: &MemberId,
     amount: Yen,
+    device: Option<&str>,
     mut first: Vec<WalletEvent>,
 ) -> Vec<StreamEvents> {
     let out = WalletEvent::TransferredOut(TransferredOut {
         to: to.clone(),
         amount,
+        device: device.map(str::to_owned),
     });
     let incoming = WalletEvent::TransferredIn(TransferredIn {
         from: from.clone(),
@@ -970,13 +987,22 @@ fn decide_confirm_hold(
                     payment: id.clone(),
                 });
             }
-            let events = vec![confirmed, paid(id, hold.amount, merchant)];
+            let events = vec![
+                confirmed,
+                paid(id, hold.amount, merchant, hold.device.as_deref()),
+            ];
             Ok(wallet_events(member, events))
         }
         HeldKind::Transfer { to } => {
             let target = existing_wallet(rows, to)?;
             credit_check(&target, hold.amount)?;
-            Ok(transfer_events(member, to, hold.amount, vec![confirmed]))
+            Ok(transfer_events(
+                member,
+                to,
+                hold.amount,
+                hold.device.as_deref(),
+                vec![confirmed],
+            ))
         }
     }
 }
@@ -1073,6 +1099,7 @@ fn decide_earn(
 fn decide_redeem_miles(
     miles: Miles,
     at: Timestamp,
+    device: Option<&str>,
     wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     let mut consumed: Vec<(LotId, Miles)> = Vec::new();
@@ -1101,6 +1128,7 @@ fn decide_redeem_miles(
     Ok(WalletEvent::MilesRedeemed(MilesRedeemed {
         miles,
         consumed,
+        device: device.map(str::to_owned),
     }))
 }
 
@@ -1128,6 +1156,7 @@ fn decide_issue_coupon(
 fn decide_redeem_coupon(
     id: &CouponId,
     at: Timestamp,
+    device: Option<&str>,
     wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     let Some(coupon) = wallet.rows.coupon(wallet.member, id)? else {
@@ -1152,6 +1181,7 @@ fn decide_redeem_coupon(
     }
     Ok(WalletEvent::CouponRedeemed(CouponRedeemed {
         coupon: id.clone(),
+        device: device.map(str::to_owned),
     }))
 }
 

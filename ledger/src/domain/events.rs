@@ -55,6 +55,38 @@ pub struct Paid {
     /// recorded before v2 and for `pay` commands (their JSON has no such field yet): ISO 18245 has
     /// no "unknown" code, so none is invented.
     pub merchant_category: Option<MerchantCategory>,
+    /// v3 (SPEC section 7): the device the `pay` (or the held `pay` confirmed) named, if any;
+    /// `None` for every payment recorded before v3.
+    pub device: Option<String>,
+}
+
+/// `wallet.paid` v2, as written before v3 (the device) existed. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidV2 {
+    /// The `pay` command's id, later named by `refund`.
+    pub payment: CommandId,
+    /// Always >= 1.
+    pub amount: Yen,
+    /// Free text, 1 to 64 characters.
+    pub merchant: String,
+    /// ISO 4217 code.
+    pub currency: Currency,
+    /// ISO 18245 code, if any.
+    pub merchant_category: Option<MerchantCategory>,
+}
+
+impl PaidV2 {
+    /// The v2 -> v3 upcast: every v2 field unchanged, no device (v2 never recorded one).
+    pub fn upcast(self) -> Paid {
+        Paid {
+            payment: self.payment,
+            amount: self.amount,
+            merchant: self.merchant,
+            currency: self.currency,
+            merchant_category: self.merchant_category,
+            device: None,
+        }
+    }
 }
 
 /// `wallet.paid` v1, as written before v2 existed. Its bytes never change (see the pinned test).
@@ -69,8 +101,8 @@ pub struct PaidV1 {
 }
 
 impl PaidV1 {
-    /// The v1 -> v2 upcast: every v1 field unchanged, currency `JPY` (the only currency the
-    /// ledger has ever held), no merchant category (v1 never recorded one).
+    /// The v1 -> v3 upcast: every v1 field unchanged, currency `JPY` (the only currency the
+    /// ledger has ever held), no merchant category and no device (v1 never recorded them).
     pub fn upcast(self) -> Paid {
         Paid {
             payment: self.payment,
@@ -78,6 +110,7 @@ impl PaidV1 {
             merchant: self.merchant,
             currency: Currency::JPY,
             merchant_category: None,
+            device: None,
         }
     }
 }
@@ -162,12 +195,35 @@ pub struct Refunded {
 }
 
 /// Money left this wallet for another member's wallet (paired with `TransferredIn` there).
+/// v2: v1 ([`TransferredOutV1`]) plus the device (SPEC section 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferredOut {
     /// The receiving member.
     pub to: MemberId,
     /// Always >= 1.
     pub amount: Yen,
+    /// The device the `transfer` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.transferred_out` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferredOutV1 {
+    /// The receiving member.
+    pub to: MemberId,
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+impl TransferredOutV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> TransferredOut {
+        TransferredOut {
+            to: self.to,
+            amount: self.amount,
+            device: None,
+        }
+    }
 }
 
 /// Money arrived from another member's wallet (paired with `TransferredOut` there).
@@ -191,12 +247,35 @@ pub struct MilesEarned {
 }
 
 /// Miles were spent. The FIFO choice is recorded so that folding needs no policy.
+/// v2: v1 ([`MilesRedeemedV1`]) plus the device (SPEC section 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilesRedeemed {
     /// The total; equals the sum of `consumed`.
     pub miles: Miles,
     /// Which lots gave how many miles, in consumption order.
     pub consumed: Vec<(LotId, Miles)>,
+    /// The device the `redeem_miles` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.miles_redeemed` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilesRedeemedV1 {
+    /// The total; equals the sum of `consumed`.
+    pub miles: Miles,
+    /// Which lots gave how many miles, in consumption order.
+    pub consumed: Vec<(LotId, Miles)>,
+}
+
+impl MilesRedeemedV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> MilesRedeemed {
+        MilesRedeemed {
+            miles: self.miles,
+            consumed: self.consumed,
+            device: None,
+        }
+    }
 }
 
 /// The rest of a lot expired.
@@ -226,11 +305,30 @@ pub struct CouponIssued {
     pub expires_at: Timestamp,
 }
 
-/// An active coupon was used.
+/// An active coupon was used. v2: v1 ([`CouponRedeemedV1`]) plus the device (SPEC 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CouponRedeemed {
     /// The coupon.
     pub coupon: CouponId,
+    /// The device the `redeem_coupon` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.coupon_redeemed` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRedeemedV1 {
+    /// The coupon.
+    pub coupon: CouponId,
+}
+
+impl CouponRedeemedV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> CouponRedeemed {
+        CouponRedeemed {
+            coupon: self.coupon,
+            device: None,
+        }
+    }
 }
 
 /// An active coupon passed its expiry.
@@ -526,16 +624,16 @@ event_enum!(
     WalletEvent {
         WalletOpened => "wallet.opened" v 1,
         ToppedUp => "wallet.topped_up" v 1,
-        Paid => "wallet.paid" v 2,
+        Paid => "wallet.paid" v 3,
         Refunded => "wallet.refunded" v 1,
-        TransferredOut => "wallet.transferred_out" v 1,
+        TransferredOut => "wallet.transferred_out" v 2,
         TransferredIn => "wallet.transferred_in" v 1,
         MilesEarned => "wallet.miles_earned" v 1,
-        MilesRedeemed => "wallet.miles_redeemed" v 1,
+        MilesRedeemed => "wallet.miles_redeemed" v 2,
         MilesExpired => "wallet.miles_expired" v 1,
         BadgeAwarded => "wallet.badge_awarded" v 1,
         CouponIssued => "wallet.coupon_issued" v 1,
-        CouponRedeemed => "wallet.coupon_redeemed" v 1,
+        CouponRedeemed => "wallet.coupon_redeemed" v 2,
         CouponExpired => "wallet.coupon_expired" v 1,
         HoldPlaced => "wallet.hold_placed" v 1,
         HoldConfirmed => "wallet.hold_confirmed" v 1,
@@ -583,7 +681,34 @@ impl SystemEvent {
 }
 
 /// Older schema versions this build still reads, each upcast to the current one on decode.
-pub const LEGACY_TYPES: &[(&str, u16)] = &[("wallet.paid", 1), ("identity.password_reset", 1)];
+pub const LEGACY_TYPES: &[(&str, u16)] = &[
+    ("wallet.paid", 1),
+    ("wallet.paid", 2),
+    ("wallet.transferred_out", 1),
+    ("wallet.miles_redeemed", 1),
+    ("wallet.coupon_redeemed", 1),
+    ("identity.password_reset", 1),
+];
+
+/// Decodes a legacy wallet payload `T` and upcasts it.
+fn legacy_wallet<T: serde::de::DeserializeOwned>(
+    event_type: &'static str,
+    version: u16,
+    codec: Codec,
+    payload: &[u8],
+    upcast: fn(T) -> WalletEvent,
+) -> Option<Result<DomainEvent, DecodeEventError>> {
+    Some(
+        codec
+            .decode::<T>(payload)
+            .map(|old| DomainEvent::Wallet(upcast(old)))
+            .map_err(|source| DecodeEventError::Payload {
+                event_type,
+                version,
+                source,
+            }),
+    )
+}
 
 /// Decodes an older schema version into the current event, or `None` when (type, version) is
 /// not a legacy one. `command_id` is the record's, where the upcast needs it (see
@@ -606,6 +731,24 @@ fn decode_legacy(
                     source,
                 }),
         ),
+        ("wallet.paid", 2) => legacy_wallet::<PaidV2>("wallet.paid", 2, codec, payload, |e| {
+            WalletEvent::Paid(e.upcast())
+        }),
+        ("wallet.transferred_out", 1) => {
+            legacy_wallet::<TransferredOutV1>("wallet.transferred_out", 1, codec, payload, |e| {
+                WalletEvent::TransferredOut(e.upcast())
+            })
+        }
+        ("wallet.miles_redeemed", 1) => {
+            legacy_wallet::<MilesRedeemedV1>("wallet.miles_redeemed", 1, codec, payload, |e| {
+                WalletEvent::MilesRedeemed(e.upcast())
+            })
+        }
+        ("wallet.coupon_redeemed", 1) => {
+            legacy_wallet::<CouponRedeemedV1>("wallet.coupon_redeemed", 1, codec, payload, |e| {
+                WalletEvent::CouponRedeemed(e.upcast())
+            })
+        }
         ("identity.password_reset", 1) => Some(
             codec
                 .decode::<PasswordResetV1>(payload)

@@ -43,12 +43,12 @@ pub use decide::{
 };
 pub use events::{
     is_reset_credentials_command_id, BadgeAwarded, CancelReason, Compensated, ContactChanged,
-    CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError, DomainEvent, HeldKind,
-    HoldCancelled, HoldConfirmed, HoldPlaced, IdentityEvent, LoggedIn, MerchantCategory,
-    MigrationApplied, MilesEarned, MilesExpired, MilesRedeemed, Paid, PaidV1, PasswordChanged,
-    PasswordReset, PasswordResetV1, PolicyEvent, PolicySet, Refunded, Registered, SystemEvent,
-    ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened, LEGACY_TYPES,
-    SYSTEM_MIGRATIONS_STREAM, SYSTEM_POLICY_STREAM,
+    CouponExpired, CouponIssued, CouponRedeemed, CouponRedeemedV1, Currency, DecodeEventError,
+    DomainEvent, HeldKind, HoldCancelled, HoldConfirmed, HoldPlaced, IdentityEvent, LoggedIn,
+    MerchantCategory, MigrationApplied, MilesEarned, MilesExpired, MilesRedeemed, MilesRedeemedV1,
+    Paid, PaidV1, PaidV2, PasswordChanged, PasswordReset, PasswordResetV1, PolicyEvent, PolicySet,
+    Refunded, Registered, SystemEvent, ToppedUp, TransferredIn, TransferredOut, TransferredOutV1,
+    WalletEvent, WalletOpened, LEGACY_TYPES, SYSTEM_MIGRATIONS_STREAM, SYSTEM_POLICY_STREAM,
 };
 pub use ids::{
     identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,

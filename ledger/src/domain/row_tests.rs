@@ -655,6 +655,7 @@ fn redemption(state: Option<&WalletState>, miles: u64, shape: RedeemShape) -> Mi
     MilesRedeemed {
         miles: Miles(total),
         consumed,
+        device: None,
     }
 }
 
@@ -692,6 +693,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
                 merchant: "shop".into(),
                 currency,
                 merchant_category: None,
+                device: None,
             })
         }
         Ev::Refund {
@@ -717,6 +719,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
         Ev::TransferOut(a) => WalletEvent::TransferredOut(TransferredOut {
             to: member("other"),
             amount: Yen(a),
+            device: None,
         }),
         Ev::TransferIn(a) => WalletEvent::TransferredIn(TransferredIn {
             from: member("other"),
@@ -759,6 +762,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
         }),
         Ev::RedeemCoupon(c) => WalletEvent::CouponRedeemed(CouponRedeemed {
             coupon: coupon_id(c),
+            device: None,
         }),
         Ev::ExpireCoupon(c) => WalletEvent::CouponExpired(CouponExpired {
             coupon: coupon_id(c),

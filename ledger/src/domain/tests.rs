@@ -472,10 +472,12 @@ fn miles_events_record_exact_lots_and_amounts() {
             &MilesRedeemed {
                 miles: Miles(10),
                 consumed: vec![(LotId(2), Miles(10))],
+                device: None,
             },
             &MilesRedeemed {
                 miles: Miles(60),
                 consumed: vec![(LotId(1), Miles(50)), (LotId(3), Miles(10))],
+                device: None,
             },
         ]
     );
@@ -1106,16 +1108,16 @@ fn event_type_names_and_versions_are_pinned() {
         [
             ("wallet.opened", 1),
             ("wallet.topped_up", 1),
-            ("wallet.paid", 2),
+            ("wallet.paid", 3),
             ("wallet.refunded", 1),
-            ("wallet.transferred_out", 1),
+            ("wallet.transferred_out", 2),
             ("wallet.transferred_in", 1),
             ("wallet.miles_earned", 1),
-            ("wallet.miles_redeemed", 1),
+            ("wallet.miles_redeemed", 2),
             ("wallet.miles_expired", 1),
             ("wallet.badge_awarded", 1),
             ("wallet.coupon_issued", 1),
-            ("wallet.coupon_redeemed", 1),
+            ("wallet.coupon_redeemed", 2),
             ("wallet.coupon_expired", 1),
             ("wallet.hold_placed", 1),
             ("wallet.hold_confirmed", 1),
@@ -1131,7 +1133,14 @@ fn event_type_names_and_versions_are_pinned() {
     );
     assert_eq!(
         LEGACY_TYPES,
-        [("wallet.paid", 1), ("identity.password_reset", 1)]
+        [
+            ("wallet.paid", 1),
+            ("wallet.paid", 2),
+            ("wallet.transferred_out", 1),
+            ("wallet.miles_redeemed", 1),
+            ("wallet.coupon_redeemed", 1),
+            ("identity.password_reset", 1),
+        ]
     );
 }
 
@@ -1188,34 +1197,105 @@ fn paid_payload_bytes_are_pinned() {
     let bytes = Codec::Bincode2.encode(&v1).expect("encodes");
     assert_eq!(hex(&bytes), PINNED_PAID_HEX);
     let upcast = DomainEvent::decode("wallet.paid", 1, Codec::Bincode2, &bytes).expect("v1 reads");
-    let v2 = DomainEvent::Wallet(WalletEvent::Paid(Paid {
+    let current = DomainEvent::Wallet(WalletEvent::Paid(Paid {
         payment: CommandId::new("p1").expect("valid"),
         amount: Yen(1000),
         merchant: "shop".to_owned(),
         currency: Currency::JPY,
         merchant_category: None,
+        device: None,
     }));
-    assert_eq!(upcast, v2);
-    let bytes2 = v2.encode(Codec::Bincode2).expect("encodes");
-    assert_eq!(hex(&bytes2), PINNED_PAID_V2_HEX);
-    assert_eq!(v2.schema_version(), 2);
-    let mut with_mcc = v2.clone();
+    assert_eq!(upcast, current);
+    // v2 bytes (every store written before v3) read, upcast, to the same payment.
+    let v2 = hex_bytes(PINNED_PAID_V2_HEX);
+    assert_eq!(
+        DomainEvent::decode("wallet.paid", 2, Codec::Bincode2, &v2).expect("v2 reads"),
+        current
+    );
+    let bytes3 = current.encode(Codec::Bincode2).expect("encodes");
+    assert_eq!(hex(&bytes3), PINNED_PAID_V3_HEX);
+    assert_eq!(current.schema_version(), 3);
+    let mut with_mcc = current.clone();
     if let DomainEvent::Wallet(WalletEvent::Paid(p)) = &mut with_mcc {
         p.merchant_category = Some(MerchantCategory::try_from(5411).expect("valid MCC"));
+        p.device = Some("phone-a".to_owned());
     }
     for codec in [Codec::Bincode2, Codec::Postcard] {
         let b = with_mcc.encode(codec).expect("encodes");
         assert_eq!(
-            DomainEvent::decode("wallet.paid", 2, codec, &b).unwrap(),
+            DomainEvent::decode("wallet.paid", 3, codec, &b).unwrap(),
             with_mcc
         );
     }
+}
+
+/// Bytes from lowercase hex.
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("test hex is valid"))
+        .collect()
+}
+
+// Proves the v1 bytes of the three other outgoing events (in every store written before SPEC
+// section 7) still read, upcast with no device, and that v2 adds exactly the device's `None`
+// byte. Planted defect: a decode_legacy arm for `wallet.coupon_redeemed` v1 missing fails the
+// read.
+#[test]
+fn outgoing_v1_payload_bytes_upcast_without_a_device() {
+    let to = MemberId::new("m2").expect("valid");
+    let out_v1 = Codec::Bincode2
+        .encode(&TransferredOutV1 {
+            to: to.clone(),
+            amount: Yen(5),
+        })
+        .expect("encodes");
+    assert_eq!(hex(&out_v1), "026d3205");
+    let out = DomainEvent::Wallet(WalletEvent::TransferredOut(TransferredOut {
+        to,
+        amount: Yen(5),
+        device: None,
+    }));
+    assert_eq!(
+        DomainEvent::decode("wallet.transferred_out", 1, Codec::Bincode2, &out_v1).unwrap(),
+        out
+    );
+    assert_eq!(hex(&out.encode(Codec::Bincode2).unwrap()), "026d320500");
+    let coupon = CouponId::new("cp-1").expect("valid");
+    let red_v1 = Codec::Bincode2
+        .encode(&CouponRedeemedV1 {
+            coupon: coupon.clone(),
+        })
+        .expect("encodes");
+    assert_eq!(
+        DomainEvent::decode("wallet.coupon_redeemed", 1, Codec::Bincode2, &red_v1).unwrap(),
+        DomainEvent::Wallet(WalletEvent::CouponRedeemed(CouponRedeemed {
+            coupon,
+            device: None
+        }))
+    );
+    let miles_v1 = Codec::Bincode2
+        .encode(&MilesRedeemedV1 {
+            miles: Miles(3),
+            consumed: vec![(LotId(1), Miles(3))],
+        })
+        .expect("encodes");
+    assert_eq!(
+        DomainEvent::decode("wallet.miles_redeemed", 1, Codec::Bincode2, &miles_v1).unwrap(),
+        DomainEvent::Wallet(WalletEvent::MilesRedeemed(MilesRedeemed {
+            miles: Miles(3),
+            consumed: vec![(LotId(1), Miles(3))],
+            device: None
+        }))
+    );
 }
 
 /// len 2 "p1", varint 1000 (fb e8 03), len 4 "shop".
 const PINNED_PAID_HEX: &str = "027031fbe8030473686f70";
 /// v1 bytes, then len 3 "JPY", then `None` (00).
 const PINNED_PAID_V2_HEX: &str = "027031fbe8030473686f70034a505900";
+/// v2 bytes, then the device's `None` (00).
+const PINNED_PAID_V3_HEX: &str = "027031fbe8030473686f70034a50590000";
 
 // Currency and merchant category are validated on decode; the fold refuses a foreign currency.
 #[test]
@@ -1236,6 +1316,7 @@ fn paid_v2_fields_are_validated() {
         merchant: "x".into(),
         currency: Currency::try_from("USD".to_owned()).unwrap(),
         merchant_category: None,
+        device: None,
     });
     let err = apply_wallet_event(&mut state, &usd)
         .unwrap_err()
@@ -1307,6 +1388,7 @@ fn damaged_events_are_fold_errors_and_change_nothing() {
                 merchant: "x".into(),
                 currency: Currency::JPY,
                 merchant_category: None,
+                device: None,
             }),
             "balance of member m1 would go negative: 500 - 501",
         ),
@@ -1317,6 +1399,7 @@ fn damaged_events_are_fold_errors_and_change_nothing() {
                 merchant: "x".into(),
                 currency: Currency::JPY,
                 merchant_category: None,
+                device: None,
             }),
             "payment p1 of member m1 is recorded twice",
         ),
@@ -1345,12 +1428,14 @@ fn damaged_events_are_fold_errors_and_change_nothing() {
             WalletEvent::MilesRedeemed(MilesRedeemed {
                 miles: Miles(1),
                 consumed: vec![(LotId(1), Miles(1))],
+                device: None,
             }),
             "lot 1 of member m1 does not exist",
         ),
         (
             WalletEvent::CouponRedeemed(CouponRedeemed {
                 coupon: CouponId::new("cp").expect("valid"),
+                device: None,
             }),
             "coupon cp of member m1 does not exist",
         ),
@@ -1395,6 +1480,7 @@ fn damaged_redemptions_change_nothing() {
     let twice = WalletEvent::MilesRedeemed(MilesRedeemed {
         miles: Miles(12),
         consumed: vec![(LotId(1), Miles(6)), (LotId(1), Miles(6))],
+        device: None,
     });
     assert_eq!(
         state.apply(&twice).map_err(|e| e.to_string()),
@@ -1403,6 +1489,7 @@ fn damaged_redemptions_change_nothing() {
     let mismatch = WalletEvent::MilesRedeemed(MilesRedeemed {
         miles: Miles(5),
         consumed: vec![(LotId(1), Miles(4))],
+        device: None,
     });
     assert_eq!(
         state.apply(&mismatch).map_err(|e| e.to_string()),
@@ -1581,12 +1668,18 @@ fn arb_wallet_event() -> impl Strategy<Value = WalletEvent> {
                 merchant,
                 currency: Currency::JPY,
                 merchant_category: None,
+                device: None,
             })
         }),
         (arb_command_id(), yen())
             .prop_map(|(payment, amount)| WalletEvent::Refunded(Refunded { payment, amount })),
-        (arb_member(), yen())
-            .prop_map(|(to, amount)| WalletEvent::TransferredOut(TransferredOut { to, amount })),
+        (arb_member(), yen()).prop_map(|(to, amount)| WalletEvent::TransferredOut(
+            TransferredOut {
+                to,
+                amount,
+                device: None
+            }
+        )),
         (arb_member(), yen())
             .prop_map(|(from, amount)| WalletEvent::TransferredIn(TransferredIn { from, amount })),
         (lot(), miles(), arb_time()).prop_map(|(lot, miles, expires_at)| WalletEvent::MilesEarned(
@@ -1597,7 +1690,11 @@ fn arb_wallet_event() -> impl Strategy<Value = WalletEvent> {
             }
         )),
         (miles(), proptest::collection::vec((lot(), miles()), 0..5)).prop_map(
-            |(miles, consumed)| WalletEvent::MilesRedeemed(MilesRedeemed { miles, consumed })
+            |(miles, consumed)| WalletEvent::MilesRedeemed(MilesRedeemed {
+                miles,
+                consumed,
+                device: None
+            })
         ),
         (lot(), miles())
             .prop_map(|(lot, miles)| WalletEvent::MilesExpired(MilesExpired { lot, miles })),
@@ -1609,7 +1706,10 @@ fn arb_wallet_event() -> impl Strategy<Value = WalletEvent> {
                 expires_at,
             })
         }),
-        arb_coupon().prop_map(|coupon| WalletEvent::CouponRedeemed(CouponRedeemed { coupon })),
+        arb_coupon().prop_map(|coupon| WalletEvent::CouponRedeemed(CouponRedeemed {
+            coupon,
+            device: None
+        })),
         arb_coupon().prop_map(|coupon| WalletEvent::CouponExpired(CouponExpired { coupon })),
     ]
 }
@@ -2309,4 +2409,79 @@ fn operator_resets_start_no_cooldown_and_member_resets_do() {
             ),
         ],
     );
+}
+
+// Proves the outgoing events record the command's device (SPEC 7's evidence for `incident
+// victims`): `wallet.paid` v3, `wallet.transferred_out` v2, `wallet.miles_redeemed` v2 and
+// `wallet.coupon_redeemed` v2 carry it, and a confirmed hold's payment carries the held
+// command's device. Planted defect: `paid` ignoring its device argument fails the first check.
+#[test]
+fn outgoing_events_record_the_device() {
+    let mut world = World::default();
+    run_table(&mut world, INCIDENT_SETUP);
+    let device_of = |decision: &[StreamEvents]| -> Vec<Option<String>> {
+        decision
+            .iter()
+            .flat_map(|s| &s.events)
+            .filter_map(|e| match e {
+                DomainEvent::Wallet(WalletEvent::Paid(p)) => Some(p.device.clone()),
+                DomainEvent::Wallet(WalletEvent::TransferredOut(t)) => Some(t.device.clone()),
+                DomainEvent::Wallet(WalletEvent::MilesRedeemed(m)) => Some(m.device.clone()),
+                DomainEvent::Wallet(WalletEvent::CouponRedeemed(c)) => Some(c.device.clone()),
+                DomainEvent::Wallet(WalletEvent::HoldPlaced(h)) => Some(h.device.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let phone = || vec![Some("phone-b".to_owned())];
+    for (line, want) in [
+        (
+            r#"{"id":"p1","type":"pay","member":"m1","amount":1,"merchant":"s","device":"phone-b"}"#,
+            phone(),
+        ),
+        (
+            r#"{"id":"p2","type":"pay","member":"m1","amount":1,"merchant":"s"}"#,
+            vec![None],
+        ),
+        (
+            r#"{"id":"t1","type":"transfer","from":"m1","to":"m2","amount":1,"device":"phone-b"}"#,
+            phone(),
+        ),
+        (
+            r#"{"id":"e1","type":"earn_miles","member":"m1","miles":5,"expires_at":"2030-01-01T00:00:00Z"}"#,
+            vec![],
+        ),
+        (
+            r#"{"id":"r1","type":"redeem_miles","member":"m1","miles":5,"device":"phone-b"}"#,
+            phone(),
+        ),
+        (
+            r#"{"id":"c1","type":"issue_coupon","member":"m1","coupon":"cp","value":1,"expires_at":"2030-01-01T00:00:00Z"}"#,
+            vec![],
+        ),
+        (
+            r#"{"id":"c2","type":"redeem_coupon","member":"m1","coupon":"cp","device":"phone-b"}"#,
+            phone(),
+        ),
+        (
+            r#"{"id":"pol","type":"set_policy","cooldown_hours":24,"cooldown_cap":0}"#,
+            vec![],
+        ),
+        (
+            r#"{"id":"l1","type":"login","at":"2024-01-01T00:00:00Z","member":"m1","device":"phone-b","ip":"10.0.0.1"}"#,
+            vec![],
+        ),
+        (
+            r#"{"id":"h1","type":"pay","at":"2024-01-01T01:00:00Z","member":"m1","amount":1,"merchant":"s","device":"phone-b"}"#,
+            phone(),
+        ),
+        (
+            r#"{"id":"x1","type":"confirm_hold","at":"2024-01-01T02:00:00Z","member":"m1","hold":"h1"}"#,
+            phone(),
+        ),
+    ] {
+        let decision = world.submit(&parse(line), time(NOW)).expect(line);
+        assert_eq!(device_of(&decision), want, "{line}");
+    }
+    assert_eq!(world.refold(), world.wallets);
 }

@@ -682,6 +682,7 @@ impl Local {
                     merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
                     currency: Currency::JPY,
                     merchant_category: None,
+                    device: None,
                 })
             }
             60..=63 if self.refundable.is_some() => {
@@ -725,6 +726,7 @@ impl Local {
                 WalletEvent::MilesRedeemed(MilesRedeemed {
                     miles: Miles(total),
                     consumed,
+                    device: None,
                 })
             }
             87..=91 => {
@@ -741,6 +743,7 @@ impl Local {
                 let n = self.active_coupons.swap_remove(i);
                 WalletEvent::CouponRedeemed(CouponRedeemed {
                     coupon: coupon_id(n),
+                    device: None,
                 })
             }
             96..=97 if self.badges.count_ones() < BADGES.len() as u32 => {
@@ -845,6 +848,7 @@ async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyh
                         let out = WalletEvent::TransferredOut(TransferredOut {
                             to: member_id(to),
                             amount: Yen(amount),
+                            device: None,
                         });
                         per_member[slot].push(new_event(DomainEvent::Wallet(out), at));
                         let incoming = WalletEvent::TransferredIn(TransferredIn {
@@ -1521,6 +1525,7 @@ impl History {
                     merchant: MERCHANTS[self.rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
                     currency: Currency::JPY,
                     merchant_category: None,
+                    device: None,
                 })
             }
             8 => {

@@ -475,4 +475,19 @@ mod tests {
             assert_eq!(decoded(&source), decoded(&target), "{id}");
         }
     }
+
+    // Proves `recode` keeps every legacy record at its own version with its own struct (it
+    // once decoded every legacy payload as `wallet.paid` v1): a v1 reset becomes postcard v1
+    // and reads as the same event. Planted defect: `reencode_legacy` decoding it as `PaidV1`
+    // fails the transform.
+    #[test]
+    fn recode_keeps_a_legacy_reset_at_its_version() {
+        let source = v1_reset("reset-0193-7");
+        let (codec, version, payload) = transform(Kind::Recode, &source).expect("recodes");
+        assert_eq!((codec, version), (Codec::Postcard, 1));
+        let mut target = source.clone();
+        target.codec = codec;
+        target.payload = payload;
+        assert_eq!(decoded(&source), decoded(&target));
+    }
 }

@@ -227,6 +227,7 @@ impl Script {
                 member,
                 amount: Yen(1 + self.rng.below(self.balance().min(8_000))),
                 merchant: self.rng.pick(MERCHANTS).to_owned(),
+                device: None,
             },
             45..=49 => {
                 let state = self.state.as_ref()?;
@@ -246,6 +247,7 @@ impl Script {
                 from: member,
                 to: member_id(self.rng.below(self.recipients)),
                 amount: Yen(1 + self.rng.below(self.balance().min(3_000))),
+                device: None,
             },
             58..=69 => CommandBody::EarnMiles {
                 member,
@@ -257,6 +259,7 @@ impl Script {
                 CommandBody::RedeemMiles {
                     member,
                     miles: Miles(1 + self.rng.below(available.min(300))),
+                    device: None,
                 }
             }
             76..=80 => CommandBody::AwardBadge {
@@ -281,7 +284,11 @@ impl Script {
                 let coupon = usable
                     .get(usize::try_from(self.rng.below(usable.len() as u64)).ok()?)?
                     .clone();
-                CommandBody::RedeemCoupon { member, coupon }
+                CommandBody::RedeemCoupon {
+                    member,
+                    coupon,
+                    device: None,
+                }
             }
             _ => CommandBody::Expire {
                 as_of: self.at,

@@ -108,7 +108,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         name: "downcast",
-        summary: "rewrite wallet.paid v2 events as v1 for an older binary (refused if any payment has a non-JPY currency or a merchant category)",
+        summary: "rewrite wallet.paid v2 and v3 events as v1 for an older binary (refused if any payment has a non-JPY currency, a merchant category or a device)",
         declares: &[
             "schema of wallet.paid: v2 -> v1 (only where currency = JPY and merchant_category = none)",
             "payload bytes, hence each record's hash and the head hash",

@@ -61,17 +61,18 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
             let event = decode_domain(r)?;
             Ok((r.codec, event.schema_version(), event.encode(r.codec)?))
         }
-        Kind::Downcast if is_paid_v2(r) => {
+        Kind::Downcast if is_paid_after_v1(r) => {
             let DomainEvent::Wallet(WalletEvent::Paid(p)) = decode_domain(r)? else {
                 bail!(
-                    "position {}: wallet.paid v2 does not decode as a payment",
-                    r.position
+                    "position {}: wallet.paid v{} does not decode as a payment",
+                    r.position,
+                    r.schema_version
                 );
             };
-            if p.currency != Currency::JPY || p.merchant_category.is_some() {
+            if p.currency != Currency::JPY || p.merchant_category.is_some() || p.device.is_some() {
                 bail!(
-                    "position {} ({}): payment {} has currency {} and category {:?}, which v1 cannot hold; refusing to downcast",
-                    r.position, r.stream, p.payment, p.currency, p.merchant_category.map(u16::from)
+                    "position {} ({}): payment {} has currency {}, category {:?} and device {:?}, which v1 cannot hold; refusing to downcast",
+                    r.position, r.stream, p.payment, p.currency, p.merchant_category.map(u16::from), p.device
                 );
             }
             let v1 = PaidV1 {
@@ -88,7 +89,7 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
             let to = Codec::Postcard;
             let payload = if legacy {
                 // Kept at its version: recode changes the encoding only.
-                to.encode(&r.codec.decode::<PaidV1>(&r.payload)?)?
+                reencode_legacy(r, to)?
             } else if let Some(system) =
                 SystemEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
             {
@@ -101,12 +102,36 @@ fn transform(kind: Kind, r: &EventRecord) -> anyhow::Result<(Codec, u16, Vec<u8>
     }
 }
 
-fn is_paid_v2(r: &EventRecord) -> bool {
-    r.event_type == "wallet.paid" && r.schema_version == 2
+/// A payment of a version the `downcast` migration turns into v1 (v2, or v3 without a device).
+fn is_paid_after_v1(r: &EventRecord) -> bool {
+    r.event_type == "wallet.paid" && (r.schema_version == 2 || r.schema_version == 3)
 }
 
+/// A legacy payload re-encoded with `to` at its own version (the struct of that version).
+fn reencode_legacy(r: &EventRecord, to: Codec) -> anyhow::Result<Vec<u8>> {
+    use ledger::domain::{
+        CouponRedeemedV1, MilesRedeemedV1, PaidV2, PasswordResetV1, TransferredOutV1,
+    };
+    let from = r.codec;
+    let p = &r.payload;
+    Ok(match (r.event_type.as_str(), r.schema_version) {
+        ("wallet.paid", 1) => to.encode(&from.decode::<PaidV1>(p)?)?,
+        ("wallet.paid", 2) => to.encode(&from.decode::<PaidV2>(p)?)?,
+        ("wallet.transferred_out", 1) => to.encode(&from.decode::<TransferredOutV1>(p)?)?,
+        ("wallet.miles_redeemed", 1) => to.encode(&from.decode::<MilesRedeemedV1>(p)?)?,
+        ("wallet.coupon_redeemed", 1) => to.encode(&from.decode::<CouponRedeemedV1>(p)?)?,
+        ("identity.password_reset", 1) => to.encode(&from.decode::<PasswordResetV1>(p)?)?,
+        (t, v) => bail!(
+            "position {}: legacy {t} v{v} has no re-encoding",
+            r.position
+        ),
+    })
+}
+
+/// Decodes with the record's command id, which the `identity.password_reset` v1 -> v2 upcast
+/// reads (an operator reset is known by it).
 fn decode_domain(r: &EventRecord) -> anyhow::Result<DomainEvent> {
-    DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+    DomainEvent::decode_record(&r.as_view())
         .with_context(|| format!("event at position {} ({})", r.position, r.stream))
 }
 
@@ -210,7 +235,7 @@ fn decoded(r: &EventRecord) -> Result<String, String> {
     if let Some(s) = SystemEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload) {
         return s.map(|e| format!("{e:?}")).map_err(|e| e.to_string());
     }
-    DomainEvent::decode(&r.event_type, r.schema_version, r.codec, &r.payload)
+    DomainEvent::decode_record(&r.as_view())
         .map(|e| format!("{e:?}"))
         .map_err(|e| e.to_string())
 }
@@ -224,7 +249,7 @@ fn declared(kind: Kind, s: &EventRecord) -> (Codec, u16) {
                 .map_or(s.schema_version, |e| e.schema_version());
             (s.codec, current)
         }
-        Kind::Downcast if is_paid_v2(s) => (s.codec, 1),
+        Kind::Downcast if is_paid_after_v1(s) => (s.codec, 1),
         Kind::Upcast | Kind::Downcast | Kind::ResetCredentials | Kind::Rows | Kind::Segments => {
             (s.codec, s.schema_version)
         }
@@ -396,4 +421,73 @@ pub fn census(snap: &dyn Snapshot) -> anyhow::Result<Census> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use ledger::domain::{IdentityEvent, PasswordResetV1};
+    use ledger::{Hash, Position, StreamVersion, Timestamp};
+
+    use super::*;
+
+    /// A stored `identity.password_reset` v1 record with `command_id`.
+    fn v1_reset(command_id: &str) -> EventRecord {
+        let v1 = PasswordResetV1 {
+            reason: Some("7pay".into()),
+        };
+        EventRecord {
+            codec: Codec::Bincode2,
+            position: Position(1),
+            stream: "identity-m1".into(),
+            version: StreamVersion(2),
+            event_id: Default::default(),
+            command_id: command_id.into(),
+            event_type: "identity.password_reset".into(),
+            schema_version: 1,
+            at: Timestamp(0),
+            recorded_at: Timestamp(0),
+            payload: Codec::Bincode2.encode(&v1).expect("encodes"),
+            prev_hash: Hash::default(),
+            hash: Hash::default(),
+        }
+    }
+
+    // Proves the `upcast` migration turns v1 resets into v2 with `operator` read from the
+    // record's command id (true for `reset-credentials`' `reset-<run>-<chunk>`, false for a
+    // member's reset), and that the copy's comparison decodes the source the same way (so the
+    // upcast compares equal). Planted defect: `decode_domain` without the command id writes
+    // `operator: false` for the mass reset, and this fails.
+    #[test]
+    fn upcast_of_v1_resets_keeps_who_reset() {
+        for (id, operator) in [("reset-0193-7", true), ("r1", false)] {
+            let source = v1_reset(id);
+            let (codec, version, payload) = transform(Kind::Upcast, &source).expect("upcasts");
+            assert_eq!((codec, version), (Codec::Bincode2, 2));
+            let mut target = source.clone();
+            target.schema_version = version;
+            target.payload = payload;
+            match DomainEvent::decode_record(&target.as_view()).expect("v2 decodes") {
+                DomainEvent::Identity(IdentityEvent::PasswordReset(r)) => {
+                    assert_eq!(r.operator, operator, "{id}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(decoded(&source), decoded(&target), "{id}");
+        }
+    }
+
+    // Proves `recode` keeps every legacy record at its own version with its own struct (it
+    // once decoded every legacy payload as `wallet.paid` v1): a v1 reset becomes postcard v1
+    // and reads as the same event. Planted defect: `reencode_legacy` decoding it as `PaidV1`
+    // fails the transform.
+    #[test]
+    fn recode_keeps_a_legacy_reset_at_its_version() {
+        let source = v1_reset("reset-0193-7");
+        let (codec, version, payload) = transform(Kind::Recode, &source).expect("recodes");
+        assert_eq!((codec, version), (Codec::Postcard, 1));
+        let mut target = source.clone();
+        target.codec = codec;
+        target.payload = payload;
+        assert_eq!(decoded(&source), decoded(&target));
+    }
 }

@@ -127,6 +127,10 @@ fn list_or_none(items: &[String]) -> String {
 fn write_human(w: &WalletJson, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "member:   {}", w.member)?;
     writeln!(out, "balance:  {} yen", w.balance)?;
+    // Only when something is held, so the output of every wallet without holds is unchanged.
+    if w.held > 0 {
+        writeln!(out, "held:     {} yen ({})", w.held, w.holds.join(", "))?;
+    }
     writeln!(out, "miles:    {}", w.miles)?;
     writeln!(out, "badges:   {}", list_or_none(&w.badges))?;
     writeln!(out, "coupons:  active: {}", list_or_none(&w.coupons.active))?;

@@ -10,6 +10,7 @@ use ledger::domain::{MemberId, ToppedUp, WalletEvent, Yen};
 use ledger::segments::{segment_name, FrameReader, Location, SEGMENTS_DIR};
 use ledger::{Backend, Create, WriteBatch};
 use projections::views;
+use serde_json::json;
 
 mod common;
 use common::{run, run_with};
@@ -134,7 +135,7 @@ fn import_keeps_file_order_per_member_under_concurrency() {
     let show = run(&store, &["show", "u599", "--json"]);
     assert_eq!(
         show.stdout,
-        "{\"member\":\"u599\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]}}\n"
+        "{\"member\":\"u599\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]},\"held\":0,\"holds\":[]}\n"
     );
 }
 
@@ -146,7 +147,7 @@ fn show_gives_the_spec_shape_now_and_as_of() {
     assert_eq!(r.code, 0);
     assert_eq!(
         r.stdout,
-        "{\"member\":\"m1\",\"balance\":4300,\"miles\":100,\"badges\":[\"first-purchase\"],\"coupons\":{\"active\":[],\"redeemed\":[\"cp-1\"],\"expired\":[]}}\n"
+        "{\"member\":\"m1\",\"balance\":4300,\"miles\":100,\"badges\":[\"first-purchase\"],\"coupons\":{\"active\":[],\"redeemed\":[\"cp-1\"],\"expired\":[]},\"held\":0,\"holds\":[]}\n"
     );
     let human = run(&store, &["show", "m1"]);
     assert_eq!(human.code, 0);
@@ -211,7 +212,7 @@ fn export_is_sorted_one_line_per_wallet_and_digest_matches_as_of_head() {
     let early = run(&store, &["export", "--as-of", "@1"]);
     assert_eq!(
         early.stdout,
-        "{\"member\":\"m1\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]}}\n"
+        "{\"member\":\"m1\",\"balance\":0,\"miles\":0,\"badges\":[],\"coupons\":{\"active\":[],\"redeemed\":[],\"expired\":[]},\"held\":0,\"holds\":[]}\n"
     );
     // As of the head, the fold equals the views.
     let head_now = head(&store).to_string();
@@ -494,6 +495,58 @@ fn reset_credentials_for_named_members_with_dry_run_and_errors() {
         leftovers.is_empty(),
         "scratch copies left behind: {leftovers:?}"
     );
+}
+
+// Proves SPEC section 7's exception end to end: with a policy on (24 hours, cap 0, so any
+// payment within a day of a credential event is held), `reset-credentials --all` passes its
+// gate (wallet-neutral), writes operator resets, and starts no hold: a payment right after it
+// applies. A member's own `reset_password` does start one: the payment after it is held and
+// `show --json` lists it. Planted defect: `reset_of_registered` writing `operator: false` fails
+// it (the mass reset's event says `operator: false`, and the payment after it is held).
+#[test]
+fn reset_credentials_all_with_a_policy_on_is_wallet_neutral_and_starts_no_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = setup_store(tmp.path());
+    let policy = write_file(
+        tmp.path(),
+        "policy.jsonl",
+        br#"{"id":"pol","type":"set_policy","cooldown_hours":24,"cooldown_cap":0}"#,
+    );
+    assert_eq!(run(&store, &["import", policy.to_str().unwrap()]).code, 0);
+    let export_before = run(&store, &["export"]).stdout;
+    let reset = run(&store, &["reset-credentials", "--all", "--reason", "7pay"]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    assert!(reset.stdout.contains("gate: passed"), "{}", reset.stdout);
+    assert_eq!(run(&store, &["export"]).stdout, export_before);
+    let last = json(&run(&store, &["log", "--from", "11", "--json"]).stdout);
+    assert_eq!(last["events"][0]["type"], "identity.password_reset");
+    assert_eq!(last["events"][0]["payload"]["operator"], true);
+    // No `at`: business time is now, within a day of the mass reset.
+    let pay = write_file(
+        tmp.path(),
+        "pay.jsonl",
+        br#"{"id":"p-after-mass-reset","type":"pay","member":"m1","amount":100,"merchant":"shop"}"#,
+    );
+    assert_eq!(run(&store, &["import", pay.to_str().unwrap()]).code, 0);
+    let shown = json(&run(&store, &["show", "m1", "--json"]).stdout);
+    assert_eq!(
+        (&shown["balance"], &shown["held"], &shown["holds"]),
+        (&json!(4200), &json!(0), &json!([]))
+    );
+    let own = write_file(
+        tmp.path(),
+        "own.jsonl",
+        b"{\"id\":\"own-reset\",\"type\":\"reset_password\",\"member\":\"m1\"}\n\
+          {\"id\":\"p-after-own-reset\",\"type\":\"pay\",\"member\":\"m1\",\"amount\":100,\"merchant\":\"shop\"}\n",
+    );
+    let imported = run(&store, &["import", own.to_str().unwrap()]);
+    assert_eq!(imported.stdout, "applied 2, duplicate 0, rejected 0\n");
+    let shown = json(&run(&store, &["show", "m1", "--json"]).stdout);
+    assert_eq!(
+        (&shown["balance"], &shown["held"], &shown["holds"]),
+        (&json!(4200), &json!(100), &json!(["p-after-own-reset"]))
+    );
+    assert_eq!(run(&store, &["check"]).code, 0);
 }
 
 // Proves reset-credentials on a sled store (no rollback points: it works on a copy of the store

@@ -300,17 +300,17 @@ fn expire_reports_items_members_and_events_and_expires_at_as_of_inclusive() {
     assert_eq!(
         show(&store, "m1"),
         json!({"member":"m1","balance":5000,"miles":70,"badges":[],
-               "coupons":{"active":[],"redeemed":[],"expired":[]}})
+               "coupons":{"active":[],"redeemed":[],"expired":[]}, "held": 0, "holds": []})
     );
     assert_eq!(
         show(&store, "m2"),
         json!({"member":"m2","balance":0,"miles":0,"badges":[],
-               "coupons":{"active":[],"redeemed":["cp-2"],"expired":["cp-1"]}})
+               "coupons":{"active":[],"redeemed":["cp-2"],"expired":["cp-1"]}, "held": 0, "holds": []})
     );
     assert_eq!(
         show(&store, "m3"),
         json!({"member":"m3","balance":0,"miles":0,"badges":[],
-               "coupons":{"active":["cp-3"],"redeemed":[],"expired":[]}})
+               "coupons":{"active":["cp-3"],"redeemed":[],"expired":[]}, "held": 0, "holds": []})
     );
     // A microsecond later the last lot is due too: a new instant, a new id.
     let later = run(

@@ -64,6 +64,7 @@ fn v1_store(tmp: &Path, members: &str) -> PathBuf {
     let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
     assert!(status["event_types"]["wallet.paid v1"].as_u64().unwrap() > 0);
     assert_eq!(status["event_types"].get("wallet.paid v2"), None);
+    assert_eq!(status["event_types"].get("wallet.paid v3"), None);
     // Forget the downcast's kept store, so `rollback` in the tests means the run under test.
     for kept in siblings(&store, ".before-") {
         std::fs::remove_dir_all(kept).unwrap();
@@ -124,7 +125,7 @@ fn upcast_rewrites_every_v1_payment_keeps_every_wallet_and_rolls_back() {
     let status = json(&ok(&store, &["migrate", "status", "--json"]).stdout);
     assert_eq!(status["event_types"].get("wallet.paid v1"), None);
     assert_eq!(
-        status["event_types"]["wallet.paid v2"].as_u64(),
+        status["event_types"]["wallet.paid v3"].as_u64(),
         Some(v1_count)
     );
     let applied = status["applied"].as_array().unwrap();

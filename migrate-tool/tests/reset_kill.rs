@@ -23,7 +23,7 @@ const MEMBERS: &str = "2000";
 /// Kills, each on a fresh copy of the demo store.
 const ITERATIONS: u64 = 8;
 /// The event a reset appends, one per member.
-const RESET_EVENT: &str = "identity.password_reset v1";
+const RESET_EVENT: &str = "identity.password_reset v2";
 
 /// The store's head (position, hash) and how many reset events its log holds.
 fn head_and_resets(store: &Path) -> ((u64, String), u64) {

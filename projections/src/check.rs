@@ -523,6 +523,8 @@ struct StateSums {
     coupons_redeemed: u64,
     coupons_expired: u64,
     members: u64,
+    /// Pending holds.
+    holds_pending: u64,
 }
 
 /// One stored row: key and value.
@@ -777,6 +779,14 @@ impl FoldPass<'_> {
                 ));
             }
         }
+        // SPEC section 4 as section 7 extends it: held amounts stay in the balance.
+        if state.held() > state.balance() {
+            self.negative.fail(format!(
+                "member {member}: held {} yen exceeds the balance {}",
+                state.held(),
+                state.balance()
+            ));
+        }
     }
 
     fn add_sums(&mut self, state: &WalletState) {
@@ -784,6 +794,7 @@ impl FoldPass<'_> {
         s.members += 1;
         s.balances += u128::from(state.balance().0);
         s.miles_outstanding += u128::from(state.miles_outstanding().0);
+        s.holds_pending += state.holds().len() as u64;
         for c in state.coupons().values() {
             match c.status {
                 CouponStatus::Active => s.coupons_active += 1,
@@ -910,7 +921,12 @@ fn check_indexes(
     inv: &mut Invariant,
 ) -> Result<(), ProjectionError> {
     let mut stored = BucketSum::default();
-    for table in [tables::LOT_ORDER, tables::COUPON_ORDER, tables::DUE] {
+    for table in [
+        tables::LOT_ORDER,
+        tables::COUPON_ORDER,
+        tables::HOLD_ORDER,
+        tables::DUE,
+    ] {
         for rows in TableChunks::new(snap, table, SCAN_CHUNK) {
             for (key, value) in &rows? {
                 if !value.is_empty() {
@@ -922,7 +938,8 @@ fn check_indexes(
     }
     if stored != *fresh {
         inv.fail(
-            "the expiry-order indexes (wallet_lot_order, wallet_coupon_order, wallet_due) differ \
+            "the expiry-order indexes (wallet_lot_order, wallet_coupon_order, wallet_hold_order, \
+             wallet_due) differ \
              from what the log's wallets call for: run `migrate-tool rebuild`"
                 .to_owned(),
         );
@@ -965,13 +982,21 @@ fn check_view_extras(
 }
 
 fn check_conservation(t: &EventTotals, s: &StateSums, inv: &mut Invariant) {
-    let credits = i128::try_from(t.top_ups + t.refunds + t.transfers_in).unwrap_or(i128::MAX);
+    let credits = i128::try_from(t.top_ups + t.refunds + t.compensations + t.transfers_in)
+        .unwrap_or(i128::MAX);
     let debits = i128::try_from(t.payments + t.transfers_out).unwrap_or(i128::MAX);
     let balances = i128::try_from(s.balances).unwrap_or(i128::MAX);
     if balances != credits - debits {
         inv.fail(format!(
-            "sum of balances {balances} != top-ups {} + refunds {} + transfers in {} - payments {} - transfers out {}",
-            t.top_ups, t.refunds, t.transfers_in, t.payments, t.transfers_out
+            "sum of balances {balances} != top-ups {} + refunds {} + compensations {} + transfers in {} - payments {} - transfers out {}",
+            t.top_ups, t.refunds, t.compensations, t.transfers_in, t.payments, t.transfers_out
+        ));
+    }
+    // Every hold in exactly one state: pending, confirmed or cancelled.
+    if t.holds_placed != t.holds_confirmed + t.holds_cancelled + s.holds_pending {
+        inv.fail(format!(
+            "holds placed {} != confirmed {} + cancelled {} + pending {}",
+            t.holds_placed, t.holds_confirmed, t.holds_cancelled, s.holds_pending
         ));
     }
     if t.transfers_in != t.transfers_out {

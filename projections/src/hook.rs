@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use ledger::domain::{
     apply_identity_event, member_of_stream, wallet_row_changes, Badge, CommandId, Coupon, CouponId,
-    DomainEvent, IdentityState, LotId, MemberId, MilesLot, Payment, ReadFailure, StateReader,
-    StreamKind, Visit, WalletEvent, WalletSummary,
+    DomainEvent, Hold, IdentityState, LotId, MemberId, MilesLot, Payment, PolicySet, ReadFailure,
+    SecurityRow, StateReader, StreamKind, Visit, WalletEvent, WalletSummary,
 };
 use ledger::record::RecordView;
 use ledger::{
@@ -68,9 +68,9 @@ pub fn decode_wallet_event(record: &RecordView<'_>) -> Result<WalletEvent, Proje
             opened_in_own_stream(record, &e)?;
             Ok(e)
         }
-        DomainEvent::Identity(_) => Err(ProjectionError::Event {
+        DomainEvent::Identity(_) | DomainEvent::Policy(_) => Err(ProjectionError::Event {
             position: record.position.0,
-            reason: format!("identity event {} in wallet stream", record.event_type),
+            reason: format!("event {} in wallet stream", record.event_type),
         }),
     }
 }
@@ -152,6 +152,7 @@ impl<'s> Group<'s> {
             });
         }
         self.at = record.position;
+        views::write_side_rows(&mut self.rows, &record.as_view())?;
         match member_of_stream(&record.stream) {
             Some((StreamKind::Wallet, member)) => {
                 let event = decode_wallet_event(&record.as_view())?;
@@ -295,6 +296,40 @@ impl StateReader for Group<'_> {
         visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
     ) -> Result<(), ReadFailure> {
         Rows::new(&self.rows).active_coupons_by_expiry(member, visit)
+    }
+
+    fn hold(&self, member: &MemberId, id: &CommandId) -> Result<Option<Hold>, ReadFailure> {
+        Rows::new(&self.rows).hold(member, id)
+    }
+
+    fn holds_by_until(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        Rows::new(&self.rows).holds_by_until(member, visit)
+    }
+
+    fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {
+        Rows::new(&self.rows).security(member)
+    }
+
+    fn device_seen(&self, member: &MemberId, device: &str) -> Result<bool, ReadFailure> {
+        Rows::new(&self.rows).device_seen(member, device)
+    }
+
+    fn policy(&self) -> Result<Option<PolicySet>, ReadFailure> {
+        Rows::new(&self.rows).policy()
+    }
+
+    fn compensated(&self, incident: &str, original: Position) -> Result<bool, ReadFailure> {
+        Rows::new(&self.rows).compensated(incident, original)
+    }
+
+    /// Events of this group are not in the snapshot yet: a compensation must name an event
+    /// committed before its group (the incident tools name events long committed).
+    fn stream_at(&self, position: Position) -> Result<Option<(StreamKind, MemberId)>, ReadFailure> {
+        Rows::new(&self.rows).stream_at(position)
     }
 
     fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure> {

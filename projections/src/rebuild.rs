@@ -67,6 +67,7 @@ pub fn rebuild(
     // snapshots show the same log as `snap`; reading up to `head` only makes that explicit.
     let as_of = AsOf::Position(head.position);
     let (stats, builder) = fold_and_write(engine, FoldOptions::new(as_of, progress))?;
+    engine.commit(side_rows(engine, head.position)?)?;
     let mut last = WriteBatch::new();
     for (i, sum) in builder.buckets().iter().enumerate() {
         if *sum != digest::BucketSum::default() {
@@ -97,6 +98,27 @@ pub fn rebuild(
         stats,
         elapsed: started.elapsed(),
     })
+}
+
+/// The security, device, policy and compensation rows (SPEC section 7) of the log up to
+/// `head`, folded by the commit hook's own [`views::write_side_rows`] in log order, so rebuild
+/// gives exactly the rows the commits wrote. A second pass over the log: these rows depend on
+/// identity and wallet events together in log order, which the per-member partitioned fold
+/// does not see. Held in memory until the one commit: they grow with the members who had a
+/// credential event, the devices they logged in from and the compensations, not with the log.
+fn side_rows(engine: &dyn Engine, head: Position) -> Result<WriteBatch, ProjectionError> {
+    let snap = engine.snapshot()?;
+    let mut rows = views::Overlay::new(&*snap);
+    for record in log::events(&*snap, Position(1)) {
+        let record = record?;
+        if record.position > head {
+            break;
+        }
+        views::write_side_rows(&mut rows, &record.as_view())?;
+    }
+    let mut batch = WriteBatch::new();
+    rows.into_batch(&mut batch);
+    Ok(batch)
 }
 
 /// One commit's worth of rows, prepared off the committing thread.

@@ -26,6 +26,10 @@ pub struct WalletJson {
     pub badges: Vec<String>,
     /// Coupon ids by status, each sorted.
     pub coupons: CouponsJson,
+    /// Yen reserved by pending holds (SPEC section 7); always present, 0 without holds.
+    pub held: u64,
+    /// The pending hold ids, sorted; always present.
+    pub holds: Vec<String>,
 }
 
 /// Coupon ids by status.
@@ -67,6 +71,8 @@ impl WalletJson {
                 redeemed: with(CouponStatus::Redeemed),
                 expired: with(CouponStatus::Expired),
             },
+            held: shown.summary.held.0,
+            holds: shown.holds.iter().map(|(id, _)| id.to_string()).collect(),
         }
     }
 
@@ -76,15 +82,10 @@ impl WalletJson {
     }
 }
 
-/// The event's payload decoded, or why it does not decode.
+/// The event's payload decoded (with the record's command id, so an old operator reset shows
+/// as one), or why it does not decode.
 pub fn decoded(record: &EventRecord) -> Result<DomainEvent, String> {
-    DomainEvent::decode(
-        &record.event_type,
-        record.schema_version,
-        record.codec,
-        &record.payload,
-    )
-    .map_err(|e| e.to_string())
+    DomainEvent::decode_record(&record.as_view()).map_err(|e| e.to_string())
 }
 
 /// One event as `migrate-tool log --json` and walletd's `GET /v1/events` show it: the envelope,
@@ -144,12 +145,23 @@ pub fn payload_json(event: &DomainEvent) -> Value {
             }
             WalletEvent::CouponRedeemed(p) => to(p),
             WalletEvent::CouponExpired(p) => to(p),
+            WalletEvent::HoldPlaced(p) => {
+                let mut v = to(p);
+                v["until"] = time(p.until);
+                v
+            }
+            WalletEvent::HoldConfirmed(p) => to(p),
+            WalletEvent::HoldCancelled(p) => to(p),
+            WalletEvent::Compensated(p) => to(p),
         },
         DomainEvent::Identity(i) => match i {
             IdentityEvent::Registered(p) => to(p),
             // A unit struct serializes as null; an empty object reads better.
             IdentityEvent::PasswordChanged(_) => json!({}),
             IdentityEvent::PasswordReset(p) => to(p),
+            IdentityEvent::LoggedIn(p) => to(p),
+            IdentityEvent::ContactChanged(p) => to(p),
         },
+        DomainEvent::Policy(ledger::domain::PolicyEvent::PolicySet(p)) => to(p),
     }
 }

@@ -223,6 +223,7 @@ pub fn balance_delta(event: &WalletEvent) -> i128 {
         WalletEvent::ToppedUp(e) => i128::from(e.amount.0),
         WalletEvent::Refunded(e) => i128::from(e.amount.0),
         WalletEvent::TransferredIn(e) => i128::from(e.amount.0),
+        WalletEvent::Compensated(e) => i128::from(e.amount.0),
         WalletEvent::Paid(e) => -i128::from(e.amount.0),
         WalletEvent::TransferredOut(e) => -i128::from(e.amount.0),
         WalletEvent::WalletOpened(_)
@@ -232,7 +233,10 @@ pub fn balance_delta(event: &WalletEvent) -> i128 {
         | WalletEvent::BadgeAwarded(_)
         | WalletEvent::CouponIssued(_)
         | WalletEvent::CouponRedeemed(_)
-        | WalletEvent::CouponExpired(_) => 0,
+        | WalletEvent::CouponExpired(_)
+        | WalletEvent::HoldPlaced(_)
+        | WalletEvent::HoldConfirmed(_)
+        | WalletEvent::HoldCancelled(_) => 0,
     }
 }
 

@@ -13,7 +13,14 @@
 //!   - `c` coupon id: value u64, expires_at i64 (µs since the epoch), status u8 (0 active,
 //!     1 redeemed, 2 expired) = 17 bytes;
 //!   - `l` lot id (u32 BE): earned u64, remaining u64, expires_at i64 = 24 bytes;
-//!   - `p` payment id (the `pay` command's id): paid u64, refunded u64 = 16 bytes.
+//!   - `p` payment id (the `pay` command's id): paid u64, refunded u64 = 16 bytes;
+//!   - `h` hold id (the held command's id), pending holds only (SPEC section 7): amount u64,
+//!     until i64, kind u8 (0 pay, 1 transfer), target (merchant or receiving member: u16 LE
+//!     length + UTF-8), device flag u8 (0 none, 1 some) and, if some, u16 LE length + UTF-8.
+//!
+//!   The summary has a ninth u64, held, only when held > 0 (72 bytes): a wallet without holds
+//!   keeps its 64-byte summary, so its member hash and every digest written before holds
+//!   existed stay the same.
 //!
 //!   Member ids are `[A-Za-z0-9._-]`, so `0x00` ends one and a member's rows are one key range,
 //!   in member id order across members.
@@ -21,8 +28,15 @@
 //!   with miles left: `redeem_miles` and `expire` walk lots earliest expiry first.
 //! - `wallet_coupon_order`: `member 0x00 expires_at(8, ordered) coupon` -> empty, for every
 //!   active coupon.
-//! - `wallet_due`: `expires_at(8, ordered) member 0x00 kind(l|c) id` -> empty: the union of the
-//!   two above across members, so the nightly `expire` finds what is due without reading wallets.
+//! - `wallet_hold_order`: `member 0x00 until(8, ordered) hold` -> empty, for every pending hold.
+//! - `wallet_due`: `expires_at(8, ordered) member 0x00 kind(l|c|h) id` -> empty: the union of
+//!   the three above across members (for a hold, its `until`), so the nightly `expire` finds
+//!   what is due without reading wallets.
+//! - Security rows (SPEC section 7; not wallet rows, not in the digest):
+//!   `view_security`: member -> credential_at i64, credential position u64, sent_since u64
+//!   (24 bytes); `view_devices`: `member 0x00 device` -> position u64 of the first login from
+//!   it; `view_policy`: `policy` -> cooldown_hours u64, cooldown_cap u64;
+//!   `view_compensations`: `incident 0x00 original(u64 BE)` -> member id.
 //! - `view_member_hash`: bucket (u16 BE) + member id -> the member hash (32 bytes, see
 //!   [`crate::digest`]): the sum of its row hashes ([`row_hash`]).
 //! - `view_digest_bucket`: bucket (u16 BE) -> 256-bit sum of the bucket's member hashes.
@@ -40,8 +54,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use ledger::domain::{
-    Badge, CommandId, Coupon, CouponId, CouponStatus, LotId, MemberId, Miles, MilesLot, Payment,
-    ReadFailure, RowChange, StateReader, Visit, WalletState, WalletSummary, Yen,
+    member_of_stream, Badge, CommandId, Coupon, CouponId, CouponStatus, HeldKind, Hold, LotId,
+    MemberId, Miles, MilesLot, Payment, PolicySet, ReadFailure, RowChange, SecurityRow,
+    StateReader, StreamKind, Visit, WalletState, WalletSummary, Yen,
 };
 use ledger::engine::EngineError;
 use ledger::{Codec, Position, Snapshot, Timestamp, WriteBatch};
@@ -59,6 +74,16 @@ pub mod tables {
     pub const COUPON_ORDER: &str = "wallet_coupon_order";
     /// expiry ++ member ++ kind ++ id, everything that can expire.
     pub const DUE: &str = "wallet_due";
+    /// member ++ until ++ hold, pending holds.
+    pub const HOLD_ORDER: &str = "wallet_hold_order";
+    /// member -> last credential event and yen sent since.
+    pub const SECURITY: &str = "view_security";
+    /// member ++ device -> first login position.
+    pub const DEVICES: &str = "view_devices";
+    /// `policy` -> the policy in force.
+    pub const POLICY: &str = "view_policy";
+    /// incident ++ original -> member.
+    pub const COMPENSATIONS: &str = "view_compensations";
     /// bucket ++ member -> member state hash.
     pub const MEMBER_HASHES: &str = "view_member_hash";
     /// bucket -> sum of member hashes.
@@ -68,11 +93,16 @@ pub mod tables {
     /// Layout 1: member -> bincode `WalletState`. Only the `rows` migration reads it.
     pub const WALLETS_V1: &str = "view_wallet";
     /// Every table of this layout, for rebuild.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 12] = [
         ROWS,
         LOT_ORDER,
         COUPON_ORDER,
         DUE,
+        HOLD_ORDER,
+        SECURITY,
+        DEVICES,
+        POLICY,
+        COMPENSATIONS,
         MEMBER_HASHES,
         DIGEST_BUCKETS,
         CHECKPOINT,
@@ -95,9 +125,14 @@ mod kind {
     pub const COUPON: u8 = b'c';
     pub const LOT: u8 = b'l';
     pub const PAYMENT: u8 = b'p';
+    pub const HOLD: u8 = b'h';
 }
 
 const SUMMARY_BYTES: usize = 64;
+/// A summary with held > 0.
+const SUMMARY_HELD_BYTES: usize = 72;
+/// Key of the policy row.
+const POLICY_KEY: &[u8] = b"policy";
 const COUPON_BYTES: usize = 17;
 const LOT_BYTES: usize = 24;
 const PAYMENT_BYTES: usize = 16;
@@ -139,6 +174,32 @@ fn coupon_key(member: &MemberId, id: &CouponId) -> Vec<u8> {
 
 fn badge_key(member: &MemberId, badge: &Badge) -> Vec<u8> {
     row_key(member, kind::BADGE, badge.as_str().as_bytes())
+}
+
+fn hold_key(member: &MemberId, id: &CommandId) -> Vec<u8> {
+    row_key(member, kind::HOLD, id.as_str().as_bytes())
+}
+
+fn hold_order_key(member: &MemberId, id: &CommandId, hold: &Hold) -> Vec<u8> {
+    let mut key = member_prefix(member);
+    key.extend_from_slice(&ordered_time(hold.until));
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn device_key(member: &MemberId, device: &str) -> Vec<u8> {
+    let mut key = member_prefix(member);
+    key.extend_from_slice(device.as_bytes());
+    key
+}
+
+/// Incident ids have no control characters, so `0x00` ends one.
+fn compensation_key(incident: &str, original: Position) -> Vec<u8> {
+    let mut key = Vec::with_capacity(incident.len() + 9);
+    key.extend_from_slice(incident.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&original.0.to_be_bytes());
+    key
 }
 
 /// A time as 8 bytes whose byte order is time order.
@@ -204,16 +265,27 @@ fn encode_summary(s: &WalletSummary) -> Vec<u8> {
         s.coupons_redeemed,
         s.coupons_expired,
     ];
-    fields.iter().flat_map(|f| f.to_le_bytes()).collect()
+    let mut out: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+    // Only when something is held: a wallet without holds hashes as before holds existed.
+    if s.held.0 > 0 {
+        out.extend_from_slice(&s.held.0.to_le_bytes());
+    }
+    out
 }
 
 fn decode_summary(bytes: &[u8]) -> Result<WalletSummary, String> {
-    if bytes.len() != SUMMARY_BYTES {
-        return Err(format!(
-            "summary has {} bytes, expected {SUMMARY_BYTES}",
-            bytes.len()
-        ));
-    }
+    let held = match bytes.len() {
+        SUMMARY_BYTES => Yen(0),
+        SUMMARY_HELD_BYTES => match u64_at(bytes, 8) {
+            0 => return Err("summary of 72 bytes holds held 0 (written as 64 bytes)".into()),
+            held => Yen(held),
+        },
+        other => {
+            return Err(format!(
+                "summary has {other} bytes, expected {SUMMARY_BYTES} or {SUMMARY_HELD_BYTES}"
+            ))
+        }
+    };
     let lots = u32::try_from(u64_at(bytes, 2)).map_err(|_| "lot count past u32".to_owned())?;
     Ok(WalletSummary {
         balance: Yen(u64_at(bytes, 0)),
@@ -224,6 +296,133 @@ fn decode_summary(bytes: &[u8]) -> Result<WalletSummary, String> {
         coupons_active: u64_at(bytes, 5),
         coupons_redeemed: u64_at(bytes, 6),
         coupons_expired: u64_at(bytes, 7),
+        held,
+    })
+}
+
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    // Merchants, member ids and devices are at most 128 characters: far below u16::MAX bytes.
+    let len = u16::try_from(text.len()).expect("row texts are at most 512 bytes");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn encode_hold(h: &Hold) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&h.amount.0.to_le_bytes());
+    out.extend_from_slice(&h.until.0.to_le_bytes());
+    match &h.kind {
+        HeldKind::Pay { merchant } => {
+            out.push(0);
+            push_text(&mut out, merchant);
+        }
+        HeldKind::Transfer { to } => {
+            out.push(1);
+            push_text(&mut out, to.as_str());
+        }
+    }
+    match &h.device {
+        None => out.push(0),
+        Some(device) => {
+            out.push(1);
+            push_text(&mut out, device);
+        }
+    }
+    out
+}
+
+/// Reads a u16-LE-length-prefixed UTF-8 text at `*at`, moving `*at` past it.
+fn take_text<'b>(bytes: &'b [u8], at: &mut usize) -> Result<&'b str, String> {
+    let len = bytes
+        .get(*at..*at + 2)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+        .ok_or("hold row ends inside a text length")?;
+    let text = bytes
+        .get(*at + 2..*at + 2 + len)
+        .ok_or("hold row ends inside a text")?;
+    *at += 2 + len;
+    std::str::from_utf8(text).map_err(|_| "hold row text is not UTF-8".to_owned())
+}
+
+fn decode_hold(bytes: &[u8]) -> Result<Hold, String> {
+    if bytes.len() < 17 {
+        return Err(format!("hold row has {} bytes", bytes.len()));
+    }
+    let mut at = 17;
+    let kind = match bytes[16] {
+        0 => HeldKind::Pay {
+            merchant: take_text(bytes, &mut at)?.to_owned(),
+        },
+        1 => HeldKind::Transfer {
+            to: MemberId::new(take_text(bytes, &mut at)?.to_owned())
+                .map_err(|e| format!("hold row member {e}"))?,
+        },
+        other => return Err(format!("hold kind byte {other}")),
+    };
+    let device = match bytes.get(at) {
+        Some(0) => {
+            at += 1;
+            None
+        }
+        Some(1) => {
+            at += 1;
+            Some(take_text(bytes, &mut at)?.to_owned())
+        }
+        _ => return Err("hold row has no device flag".into()),
+    };
+    if at != bytes.len() {
+        return Err(format!(
+            "hold row has {} bytes after its fields",
+            bytes.len() - at
+        ));
+    }
+    Ok(Hold {
+        kind,
+        amount: Yen(u64_at(bytes, 0)),
+        until: Timestamp(u64_at(bytes, 1) as i64),
+        device,
+    })
+}
+
+fn encode_security(row: &SecurityRow) -> Vec<u8> {
+    [
+        row.credential_at.0 as u64,
+        row.credential_position.0,
+        row.sent_since.0,
+    ]
+    .iter()
+    .flat_map(|f| f.to_le_bytes())
+    .collect()
+}
+
+fn decode_security(bytes: &[u8]) -> Result<SecurityRow, String> {
+    if bytes.len() != 24 {
+        return Err(format!(
+            "security row has {} bytes, expected 24",
+            bytes.len()
+        ));
+    }
+    Ok(SecurityRow {
+        credential_at: Timestamp(u64_at(bytes, 0) as i64),
+        credential_position: Position(u64_at(bytes, 1)),
+        sent_since: Yen(u64_at(bytes, 2)),
+    })
+}
+
+fn encode_policy(policy: &PolicySet) -> Vec<u8> {
+    [policy.cooldown_hours, policy.cooldown_cap.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect()
+}
+
+fn decode_policy(bytes: &[u8]) -> Result<PolicySet, String> {
+    if bytes.len() != 16 {
+        return Err(format!("policy row has {} bytes, expected 16", bytes.len()));
+    }
+    Ok(PolicySet {
+        cooldown_hours: u64_at(bytes, 0),
+        cooldown_cap: Yen(u64_at(bytes, 1)),
     })
 }
 
@@ -326,9 +525,15 @@ pub fn rows_of(state: &WalletState) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> 
         .payments()
         .iter()
         .map(move |(id, p)| (payment_key(member, id), encode_payment(p)));
+    let holds = state
+        .holds()
+        .iter()
+        .map(move |(id, h)| (hold_key(member, id), encode_hold(h)));
+    // Key order: kinds 0x01 < 'b' < 'c' < 'h' < 'l' < 'p'.
     summary
         .chain(badges)
         .chain(coupons)
+        .chain(holds)
         .chain(lots)
         .chain(payments)
 }
@@ -358,6 +563,13 @@ pub fn index_entries_of(state: &WalletState) -> Vec<(&'static str, Vec<u8>)> {
                 kind::COUPON,
                 id.as_str().as_bytes(),
             ),
+        ));
+    }
+    for (id, hold) in state.holds() {
+        out.push((tables::HOLD_ORDER, hold_order_key(member, id, hold)));
+        out.push((
+            tables::DUE,
+            due_key(hold.until, member, kind::HOLD, id.as_str().as_bytes()),
         ));
     }
     out
@@ -711,6 +923,236 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
             reason: format!("the wallet rows hold no identity (asked for member {member})"),
         })
     }
+
+    fn hold(&self, member: &MemberId, id: &CommandId) -> Result<Option<Hold>, ReadFailure> {
+        self.row(member, "hold", &hold_key(member, id))?
+            .map(|b| decode_hold(&b).map_err(|e| failure(member, "hold", e)))
+            .transpose()
+    }
+
+    fn holds_by_until(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        let prefix = member_prefix(member);
+        try_visit(
+            self.read,
+            tables::HOLD_ORDER,
+            &prefix,
+            &prefix_end(&prefix),
+            &mut |key, _| {
+                let id = key
+                    .get(prefix.len() + 8..)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|s| CommandId::new(s).ok());
+                let hold = match &id {
+                    Some(id) => self.hold(member, id)?,
+                    None => None,
+                };
+                match (id, hold) {
+                    (Some(id), Some(hold)) => Ok(visit(&id, &hold)),
+                    _ => Err(failure(
+                        member,
+                        "hold order entry",
+                        format!("{key:02x?} names no pending hold"),
+                    )),
+                }
+            },
+        )
+        .map_err(|e| failure(member, "hold order", e))?
+    }
+
+    fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {
+        self.read
+            .get(tables::SECURITY, member.as_str().as_bytes())
+            .map_err(|e| failure(member, "security row", e))?
+            .map(|b| decode_security(&b).map_err(|e| failure(member, "security row", e)))
+            .transpose()
+    }
+
+    fn device_seen(&self, member: &MemberId, device: &str) -> Result<bool, ReadFailure> {
+        Ok(self
+            .read
+            .get(tables::DEVICES, &device_key(member, device))
+            .map_err(|e| failure(member, "device row", e))?
+            .is_some())
+    }
+
+    fn policy(&self) -> Result<Option<PolicySet>, ReadFailure> {
+        let unreadable = |e: String| ReadFailure {
+            reason: format!("policy row: {e}"),
+        };
+        self.read
+            .get(tables::POLICY, POLICY_KEY)
+            .map_err(|e| unreadable(e.to_string()))?
+            .map(|b| decode_policy(&b).map_err(unreadable))
+            .transpose()
+    }
+
+    fn compensated(&self, incident: &str, original: Position) -> Result<bool, ReadFailure> {
+        Ok(self
+            .read
+            .get(tables::COMPENSATIONS, &compensation_key(incident, original))
+            .map_err(|e| ReadFailure {
+                reason: format!("compensation row of incident {incident}: {e}"),
+            })?
+            .is_some())
+    }
+
+    /// Reads the record at `position` through the log's position index (the `events` table
+    /// the store serves from its segments): one point read, never a scan.
+    fn stream_at(&self, position: Position) -> Result<Option<(StreamKind, MemberId)>, ReadFailure> {
+        let unreadable = |e: String| ReadFailure {
+            reason: format!("event at position {position}: {e}"),
+        };
+        let Some(bytes) = self
+            .read
+            .get(
+                ledger::log::tables::EVENTS,
+                &ledger::log::event_key(position),
+            )
+            .map_err(|e| unreadable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let record = ledger::EventRecord::decode(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        Ok(member_of_stream(&record.stream))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security, policy and compensation rows (SPEC section 7)
+
+/// Folds one record into the rows that are not wallet rows: the security row and device rows
+/// of its member, the policy row, the compensation keys. The one definition for the commit
+/// hook and for rebuild, so rebuild gives exactly the rows the commits wrote. Records that
+/// cannot change them (most) are skipped by type name before any decoding; an operator reset
+/// costs the decoding of its small payload and no row read, so a mass reset stays cheap.
+pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
+    rows: &mut W,
+    record: &ledger::record::RecordView<'_>,
+) -> Result<(), ProjectionError> {
+    use ledger::domain::{DomainEvent, IdentityEvent, PolicyEvent, WalletEvent};
+    let relevant = matches!(
+        record.event_type,
+        "identity.password_changed"
+            | "identity.password_reset"
+            | "identity.contact_changed"
+            | "identity.logged_in"
+            | "policy.set"
+            | "wallet.compensated"
+            | "wallet.paid"
+            | "wallet.transferred_out"
+    );
+    if !relevant {
+        return Ok(());
+    }
+    let member = member_of_stream(record.stream).map(|(_, m)| m);
+    let bad = |reason: String| ProjectionError::Event {
+        position: record.position.0,
+        reason,
+    };
+    // A payment or transfer changes a security row only if the member has one: one point read,
+    // no decoding, for every member who never had a credential event.
+    let outgoing = matches!(record.event_type, "wallet.paid" | "wallet.transferred_out");
+    let mut security = None;
+    if outgoing {
+        security = match &member {
+            Some(m) => read_security(rows, m)?,
+            None => None,
+        };
+        if security.is_none() {
+            return Ok(());
+        }
+    }
+    let event = DomainEvent::decode_record(record).map_err(|e| bad(e.to_string()))?;
+    // An operator reset (`reset-credentials`, millions at a time) changes nothing here: known
+    // from its own small payload, before any row is read.
+    if let DomainEvent::Identity(IdentityEvent::PasswordReset(reset)) = &event {
+        if reset.operator {
+            return Ok(());
+        }
+    }
+    if !outgoing {
+        security = match &member {
+            Some(m) => read_security(rows, m)?,
+            None => None,
+        };
+    }
+    match (event, member) {
+        (DomainEvent::Identity(e), Some(member)) => {
+            if let IdentityEvent::LoggedIn(login) = &e {
+                let key = device_key(&member, &login.device);
+                if rows.get(tables::DEVICES, &key)?.is_none() {
+                    rows.put(
+                        tables::DEVICES,
+                        key,
+                        record.position.0.to_le_bytes().to_vec(),
+                    );
+                }
+            }
+            let after = SecurityRow::after_identity(security, &e, record.at, record.position);
+            if after != security {
+                if let Some(row) = after {
+                    rows.put(
+                        tables::SECURITY,
+                        member.as_str().as_bytes().to_vec(),
+                        encode_security(&row),
+                    );
+                }
+            }
+        }
+        (DomainEvent::Wallet(WalletEvent::Compensated(c)), Some(member)) => {
+            rows.put(
+                tables::COMPENSATIONS,
+                compensation_key(&c.incident, Position(c.original)),
+                member.as_str().as_bytes().to_vec(),
+            );
+        }
+        (DomainEvent::Wallet(e), Some(member)) => {
+            if let Some(row) = security {
+                rows.put(
+                    tables::SECURITY,
+                    member.as_str().as_bytes().to_vec(),
+                    encode_security(&row.after_wallet(&e)),
+                );
+            }
+        }
+        (DomainEvent::Policy(PolicyEvent::PolicySet(policy)), None) => {
+            rows.put(tables::POLICY, POLICY_KEY.to_vec(), encode_policy(&policy));
+        }
+        (event, _) => {
+            return Err(bad(format!(
+                "{} in stream {}",
+                event.event_type(),
+                record.stream
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn read_security<R: RowRead + ?Sized>(
+    rows: &R,
+    member: &MemberId,
+) -> Result<Option<SecurityRow>, ProjectionError> {
+    rows.get(tables::SECURITY, member.as_str().as_bytes())?
+        .map(|b| decode_security(&b).map_err(|reason| damaged_view(member, reason)))
+        .transpose()
+}
+
+/// Writes that [`write_side_rows`] makes: an overlay (the hook) or a batch with its reads
+/// (rebuild).
+pub trait RowWrite {
+    /// Sets a value.
+    fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>);
+}
+
+impl RowWrite for Overlay<'_> {
+    fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        Overlay::put(self, table, key, value);
+    }
 }
 
 /// Most attempts of [`read_consistent`] before it gives the last answer.
@@ -901,6 +1343,7 @@ enum StoredRow {
     Coupon(CouponId, Coupon),
     Lot(MilesLot),
     Payment(CommandId, Payment),
+    Hold(CommandId, Hold),
 }
 
 /// Decodes one row of `member` (`rest`: its key after `member 0x00`): the one decoder of every
@@ -930,6 +1373,10 @@ fn decode_row(member: &MemberId, rest: &[u8], value: &[u8]) -> Result<StoredRow,
             CommandId::new(text()?).map_err(|e| damaged(format!("payment {e}")))?,
             decode_payment(value).map_err(damaged)?,
         ),
+        kind::HOLD => StoredRow::Hold(
+            CommandId::new(text()?).map_err(|e| damaged(format!("hold {e}")))?,
+            decode_hold(value).map_err(damaged)?,
+        ),
         other => return Err(damaged(format!("unknown row kind {other:#04x}"))),
     })
 }
@@ -947,6 +1394,8 @@ pub struct ShownWallet {
     pub badges: Vec<Badge>,
     /// Every coupon with its status, sorted by id.
     pub coupons: Vec<(CouponId, CouponStatus)>,
+    /// The pending holds with their amounts, sorted by id.
+    pub holds: Vec<(CommandId, Yen)>,
 }
 
 impl ShownWallet {
@@ -960,6 +1409,11 @@ impl ShownWallet {
                 .coupons()
                 .iter()
                 .map(|(id, c)| (id.clone(), c.status))
+                .collect(),
+            holds: state
+                .holds()
+                .iter()
+                .map(|(id, h)| (id.clone(), h.amount))
                 .collect(),
         }
     }
@@ -975,6 +1429,7 @@ impl ShownWallet {
             StoredRow::Summary(summary) => self.summary = summary,
             StoredRow::Badge(badge) => self.badges.push(badge),
             StoredRow::Coupon(id, coupon) => self.coupons.push((id, coupon.status)),
+            StoredRow::Hold(id, hold) => self.holds.push((id, hold.amount)),
             StoredRow::Lot(_) | StoredRow::Payment(..) => {}
         }
         Ok(())
@@ -983,13 +1438,24 @@ impl ShownWallet {
     /// The counts in the summary must be what the rows hold.
     fn checked(self, had_summary: bool) -> Result<Option<ShownWallet>, ProjectionError> {
         if !had_summary {
-            if self.badges.is_empty() && self.coupons.is_empty() {
+            if self.badges.is_empty() && self.coupons.is_empty() && self.holds.is_empty() {
                 return Ok(None);
             }
             return Err(self.damaged("rows without a summary"));
         }
         let count = |status| self.coupons.iter().filter(|(_, s)| *s == status).count() as u64;
         let s = &self.summary;
+        let held = self
+            .holds
+            .iter()
+            .try_fold(0u64, |sum, (_, amount)| sum.checked_add(amount.0));
+        if held != Some(s.held.0) {
+            return Err(self.damaged(format!(
+                "summary holds {} yen, its {} hold rows {held:?}",
+                s.held,
+                self.holds.len()
+            )));
+        }
         if s.badges != self.badges.len() as u64
             || s.coupons_active != count(CouponStatus::Active)
             || s.coupons_redeemed != count(CouponStatus::Redeemed)
@@ -1016,6 +1482,7 @@ pub fn load_shown<R: RowRead + ?Sized>(
         summary: WalletSummary::default(),
         badges: Vec::new(),
         coupons: Vec::new(),
+        holds: Vec::new(),
     };
     // Shown rows are decoded only after every row of the member checks out against its member
     // hash: that reads the lot and payment rows too (hashing, not decoding them), the price
@@ -1023,7 +1490,7 @@ pub fn load_shown<R: RowRead + ?Sized>(
     verify_member_rows(read, member)?;
     let mut had_summary = false;
     let prefix = member_prefix(member);
-    for kind in [kind::SUMMARY, kind::BADGE, kind::COUPON] {
+    for kind in [kind::SUMMARY, kind::BADGE, kind::COUPON, kind::HOLD] {
         let mut from = prefix.clone();
         from.push(kind);
         try_visit(
@@ -1083,6 +1550,7 @@ pub fn for_each_shown(
                         summary: WalletSummary::default(),
                         badges: Vec::new(),
                         coupons: Vec::new(),
+                        holds: Vec::new(),
                     },
                     had_summary: false,
                     rows: RowsSum::default(),
@@ -1110,6 +1578,7 @@ struct WalletBuilder {
     coupons: BTreeMap<CouponId, Coupon>,
     lots: Vec<MilesLot>,
     payments: BTreeMap<CommandId, Payment>,
+    holds: BTreeMap<CommandId, Hold>,
 }
 
 impl WalletBuilder {
@@ -1121,6 +1590,7 @@ impl WalletBuilder {
             coupons: BTreeMap::new(),
             lots: Vec::new(),
             payments: BTreeMap::new(),
+            holds: BTreeMap::new(),
         }
     }
 
@@ -1142,6 +1612,9 @@ impl WalletBuilder {
             StoredRow::Payment(id, payment) => {
                 self.payments.insert(id, payment);
             }
+            StoredRow::Hold(id, hold) => {
+                self.holds.insert(id, hold);
+            }
         }
         Ok(())
     }
@@ -1152,6 +1625,7 @@ impl WalletBuilder {
                 && self.coupons.is_empty()
                 && self.lots.is_empty()
                 && self.payments.is_empty()
+                && self.holds.is_empty()
             {
                 return Ok(None);
             }
@@ -1166,6 +1640,7 @@ impl WalletBuilder {
             self.coupons,
             self.payments,
         )
+        .and_then(|state| state.with_holds(self.holds))
         .map_err(|e| ProjectionError::View {
             member: member.to_string(),
             reason: e.to_string(),
@@ -1238,6 +1713,10 @@ pub fn write_changes(
             RowChange::Lot(lot) => (lot_key(member, lot.lot), encode_lot(lot)),
             RowChange::Coupon(id, c) => (coupon_key(member, id), encode_coupon(c)),
             RowChange::Badge(b) => (badge_key(member, b), Vec::new()),
+            RowChange::Hold(id, hold) => {
+                write_hold(overlay, member, id, hold.as_ref(), hash)?;
+                continue;
+            }
         };
         let old = overlay.get(tables::ROWS, &key)?;
         if let Some(old) = &old {
@@ -1298,6 +1777,47 @@ pub fn write_changes(
             _ => {}
         }
         overlay.put(tables::ROWS, key, value);
+    }
+    Ok(())
+}
+
+/// Places (`Some`) or ends (`None`) a pending hold: its row, its order and due entries, and
+/// the member hash.
+fn write_hold(
+    overlay: &mut Overlay<'_>,
+    member: &MemberId,
+    id: &CommandId,
+    hold: Option<&Hold>,
+    hash: &mut BucketSum,
+) -> Result<(), ProjectionError> {
+    let key = hold_key(member, id);
+    let id_bytes = id.as_str().as_bytes();
+    if let Some(old) = overlay.get(tables::ROWS, &key)? {
+        hash.sub(&row_hash(&key, &old));
+        let old = decode_hold(&old).map_err(|reason| damaged_view(member, reason))?;
+        overlay.delete(tables::HOLD_ORDER, hold_order_key(member, id, &old));
+        overlay.delete(
+            tables::DUE,
+            due_key(old.until, member, kind::HOLD, id_bytes),
+        );
+    }
+    match hold {
+        Some(hold) => {
+            let value = encode_hold(hold);
+            hash.add(&row_hash(&key, &value));
+            overlay.put(
+                tables::HOLD_ORDER,
+                hold_order_key(member, id, hold),
+                Vec::new(),
+            );
+            overlay.put(
+                tables::DUE,
+                due_key(hold.until, member, kind::HOLD, id_bytes),
+                Vec::new(),
+            );
+            overlay.put(tables::ROWS, key, value);
+        }
+        None => overlay.delete(tables::ROWS, key),
     }
     Ok(())
 }
@@ -1436,6 +1956,7 @@ fn first_due_key(
     for (table, kind) in [
         (tables::LOT_ORDER, kind::LOT),
         (tables::COUPON_ORDER, kind::COUPON),
+        (tables::HOLD_ORDER, kind::HOLD),
     ] {
         let entries = snap.scan(
             table,

@@ -137,10 +137,15 @@ fn stored_views_in(snap: &dyn Snapshot, context: &str) -> BTreeMap<MemberId, Wal
     out
 }
 
-/// Every entry of the three expiry-order index tables, as (table, key).
+/// Every entry of the four expiry-order index tables, as (table, key).
 pub fn stored_index_entries(snap: &dyn Snapshot) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
-    for table in [tables::LOT_ORDER, tables::COUPON_ORDER, tables::DUE] {
+    for table in [
+        tables::LOT_ORDER,
+        tables::COUPON_ORDER,
+        tables::HOLD_ORDER,
+        tables::DUE,
+    ] {
         let rows = snap
             .scan(table, (Bound::Unbounded, Bound::Unbounded), usize::MAX)
             .unwrap_or_else(|e| panic!("scanning {table}: {e}"));
@@ -289,12 +294,12 @@ fn check_state_invariants(
             *by_status.entry(coupon.status).or_default() += 1;
         }
     }
-    let credits = totals.top_ups + totals.refunds + totals.transfers_in;
+    let credits = totals.top_ups + totals.refunds + totals.compensations + totals.transfers_in;
     let debits = totals.payments + totals.transfers_out;
     assert_eq!(
         Some(balances),
         credits.checked_sub(debits),
-        "{context}: sum of balances != top-ups + refunds + transfers in - payments - transfers out ({totals:?})"
+        "{context}: sum of balances != top-ups + refunds + compensations + transfers in - payments - transfers out ({totals:?})"
     );
     assert_eq!(
         totals.transfers_in, totals.transfers_out,

@@ -94,6 +94,7 @@ fn history(i: u32) -> Vec<(WalletEvent, Timestamp)> {
                 merchant: "shop".into(),
                 currency: Currency::JPY,
                 merchant_category: None,
+                device: None,
             }),
             at,
         ));
@@ -128,6 +129,7 @@ fn history(i: u32) -> Vec<(WalletEvent, Timestamp)> {
             WalletEvent::MilesRedeemed(MilesRedeemed {
                 miles: Miles(5),
                 consumed: vec![(LotId(1), Miles(5))],
+                device: None,
             }),
             at,
         ));
@@ -159,6 +161,7 @@ fn history(i: u32) -> Vec<(WalletEvent, Timestamp)> {
         events.push((
             WalletEvent::CouponRedeemed(CouponRedeemed {
                 coupon: coupon_id(&format!("r{i}")),
+                device: None,
             }),
             at_secs(200),
         ));

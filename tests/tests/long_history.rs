@@ -156,6 +156,7 @@ fn history(m: &MemberId, s: Sizes) -> Vec<(WalletEvent, Timestamp)> {
                 merchant: format!("merchant-{}", k % 97),
                 currency: Currency::JPY,
                 merchant_category: None,
+                device: None,
             }),
             at,
         ));

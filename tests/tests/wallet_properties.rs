@@ -265,7 +265,9 @@ impl Model {
                 w.balance += amount.0;
                 Some(1)
             }
-            CommandBody::Transfer { from, to, amount } => {
+            CommandBody::Transfer {
+                from, to, amount, ..
+            } => {
                 if from == to || !self.wallets.contains_key(to) {
                     return None;
                 }
@@ -292,7 +294,7 @@ impl Model {
                 w.lots.push((miles.0, miles.0, *expires_at));
                 Some(1)
             }
-            CommandBody::RedeemMiles { member, miles } => {
+            CommandBody::RedeemMiles { member, miles, .. } => {
                 self.wallet(member)?.redeem_miles(miles.0, at).then_some(1)
             }
             CommandBody::AwardBadge { member, badge } => self
@@ -316,7 +318,7 @@ impl Model {
                 );
                 Some(1)
             }
-            CommandBody::RedeemCoupon { member, coupon } => {
+            CommandBody::RedeemCoupon { member, coupon, .. } => {
                 let c = self.wallet(member)?.coupons.get_mut(coupon.as_str())?;
                 if c.1 != CouponStatus::Active || at >= c.0 {
                     return None;
@@ -921,6 +923,8 @@ impl Reference {
         for (stream, event) in events {
             let (_, m) = member_of_stream(stream).expect("decide names valid streams");
             match event {
+                // The policy stream is no member's: member_of_stream above refuses it first.
+                DomainEvent::Policy(_) => {}
                 DomainEvent::Wallet(e) => {
                     let mut state = self.wallets.remove(&m);
                     apply_wallet_event(&mut state, e).expect("decided events apply");

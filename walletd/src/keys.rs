@@ -110,19 +110,33 @@ impl Principal {
     }
 }
 
+/// SPEC section 7's operator commands: only an `operator` key submits them (a compromised
+/// service key must not be able to switch holds off or pay compensations).
+fn is_operator_command(body: &CommandBody) -> bool {
+    matches!(
+        body,
+        CommandBody::SetPolicy { .. } | CommandBody::Compensate { .. }
+    )
+}
+
 fn allows(scope: &Scope, action: Action<'_>) -> bool {
     match (scope, action) {
         (Scope::Service, Action::Operate) => false,
+        (Scope::Service, Action::Command(body)) => !is_operator_command(body),
         (Scope::Service, _) => true,
         (Scope::Auditor, Action::Command(_) | Action::Operate) => false,
         (Scope::Auditor, _) => true,
         (Scope::Operator, Action::Operate | Action::ReadSummary) => true,
+        (Scope::Operator, Action::Command(body)) => is_operator_command(body),
         (Scope::Operator, _) => false,
         (Scope::Member(m), Action::ReadMember(read)) => m == read,
         (Scope::Member(m), Action::Command(body)) => match body {
+            // A member confirms (the step-up) or cancels their own holds.
             CommandBody::Pay { member, .. }
             | CommandBody::RedeemMiles { member, .. }
-            | CommandBody::RedeemCoupon { member, .. } => m == member,
+            | CommandBody::RedeemCoupon { member, .. }
+            | CommandBody::ConfirmHold { member, .. }
+            | CommandBody::CancelHold { member, .. } => m == member,
             CommandBody::Transfer { from, .. } => m == from,
             _ => false,
         },
@@ -368,6 +382,7 @@ mod tests {
             member: m.clone(),
             amount: ledger::domain::Yen(1),
             merchant: "shop".into(),
+            device: None,
         };
         let top_up = CommandBody::TopUp {
             member: m1.clone(),
@@ -377,6 +392,7 @@ mod tests {
             from: from.clone(),
             to: to.clone(),
             amount: ledger::domain::Yen(1),
+            device: None,
         };
         let p = |scope: Scope| Principal {
             name: "k".into(),
@@ -410,6 +426,33 @@ mod tests {
         assert!(service.may(Action::Command(&top_up)));
         assert!(service.may(Action::ReadMember(&m2)));
         assert!(!service.may(Action::Operate));
+
+        // SPEC section 7: set_policy and compensate are the operator's; a member confirms and
+        // cancels only their own holds. Planted defect: `is_operator_command` returning false
+        // lets a service key set the policy.
+        let policy = CommandBody::SetPolicy {
+            cooldown_hours: 0,
+            cooldown_cap: ledger::domain::Yen(0),
+        };
+        let compensate = CommandBody::Compensate {
+            member: m1.clone(),
+            incident: "7pay".into(),
+            original: ledger::Position(1),
+            amount: ledger::domain::Yen(1),
+        };
+        let confirm = |m: &MemberId| CommandBody::ConfirmHold {
+            member: m.clone(),
+            hold: ledger::domain::CommandId::new("h1").expect("valid id"),
+        };
+        for operator_only in [&policy, &compensate] {
+            assert!(operator.may(Action::Command(operator_only)));
+            assert!(!service.may(Action::Command(operator_only)));
+            assert!(!member_key.may(Action::Command(operator_only)));
+        }
+        assert!(!operator.may(Action::Command(&confirm(&m1))));
+        assert!(service.may(Action::Command(&confirm(&m1))));
+        assert!(member_key.may(Action::Command(&confirm(&m1))));
+        assert!(!member_key.may(Action::Command(&confirm(&m2))));
     }
 
     // Proves a key added to a file authenticates as its name and scopes, that the file stores

@@ -15,12 +15,14 @@
 //! - Every error is one line and quotes user values at most ~40 characters long.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use crate::timestamp::{Timestamp, TimestampError};
+use crate::types::Position;
 
 use super::ids::{
     is_plain_text, quote_for_message, Badge, CommandId, CouponId, IdError, MemberId, Miles,
@@ -37,6 +39,13 @@ pub const MAX_MERCHANT_CHARS: usize = 64;
 pub const MAX_LOGIN_CHARS: usize = 128;
 /// Longest reset reason, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
+/// Longest device name (of `login` and of the outgoing commands' optional `device`), in
+/// characters.
+pub const MAX_DEVICE_CHARS: usize = 128;
+/// Longest incident id of `compensate`, in characters.
+pub const MAX_INCIDENT_CHARS: usize = 64;
+/// Longest cool-down of `set_policy`: 30 days, in hours (SPEC section 7).
+pub const MAX_COOLDOWN_HOURS: u64 = 720;
 
 /// A command with its idempotency key and optional business time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +65,12 @@ pub enum CommandBody {
     OpenWallet { member: MemberId },
     /// `top_up`; amount 1..=100_000_000.
     TopUp { member: MemberId, amount: Yen },
-    /// `pay`; amount 1..=100_000_000, merchant 1-64 characters.
+    /// `pay`; amount 1..=100_000_000, merchant 1-64 characters, device 1-128 if given.
     Pay {
         member: MemberId,
         amount: Yen,
         merchant: String,
+        device: Option<String>,
     },
     /// `refund` of the earlier `pay` whose id is `payment`.
     Refund {
@@ -68,11 +78,12 @@ pub enum CommandBody {
         payment: CommandId,
         amount: Yen,
     },
-    /// `transfer` between two different wallets.
+    /// `transfer` between two different wallets; device 1-128 characters if given.
     Transfer {
         from: MemberId,
         to: MemberId,
         amount: Yen,
+        device: Option<String>,
     },
     /// `earn_miles`; miles 1..=100_000_000.
     EarnMiles {
@@ -80,8 +91,12 @@ pub enum CommandBody {
         miles: Miles,
         expires_at: Timestamp,
     },
-    /// `redeem_miles`; miles 1..=100_000_000.
-    RedeemMiles { member: MemberId, miles: Miles },
+    /// `redeem_miles`; miles 1..=100_000_000; device 1-128 characters if given.
+    RedeemMiles {
+        member: MemberId,
+        miles: Miles,
+        device: Option<String>,
+    },
     /// `award_badge`.
     AwardBadge { member: MemberId, badge: Badge },
     /// `issue_coupon`; value 0..=100_000_000.
@@ -91,8 +106,12 @@ pub enum CommandBody {
         value: Yen,
         expires_at: Timestamp,
     },
-    /// `redeem_coupon`.
-    RedeemCoupon { member: MemberId, coupon: CouponId },
+    /// `redeem_coupon`; device 1-128 characters if given.
+    RedeemCoupon {
+        member: MemberId,
+        coupon: CouponId,
+        device: Option<String>,
+    },
     /// `expire`; `member: None` means every member (the caller iterates, see `decide`).
     Expire {
         as_of: Timestamp,
@@ -106,6 +125,32 @@ pub enum CommandBody {
     ResetPassword {
         member: MemberId,
         reason: Option<String>,
+    },
+    /// `login` (SPEC section 7); device 1-128 characters, ip an IPv4 or IPv6 address.
+    Login {
+        member: MemberId,
+        device: String,
+        ip: IpAddr,
+    },
+    /// `change_contact` (SPEC section 7); login as in `register`.
+    ChangeContact { member: MemberId, login: String },
+    /// `set_policy` (SPEC section 7), an operator command: cooldown_hours 0..=720 (0: holds
+    /// off), cooldown_cap 0..=100_000_000 yen.
+    SetPolicy {
+        cooldown_hours: u64,
+        cooldown_cap: Yen,
+    },
+    /// `confirm_hold` (SPEC section 7): the held command named by `hold` takes effect now.
+    ConfirmHold { member: MemberId, hold: CommandId },
+    /// `cancel_hold` (SPEC section 7): the hold ends, nothing else changes.
+    CancelHold { member: MemberId, hold: CommandId },
+    /// `compensate` (SPEC section 7), an operator command: incident 1-64 characters, original
+    /// a log position (>= 1), amount 1..=100_000_000.
+    Compensate {
+        member: MemberId,
+        incident: String,
+        original: Position,
+        amount: Yen,
     },
 }
 
@@ -212,27 +257,40 @@ pub enum InputError {
 const MERCHANT_RULE: &str = "be 1 to 64 characters without control characters";
 const LOGIN_RULE: &str = "be 1 to 128 characters without control characters";
 const REASON_RULE: &str = "be 1 to 256 characters without control characters";
+const DEVICE_RULE: &str = "be 1 to 128 characters without control characters";
+const INCIDENT_RULE: &str = "be 1 to 64 characters without control characters";
+const IP_RULE: &str = "be an IPv4 or IPv6 address";
 
 /// Per type: its name, required fields, optional fields (besides `id`, `type`, `at`).
 const COMMAND_TYPES: &[(&str, &[&str], &[&str])] = &[
     ("open_wallet", &["member"], &[]),
     ("top_up", &["member", "amount"], &[]),
-    ("pay", &["member", "amount", "merchant"], &[]),
+    ("pay", &["member", "amount", "merchant"], &["device"]),
     ("refund", &["member", "payment", "amount"], &[]),
-    ("transfer", &["from", "to", "amount"], &[]),
+    ("transfer", &["from", "to", "amount"], &["device"]),
     ("earn_miles", &["member", "miles", "expires_at"], &[]),
-    ("redeem_miles", &["member", "miles"], &[]),
+    ("redeem_miles", &["member", "miles"], &["device"]),
     ("award_badge", &["member", "badge"], &[]),
     (
         "issue_coupon",
         &["member", "coupon", "value", "expires_at"],
         &[],
     ),
-    ("redeem_coupon", &["member", "coupon"], &[]),
+    ("redeem_coupon", &["member", "coupon"], &["device"]),
     ("expire", &["as_of"], &["member"]),
     ("register", &["member", "login"], &[]),
     ("change_password", &["member"], &[]),
     ("reset_password", &["member"], &["reason"]),
+    ("login", &["member", "device", "ip"], &[]),
+    ("change_contact", &["member", "login"], &[]),
+    ("set_policy", &["cooldown_hours", "cooldown_cap"], &[]),
+    ("confirm_hold", &["member", "hold"], &[]),
+    ("cancel_hold", &["member", "hold"], &[]),
+    (
+        "compensate",
+        &["member", "incident", "original", "amount"],
+        &[],
+    ),
 ];
 
 /// Fields every command has.
@@ -356,6 +414,23 @@ impl<'a> Fields<'a> {
 
     fn time(&self, name: &'static str) -> Result<Timestamp, InputError> {
         time_value(name, self.required(name)?)
+    }
+
+    /// The optional `device` of an outgoing command.
+    fn device(&self) -> Result<Option<String>, InputError> {
+        self.get("device")
+            .map(|v| text_value("device", MAX_DEVICE_CHARS, DEVICE_RULE, v))
+            .transpose()
+    }
+
+    /// An IPv4 or IPv6 address in any spelling `std::net::IpAddr` accepts.
+    fn ip(&self, name: &'static str) -> Result<IpAddr, InputError> {
+        let text = string_value(name, "a string", self.required(name)?)?;
+        text.parse().map_err(|_| InputError::Invalid {
+            field: name,
+            rule: IP_RULE,
+            got: quote_for_message(text),
+        })
     }
 }
 
@@ -524,6 +599,7 @@ fn parse_body(f: &Fields) -> Result<CommandBody, InputError> {
             member: f.member("member")?,
             amount: amount("amount")?,
             merchant: f.text("merchant", MAX_MERCHANT_CHARS, MERCHANT_RULE)?,
+            device: f.device()?,
         },
         "refund" => CommandBody::Refund {
             member: f.member("member")?,
@@ -534,6 +610,7 @@ fn parse_body(f: &Fields) -> Result<CommandBody, InputError> {
             from: f.member("from")?,
             to: f.member("to")?,
             amount: amount("amount")?,
+            device: f.device()?,
         },
         "earn_miles" => CommandBody::EarnMiles {
             member: f.member("member")?,
@@ -543,6 +620,7 @@ fn parse_body(f: &Fields) -> Result<CommandBody, InputError> {
         "redeem_miles" => CommandBody::RedeemMiles {
             member: f.member("member")?,
             miles: miles("miles")?,
+            device: f.device()?,
         },
         other => parse_body_rest(other, f)?,
     })
@@ -564,6 +642,7 @@ fn parse_body_rest(command_type: &str, f: &Fields) -> Result<CommandBody, InputE
         "redeem_coupon" => CommandBody::RedeemCoupon {
             member: f.member("member")?,
             coupon: f.id("coupon", CouponId::new)?,
+            device: f.device()?,
         },
         "expire" => CommandBody::Expire {
             as_of: f.time("as_of")?,
@@ -585,6 +664,40 @@ fn parse_body_rest(command_type: &str, f: &Fields) -> Result<CommandBody, InputE
                 .get("reason")
                 .map(|v| text_value("reason", MAX_REASON_CHARS, REASON_RULE, v))
                 .transpose()?,
+        },
+        other => parse_body_incident(other, f)?,
+    })
+}
+
+/// The commands of SPEC section 7 (incident defence).
+fn parse_body_incident(command_type: &str, f: &Fields) -> Result<CommandBody, InputError> {
+    Ok(match command_type {
+        "login" => CommandBody::Login {
+            member: f.member("member")?,
+            device: f.text("device", MAX_DEVICE_CHARS, DEVICE_RULE)?,
+            ip: f.ip("ip")?,
+        },
+        "change_contact" => CommandBody::ChangeContact {
+            member: f.member("member")?,
+            login: f.text("login", MAX_LOGIN_CHARS, LOGIN_RULE)?,
+        },
+        "set_policy" => CommandBody::SetPolicy {
+            cooldown_hours: f.int("cooldown_hours", 0, MAX_COOLDOWN_HOURS)?,
+            cooldown_cap: Yen(f.int("cooldown_cap", 0, MAX_AMOUNT_YEN)?),
+        },
+        "confirm_hold" => CommandBody::ConfirmHold {
+            member: f.member("member")?,
+            hold: f.id("hold", CommandId::new)?,
+        },
+        "cancel_hold" => CommandBody::CancelHold {
+            member: f.member("member")?,
+            hold: f.id("hold", CommandId::new)?,
+        },
+        "compensate" => CommandBody::Compensate {
+            member: f.member("member")?,
+            incident: f.text("incident", MAX_INCIDENT_CHARS, INCIDENT_RULE)?,
+            original: Position(f.int("original", 1, u64::MAX)?),
+            amount: Yen(f.int("amount", 1, MAX_AMOUNT_YEN)?),
         },
         // check_shape only lets through names from COMMAND_TYPES, all handled above.
         other => unreachable!("command type {other} passed check_shape but has no parser"),
@@ -700,7 +813,11 @@ impl Command {
             CommandBody::Transfer { from, to, .. } => vec![wallet(from), wallet(to)],
             CommandBody::Register { member, .. }
             | CommandBody::ChangePassword { member }
-            | CommandBody::ResetPassword { member, .. } => vec![identity(member)],
+            | CommandBody::ResetPassword { member, .. }
+            | CommandBody::Login { member, .. }
+            | CommandBody::ChangeContact { member, .. } => vec![identity(member)],
+            // The policy row is read through the reader, not as a member's stream.
+            CommandBody::SetPolicy { .. } => Vec::new(),
             other => other.member().map(wallet).into_iter().collect(),
         }
     }
@@ -743,10 +860,17 @@ impl CommandBody {
             CommandBody::Register { .. } => "register",
             CommandBody::ChangePassword { .. } => "change_password",
             CommandBody::ResetPassword { .. } => "reset_password",
+            CommandBody::Login { .. } => "login",
+            CommandBody::ChangeContact { .. } => "change_contact",
+            CommandBody::SetPolicy { .. } => "set_policy",
+            CommandBody::ConfirmHold { .. } => "confirm_hold",
+            CommandBody::CancelHold { .. } => "cancel_hold",
+            CommandBody::Compensate { .. } => "compensate",
         }
     }
 
-    /// The member the command is about (transfer: `from`); `None` only for expire-all.
+    /// The member the command is about (transfer: `from`); `None` only for expire-all and
+    /// `set_policy`.
     pub fn member(&self) -> Option<&MemberId> {
         match self {
             CommandBody::OpenWallet { member }
@@ -761,12 +885,17 @@ impl CommandBody {
             | CommandBody::Register { member, .. }
             | CommandBody::ChangePassword { member }
             | CommandBody::ResetPassword { member, .. }
+            | CommandBody::Login { member, .. }
+            | CommandBody::ChangeContact { member, .. }
+            | CommandBody::ConfirmHold { member, .. }
+            | CommandBody::CancelHold { member, .. }
+            | CommandBody::Compensate { member, .. }
             | CommandBody::Transfer { from: member, .. }
             | CommandBody::Expire {
                 member: Some(member),
                 ..
             } => Some(member),
-            CommandBody::Expire { member: None, .. } => None,
+            CommandBody::Expire { member: None, .. } | CommandBody::SetPolicy { .. } => None,
         }
     }
 
@@ -783,10 +912,12 @@ impl CommandBody {
                 member,
                 amount,
                 merchant,
+                device,
             } => {
                 sink.text("member", member.as_str());
                 sink.int("amount", amount.0);
                 sink.text("merchant", merchant);
+                write_device(sink, device);
             }
             CommandBody::Refund {
                 member,
@@ -797,10 +928,16 @@ impl CommandBody {
                 sink.text("payment", payment.as_str());
                 sink.int("amount", amount.0);
             }
-            CommandBody::Transfer { from, to, amount } => {
+            CommandBody::Transfer {
+                from,
+                to,
+                amount,
+                device,
+            } => {
                 sink.text("from", from.as_str());
                 sink.text("to", to.as_str());
                 sink.int("amount", amount.0);
+                write_device(sink, device);
             }
             other => other.write_fields_rest(sink),
         }
@@ -818,9 +955,14 @@ impl CommandBody {
                 sink.int("miles", miles.0);
                 sink.time("expires_at", *expires_at);
             }
-            CommandBody::RedeemMiles { member, miles } => {
+            CommandBody::RedeemMiles {
+                member,
+                miles,
+                device,
+            } => {
                 sink.text("member", member.as_str());
                 sink.int("miles", miles.0);
+                write_device(sink, device);
             }
             CommandBody::AwardBadge { member, badge } => {
                 sink.text("member", member.as_str());
@@ -837,9 +979,14 @@ impl CommandBody {
                 sink.int("value", value.0);
                 sink.time("expires_at", *expires_at);
             }
-            CommandBody::RedeemCoupon { member, coupon } => {
+            CommandBody::RedeemCoupon {
+                member,
+                coupon,
+                device,
+            } => {
                 sink.text("member", member.as_str());
                 sink.text("coupon", coupon.as_str());
+                write_device(sink, device);
             }
             other => other.write_fields_identity(sink),
         }
@@ -864,9 +1011,58 @@ impl CommandBody {
                     sink.text("reason", reason);
                 }
             }
-            // Every other variant was handled by write_fields or write_fields_rest.
-            _ => unreachable!("write_fields_identity called for {}", self.type_name()),
+            other => other.write_fields_incident(sink),
         }
+    }
+
+    /// The commands of SPEC section 7.
+    fn write_fields_incident(&self, sink: &mut impl FieldSink) {
+        match self {
+            CommandBody::Login { member, device, ip } => {
+                sink.text("member", member.as_str());
+                sink.text("device", device);
+                // The canonical spelling: `::1` and `0:0:0:0:0:0:0:1` are one address.
+                sink.text("ip", &ip.to_string());
+            }
+            CommandBody::ChangeContact { member, login } => {
+                sink.text("member", member.as_str());
+                sink.text("login", login);
+            }
+            CommandBody::SetPolicy {
+                cooldown_hours,
+                cooldown_cap,
+            } => {
+                sink.int("cooldown_hours", *cooldown_hours);
+                sink.int("cooldown_cap", cooldown_cap.0);
+            }
+            CommandBody::ConfirmHold { member, hold }
+            | CommandBody::CancelHold { member, hold } => {
+                sink.text("member", member.as_str());
+                sink.text("hold", hold.as_str());
+            }
+            CommandBody::Compensate {
+                member,
+                incident,
+                original,
+                amount,
+            } => {
+                sink.text("member", member.as_str());
+                sink.text("incident", incident);
+                sink.int("original", original.0);
+                sink.int("amount", amount.0);
+            }
+            // Every other variant was handled by write_fields, write_fields_rest or
+            // write_fields_identity.
+            _ => unreachable!("write_fields_incident called for {}", self.type_name()),
+        }
+    }
+}
+
+/// The optional `device` of an outgoing command, last; absent writes nothing, so the
+/// fingerprint of every command written before `device` existed is unchanged.
+fn write_device(sink: &mut impl FieldSink, device: &Option<String>) {
+    if let Some(device) = device {
+        sink.text("device", device);
     }
 }
 

@@ -21,16 +21,24 @@ use std::fmt;
 use crate::timestamp::Timestamp;
 
 use super::command::{Command, CommandBody};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::types::Position;
+
 use super::events::{
-    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DomainEvent,
-    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged, PasswordReset,
-    Refunded, Registered, ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened,
+    BadgeAwarded, CancelReason, Compensated, ContactChanged, CouponExpired, CouponIssued,
+    CouponRedeemed, Currency, DomainEvent, HeldKind, HoldCancelled, HoldConfirmed, HoldPlaced,
+    IdentityEvent, LoggedIn, MilesEarned, MilesExpired, MilesRedeemed, Paid, PasswordChanged,
+    PasswordReset, PolicyEvent, PolicySet, Refunded, Registered, ToppedUp, TransferredIn,
+    TransferredOut, WalletEvent, WalletOpened, SYSTEM_POLICY_STREAM,
 };
 use super::ids::{
-    identity_stream, wallet_stream, Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen,
+    identity_stream, wallet_stream, Badge, CommandId, CouponId, LotId, MemberId, Miles, StreamKind,
+    Yen,
 };
-use super::reader::{ReadFailure, StateReader, Visit, WalletSummary};
-use super::state::{Coupon, CouponStatus, IdentityState, MilesLot, Payment, WalletState};
+use super::reader::{ReadFailure, SecurityRow, StateReader, Visit, WalletSummary};
+use super::state::{Coupon, CouponStatus, Hold, IdentityState, MilesLot, Payment, WalletState};
 
 /// Why a coupon cannot be redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,12 +71,40 @@ pub enum Rejection {
     /// `open_wallet` for a member who has one.
     #[error("member {member} already has a wallet")]
     WalletExists { member: MemberId },
-    /// `pay` or `transfer` of more than the balance.
+    /// `pay` or `transfer` of more than the balance (nothing held).
     #[error("insufficient balance: member {member} has {balance} yen, needs {needed}")]
     InsufficientBalance {
         member: MemberId,
         balance: Yen,
         needed: Yen,
+    },
+    /// `pay`, `transfer` or `confirm_hold` of more than the available balance while holds
+    /// reserve part of the balance (SPEC section 7).
+    #[error("insufficient available balance: member {member} has {available} yen available ({balance} minus {held} held), needs {needed}")]
+    InsufficientAvailable {
+        member: MemberId,
+        available: Yen,
+        balance: Yen,
+        held: Yen,
+        needed: Yen,
+    },
+    /// `confirm_hold` or `cancel_hold` naming no pending hold of the member.
+    #[error("hold {hold} is not a pending hold of member {member}")]
+    NoHold { member: MemberId, hold: CommandId },
+    /// `confirm_hold` at or after the hold's `until`.
+    #[error("hold {hold} ended at {}: confirm_hold needs a time before it", until.to_rfc3339())]
+    HoldEnded { hold: CommandId, until: Timestamp },
+    /// A second `compensate` for the same (incident, original).
+    #[error("incident {incident} already compensated original {original}")]
+    AlreadyCompensated {
+        incident: String,
+        original: Position,
+    },
+    /// `compensate` whose `original` is not the position of an event of the member's streams.
+    #[error("original {original} is not the position of an event of member {member}")]
+    NotAnEventOfMember {
+        original: Position,
+        member: MemberId,
     },
     /// `pay` reusing the id of a payment the wallet already has (a caller that skipped the
     /// idempotency check).
@@ -149,7 +185,13 @@ impl Rejection {
         match self {
             Rejection::NoWallet { .. } => "no_wallet",
             Rejection::WalletExists { .. } => "wallet_exists",
-            Rejection::InsufficientBalance { .. } => "insufficient_balance",
+            Rejection::InsufficientBalance { .. } | Rejection::InsufficientAvailable { .. } => {
+                "insufficient_balance"
+            }
+            Rejection::NoHold { .. } => "no_hold",
+            Rejection::HoldEnded { .. } => "hold_ended",
+            Rejection::AlreadyCompensated { .. } => "already_compensated",
+            Rejection::NotAnEventOfMember { .. } => "not_an_event_of_member",
             Rejection::PaymentExists { .. } => "payment_exists",
             Rejection::NotAPayment { .. } => "not_a_payment",
             Rejection::RefundExceedsPayment { .. } => "refund_exceeds_payment",
@@ -186,6 +228,13 @@ impl From<ReadFailure> for Rejection {
 pub struct DecideInput<'a> {
     wallets: BTreeMap<MemberId, Option<&'a WalletState>>,
     identities: BTreeMap<MemberId, Option<&'a IdentityState>>,
+    /// The rows of SPEC section 7, which are not per stream: absent means "none" (no security
+    /// row, device never seen, no policy, no compensation, no event at that position).
+    securities: BTreeMap<MemberId, SecurityRow>,
+    devices: BTreeSet<(MemberId, String)>,
+    policy: Option<PolicySet>,
+    compensations: BTreeSet<(String, Position)>,
+    positions: BTreeMap<Position, (StreamKind, MemberId)>,
 }
 
 impl<'a> DecideInput<'a> {
@@ -203,6 +252,36 @@ impl<'a> DecideInput<'a> {
     /// Records the identity state of `member` (`None`: no identity stream).
     pub fn with_identity(mut self, member: MemberId, state: Option<&'a IdentityState>) -> Self {
         self.identities.insert(member, state);
+        self
+    }
+
+    /// Records the security row of `member`.
+    pub fn with_security(mut self, member: MemberId, row: SecurityRow) -> Self {
+        self.securities.insert(member, row);
+        self
+    }
+
+    /// Records that `member` logged in from `device` before.
+    pub fn with_device(mut self, member: MemberId, device: &str) -> Self {
+        self.devices.insert((member, device.to_owned()));
+        self
+    }
+
+    /// Records the policy in force.
+    pub fn with_policy(mut self, policy: PolicySet) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Records a compensation of (`incident`, `original`).
+    pub fn with_compensation(mut self, incident: &str, original: Position) -> Self {
+        self.compensations.insert((incident.to_owned(), original));
+        self
+    }
+
+    /// Records that the event at `position` is in the `kind` stream of `member`.
+    pub fn with_event_at(mut self, position: Position, kind: StreamKind, member: MemberId) -> Self {
+        self.positions.insert(position, (kind, member));
         self
     }
 
@@ -280,6 +359,45 @@ impl StateReader for DecideInput<'_> {
                 ),
             })
     }
+
+    fn hold(&self, member: &MemberId, id: &CommandId) -> Result<Option<Hold>, ReadFailure> {
+        Ok(self
+            .wallet(member)?
+            .and_then(|w| w.holds().get(id).cloned()))
+    }
+
+    fn holds_by_until(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        if let Some(w) = self.wallet(member)? {
+            w.visit_holds_by_until(visit);
+        }
+        Ok(())
+    }
+
+    fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {
+        Ok(self.securities.get(member).copied())
+    }
+
+    fn device_seen(&self, member: &MemberId, device: &str) -> Result<bool, ReadFailure> {
+        Ok(self.devices.contains(&(member.clone(), device.to_owned())))
+    }
+
+    fn policy(&self) -> Result<Option<PolicySet>, ReadFailure> {
+        Ok(self.policy)
+    }
+
+    fn compensated(&self, incident: &str, original: Position) -> Result<bool, ReadFailure> {
+        Ok(self
+            .compensations
+            .contains(&(incident.to_owned(), original)))
+    }
+
+    fn stream_at(&self, position: Position) -> Result<Option<(StreamKind, MemberId)>, ReadFailure> {
+        Ok(self.positions.get(&position).cloned())
+    }
 }
 
 /// The events for one stream, to be appended together with the other streams of the decision.
@@ -317,21 +435,47 @@ pub fn decide(
             member,
             amount,
             merchant,
-        } => on_wallet(rows, member, |w| decide_pay(&cmd.id, *amount, merchant, w)),
+            device,
+        } => {
+            let outgoing = Outgoing {
+                id: &cmd.id,
+                at,
+                amount: *amount,
+                device: device.as_deref(),
+            };
+            decide_pay(&outgoing, member, merchant, rows)
+        }
         CommandBody::Refund {
             member,
             payment,
             amount,
         } => on_wallet(rows, member, |w| decide_refund(payment, *amount, w)),
-        CommandBody::Transfer { from, to, amount } => decide_transfer(from, to, *amount, rows),
+        CommandBody::Transfer {
+            from,
+            to,
+            amount,
+            device,
+        } => {
+            let outgoing = Outgoing {
+                id: &cmd.id,
+                at,
+                amount: *amount,
+                device: device.as_deref(),
+            };
+            decide_transfer(&outgoing, from, to, rows)
+        }
         CommandBody::EarnMiles {
             member,
             miles,
             expires_at,
         } => on_wallet(rows, member, |w| decide_earn(*miles, *expires_at, at, w)),
-        CommandBody::RedeemMiles { member, miles } => {
-            on_wallet(rows, member, |w| decide_redeem_miles(*miles, at, w))
-        }
+        CommandBody::RedeemMiles {
+            member,
+            miles,
+            device,
+        } => on_wallet(rows, member, |w| {
+            decide_redeem_miles(*miles, at, device.as_deref(), w)
+        }),
         CommandBody::AwardBadge { member, badge } => {
             on_wallet(rows, member, |w| decide_award_badge(badge, w))
         }
@@ -343,9 +487,13 @@ pub fn decide(
         } => on_wallet(rows, member, |w| {
             decide_issue_coupon(coupon, *value, *expires_at, at, w)
         }),
-        CommandBody::RedeemCoupon { member, coupon } => {
-            on_wallet(rows, member, |w| decide_redeem_coupon(coupon, at, w))
-        }
+        CommandBody::RedeemCoupon {
+            member,
+            coupon,
+            device,
+        } => on_wallet(rows, member, |w| {
+            decide_redeem_coupon(coupon, at, device.as_deref(), w)
+        }),
         CommandBody::Expire { as_of, member } => match member {
             None => Ok(Vec::new()),
             Some(member) => {
@@ -361,8 +509,62 @@ pub fn decide(
         ),
         CommandBody::ResetPassword { member, reason } => {
             registered(rows, member)?;
-            Ok(reset_of_registered(member, reason.as_deref()))
+            Ok(reset_events(member, reason.as_deref(), false))
         }
+        other => decide_incident(cmd, other, at, rows),
+    }
+}
+
+/// The commands of SPEC section 7 (incident defence).
+fn decide_incident(
+    cmd: &Command,
+    body: &CommandBody,
+    at: Timestamp,
+    rows: &dyn StateReader,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    match body {
+        CommandBody::Login { member, device, ip } => decide_login(member, device, *ip, rows),
+        CommandBody::ChangeContact { member, login } => on_identity(
+            rows,
+            member,
+            IdentityEvent::ContactChanged(ContactChanged {
+                login: login.clone(),
+            }),
+        ),
+        CommandBody::SetPolicy {
+            cooldown_hours,
+            cooldown_cap,
+        } => Ok(vec![StreamEvents {
+            stream: SYSTEM_POLICY_STREAM.to_owned(),
+            events: vec![DomainEvent::Policy(PolicyEvent::PolicySet(PolicySet {
+                cooldown_hours: *cooldown_hours,
+                cooldown_cap: *cooldown_cap,
+            }))],
+        }]),
+        CommandBody::ConfirmHold { member, hold } => decide_confirm_hold(member, hold, at, rows),
+        CommandBody::CancelHold { member, hold } => on_wallet(rows, member, |w| {
+            pending_hold(w, hold)?;
+            Ok(WalletEvent::HoldCancelled(HoldCancelled {
+                hold: hold.clone(),
+                reason: CancelReason::Cancelled,
+            }))
+        }),
+        CommandBody::Compensate {
+            member,
+            incident,
+            original,
+            amount,
+        } => on_wallet(rows, member, |w| {
+            decide_compensate(incident, *original, *amount, w)
+        }),
+        // decide handles every other variant before calling this.
+        other => Err(Rejection::Unreadable {
+            reason: format!(
+                "command {} of type {} reached the incident rules",
+                cmd.id,
+                other.type_name()
+            ),
+        }),
     }
 }
 
@@ -375,18 +577,27 @@ pub fn decide(
 /// per-member read of the identity row is what keeps a reset of millions of members fast; the
 /// only rule it skips is the counter's room for one more reset, unreachable below `u64::MAX`
 /// resets, which the commit hook's fold still refuses ([`super::FoldError::CounterOverflow`]).
+///
+/// These are operator resets (`operator: true`): not credential events, so a mass reset starts
+/// no cool-down (SPEC section 7).
 pub fn reset_of_registered(member: &MemberId, reason: Option<&str>) -> Vec<StreamEvents> {
+    reset_events(member, reason, true)
+}
+
+fn reset_events(member: &MemberId, reason: Option<&str>, operator: bool) -> Vec<StreamEvents> {
     identity_events(
         member,
         IdentityEvent::PasswordReset(PasswordReset {
             reason: reason.map(str::to_owned),
+            operator,
         }),
     )
 }
 
 /// The events that `expire` with `as_of` produces in the wallet of `member`: every lot with
 /// miles left and `expires_at <= as_of` (in lot order), then every active coupon with
-/// `expires_at <= as_of` (in coupon id order). Possibly none. Reads only the due rows, through
+/// `expires_at <= as_of` (in coupon id order), then every pending hold with `until <= as_of`,
+/// cancelled (in hold id order). Possibly none. Reads only the due rows, through
 /// the reader's expiry order.
 pub fn decide_expire(
     rows: &dyn StateReader,
@@ -435,16 +646,37 @@ pub fn decide_expire_at_most(
             Visit::Continue
         })?;
     }
-    debug_assert!(lots.len() + coupons.len() <= max_events);
+    let mut holds: Vec<CommandId> = Vec::new();
+    let holds_max = max_events - lots.len() - coupons.len();
+    if holds_max > 0 {
+        rows.holds_by_until(member, &mut |id, hold| {
+            if hold.until > as_of {
+                return Visit::Stop;
+            }
+            holds.push(id.clone());
+            if holds.len() >= holds_max {
+                return Visit::Stop;
+            }
+            Visit::Continue
+        })?;
+    }
+    debug_assert!(lots.len() + coupons.len() + holds.len() <= max_events);
     lots.sort_unstable_by_key(|(lot, _)| *lot);
     coupons.sort_unstable();
+    holds.sort_unstable();
     let lots = lots
         .into_iter()
         .map(|(lot, miles)| WalletEvent::MilesExpired(MilesExpired { lot, miles }));
     let coupons = coupons
         .into_iter()
         .map(|coupon| WalletEvent::CouponExpired(CouponExpired { coupon }));
-    Ok(lots.chain(coupons).collect())
+    let holds = holds.into_iter().map(|hold| {
+        WalletEvent::HoldCancelled(HoldCancelled {
+            hold,
+            reason: CancelReason::Expired,
+        })
+    });
+    Ok(lots.chain(coupons).chain(holds).collect())
 }
 
 /// Wraps wallet events for one member's stream; no entry when there are none.
@@ -517,37 +749,118 @@ fn credit_check(wallet: &Wallet<'_>, amount: Yen) -> Result<(), Rejection> {
     }
 }
 
-fn debit_check(wallet: &Wallet<'_>, amount: Yen) -> Result<(), Rejection> {
-    if wallet.summary.balance < amount {
+/// Refuses a debit of more than the available balance; `released` is a reservation that the
+/// debit itself ends (a confirmed hold's own amount), counted as available.
+fn debit_check(wallet: &Wallet<'_>, amount: Yen, released: Yen) -> Result<(), Rejection> {
+    let summary = &wallet.summary;
+    let held = Yen(summary.held.0.saturating_sub(released.0));
+    let available = Yen(summary.balance.0.saturating_sub(held.0));
+    if available >= amount {
+        return Ok(());
+    }
+    if held.0 == 0 {
         return Err(Rejection::InsufficientBalance {
             member: wallet.member.clone(),
-            balance: wallet.summary.balance,
+            balance: summary.balance,
             needed: amount,
         });
     }
-    Ok(())
+    Err(Rejection::InsufficientAvailable {
+        member: wallet.member.clone(),
+        available,
+        balance: summary.balance,
+        held,
+        needed: amount,
+    })
 }
 
-fn decide_pay(
-    id: &CommandId,
+/// An outgoing `pay` or `transfer` as the hold rule sees it.
+struct Outgoing<'c> {
+    /// The command id: the payment's id, or the hold's.
+    id: &'c CommandId,
+    at: Timestamp,
     amount: Yen,
-    merchant: &str,
-    wallet: &Wallet<'_>,
-) -> Result<WalletEvent, Rejection> {
-    debit_check(wallet, amount)?;
-    if wallet.rows.payment(wallet.member, id)?.is_some() {
+    device: Option<&'c str>,
+}
+
+/// The hold's `until` when SPEC section 7's rule holds this outgoing command of `member`:
+/// policy (H, cap) with H > 0, a credential event at c, `at < c + H`, and
+/// `sent_since + amount > cap`. `None`: it applies now.
+fn hold_until(
+    rows: &dyn StateReader,
+    member: &MemberId,
+    outgoing: &Outgoing<'_>,
+) -> Result<Option<Timestamp>, Rejection> {
+    let Some(policy) = rows.policy()? else {
+        return Ok(None);
+    };
+    if policy.cooldown_hours == 0 {
+        return Ok(None);
+    }
+    let Some(security) = rows.security(member)? else {
+        return Ok(None);
+    };
+    // At most 720 hours: the product fits in i64 with room to spare.
+    let cooldown_seconds = i64::try_from(policy.cooldown_hours * 3_600).unwrap_or(i64::MAX);
+    let in_cooldown = outgoing.at < security.credential_at.plus_seconds(cooldown_seconds);
+    let over_cap = security.sent_since.0.saturating_add(outgoing.amount.0) > policy.cooldown_cap.0;
+    Ok((in_cooldown && over_cap).then(|| outgoing.at.plus_seconds(cooldown_seconds)))
+}
+
+/// Refuses a payment id the wallet already uses, as a payment or as a pending hold.
+fn new_payment_id(wallet: &Wallet<'_>, id: &CommandId) -> Result<(), Rejection> {
+    let used = wallet.rows.payment(wallet.member, id)?.is_some()
+        || wallet.rows.hold(wallet.member, id)?.is_some();
+    if used {
         return Err(Rejection::PaymentExists {
             member: wallet.member.clone(),
             payment: id.clone(),
         });
     }
-    Ok(WalletEvent::Paid(Paid {
+    Ok(())
+}
+
+fn paid(id: &CommandId, amount: Yen, merchant: &str, device: Option<&str>) -> WalletEvent {
+    WalletEvent::Paid(Paid {
         payment: id.clone(),
         amount,
         merchant: merchant.to_owned(),
         currency: Currency::JPY,
         merchant_category: None,
-    }))
+        device: device.map(str::to_owned),
+    })
+}
+
+fn hold_placed(outgoing: &Outgoing<'_>, kind: HeldKind, until: Timestamp) -> WalletEvent {
+    WalletEvent::HoldPlaced(HoldPlaced {
+        hold: outgoing.id.clone(),
+        kind,
+        amount: outgoing.amount,
+        until,
+        device: outgoing.device.map(str::to_owned),
+    })
+}
+
+/// `pay`: every SPEC 2 rule against the available balance, then the hold rule.
+fn decide_pay(
+    outgoing: &Outgoing<'_>,
+    member: &MemberId,
+    merchant: &str,
+    rows: &dyn StateReader,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    let wallet = existing_wallet(rows, member)?;
+    debit_check(&wallet, outgoing.amount, Yen(0))?;
+    new_payment_id(&wallet, outgoing.id)?;
+    let event = match hold_until(rows, member, outgoing)? {
+        Some(until) => {
+            let kind = HeldKind::Pay {
+                merchant: merchant.to_owned(),
+            };
+            hold_placed(outgoing, kind, until)
+        }
+        None => paid(outgoing.id, outgoing.amount, merchant, outgoing.device),
+    };
+    Ok(wallet_events(member, vec![event]))
 }
 
 fn decide_refund(
@@ -579,9 +892,9 @@ fn decide_refund(
 }
 
 fn decide_transfer(
+    outgoing: &Outgoing<'_>,
     from: &MemberId,
     to: &MemberId,
-    amount: Yen,
     rows: &dyn StateReader,
 ) -> Result<Vec<StreamEvents>, Rejection> {
     if from == to {
@@ -591,19 +904,157 @@ fn decide_transfer(
     }
     let source = existing_wallet(rows, from)?;
     let target = existing_wallet(rows, to)?;
-    debit_check(&source, amount)?;
-    credit_check(&target, amount)?;
+    debit_check(&source, outgoing.amount, Yen(0))?;
+    credit_check(&target, outgoing.amount)?;
+    if let Some(until) = hold_until(rows, from, outgoing)? {
+        // A held transfer reserves in the sender's wallet only; the receiver sees it once
+        // confirmed.
+        new_payment_id(&source, outgoing.id)?;
+        let kind = HeldKind::Transfer { to: to.clone() };
+        return Ok(wallet_events(
+            from,
+            vec![hold_placed(outgoing, kind, until)],
+        ));
+    }
+    Ok(transfer_events(
+        from,
+        to,
+        outgoing.amount,
+        outgoing.device,
+        Vec::new(),
+    ))
+}
+
+/// The two streams of a transfer that takes effect; `first` goes before the sender's
+/// `wallet.transferred_out` (a confirmed hold's `wallet.hold_confirmed`).
+fn transfer_events(
+    from: &MemberId,
+    to: &MemberId,
+    amount: Yen,
+    device: Option<&str>,
+    mut first: Vec<WalletEvent>,
+) -> Vec<StreamEvents> {
     let out = WalletEvent::TransferredOut(TransferredOut {
         to: to.clone(),
         amount,
+        device: device.map(str::to_owned),
     });
     let incoming = WalletEvent::TransferredIn(TransferredIn {
         from: from.clone(),
         amount,
     });
-    let mut streams = wallet_events(from, vec![out]);
+    first.push(out);
+    let mut streams = wallet_events(from, first);
     streams.extend(wallet_events(to, vec![incoming]));
-    Ok(streams)
+    streams
+}
+
+/// The pending hold `id` of the wallet, or the rejection naming it.
+fn pending_hold(wallet: &Wallet<'_>, id: &CommandId) -> Result<Hold, Rejection> {
+    wallet
+        .rows
+        .hold(wallet.member, id)?
+        .ok_or_else(|| Rejection::NoHold {
+            member: wallet.member.clone(),
+            hold: id.clone(),
+        })
+}
+
+/// `confirm_hold`: `at < until`, then the held command's rule now, counting its own
+/// reservation as available; its events follow `wallet.hold_confirmed` in one append. The hold
+/// rule is not applied again: confirming is the step-up it asks for.
+fn decide_confirm_hold(
+    member: &MemberId,
+    id: &CommandId,
+    at: Timestamp,
+    rows: &dyn StateReader,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    let wallet = existing_wallet(rows, member)?;
+    let hold = pending_hold(&wallet, id)?;
+    if at >= hold.until {
+        return Err(Rejection::HoldEnded {
+            hold: id.clone(),
+            until: hold.until,
+        });
+    }
+    debit_check(&wallet, hold.amount, hold.amount)?;
+    let confirmed = WalletEvent::HoldConfirmed(HoldConfirmed { hold: id.clone() });
+    match &hold.kind {
+        HeldKind::Pay { merchant } => {
+            if rows.payment(member, id)?.is_some() {
+                return Err(Rejection::PaymentExists {
+                    member: member.clone(),
+                    payment: id.clone(),
+                });
+            }
+            let events = vec![
+                confirmed,
+                paid(id, hold.amount, merchant, hold.device.as_deref()),
+            ];
+            Ok(wallet_events(member, events))
+        }
+        HeldKind::Transfer { to } => {
+            let target = existing_wallet(rows, to)?;
+            credit_check(&target, hold.amount)?;
+            Ok(transfer_events(
+                member,
+                to,
+                hold.amount,
+                hold.device.as_deref(),
+                vec![confirmed],
+            ))
+        }
+    }
+}
+
+/// `compensate`: at most one per (incident, original), `original` an event of the member.
+fn decide_compensate(
+    incident: &str,
+    original: Position,
+    amount: Yen,
+    wallet: &Wallet<'_>,
+) -> Result<WalletEvent, Rejection> {
+    if wallet.rows.compensated(incident, original)? {
+        return Err(Rejection::AlreadyCompensated {
+            incident: incident.to_owned(),
+            original,
+        });
+    }
+    let of_member = wallet
+        .rows
+        .stream_at(original)?
+        .is_some_and(|(_, member)| member == *wallet.member);
+    if !of_member {
+        return Err(Rejection::NotAnEventOfMember {
+            original,
+            member: wallet.member.clone(),
+        });
+    }
+    credit_check(wallet, amount)?;
+    Ok(WalletEvent::Compensated(Compensated {
+        incident: incident.to_owned(),
+        original: original.0,
+        amount,
+    }))
+}
+
+/// `login`: a device the member never logged in from makes it a new-device login.
+fn decide_login(
+    member: &MemberId,
+    device: &str,
+    ip: IpAddr,
+    rows: &dyn StateReader,
+) -> Result<Vec<StreamEvents>, Rejection> {
+    registered(rows, member)?;
+    let new_device = !rows.device_seen(member, device)?;
+    Ok(identity_events(
+        member,
+        IdentityEvent::LoggedIn(LoggedIn {
+            device: device.to_owned(),
+            ip: ip.to_string(),
+            new_device,
+        }),
+    ))
 }
 
 fn expiry_check(expires_at: Timestamp, at: Timestamp) -> Result<(), Rejection> {
@@ -648,6 +1099,7 @@ fn decide_earn(
 fn decide_redeem_miles(
     miles: Miles,
     at: Timestamp,
+    device: Option<&str>,
     wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     let mut consumed: Vec<(LotId, Miles)> = Vec::new();
@@ -676,6 +1128,7 @@ fn decide_redeem_miles(
     Ok(WalletEvent::MilesRedeemed(MilesRedeemed {
         miles,
         consumed,
+        device: device.map(str::to_owned),
     }))
 }
 
@@ -703,6 +1156,7 @@ fn decide_issue_coupon(
 fn decide_redeem_coupon(
     id: &CouponId,
     at: Timestamp,
+    device: Option<&str>,
     wallet: &Wallet<'_>,
 ) -> Result<WalletEvent, Rejection> {
     let Some(coupon) = wallet.rows.coupon(wallet.member, id)? else {
@@ -727,6 +1181,7 @@ fn decide_redeem_coupon(
     }
     Ok(WalletEvent::CouponRedeemed(CouponRedeemed {
         coupon: id.clone(),
+        device: device.map(str::to_owned),
     }))
 }
 

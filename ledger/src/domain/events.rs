@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::append::NewEvent;
 use crate::codec::{Codec, CodecError};
+use crate::record::RecordView;
 use crate::timestamp::Timestamp;
 
 use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, StreamKind, Yen};
@@ -54,6 +55,38 @@ pub struct Paid {
     /// recorded before v2 and for `pay` commands (their JSON has no such field yet): ISO 18245 has
     /// no "unknown" code, so none is invented.
     pub merchant_category: Option<MerchantCategory>,
+    /// v3 (SPEC section 7): the device the `pay` (or the held `pay` confirmed) named, if any;
+    /// `None` for every payment recorded before v3.
+    pub device: Option<String>,
+}
+
+/// `wallet.paid` v2, as written before v3 (the device) existed. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidV2 {
+    /// The `pay` command's id, later named by `refund`.
+    pub payment: CommandId,
+    /// Always >= 1.
+    pub amount: Yen,
+    /// Free text, 1 to 64 characters.
+    pub merchant: String,
+    /// ISO 4217 code.
+    pub currency: Currency,
+    /// ISO 18245 code, if any.
+    pub merchant_category: Option<MerchantCategory>,
+}
+
+impl PaidV2 {
+    /// The v2 -> v3 upcast: every v2 field unchanged, no device (v2 never recorded one).
+    pub fn upcast(self) -> Paid {
+        Paid {
+            payment: self.payment,
+            amount: self.amount,
+            merchant: self.merchant,
+            currency: self.currency,
+            merchant_category: self.merchant_category,
+            device: None,
+        }
+    }
 }
 
 /// `wallet.paid` v1, as written before v2 existed. Its bytes never change (see the pinned test).
@@ -68,8 +101,8 @@ pub struct PaidV1 {
 }
 
 impl PaidV1 {
-    /// The v1 -> v2 upcast: every v1 field unchanged, currency `JPY` (the only currency the
-    /// ledger has ever held), no merchant category (v1 never recorded one).
+    /// The v1 -> v3 upcast: every v1 field unchanged, currency `JPY` (the only currency the
+    /// ledger has ever held), no merchant category and no device (v1 never recorded them).
     pub fn upcast(self) -> Paid {
         Paid {
             payment: self.payment,
@@ -77,6 +110,7 @@ impl PaidV1 {
             merchant: self.merchant,
             currency: Currency::JPY,
             merchant_category: None,
+            device: None,
         }
     }
 }
@@ -161,12 +195,35 @@ pub struct Refunded {
 }
 
 /// Money left this wallet for another member's wallet (paired with `TransferredIn` there).
+/// v2: v1 ([`TransferredOutV1`]) plus the device (SPEC section 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferredOut {
     /// The receiving member.
     pub to: MemberId,
     /// Always >= 1.
     pub amount: Yen,
+    /// The device the `transfer` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.transferred_out` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferredOutV1 {
+    /// The receiving member.
+    pub to: MemberId,
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+impl TransferredOutV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> TransferredOut {
+        TransferredOut {
+            to: self.to,
+            amount: self.amount,
+            device: None,
+        }
+    }
 }
 
 /// Money arrived from another member's wallet (paired with `TransferredOut` there).
@@ -190,12 +247,35 @@ pub struct MilesEarned {
 }
 
 /// Miles were spent. The FIFO choice is recorded so that folding needs no policy.
+/// v2: v1 ([`MilesRedeemedV1`]) plus the device (SPEC section 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilesRedeemed {
     /// The total; equals the sum of `consumed`.
     pub miles: Miles,
     /// Which lots gave how many miles, in consumption order.
     pub consumed: Vec<(LotId, Miles)>,
+    /// The device the `redeem_miles` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.miles_redeemed` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilesRedeemedV1 {
+    /// The total; equals the sum of `consumed`.
+    pub miles: Miles,
+    /// Which lots gave how many miles, in consumption order.
+    pub consumed: Vec<(LotId, Miles)>,
+}
+
+impl MilesRedeemedV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> MilesRedeemed {
+        MilesRedeemed {
+            miles: self.miles,
+            consumed: self.consumed,
+            device: None,
+        }
+    }
 }
 
 /// The rest of a lot expired.
@@ -225,11 +305,30 @@ pub struct CouponIssued {
     pub expires_at: Timestamp,
 }
 
-/// An active coupon was used.
+/// An active coupon was used. v2: v1 ([`CouponRedeemedV1`]) plus the device (SPEC 7).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CouponRedeemed {
     /// The coupon.
     pub coupon: CouponId,
+    /// The device the `redeem_coupon` named, if any.
+    pub device: Option<String>,
+}
+
+/// `wallet.coupon_redeemed` v1. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRedeemedV1 {
+    /// The coupon.
+    pub coupon: CouponId,
+}
+
+impl CouponRedeemedV1 {
+    /// The v1 -> v2 upcast: no device.
+    pub fn upcast(self) -> CouponRedeemed {
+        CouponRedeemed {
+            coupon: self.coupon,
+            device: None,
+        }
+    }
 }
 
 /// An active coupon passed its expiry.
@@ -250,11 +349,149 @@ pub struct Registered {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordChanged;
 
-/// An operator forced a password reset.
+/// A password reset. `identity.password_reset` v2: v1 ([`PasswordResetV1`]) plus `operator`,
+/// which SPEC section 7 needs: an operator's mass reset (`migrate-tool reset-credentials`) is not
+/// a credential event and must never start a cool-down; a member's `reset_password` is one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordReset {
     /// Why, 1 to 256 characters, if given.
     pub reason: Option<String>,
+    /// True when `migrate-tool reset-credentials` wrote it; false for the `reset_password`
+    /// command.
+    pub operator: bool,
+}
+
+/// `identity.password_reset` v1, as written before v2 existed. Its bytes never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResetV1 {
+    /// Why, 1 to 256 characters, if given.
+    pub reason: Option<String>,
+}
+
+impl PasswordResetV1 {
+    /// The v1 -> v2 upcast. v1 did not record who reset, but only `reset-credentials` writes
+    /// command ids of the form `reset-<run>-<chunk>` (and a `reset_password` command with such
+    /// an id is possible but was never how resets were sent), so that form marks an operator
+    /// reset: a policy set after an old mass reset must not freeze the members it reset.
+    pub fn upcast(self, command_id: Option<&str>) -> PasswordReset {
+        PasswordReset {
+            reason: self.reason,
+            operator: command_id.is_some_and(is_reset_credentials_command_id),
+        }
+    }
+}
+
+/// True for the command ids `migrate-tool reset-credentials` writes: `reset-<run>-<chunk>`,
+/// where `<chunk>` is a decimal number and `<run>` is not empty.
+pub fn is_reset_credentials_command_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("reset-") else {
+        return false;
+    };
+    match rest.rsplit_once('-') {
+        Some((run, chunk)) => {
+            !run.is_empty() && !chunk.is_empty() && chunk.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// The member logged in (SPEC section 7). `new_device` is decided by `decide`: the member never
+/// logged in from `device` before. A new-device login is a credential event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedIn {
+    /// The device, 1 to 128 characters.
+    pub device: String,
+    /// The address, in `std::net::IpAddr`'s canonical spelling.
+    pub ip: String,
+    /// True when the member never logged in from `device` before this event.
+    pub new_device: bool,
+}
+
+/// The member changed their contact (the login name). A credential event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactChanged {
+    /// The new login name, 1 to 128 characters.
+    pub login: String,
+}
+
+/// What a held command does once confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeldKind {
+    /// A `pay` to `merchant`.
+    Pay {
+        /// Free text, 1 to 64 characters.
+        merchant: String,
+    },
+    /// A `transfer` to member `to`.
+    Transfer {
+        /// The receiving member.
+        to: MemberId,
+    },
+}
+
+/// An outgoing `pay` or `transfer` was held instead of applied (SPEC section 7): its amount is
+/// reserved (the balance does not change; the available balance drops) until `until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldPlaced {
+    /// The held command's id; names the hold in `confirm_hold` / `cancel_hold`.
+    pub hold: CommandId,
+    /// What the held command does.
+    pub kind: HeldKind,
+    /// Always >= 1.
+    pub amount: Yen,
+    /// The command's `at` plus the policy's cool-down; `confirm_hold` needs `at < until`, and an
+    /// `expire` with `as_of >= until` cancels it.
+    pub until: Timestamp,
+    /// The held command's device, if it named one.
+    pub device: Option<String>,
+}
+
+/// A pending hold was confirmed; in the same append as the held command's own events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldConfirmed {
+    /// The hold.
+    pub hold: CommandId,
+}
+
+/// Why a hold ended without taking effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelReason {
+    /// By `cancel_hold`.
+    Cancelled,
+    /// By an `expire` whose `as_of` reached the hold's `until`.
+    Expired,
+}
+
+/// A pending hold ended without effect; its reservation is released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCancelled {
+    /// The hold.
+    pub hold: CommandId,
+    /// Why.
+    pub reason: CancelReason,
+}
+
+/// The operator compensated the member for an incident (SPEC section 7): the balance rises.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensated {
+    /// The incident, 1 to 64 characters.
+    pub incident: String,
+    /// The log position of the member's event this compensates (at most one per incident).
+    pub original: u64,
+    /// Always >= 1.
+    pub amount: Yen,
+}
+
+/// The stream where `set_policy` records the policy in force.
+pub const SYSTEM_POLICY_STREAM: &str = "system-policy";
+
+/// The hold policy in force from this event on (SPEC section 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySet {
+    /// 0..=720; 0 turns holds off.
+    pub cooldown_hours: u64,
+    /// 0..=100_000_000 yen that may go out within the cool-down without a hold.
+    pub cooldown_cap: Yen,
 }
 
 /// The system stream where the log records the migrations applied to it.
@@ -387,17 +624,21 @@ event_enum!(
     WalletEvent {
         WalletOpened => "wallet.opened" v 1,
         ToppedUp => "wallet.topped_up" v 1,
-        Paid => "wallet.paid" v 2,
+        Paid => "wallet.paid" v 3,
         Refunded => "wallet.refunded" v 1,
-        TransferredOut => "wallet.transferred_out" v 1,
+        TransferredOut => "wallet.transferred_out" v 2,
         TransferredIn => "wallet.transferred_in" v 1,
         MilesEarned => "wallet.miles_earned" v 1,
-        MilesRedeemed => "wallet.miles_redeemed" v 1,
+        MilesRedeemed => "wallet.miles_redeemed" v 2,
         MilesExpired => "wallet.miles_expired" v 1,
         BadgeAwarded => "wallet.badge_awarded" v 1,
         CouponIssued => "wallet.coupon_issued" v 1,
-        CouponRedeemed => "wallet.coupon_redeemed" v 1,
+        CouponRedeemed => "wallet.coupon_redeemed" v 2,
         CouponExpired => "wallet.coupon_expired" v 1,
+        HoldPlaced => "wallet.hold_placed" v 1,
+        HoldConfirmed => "wallet.hold_confirmed" v 1,
+        HoldCancelled => "wallet.hold_cancelled" v 1,
+        Compensated => "wallet.compensated" v 1,
     }
 );
 
@@ -406,7 +647,16 @@ event_enum!(
     IdentityEvent {
         Registered => "identity.registered" v 1,
         PasswordChanged => "identity.password_changed" v 1,
-        PasswordReset => "identity.password_reset" v 1,
+        PasswordReset => "identity.password_reset" v 2,
+        LoggedIn => "identity.logged_in" v 1,
+        ContactChanged => "identity.contact_changed" v 1,
+    }
+);
+
+event_enum!(
+    /// Events of the policy stream ([`SYSTEM_POLICY_STREAM`]), written by `set_policy`.
+    PolicyEvent {
+        PolicySet => "policy.set" v 1,
     }
 );
 
@@ -431,15 +681,44 @@ impl SystemEvent {
 }
 
 /// Older schema versions this build still reads, each upcast to the current one on decode.
-pub const LEGACY_TYPES: &[(&str, u16)] = &[("wallet.paid", 1)];
+pub const LEGACY_TYPES: &[(&str, u16)] = &[
+    ("wallet.paid", 1),
+    ("wallet.paid", 2),
+    ("wallet.transferred_out", 1),
+    ("wallet.miles_redeemed", 1),
+    ("wallet.coupon_redeemed", 1),
+    ("identity.password_reset", 1),
+];
+
+/// Decodes a legacy wallet payload `T` and upcasts it.
+fn legacy_wallet<T: serde::de::DeserializeOwned>(
+    event_type: &'static str,
+    version: u16,
+    codec: Codec,
+    payload: &[u8],
+    upcast: fn(T) -> WalletEvent,
+) -> Option<Result<DomainEvent, DecodeEventError>> {
+    Some(
+        codec
+            .decode::<T>(payload)
+            .map(|old| DomainEvent::Wallet(upcast(old)))
+            .map_err(|source| DecodeEventError::Payload {
+                event_type,
+                version,
+                source,
+            }),
+    )
+}
 
 /// Decodes an older schema version into the current event, or `None` when (type, version) is
-/// not a legacy one.
+/// not a legacy one. `command_id` is the record's, where the upcast needs it (see
+/// [`PasswordResetV1::upcast`]).
 fn decode_legacy(
     event_type: &str,
     version: u16,
     codec: Codec,
     payload: &[u8],
+    command_id: Option<&str>,
 ) -> Option<Result<DomainEvent, DecodeEventError>> {
     match (event_type, version) {
         ("wallet.paid", 1) => Some(
@@ -448,6 +727,36 @@ fn decode_legacy(
                 .map(|v1| DomainEvent::Wallet(WalletEvent::Paid(v1.upcast())))
                 .map_err(|source| DecodeEventError::Payload {
                     event_type: "wallet.paid",
+                    version: 1,
+                    source,
+                }),
+        ),
+        ("wallet.paid", 2) => legacy_wallet::<PaidV2>("wallet.paid", 2, codec, payload, |e| {
+            WalletEvent::Paid(e.upcast())
+        }),
+        ("wallet.transferred_out", 1) => {
+            legacy_wallet::<TransferredOutV1>("wallet.transferred_out", 1, codec, payload, |e| {
+                WalletEvent::TransferredOut(e.upcast())
+            })
+        }
+        ("wallet.miles_redeemed", 1) => {
+            legacy_wallet::<MilesRedeemedV1>("wallet.miles_redeemed", 1, codec, payload, |e| {
+                WalletEvent::MilesRedeemed(e.upcast())
+            })
+        }
+        ("wallet.coupon_redeemed", 1) => {
+            legacy_wallet::<CouponRedeemedV1>("wallet.coupon_redeemed", 1, codec, payload, |e| {
+                WalletEvent::CouponRedeemed(e.upcast())
+            })
+        }
+        ("identity.password_reset", 1) => Some(
+            codec
+                .decode::<PasswordResetV1>(payload)
+                .map(|v1| {
+                    DomainEvent::Identity(IdentityEvent::PasswordReset(v1.upcast(command_id)))
+                })
+                .map_err(|source| DecodeEventError::Payload {
+                    event_type: "identity.password_reset",
                     version: 1,
                     source,
                 }),
@@ -463,6 +772,8 @@ pub enum DomainEvent {
     Wallet(WalletEvent),
     /// Goes to `identity-<member>`.
     Identity(IdentityEvent),
+    /// Goes to [`SYSTEM_POLICY_STREAM`].
+    Policy(PolicyEvent),
 }
 
 impl DomainEvent {
@@ -471,6 +782,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Wallet(e) => e.event_type(),
             DomainEvent::Identity(e) => e.event_type(),
+            DomainEvent::Policy(e) => e.event_type(),
         }
     }
 
@@ -479,14 +791,16 @@ impl DomainEvent {
         match self {
             DomainEvent::Wallet(e) => e.schema_version(),
             DomainEvent::Identity(e) => e.schema_version(),
+            DomainEvent::Policy(e) => e.schema_version(),
         }
     }
 
-    /// The kind of stream this event may be appended to.
-    pub fn stream_kind(&self) -> StreamKind {
+    /// The kind of member stream this event may be appended to; `None` for the policy stream.
+    pub fn stream_kind(&self) -> Option<StreamKind> {
         match self {
-            DomainEvent::Wallet(_) => StreamKind::Wallet,
-            DomainEvent::Identity(_) => StreamKind::Identity,
+            DomainEvent::Wallet(_) => Some(StreamKind::Wallet),
+            DomainEvent::Identity(_) => Some(StreamKind::Identity),
+            DomainEvent::Policy(_) => None,
         }
     }
 
@@ -495,6 +809,7 @@ impl DomainEvent {
         match self {
             DomainEvent::Wallet(e) => e.encode(codec),
             DomainEvent::Identity(e) => e.encode(codec),
+            DomainEvent::Policy(e) => e.encode(codec),
         }
     }
 
@@ -511,13 +826,50 @@ impl DomainEvent {
     }
 
     /// Rebuilds an event from its envelope's type name and version and its payload bytes.
+    /// A v1 `identity.password_reset` decodes as a member's reset (`operator: false`) here;
+    /// [`DomainEvent::decode_record`] reads its command id to tell an operator's.
     pub fn decode(
         event_type: &str,
         schema_version: u16,
         codec: Codec,
         payload: &[u8],
     ) -> Result<DomainEvent, DecodeEventError> {
-        if let Some(result) = decode_legacy(event_type, schema_version, codec, payload) {
+        Self::decode_with(event_type, schema_version, codec, payload, None)
+    }
+
+    /// [`DomainEvent::decode`] of a whole record: the upcasts that depend on the envelope (a v1
+    /// password reset's command id) see it.
+    pub fn decode_record(record: &RecordView<'_>) -> Result<DomainEvent, DecodeEventError> {
+        Self::decode_with(
+            record.event_type,
+            record.schema_version,
+            record.codec,
+            record.payload,
+            Some(record.command_id),
+        )
+    }
+
+    /// [`DomainEvent::decode`] with the record's command id, for callers that hold the fields
+    /// of a record but not a [`RecordView`].
+    pub fn decode_with_command_id(
+        event_type: &str,
+        schema_version: u16,
+        codec: Codec,
+        payload: &[u8],
+        command_id: Option<&str>,
+    ) -> Result<DomainEvent, DecodeEventError> {
+        Self::decode_with(event_type, schema_version, codec, payload, command_id)
+    }
+
+    fn decode_with(
+        event_type: &str,
+        schema_version: u16,
+        codec: Codec,
+        payload: &[u8],
+        command_id: Option<&str>,
+    ) -> Result<DomainEvent, DecodeEventError> {
+        if let Some(result) = decode_legacy(event_type, schema_version, codec, payload, command_id)
+        {
             return result;
         }
         if let Some(result) = WalletEvent::decode_known(event_type, schema_version, codec, payload)
@@ -528,6 +880,10 @@ impl DomainEvent {
             IdentityEvent::decode_known(event_type, schema_version, codec, payload)
         {
             return result.map(DomainEvent::Identity);
+        }
+        if let Some(result) = PolicyEvent::decode_known(event_type, schema_version, codec, payload)
+        {
+            return result.map(DomainEvent::Policy);
         }
         Err(DecodeEventError::UnknownType {
             event_type: event_type.chars().take(64).collect(),

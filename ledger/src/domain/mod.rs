@@ -42,19 +42,21 @@ pub use decide::{
     Rejection, StreamEvents,
 };
 pub use events::{
-    BadgeAwarded, CouponExpired, CouponIssued, CouponRedeemed, Currency, DecodeEventError,
-    DomainEvent, IdentityEvent, MerchantCategory, MigrationApplied, MilesEarned, MilesExpired,
-    MilesRedeemed, Paid, PaidV1, PasswordChanged, PasswordReset, Refunded, Registered, SystemEvent,
-    ToppedUp, TransferredIn, TransferredOut, WalletEvent, WalletOpened, LEGACY_TYPES,
-    SYSTEM_MIGRATIONS_STREAM,
+    is_reset_credentials_command_id, BadgeAwarded, CancelReason, Compensated, ContactChanged,
+    CouponExpired, CouponIssued, CouponRedeemed, CouponRedeemedV1, Currency, DecodeEventError,
+    DomainEvent, HeldKind, HoldCancelled, HoldConfirmed, HoldPlaced, IdentityEvent, LoggedIn,
+    MerchantCategory, MigrationApplied, MilesEarned, MilesExpired, MilesRedeemed, MilesRedeemedV1,
+    Paid, PaidV1, PaidV2, PasswordChanged, PasswordReset, PasswordResetV1, PolicyEvent, PolicySet,
+    Refunded, Registered, SystemEvent, ToppedUp, TransferredIn, TransferredOut, TransferredOutV1,
+    WalletEvent, WalletOpened, LEGACY_TYPES, SYSTEM_MIGRATIONS_STREAM, SYSTEM_POLICY_STREAM,
 };
 pub use ids::{
     identity_stream, member_of_stream, wallet_stream, Badge, CommandId, CouponId, IdError, LotId,
     MemberId, Miles, StreamKind, StreamRef, Yen, IDENTITY_STREAM_PREFIX, WALLET_STREAM_PREFIX,
 };
-pub use reader::{ReadFailure, StateReader, Visit, WalletSummary};
+pub use reader::{ReadFailure, SecurityRow, StateReader, Visit, WalletSummary};
 pub use rows::{wallet_row_changes, RowChange};
 pub use state::{
     apply_identity_event, apply_wallet_event, apply_wallet_event_owned, Coupon, CouponStatus,
-    FoldError, IdentityState, MilesLot, Payment, WalletState,
+    FoldError, Hold, IdentityState, MilesLot, Payment, WalletState,
 };

@@ -48,7 +48,7 @@ enum Kind {
 fn kind(field: &str) -> Kind {
     match field {
         "type" => Kind::Type,
-        "amount" | "miles" | "value" => Kind::Int,
+        "amount" | "miles" | "value" | "cooldown_hours" | "cooldown_cap" | "original" => Kind::Int,
         "at" | "expires_at" | "as_of" => Kind::Time,
         _ => Kind::Text,
     }
@@ -110,6 +110,11 @@ fn is_optional(command_type: &str, field: &str) -> bool {
     field == "at"
         || (command_type == "expire" && field == "member")
         || (command_type == "reset_password" && field == "reason")
+        || (field == "device"
+            && matches!(
+                command_type,
+                "pay" | "transfer" | "redeem_miles" | "redeem_coupon"
+            ))
 }
 
 /// A value of the wrong JSON type for a field of `kind`, and the `expected` it is reported with.
@@ -134,6 +139,10 @@ fn mistyped(kind: Kind, pick: usize) -> (Value, &'static str) {
 fn breaking(field: &str, pick: usize) -> (Value, &'static str) {
     match kind(field) {
         Kind::Type => (json!("open_wallets"), "unknown type"),
+        // `original` is any position from 1: only 0 and negatives are out of its range.
+        Kind::Int if field == "original" => {
+            ([json!(0), json!(-1)][pick % 2].clone(), "out of range")
+        }
         Kind::Int => (
             [json!(100_000_001u64), json!(-1)][pick % 2].clone(),
             "out of range",
@@ -365,5 +374,114 @@ fn parser_cases_are_mostly_json_objects() {
     assert!(
         new_rate >= 0.7,
         "only {new_rate:.3} of the lines are JSON objects"
+    );
+}
+
+// Every new field of SPEC section 7 refused with its exact one-line message, naming the field
+// and the rule. (That an outgoing command without `device` keeps its fingerprint is proved by
+// the pinned-fingerprint tests, unchanged; `device_changes_the_fingerprint_only_when_present`
+// below proves a device is part of the command.) Planted defect this caught: `cooldown_hours`
+// parsed with the amount range (the 721 line parses).
+#[test]
+fn incident_fields_are_refused_with_exact_messages() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"id":"a","type":"login","member":"m1","device":"","ip":"10.0.0.1"}"#,
+            "field \"device\" must be 1 to 128 characters without control characters, got \"\"",
+        ),
+        (
+            r#"{"id":"a","type":"login","member":"m1","device":"d","ip":"10.0.0.256"}"#,
+            "field \"ip\" must be an IPv4 or IPv6 address, got \"10.0.0.256\"",
+        ),
+        (
+            r#"{"id":"a","type":"login","member":"m1","device":"d","ip":7}"#,
+            "field \"ip\" must be a string, got 7",
+        ),
+        (
+            r#"{"id":"a","type":"login","member":"m1","device":"d"}"#,
+            "missing field \"ip\" for login",
+        ),
+        (
+            r#"{"id":"a","type":"change_contact","member":"m1","login":"a\u0007b"}"#,
+            "field \"login\" must be 1 to 128 characters without control characters, got \"a\\u{7}b\"",
+        ),
+        (
+            r#"{"id":"a","type":"set_policy","cooldown_hours":721,"cooldown_cap":0}"#,
+            "field \"cooldown_hours\" must be between 0 and 720, got 721",
+        ),
+        (
+            r#"{"id":"a","type":"set_policy","cooldown_hours":24,"cooldown_cap":100000001}"#,
+            "field \"cooldown_cap\" must be between 0 and 100000000, got 100000001",
+        ),
+        (
+            r#"{"id":"a","type":"set_policy","cooldown_hours":24.5,"cooldown_cap":0}"#,
+            "field \"cooldown_hours\" must be an integer, got 24.5",
+        ),
+        (
+            r#"{"id":"a","type":"set_policy","cooldown_hours":24,"cooldown_cap":0,"member":"m1"}"#,
+            "unknown field \"member\" for set_policy",
+        ),
+        (
+            r#"{"id":"a","type":"confirm_hold","member":"m1","hold":""}"#,
+            "field \"hold\" must be 1 to 128 characters without control characters, got \"\"",
+        ),
+        (
+            r#"{"id":"a","type":"cancel_hold","member":"m1"}"#,
+            "missing field \"hold\" for cancel_hold",
+        ),
+        (
+            r#"{"id":"a","type":"compensate","member":"m1","incident":"","original":1,"amount":1}"#,
+            "field \"incident\" must be 1 to 64 characters without control characters, got \"\"",
+        ),
+        (
+            r#"{"id":"a","type":"compensate","member":"m1","incident":"i","original":0,"amount":1}"#,
+            "field \"original\" must be between 1 and 18446744073709551615, got 0",
+        ),
+        (
+            r#"{"id":"a","type":"compensate","member":"m1","incident":"i","original":1,"amount":0}"#,
+            "field \"amount\" must be between 1 and 100000000, got 0",
+        ),
+        (
+            r#"{"id":"a","type":"pay","member":"m1","amount":1,"merchant":"s","device":""}"#,
+            "field \"device\" must be 1 to 128 characters without control characters, got \"\"",
+        ),
+        (
+            r#"{"id":"a","type":"transfer","from":"m1","to":"m2","amount":1,"device":1}"#,
+            "field \"device\" must be a string, got 1",
+        ),
+        (
+            r#"{"id":"a","type":"top_up","member":"m1","amount":1,"device":"d"}"#,
+            "unknown field \"device\" for top_up",
+        ),
+    ];
+    for (line, message) in cases {
+        let error = Command::parse_json_line(line).expect_err(line).to_string();
+        assert_eq!(error, *message, "{line}");
+    }
+}
+
+// Proves `device` is part of an outgoing command's identity when present (the same id with
+// another device is "a different command") and that a line with it round-trips through
+// `to_json_line`. Planted defect: `write_device` writing nothing makes both fingerprints equal.
+#[test]
+fn device_changes_the_fingerprint_only_when_present() {
+    let plain = r#"{"id":"p","type":"pay","member":"m1","amount":1,"merchant":"s"}"#;
+    let with =
+        r#"{"id":"p","type":"pay","member":"m1","amount":1,"merchant":"s","device":"phone"}"#;
+    let (plain, with) = (
+        Command::parse_json_line(plain).expect("valid"),
+        Command::parse_json_line(with).expect("valid"),
+    );
+    assert_ne!(plain.fingerprint(), with.fingerprint());
+    assert_eq!(Command::parse_json_line(&with.to_json_line()), Ok(with));
+    let login = Command::parse_json_line(
+        r#"{"id":"l","type":"login","member":"m1","device":"d","ip":"0:0:0:0:0:0:0:1"}"#,
+    )
+    .expect("valid");
+    // The canonical spelling of an address: one command however it was written.
+    assert!(
+        login.to_json_line().ends_with(r#""ip":"::1"}"#),
+        "{}",
+        login.to_json_line()
     );
 }

@@ -18,8 +18,11 @@ use std::fmt;
 
 use crate::timestamp::Timestamp;
 
-use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen};
-use super::state::{Coupon, CouponStatus, IdentityState, MilesLot, Payment, WalletState};
+use crate::types::Position;
+
+use super::events::{IdentityEvent, PolicySet, WalletEvent};
+use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, StreamKind, Yen};
+use super::state::{Coupon, CouponStatus, Hold, IdentityState, MilesLot, Payment, WalletState};
 
 /// A reader could not answer (storage failed, a row is damaged). `decide` turns it into
 /// [`Rejection::Unreadable`](super::Rejection::Unreadable); callers report it as a storage
@@ -55,12 +58,76 @@ pub struct WalletSummary {
     pub coupons_redeemed: u64,
     /// Coupons expired by an `expire` event.
     pub coupons_expired: u64,
+    /// The sum of the pending holds (SPEC section 7); `<= balance`.
+    pub held: Yen,
+}
+
+impl WalletSummary {
+    /// Balance minus held: what `pay` and `transfer` may spend (SPEC section 7).
+    pub fn available(&self) -> Yen {
+        // held <= balance is a fold invariant; saturating only guards a damaged row.
+        Yen(self.balance.0.saturating_sub(self.held.0))
+    }
 }
 
 impl WalletSummary {
     /// The id the next earned lot gets, or `None` when `u32` lot ids are used up.
     pub fn next_lot_id(&self) -> Option<LotId> {
         self.lots.checked_add(1).map(LotId)
+    }
+}
+
+/// A member's security row (SPEC section 7; not in the wallet projection, not in the digest):
+/// the last credential event and what went out since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecurityRow {
+    /// Business time `c` of the last credential event, in log order.
+    pub credential_at: Timestamp,
+    /// Its log position (0 while deciding: the writer knows it only once appended).
+    pub credential_position: Position,
+    /// Yen of `pay` and `transfer` that took effect after it (confirmed holds included).
+    pub sent_since: Yen,
+}
+
+impl SecurityRow {
+    /// The row after an identity event at business time `at`: a credential event (SPEC section
+    /// 7: `change_password`, a member's `reset_password`, `change_contact`, a new-device
+    /// `login`) starts a new row with nothing sent; any other event leaves `row` as it is.
+    pub fn after_identity(
+        row: Option<SecurityRow>,
+        event: &IdentityEvent,
+        at: Timestamp,
+        position: Position,
+    ) -> Option<SecurityRow> {
+        let credential = match event {
+            IdentityEvent::PasswordChanged(_) | IdentityEvent::ContactChanged(_) => true,
+            IdentityEvent::PasswordReset(reset) => !reset.operator,
+            IdentityEvent::LoggedIn(login) => login.new_device,
+            IdentityEvent::Registered(_) => false,
+        };
+        if !credential {
+            return row;
+        }
+        Some(SecurityRow {
+            credential_at: at,
+            credential_position: position,
+            sent_since: Yen(0),
+        })
+    }
+
+    /// The row after a wallet event of the same member: a payment or an outgoing transfer
+    /// (confirmed holds arrive as these too) adds its amount, saturating (a counter, never a
+    /// balance: past `u64::MAX` yen it cannot matter against a cap of at most 10^8).
+    pub fn after_wallet(self, event: &WalletEvent) -> SecurityRow {
+        let sent = match event {
+            WalletEvent::Paid(e) => e.amount,
+            WalletEvent::TransferredOut(e) => e.amount,
+            _ => return self,
+        };
+        SecurityRow {
+            sent_since: Yen(self.sent_since.0.saturating_add(sent.0)),
+            ..self
+        }
     }
 }
 
@@ -102,6 +169,25 @@ pub trait StateReader {
     ) -> Result<(), ReadFailure>;
     /// The identity of `member`; `None`: not registered.
     fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure>;
+    /// One pending hold of `member`, by the held command's id.
+    fn hold(&self, member: &MemberId, id: &CommandId) -> Result<Option<Hold>, ReadFailure>;
+    /// Visits the pending holds of `member` in `(until, hold id)` order.
+    fn holds_by_until(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
+    ) -> Result<(), ReadFailure>;
+    /// The security row of `member`; `None`: no credential event yet.
+    fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure>;
+    /// Whether `member` ever logged in from `device`.
+    fn device_seen(&self, member: &MemberId, device: &str) -> Result<bool, ReadFailure>;
+    /// The policy in force (the last `policy.set`); `None`: holds off.
+    fn policy(&self) -> Result<Option<PolicySet>, ReadFailure>;
+    /// Whether a compensation for (`incident`, `original`) exists.
+    fn compensated(&self, incident: &str, original: Position) -> Result<bool, ReadFailure>;
+    /// The member stream (kind and member) of the event at `position`; `None`: no event there,
+    /// or one of a stream that is no member's.
+    fn stream_at(&self, position: Position) -> Result<Option<(StreamKind, MemberId)>, ReadFailure>;
 }
 
 /// A whole in-memory [`WalletState`] answers for its own member (and has no identity). For
@@ -115,6 +201,7 @@ impl WalletState {
             lots: u32::try_from(self.lots().len()).unwrap_or(u32::MAX),
             payments: self.payments().len() as u64,
             badges: self.badges().len() as u64,
+            held: self.held(),
             ..WalletSummary::default()
         };
         for coupon in self.coupons().values() {
@@ -142,6 +229,17 @@ impl WalletState {
         lots.sort_by_key(|lot| (lot.expires_at, lot.lot));
         for lot in lots {
             if visit(lot) == Visit::Stop {
+                return;
+            }
+        }
+    }
+
+    /// Visits pending holds in `(until, hold id)` order.
+    pub fn visit_holds_by_until(&self, visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit) {
+        let mut holds: Vec<(&CommandId, &Hold)> = self.holds().iter().collect();
+        holds.sort_by(|a, b| (a.1.until, a.0).cmp(&(b.1.until, b.0)));
+        for (id, hold) in holds {
+            if visit(id, hold) == Visit::Stop {
                 return;
             }
         }

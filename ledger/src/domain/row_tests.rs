@@ -67,6 +67,10 @@ struct MemberRows {
     lot_order: BTreeSet<(Timestamp, LotId)>,
     /// `(expires_at, coupon)` of every active coupon.
     coupon_order: BTreeSet<(Timestamp, CouponId)>,
+    /// Pending holds.
+    holds: BTreeMap<CommandId, Hold>,
+    /// `(until, hold)` of every pending hold.
+    hold_order: BTreeSet<(Timestamp, CommandId)>,
 }
 
 impl MemberRows {
@@ -89,6 +93,12 @@ impl MemberRows {
                 .iter()
                 .filter(|(_, c)| c.status == CouponStatus::Active)
                 .map(|(id, c)| (c.expires_at, id.clone()))
+                .collect(),
+            holds: state.holds().clone(),
+            hold_order: state
+                .holds()
+                .iter()
+                .map(|(id, h)| (h.until, id.clone()))
                 .collect(),
         }
     }
@@ -127,6 +137,15 @@ impl MemberRows {
             RowChange::Badge(b) => {
                 self.badges.insert(b);
             }
+            RowChange::Hold(id, hold) => {
+                if let Some(old) = self.holds.remove(&id) {
+                    self.hold_order.remove(&(old.until, id.clone()));
+                }
+                if let Some(hold) = hold {
+                    self.hold_order.insert((hold.until, id.clone()));
+                    self.holds.insert(id, hold);
+                }
+            }
         }
     }
 
@@ -155,6 +174,14 @@ impl MemberRows {
                     "coupon order entry",
                     &as_map(&self.coupon_order),
                     &as_map(&want.coupon_order),
+                )
+            })
+            .or_else(|| diff_map("hold", &self.holds, &want.holds))
+            .or_else(|| {
+                diff_map(
+                    "hold order entry",
+                    &as_map(&self.hold_order),
+                    &as_map(&want.hold_order),
                 )
             })
     }
@@ -300,6 +327,54 @@ impl StateReader for RowStore {
 
     fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure> {
         Ok(self.identities.get(member).cloned())
+    }
+
+    fn hold(&self, member: &MemberId, id: &CommandId) -> Result<Option<Hold>, ReadFailure> {
+        Ok(self.rows(member).and_then(|r| r.holds.get(id).cloned()))
+    }
+
+    fn holds_by_until(
+        &self,
+        member: &MemberId,
+        visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        let Some(rows) = self.rows(member) else {
+            return Ok(());
+        };
+        for (_, id) in &rows.hold_order {
+            let hold = rows.holds.get(id).ok_or_else(|| ReadFailure {
+                reason: format!("hold order entry {id} of {member} names no pending hold"),
+            })?;
+            if visit(id, hold) == Visit::Stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // The rows of SPEC section 7 that are not wallet rows play no part in the row fold; these
+    // row tests run without a policy, so no hold is ever placed by decide here.
+    fn security(&self, _: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {
+        Ok(None)
+    }
+
+    fn device_seen(&self, _: &MemberId, _: &str) -> Result<bool, ReadFailure> {
+        Ok(false)
+    }
+
+    fn policy(&self) -> Result<Option<PolicySet>, ReadFailure> {
+        Ok(None)
+    }
+
+    fn compensated(&self, _: &str, _: crate::types::Position) -> Result<bool, ReadFailure> {
+        Ok(false)
+    }
+
+    fn stream_at(
+        &self,
+        _: crate::types::Position,
+    ) -> Result<Option<(StreamKind, MemberId)>, ReadFailure> {
+        Ok(None)
     }
 }
 
@@ -580,6 +655,7 @@ fn redemption(state: Option<&WalletState>, miles: u64, shape: RedeemShape) -> Mi
     MilesRedeemed {
         miles: Miles(total),
         consumed,
+        device: None,
     }
 }
 
@@ -617,6 +693,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
                 merchant: "shop".into(),
                 currency,
                 merchant_category: None,
+                device: None,
             })
         }
         Ev::Refund {
@@ -642,6 +719,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
         Ev::TransferOut(a) => WalletEvent::TransferredOut(TransferredOut {
             to: member("other"),
             amount: Yen(a),
+            device: None,
         }),
         Ev::TransferIn(a) => WalletEvent::TransferredIn(TransferredIn {
             from: member("other"),
@@ -684,6 +762,7 @@ fn resolve(ev: &Ev, seq: usize, m: &MemberId, state: Option<&WalletState>) -> Wa
         }),
         Ev::RedeemCoupon(c) => WalletEvent::CouponRedeemed(CouponRedeemed {
             coupon: coupon_id(c),
+            device: None,
         }),
         Ev::ExpireCoupon(c) => WalletEvent::CouponExpired(CouponExpired {
             coupon: coupon_id(c),
@@ -891,6 +970,7 @@ impl World {
                     member,
                     amount: Yen(a),
                     merchant: "shop".into(),
+                    device: None,
                 }
             }
             Cmd::Refund(m, pick, tenths, own) => {
@@ -916,6 +996,7 @@ impl World {
                 from: decide_member(f),
                 to: decide_member(t),
                 amount: Yen(a),
+                device: None,
             },
             Cmd::Earn(m, miles, slot, t) => {
                 at = time(t);
@@ -936,6 +1017,7 @@ impl World {
                 CommandBody::RedeemMiles {
                     member,
                     miles: Miles(miles),
+                    device: None,
                 }
             }
             Cmd::Badge(m, b) => CommandBody::AwardBadge {
@@ -956,6 +1038,7 @@ impl World {
                 CommandBody::RedeemCoupon {
                     member: decide_member(m),
                     coupon: coupon_id(c),
+                    device: None,
                 }
             }
             Cmd::Expire(m, t) => CommandBody::Expire {
@@ -988,6 +1071,7 @@ impl World {
             let (_, m) = member_of_stream(&stream.stream).expect("decide names valid streams");
             for event in &stream.events {
                 match event {
+                    DomainEvent::Policy(_) => {}
                     DomainEvent::Wallet(e) => {
                         let mut state = self.states.remove(&m);
                         apply_wallet_event(&mut state, e).expect("decided events apply");

@@ -14,10 +14,10 @@
 use super::events::{Currency, MilesExpired, MilesRedeemed, Refunded, WalletEvent};
 use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen};
 use super::reader::{ReadFailure, StateReader, WalletSummary};
-use super::state::{Coupon, CouponStatus, FoldError, MilesLot, Payment};
+use super::state::{Coupon, CouponStatus, FoldError, Hold, MilesLot, Payment};
 
-/// One row's new value. Rows are never deleted: a wallet keeps every payment, lot, coupon and
-/// badge it ever had.
+/// One row's new value. Rows are never deleted, but for holds: a wallet keeps every payment,
+/// lot, coupon and badge it ever had, and only its pending holds (SPEC section 7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RowChange {
     /// The wallet summary (every event changes it, or creates it: `wallet.opened`).
@@ -30,6 +30,8 @@ pub enum RowChange {
     Coupon(CouponId, Coupon),
     /// A badge now held.
     Badge(Badge),
+    /// A pending hold: `Some` placed, `None` ended (confirmed or cancelled; the row goes).
+    Hold(CommandId, Option<Hold>),
 }
 
 fn unreadable(failure: ReadFailure) -> FoldError {
@@ -176,6 +178,42 @@ pub fn wallet_row_changes(
             summary.coupons_expired = fold.add("expired coupons", summary.coupons_expired, 1)?;
             changes.push(RowChange::Coupon(e.coupon.clone(), row));
         }
+        WalletEvent::HoldPlaced(e) => {
+            if rows.hold(member, &e.hold).map_err(unreadable)?.is_some() {
+                return Err(FoldError::Hold {
+                    member: member.clone(),
+                    hold: e.hold.clone(),
+                    problem: "is already pending",
+                });
+            }
+            summary.held = Yen(fold.add("held", summary.held.0, e.amount.0)?);
+            let row = Hold {
+                kind: e.kind.clone(),
+                amount: e.amount,
+                until: e.until,
+                device: e.device.clone(),
+            };
+            changes.push(RowChange::Hold(e.hold.clone(), Some(row)));
+        }
+        WalletEvent::HoldConfirmed(e) => {
+            let hold = fold.pending_hold(&e.hold)?;
+            summary.held = Yen(fold.sub("held", summary.held.0, hold.amount.0)?);
+            changes.push(RowChange::Hold(e.hold.clone(), None));
+        }
+        WalletEvent::HoldCancelled(e) => {
+            let hold = fold.pending_hold(&e.hold)?;
+            summary.held = Yen(fold.sub("held", summary.held.0, hold.amount.0)?);
+            changes.push(RowChange::Hold(e.hold.clone(), None));
+        }
+        WalletEvent::Compensated(e) => summary.balance = fold.credit(summary.balance, e.amount)?,
+    }
+    // SPEC section 4: held <= balance after every event (a debit or a hold past it is refused).
+    if summary.held > summary.balance {
+        return Err(FoldError::HeldOverBalance {
+            member: member.clone(),
+            held: summary.held.0,
+            balance: summary.balance.0,
+        });
     }
     changes.insert(0, RowChange::Summary(summary));
     Ok(changes)
@@ -230,6 +268,17 @@ impl RowFold<'_> {
             paid: payment.paid,
             refunded: Yen(refunded),
         })
+    }
+
+    fn pending_hold(&self, id: &CommandId) -> Result<Hold, FoldError> {
+        self.rows
+            .hold(self.member, id)
+            .map_err(unreadable)?
+            .ok_or_else(|| FoldError::Hold {
+                member: self.member.clone(),
+                hold: id.clone(),
+                problem: "is not pending",
+            })
     }
 
     fn lot(&self, lot: LotId) -> Result<MilesLot, FoldError> {

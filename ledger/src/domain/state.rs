@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::timestamp::Timestamp;
 
 use super::events::{
-    IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Refunded, WalletEvent,
+    HeldKind, HoldPlaced, IdentityEvent, MilesEarned, MilesExpired, MilesRedeemed, Refunded,
+    WalletEvent,
 };
 use super::ids::{Badge, CommandId, CouponId, LotId, MemberId, Miles, Yen};
 
@@ -184,6 +185,27 @@ pub enum FoldError {
         /// What does not fit.
         reason: String,
     },
+    /// A hold event names a hold the wallet does not have pending, or places one it has.
+    #[error("hold {hold} of member {member} {problem}")]
+    Hold {
+        /// The wallet's member.
+        member: MemberId,
+        /// The hold.
+        hold: CommandId,
+        /// `is not pending` or `is already pending`.
+        problem: &'static str,
+    },
+    /// A debit or a new hold would leave less balance than is held (SPEC section 4: held <=
+    /// balance).
+    #[error("member {member} would hold {held} yen with a balance of {balance}")]
+    HeldOverBalance {
+        /// The wallet's member.
+        member: MemberId,
+        /// The held sum after the event.
+        held: u64,
+        /// The balance after the event.
+        balance: u64,
+    },
 }
 
 /// One miles lot.
@@ -240,6 +262,20 @@ pub struct Payment {
     pub refunded: Yen,
 }
 
+/// A pending hold of a wallet (SPEC section 7): a `pay` or `transfer` waiting for
+/// `confirm_hold`, `cancel_hold` or the `expire` that reaches `until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// What the held command does once confirmed.
+    pub kind: HeldKind,
+    /// Reserved: counted in `held`, not yet taken from the balance.
+    pub amount: Yen,
+    /// `confirm_hold` needs `at < until`; `expire` with `as_of >= until` cancels it.
+    pub until: Timestamp,
+    /// The held command's device, if it named one.
+    pub device: Option<String>,
+}
+
 /// A member's wallet. `Option<WalletState>::None` means the member has no wallet.
 ///
 /// Fields are private so that only [`WalletState::apply`] changes them and the invariants in the
@@ -254,6 +290,13 @@ pub struct WalletState {
     badges: BTreeSet<Badge>,
     coupons: BTreeMap<CouponId, Coupon>,
     payments: BTreeMap<CommandId, Payment>,
+    /// Pending holds by id. Skipped by serde: the only serialized `WalletState` is the
+    /// layout-1 view of stores written before holds existed, which never has one.
+    #[serde(skip)]
+    holds: BTreeMap<CommandId, Hold>,
+    /// The sum of `holds`' amounts, kept with them; `<= balance`.
+    #[serde(skip)]
+    held: Yen,
 }
 
 /// Applies a wallet event to "maybe a wallet": `wallet.opened` creates it, anything else needs it.
@@ -302,6 +345,8 @@ impl WalletState {
             badges: BTreeSet::new(),
             coupons: BTreeMap::new(),
             payments: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            held: Yen(0),
         }
     }
 
@@ -343,7 +388,48 @@ impl WalletState {
             badges,
             coupons,
             payments,
+            holds: BTreeMap::new(),
+            held: Yen(0),
         })
+    }
+
+    /// This wallet with `holds` pending (the projections' hold rows); their sum must not pass
+    /// the balance.
+    pub fn with_holds(mut self, holds: BTreeMap<CommandId, Hold>) -> Result<Self, FoldError> {
+        let held = holds
+            .values()
+            .try_fold(0u64, |sum, h| sum.checked_add(h.amount.0));
+        match held {
+            Some(held) if held <= self.balance.0 => {
+                self.holds = holds;
+                self.held = Yen(held);
+                Ok(self)
+            }
+            _ => Err(FoldError::Inconsistent {
+                member: self.member,
+                reason: format!(
+                    "holds {:?} sum past the balance {}",
+                    holds.keys().map(CommandId::as_str).collect::<Vec<_>>(),
+                    self.balance
+                ),
+            }),
+        }
+    }
+
+    /// The pending holds by id.
+    pub fn holds(&self) -> &BTreeMap<CommandId, Hold> {
+        &self.holds
+    }
+
+    /// The sum of the pending holds (SPEC section 7's `held`).
+    pub fn held(&self) -> Yen {
+        self.held
+    }
+
+    /// Balance minus held: what `pay` and `transfer` may spend.
+    pub fn available(&self) -> Yen {
+        // held <= balance is kept by every apply; saturating only guards a hand-built state.
+        Yen(self.balance.0.saturating_sub(self.held.0))
     }
 
     /// The owner.
@@ -432,6 +518,10 @@ impl WalletState {
             }
             WalletEvent::CouponRedeemed(e) => self.close_coupon(&e.coupon, CouponStatus::Redeemed),
             WalletEvent::CouponExpired(e) => self.close_coupon(&e.coupon, CouponStatus::Expired),
+            WalletEvent::HoldPlaced(e) => self.apply_hold_placed(e),
+            WalletEvent::HoldConfirmed(e) => self.end_hold(&e.hold).map(drop),
+            WalletEvent::HoldCancelled(e) => self.end_hold(&e.hold).map(drop),
+            WalletEvent::Compensated(e) => self.credit(e.amount),
         }
     }
 
@@ -471,8 +561,59 @@ impl WalletState {
     }
 
     fn debit(&mut self, amount: Yen) -> Result<(), FoldError> {
-        self.balance = Yen(self.sub("balance", self.balance.0, amount.0)?);
+        let balance = self.sub("balance", self.balance.0, amount.0)?;
+        self.held_fits(self.held.0, balance)?;
+        self.balance = Yen(balance);
         Ok(())
+    }
+
+    /// Refuses a state whose held sum would pass its balance.
+    fn held_fits(&self, held: u64, balance: u64) -> Result<(), FoldError> {
+        if held > balance {
+            return Err(FoldError::HeldOverBalance {
+                member: self.member.clone(),
+                held,
+                balance,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_hold_placed(&mut self, e: &HoldPlaced) -> Result<(), FoldError> {
+        if self.holds.contains_key(&e.hold) {
+            return Err(FoldError::Hold {
+                member: self.member.clone(),
+                hold: e.hold.clone(),
+                problem: "is already pending",
+            });
+        }
+        let held = self.add("held", self.held.0, e.amount.0)?;
+        self.held_fits(held, self.balance.0)?;
+        self.held = Yen(held);
+        self.holds.insert(
+            e.hold.clone(),
+            Hold {
+                kind: e.kind.clone(),
+                amount: e.amount,
+                until: e.until,
+                device: e.device.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a pending hold (confirmed or cancelled), releasing its reservation.
+    fn end_hold(&mut self, hold: &CommandId) -> Result<Hold, FoldError> {
+        let Some(ended) = self.holds.remove(hold) else {
+            return Err(FoldError::Hold {
+                member: self.member.clone(),
+                hold: hold.clone(),
+                problem: "is not pending",
+            });
+        };
+        // Every hold's amount is in `held`, so this cannot go below zero.
+        self.held = Yen(self.held.0.saturating_sub(ended.amount.0));
+        Ok(ended)
     }
 
     /// v1 payments arrive here upcast to v2 (currency JPY), so both versions fold identically.
@@ -508,6 +649,13 @@ impl WalletState {
                         has,
                         minus: amount.0,
                     })?;
+                if self.held.0 > left {
+                    return Err(FoldError::HeldOverBalance {
+                        member: member.clone(),
+                        held: self.held.0,
+                        balance: left,
+                    });
+                }
                 *balance = Yen(left);
                 v.insert(Payment {
                     paid: amount,
@@ -705,6 +853,13 @@ impl IdentityState {
             }
             IdentityEvent::PasswordReset(_) => {
                 self.resets = bump(self.resets, "resets")?;
+                Ok(())
+            }
+            // Devices seen and the last credential event are security rows, not identity
+            // state: the identity only records who the member is.
+            IdentityEvent::LoggedIn(_) => Ok(()),
+            IdentityEvent::ContactChanged(e) => {
+                self.login.clone_from(&e.login);
                 Ok(())
             }
         }

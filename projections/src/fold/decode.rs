@@ -42,6 +42,34 @@ struct PaidRef<'a> {
     merchant_category: Option<MerchantCategory>,
 }
 
+/// `wallet.paid` v3: v2 and the device.
+#[derive(Deserialize)]
+struct PaidV3Ref<'a> {
+    payment: &'a str,
+    amount: Yen,
+    /// Not part of any fold result (read, and checked to be UTF-8, then dropped).
+    #[allow(dead_code)]
+    merchant: &'a str,
+    currency: &'a str,
+    merchant_category: Option<MerchantCategory>,
+    device: Option<&'a str>,
+}
+
+/// `wallet.transferred_out` v2.
+#[derive(Deserialize)]
+struct MemberAmountDeviceRef<'a> {
+    member: &'a str,
+    amount: Yen,
+    device: Option<&'a str>,
+}
+
+/// `wallet.coupon_redeemed` v2.
+#[derive(Deserialize)]
+struct CouponDeviceRef<'a> {
+    coupon: &'a str,
+    device: Option<&'a str>,
+}
+
 #[derive(Deserialize)]
 struct PaymentAmountRef<'a> {
     payment: &'a str,
@@ -96,8 +124,39 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
                 merchant: String::new(),
                 currency: Currency::JPY,
                 merchant_category: e.merchant_category,
+                device: None,
             })
         }
+        ("wallet.paid", 3) => {
+            let e: PaidV3Ref<'_> = borrowed(payload)?;
+            if e.currency != Currency::JPY.as_str() {
+                return None;
+            }
+            WalletEvent::Paid(Paid {
+                payment: CommandId::new(e.payment).ok()?,
+                amount: e.amount,
+                merchant: String::new(),
+                currency: Currency::JPY,
+                merchant_category: e.merchant_category,
+                device: e.device.map(str::to_owned),
+            })
+        }
+        ("wallet.transferred_out", 2) => {
+            let e: MemberAmountDeviceRef<'_> = borrowed(payload)?;
+            WalletEvent::TransferredOut(TransferredOut {
+                to: MemberId::new(e.member).ok()?,
+                amount: e.amount,
+                device: e.device.map(str::to_owned),
+            })
+        }
+        ("wallet.coupon_redeemed", 2) => {
+            let e: CouponDeviceRef<'_> = borrowed(payload)?;
+            WalletEvent::CouponRedeemed(CouponRedeemed {
+                coupon: CouponId::new(e.coupon).ok()?,
+                device: e.device.map(str::to_owned),
+            })
+        }
+        ("wallet.miles_redeemed", 2) => WalletEvent::MilesRedeemed(borrowed(payload)?),
         ("wallet.refunded", 1) => {
             let e: PaymentAmountRef<'_> = borrowed(payload)?;
             WalletEvent::Refunded(Refunded {
@@ -110,6 +169,7 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
             WalletEvent::TransferredOut(TransferredOut {
                 to: MemberId::new(e.member).ok()?,
                 amount: e.amount,
+                device: None,
             })
         }
         ("wallet.transferred_in", 1) => {
@@ -131,6 +191,7 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
             let e: CouponRef<'_> = borrowed(payload)?;
             WalletEvent::CouponRedeemed(CouponRedeemed {
                 coupon: CouponId::new(e.coupon).ok()?,
+                device: None,
             })
         }
         ("wallet.coupon_expired", 1) => {
@@ -143,7 +204,10 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
         // `DomainEvent::decode`.
         ("wallet.topped_up", 1) => WalletEvent::ToppedUp(borrowed(payload)?),
         ("wallet.miles_earned", 1) => WalletEvent::MilesEarned(borrowed(payload)?),
-        ("wallet.miles_redeemed", 1) => WalletEvent::MilesRedeemed(borrowed(payload)?),
+        ("wallet.miles_redeemed", 1) => {
+            let e: ledger::domain::MilesRedeemedV1 = borrowed(payload)?;
+            WalletEvent::MilesRedeemed(e.upcast())
+        }
         ("wallet.miles_expired", 1) => WalletEvent::MilesExpired(borrowed(payload)?),
         _ => return None,
     };
@@ -216,6 +280,7 @@ mod tests {
                 merchant: "Loft \u{5c71}".into(),
                 currency: Currency::try_from(currency.to_string()).unwrap(),
                 merchant_category: MerchantCategory::try_from(5411).ok(),
+                device: Some("phone-a".into()),
             })
         };
         let events = [
@@ -231,6 +296,7 @@ mod tests {
             WalletEvent::TransferredOut(TransferredOut {
                 to: MemberId::new("m2").unwrap(),
                 amount: Yen(5),
+                device: Some("phone-a".into()),
             }),
             WalletEvent::TransferredIn(TransferredIn {
                 from: MemberId::new("m2").unwrap(),
@@ -244,6 +310,7 @@ mod tests {
             WalletEvent::MilesRedeemed(MilesRedeemed {
                 miles: Miles(30),
                 consumed: vec![(LotId(1), Miles(10)), (LotId(2), Miles(20))],
+                device: None,
             }),
             WalletEvent::MilesExpired(MilesExpired {
                 lot: LotId(1),
@@ -259,6 +326,7 @@ mod tests {
             }),
             WalletEvent::CouponRedeemed(CouponRedeemed {
                 coupon: CouponId::new("cp-1").unwrap(),
+                device: Some("phone-a".into()),
             }),
             WalletEvent::CouponExpired(CouponExpired {
                 coupon: CouponId::new("cp-1").unwrap(),
@@ -291,6 +359,6 @@ mod tests {
         // Every type with a fast path took it (all but opened and badge).
         assert_eq!(fast, events.len() - 2);
         let usd = paid("USD").encode(Codec::Bincode2).unwrap();
-        assert!(!check_fast("wallet.paid", 2, Codec::Bincode2, &usd));
+        assert!(!check_fast("wallet.paid", 3, Codec::Bincode2, &usd));
     }
 }

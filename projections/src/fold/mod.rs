@@ -146,6 +146,14 @@ pub struct EventTotals {
     pub coupons_redeemed: u64,
     /// Coupons expired.
     pub coupons_expired: u64,
+    /// Yen of compensations (SPEC section 7).
+    pub compensations: u128,
+    /// Holds placed.
+    pub holds_placed: u64,
+    /// Holds confirmed.
+    pub holds_confirmed: u64,
+    /// Holds cancelled (by `cancel_hold` or `expire`).
+    pub holds_cancelled: u64,
 }
 
 impl EventTotals {
@@ -163,6 +171,11 @@ impl EventTotals {
             WalletEvent::CouponIssued(_) => self.coupons_issued += 1,
             WalletEvent::CouponRedeemed(_) => self.coupons_redeemed += 1,
             WalletEvent::CouponExpired(_) => self.coupons_expired += 1,
+            WalletEvent::Compensated(e) => self.compensations += u128::from(e.amount.0),
+            // Holds move no money: a confirmed one arrives as its own payment or transfer.
+            WalletEvent::HoldPlaced(_) => self.holds_placed += 1,
+            WalletEvent::HoldConfirmed(_) => self.holds_confirmed += 1,
+            WalletEvent::HoldCancelled(_) => self.holds_cancelled += 1,
             WalletEvent::WalletOpened(_) | WalletEvent::BadgeAwarded(_) => {}
         }
     }
@@ -172,6 +185,10 @@ impl EventTotals {
         self.top_ups += other.top_ups;
         self.payments += other.payments;
         self.refunds += other.refunds;
+        self.compensations += other.compensations;
+        self.holds_placed += other.holds_placed;
+        self.holds_confirmed += other.holds_confirmed;
+        self.holds_cancelled += other.holds_cancelled;
         self.transfers_out += other.transfers_out;
         self.transfers_in += other.transfers_in;
         self.miles_earned += other.miles_earned;

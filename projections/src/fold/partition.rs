@@ -336,6 +336,7 @@ mod tests {
                 merchant: "Loft".into(),
                 currency: Currency::try_from(currency.to_string()).unwrap(),
                 merchant_category: None,
+                device: None,
             })
         };
         let coupon = |id: &str| {

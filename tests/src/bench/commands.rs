@@ -160,6 +160,7 @@ pub fn mix_command(
             member,
             amount: Yen(1 + rng.below(8_000)),
             merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
+            device: None,
         },
         40..=59 => CommandBody::TopUp {
             member,
@@ -171,6 +172,7 @@ pub fn mix_command(
                 from: member,
                 to: to(rng),
                 amount: Yen(1 + rng.below(3_000)),
+                device: None,
             }
         }
         80..=89 => CommandBody::EarnMiles {
@@ -179,7 +181,11 @@ pub fn mix_command(
             expires_at: Timestamp(Timestamp::now().0 + 30 * DAY_US),
         },
         _ => match coupon() {
-            Some((member, coupon)) => CommandBody::RedeemCoupon { member, coupon },
+            Some((member, coupon)) => CommandBody::RedeemCoupon {
+                member,
+                coupon,
+                device: None,
+            },
             None => {
                 coupon_fallback = true;
                 CommandBody::TopUp {

@@ -667,6 +667,7 @@ impl Local {
                     merchant: MERCHANTS[rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
                     currency: Currency::JPY,
                     merchant_category: None,
+                    device: None,
                 })
             }
             60..=63 if self.refundable.is_some() => {
@@ -710,6 +711,7 @@ impl Local {
                 WalletEvent::MilesRedeemed(MilesRedeemed {
                     miles: Miles(total),
                     consumed,
+                    device: None,
                 })
             }
             87..=91 => {
@@ -726,6 +728,7 @@ impl Local {
                 let n = self.active_coupons.swap_remove(i);
                 WalletEvent::CouponRedeemed(CouponRedeemed {
                     coupon: coupon_id(n),
+                    device: None,
                 })
             }
             96..=97 if self.badges.count_ones() < BADGES.len() as u32 => {
@@ -809,6 +812,7 @@ async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyh
                         let out = WalletEvent::TransferredOut(TransferredOut {
                             to: member_id(to),
                             amount: Yen(amount),
+                            device: None,
                         });
                         per_member[slot].push(new_event(DomainEvent::Wallet(out), at));
                         let incoming = WalletEvent::TransferredIn(TransferredIn {
@@ -1248,6 +1252,7 @@ impl History {
                     merchant: MERCHANTS[self.rng.below(MERCHANTS.len() as u64) as usize].to_owned(),
                     currency: Currency::JPY,
                     merchant_category: None,
+                    device: None,
                 })
             }
             8 => {
@@ -1621,6 +1626,7 @@ async fn bench_hot(tmp: &Path, clients: usize, seconds: f64, seed: u64) -> anyho
                     from: from.clone(),
                     to: to.clone(),
                     amount: Yen(1 + rng.below(HOT_MAX_TRANSFER)),
+                    device: None,
                 }) as Generator
             })
             .collect();

@@ -74,6 +74,7 @@ fn events() -> Vec<DomainEvent> {
             merchant: "Café 7".into(),
             currency: Currency::JPY,
             merchant_category: None,
+            device: None,
         })),
         DomainEvent::Wallet(WalletEvent::MilesEarned(MilesEarned {
             lot: LotId(3),
@@ -93,6 +94,7 @@ fn events() -> Vec<DomainEvent> {
         })),
         DomainEvent::Identity(IdentityEvent::PasswordReset(PasswordReset {
             reason: Some("locked out".into()),
+            operator: false,
         })),
     ]
 }

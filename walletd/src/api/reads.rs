@@ -29,7 +29,7 @@ pub fn member(caller: &Caller, text: &str) -> Result<MemberId, Problem> {
         ("as_of" = Option<String>, Query, description = "RFC 3339 business time, or @N (log position); default: the head"),
     ),
     responses(
-        (status = 200, description = "The wallet: {member, balance, miles, badges, coupons{active, redeemed, expired}}", body = serde_json::Value),
+        (status = 200, description = "The wallet: {member, balance, miles, badges, coupons{active, redeemed, expired}, held, holds}", body = serde_json::Value),
         (status = 404, description = "The member has no wallet", body = crate::problem::ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

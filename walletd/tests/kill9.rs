@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{
-    balance, command, command_ids_in_log, join_load, migrate_ok, open_load_members, start_load,
-    wait_until, Sent, Server,
+    balance, command_ids_in_log, join_load, migrate_ok, open_load_members, start_load, wait_until,
+    Sent, Server,
 };
 
 /// Load clients, each with its own member and connection.
@@ -62,17 +62,7 @@ async fn every_command_acknowledged_before_kill_9_is_in_the_log_after_restart() 
     let ids = command_ids_in_log(&client, &server).await;
     let mut cut = 0;
     for c in &clients {
-        for r in c
-            .requests
-            .iter()
-            .filter(|r| matches!(r.sent, Sent::Answered(200, _)))
-        {
-            assert!(
-                ids.contains(&format!("svc:{}", r.key)),
-                "acknowledged {} is in the log",
-                r.key
-            );
-        }
+        c.assert_acked_in_log(&ids);
         let acked_yen = c.acked_yen();
         let now = balance(&client, &server, &c.member).await;
         match c.unknown() {
@@ -84,21 +74,10 @@ async fn every_command_acknowledged_before_kill_9_is_in_the_log_after_restart() 
                     c.member,
                     r.amount
                 );
-                let body = format!(
-                    r#"{{"type":"top_up","member":"{}","amount":{}}}"#,
-                    c.member, r.amount
-                );
-                let (status, replayed, doc) =
-                    command(&client, &server, server.key("svc"), &r.key, &body).await;
-                assert_eq!(status, 200, "the retry of {}: {doc}", r.key);
                 assert_eq!(
-                    replayed,
+                    c.retry_cut(&client, &server, r).await,
                     now != acked_yen,
                     "the retry replays exactly when it was applied"
-                );
-                assert_eq!(
-                    balance(&client, &server, &c.member).await,
-                    acked_yen + r.amount
                 );
             }
             None => assert_eq!(now, acked_yen, "{}", c.member),

@@ -182,17 +182,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_keeps_every_acked_co
     assert!(ids.contains("svc:slow-1"));
     assert_eq!(balance(&client, &server, "slow").await, 777);
     for c in &clients {
-        for r in c
-            .requests
-            .iter()
-            .filter(|r| matches!(r.sent, Sent::Answered(200, _)))
-        {
-            assert!(
-                ids.contains(&format!("svc:{}", r.key)),
-                "acknowledged {} is durable",
-                r.key
-            );
-        }
+        c.assert_acked_in_log(&ids);
         let acked_yen = c.acked_yen();
         let now = balance(&client, &server, &c.member).await;
         match c.unknown() {
@@ -205,16 +195,10 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_keeps_every_acked_co
                     "{}: the cut {:?} was applied without an answer",
                     c.member, r
                 );
-                let body = format!(
-                    r#"{{"type":"top_up","member":"{}","amount":{}}}"#,
-                    c.member, r.amount
-                );
-                let (status, _, doc) =
-                    command(&client, &server, server.key("svc"), &r.key, &body).await;
-                assert_eq!(status, 200, "the retry of {}: {doc}", r.key);
-                assert_eq!(
-                    balance(&client, &server, &c.member).await,
-                    acked_yen + r.amount
+                assert!(
+                    !c.retry_cut(&client, &server, r).await,
+                    "the retry of the cut {} applies it (it was never applied)",
+                    r.key
                 );
             }
             None => assert_eq!(now, acked_yen, "{}", c.member),

@@ -616,6 +616,44 @@ impl LoadClient {
             .iter()
             .find(|r| matches!(r.sent, Sent::Cut(_)))
     }
+
+    /// Asserts that every request answered 200 is in the log (`ids`: the log's command ids).
+    pub fn assert_acked_in_log(&self, ids: &std::collections::HashSet<String>) {
+        for r in self
+            .requests
+            .iter()
+            .filter(|r| matches!(r.sent, Sent::Answered(200, _)))
+        {
+            assert!(
+                ids.contains(&format!("svc:{}", r.key)),
+                "acknowledged {} is in the log",
+                r.key
+            );
+        }
+    }
+
+    /// Sends the cut request `r` again with its Idempotency-Key: it must answer 200 and leave
+    /// the balance at the acknowledged top-ups plus its own amount. Returns whether the answer
+    /// was a replay (the cut request had been applied).
+    pub async fn retry_cut(
+        &self,
+        client: &reqwest::Client,
+        server: &Server,
+        r: &LoadRequest,
+    ) -> bool {
+        let body = format!(
+            r#"{{"type":"top_up","member":"{}","amount":{}}}"#,
+            self.member, r.amount
+        );
+        let (status, replayed, doc) =
+            command(client, server, server.key("svc"), &r.key, &body).await;
+        assert_eq!(status, 200, "the retry of {}: {doc}", r.key);
+        assert_eq!(
+            balance(client, server, &self.member).await,
+            self.acked_yen() + r.amount
+        );
+        replayed
+    }
 }
 
 /// The load members, `c00`, `c01`, ...

@@ -221,6 +221,25 @@ pub struct ClientMix {
     next_coupon: Vec<u32>,
     members: usize,
     coupons: u32,
+    /// Pays and transfers carry the member's [`device_of`] (the `commands-holds` row).
+    devices: bool,
+}
+
+/// The phone a member's pays and transfers carry when the mix has devices on: the device of
+/// the member's new-device `login` in `bench_wallet commands-holds`, so that SPEC section 7's
+/// evidence (outgoing value from the device of the credential event) is in the log.
+pub fn device_of(member: &MemberId) -> String {
+    format!("phone-{}", member.as_str())
+}
+
+/// Sets the `device` of a `pay` or `transfer` to its member's [`device_of`]; other commands
+/// stay as they are.
+fn carry_device(body: &mut CommandBody) {
+    match body {
+        CommandBody::Pay { member, device, .. } => *device = Some(device_of(member)),
+        CommandBody::Transfer { from, device, .. } => *device = Some(device_of(from)),
+        _ => {}
+    }
 }
 
 impl ClientMix {
@@ -234,7 +253,14 @@ impl ClientMix {
             own,
             members,
             coupons,
+            devices: false,
         }
+    }
+
+    /// The same source, its pays and transfers carrying the member's [`device_of`].
+    pub fn with_devices(mut self) -> Self {
+        self.devices = true;
+        self
     }
 
     /// The next command of the mix.
@@ -245,10 +271,11 @@ impl ClientMix {
             next_coupon,
             members,
             coupons,
+            devices,
         } = self;
         let (members, coupons) = (*members, *coupons);
         let slot = rng.below(own.len() as u64) as usize;
-        mix_command(
+        let mut mixed = mix_command(
             rng,
             member_id(own[slot]),
             |rng| {
@@ -266,7 +293,11 @@ impl ClientMix {
                 next_coupon[s] += 1;
                 Some((member_id(own[s]), coupon))
             },
-        )
+        );
+        if *devices {
+            carry_device(&mut mixed.body);
+        }
+        mixed
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`stats`]: percentiles of latency samples.
 //! - [`commands`]: the SPEC 6 `commands` workload (members, the mix, the in-process load),
 //!   shared by `bench_wallet` and `bench_http`.
+//! - [`holds`]: `commands` with SPEC 7 holds on against holds off in one run (issue 15).
 //! - [`fmt`]: numbers, durations, sizes and ratios as text.
 //! - [`rng`]: the deterministic generator of the workload mixes.
 //! - [`json`]: `--json` output mode (`say!`, [`json::emit`]), reading a child's document and
@@ -18,6 +19,7 @@
 
 pub mod commands;
 pub mod fmt;
+pub mod holds;
 pub mod json;
 pub mod machine;
 pub mod rng;

@@ -13,6 +13,8 @@
 //!   `--seconds`; reports commands/s and p50/p99 latency. Baseline: the same number of calls,
 //!   same concurrency and the same events per call (2 for a transfer) as raw durable
 //!   `Ledger::append`s to a fresh store with no hook and no decide.
+//! - `commands-holds`: the `commands` mix with SPEC section 7's holds on against holds off,
+//!   alternating in one run (issue 15; `ledger_tests::bench::holds` says how).
 //! - `history`: for each `--histories` H (0 always included), a fresh store whose member
 //!   `m00000000` has a wallet with H generated events of history (80% `wallet.paid`, 10%
 //!   `wallet.miles_earned`, 10% `wallet.coupon_issued`, appended directly in chunks of up to
@@ -43,7 +45,8 @@
 //!
 //! Run: `cargo run --release -p ledger-tests --bin bench_wallet -- rebuild --events 10000000`
 //! and `cargo run --release -p ledger-tests --bin bench_wallet -- commands --seconds 10`,
-//! `... -- history --histories 0,10000,100000,1000000 --seconds 10`, `... -- hot --seconds 10`.
+//! `... -- history --histories 0,10000,100000,1000000 --seconds 10`, `... -- hot --seconds 10`,
+//! `... -- commands-holds --seconds 5 --rounds 3`.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,7 @@ use ledger_tests::bench::commands::{
     FUNDING_YEN, MERCHANTS, PREP_IN_FLIGHT, PREP_MEMBERS_PER_APPEND,
 };
 use ledger_tests::bench::fmt::mib_text;
+use ledger_tests::bench::holds::{self, bench_commands_holds};
 use ledger_tests::bench::json::emit;
 use ledger_tests::bench::rng::Rng;
 use ledger_tests::bench::stats::rounded_index;
@@ -129,6 +133,35 @@ enum Workload {
         /// Seconds of submitting.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// The `commands` mix with SPEC 7 holds on (set_policy, a share of members with a new-device
+    /// login an hour ago, pays and transfers carrying a device) against holds off, alternating
+    /// in one run (issue 15: on >= 90% of off).
+    CommandsHolds {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Funded members (in each of the two stores).
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Seconds of submitting per round and variant.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Rounds per variant (run off, on, on, off, off, on, ...; the median of each is the figure).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Percent of the members with a new-device login one hour before the loads.
+        #[arg(long, default_value_t = 10)]
+        login_pct: u64,
+        /// The policy's cool-down, hours.
+        #[arg(long, default_value_t = 24)]
+        cooldown_hours: u64,
+        /// The policy's cap, yen.
+        #[arg(long, default_value_t = 5_000)]
+        cooldown_cap: u64,
         /// Seed of the generator.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -235,6 +268,28 @@ fn run_workload(
             let tmp = temp_dir(base, "bench-wallet-")?;
             runtime.block_on(bench_commands(tmp.path(), clients, members, seconds, seed))
         }
+        Workload::CommandsHolds {
+            clients,
+            members,
+            seconds,
+            rounds,
+            login_pct,
+            cooldown_hours,
+            cooldown_cap,
+            seed,
+        } => runtime.block_on(bench_commands_holds(
+            base,
+            &holds::Plan {
+                clients,
+                members,
+                seconds,
+                rounds,
+                seed,
+                login_pct,
+                cooldown_hours,
+                cooldown_cap_yen: cooldown_cap,
+            },
+        )),
         Workload::History {
             clients,
             mut histories,

@@ -12,6 +12,11 @@
 # PostgreSQL peer, scripts/pg_peer.sh), --json FILE (the summary as JSON), --keep-stores,
 # --seconds S, --rebuild-events N, --demo-members N, --only http (one workload, e.g. the
 # walletd rows of issue 14); `target/release/bench --help` lists all.
+#
+#   bash scripts/bench.sh --only holds           # issue 15: `commands` with holds on against
+#                                                # holds off, 3 alternating rounds of 5 s each
+#   # or, after a release build, the child alone (prints every round and the load average):
+#   # target/release/bench_wallet --dir /tmp commands-holds --seconds 5 --rounds 3
 # Exit status: 0, or 1 when a workload FAILED (its stderr tail is in the table), 2 on a build error.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,6 +10,8 @@
 //! - `scripts/pg_peer.sh --workload all` (the PostgreSQL peer: the same append workload, and a
 //!   PostgreSQL wallet doing the commands mix, compared with `commands`), unless `--no-pg`;
 //! - `bench_wallet commands` (64 clients, decide + append + views; raw-append baseline);
+//! - `bench_wallet commands-holds` (issue 15: the commands mix with SPEC 7 holds on against holds
+//!   off, alternating in one run; baseline: holds off);
 //! - `bench_wallet history` (the commands mix, 64 clients on one member with H events of
 //!   history; baseline: H = 0 in the same run);
 //! - `bench_wallet hot` (64 clients transferring out of one wallet; baseline: the same load out of
@@ -103,8 +105,8 @@ struct Args {
     /// Keep the operator-steps stores (the rebuild store is always kept for reuse).
     #[arg(long)]
     keep_stores: bool,
-    /// Run only these workloads (comma-separated): append, commands, history, http, rebuild,
-    /// reopen, operator (append includes the PostgreSQL peer unless --no-pg).
+    /// Run only these workloads (comma-separated): append, commands, holds, history, http,
+    /// rebuild, reopen, operator (append includes the PostgreSQL peer unless --no-pg).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -1299,6 +1301,55 @@ fn run_commands(suite: &mut Suite, table: &mut Table, pg: Result<&Child, String>
     pg_wallet_row(table, &commands, pg);
 }
 
+/// 3a'. commands with SPEC 7 holds on against holds off (issue 15), 3 rounds each (1 with
+/// --quick), alternating in one child.
+fn run_holds(suite: &mut Suite, table: &mut Table) {
+    let rounds = if suite.args.quick { "1" } else { "3" };
+    let holds = suite.run_wallet(
+        "bench_wallet commands-holds",
+        "commands-holds",
+        &[
+            "--seconds".into(),
+            suite.plan.seconds.to_string(),
+            "--rounds".into(),
+            rounds.into(),
+        ],
+    );
+    holds_row(table, &holds);
+}
+
+fn holds_row(table: &mut Table, c: &Child) {
+    let section = "commands with holds on (SPEC 7: set_policy 24 h / 5,000 yen, 10% of members with a new-device login 1 h before, pays and transfers with a device), 64 clients; baseline: holds off, alternating in the same run, median of each";
+    let name = "commands C=64 holds on";
+    let target = ">= 90% of holds off";
+    let Some(d) = child_doc(table, section, name, target, c) else {
+        return;
+    };
+    table.add(
+        section,
+        name,
+        format!(
+            "{} commands/s, CPU {} per command; {} holds placed",
+            thousands(f(d, "on_commands_per_s")),
+            fmt_us(f(d, "on_cpu_us_per_command")),
+            thousands(f(d, "holds_placed"))
+        ),
+        format!(
+            "holds off {} commands/s, CPU {} per command",
+            thousands(f(d, "off_commands_per_s")),
+            fmt_us(f(d, "off_cpu_us_per_command"))
+        ),
+        format!("{} of holds off", pct(f(d, "ratio_on_vs_off"))),
+        target,
+        if d.get("met").and_then(Value::as_bool) == Some(true) {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        },
+        d.clone(),
+    );
+}
+
 /// 3b. history (one member with H events) and hot (one source wallet vs one per client).
 fn run_history_and_hot(suite: &mut Suite, table: &mut Table) {
     let secs = suite.plan.seconds.to_string();
@@ -1633,6 +1684,9 @@ fn main() -> anyhow::Result<()> {
     };
     if wanted("commands") {
         run_commands(&mut suite, &mut table, pg.as_ref().map_err(Clone::clone));
+    }
+    if wanted("holds") {
+        run_holds(&mut suite, &mut table);
     }
     if wanted("history") {
         run_history_and_hot(&mut suite, &mut table);

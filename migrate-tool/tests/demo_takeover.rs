@@ -82,10 +82,11 @@ fn takeover_json_names_the_victims_and_the_yen_attacker_devices_paid_and_no_new_
     // log and INCIDENT.md's figure scaled to 8, every victim's attacker login must come from an
     // attacker address before the payments and within 2019-07-01..04 JST, and the new-phone
     // members must log in from other addresses and pay from their new device.
-    // Planted defects it caught: new-phone logins drawn from the attacker addresses (fails on
-    // "new-phone member logged in from an attacker address"); the truth counting the victims'
-    // own payments as taken (total_yen != the attacker payments in the log); the last attacker
-    // payment one yen over the victim's funding (rejected: 7 victims' total short, exit 1).
+    // Planted defects it caught: new-phone logins drawn from the attacker addresses ("new-phone
+    // member ... logged in from an attacker address"); the truth counting the victims' own
+    // payments as taken (the printed total is not 382,331); each victim funded one yen short
+    // (the last attacker payment is refused and not sent: the printed total is short); the
+    // truth counting only fresh appends, not duplicates ("a rerun writes the same truth").
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
     let demo = ok(
@@ -251,9 +252,9 @@ fn a_24h_5000_yen_policy_holds_the_attackers_payments_and_takeover_json_matches_
     // 5,000 must be a hold, any other a payment) for every member, then checks the held
     // figures of takeover.json against the log and against `export`, and `check`.
     // Planted defects it caught: the demo's local fold not starting a cool-down at a new-device
-    // login (no holds at all: "victims' held > 0" fails); not counting yen sent since (holds
-    // below the cap: the rule recomputed here disagrees at the first payment); the truth's
-    // legit_yen_held counting attacker holds too (export's held sum disagrees).
+    // login (no holds at all: "victims_yen > 0" fails); the local fold not counting yen sent
+    // since (a payment the rule must hold was paid: the recomputed rule disagrees at that
+    // position); legit_yen_held counting the attackers' holds too (disagrees with the log).
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
     let args = [

@@ -54,6 +54,8 @@ const IN_FLIGHT_MEMBERS: usize = 8_192;
 const MAX_MEMBERS: u64 = 100_000_000;
 /// Largest `--events-per-member`.
 const MAX_EVENTS_PER_MEMBER: u32 = 1_000;
+/// Times one command is sent again after another member's transfer moved its wallet on.
+const MAX_VERSION_RETRIES: u32 = 16;
 /// Rejections printed before only counting.
 const MAX_REJECTIONS_SHOWN: u64 = 20;
 const SECOND_US: i64 = 1_000_000;
@@ -727,7 +729,7 @@ async fn record_policy(
     let decided =
         decide(&cmd, at, &DecideInput::new()).map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
     tally.commands += 1;
-    match ledger.append(request(&cmd, decided, &mut HashMap::new())?).await {
+    match ledger.append(request(&cmd, &decided, &mut HashMap::new())?).await {
         Ok(o) if o.duplicate => tally.duplicate += 1,
         Ok(o) => tally.events += u64::from(o.count),
         Err(e) => {
@@ -759,7 +761,7 @@ fn absorb(
 /// tracked (it is their only writer), other members' wallets (a transfer's recipient) at any.
 fn request(
     cmd: &Command,
-    decided: Vec<StreamEvents>,
+    decided: &[StreamEvents],
     versions: &mut HashMap<String, u64>,
 ) -> anyhow::Result<AppendRequest> {
     let at = cmd.at.expect("demo commands carry their business time");
@@ -782,7 +784,7 @@ fn request(
             events.push(e.to_new_event(at)?);
         }
         streams.push(StreamAppend {
-            stream: d.stream,
+            stream: d.stream.clone(),
             expected,
             events,
         });
@@ -792,6 +794,37 @@ fn request(
         fingerprint: Some(cmd.fingerprint()),
         streams,
     })
+}
+
+/// Appends one decided command of a member at the versions the script tracked. Another
+/// member's transfer may land in this member's wallet while the script runs (a member with a
+/// takeover block takes longer than the members after it, so it can still be running when they
+/// pick it as a recipient): then the stream is ahead of the script. Incoming transfers only
+/// raise a balance, so the decision stays valid; the script re-reads its versions and sends the
+/// same command again, a bounded number of times.
+async fn append_own(
+    ledger: &Ledger,
+    cmd: &Command,
+    decided: &[StreamEvents],
+    versions: &mut HashMap<String, u64>,
+) -> anyhow::Result<Result<ledger::AppendOutcome, AppendError>> {
+    let mut tries = 0;
+    loop {
+        let before = versions.clone();
+        let req = request(cmd, decided, versions)?;
+        match ledger.append(req).await {
+            Err(AppendError::WrongExpectedVersion { stream, .. })
+                if tries < MAX_VERSION_RETRIES && before.contains_key(&stream) =>
+            {
+                tries += 1;
+                *versions = before;
+                for (stream, v) in versions.iter_mut() {
+                    *v = ledger.stream_version(stream)?.0;
+                }
+            }
+            other => return Ok(other),
+        }
+    }
 }
 
 /// Appends one member's commands in order, straight to the ledger (the generator already ran
@@ -812,8 +845,7 @@ async fn run_member(ledger: Ledger, mut script: Script) -> anyhow::Result<(Tally
         // The truth counts what is appended; a duplicate was appended by an earlier run of the
         // same demo, which decided the same.
         let counted = truth_of(&script.member, &decided, origin);
-        let req = request(&cmd, decided, &mut versions)?;
-        let appended = match ledger.append(req).await {
+        let appended = match append_own(&ledger, &cmd, &decided, &mut versions).await? {
             Ok(o) if o.duplicate => {
                 tally.duplicate += 1;
                 true

@@ -102,9 +102,9 @@ fn takeover_json_names_the_victims_and_the_yen_attacker_devices_paid_and_no_new_
         ],
     );
     assert!(
-        demo.stdout.contains(&format!(
+        demo.stdout.contains(
             "takeover: 8 victims, ¥382,331 taken by attacker devices; 32 members logged in from new phones"
-        )),
+        ),
         "{}",
         demo.stdout
     );

@@ -13,16 +13,17 @@
 //!   (203.0.113.0/24). New-phone members log in from TEST-NET-1 and TEST-NET-2 (192.0.2.0/24,
 //!   198.51.100.0/24), never from an attacker address.
 //! - The fraudulent total Y split over the victims by seeded weights (each victim's share
-//!   between a third and three times the average; shares add up to Y exactly).
+//!   between half and one and a half times the average; shares add up to Y exactly).
 //!
 //! Each chosen member gets a [`Block`] of commands placed in their own stream at business time
-//! 2019-07-01 06:00..2019-07-04 22:00 JST. A victim's block: their own `top_up` of exactly their
+//! 2019-07-01 04:00..2019-07-04 22:00 JST. A victim's block: their own `top_up` of exactly their
 //! share (no device: the member charging the new wallet) one minute to two hours before the
 //! attack, then the attacker's `login` (a device new to the member: a credential event) and one
 //! to four `pay` at 7-Eleven stores from that device, minutes to hours apart. Funding each victim
 //! just before the attack is what guarantees every fraudulent payment passes the balance rule, so
 //! the figure printed is Y. A new-phone member's block: a `login` from `phone-<member>-2`, a
-//! `top_up`, and one to three ordinary payments from the new phone.
+//! `top_up`, and one to three ordinary payments from the new phone, the last by 21:30 JST on
+//! July 4th.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -44,10 +45,10 @@ const ATTACKER_DEVICES: usize = 24;
 const ATTACKER_IPS: usize = 12;
 /// Largest K + P: the plan keeps one map entry per chosen member.
 pub const MAX_CHOSEN: u64 = 10_000_000;
-/// Largest average fraudulent yen per victim: a share is at most three times the average, and a
-/// victim's funding top-up (one command) must stay within SPEC's 100,000,000 yen.
+/// Largest average fraudulent yen per victim: a share is at most one and a half times the
+/// average, and a victim's funding top-up (one command) must stay within SPEC's 100,000,000 yen.
 const MAX_AVERAGE_SHARE_YEN: u64 = MAX_AMOUNT_YEN / 10;
-/// Share weights: a victim's share is between a third and three times the average.
+/// Share weights 50..=150: a victim's share is between half and one and a half times the average.
 const WEIGHT_MIN: u64 = 50;
 const WEIGHT_SPAN: u64 = 101;
 const HOUR_S: i64 = 3_600;
@@ -250,7 +251,7 @@ impl Plan {
                 let mut at = login_at.plus_seconds(60 + secs(&mut rng, 1_740));
                 steps.push((at, Step::OwnTopUp(Yen(100 * (10 + rng.below(191))))));
                 for _ in 0..1 + rng.below(3) {
-                    at = at.plus_seconds(120 + secs(&mut rng, 4 * HOUR_S - 120));
+                    at = at.plus_seconds(120 + secs(&mut rng, 3 * HOUR_S - 120));
                     steps.push((
                         at,
                         Step::PhonePay {
@@ -293,8 +294,8 @@ fn floyd_sample(rng: &mut SplitMix, n: u64, count: u64) -> Vec<u64> {
     set.into_iter().collect()
 }
 
-/// `total` split into `parts` seeded parts, each at least 1 and within a third to three times
-/// the average (`total >= parts`); they add up to `total` exactly (cumulative rounding).
+/// `total` split into `parts` seeded parts, each at least 1 and about half to one and a half
+/// times the average (`total >= parts`); they add up to `total` exactly (cumulative rounding).
 fn split_exactly(rng: &mut SplitMix, total: u64, parts: usize) -> Vec<u64> {
     if parts == 0 {
         return Vec::new();
@@ -462,7 +463,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -216,21 +216,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write deterministic, realistic activity into the store.
+    /// Write deterministic, realistic activity into the store; with `--takeover K`, the 7Pay
+    /// account takeover of SPEC section 7 among it, and its true answer in
+    /// `<store>.takeover.json`.
     #[command(
-        after_help = "Example:\n  migrate-tool demo --members 2000 --events-per-member 8 --seed 7"
+        after_help = "Example:\n  migrate-tool demo --members 2000 --events-per-member 8 --seed 7\n  \
+                      migrate-tool demo --members 1000000 --takeover 808\n  \
+                      migrate-tool demo --members 1000000 --takeover 808 --policy 24:5000"
     )]
-    Demo {
-        /// Number of members (m00000000, m00000001, ...).
-        #[arg(long)]
-        members: u64,
-        /// Wallet commands per member after register and open_wallet.
-        #[arg(long, default_value_t = 8)]
-        events_per_member: u32,
-        /// Seed of the generator.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Demo(crate::demo::Args),
 }
 
 /// `migrate` subcommands.

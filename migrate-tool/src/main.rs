@@ -107,6 +107,10 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
 }
 
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    // Bad demo flags write nothing, not even the lock file.
+    if let Cmd::Demo(args) = &cli.command {
+        args.validate()?;
+    }
     // A writer's lock finishes an interrupted cut-over (`StoreLock::acquire`); `migrate run`
     // and `rollback` take it themselves. Readers never rename: they read the store where the
     // cut-over journal says it is (`lock::reading_dir`).
@@ -194,10 +198,6 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Cmd::Expire { as_of, id, json } => {
             expire::run(&dir, expire::Options { as_of, id, json }, out)
         }
-        Cmd::Demo {
-            members,
-            events_per_member,
-            seed,
-        } => demo::run(&dir, members, events_per_member, seed, out),
+        Cmd::Demo(args) => demo::run(&dir, &args, out),
     }
 }

@@ -47,6 +47,7 @@ pub mod export;
 pub mod fold;
 pub mod gate;
 pub mod hook;
+pub mod incident;
 pub mod rebuild;
 pub mod service;
 pub mod shown;

@@ -1057,8 +1057,9 @@ mod tests {
     }
 
     // Proves a member's own password change (no device) then a device-less payment is `window`,
-    // and under `--ip` a password change is no evidence at all. (Planted defect caught: a
-    // password change counted under `--ip` lists m1 in the second search.)
+    // and under `--ip` a password change is no evidence at all. (Planted defect caught: letting
+    // every credential type through under `--ip`, in the type skip and in `credential_of`,
+    // lists m1 in the second search.)
     #[test]
     fn own_password_change_then_deviceless_payment_is_window() {
         let lines = [

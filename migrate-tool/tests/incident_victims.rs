@@ -65,8 +65,11 @@ fn position(log: &[Value], command: &str, event_type: &str) -> u64 {
         .unwrap_or_else(|| panic!("{command} appended no {event_type}"))
 }
 
-/// Each listed member as (member, confidence, evidence positions, outgoing positions, sum).
-fn listed(report: &Value) -> Vec<(String, String, Vec<u64>, Vec<u64>, u64)> {
+/// A listed member as (member, confidence, evidence positions, outgoing positions, sum).
+type Listed = (String, String, Vec<u64>, Vec<u64>, u64);
+
+/// Each listed member of a report.
+fn listed(report: &Value) -> Vec<Listed> {
     let positions = |list: &Value| -> Vec<u64> {
         list.as_array()
             .expect("a list")

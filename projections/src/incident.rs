@@ -348,7 +348,7 @@ pub fn victims_in_records(
     let mut search = Search::new(query)?;
     for record in records {
         search.read(&record?.as_view())?;
-        if search.events_read.is_multiple_of(CHUNK_EVENTS as u64) {
+        if search.events_read % CHUNK_EVENTS as u64 == 0 {
             progress(search.events_read);
         }
     }

@@ -10,8 +10,8 @@
 //! # The search ([`victims`])
 //! One streaming pass over the log in log order, with these rules (decided for issue 15; also in
 //! docs/design.md, "Incident defence"):
-//! - **Evidence**: a credential event of a member (SPEC 7) whose business time `at` is in
-//!   [`Query::from`, `Query::to`] (both inclusive): `identity.password_changed`, an
+//! - **Evidence**: a credential event of a member (SPEC 7) whose business time `at` is between
+//!   [`Query::from`] and [`Query::to`] (both inclusive): `identity.password_changed`, an
 //!   `identity.password_reset` that is not an operator reset (`PasswordReset::operator`; a v1
 //!   reset is upcast by the decoder), `identity.contact_changed`, and an `identity.logged_in`
 //!   with `new_device`. With addresses ([`Query::ips`] not empty) only logins from one of them
@@ -305,7 +305,7 @@ const WINDOW_MICROS: i64 = WINDOW_HOURS as i64 * 3_600 * 1_000_000;
 
 /// The members an account takeover may have hit (rules in the module doc), reading the events
 /// table of `snap` from position 1 to its head. `progress` is called with the events read so
-/// far, every [`CHUNK_EVENTS`] events.
+/// far, every 8,192 events (one read of the table).
 pub fn victims(
     snap: &dyn Snapshot,
     query: &Query,

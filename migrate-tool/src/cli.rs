@@ -216,6 +216,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Incident defence (SPEC section 7): list the members an account takeover hit, and
+    /// compensate them behind the gate.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  migrate-tool incident victims --from 2019-07-01T00:00:00+09:00 --to 2019-07-04T23:59:59+09:00 --ip 203.0.113.7 --json > victims.json\n  \
+                      migrate-tool incident compensate victims.json --incident 7pay-2019-07 --dry-run"
+    )]
+    Incident(IncidentCmd),
     /// Write deterministic, realistic activity into the store; with `--takeover K`, the 7Pay
     /// account takeover of SPEC section 7 among it, and its true answer in
     /// `<store>.takeover.json`.
@@ -266,6 +274,50 @@ pub enum MigrateCmd {
     #[command(after_help = "Example:\n  migrate-tool migrate rollback")]
     Rollback {
         /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `incident` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum IncidentCmd {
+    /// Members with a credential event in [FROM, TO] followed by outgoing value from that
+    /// event's device (`exact`), or within 72 hours of it without a device (`window`).
+    #[command(
+        after_help = "Example:\n  migrate-tool incident victims --from 2019-07-01T00:00:00+09:00 --to 2019-07-04T23:59:59+09:00\n  \
+                      migrate-tool incident victims --from 2019-07-01T00:00:00+09:00 --to 2019-07-04T23:59:59+09:00 --ip 203.0.113.7,203.0.113.8 --json > victims.json"
+    )]
+    Victims {
+        /// Start of the interval of credential events (RFC 3339 business time, inclusive).
+        #[arg(long, value_name = "T1")]
+        from: String,
+        /// End of the interval (inclusive).
+        #[arg(long, value_name = "T2")]
+        to: String,
+        /// Only logins from these addresses count as evidence (comma-separated, repeatable).
+        #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+        ip: Vec<String>,
+        /// The report as one JSON document on stdout (carries its own BLAKE3 hash).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One `compensate` per `exact` outgoing event of each `exact` victim of REPORT, behind the
+    /// gate: the sum of balances rises by the report's total and no other wallet changes.
+    #[command(
+        after_help = "Example:\n  migrate-tool incident compensate victims.json --incident 7pay-2019-07 --dry-run\n  \
+                      migrate-tool incident compensate victims.json --incident 7pay-2019-07 --json"
+    )]
+    Compensate {
+        /// The JSON report written by `incident victims --json`.
+        report: std::path::PathBuf,
+        /// The incident id recorded with each compensation (1-64 characters).
+        #[arg(long)]
+        incident: String,
+        /// Run everything, then roll back (or work on a scratch copy): the store is not touched.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON report on stdout.
         #[arg(long)]
         json: bool,
     },

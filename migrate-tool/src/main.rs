@@ -31,6 +31,7 @@
 
 mod check;
 mod cli;
+mod compensate;
 mod demo;
 mod durable;
 mod expire;
@@ -40,6 +41,7 @@ mod gate;
 mod head;
 mod holder;
 mod import;
+mod incident;
 mod lock;
 mod migrate;
 mod migrate_copy;
@@ -57,7 +59,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Cmd, MigrateCmd};
+use crate::cli::{Cli, Cmd, IncidentCmd, MigrateCmd};
 use crate::lock::StoreLock;
 use crate::output::Outcome;
 
@@ -101,6 +103,7 @@ fn writer_name(cmd: &Cmd) -> Option<&'static str> {
         Cmd::ResetCredentials { .. } => Some("reset-credentials"),
         Cmd::Demo { .. } => Some("demo"),
         Cmd::Expire { .. } => Some("expire"),
+        Cmd::Incident(IncidentCmd::Compensate { .. }) => Some("incident-compensate"),
         // `migrate run` and `migrate rollback` take the lock themselves (they rename the store).
         _ => None,
     }
@@ -192,6 +195,26 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 dry_run,
                 json,
                 faults,
+            },
+            out,
+        ),
+        Cmd::Incident(IncidentCmd::Victims { from, to, ip, json }) => {
+            incident::victims(&dir, &from, &to, &ip, json, out)
+        }
+        Cmd::Incident(IncidentCmd::Compensate {
+            report,
+            incident,
+            dry_run,
+            json,
+        }) => compensate::run(
+            &dir,
+            lock.as_ref()
+                .expect("incident compensate is a writer: its lock is taken above"),
+            compensate::Options {
+                report,
+                incident,
+                dry_run,
+                json,
             },
             out,
         ),

@@ -8,7 +8,7 @@
 //! # Beside a writer
 //! While another process writes (an import, a service), the index is locked
 //! ([`ledger::OpenError::Locked`]). Commands that only read the log (`verify`, `log`,
-//! `statement`, `show --as-of`) then read the segment files directly, up to the synced head they find
+//! `statement`, `show --as-of`, `incident victims`) then read the segment files directly, up to the synced head they find
 //! ([`open_for_log_read`]); commands that need the views (`show` at the head, `export`,
 //! `digest`, `check`) fail, saying which commands still work ([`open_for_views`]).
 
@@ -64,7 +64,7 @@ pub fn open_for_views(dir: &Path, command: &str) -> anyhow::Result<Arc<Store>> {
             dir,
             command,
             anyhow::Error::new(e).context(format!(
-                "`{command}` reads the views, which only the writing process may open (`verify`, `head`, `log`, `statement` and `show --as-of` read the log beside a writer)"
+                "`{command}` reads the views, which only the writing process may open (`verify`, `head`, `log`, `statement`, `show --as-of` and `incident victims` read the log beside a writer)"
             )),
         )),
         Err(e) => Err(e.into()),

@@ -25,6 +25,9 @@
 //! - [`service`]: [`WalletService`], a ledger with the views attached: submit, read, check.
 //! - [`statement`]: a member's statement (running balance, positions, command ids), whole or
 //!   by page ([`statement_page`]), from a snapshot or any stream of records.
+//! - [`incident`]: the incident report of SPEC section 7 (its shape, hash and what is
+//!   compensated) and the victims search ([`incident::victims`]), one streaming pass over the
+//!   log.
 //! - `test_store` (tests only): small stores built through the real service, for the unit tests
 //!   of `check` and `gate`.
 //!
@@ -47,6 +50,7 @@ pub mod export;
 pub mod fold;
 pub mod gate;
 pub mod hook;
+pub mod incident;
 pub mod rebuild;
 pub mod service;
 pub mod shown;

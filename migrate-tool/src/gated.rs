@@ -17,8 +17,9 @@
 //!
 //! The caller holds the store's lock for the whole run: nobody writes meanwhile, and the
 //! cut-over is journaled under it. The gate names the members whose wallet changed by comparing
-//! a read snapshot taken before the work (redb keeps it consistent while the writer appends)
-//! with one after.
+//! the wallets before with those after: before, on redb, from a read snapshot taken before the
+//! work (redb keeps it as it was while the writer appends); on sled, from the store the copy
+//! was taken of, kept open and untouched (a sled snapshot of the copy would see the work).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ pub fn run<O: Operation>(
     op: &mut O,
 ) -> anyhow::Result<Run<O::Done>> {
     if source.name() == "redb" {
-        let run = gate(source, op, dry_run, true)?;
+        let run = gate(source, None, op, dry_run)?;
         let applied = run.report.ok() && !dry_run;
         Ok(Run { applied, ..run })
     } else {
@@ -118,16 +119,13 @@ fn on_copy<O: Operation>(
     } else {
         store::sibling_scratch(dir, op.name(), run_id)
     };
-    let source = copy_locked(dir, &scratch)?;
-    let mut source = if dry_run {
-        drop(source);
-        None
-    } else {
-        Some(source)
-    };
-    let gated = store::open_existing(&scratch).and_then(|engine| gate(engine, op, dry_run, false));
+    // Kept open (and so locked) for the whole run: the gate reads the wallets as they were from
+    // it, since a sled snapshot of the copy taken before the work would see the work.
+    let mut source = Some(copy_locked(dir, &scratch)?);
+    let gated = store::open_existing(&scratch)
+        .and_then(|engine| gate(engine, source.as_deref(), op, dry_run));
     let result = match gated {
-        Ok(run) if run.report.ok() && source.is_some() => {
+        Ok(run) if run.report.ok() && !dry_run => {
             // Closed before the swap: nothing may write the store it is about to replace.
             drop(source.take());
             let swapped = store::swap_in(lock, &scratch, run_id);
@@ -178,14 +176,15 @@ fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<Store>> {
     Ok(source)
 }
 
-/// Runs the work between the before and after figures. `guarded`: work on `engine` in place
-/// under a rollback point and roll back unless the gate passes and this is not a dry run;
-/// otherwise `engine` is a scratch copy and the caller decides (`applied` is false here).
+/// Runs the work between the before and after figures. `origin` `None`: work on `engine` in
+/// place under a rollback point and roll back unless the gate passes and this is not a dry run.
+/// Otherwise `engine` is a scratch copy of `origin`, the store as it was, which the gate reads
+/// the wallets before from, and the caller decides (`applied` is false here).
 fn gate<O: Operation>(
     engine: Arc<Store>,
+    origin: Option<&Store>,
     op: &mut O,
     dry_run: bool,
-    guarded: bool,
 ) -> anyhow::Result<Run<O::Done>> {
     let before_snap = engine.snapshot()?;
     let bar = output::progress(None, "gate: before");
@@ -207,12 +206,12 @@ fn gate<O: Operation>(
     }
     // No read transaction may outlive the work: a rollback restores the file under it.
     drop(before_snap);
-    let guard = if guarded {
+    let guard = if origin.is_none() {
         Some(Guard::begin(&engine)?.context("the backend has no rollback points")?)
     } else {
         None
     };
-    let outcome = work_and_compare(&engine, gate, &before, op, &bar);
+    let outcome = work_and_compare(&engine, origin, gate, &before, op, &bar);
     bar.finish_and_clear();
     if let Some(guard) = guard {
         let keep = !dry_run && matches!(&outcome, Ok(run) if run.report.ok());
@@ -226,14 +225,22 @@ fn gate<O: Operation>(
 }
 
 /// The work, then the after figures and the gate's comparison under the work's declaration.
+/// The wallets before are read from `origin` when given (the store a scratch copy was taken
+/// of), else from a snapshot of `engine` taken before the work (redb keeps it as it was while
+/// the writer appends).
 fn work_and_compare<O: Operation>(
     engine: &Arc<Store>,
+    origin: Option<&Store>,
     gate: Gate,
     before: &CheckReport,
     op: &mut O,
     bar: &ProgressBar,
 ) -> anyhow::Result<Run<O::Done>> {
     let before_snap = engine.snapshot()?;
+    let stored_snap = match origin {
+        Some(origin) => origin.snapshot()?,
+        None => engine.snapshot()?,
+    };
     let service = WalletService::with_engine(Arc::clone(engine), Vec::new())
         .context("cannot start the wallet service")?;
     bar.set_position(0);
@@ -246,7 +253,7 @@ fn work_and_compare<O: Operation>(
     let mut report = gate.finish(
         op.declared(&done),
         Figures::of_check(after, &*after_snap)?,
-        &StoredViews(&*before_snap),
+        &StoredViews(&*stored_snap),
         &StoredViews(&*after_snap),
     )?;
     for failure in op.failures(&done) {

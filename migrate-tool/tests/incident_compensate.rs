@@ -239,8 +239,9 @@ fn beside(tmp: &Path) -> Vec<String> {
 // one `wallet.compensated` per exact outgoing event, under the id `compensate-<incident>-<pos>`;
 // check passes after. Running it twice adds nothing: 0 appended, 3 already, the gate passes,
 // export and head identical. Planted defects caught: `incident::planned` keeping window events
-// (v2 would rise by 20,100 and w1 by 500); `prepare` not subtracting the stored compensations
-// (the rerun's compensations are rejected as already compensated: exit 1).
+// (the report then does not add up: exit 2); `prepare` not subtracting the stored
+// compensations (the rerun declares 3 credits, the writer answers duplicates, the head does not
+// move: exit 1).
 #[test]
 fn compensation_raises_exactly_the_victims_balances_by_the_report_total_and_a_rerun_adds_nothing() {
     let tmp = tempfile::tempdir().expect("a temp dir");
@@ -362,7 +363,9 @@ fn compensation_raises_exactly_the_victims_balances_by_the_report_total_and_a_re
 // (the hidden test flag `--fault-extra-credit` tops up o1, the first wallet in id order not in
 // the report, by 1 yen): exit 1, the JSON and the human output name o1 and its balance field,
 // and the store is exactly as before (export, head, digest, verify, check). Planted defect
-// caught: `localise` skipping every member (not only the credited ones) leaves o1 unnamed.
+// caught: the gate not localising under a credit declaration (o1 unnamed, the bucket "damaged").
+// On sled (the copy path) this test also caught the gate reading the wallets before from a
+// snapshot of the copy, which sled does not isolate from the work (nobody named).
 #[test]
 fn a_faulty_extra_credit_is_refused_naming_the_member_and_the_store_is_untouched() {
     let tmp = tempfile::tempdir().expect("a temp dir");
@@ -423,7 +426,9 @@ fn a_faulty_extra_credit_is_refused_naming_the_member_and_the_store_is_untouched
 
 // Proves a report edited after it was made (an amount raised), a report of another log, a
 // report that does not add up and a bad `--incident` are refused with exit 2, naming the file
-// and the reason, and write nothing (head unchanged, no compensation).
+// and the reason, and write nothing (head unchanged, no compensation). Planted defect caught:
+// `same_log` not comparing the hash at the report's head position (the other log's report is
+// run: exit 0).
 #[test]
 fn an_edited_report_or_bad_arguments_exit_2_and_write_nothing() {
     let tmp = tempfile::tempdir().expect("a temp dir");

@@ -3,11 +3,12 @@
 # release is built (`cargo build --release -p migrate-tool`: no dev-dependency, so the feature
 # `fault-injection` is off), then checks that
 #   - no help text lists a fault flag,
-#   - `migrate run NAME --fault F` and `reset-credentials --fault-touch-wallet` are usage errors
-#     (exit 2, clap's "unexpected argument"), before anything opens a store,
+#   - `migrate run NAME --fault F`, `reset-credentials --fault-touch-wallet` and `incident
+#     compensate --fault-extra-credit` are usage errors (exit 2, clap's "unexpected argument"),
+#     before anything opens a store,
 #   - the binary does not even contain the flags' names (the faulty code is not compiled in).
-# The tests' own binary has the flags: migrate-tool/tests/{migrate,cli}.rs prove the gates refuse
-# the faulty transform and the faulty reset with it.
+# The tests' own binary has the flags: migrate-tool/tests/{migrate,cli,incident_compensate}.rs
+# prove the gates refuse the faulty transform, reset and compensation with it.
 #
 #   bash scripts/check-release-flags.sh            # release build (what ships)
 #   PROFILE=dev bash scripts/check-release-flags.sh   # debug build, same features, quicker
@@ -22,7 +23,7 @@ bin="${CARGO_TARGET_DIR:-target}/$dir/migrate-tool"
 store="$(mktemp -d)/store"
 fail=0
 
-for help in "--help" "reset-credentials --help" "migrate run --help"; do
+for help in "--help" "reset-credentials --help" "migrate run --help" "incident compensate --help"; do
     # shellcheck disable=SC2086 # the words of $help are separate arguments
     if "$bin" $help | grep -q -- "--fault"; then
         echo "FAIL: \`migrate-tool $help\` mentions a fault flag" >&2
@@ -41,12 +42,13 @@ usage_error() {
 }
 usage_error migrate run upcast --fault drop-one
 usage_error reset-credentials --all --fault-touch-wallet
+usage_error incident compensate victims.json --incident 7pay --fault-extra-credit
 if [ -e "$store" ]; then
     echo "FAIL: a rejected flag created the store $store" >&2
     fail=1
 fi
 
-for name in fault-touch-wallet drop-one alter-amount; do
+for name in fault-touch-wallet fault-extra-credit drop-one alter-amount; do
     if grep -qa -- "$name" "$bin"; then
         echo "FAIL: $bin contains \"$name\": the test-only code is compiled in" >&2
         fail=1

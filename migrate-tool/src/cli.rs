@@ -320,5 +320,8 @@ pub enum IncidentCmd {
         /// One JSON report on stdout.
         #[arg(long)]
         json: bool,
+        /// Test-only flags (`--fault-extra-credit`), with the feature `fault-injection` only.
+        #[command(flatten)]
+        faults: crate::faults::CompensateFaults,
     },
 }

@@ -1,6 +1,8 @@
 //! Deliberately faulty operations, for the tests that prove the gates refuse them: a
-//! copy-transform that drops, alters or reorders an event (`migrate run NAME --fault F`) and a
-//! reset that also credits a wallet (`reset-credentials --fault-touch-wallet`).
+//! copy-transform that drops, alters or reorders an event (`migrate run NAME --fault F`), a
+//! reset that also credits a wallet (`reset-credentials --fault-touch-wallet`) and a
+//! compensation that also credits a member the report does not name (`incident compensate
+//! --fault-extra-credit`).
 //!
 //! Why a module of its own: these are test-only switches, and a release binary must not have
 //! them. They exist only with the cargo feature `fault-injection`, which the package's own
@@ -11,15 +13,23 @@
 //! feature rejects the flags.
 
 #[cfg(feature = "fault-injection")]
-pub use enabled::{apply, plan, top_up_stream, MigrateFaults, ResetFaults};
+pub use enabled::{
+    apply, extra_credit, plan, top_up_stream, CompensateFaults, MigrateFaults, ResetFaults,
+};
 
 #[cfg(not(feature = "fault-injection"))]
-pub use disabled::{apply, plan, top_up_stream, MigrateFaults, ResetFaults};
+pub use disabled::{
+    apply, extra_credit, plan, top_up_stream, CompensateFaults, MigrateFaults, ResetFaults,
+};
 
 #[cfg(feature = "fault-injection")]
 mod enabled {
     use anyhow::{bail, Context};
-    use ledger::domain::{DomainEvent, MemberId, ToppedUp, WalletEvent, Yen};
+    use std::collections::BTreeSet;
+
+    use ledger::domain::{
+        Command, CommandBody, CommandId, DomainEvent, MemberId, ToppedUp, WalletEvent, Yen,
+    };
     use ledger::log;
     use ledger::record::EventRecord;
     use ledger::{ExpectedVersion, Position, Snapshot, StreamAppend, Timestamp};
@@ -53,6 +63,16 @@ mod enabled {
         /// reset that the gate must refuse and roll back.
         #[arg(long, hide = true)]
         fault_touch_wallet: bool,
+    }
+
+    /// The hidden flag of `incident compensate`.
+    #[derive(clap::Args, Debug, Default)]
+    pub struct CompensateFaults {
+        /// Test only: also credit 1 yen to the first member (in id order) with a wallet that
+        /// the report does not name, a deliberately faulty compensation that the gate must
+        /// refuse, naming that member.
+        #[arg(long, hide = true)]
+        fault_extra_credit: bool,
     }
 
     /// Where a fault strikes, chosen from the source before the copy.
@@ -163,11 +183,54 @@ mod enabled {
             events: vec![event.to_new_event(at)?],
         }))
     }
+
+    /// The deliberate fault of `--fault-extra-credit`: a 1-yen `top_up`, through the writer
+    /// like the compensations, of the first member with a wallet in `snap` not in `named`.
+    /// `None` without the flag or when every wallet is named.
+    pub fn extra_credit(
+        faults: &CompensateFaults,
+        snap: &dyn Snapshot,
+        named: &BTreeSet<MemberId>,
+    ) -> anyhow::Result<Option<Command>> {
+        if !faults.fault_extra_credit {
+            return Ok(None);
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let streams = log::list_streams(
+                snap,
+                ledger::domain::WALLET_STREAM_PREFIX,
+                after.as_deref(),
+                CHUNK_EVENTS,
+            )?;
+            let Some(last) = streams.last() else {
+                return Ok(None);
+            };
+            after = Some(last.clone());
+            let member = streams
+                .iter()
+                .filter_map(|s| ledger::domain::member_of_stream(s).map(|(_, m)| m))
+                .find(|m| !named.contains(m));
+            if let Some(member) = member {
+                return Ok(Some(Command {
+                    id: CommandId::new("fault-extra-credit")
+                        .context("a constant command id is valid")?,
+                    at: None,
+                    body: CommandBody::TopUp {
+                        member,
+                        amount: Yen(1),
+                    },
+                }));
+            }
+        }
+    }
 }
 
 #[cfg(not(feature = "fault-injection"))]
 mod disabled {
-    use ledger::domain::MemberId;
+    use std::collections::BTreeSet;
+
+    use ledger::domain::{Command, MemberId};
     use ledger::record::EventRecord;
     use ledger::{Snapshot, StreamAppend, Timestamp};
 
@@ -178,6 +241,19 @@ mod disabled {
     /// No flag: a release build has no faulty reset.
     #[derive(clap::Args, Debug, Default)]
     pub struct ResetFaults {}
+
+    /// No flag: a release build has no faulty compensation.
+    #[derive(clap::Args, Debug, Default)]
+    pub struct CompensateFaults {}
+
+    /// No extra credit.
+    pub fn extra_credit(
+        _faults: &CompensateFaults,
+        _snap: &dyn Snapshot,
+        _named: &BTreeSet<MemberId>,
+    ) -> anyhow::Result<Option<Command>> {
+        Ok(None)
+    }
 
     /// Nothing to strike.
     pub struct FaultPlan;

@@ -226,8 +226,12 @@ fn read_journal(dir: &Path) -> anyhow::Result<Option<Journal>> {
     Ok(Some(journal))
 }
 
+/// The gated operations whose checked copy a cut-over moves in, as `.<name>.<operation>-<run>`
+/// (`crate::gated` on a backend without rollback points).
+pub const GATED_COPIES: [&str; 2] = ["reset", "compensate"];
 /// Name suffixes (after `<name>`) of the directories a cut-over moves in: a migration's checked
-/// copy, or the kept store a rollback puts back. (A reset's copy is `.<name>.reset-<run>`.)
+/// copy, or the kept store a rollback puts back. (A gated operation's copy is
+/// `.<name>.<operation>-<run>`, see [`GATED_COPIES`].)
 const INCOMING_SUFFIXES: [&str; 2] = [".migrating-", ".before-"];
 /// Name suffixes of the directories a cut-over moves the store to.
 const KEPT_SUFFIXES: [&str; 3] = [".before-", ".replaced-", ".rolled-back-"];
@@ -238,17 +242,20 @@ const KEPT_SUFFIXES: [&str; 3] = [".before-", ".replaced-", ".rolled-back-"];
 /// [`KEPT_SUFFIXES`]) and a run part of letters, digits, `.`, `_` and `-`.
 fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
     let (parent, name) = split(dir);
-    let reset_copy = format!(".{name}.reset-");
+    let gated_copies: Vec<String> = GATED_COPIES
+        .iter()
+        .map(|operation| format!(".{name}.{operation}-"))
+        .collect();
     let fields = [
         (
             "incoming",
             &journal.incoming,
             &INCOMING_SUFFIXES[..],
-            Some(reset_copy.as_str()),
+            &gated_copies[..],
         ),
-        ("kept", &journal.kept, &KEPT_SUFFIXES[..], None),
+        ("kept", &journal.kept, &KEPT_SUFFIXES[..], &[][..]),
     ];
-    for (field, path, suffixes, other_prefix) in fields {
+    for (field, path, suffixes, other_prefixes) in fields {
         let refuse = |rule: String| {
             anyhow::anyhow!(
                 "field `{field}` is {}: {rule}; nothing was renamed (check what it names, then remove the journal)",
@@ -267,7 +274,7 @@ fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
         let prefixes = suffixes
             .iter()
             .map(|s| format!("{name}{s}"))
-            .chain(other_prefix.map(str::to_owned));
+            .chain(other_prefixes.iter().cloned());
         let run = prefixes.into_iter().find_map(|p| file.strip_prefix(&p));
         let shaped = run.is_some_and(|run| {
             !run.is_empty()
@@ -278,7 +285,7 @@ fn check_journal(dir: &Path, journal: &Journal) -> anyhow::Result<()> {
         if !shaped {
             let mut shapes: Vec<String> =
                 suffixes.iter().map(|s| format!("{name}{s}<run>")).collect();
-            shapes.extend(other_prefix.map(|p| format!("{p}<run>")));
+            shapes.extend(other_prefixes.iter().map(|p| format!("{p}<run>")));
             return Err(refuse(format!(
                 "its name must be one of {}",
                 shapes.join(", ")

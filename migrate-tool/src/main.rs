@@ -11,6 +11,10 @@
 //! - [`check`]: `verify`, `check` (rendering `projections::check`, the invariants of SPEC
 //!   section 4, and its progress and timing), `rebuild`.
 //! - [`reset`]: `reset-credentials`, with the migration gate of SPEC section 5.
+//! - [`incident`], [`compensate`]: `incident victims` and `incident compensate` (SPEC section
+//!   7), the latter behind the gate.
+//! - [`gated`]: the gated run `reset-credentials` and `incident compensate` share (rollback
+//!   point or scratch copy, check before, work, check after, gate).
 //! - [`demo`]: `demo`, deterministic seeded activity.
 //! - [`durable`]: writing a file that survives a power cut (the migration reports).
 //! - [`expire`]: `expire`, the nightly `expire` without a member over the whole store.
@@ -38,6 +42,7 @@ mod expire;
 mod faults;
 mod frames;
 mod gate;
+mod gated;
 mod head;
 mod holder;
 mod import;
@@ -206,6 +211,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             incident,
             dry_run,
             json,
+            faults,
         }) => compensate::run(
             &dir,
             lock.as_ref()
@@ -215,6 +221,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 incident,
                 dry_run,
                 json,
+                faults,
             },
             out,
         ),

@@ -193,6 +193,7 @@ pub(crate) fn before_layout1(
         invariants: Some(vec![chain, views_inv]),
         buckets: now.buckets().to_vec(),
         rows: None,
+        balances_yen: None,
     };
     let recorded = json!({
         "layout": 1,

@@ -1,9 +1,8 @@
 //! `reset-credentials`: a forced password reset of some or all members, behind the migration gate
 //! of SPEC section 5.
 //!
-//! The resets run in place under a rollback point (redb), or on a scratch copy of the store
-//! directory (sled: beside it, so that the whole directory, index and segments, replaces the
-//! store through the journaled cut-over of `crate::lock`; in the temp dir for `--dry-run`). Around them runs `projections::gate`: a full check before, the resets, the
+//! The resets run behind the gated run of [`crate::gated`] (in place under a rollback point on
+//! redb, on a scratch copy swapped in on sled): a full check before, the resets, the
 //! incremental check after (`projections::check_after_identity_appends`). A reset is an identity
 //! operation, so it declares exactly one change ([`Declared::IdentityAppends`]): the head moves by
 //! one event per member reset. Everything else must be equal: every invariant holds before and
@@ -15,24 +14,22 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use ledger::domain::{identity_stream, reset_of_registered, MemberId};
-use ledger::store::Guard;
 use ledger::{
-    AppendError, AppendOutcome, AppendRequest, Engine, ExpectedVersion, Head, Ledger, Snapshot,
-    Store, StreamAppend, Timestamp,
+    AppendError, AppendOutcome, AppendRequest, ExpectedVersion, Ledger, Snapshot, Store,
+    StreamAppend, Timestamp,
 };
-use projections::gate::{Declared, Figures, Gate, GateReport, StoredViews};
+use projections::gate::Declared;
 use projections::WalletService;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::check;
 use crate::faults::{self, ResetFaults};
 use crate::gate::{figures_line, report_fields, write_findings};
+use crate::gated;
 use crate::lock::StoreLock;
 use crate::output::{self, Outcome};
 use crate::store;
@@ -71,10 +68,7 @@ struct Work {
 }
 
 /// What the resets did and what the gate found.
-struct GateRun {
-    report: GateReport,
-    work: Work,
-}
+type GateRun = gated::Run<Work>;
 
 /// `reset-credentials`.
 /// `lock` is the store's lock, held by the caller for the whole command: nothing else writes the
@@ -103,27 +97,18 @@ pub fn run(
         }
     }
     let source = store::open_existing(dir)?;
-    let (gate, applied) = if source.name() == "redb" {
-        // In place, under a rollback point: no copy of the store, so it scales to 16.5M members.
-        let gate = gate(
-            Arc::clone(&source),
-            &opts,
-            &named,
-            &run_id,
-            start_time,
-            true,
-        )?;
-        let applied = gate.report.ok() && !opts.dry_run;
-        (gate, applied)
-    } else {
-        drop(source);
-        gate_on_copy(lock, &opts, &named, &run_id, start_time)?
+    let mut job = ResetJob {
+        opts: &opts,
+        named: &named,
+        run_id: &run_id,
+        at: start_time,
     };
+    let gate = gated::run(source, lock, &run_id, opts.dry_run, &mut job)?;
     let report = Report {
         dir,
         run_id: &run_id,
         dry_run: opts.dry_run,
-        applied,
+        applied: gate.applied,
         gate: &gate,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -135,194 +120,93 @@ pub fn run(
     Ok(Outcome::from_ok(gate.report.ok()))
 }
 
-/// The gate on a scratch copy, for backends without rollback points (sled): the copy is renamed
-/// over the store only if the gate passes (and this is not a dry run).
-fn gate_on_copy(
-    lock: &StoreLock,
-    opts: &Options,
-    named: &[MemberId],
-    run_id: &str,
-    at: Timestamp,
-) -> anyhow::Result<(GateRun, bool)> {
-    let dir = lock.dir();
-    let scratch = if opts.dry_run {
-        store::temp_scratch(run_id)
-    } else {
-        store::sibling_scratch(dir, run_id)
-    };
-    let source = copy_locked(dir, &scratch)?;
-    let mut source = if opts.dry_run {
-        drop(source);
-        None
-    } else {
-        Some(source)
-    };
-    let gate = store::open_existing(&scratch)
-        .and_then(|engine| gate(engine, opts, named, run_id, at, false));
-    let result = match gate {
-        Ok(g) if g.report.ok() && source.is_some() => {
-            // Closed before the swap: nothing may write the store it is about to replace.
-            drop(source.take());
-            let swapped = store::swap_in(lock, &scratch, run_id);
-            store::remove_scratch(&scratch);
-            swapped?;
-            (g, true)
-        }
-        other => {
-            store::remove_scratch(&scratch);
-            (other?, false)
-        }
-    };
-    drop(source);
-    Ok(result)
-}
-
-/// Copies the store to `scratch` and returns the store's engine, open (locked) again, after
-/// checking that its head did not move while the copy was taken. The store is closed during the
-/// copy so the copied file is a cleanly closed redb file (an open one is flagged for recovery).
-fn copy_locked(dir: &Path, scratch: &Path) -> anyhow::Result<Arc<Store>> {
-    let head_of =
-        |engine: &Arc<Store>| -> anyhow::Result<Head> { store::head(&*engine.snapshot()?) };
-    let source = store::open_existing(dir)?;
-    let head = head_of(&source)?;
-    drop(source);
-    if let Err(e) = store::copy_store(dir, scratch) {
-        store::remove_scratch(scratch);
-        return Err(e);
-    }
-    let source = store::open_existing(dir);
-    let moved = match &source {
-        Ok(engine) => head_of(engine)? != head,
-        Err(_) => false,
-    };
-    if moved || source.is_err() {
-        store::remove_scratch(scratch);
-    }
-    let source = source?;
-    if moved {
-        bail!(
-            "store {} changed while it was being copied; run again",
-            dir.display()
-        );
-    }
-    Ok(source)
-}
-
-/// Runs the resets between the before and after figures. `guarded`: work on `engine` in place
-/// under a rollback point ([`ledger::store::Guard`]) and roll back unless the gate passes and
-/// this is not a dry run; otherwise `engine` is a scratch copy and the caller decides.
-fn gate(
-    engine: Arc<Store>,
-    opts: &Options,
-    named: &[MemberId],
-    run_id: &str,
-    at: Timestamp,
-    guarded: bool,
-) -> anyhow::Result<GateRun> {
-    let before_snap = engine.snapshot()?;
-    let bar = output::progress(None, "gate: before");
-    // Verify runs on a second thread over its own snapshot: nothing writes before the work
-    // starts, and `check_engine` compares the heads.
-    let before = projections::check_engine(&*engine, &*before_snap, &check::progress(&bar))?;
-    let gate = Gate::begin(OPERATION, Figures::of_check(before.clone(), &*before_snap)?);
-    let mut refusals: Vec<String> = gate.refusal().into_iter().collect();
-    if refusals.is_empty() {
-        for m in named {
-            if ledger::log::stream_version(&*before_snap, &identity_stream(m))?.0 == 0 {
-                let line = format!("member {m} has no identity stream");
-                bar.suspend(|| eprintln!("{line}"));
-                refusals.push(line);
-            }
-        }
-    }
-    if !refusals.is_empty() {
-        bar.finish_and_clear();
-        return Ok(GateRun {
-            report: gate.refuse(refusals),
-            work: Work::default(),
-        });
-    }
-    // No read transaction may outlive the work: a rollback restores the file under it.
-    drop(before_snap);
-    let guard = if guarded {
-        Some(Guard::begin(&engine)?.context("the backend has no rollback points")?)
-    } else {
-        None
-    };
-    let job = ResetJob {
-        opts,
-        named,
-        run_id,
-        at,
-        bar: &bar,
-    };
-    let outcome = reset_and_compare(&engine, gate, &before, &job);
-    bar.finish_and_clear();
-    if let Some(guard) = guard {
-        let keep = !opts.dry_run && matches!(&outcome, Ok(run) if run.report.ok());
-        if keep {
-            guard.keep()?;
-        } else {
-            guard.roll_back()?;
-        }
-    }
-    outcome
-}
-
-/// What the resets are asked to do, and where they show progress.
+/// What the resets are asked to do: the reset's part of the gated run ([`gated::Operation`]).
 struct ResetJob<'a> {
     opts: &'a Options,
     named: &'a [MemberId],
     run_id: &'a str,
     at: Timestamp,
-    bar: &'a indicatif::ProgressBar,
 }
 
-/// The resets, then the after figures (proven from `before` plus the new events) and the gate's
-/// comparison under the reset's declaration.
-fn reset_and_compare(
-    engine: &Arc<Store>,
-    gate: Gate,
-    before: &projections::CheckReport,
-    job: &ResetJob<'_>,
-) -> anyhow::Result<GateRun> {
-    let before_snap = engine.snapshot()?;
-    let service = WalletService::with_engine(Arc::clone(engine), Vec::new())
-        .context("cannot start the wallet service")?;
-    job.bar.set_message("reset: members");
-    job.bar.set_position(0);
-    let runtime = output::runtime()?;
-    let target = if job.opts.all { None } else { Some(job.named) };
-    let work = runtime.block_on(reset_members(
-        service.ledger(),
-        &*before_snap,
-        target,
-        ResetSpec {
-            run_id: job.run_id,
-            reason: job.opts.reason.as_deref(),
-            at: job.at,
-            faults: &job.opts.faults,
-        },
-        job.bar,
-    ))?;
-    // Stops the writer thread: the after figures see everything it committed.
-    drop(service);
-    job.bar.set_message("gate: after");
-    let after_snap = engine.snapshot()?;
-    let after =
-        projections::check_after_identity_appends(&*after_snap, before, &check::progress(job.bar))?;
-    let mut report = gate.finish(
+impl gated::Operation for ResetJob<'_> {
+    type Done = Work;
+
+    fn name(&self) -> &'static str {
+        OPERATION
+    }
+
+    /// Every named member must have an identity stream.
+    fn prepare(
+        &mut self,
+        before: &dyn Snapshot,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut refusals = Vec::new();
+        for m in self.named {
+            if ledger::log::stream_version(before, &identity_stream(m))?.0 == 0 {
+                let line = format!("member {m} has no identity stream");
+                bar.suspend(|| eprintln!("{line}"));
+                refusals.push(line);
+            }
+        }
+        Ok(refusals)
+    }
+
+    fn work(
+        &mut self,
+        service: &WalletService,
+        before: &dyn Snapshot,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Work> {
+        bar.set_message("reset: members");
+        let runtime = output::runtime()?;
+        let target = if self.opts.all {
+            None
+        } else {
+            Some(self.named)
+        };
+        runtime.block_on(reset_members(
+            service.ledger(),
+            before,
+            target,
+            ResetSpec {
+                run_id: self.run_id,
+                reason: self.opts.reason.as_deref(),
+                at: self.at,
+                faults: &self.opts.faults,
+            },
+            bar,
+        ))
+    }
+
+    /// A reset is an identity operation: one event per member reset, and nothing else.
+    fn declared(&self, work: &Work) -> Declared {
         Declared::IdentityAppends {
             events: work.events,
-        },
-        Figures::of_check(after, &*after_snap)?,
-        &StoredViews(&*before_snap),
-        &StoredViews(&*after_snap),
-    )?;
-    if !work.rejected.is_empty() {
-        report.add_failure(format!("{} resets were rejected", work.rejected.len()));
+        }
     }
-    Ok(GateRun { report, work })
+
+    /// Proven from the check before plus the new events
+    /// (`projections::check_after_identity_appends`): its cost is the resets, not the log.
+    fn after(
+        &self,
+        _engine: &Store,
+        snap: &dyn Snapshot,
+        before: &projections::CheckReport,
+        progress: &projections::check::ProgressFn<'_>,
+    ) -> anyhow::Result<projections::CheckReport> {
+        Ok(projections::check_after_identity_appends(
+            snap, before, progress,
+        )?)
+    }
+
+    fn failures(&self, work: &Work) -> Vec<String> {
+        if work.rejected.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("{} resets were rejected", work.rejected.len())]
+        }
+    }
 }
 
 struct ResetSpec<'a> {
@@ -472,11 +356,11 @@ impl Report<'_> {
             "run_id": self.run_id,
             "dry_run": self.dry_run,
             "applied_to_store": self.applied,
-            "members_reset": g.work.applied,
-            "members_reset_sample": g.work.members,
-            "duplicate": g.work.duplicate,
-            "rejected": g.work.rejected,
-            "events_appended": g.work.events,
+            "members_reset": g.done.applied,
+            "members_reset_sample": g.done.members,
+            "duplicate": g.done.duplicate,
+            "rejected": g.done.rejected,
+            "events_appended": g.done.events,
             "duration_ms": (self.seconds * 1000.0).round() as u64,
         });
         if let Value::Object(own) = own {
@@ -492,10 +376,10 @@ impl Report<'_> {
         writeln!(
             out,
             "reset {} members ({} duplicate, {} rejected), {} events appended",
-            g.work.applied,
-            g.work.duplicate,
-            g.work.rejected.len(),
-            g.work.events
+            g.done.applied,
+            g.done.duplicate,
+            g.done.rejected.len(),
+            g.done.events
         )?;
         if let Some(after) = &g.report.after {
             writeln!(out, "after:  {}", figures_line(after))?;

@@ -160,10 +160,12 @@ pub fn remove_scratch(dir: &Path) {
     }
 }
 
-/// A scratch directory beside `dir` (same file system, so a finished copy can be renamed in).
-pub fn sibling_scratch(dir: &Path, run_id: &str) -> PathBuf {
+/// A scratch directory beside `dir` (same file system, so a finished copy can be renamed in):
+/// `.<name>.<operation>-<run>`, `operation` one of [`lock::GATED_COPIES`].
+pub fn sibling_scratch(dir: &Path, operation: &str, run_id: &str) -> PathBuf {
+    debug_assert!(lock::GATED_COPIES.contains(&operation), "{operation}");
     let (parent, name) = lock::split(dir);
-    parent.join(format!(".{name}.reset-{run_id}"))
+    parent.join(format!(".{name}.{operation}-{run_id}"))
 }
 
 /// A scratch directory under the system temp dir (dry runs).
@@ -205,7 +207,7 @@ mod tests {
         write(&dir.join(ledger::store::REDB_FILE), b"old index");
         write(&dir.join("segments/0000000001.seg"), b"old segment 1");
         write(&dir.join("segments/0000000002.seg"), b"old segment 2");
-        let scratch = sibling_scratch(&dir, "r1");
+        let scratch = sibling_scratch(&dir, "reset", "r1");
         copy_store(&dir, &scratch).unwrap();
         assert_eq!(
             std::fs::read(scratch.join("segments/0000000002.seg")).unwrap(),

@@ -109,6 +109,9 @@ pub struct CheckReport {
     pub digest: Hash,
     /// Members with a wallet in the fresh fold.
     pub members: u64,
+    /// The sum of every wallet's balance in the fresh fold (yen); `None` when the log did not
+    /// fold. The gate compares it before and after against what the operation declared.
+    pub balances_yen: Option<u128>,
 }
 
 impl CheckReport {
@@ -349,6 +352,9 @@ pub fn check_after_identity_appends(
         head,
         digest,
         members: before.members,
+        // No wallet event was added: the balances are the ones `before` summed, as long as the
+        // digest says no wallet changed.
+        balances_yen: before.balances_yen.filter(|_| unchanged),
     })
 }
 
@@ -357,6 +363,7 @@ struct Folded {
     head: Head,
     stored_digest: Hash,
     members: u64,
+    balances_yen: Option<u128>,
     invariants: [Invariant; 4],
 }
 
@@ -372,6 +379,7 @@ impl Folded {
             head: self.head,
             digest: self.stored_digest,
             members: self.members,
+            balances_yen: self.balances_yen,
         }
     }
 }
@@ -438,6 +446,7 @@ fn fold_and_compare(
                 head,
                 stored_digest,
                 members: pass.sums.members,
+                balances_yen: None,
                 invariants: [views_inv, negative, conservation, neutral],
             });
         }
@@ -467,6 +476,7 @@ fn fold_and_compare(
         head,
         stored_digest,
         members: pass.sums.members,
+        balances_yen: Some(pass.sums.balances),
         invariants: [views_inv, negative, conservation, neutral],
     })
 }

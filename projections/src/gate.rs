@@ -13,13 +13,21 @@
 //!    ([`Gate::refusal`]): a failure after could not be told from one before.
 //! 2. Every invariant proven after holds.
 //! 3. The head moves exactly as declared.
-//! 4. The number of members with a wallet is equal, and so is the wallet digest: no operation
-//!    declares a wallet change. Where a side carries the sums of its stored rows ([`RowSums`]),
-//!    they equal its stored bucket sums (a row damaged in storage behind the hook's back).
-//! 5. Differing members are found through the differing digest buckets only (about 250 members
-//!    per bucket at 16.5M members), then described one by one ([`MemberDiff`]); if a differing
-//!    bucket names nobody, the wallet streams of those buckets are walked. At most
-//!    [`MAX_MEMBERS_SHOWN`] are described, all are counted.
+//! 4. The number of members with a wallet is equal, and so is the wallet digest, except through
+//!    the members a [`Declared::Credits`] names: the digest after must be the digest before
+//!    with exactly those members' hashes swapped for their hashes after. Where a side carries
+//!    the sums of its stored rows ([`RowSums`]), they equal its stored bucket sums (a row
+//!    damaged in storage behind the hook's back).
+//! 5. Differing members are found through the digest buckets that differ from what was
+//!    declared only (about 250 members per bucket at 16.5M members), then described one by one
+//!    ([`MemberDiff`]); if a differing bucket names nobody, the wallet streams of those buckets
+//!    are walked. At most [`MAX_MEMBERS_SHOWN`] are described, all are counted.
+//! 6. Each member a [`Declared::Credits`] names differs in its balance only, by exactly its
+//!    declared yen; one that did not change, changed otherwise or has no wallet is a failure
+//!    naming it.
+//! 7. Where both sides summed the balances ([`Figures::balances_yen`]: a full check), the sum
+//!    rises by exactly the declared credits (0 for every other declaration): a second,
+//!    independent count of the same money.
 //!
 //! Invariant of the report: it passes ([`GateReport::ok`]) only with no failure and no
 //! differing member; every differing bucket either names a member or adds a failure.
@@ -49,9 +57,9 @@ pub const MAX_MEMBERS_SHOWN: usize = 100;
 /// Entries read per scan of `wallet_rows`.
 const SCAN_CHUNK: usize = 8_192;
 
-/// What an operation declares it may change. Everything else must be equal after. No operation
-/// declares a change of any wallet: the digest must always be equal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What an operation declares it may change. Everything else must be equal after. Only a
+/// [`Declared::Credits`] declares a change of wallets, and only of the balances it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Declared {
     /// Nothing: the same log seen two ways (the pre-deploy gate).
     Nothing,
@@ -61,6 +69,36 @@ pub enum Declared {
     /// `events` events appended, on identity streams only (a credential reset): the head moves
     /// by exactly that many. (That they are identity events is the after check's proof.)
     IdentityAppends { events: u64 },
+    /// `events` events appended that raise the balance of each listed member by exactly its
+    /// yen and change nothing else (`incident compensate`: one `wallet.compensated` per
+    /// compensation). A compensation is folded as a credit of the balance and nothing more
+    /// (`WalletState` keeps no record of it: the (incident, original) key lives in the
+    /// `view_compensations` row, outside the wallet and the digest), so the wallet after must
+    /// equal the wallet before with only the balance raised; holds, available balance aside,
+    /// stay as they were. Every other member's wallet must be equal.
+    Credits {
+        /// Events appended.
+        events: u64,
+        /// Yen credited per member (each >= 1).
+        members: BTreeMap<MemberId, u64>,
+    },
+}
+
+impl Declared {
+    /// The members whose balance the operation declares it raises, with the yen (empty for
+    /// every declaration but [`Declared::Credits`]).
+    fn credits(&self) -> Option<&BTreeMap<MemberId, u64>> {
+        match self {
+            Declared::Credits { members, .. } => Some(members),
+            _ => None,
+        }
+    }
+
+    /// The yen the sum of balances rises by.
+    fn credited_yen(&self) -> u128 {
+        self.credits()
+            .map_or(0, |m| m.values().map(|&y| u128::from(y)).sum())
+    }
 }
 
 /// Bucket sums recomputed from a store's wallet rows themselves (one scan of `wallet_rows`, a
@@ -93,6 +131,8 @@ pub struct Figures {
     pub buckets: Vec<BucketSum>,
     /// The same sums recomputed from the stored rows, when this side read them.
     pub rows: Option<RowSums>,
+    /// The sum of every wallet's balance (yen), when this side summed them (a full check).
+    pub balances_yen: Option<u128>,
 }
 
 impl Figures {
@@ -112,6 +152,7 @@ impl Figures {
             invariants: Some(check.invariants),
             buckets,
             rows: None,
+            balances_yen: check.balances_yen,
         })
     }
 
@@ -351,7 +392,7 @@ impl Gate {
         }
         failures.extend(head_failure(
             self.operation,
-            declared,
+            &declared,
             before.head,
             after.head,
         ));
@@ -361,13 +402,39 @@ impl Gate {
                 before.members, after.members
             ));
         }
-        if after.digest != before.digest {
-            failures.push(format!(
-                "wallet digest changed from {} to {}",
-                before.digest, after.digest
-            ));
+        let no_credits = BTreeMap::new();
+        let credited = declared.credits().unwrap_or(&no_credits);
+        // The bucket sums the declaration explains: before's, with each credited member's hash
+        // swapped for its hash after. Anything else that differs is undeclared.
+        let expected = credited_buckets(&before.buckets, credited, stored, derived)?;
+        let explained = digest::root_of(&expected);
+        if after.digest != explained {
+            failures.push(if credited.is_empty() {
+                format!(
+                    "wallet digest changed from {} to {}",
+                    before.digest, after.digest
+                )
+            } else {
+                format!(
+                    "wallet digest changed from {} to {}; the {} credited members explain {}",
+                    before.digest,
+                    after.digest,
+                    credited.len(),
+                    explained
+                )
+            });
         }
-        let mut buckets: BTreeSet<u16> = digest::differing_buckets(&before.buckets, &after.buckets)
+        if let (Some(was), Some(now)) = (before.balances_yen, after.balances_yen) {
+            let declared_yen = declared.credited_yen();
+            if now != was + declared_yen {
+                failures.push(format!(
+                    "sum of balances went from {was} to {now} yen; the {} declares a rise of \
+                     {declared_yen} yen",
+                    self.operation
+                ));
+            }
+        }
+        let mut buckets: BTreeSet<u16> = digest::differing_buckets(&expected, &after.buckets)
             .into_iter()
             .collect();
         let mut invalid = Vec::new();
@@ -384,7 +451,7 @@ impl Gate {
             buckets.extend(damaged);
             invalid.extend(rows.invalid.iter().cloned());
         }
-        let found = localise(&buckets, &invalid, stored, derived)?;
+        let mut found = localise(&buckets, &invalid, stored, derived, credited)?;
         if !buckets.is_empty() && found.count == 0 {
             failures.push(format!(
                 "digest buckets {} differ but no member's wallet or hash does: the bucket sums \
@@ -392,6 +459,7 @@ impl Gate {
                 bucket_list(&buckets)
             ));
         }
+        check_credits(credited, stored, derived, &mut found, &mut failures)?;
         Ok(GateReport {
             operation: self.operation,
             before: self.before,
@@ -405,8 +473,8 @@ impl Gate {
 }
 
 /// Whether the head moved as declared; the failure if not.
-fn head_failure(operation: &str, declared: Declared, before: Head, after: Head) -> Option<String> {
-    match declared {
+fn head_failure(operation: &str, declared: &Declared, before: Head, after: Head) -> Option<String> {
+    match *declared {
         Declared::Nothing if after != before => Some(format!(
             "head moved from {} ({}) to {} ({}); the {operation} declares no change",
             before.position, before.hash, after.position, after.hash
@@ -415,7 +483,9 @@ fn head_failure(operation: &str, declared: Declared, before: Head, after: Head) 
             "head position moved from {} to {} (the {operation} keeps every position)",
             before.position, after.position
         )),
-        Declared::IdentityAppends { events } if after.position.0 != before.position.0 + events => {
+        Declared::IdentityAppends { events } | Declared::Credits { events, .. }
+            if after.position.0 != before.position.0 + events =>
+        {
             Some(format!(
                 "head moved to {} but the {operation} appended {events} events from {}",
                 after.position, before.position
@@ -423,6 +493,83 @@ fn head_failure(operation: &str, declared: Declared, before: Head, after: Head) 
         }
         _ => None,
     }
+}
+
+/// `before`'s bucket sums with each credited member's hash (as `stored` holds it) swapped for
+/// its hash as `derived` holds it: the sums the declared credits explain. A side without the
+/// member (or with a hash of another width) contributes nothing; [`check_credits`] names it.
+fn credited_buckets(
+    before: &[BucketSum],
+    credited: &BTreeMap<MemberId, u64>,
+    stored: &dyn Side,
+    derived: &dyn Side,
+) -> Result<Vec<BucketSum>, ProjectionError> {
+    let mut sums = before.to_vec();
+    let hash = |bytes: Option<Vec<u8>>| bytes.and_then(|b| <[u8; 32]>::try_from(b).ok());
+    for member in credited.keys() {
+        let sum = &mut sums[usize::from(digest::bucket_of(member))];
+        if let Some(old) = hash(stored.member_hash(member)?) {
+            sum.sub(&old);
+        }
+        if let Some(new) = hash(derived.member_hash(member)?) {
+            sum.add(&new);
+        }
+    }
+    Ok(sums)
+}
+
+/// Rule 6: every credited member's wallet differs in its balance only, by exactly its yen.
+/// A wallet changed otherwise is also a differing member (described in `found`).
+fn check_credits(
+    credited: &BTreeMap<MemberId, u64>,
+    stored: &dyn Side,
+    derived: &dyn Side,
+    found: &mut Found,
+    failures: &mut Vec<String>,
+) -> Result<(), ProjectionError> {
+    for (member, &yen) in credited {
+        let declared = format!("member {member} was declared a credit of {yen} yen");
+        let (s, d) = (read_wallet(stored, member)?, read_wallet(derived, member)?);
+        let (Ok(Some(a)), Ok(Some(b))) = (&s, &d) else {
+            let side = |w: &Result<Option<WalletState>, ()>| match w {
+                Ok(Some(_)) => "a wallet",
+                Ok(None) => "no wallet",
+                Err(()) => "an unreadable wallet view",
+            };
+            failures.push(format!(
+                "{declared} but has {} before and {} after",
+                side(&s),
+                side(&d)
+            ));
+            continue;
+        };
+        let fields = differing_fields(a, b);
+        if fields.is_empty() {
+            failures.push(format!(
+                "{declared} but its wallet did not change (balance {} yen)",
+                a.balance().0
+            ));
+            continue;
+        }
+        let rose = b.balance().0.checked_sub(a.balance().0);
+        if fields == ["balance"] && rose == Some(yen) {
+            continue;
+        }
+        failures.push(format!(
+            "{declared} to its balance only, but its balance went from {} to {} yen and {} \
+             differ",
+            a.balance().0,
+            b.balance().0,
+            fields.join(", ")
+        ));
+        found.add(MemberDiff {
+            member: member.to_string(),
+            fields,
+            stored: Some(WalletJson::of(a)),
+            derived: Some(WalletJson::of(b)),
+        });
+    }
+    Ok(())
 }
 
 /// The first few buckets of a set, for a message.
@@ -450,12 +597,14 @@ impl Found {
     }
 }
 
-/// Finds and describes the members that differ in `buckets`, plus the `invalid` row names.
+/// Finds and describes the members that differ in `buckets`, plus the `invalid` row names;
+/// `credited` members are left to [`check_credits`].
 fn localise(
     buckets: &BTreeSet<u16>,
     invalid: &[String],
     stored: &dyn Side,
     derived: &dyn Side,
+    credited: &BTreeMap<MemberId, u64>,
 ) -> Result<Found, ProjectionError> {
     let mut candidates: BTreeSet<String> = invalid.iter().cloned().collect();
     for &bucket in buckets {
@@ -477,6 +626,9 @@ fn localise(
             (None, None) => {}
         }
     }
+    candidates.retain(|name| {
+        MemberId::new(name.as_str()).map_or(true, |member| !credited.contains_key(&member))
+    });
     let mut found = Found::default();
     for name in &candidates {
         if let Some(diff) = describe(name, stored, derived)? {
@@ -487,7 +639,9 @@ fn localise(
     // the stored views (no hash, no row): those are found by the wallet streams of the bucket.
     if found.count == 0 && !buckets.is_empty() {
         for name in digest::wallet_members_in(derived.log(), buckets)? {
-            if !candidates.contains(&name) {
+            let is_credited =
+                MemberId::new(name.as_str()).is_ok_and(|member| credited.contains_key(&member));
+            if !candidates.contains(&name) && !is_credited {
                 if let Some(diff) = describe(&name, stored, derived)? {
                     found.add(diff);
                 }
@@ -548,7 +702,8 @@ fn describe(
     }))
 }
 
-/// Top-level fields of the canonical state (its serde form) that differ between two wallets.
+/// Top-level fields of the canonical state (its serde form) that differ between two wallets,
+/// and `holds` when the pending holds differ (the serde form skips them).
 pub fn differing_fields(a: &WalletState, b: &WalletState) -> Vec<String> {
     let object = |s: &WalletState| {
         let value = serde_json::to_value(s)
@@ -558,12 +713,19 @@ pub fn differing_fields(a: &WalletState, b: &WalletState) -> Vec<String> {
             other => unreachable!("a WalletState (a struct) serialized as {other}"),
         }
     };
-    let (a, b) = (object(a), object(b));
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
-        .collect()
+    let mut fields: Vec<String> = {
+        let (a, b) = (object(a), object(b));
+        let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect()
+    };
+    // The serde form skips the pending holds (see `WalletState`): compared here.
+    if a.holds() != b.holds() || a.held() != b.held() {
+        fields.push("holds".to_owned());
+    }
+    fields
 }
 
 /// Sums of the stored wallet rows per digest bucket (one scan, nothing decoded).
@@ -634,6 +796,7 @@ pub fn predeploy(snap: &dyn Snapshot, derive: &dyn Derive) -> Result<PreDeploy, 
         invariants: None,
         buckets: stored,
         rows: Some(rows),
+        balances_yen: None,
     };
     let after = Figures {
         head,
@@ -642,6 +805,7 @@ pub fn predeploy(snap: &dyn Snapshot, derive: &dyn Derive) -> Result<PreDeploy, 
         invariants: None,
         buckets: fresh,
         rows: None,
+        balances_yen: None,
     };
     let started = Instant::now();
     let report = Gate::begin("deploy", before).finish(
@@ -925,6 +1089,180 @@ mod tests {
         assert_eq!(diff.derived.as_ref().map(|w| w.balance), Some(5));
     }
 
+    /// `compensate` of m1's payment of 700 yen (position 3 of [`test_store::SETUP`]).
+    const COMPENSATE_M1: &str = r#"{"id":"k1","type":"compensate","member":"m1","incident":"7pay","original":3,"amount":700}"#;
+    /// A badge for m1: a wallet change that is not a credit.
+    const BADGE_M1: &str = r#"{"id":"b9","type":"award_badge","member":"m1","badge":"sorry"}"#;
+
+    /// The credits' declaration of `members` (member, yen) and `events`.
+    fn credits(events: u64, members: &[(&str, u64)]) -> Declared {
+        Declared::Credits {
+            events,
+            members: members
+                .iter()
+                .map(|(m, y)| (MemberId::new(*m).expect("a valid id"), *y))
+                .collect(),
+        }
+    }
+
+    /// The gate between the [`test_store::SETUP`] store and the same store after `work`,
+    /// under `declared`, with full checks on both sides; `tamper` may change the after
+    /// figures first.
+    fn credit_gate(
+        work: &[&str],
+        declared: Declared,
+        tamper: impl FnOnce(&mut Figures),
+    ) -> GateReport {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let engine = test_store::setup(tmp.path());
+        let before = figures(&*engine);
+        drop(engine);
+        let before_copy = tmp.path().join("before");
+        copy_dir(tmp.path(), &before_copy);
+        let old =
+            ledger::store::open_engine(&before_copy, ledger::Create::No, ledger::Backend::Redb)
+                .expect("the copy opens");
+        let old_snap = old.snapshot().expect("a snapshot");
+        let new = test_store::store_with(tmp.path(), work);
+        let mut after = figures(&*new);
+        tamper(&mut after);
+        let new_snap = new.snapshot().expect("a snapshot");
+        Gate::begin("compensation", before)
+            .finish(
+                declared,
+                after,
+                &StoredViews(&*old_snap),
+                &StoredViews(&*new_snap),
+            )
+            .expect("the stores read")
+    }
+
+    fn has(report: &GateReport, wanted: &str) -> bool {
+        report.failures.iter().any(|f| f.contains(wanted))
+    }
+
+    // Proves a credit of exactly the declared yen to exactly the declared member passes: the
+    // digest differs, but only through the credited member, and the sum of balances rose by
+    // exactly the credit. (Planted defect caught: `credited_buckets` not swapping the credited
+    // member's hash fails it with "wallet digest changed".)
+    #[test]
+    fn credits_pass_when_exactly_the_declared_balances_rise() {
+        let report = credit_gate(&[COMPENSATE_M1], credits(1, &[("m1", 700)]), |_| {});
+        assert!(report.ok(), "{:?}", report.failures);
+        assert_eq!(report.digest_unchanged(), Some(false));
+        assert_eq!(report.before.balances_yen, Some(4300));
+        assert_eq!(
+            report.after.as_ref().and_then(|a| a.balances_yen),
+            Some(5000)
+        );
+    }
+
+    // Proves a declared member credited another amount than declared is a failure naming it
+    // with both balances, and the sum of balances disagrees too.
+    #[test]
+    fn a_credit_of_another_amount_fails_naming_the_member() {
+        let report = credit_gate(&[COMPENSATE_M1], credits(1, &[("m1", 500)]), |_| {});
+        assert!(!report.ok());
+        assert!(
+            has(&report, "member m1 was declared a credit of 500 yen to its balance only, but its balance went from 4300 to 5000 yen"),
+            "{:?}",
+            report.failures
+        );
+        assert!(
+            has(&report, "sum of balances went from 4300 to 5000 yen; the compensation declares a rise of 500 yen"),
+            "{:?}",
+            report.failures
+        );
+        assert_eq!(report.diffs[0].member, "m1");
+    }
+
+    // Proves a wallet the declaration does not name that changed (m2 topped up alongside the
+    // credit of m1) fails the gate and is named, with its field and both wallets; the credited
+    // member is not listed as differing.
+    #[test]
+    fn an_undeclared_wallet_change_is_named() {
+        let report = credit_gate(
+            &[COMPENSATE_M1, test_store::TOP_UP_M2],
+            credits(2, &[("m1", 700)]),
+            |_| {},
+        );
+        assert!(!report.ok());
+        assert!(
+            has(&report, "wallet digest changed from"),
+            "{:?}",
+            report.failures
+        );
+        assert_eq!(report.differing_members, 1);
+        let diff = &report.diffs[0];
+        assert_eq!(
+            (diff.member.as_str(), diff.fields.as_slice()),
+            ("m2", &["balance".to_owned()][..])
+        );
+        assert_eq!(diff.stored.as_ref().map(|w| w.balance), Some(0));
+        assert_eq!(diff.derived.as_ref().map(|w| w.balance), Some(5));
+    }
+
+    // Proves a declared member whose wallet did not change is a failure naming it.
+    #[test]
+    fn a_declared_member_that_did_not_change_fails() {
+        let report = credit_gate(
+            &[COMPENSATE_M1],
+            credits(1, &[("m1", 700), ("m2", 5)]),
+            |_| {},
+        );
+        assert!(!report.ok());
+        assert!(
+            has(&report, "member m2 was declared a credit of 5 yen but its wallet did not change (balance 0 yen)"),
+            "{:?}",
+            report.failures
+        );
+    }
+
+    // Proves a declared member whose wallet changed beyond its balance (a badge with the
+    // credit) is a failure naming the member and the other field.
+    #[test]
+    fn a_declared_member_changed_beyond_its_balance_fails() {
+        let report = credit_gate(
+            &[COMPENSATE_M1, BADGE_M1],
+            credits(2, &[("m1", 700)]),
+            |_| {},
+        );
+        assert!(!report.ok());
+        assert!(
+            has(&report, "member m1 was declared a credit of 700 yen to its balance only, but its balance went from 4300 to 5000 yen and badges, balance differ"),
+            "{:?}",
+            report.failures
+        );
+        assert_eq!(report.diffs[0].fields, ["badges", "balance"]);
+    }
+
+    // Proves the head must move by exactly the declared events under a credit.
+    #[test]
+    fn credits_fail_when_the_head_moves_otherwise() {
+        let report = credit_gate(&[COMPENSATE_M1], credits(2, &[("m1", 700)]), |_| {});
+        assert!(
+            has(
+                &report,
+                "head moved to 10 but the compensation appended 2 events from 9"
+            ),
+            "{:?}",
+            report.failures
+        );
+    }
+
+    // Proves the sum-of-balances rule fails on its own: after figures whose sum of balances
+    // is one yen off (as a check that summed differently would give) fail the gate.
+    #[test]
+    fn credits_fail_when_the_sum_of_balances_disagrees() {
+        let report = credit_gate(&[COMPENSATE_M1], credits(1, &[("m1", 700)]), |after| {
+            after.balances_yen = after.balances_yen.map(|b| b + 1);
+        });
+        assert_eq!(
+            report.failures,
+            ["sum of balances went from 4300 to 5001 yen; the compensation declares a rise of 700 yen"]
+        );
+    }
+
     // Proves a store that fails `check` before is refused: the refusal names the operation, and
     // finishing anyway can never pass.
     #[test]
@@ -965,22 +1303,28 @@ mod tests {
             hash: Hash([h; 32]),
         };
         assert_eq!(
-            head_failure("deploy", Declared::Nothing, at(9, 1), at(9, 1)),
+            head_failure("deploy", &Declared::Nothing, at(9, 1), at(9, 1)),
             None
         );
-        assert!(head_failure("deploy", Declared::Nothing, at(9, 1), at(9, 2)).is_some());
+        assert!(head_failure("deploy", &Declared::Nothing, at(9, 1), at(9, 2)).is_some());
         assert_eq!(
-            head_failure("migration", Declared::RecordsRewritten, at(9, 1), at(9, 2)),
+            head_failure("migration", &Declared::RecordsRewritten, at(9, 1), at(9, 2)),
             None
         );
         assert_eq!(
-            head_failure("migration", Declared::RecordsRewritten, at(9, 1), at(10, 2)).as_deref(),
+            head_failure(
+                "migration",
+                &Declared::RecordsRewritten,
+                at(9, 1),
+                at(10, 2)
+            )
+            .as_deref(),
             Some("head position moved from 9 to 10 (the migration keeps every position)")
         );
         let appends = Declared::IdentityAppends { events: 3 };
-        assert_eq!(head_failure("reset", appends, at(9, 1), at(12, 2)), None);
+        assert_eq!(head_failure("reset", &appends, at(9, 1), at(12, 2)), None);
         assert_eq!(
-            head_failure("reset", appends, at(9, 1), at(11, 2)).as_deref(),
+            head_failure("reset", &appends, at(9, 1), at(11, 2)).as_deref(),
             Some("head moved to 11 but the reset appended 3 events from 9")
         );
     }

@@ -50,6 +50,7 @@ pub mod hook;
 pub mod rebuild;
 pub mod service;
 pub mod shown;
+pub mod side_check;
 pub mod statement;
 pub mod views;
 

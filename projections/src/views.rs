@@ -1059,18 +1059,7 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
     record: &ledger::record::RecordView<'_>,
 ) -> Result<(), ProjectionError> {
     use ledger::domain::{DomainEvent, IdentityEvent, PolicyEvent, WalletEvent};
-    let relevant = matches!(
-        record.event_type,
-        "identity.password_changed"
-            | "identity.password_reset"
-            | "identity.contact_changed"
-            | "identity.logged_in"
-            | "policy.set"
-            | "wallet.compensated"
-            | "wallet.paid"
-            | "wallet.transferred_out"
-    );
-    if !relevant {
+    if !side_relevant(record.event_type) {
         return Ok(());
     }
     let member = member_of_stream(record.stream).map(|(_, m)| m);
@@ -1156,6 +1145,42 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// The event types [`write_side_rows`] reads; every other leaves the side rows alone.
+fn side_relevant(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "identity.password_changed"
+            | "identity.password_reset"
+            | "identity.contact_changed"
+            | "identity.logged_in"
+            | "policy.set"
+            | "wallet.compensated"
+            | "wallet.paid"
+            | "wallet.transferred_out"
+    )
+}
+
+/// Whether `record` leaves every side row as it is, whatever the rows before it: a type
+/// [`write_side_rows`] does not read, or an operator reset (which it skips). The incremental
+/// check after a credential reset relies on it: such appends need no new side-table proof.
+pub fn leaves_side_rows(record: &ledger::record::RecordView<'_>) -> Result<bool, ProjectionError> {
+    use ledger::domain::{DomainEvent, IdentityEvent};
+    if !side_relevant(record.event_type) {
+        return Ok(true);
+    }
+    if record.event_type != "identity.password_reset" {
+        return Ok(false);
+    }
+    let event = DomainEvent::decode_record(record).map_err(|e| ProjectionError::Event {
+        position: record.position.0,
+        reason: e.to_string(),
+    })?;
+    Ok(matches!(
+        event,
+        DomainEvent::Identity(IdentityEvent::PasswordReset(reset)) if reset.operator
+    ))
 }
 
 fn read_security<R: RowRead + ?Sized>(

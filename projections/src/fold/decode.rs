@@ -260,7 +260,10 @@ mod tests {
             }
         }
         let next = view(event_type, version + 1, Codec::Bincode2, payload);
-        assert!(decode_fast(&next).is_none(), "{event_type} v{version} read as the next");
+        assert!(
+            decode_fast(&next).is_none(),
+            "{event_type} v{version} read as the next"
+        );
         took_fast
     }
 

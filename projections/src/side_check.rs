@@ -510,7 +510,9 @@ mod tests {
         );
     }
 
-    // Proves a damaged device row fails check naming the table, member and device.
+    // Proves a damaged device row fails check naming the table, member and device. Planted
+    // defect that fails it (and the policy, compensation, extra and missing row tests): check
+    // not comparing the side tables.
     #[test]
     fn a_damaged_device_row_is_named() {
         let key = device_key("m2", "phone-b");
@@ -570,7 +572,8 @@ mod tests {
         );
     }
 
-    // Proves a side row that names no valid member is reported with its table and key.
+    // Proves a side row that names no valid member is reported with its table and key. Planted
+    // defect that fails it: such a row summed into bucket 0 without a word.
     #[test]
     fn a_side_row_naming_no_member_is_reported() {
         let details = details_after(|_, b| b.put(tables::SECURITY, vec![0xff], vec![1]));

@@ -11,7 +11,9 @@
 //!    versions, unique event and command ids, both indexes).
 //! 2. [`VIEWS_MATCH_LOG`]: every stored wallet row, member hash and expiry-order index entry is
 //!    what a fresh fold of the log calls for ([`views::rows_of`], [`views::index_entries_of`],
-//!    [`digest::member_hash`]); there is no view without a wallet; the checkpoint is the head.
+//!    [`digest::member_hash`]); there is no view without a wallet; the checkpoint is the head;
+//!    the SPEC 7 side tables (security, devices, policy, compensations) hold exactly the rows
+//!    the log calls for ([`crate::side_check`]).
 //! 3. [`NO_NEGATIVE`]: no lot has more miles left than earned, no payment more refunded than paid
 //!    (balances and miles are unsigned and every fold step is checked, so "not negative" is the
 //!    fold succeeding; a coupon's single status is enforced by its type).
@@ -47,6 +49,7 @@ use serde::Serialize;
 use crate::digest::{self, BucketSum, DigestBuilder};
 use crate::fold::{self, AsOf, EventTotals, FoldOptions};
 use crate::shown::WalletJson;
+use crate::side_check;
 use crate::views::{self, tables, RowRead};
 use crate::ProjectionError;
 
@@ -112,6 +115,10 @@ pub struct CheckReport {
     /// The sum of every wallet's balance in the fresh fold (yen); `None` when the log did not
     /// fold. The gate compares it before and after against what the operation declared.
     pub balances_yen: Option<u128>,
+    /// One hash of the stored side tables (SPEC section 7: security, devices, policy,
+    /// compensations), which invariant 2 proved against the log when it holds: an incremental
+    /// check proves them still by finding them unchanged.
+    pub side_tables: Hash,
 }
 
 impl CheckReport {
@@ -295,6 +302,14 @@ pub fn check_after_identity_appends(
                 "position {}: {} on stream {} is not an identity event",
                 r.position, r.event_type, r.stream
             ));
+        } else if !views::leaves_side_rows(&r.as_view())? {
+            // A credential event (SPEC 7) changes side rows; the proof from before does not
+            // cover the new ones.
+            views_inv.fail(format!(
+                "position {}: {} on stream {} may change the side tables (it is not an operator \
+                 reset): run a full check",
+                r.position, r.event_type, r.stream
+            ));
         }
         count += 1;
         if count % SCAN_CHUNK as u64 == 0 {
@@ -316,6 +331,16 @@ pub fn check_after_identity_appends(
             "views checkpoint {checkpoint} is not the head {}",
             head.position
         ));
+    }
+    // The side tables were proven against the log by `before`; the new events change none of
+    // their rows (above), so they must be exactly as they were.
+    let side_tables = side_check::stored_root(snap, &mut views_inv)?;
+    if side_tables != before.side_tables {
+        views_inv.fail(
+            "the side tables (view_security, view_devices, view_policy, view_compensations) \
+             changed though no new event changes them"
+                .to_owned(),
+        );
     }
     let unchanged = digest == before.digest;
     if !unchanged {
@@ -355,6 +380,7 @@ pub fn check_after_identity_appends(
         // No wallet event was added: the balances are the ones `before` summed, as long as the
         // digest says no wallet changed.
         balances_yen: before.balances_yen.filter(|_| unchanged),
+        side_tables,
     })
 }
 
@@ -362,6 +388,7 @@ pub fn check_after_identity_appends(
 struct Folded {
     head: Head,
     stored_digest: Hash,
+    side_tables: Hash,
     members: u64,
     balances_yen: Option<u128>,
     invariants: [Invariant; 4],
@@ -380,6 +407,7 @@ impl Folded {
             digest: self.stored_digest,
             members: self.members,
             balances_yen: self.balances_yen,
+            side_tables: self.side_tables,
         }
     }
 }
@@ -428,6 +456,7 @@ fn fold_and_compare(
     let negative = std::mem::replace(&mut pass.negative, Invariant::new(NO_NEGATIVE));
     let mut conservation = Invariant::new(CONSERVATION);
     let mut neutral = Invariant::new(IDENTITY_NEUTRAL);
+    let side_tables;
     match folded {
         Err(e) => {
             // Only the log can make the fold fail here (the sink never does): every invariant
@@ -442,9 +471,11 @@ fn fold_and_compare(
             ] {
                 inv.fail(why.clone());
             }
+            let side_tables = side_check::stored_root(snap, &mut views_inv)?;
             return Ok(Folded {
                 head,
                 stored_digest,
+                side_tables,
                 members: pass.sums.members,
                 balances_yen: None,
                 invariants: [views_inv, negative, conservation, neutral],
@@ -460,6 +491,8 @@ fn fold_and_compare(
             laps.lap("check: member hashes");
             check_indexes(snap, &pass.index_items, &mut views_inv)?;
             laps.lap("check: expiry indexes");
+            side_tables = side_check::check_side_tables(snap, &mut views_inv, progress)?;
+            laps.lap("check: side tables");
             let checkpoint = views::checkpoint(snap)?;
             if checkpoint != head.position {
                 views_inv.fail(format!(
@@ -475,6 +508,7 @@ fn fold_and_compare(
     Ok(Folded {
         head,
         stored_digest,
+        side_tables,
         members: pass.sums.members,
         balances_yen: Some(pass.sums.balances),
         invariants: [views_inv, negative, conservation, neutral],
@@ -1221,8 +1255,10 @@ mod tests {
         drop(engine);
         let wallet_invariants = [VIEWS_MATCH_LOG, NO_NEGATIVE, CONSERVATION, IDENTITY_NEUTRAL];
         // Each case appends one more command; the proof always starts from `before`.
+        // A member's own reset is a credential event (SPEC 7): it writes m1's security row,
+        // which the proof from before does not cover (operator resets: `side_check`'s tests).
         let cases: [(&str, &[&str]); 2] = [
-            (test_store::RESET_M1, &[]),
+            (test_store::RESET_M1, &[VIEWS_MATCH_LOG]),
             (test_store::TOP_UP_M2, &wallet_invariants),
         ];
         for (line, failing) in cases {
@@ -1240,7 +1276,11 @@ mod tests {
                 .map(|i| i.name)
                 .collect();
             assert_eq!(failed, failing, "after {line}: {after:?}");
-            assert_eq!(after.digest == before.digest, failing.is_empty(), "{line}");
+            assert_eq!(
+                after.digest == before.digest,
+                failing != wallet_invariants,
+                "{line}"
+            );
         }
     }
 }

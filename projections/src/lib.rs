@@ -54,6 +54,7 @@ pub mod incident;
 pub mod rebuild;
 pub mod service;
 pub mod shown;
+pub mod side_check;
 pub mod statement;
 pub mod views;
 

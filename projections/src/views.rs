@@ -796,6 +796,17 @@ fn failure(member: &MemberId, what: &str, reason: impl std::fmt::Display) -> Rea
     }
 }
 
+/// A per-member ordered index whose keys are the member prefix, 8 bytes of order, then the
+/// text of an id naming a row (`COUPON_ORDER`, `HOLD_ORDER`): what it is called in messages.
+struct OrderedIndex {
+    /// The index table.
+    table: &'static str,
+    /// What its entries name: "coupon", "hold".
+    what: &'static str,
+    /// What every entry must name: "active coupon", "pending hold".
+    live: &'static str,
+}
+
 impl<R: RowRead + ?Sized> Rows<'_, R> {
     fn row(
         &self,
@@ -806,6 +817,46 @@ impl<R: RowRead + ?Sized> Rows<'_, R> {
         self.read
             .get(tables::ROWS, key)
             .map_err(|e| failure(member, what, e))
+    }
+
+    /// Visits `member`'s entries of `index` in order with the rows they name. `parse` reads an
+    /// entry's id; `live` reads the row it names, `None` when there is none or it is not one the
+    /// index may hold (a coupon no longer active). An entry that names no live row is damage:
+    /// the visit stops with an error naming the member and the key.
+    fn visit_ordered<Id, Row>(
+        &self,
+        member: &MemberId,
+        index: &OrderedIndex,
+        parse: impl Fn(&str) -> Option<Id>,
+        live: impl Fn(&Id) -> Result<Option<Row>, ReadFailure>,
+        visit: &mut dyn FnMut(&Id, &Row) -> Visit,
+    ) -> Result<(), ReadFailure> {
+        let prefix = member_prefix(member);
+        try_visit(
+            self.read,
+            index.table,
+            &prefix,
+            &prefix_end(&prefix),
+            &mut |key, _| {
+                let id = key
+                    .get(prefix.len() + 8..)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(&parse);
+                let row = match &id {
+                    Some(id) => live(id)?,
+                    None => None,
+                };
+                match (id, row) {
+                    (Some(id), Some(row)) => Ok(visit(&id, &row)),
+                    _ => Err(failure(
+                        member,
+                        &format!("{} order entry", index.what),
+                        format!("{key:02x?} names no {}", index.live),
+                    )),
+                }
+            },
+        )
+        .map_err(|e| failure(member, &format!("{} order", index.what), e))?
     }
 }
 
@@ -885,34 +936,22 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
         member: &MemberId,
         visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
     ) -> Result<(), ReadFailure> {
-        let prefix = member_prefix(member);
-        try_visit(
-            self.read,
-            tables::COUPON_ORDER,
-            &prefix,
-            &prefix_end(&prefix),
-            &mut |key, _| {
-                let id = key
-                    .get(prefix.len() + 8..)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| CouponId::new(s).ok());
-                let coupon = match &id {
-                    Some(id) => self.coupon(member, id)?,
-                    None => None,
-                };
-                match (id, coupon) {
-                    (Some(id), Some(coupon)) if coupon.status == CouponStatus::Active => {
-                        Ok(visit(&id, &coupon))
-                    }
-                    _ => Err(failure(
-                        member,
-                        "coupon order entry",
-                        format!("{key:02x?} names no active coupon"),
-                    )),
-                }
+        let index = OrderedIndex {
+            table: tables::COUPON_ORDER,
+            what: "coupon",
+            live: "active coupon",
+        };
+        self.visit_ordered(
+            member,
+            &index,
+            |s| CouponId::new(s).ok(),
+            |id| {
+                Ok(self
+                    .coupon(member, id)?
+                    .filter(|c| c.status == CouponStatus::Active))
             },
+            visit,
         )
-        .map_err(|e| failure(member, "coupon order", e))?
     }
 
     fn identity(
@@ -935,32 +974,18 @@ impl<R: RowRead + ?Sized> StateReader for Rows<'_, R> {
         member: &MemberId,
         visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
     ) -> Result<(), ReadFailure> {
-        let prefix = member_prefix(member);
-        try_visit(
-            self.read,
-            tables::HOLD_ORDER,
-            &prefix,
-            &prefix_end(&prefix),
-            &mut |key, _| {
-                let id = key
-                    .get(prefix.len() + 8..)
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| CommandId::new(s).ok());
-                let hold = match &id {
-                    Some(id) => self.hold(member, id)?,
-                    None => None,
-                };
-                match (id, hold) {
-                    (Some(id), Some(hold)) => Ok(visit(&id, &hold)),
-                    _ => Err(failure(
-                        member,
-                        "hold order entry",
-                        format!("{key:02x?} names no pending hold"),
-                    )),
-                }
-            },
+        let index = OrderedIndex {
+            table: tables::HOLD_ORDER,
+            what: "hold",
+            live: "pending hold",
+        };
+        self.visit_ordered(
+            member,
+            &index,
+            |s| CommandId::new(s).ok(),
+            |id| self.hold(member, id),
+            visit,
         )
-        .map_err(|e| failure(member, "hold order", e))?
     }
 
     fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {
@@ -1034,18 +1059,7 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
     record: &ledger::record::RecordView<'_>,
 ) -> Result<(), ProjectionError> {
     use ledger::domain::{DomainEvent, IdentityEvent, PolicyEvent, WalletEvent};
-    let relevant = matches!(
-        record.event_type,
-        "identity.password_changed"
-            | "identity.password_reset"
-            | "identity.contact_changed"
-            | "identity.logged_in"
-            | "policy.set"
-            | "wallet.compensated"
-            | "wallet.paid"
-            | "wallet.transferred_out"
-    );
-    if !relevant {
+    if !side_relevant(record.event_type) {
         return Ok(());
     }
     let member = member_of_stream(record.stream).map(|(_, m)| m);
@@ -1131,6 +1145,42 @@ pub fn write_side_rows<W: RowRead + RowWrite + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// The event types [`write_side_rows`] reads; every other leaves the side rows alone.
+fn side_relevant(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "identity.password_changed"
+            | "identity.password_reset"
+            | "identity.contact_changed"
+            | "identity.logged_in"
+            | "policy.set"
+            | "wallet.compensated"
+            | "wallet.paid"
+            | "wallet.transferred_out"
+    )
+}
+
+/// Whether `record` leaves every side row as it is, whatever the rows before it: a type
+/// [`write_side_rows`] does not read, or an operator reset (which it skips). The incremental
+/// check after a credential reset relies on it: such appends need no new side-table proof.
+pub fn leaves_side_rows(record: &ledger::record::RecordView<'_>) -> Result<bool, ProjectionError> {
+    use ledger::domain::{DomainEvent, IdentityEvent};
+    if !side_relevant(record.event_type) {
+        return Ok(true);
+    }
+    if record.event_type != "identity.password_reset" {
+        return Ok(false);
+    }
+    let event = DomainEvent::decode_record(record).map_err(|e| ProjectionError::Event {
+        position: record.position.0,
+        reason: e.to_string(),
+    })?;
+    Ok(matches!(
+        event,
+        DomainEvent::Identity(IdentityEvent::PasswordReset(reset)) if reset.operator
+    ))
 }
 
 fn read_security<R: RowRead + ?Sized>(

@@ -296,6 +296,19 @@ impl<'a> DecideInput<'a> {
                 ),
             })
     }
+
+    /// Runs one of the wallet's ordered visits (lots, active coupons, holds) on `member`'s
+    /// wallet; a member without a wallet has nothing to visit.
+    fn visit_wallet(
+        &self,
+        member: &MemberId,
+        ordered_visit: impl FnOnce(&WalletState),
+    ) -> Result<(), ReadFailure> {
+        if let Some(w) = self.wallet(member)? {
+            ordered_visit(w);
+        }
+        Ok(())
+    }
 }
 
 impl StateReader for DecideInput<'_> {
@@ -331,10 +344,7 @@ impl StateReader for DecideInput<'_> {
         after: Option<Timestamp>,
         visit: &mut dyn FnMut(&MilesLot) -> Visit,
     ) -> Result<(), ReadFailure> {
-        if let Some(w) = self.wallet(member)? {
-            w.visit_lots_by_expiry(after, visit);
-        }
-        Ok(())
+        self.visit_wallet(member, |w| w.visit_lots_by_expiry(after, visit))
     }
 
     fn active_coupons_by_expiry(
@@ -342,10 +352,7 @@ impl StateReader for DecideInput<'_> {
         member: &MemberId,
         visit: &mut dyn FnMut(&CouponId, &Coupon) -> Visit,
     ) -> Result<(), ReadFailure> {
-        if let Some(w) = self.wallet(member)? {
-            w.visit_active_coupons_by_expiry(visit);
-        }
-        Ok(())
+        self.visit_wallet(member, |w| w.visit_active_coupons_by_expiry(visit))
     }
 
     fn identity(&self, member: &MemberId) -> Result<Option<IdentityState>, ReadFailure> {
@@ -371,10 +378,7 @@ impl StateReader for DecideInput<'_> {
         member: &MemberId,
         visit: &mut dyn FnMut(&CommandId, &Hold) -> Visit,
     ) -> Result<(), ReadFailure> {
-        if let Some(w) = self.wallet(member)? {
-            w.visit_holds_by_until(visit);
-        }
-        Ok(())
+        self.visit_wallet(member, |w| w.visit_holds_by_until(visit))
     }
 
     fn security(&self, member: &MemberId) -> Result<Option<SecurityRow>, ReadFailure> {

@@ -42,34 +42,6 @@ struct PaidRef<'a> {
     merchant_category: Option<MerchantCategory>,
 }
 
-/// `wallet.paid` v3: v2 and the device.
-#[derive(Deserialize)]
-struct PaidV3Ref<'a> {
-    payment: &'a str,
-    amount: Yen,
-    /// Not part of any fold result (read, and checked to be UTF-8, then dropped).
-    #[allow(dead_code)]
-    merchant: &'a str,
-    currency: &'a str,
-    merchant_category: Option<MerchantCategory>,
-    device: Option<&'a str>,
-}
-
-/// `wallet.transferred_out` v2.
-#[derive(Deserialize)]
-struct MemberAmountDeviceRef<'a> {
-    member: &'a str,
-    amount: Yen,
-    device: Option<&'a str>,
-}
-
-/// `wallet.coupon_redeemed` v2.
-#[derive(Deserialize)]
-struct CouponDeviceRef<'a> {
-    coupon: &'a str,
-    device: Option<&'a str>,
-}
-
 #[derive(Deserialize)]
 struct PaymentAmountRef<'a> {
     payment: &'a str,
@@ -102,6 +74,51 @@ fn borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Option<T> {
     (used == payload.len()).then_some(value)
 }
 
+/// A payload of a version that appended the device to its previous version's `fields`: the
+/// event `event` makes of both.
+fn with_device<'a, T: Deserialize<'a>>(
+    payload: &'a [u8],
+    event: fn(T, Option<&'a str>) -> Option<WalletEvent>,
+) -> Option<WalletEvent> {
+    // bincode lays a tuple out as its elements one after the other, as it does a struct's
+    // fields: `(fields, device)` reads exactly the newer version's payload.
+    let (fields, device): (T, Option<&'a str>) = borrowed(payload)?;
+    event(fields, device)
+}
+
+/// `wallet.paid` (v2, v3 with its device); `None` for any currency but JPY (the reference
+/// decoder gives the event).
+fn paid(e: PaidRef<'_>, device: Option<&str>) -> Option<WalletEvent> {
+    if e.currency != Currency::JPY.as_str() {
+        return None;
+    }
+    Some(WalletEvent::Paid(Paid {
+        payment: CommandId::new(e.payment).ok()?,
+        amount: e.amount,
+        merchant: String::new(),
+        currency: Currency::JPY,
+        merchant_category: e.merchant_category,
+        device: device.map(str::to_owned),
+    }))
+}
+
+/// `wallet.transferred_out` (v1, v2 with its device).
+fn transferred_out(e: MemberAmountRef<'_>, device: Option<&str>) -> Option<WalletEvent> {
+    Some(WalletEvent::TransferredOut(TransferredOut {
+        to: MemberId::new(e.member).ok()?,
+        amount: e.amount,
+        device: device.map(str::to_owned),
+    }))
+}
+
+/// `wallet.coupon_redeemed` (v1, v2 with its device).
+fn coupon_redeemed(e: CouponRef<'_>, device: Option<&str>) -> Option<WalletEvent> {
+    Some(WalletEvent::CouponRedeemed(CouponRedeemed {
+        coupon: CouponId::new(e.coupon).ok()?,
+        device: device.map(str::to_owned),
+    }))
+}
+
 /// The fold's decoder for the wallet events that carry strings: the same event as
 /// [`decode_wallet_event`](crate::hook::decode_wallet_event) without its per-string allocations
 /// (`wallet.paid`'s merchant, which no fold reads, is left empty). `None`: not one of these, or
@@ -112,64 +129,22 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
     if record.codec != Codec::Bincode2 || payload.len() > FAST_PAYLOAD_MAX {
         return None;
     }
+    // The versions that added a device (`wallet.paid` v3, `wallet.transferred_out` v2,
+    // `wallet.coupon_redeemed` v2) are the previous version's fields followed by the device:
+    // one conversion per event type serves both.
     let event = match (record.event_type, record.schema_version) {
-        ("wallet.paid", 2) => {
-            let e: PaidRef<'_> = borrowed(payload)?;
-            if e.currency != Currency::JPY.as_str() {
-                return None;
-            }
-            WalletEvent::Paid(Paid {
-                payment: CommandId::new(e.payment).ok()?,
-                amount: e.amount,
-                merchant: String::new(),
-                currency: Currency::JPY,
-                merchant_category: e.merchant_category,
-                device: None,
-            })
-        }
-        ("wallet.paid", 3) => {
-            let e: PaidV3Ref<'_> = borrowed(payload)?;
-            if e.currency != Currency::JPY.as_str() {
-                return None;
-            }
-            WalletEvent::Paid(Paid {
-                payment: CommandId::new(e.payment).ok()?,
-                amount: e.amount,
-                merchant: String::new(),
-                currency: Currency::JPY,
-                merchant_category: e.merchant_category,
-                device: e.device.map(str::to_owned),
-            })
-        }
-        ("wallet.transferred_out", 2) => {
-            let e: MemberAmountDeviceRef<'_> = borrowed(payload)?;
-            WalletEvent::TransferredOut(TransferredOut {
-                to: MemberId::new(e.member).ok()?,
-                amount: e.amount,
-                device: e.device.map(str::to_owned),
-            })
-        }
-        ("wallet.coupon_redeemed", 2) => {
-            let e: CouponDeviceRef<'_> = borrowed(payload)?;
-            WalletEvent::CouponRedeemed(CouponRedeemed {
-                coupon: CouponId::new(e.coupon).ok()?,
-                device: e.device.map(str::to_owned),
-            })
-        }
+        ("wallet.paid", 2) => paid(borrowed(payload)?, None)?,
+        ("wallet.paid", 3) => with_device(payload, paid)?,
+        ("wallet.transferred_out", 1) => transferred_out(borrowed(payload)?, None)?,
+        ("wallet.transferred_out", 2) => with_device(payload, transferred_out)?,
+        ("wallet.coupon_redeemed", 1) => coupon_redeemed(borrowed(payload)?, None)?,
+        ("wallet.coupon_redeemed", 2) => with_device(payload, coupon_redeemed)?,
         ("wallet.miles_redeemed", 2) => WalletEvent::MilesRedeemed(borrowed(payload)?),
         ("wallet.refunded", 1) => {
             let e: PaymentAmountRef<'_> = borrowed(payload)?;
             WalletEvent::Refunded(Refunded {
                 payment: CommandId::new(e.payment).ok()?,
                 amount: e.amount,
-            })
-        }
-        ("wallet.transferred_out", 1) => {
-            let e: MemberAmountRef<'_> = borrowed(payload)?;
-            WalletEvent::TransferredOut(TransferredOut {
-                to: MemberId::new(e.member).ok()?,
-                amount: e.amount,
-                device: None,
             })
         }
         ("wallet.transferred_in", 1) => {
@@ -185,13 +160,6 @@ pub(super) fn decode_fast(record: &RecordView<'_>) -> Option<WalletEvent> {
                 coupon: CouponId::new(e.coupon).ok()?,
                 value: e.value,
                 expires_at: e.expires_at,
-            })
-        }
-        ("wallet.coupon_redeemed", 1) => {
-            let e: CouponRef<'_> = borrowed(payload)?;
-            WalletEvent::CouponRedeemed(CouponRedeemed {
-                coupon: CouponId::new(e.coupon).ok()?,
-                device: None,
             })
         }
         ("wallet.coupon_expired", 1) => {
@@ -266,9 +234,43 @@ mod tests {
         true
     }
 
+    /// A legacy payload struct's bytes, as its version was written.
+    fn legacy<T: serde::Serialize>(payload: &T) -> Vec<u8> {
+        Codec::Bincode2
+            .encode(payload)
+            .expect("a payload struct always encodes")
+    }
+
+    /// Checks `payload` of `event_type` v`version`, every truncation, one byte more and every
+    /// single-byte change of it, and that the next version does not read it (a newer version's
+    /// payload is longer); whether the payload itself took the fast path.
+    fn exercise(event_type: &str, version: u16, payload: &[u8]) -> bool {
+        let took_fast = check_fast(event_type, version, Codec::Bincode2, payload);
+        for n in 0..payload.len() {
+            check_fast(event_type, version, Codec::Bincode2, &payload[..n]);
+        }
+        let mut longer = payload.to_vec();
+        longer.push(0);
+        assert!(!check_fast(event_type, version, Codec::Bincode2, &longer));
+        for i in 0..payload.len() {
+            for b in [0u8, 1, 0x1f, 0x41, 0x7f, 0x80, 0xfb, 0xfc, 0xff] {
+                let mut changed = payload.to_vec();
+                changed[i] = b;
+                check_fast(event_type, version, Codec::Bincode2, &changed);
+            }
+        }
+        let next = view(event_type, version + 1, Codec::Bincode2, payload);
+        assert!(
+            decode_fast(&next).is_none(),
+            "{event_type} v{version} read as the next"
+        );
+        took_fast
+    }
+
     // Proves the fold's fast payload decoder accepts exactly what `decode_wallet_event` accepts
     // and gives the same event: for each wallet event type, the payload, every truncation and
-    // every single-byte change of it; and that other codecs, versions and currencies defer.
+    // every single-byte change of it, for the current versions and the older ones it still reads;
+    // and that other codecs, versions and currencies defer.
     #[test]
     fn fast_decode_matches_the_reference_decoder() {
         use ledger::domain::*;
@@ -335,26 +337,51 @@ mod tests {
         let mut fast = 0;
         for event in &events {
             let (name, version) = (event.event_type(), event.schema_version());
-            let payload = event.encode(Codec::Bincode2).unwrap();
-            if check_fast(name, version, Codec::Bincode2, &payload) {
+            if exercise(name, version, &event.encode(Codec::Bincode2).unwrap()) {
                 fast += 1;
-            }
-            for n in 0..payload.len() {
-                check_fast(name, version, Codec::Bincode2, &payload[..n]);
-            }
-            let mut longer = payload.clone();
-            longer.push(0);
-            assert!(!check_fast(name, version, Codec::Bincode2, &longer));
-            for i in 0..payload.len() {
-                for b in [0u8, 1, 0x1f, 0x41, 0x7f, 0x80, 0xfb, 0xfc, 0xff] {
-                    let mut changed = payload.clone();
-                    changed[i] = b;
-                    check_fast(name, version, Codec::Bincode2, &changed);
-                }
             }
             let postcard = event.encode(Codec::Postcard).unwrap();
             assert!(decode_fast(&view(name, version, Codec::Postcard, &postcard)).is_none());
-            assert!(decode_fast(&view(name, version + 1, Codec::Bincode2, &payload)).is_none());
+        }
+        // The older versions the fast decoder still reads, each the newer one without its device.
+        let older = [
+            (
+                "wallet.paid",
+                2,
+                legacy(&PaidV2 {
+                    payment: CommandId::new("pay-1").unwrap(),
+                    amount: Yen(700),
+                    merchant: "Loft".into(),
+                    currency: Currency::JPY,
+                    merchant_category: MerchantCategory::try_from(5411).ok(),
+                }),
+            ),
+            (
+                "wallet.transferred_out",
+                1,
+                legacy(&TransferredOutV1 {
+                    to: MemberId::new("m2").unwrap(),
+                    amount: Yen(5),
+                }),
+            ),
+            (
+                "wallet.coupon_redeemed",
+                1,
+                legacy(&CouponRedeemedV1 {
+                    coupon: CouponId::new("cp-1").unwrap(),
+                }),
+            ),
+            (
+                "wallet.miles_redeemed",
+                1,
+                legacy(&MilesRedeemedV1 {
+                    miles: Miles(30),
+                    consumed: vec![(LotId(1), Miles(30))],
+                }),
+            ),
+        ];
+        for (name, version, payload) in &older {
+            assert!(exercise(name, *version, payload), "{name} v{version}");
         }
         // Every type with a fast path took it (all but opened and badge).
         assert_eq!(fast, events.len() - 2);

@@ -87,7 +87,7 @@ pub fn coupons_for(seconds: f64, members: usize) -> u32 {
 pub async fn prepare_members(dir: &Path, members: usize, coupons: u32) -> anyhow::Result<()> {
     let ledger = open_prep_ledger(dir)?;
     let at = Timestamp(BASE_AT_US);
-    let mut in_flight = JoinSet::new();
+    let mut appends = PrepAppends::new(&ledger);
     for (n, block) in (0..members).step_by(PREP_MEMBERS_PER_APPEND).enumerate() {
         let end = (block + PREP_MEMBERS_PER_APPEND).min(members);
         let streams = (block..end)
@@ -123,16 +123,49 @@ pub async fn prepare_members(dir: &Path, members: usize, coupons: u32) -> anyhow
             fingerprint: None,
             streams,
         };
-        while in_flight.len() >= PREP_IN_FLIGHT {
-            in_flight.join_next().await.expect("not empty")??;
+        appends.send(request).await?;
+    }
+    appends.finish().await
+}
+
+/// The direct appends that prepare a store, [`PREP_IN_FLIGHT`] at a time, so the writer
+/// commits them in groups while the next request is built.
+pub struct PrepAppends {
+    ledger: Ledger,
+    in_flight: JoinSet<Result<ledger::AppendOutcome, ledger::AppendError>>,
+}
+
+impl PrepAppends {
+    /// No append in flight yet.
+    pub fn new(ledger: &Ledger) -> PrepAppends {
+        PrepAppends {
+            ledger: ledger.clone(),
+            in_flight: JoinSet::new(),
         }
-        let l = ledger.clone();
-        in_flight.spawn(async move { l.append(request).await });
     }
-    while let Some(done) = in_flight.join_next().await {
-        done??;
+
+    /// Starts `request` once fewer than [`PREP_IN_FLIGHT`] are in flight; an earlier append's
+    /// failure is returned here.
+    pub async fn send(&mut self, request: AppendRequest) -> anyhow::Result<()> {
+        while self.in_flight.len() >= PREP_IN_FLIGHT {
+            self.in_flight
+                .join_next()
+                .await
+                .expect("the set holds PREP_IN_FLIGHT appends")??;
+        }
+        let ledger = self.ledger.clone();
+        self.in_flight
+            .spawn(async move { ledger.append(request).await });
+        Ok(())
     }
-    Ok(())
+
+    /// Waits for every append in flight; the first failure is returned.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.in_flight.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
 }
 
 /// One command of the SPEC section 2 mix.

@@ -69,8 +69,8 @@ use ledger::{
 };
 use ledger_tests::bench::commands::{
     client_mixes, coupon_id, coupons_for, member_id, mix_command, new_command, new_event,
-    open_prep_ledger, prepare_members, run_in_process, BASE_AT_US, DAY_US, FAR_FUTURE_US,
-    FUNDING_YEN, MERCHANTS, PREP_IN_FLIGHT, PREP_MEMBERS_PER_APPEND,
+    open_prep_ledger, prepare_members, run_in_process, PrepAppends, BASE_AT_US, DAY_US,
+    FAR_FUTURE_US, FUNDING_YEN, MERCHANTS, PREP_MEMBERS_PER_APPEND,
 };
 use ledger_tests::bench::fmt::mib_text;
 use ledger_tests::bench::holds::{self, bench_commands_holds};
@@ -824,7 +824,7 @@ async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyh
     let mut locals: Vec<Local> = (0..members).map(|_| Local::default()).collect();
     let mut rng = Rng(seed);
     let mut appended = 0u64;
-    let mut in_flight = JoinSet::new();
+    let mut appends = PrepAppends::new(&ledger);
     let mut request_no = 0u64;
     let mut round = 0i64;
     while appended < target {
@@ -897,17 +897,11 @@ async fn prepare_log(dir: &Path, target: u64, members: usize, seed: u64) -> anyh
                 fingerprint: None,
                 streams,
             };
-            while in_flight.len() >= PREP_IN_FLIGHT {
-                in_flight.join_next().await.expect("not empty")??;
-            }
-            let l = ledger.clone();
-            in_flight.spawn(async move { l.append(request).await });
+            appends.send(request).await?;
         }
         round += 1;
     }
-    while let Some(done) = in_flight.join_next().await {
-        done??;
-    }
+    appends.finish().await?;
     Ok(appended)
 }
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use projections::WalletJson;
+use projections::{ProjectionError, WalletJson, WalletService};
 
 use crate::api::{blocking, storage, AppState};
 use crate::auth::Caller;
@@ -29,14 +29,8 @@ pub async fn check(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    caller.require(Action::Operate)?;
-    let rid = caller.request_id.clone();
-    let service = state.service.clone();
-    blocking(rid.clone().as_deref(), move || {
-        let report = service
-            .check(&|_| {})
-            .map_err(|e| storage(rid.as_deref(), e))?;
-        Ok(Json(projections::check::report_json(&report)))
+    operator_report(&state, caller, |service| {
+        Ok(projections::check::report_json(&service.check(&|_| {})?))
     })
     .await
 }
@@ -49,17 +43,28 @@ pub async fn gate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, Problem> {
+    operator_report(&state, caller, |service| {
+        let snap = service.ledger().snapshot()?;
+        let run = projections::gate::predeploy_report(&*snap)?;
+        Ok(projections::gate::predeploy_json(&run))
+    })
+    .await
+}
+
+/// An operator's whole-store report (check, gate): only with the operate scope, computed on a
+/// blocking thread (it reads the whole store), a failure to read answered as a storage problem.
+async fn operator_report(
+    state: &AppState,
+    caller: Caller,
+    report: impl FnOnce(&WalletService) -> Result<serde_json::Value, ProjectionError> + Send + 'static,
+) -> Result<Json<serde_json::Value>, Problem> {
     caller.require(Action::Operate)?;
     let rid = caller.request_id.clone();
     let service = state.service.clone();
     blocking(rid.clone().as_deref(), move || {
-        let snap = service
-            .ledger()
-            .snapshot()
-            .map_err(|e| storage(rid.as_deref(), e))?;
-        let run =
-            projections::gate::predeploy_report(&*snap).map_err(|e| storage(rid.as_deref(), e))?;
-        Ok(Json(projections::gate::predeploy_json(&run)))
+        report(&service)
+            .map(Json)
+            .map_err(|e| storage(rid.as_deref(), e))
     })
     .await
 }

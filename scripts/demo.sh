@@ -2,7 +2,8 @@
 # The 7Pay story in a few commands, on the embedded default store (redb).
 # 1. demo writes realistic, deterministic wallet activity for N members (default 10000);
 # 2. export every wallet; 3. reset every member's password, as 7Pay did on 2019-07-30, through
-# the migration gate; 4. export again and diff: every wallet survived; 5. check every invariant.
+# the migration gate; 4. export again and diff: every wallet survived; 5. check every invariant;
+# 6. the account takeover story (scripts/takeover.sh): list the victims, compensate, check, holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 members="${1:-10000}"
@@ -31,3 +32,6 @@ echo "== check"
 tool check
 echo "== one member's wallet"
 tool show m00000001
+echo
+echo "== the account takeover story (scripts/takeover.sh)"
+bash scripts/takeover.sh 20000

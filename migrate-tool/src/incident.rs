@@ -104,13 +104,13 @@ fn write_human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<MEMBER_WIDTH$}  {:<10}  {:<40}  {:>8}  {:>12}",
+        "{:<MEMBER_WIDTH$}  {:<10}  {:<58}  {:>8}  {:>12}",
         "member", "confidence", "evidence (device / ip / at)", "outgoing", "yen"
     )?;
     for v in &body.members {
         writeln!(
             out,
-            "{:<MEMBER_WIDTH$}  {:<10}  {:<40}  {:>8}  {:>12}",
+            "{:<MEMBER_WIDTH$}  {:<10}  {:<58}  {:>8}  {:>12}",
             v.member,
             confidence_name(v.confidence),
             evidence_cell(v),

@@ -45,9 +45,8 @@ use std::net::IpAddr;
 use ledger::domain::{
     DomainEvent, IdentityEvent, WalletEvent, IDENTITY_STREAM_PREFIX, WALLET_STREAM_PREFIX,
 };
-use ledger::log::tables as log_tables;
 use ledger::record::{EventRecord, RecordView};
-use ledger::{Hash, Head, Position, ReadError, Snapshot, TableChunks, Timestamp};
+use ledger::{Hash, Head, Position, ReadError, Snapshot, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::ProjectionError;
@@ -312,16 +311,14 @@ pub fn victims(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ReportBody, ProjectionError> {
     let mut search = Search::new(query)?;
-    for chunk in TableChunks::new(snap, log_tables::EVENTS, CHUNK_EVENTS) {
-        for (_, value) in &chunk? {
-            let record = EventRecord::view(value).map_err(|e| ProjectionError::Event {
-                position: search.next.0,
-                reason: e.to_string(),
-            })?;
-            search.read(&record)?;
-        }
-        progress(search.events_read);
-    }
+    crate::fold::visit_records(
+        snap,
+        &mut |record| {
+            search.read(record)?;
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+        &mut |count| progress(count),
+    )?;
     // The pass read the snapshot's events table to its end, which is the snapshot's head: a
     // different head means a damaged table, and the report would name a head it did not read.
     let (head, _) = ledger::log::read_head(snap)?;

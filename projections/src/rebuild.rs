@@ -108,14 +108,20 @@ pub fn rebuild(
 /// credential event, the devices they logged in from and the compensations, not with the log.
 fn side_rows(engine: &dyn Engine, head: Position) -> Result<WriteBatch, ProjectionError> {
     let snap = engine.snapshot()?;
-    let mut rows = views::Overlay::new(&*snap);
-    for record in log::events(&*snap, Position(1)) {
-        let record = record?;
-        if record.position > head {
-            break;
-        }
-        views::write_side_rows(&mut rows, &record.as_view())?;
-    }
+    // The side tables were cleared with the others: derived in memory, with no store under the
+    // rows, so a payment of a member without a security row costs a map lookup, not a B-tree read.
+    let mut rows = crate::side_check::Derived::default();
+    crate::fold::visit_records(
+        &*snap,
+        &mut |record| {
+            if record.position > head {
+                return Ok(std::ops::ControlFlow::Break(()));
+            }
+            views::write_side_rows(&mut rows, record)?;
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+        &mut |_| {},
+    )?;
     let mut batch = WriteBatch::new();
     rows.into_batch(&mut batch);
     Ok(batch)

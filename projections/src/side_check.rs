@@ -19,11 +19,11 @@
 //!   row by row, to name the table and the key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 use ledger::domain::{member_of_stream, MemberId, Visit};
 use ledger::engine::{EngineError, TableChunks};
-use ledger::{Hash, Position, Snapshot};
+use ledger::{Hash, Snapshot};
 
 use crate::check::{Invariant, Progress, ProgressFn, MAX_DETAILS};
 use crate::digest::{self, BucketSum, BUCKET_COUNT};
@@ -45,8 +45,6 @@ pub const SIDE_PASS_BYTES: usize = 1 << 30;
 const ENTRY_BYTES: usize = 96;
 /// Entries read per step of a stored table's scan.
 const SCAN_CHUNK: usize = 8_192;
-/// Events between progress reports.
-const PROGRESS_EVERY: u64 = 65_536;
 
 /// Per side table (in [`SIDE_TABLES`] order), per digest bucket, the multiset sum of its rows.
 struct SideSums {
@@ -111,11 +109,23 @@ fn key_text(table: usize, key: &[u8], value: &[u8]) -> String {
 }
 
 /// The side rows of one partition of members, derived from the log alone: what
-/// [`views::write_side_rows`] reads and writes, with no stored row under it.
+/// [`views::write_side_rows`] reads and writes, with no stored row under it (also what rebuild
+/// derives into, its side tables being cleared: no point read of the store per payment).
 #[derive(Default)]
-struct Derived {
+pub(crate) struct Derived {
     tables: HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>,
     bytes: usize,
+}
+
+impl Derived {
+    /// Puts every row into `batch`.
+    pub(crate) fn into_batch(self, batch: &mut ledger::engine::WriteBatch) {
+        for (table, rows) in self.tables {
+            for (key, value) in rows {
+                batch.put(table, key, value);
+            }
+        }
+    }
 }
 
 impl RowRead for Derived {
@@ -170,34 +180,39 @@ fn derive(
     progress: &ProgressFn<'_>,
 ) -> Result<Result<Derived, NotDerived>, ProjectionError> {
     let mut rows = Derived::default();
-    let mut count = 0u64;
-    for record in ledger::log::events(snap, Position(1)) {
-        let record = record?;
-        count += 1;
-        if count % PROGRESS_EVERY == 0 {
+    let mut failed = None;
+    crate::fold::visit_records(
+        snap,
+        &mut |record| {
+            if let Some(keep) = keep {
+                let member = member_of_stream(record.stream).map(|(_, m)| m);
+                if member.is_some_and(|m| !keep(digest::bucket_of(&m))) {
+                    return Ok(ControlFlow::Continue(()));
+                }
+            }
+            match views::write_side_rows(&mut rows, record) {
+                Ok(()) => {}
+                Err(ProjectionError::Event { position, reason }) => {
+                    failed = Some(NotDerived::Log(format!("position {position}: {reason}")));
+                    return Ok(ControlFlow::Break(()));
+                }
+                Err(e) => return Err(e),
+            }
+            if rows.bytes > budget_bytes {
+                failed = Some(NotDerived::OverBudget);
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+        &mut |count| {
             progress(Progress::Events {
                 phase: "side tables",
                 count,
-            });
-        }
-        if let Some(keep) = keep {
-            let member = member_of_stream(&record.stream).map(|(_, m)| m);
-            if member.is_some_and(|m| !keep(digest::bucket_of(&m))) {
-                continue;
-            }
-        }
-        match views::write_side_rows(&mut rows, &record.as_view()) {
-            Ok(()) => {}
-            Err(ProjectionError::Event { position, reason }) => {
-                return Ok(Err(NotDerived::Log(format!(
-                    "position {position}: {reason}"
-                ))))
-            }
-            Err(e) => return Err(e),
-        }
-        if rows.bytes > budget_bytes {
-            return Ok(Err(NotDerived::OverBudget));
-        }
+            })
+        },
+    )?;
+    if let Some(failed) = failed {
+        return Ok(Err(failed));
     }
     Ok(Ok(rows))
 }

@@ -48,6 +48,17 @@ pub fn rebuild(
     engine: &dyn Engine,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RebuildReport, ProjectionError> {
+    rebuild_in_passes(engine, progress, crate::fold::DEFAULT_MEMBERS_PER_PASS)
+}
+
+/// [`rebuild`] with at most `members_per_pass` members folded per pass over the log. More
+/// than one pass is what a store of tens of millions of members needs; tests force it on
+/// small stores, because the side rows are then derived by a pass of their own.
+pub fn rebuild_in_passes(
+    engine: &dyn Engine,
+    progress: &mut dyn FnMut(u64),
+    members_per_pass: usize,
+) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let snap = engine.snapshot()?;
     let (head, _) = log::read_head(&*snap)?;
@@ -66,8 +77,23 @@ pub fn rebuild(
     // No writer runs during a rebuild and the log is append-only, so the scanner's own
     // snapshots show the same log as `snap`; reading up to `head` only makes that explicit.
     let as_of = AsOf::Position(head.position);
-    let (stats, builder) = fold_and_write(engine, FoldOptions::new(as_of, progress))?;
-    engine.commit(side_rows(engine, head.position)?)?;
+    // The side rows come from the fold's own read of the log when its first pass covered every
+    // member (one pass: up to a few million members); else from a pass of their own.
+    let mut side = crate::side_check::Derived::default();
+    let mut tap =
+        |record: &ledger::record::RecordView<'_>| views::write_side_rows(&mut side, record);
+    let mut options = FoldOptions::new(as_of, progress);
+    options.members_per_pass = members_per_pass;
+    options.tap = Some(&mut tap);
+    let (stats, builder) = fold_and_write(engine, options)?;
+    let side_batch = if stats.passes == 1 {
+        let mut batch = WriteBatch::new();
+        side.into_batch(&mut batch);
+        batch
+    } else {
+        side_rows(engine, head.position)?
+    };
+    engine.commit(side_batch)?;
     let mut last = WriteBatch::new();
     for (i, sum) in builder.buckets().iter().enumerate() {
         if *sum != digest::BucketSum::default() {
@@ -102,7 +128,8 @@ pub fn rebuild(
 
 /// The security, device, policy and compensation rows (SPEC section 7) of the log up to
 /// `head`, folded by the commit hook's own [`views::write_side_rows`] in log order, so rebuild
-/// gives exactly the rows the commits wrote. A second pass over the log: these rows depend on
+/// gives exactly the rows the commits wrote. Used when the fold took more than one pass (its
+/// first pass, which feeds the same function otherwise, was dropped): these rows depend on
 /// identity and wallet events together in log order, which the per-member partitioned fold
 /// does not see. Held in memory until the one commit: they grow with the members who had a
 /// credential event, the devices they logged in from and the compensations, not with the log.

@@ -221,6 +221,25 @@ fn run_and_rebuild(ops: &[Op], backend: Backend) -> (usize, usize, usize) {
         side_before,
         "rebuilt SPEC 7 rows differ"
     );
+    drop(snap);
+    // Again with one member per fold pass: the first pass is dropped, so the side rows come
+    // from their own pass instead of the fold's read (`rebuild`'s two paths give the same rows).
+    // Planted defect this caught: keeping the rows the dropped first pass gathered.
+    let rebuilt = projections::rebuild::rebuild_in_passes(&*engine, &mut |_| {}, 1)
+        .expect("rebuild in passes");
+    assert!(rebuilt.stats.passes > 1, "{:?}", rebuilt.stats);
+    assert_eq!(Some(rebuilt.digest_after), before.digest);
+    let snap = engine.snapshot().expect("a snapshot");
+    assert_eq!(
+        stored_views(&*snap),
+        views_before,
+        "rebuilt wallets differ (passes)"
+    );
+    assert_eq!(
+        side_tables(&*snap),
+        side_before,
+        "rebuilt SPEC 7 rows differ (passes)"
+    );
     (holds.len(), confirmed, cancelled)
 }
 

@@ -212,7 +212,16 @@ pub struct FoldOptions<'a> {
     pub hot_bytes: usize,
     /// Called with the events read so far in the current pass.
     pub progress: &'a mut dyn FnMut(u64),
+    /// Called with every record up to `as_of`'s position, in log order, during the first pass
+    /// only (rebuild derives the SPEC 7 side rows from the fold's own read this way). It saw the
+    /// whole log exactly once only if [`FoldStats::passes`] is 1 afterwards; otherwise the first
+    /// pass was dropped midway and the caller must not use what it gathered.
+    pub tap: Option<&'a mut RecordTap<'a>>,
 }
+
+/// See [`FoldOptions::tap`].
+pub type RecordTap<'a> =
+    dyn FnMut(&ledger::record::RecordView<'_>) -> Result<(), crate::ProjectionError> + 'a;
 
 impl<'a> FoldOptions<'a> {
     /// Every event up to the head, default pass size.
@@ -223,6 +232,7 @@ impl<'a> FoldOptions<'a> {
             pass_bytes: DEFAULT_PASS_BYTES,
             hot_bytes: DEFAULT_HOT_BYTES,
             progress,
+            tap: None,
         }
     }
 }

@@ -211,6 +211,11 @@ fn fold_chunks(
             }
             next = record.position.next();
             read += 1;
+            if stats.passes == 1 {
+                if let Some(tap) = options.tap.as_mut() {
+                    tap(&record)?;
+                }
+            }
             if !options.as_of.includes_at(record.position, record.at) {
                 continue;
             }

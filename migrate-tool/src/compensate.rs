@@ -34,7 +34,7 @@ use projections::{SubmitError, WalletService};
 use serde_json::{json, Value};
 
 use crate::faults::{self, CompensateFaults};
-use crate::gate::{figures_line, report_fields, write_findings};
+use crate::gate::{figures_line, report_fields, write_gated_end};
 use crate::gated;
 use crate::lock::StoreLock;
 use crate::output::{self, Outcome};
@@ -454,24 +454,15 @@ impl Rendered<'_> {
             g.done.duplicate,
             g.done.rejected.len()
         )?;
-        if let Some(after) = &g.report.after {
-            writeln!(out, "after:  {}", figures_line(after))?;
-        }
-        if g.report.ok() {
-            writeln!(
-                out,
-                "gate: passed: every invariant holds and only the declared balances rose, by {} \
-                 yen in all",
+        write_gated_end(
+            &g.report,
+            &format!(
+                "every invariant holds and only the declared balances rose, by {} yen in all",
                 self.job.todo_yen()
-            )?;
-        } else {
-            write_findings(&g.report, out)?;
-        }
-        let fate = match (self.dry_run, g.applied) {
-            (true, _) => "dry run: the store was not touched",
-            (false, true) => "applied to the store",
-            (false, false) => "not applied: the store was not touched",
-        };
-        writeln!(out, "{fate}; took {:.1} s", self.seconds)
+            ),
+            (self.dry_run, g.applied),
+            self.seconds,
+            out,
+        )
     }
 }

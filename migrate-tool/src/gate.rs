@@ -65,6 +65,32 @@ pub fn write_findings(report: &GateReport, out: &mut dyn Write) -> std::io::Resu
     Ok(())
 }
 
+/// The end of a gated operation's human report: the after figures, the gate's verdict
+/// (`passed`, the operation's own words, when it passed; else its findings) and what became of
+/// the store. `reset-credentials` and `incident compensate` end this way.
+pub fn write_gated_end(
+    report: &GateReport,
+    passed: &str,
+    (dry_run, applied): (bool, bool),
+    seconds: f64,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if let Some(after) = &report.after {
+        writeln!(out, "after:  {}", figures_line(after))?;
+    }
+    if report.ok() {
+        writeln!(out, "gate: passed: {passed}")?;
+    } else {
+        write_findings(report, out)?;
+    }
+    let fate = match (dry_run, applied) {
+        (true, _) => "dry run: the store was not touched",
+        (false, true) => "applied to the store",
+        (false, false) => "not applied: the store was not touched",
+    };
+    writeln!(out, "{fate}; took {seconds:.1} s")
+}
+
 /// `gate [--json]`.
 pub fn gate_cmd(dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let engine = store::open_for_views(dir, "gate")?;

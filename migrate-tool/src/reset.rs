@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use crate::faults::{self, ResetFaults};
-use crate::gate::{figures_line, report_fields, write_findings};
+use crate::gate::{figures_line, report_fields, write_gated_end};
 use crate::gated;
 use crate::lock::StoreLock;
 use crate::output::{self, Outcome};
@@ -381,22 +381,12 @@ impl Report<'_> {
             g.done.rejected.len(),
             g.done.events
         )?;
-        if let Some(after) = &g.report.after {
-            writeln!(out, "after:  {}", figures_line(after))?;
-        }
-        if g.report.ok() {
-            writeln!(
-                out,
-                "gate: passed: every invariant holds and no wallet changed"
-            )?;
-        } else {
-            write_findings(&g.report, out)?;
-        }
-        let fate = match (self.dry_run, self.applied) {
-            (true, _) => "dry run: the store was not touched",
-            (false, true) => "applied to the store",
-            (false, false) => "not applied: the store was not touched",
-        };
-        writeln!(out, "{fate}; took {:.1} s", self.seconds)
+        write_gated_end(
+            &g.report,
+            "every invariant holds and no wallet changed",
+            (self.dry_run, self.applied),
+            self.seconds,
+            out,
+        )
     }
 }

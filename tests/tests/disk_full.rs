@@ -6,10 +6,10 @@
 //! log, the frames, the indexes) and `check` (SPEC 4) pass.
 //!
 //! Two ways of running out are run on each file system (see the child for how):
-//! - `log`: the segment log's zero-fill-ahead thread cannot grow the segment past its first
-//!   4 MiB: exactly the groups that need those bytes fail ("no space left for the event log in
-//!   <segment file>"), the log goes on, and once space is free the same running service takes
-//!   writes again, without a reopen;
+//! - `log`: the segment log cannot start its second segment (neither the zero-fill thread's
+//!   spare nor the writer's own creation of it finds room): exactly the groups that need it fail
+//!   ("no space left for the event log in <segment file>"), the log goes on, and once space is
+//!   free the same running service takes writes again, without a reopen;
 //! - `index`: the index engine (redb) runs out after a frame was made durable: the writer stops
 //!   (every later submit says "reopen the store"), a reopen while the disk is still full is
 //!   refused with an I/O error saying no space (not "damaged"), and once space is free the
@@ -123,14 +123,15 @@ fn strings(report: &Value, key: &str) -> Vec<String> {
         .collect()
 }
 
-// Proves a full disk while the zero-fill-ahead thread must grow the segment fails only the
-// groups that need the new bytes, each with "no space left for the event log in <segment
-// file of the store>", loses nothing acked, and the same running service takes writes once
-// space is free; the store reopens full and after; verify and check pass.
-// Planted defect caught: the zero-fill thread keeping the bytes of its failed step (the segment
-// file grew past 4 MiB + 32 bytes on the full disk, space the index then could not have).
+// Proves a full disk when the log must start its next segment fails only the groups that need
+// it, each with "no space left for the event log in <segment file of the store>", loses nothing
+// acked, and the same running service takes writes once space is free; the store reopens full
+// and after; verify and check pass; neither the failed spare nor the failed segment keeps space.
+// Planted defects caught: the zero-fill thread keeping the bytes of its failed step (then in the
+// first segment, which grew past 4 MiB + 32 bytes on the full disk, space the index then could
+// not have); the zero-fill thread keeping a failed spare (`spare_bytes_while_full`).
 #[test]
-fn a_full_disk_while_zero_filling_the_segment_fails_only_those_groups_on_tmpfs_and_ext4() {
+fn a_full_disk_while_starting_the_next_segment_fails_only_those_groups_on_tmpfs_and_ext4() {
     for fs in ["tmpfs", "ext4"] {
         let report = run_child(fs, "log", 3_000_000);
         let what = format!("{fs}, log");
@@ -152,17 +153,17 @@ fn a_full_disk_while_zero_filling_the_segment_fails_only_those_groups_on_tmpfs_a
             Value::Null,
             "{what}: {report}"
         );
-        // KNOWN DEFECT (RELIABILITY.md, "Faults we do not survive"): in about one run in three
-        // the first segment keeps part of one failed zero-fill step (212,960 bytes seen) though
-        // the filler gives a failed step's bytes back; the cause was not found. The bound below
-        // still fails if failed steps pile up (the defect this check was written for); the
-        // exact check is `first_segment_bytes == PREALLOCATE_STEP + SEGMENT_HEADER_BYTES`.
-        let kept = report["first_segment_bytes"].as_u64().unwrap_or(u64::MAX);
-        let step = ledger::segments::PREALLOCATE_STEP;
-        let header = ledger::segments::SEGMENT_HEADER_BYTES;
-        assert!(
-            (step + header..2 * step + header).contains(&kept),
-            "{what}: the failed zero-fill steps kept bytes of the full disk: {report}"
+        // The first segment is created whole (4 MiB of zeros after its header) and nothing
+        // zero-fills into it afterwards.
+        assert_eq!(
+            report["first_segment_bytes"].as_u64(),
+            Some(ledger::segments::PREALLOCATE_STEP + ledger::segments::SEGMENT_HEADER_BYTES),
+            "{what}: the first segment is not its created size: {report}"
+        );
+        assert_eq!(
+            report["spare_bytes_while_full"].as_u64(),
+            Some(0),
+            "{what}: a failed spare kept bytes of the full disk: {report}"
         );
     }
 }

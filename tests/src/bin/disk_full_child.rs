@@ -15,8 +15,9 @@
 //!   never need new space and the index engine (redb) is what runs out;
 //! - `log`: segments of the default 64 MiB, and besides the wallet commands each client appends
 //!   60 KiB events to a stream of its own through the same writer (the projection ignores
-//!   them), so the log outgrows its first 4 MiB while redb still has room: the
-//!   zero-fill-ahead thread is what runs out.
+//!   them), so the log outgrows its first segment (4 MiB) while redb still has room: preparing
+//!   the next segment (the zero-fill thread's spare, then the writer's own creation of it) is
+//!   what runs out.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -229,12 +230,14 @@ fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> ser
     }
     let mut acked = std::mem::take(&mut *acked.lock().expect("acked list"));
     let errors = std::mem::take(&mut *errors.lock().expect("error list"));
-    // While still full: what the first segment file holds (a failed zero-fill step must not
-    // keep the bytes it did write).
+    // While still full: what the first segment file holds, and the spare's size (a failed
+    // zero-fill must not keep the bytes it did write).
     let first_segment_bytes =
         std::fs::metadata(store.join("segments/0000000001.seg")).map_or(0, |m| m.len());
+    let spare_bytes = std::fs::metadata(store.join("segments").join(ledger::segments::SPARE_FILE))
+        .map_or(0, |m| m.len());
 
-    // Space freed while the same service runs: a log that only failed to zero-fill goes on; a
+    // Space freed while the same service runs: a log that only failed to start a segment goes on; a
     // writer stopped by a failed index commit refuses until the store is reopened.
     std::fs::remove_file(&filler).expect("remove the filler");
     let mut same_service_errors = Vec::new();
@@ -270,6 +273,7 @@ fn scenario(mount: &Path, segment_bytes: u64, headroom: u64, blobs: bool) -> ser
         "errors": errors,
         "same_service_after_free_errors": same_service_errors,
         "first_segment_bytes": first_segment_bytes,
+        "spare_bytes_while_full": spare_bytes,
         "reopen_while_full_error": reopen_while_full,
         "reopen_error": reopened,
         "acked_present": present,

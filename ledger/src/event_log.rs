@@ -31,6 +31,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appends one frame durably; returns where it is.
     fn append(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError>;
 
+    /// [`EventLog::append`], calling `written` with the frame's location once its bytes are
+    /// written and before it is made durable (not at all when nothing was written).
+    fn append_with(
+        &self,
+        frame: &[u8],
+        first_position: u64,
+        written: &mut dyn FnMut(Location),
+    ) -> Result<Location, LogError>;
+
     /// The frame at `at`, its checksum checked.
     fn read_frame(&self, at: Location) -> Result<Frame, LogError>;
 
@@ -74,6 +83,15 @@ impl EventLog for SegmentLog {
 
     fn append(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
         SegmentLog::append(self, frame, first_position)
+    }
+
+    fn append_with(
+        &self,
+        frame: &[u8],
+        first_position: u64,
+        written: &mut dyn FnMut(Location),
+    ) -> Result<Location, LogError> {
+        SegmentLog::append_with(self, frame, first_position, written)
     }
 
     fn read_frame(&self, at: Location) -> Result<Frame, LogError> {

@@ -645,15 +645,97 @@ impl Checkpoints {
     }
 }
 
+/// The writer's helper thread: commits a group's index writes while the writer's thread waits
+/// for the group's frame's `fdatasync` (see [`write_group`]).
+struct Indexer {
+    jobs: std::sync::mpsc::Sender<WriteBatch>,
+    done: std::sync::mpsc::Receiver<Result<(), crate::engine::EngineError>>,
+}
+
+impl Indexer {
+    /// Starts the thread in `scope`; `None` if it cannot start (the writer then commits the
+    /// index itself, after each frame's sync).
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        engine: &'scope Store,
+    ) -> Option<Indexer> {
+        let (jobs, batches) = std::sync::mpsc::channel::<WriteBatch>();
+        let (results, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ledger-indexer".into())
+            .spawn_scoped(scope, move || {
+                for batch in batches {
+                    if results.send(engine.commit_index_undoable(batch)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Indexer { jobs, done })
+    }
+
+    /// Hands `batch` to the thread, or gives it back if the thread is gone.
+    fn start_commit(&self, batch: WriteBatch) -> Result<(), WriteBatch> {
+        self.jobs.send(batch).map_err(|e| e.0)
+    }
+
+    /// The result of the commit handed over last.
+    fn finish_commit(&self) -> Result<(), crate::engine::EngineError> {
+        self.done.recv().unwrap_or_else(|_| {
+            Err(crate::engine::EngineError::Io {
+                operation: "index commit",
+                reason: "the writer's indexer thread ended".into(),
+            })
+        })
+    }
+}
+
 fn run_writer(
     engine: &Store,
-    mut receiver: mpsc::Receiver<Job>,
-    mut state: WriterState,
+    receiver: mpsc::Receiver<Job>,
+    state: WriterState,
     hooks: &[Arc<dyn CommitHook>],
     head_tx: &watch::Sender<Head>,
     clock: &dyn Clock,
     counters: &WriterCounters,
 ) {
+    std::thread::scope(|scope| {
+        let indexer = Indexer::start(scope, engine);
+        let context = WriterContext {
+            engine,
+            hooks,
+            head_tx,
+            clock,
+            counters,
+            indexer: indexer.as_ref(),
+        };
+        write_until_closed(&context, receiver, state);
+    });
+}
+
+/// What the writer loop runs with.
+struct WriterContext<'w> {
+    engine: &'w Store,
+    hooks: &'w [Arc<dyn CommitHook>],
+    head_tx: &'w watch::Sender<Head>,
+    clock: &'w dyn Clock,
+    counters: &'w WriterCounters,
+    indexer: Option<&'w Indexer>,
+}
+
+fn write_until_closed(
+    context: &WriterContext<'_>,
+    mut receiver: mpsc::Receiver<Job>,
+    mut state: WriterState,
+) {
+    let WriterContext {
+        engine,
+        hooks,
+        head_tx,
+        clock,
+        counters,
+        indexer,
+    } = *context;
     let mut versions = StreamVersions::default();
     let mut checkpoints = Checkpoints::new();
     let mut stopped: Option<String> = None;
@@ -685,6 +767,7 @@ fn run_writer(
             checkpoints: &mut checkpoints,
             hooks,
             head_tx,
+            indexer,
         };
         match writer.group_commit(state, jobs) {
             Ok(next) => state = next,
@@ -758,6 +841,7 @@ struct Writer<'w> {
     counters: &'w WriterCounters,
     versions: &'w mut StreamVersions,
     checkpoints: &'w mut Checkpoints,
+    indexer: Option<&'w Indexer>,
     hooks: &'w [Arc<dyn CommitHook>],
     head_tx: &'w watch::Sender<Head>,
 }
@@ -835,7 +919,7 @@ impl Writer<'_> {
             }
             None => match finish_groups(groups, &mut plan.batch) {
                 Err(err) => Written::Failed(err),
-                Ok(()) => write_group(self.engine, self.checkpoints, &mut plan),
+                Ok(()) => write_group(self.engine, self.checkpoints, self.indexer, &mut plan),
             },
         };
         let planned = plan.state;
@@ -878,46 +962,100 @@ impl Writer<'_> {
     }
 }
 
-/// Writes the group's frame (one write, one fdatasync), then its index and view writes.
-fn write_group(engine: &Store, checkpoints: &mut Checkpoints, plan: &mut Plan<'_>) -> Written {
+/// Writes the group's frame (one write, one fdatasync) and its index and view writes.
+///
+/// Between checkpoints, on an index engine that can take a commit back (redb), the index commit
+/// runs on the indexer thread while this thread waits for the frame's `fdatasync` (it costs
+/// CPU, the sync costs waiting), and new snapshots are held back until both are done, so a
+/// reader never sees a group whose frame is not durable. If the sync then fails, the commit is
+/// taken back durably (redb would otherwise make it durable when it closes); if that fails too,
+/// the store refuses reads until it is reopened. A synced checkpoint commits after the frame's
+/// sync, so the durable index never vouches for a frame the disk may not have.
+fn write_group(
+    engine: &Store,
+    checkpoints: &mut Checkpoints,
+    indexer: Option<&Indexer>,
+    plan: &mut Plan<'_>,
+) -> Written {
     if plan.frame.is_empty() {
         debug_assert!(plan.batch.is_empty(), "hooks write only for events");
         return Written::Done;
     }
     let bytes = plan.frame.encode();
-    let first = plan.state.head.position.0 + 1 - u64::from(plan.frame.events());
-    let at = match engine.append_frame(&bytes, first) {
-        Ok(at) => at,
-        Err(LogError::Stopped { reason }) => {
-            let err = AppendError::OutcomeUnknown {
-                reason: format!(
-                    "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped"
-                ),
-            };
-            return Written::Stop(err, reason);
+    let events = plan.frame.events();
+    let first = plan.state.head.position.0 + 1 - u64::from(events);
+    let durability = checkpoints.next(events);
+    let overlap = indexer.filter(|_| durability == Durability::Unsynced && engine.index_undoable());
+    let mut hooks_writes = Some(std::mem::take(&mut plan.batch));
+    // The group's index writes once the frame's place is known: handed to the indexer, or kept
+    // here to commit after the sync.
+    let mut handed_over = false;
+    let mut kept: Option<WriteBatch> = None;
+    let hidden = overlap.map(|_| engine.hide_new_commits());
+    let appended = engine.log().append_with(&bytes, first, &mut |at| {
+        let mut batch = hooks_writes.take().expect("the frame is written once");
+        let place = store::FramePlace {
+            at,
+            first_position: first,
+            events,
+            len: bytes.len() as u64,
+        };
+        store::index_frame(
+            &mut batch,
+            place,
+            &plan.recorded,
+            &plan.records,
+            plan.state.head,
+        );
+        match overlap {
+            Some(indexer) => match indexer.start_commit(batch) {
+                Ok(()) => handed_over = true,
+                Err(batch) => kept = Some(batch),
+            },
+            None => kept = Some(batch),
         }
-        Err(e) => {
-            return Written::Failed(AppendError::Storage {
-                reason: e.to_string(),
-            })
+    });
+    let overlapped = if handed_over {
+        overlap.map(Indexer::finish_commit)
+    } else {
+        None
+    };
+    if let Err(e) = appended {
+        return match e {
+            LogError::Stopped { reason } => {
+                // The group's index commit ran beside the failed sync: take it back, or the
+                // index engine could make it durable when it closes and vouch for a frame the
+                // disk may not have (found by the reliability simulator). If that fails too,
+                // nobody reads the store until it is reopened.
+                if let Some(Ok(())) = overlapped {
+                    if let Err(e) = engine.undo_index_commit() {
+                        engine.refuse_reads(format!(
+                            "a frame's fdatasync failed ({reason}) and its index commit could not be taken back ({e})"
+                        ));
+                    }
+                }
+                drop(hidden);
+                let err = AppendError::OutcomeUnknown {
+                    reason: format!(
+                        "the event log could not make this group durable ({reason}); nothing of it was acknowledged and the writer stopped"
+                    ),
+                };
+                Written::Stop(err, reason)
+            }
+            other => Written::Failed(AppendError::Storage {
+                reason: other.to_string(),
+            }),
+        };
+    }
+    let committed = match overlapped {
+        Some(result) => {
+            engine.keep_index_commit();
+            result
         }
+        None => engine.commit_index(kept.take().expect("the frame was written"), durability),
     };
-    let mut batch = std::mem::take(&mut plan.batch);
-    let place = store::FramePlace {
-        at,
-        first_position: first,
-        events: plan.frame.events(),
-        len: bytes.len() as u64,
-    };
-    store::index_frame(
-        &mut batch,
-        place,
-        &plan.recorded,
-        &plan.records,
-        plan.state.head,
-    );
-    let durability = checkpoints.next(plan.frame.events());
-    if let Err(e) = engine.commit_index(batch, durability) {
+    drop(hidden);
+    if let Err(e) = committed {
         let reason = format!(
                 "the index commit of store {} after a durable frame failed ({e}); the events are in the log and a reopen indexes them",
                 engine.dir().display()

@@ -794,13 +794,19 @@ impl SegmentLog {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// The frame's `fdatasync`, or the failure armed by [`SegmentLog::fail_next_sync`].
-    fn sync_frame(&self, file: &dyn VfsFile) -> std::io::Result<()> {
+    /// Takes the failure armed by [`SegmentLog::fail_next_sync`], if any.
+    fn injected_sync_failure(&self) -> bool {
         #[cfg(feature = "fault-injection")]
-        if self
+        return self
             .fail_next_sync
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+
+    /// The frame's `fdatasync`, or the failure armed by [`SegmentLog::fail_next_sync`].
+    fn sync_frame(&self, file: &dyn VfsFile, injected: bool) -> std::io::Result<()> {
+        if injected {
             return Err(std::io::Error::other("injected fdatasync failure"));
         }
         let started = std::time::Instant::now();
@@ -1354,6 +1360,19 @@ impl SegmentLog {
     /// next segment first when it does not fit. Returns where it was written. The frame's first
     /// position must follow the previous frame's events (the caller's plan).
     pub fn append(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
+        self.append_with(frame, first_position, &mut |_| {})
+    }
+
+    /// [`SegmentLog::append`], calling `written` with the frame's location once its bytes are
+    /// written and before its `fdatasync` (the writer starts the group's index commit on
+    /// another thread there, so that it runs while the disk syncs). `written` is not called
+    /// when nothing of the frame was written.
+    pub fn append_with(
+        &self,
+        frame: &[u8],
+        first_position: u64,
+        written: &mut dyn FnMut(Location),
+    ) -> Result<Location, LogError> {
         let mut tail = self.tail.lock().expect("tail lock");
         if let Some(reason) = &tail.stopped {
             return Err(LogError::Stopped {
@@ -1390,11 +1409,14 @@ impl SegmentLog {
             segment: tail.segment,
             offset: tail.end,
         };
-        if let Err(e) = seg
-            .file
-            .write_all_at(frame, at.offset)
-            .and_then(|()| self.sync_frame(&*seg.file))
-        {
+        let synced = seg.file.write_all_at(frame, at.offset).and_then(|()| {
+            // Decided before `written` runs, so that a test arming the failure while the
+            // group's index commit runs arms it for the next group, never this one.
+            let injected = self.injected_sync_failure();
+            written(at);
+            self.sync_frame(&*seg.file, injected)
+        });
+        if let Err(e) = synced {
             let reason = format!("{} at {at}: {e}", seg.path.display());
             tail.stopped = Some(reason.clone());
             return Err(LogError::Stopped { reason });

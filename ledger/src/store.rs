@@ -377,6 +377,13 @@ pub struct Store {
     log: Box<dyn EventLog>,
     /// Set when this open found the index damaged and rebuilt it from the log: what it did.
     index_rebuilt: std::sync::OnceLock<String>,
+    /// Held for writing by the writer while a group's index commit is visible but its frame's
+    /// `fdatasync` has not returned ([`Store::hide_new_commits`]): snapshots wait, so nobody
+    /// reads what is not durable yet.
+    readers: std::sync::RwLock<()>,
+    /// Set when a frame's `fdatasync` failed after its index commit became visible: reads are
+    /// refused from then on (the index may show events that are not durable) until a reopen.
+    reads_refused: std::sync::OnceLock<String>,
 }
 
 impl Store {
@@ -414,6 +421,37 @@ impl Store {
     /// Writes one frame durably (one write, one fdatasync); see [`EventLog::append`].
     pub fn append_frame(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
         self.log.append(frame, first_position)
+    }
+
+    /// Holds every new snapshot back until the guard is dropped: the writer holds it from the
+    /// moment a group's index commit may become visible until the group's frame is durable.
+    pub(crate) fn hide_new_commits(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.readers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index engine can take a commit back ([`Engine::undoable_commits`]).
+    pub(crate) fn index_undoable(&self) -> bool {
+        self.index.undoable_commits()
+    }
+
+    /// An unsynced index commit that [`Store::undo_index_commit`] can take back.
+    pub(crate) fn commit_index_undoable(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.index.commit_undoable(batch)
+    }
+
+    /// Takes back the last [`Store::commit_index_undoable`], durably.
+    pub(crate) fn undo_index_commit(&self) -> Result<(), EngineError> {
+        self.index.undo_last_commit()
+    }
+
+    /// Keeps the last [`Store::commit_index_undoable`].
+    pub(crate) fn keep_index_commit(&self) {
+        self.index.keep_last_commit();
+    }
+
+    /// Refuses every later snapshot: the index holds a group whose frame's `fdatasync` failed.
+    pub(crate) fn refuse_reads(&self, reason: String) {
+        let _ = self.reads_refused.set(reason);
     }
 
     /// Commits index writes: unsynced between checkpoints, synced at one.
@@ -573,6 +611,8 @@ impl Store {
             index,
             log,
             index_rebuilt: std::sync::OnceLock::new(),
+            readers: std::sync::RwLock::new(()),
+            reads_refused: std::sync::OnceLock::new(),
         });
         check_format(&path, &*store.index).map_err(|e| match e {
             // A version the index cannot have been written with is a refusal, not damage: a
@@ -869,7 +909,18 @@ impl Engine for Store {
     }
 
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, EngineError> {
+        let shown = self.readers.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = self.reads_refused.get() {
+            return Err(EngineError::Io {
+                operation: "read",
+                reason: format!(
+                    "store {} refuses reads until it is reopened: {reason}",
+                    self.dir.display()
+                ),
+            });
+        }
         let index = self.index.snapshot()?;
+        drop(shown);
         let checkpoint = Checkpoint::read(&*index)?;
         Ok(Box::new(StoreSnapshot {
             index,

@@ -303,7 +303,9 @@ fn an_injected_fdatasync_failure_fails_the_group_and_stops_the_writer(backend: B
     // error and nothing is acknowledged; every later append fails too without writing (no retry
     // of a sync whose pages the kernel may have dropped); a reopen recovers a log that verifies,
     // in which the failed group is whole or absent (here its write reached the page cache, so
-    // recovery finds it whole), and a retry of its command ids is answered exactly once.
+    // recovery finds it whole), and a retry of its command ids is answered exactly once; no
+    // reader of the running store sees the failed group.
+    // Planted defect caught: not refusing reads after the failed sync (the reader sees doomed0).
     let store = TestStore::new(backend);
     let (faulty, engine) = ledger_tests::faulty::faulty_store(&store.dir(), backend);
     let ledger = Ledger::with_engine(engine, Vec::new()).expect("ledger");
@@ -370,6 +372,19 @@ fn an_injected_fdatasync_failure_fails_the_group_and_stops_the_writer(backend: B
             ),
             other => panic!("doomed{i}: expected AppendError::OutcomeUnknown, got {other:?}"),
         }
+    }
+    // No reader sees the doomed group: its index commit ran while its frame synced, so after
+    // the failed sync the store refuses reads until it is reopened (or, when the group was a
+    // synced checkpoint, its index was never committed).
+    match ledger.read_all(Position(1), usize::MAX) {
+        Err(e) => assert!(
+            e.to_string().contains("refuses reads until it is reopened"),
+            "{e}"
+        ),
+        Ok(events) => assert!(
+            events.iter().all(|r| !r.command_id.starts_with("doomed")),
+            "a reader saw a group whose fdatasync failed"
+        ),
     }
     let end = ledger.engine().log().end();
     match append(&ledger, "later", "s-later", 1, 5) {
@@ -664,4 +679,56 @@ fn a_reader_follows_segments_created_after_it_opened() {
         last += u64::from(frame.header.events);
     }
     assert_eq!(last, head.position.0, "the reader reached the head");
+}
+
+/// Proves the writer takes back an index commit that ran beside a frame's failed `fdatasync`
+/// (redb only: sled commits after the sync): redb makes unsynced commits durable when it
+/// closes, so without the undo the closed index would vouch for a group the disk may have
+/// lost (the reliability simulator found that, seed 1796564220321147428). The group fails as
+/// "outcome unknown", no reader of the running store sees it, and the index as redb closed it
+/// holds neither its command nor a checkpoint past the group before.
+/// Planted defect caught: no undo after the failed sync (a reader of the running store sees the
+/// group whose sync failed).
+#[test]
+fn a_failed_sync_takes_back_the_index_commit_that_ran_beside_it() {
+    let store = TestStore::new(Backend::Redb);
+    let dir = store.dir();
+    let ledger = open_ledger(&dir, Backend::Redb, SMALL_SEGMENT_BYTES);
+    let base = append(&ledger, "base", "s-base", 2, 30).expect("the base append");
+    ledger.engine().log().fail_next_sync();
+    match append(&ledger, "doomed", "s-doomed", 1, 10) {
+        Err(AppendError::OutcomeUnknown { reason }) => {
+            assert!(reason.contains("injected fdatasync failure"), "{reason}")
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    match ledger.read_all(Position(1), usize::MAX) {
+        Err(e) => assert!(
+            e.to_string().contains("refuses reads until it is reopened"),
+            "{e}"
+        ),
+        Ok(events) => assert!(
+            events.iter().all(|r| r.command_id != "doomed"),
+            "a reader saw the group whose sync failed"
+        ),
+    }
+    drop(ledger);
+    let index = ledger::engine::redb::RedbEngine::open(&dir.join(ledger::store::REDB_FILE), false)
+        .expect("open the closed index");
+    let snap = index.snapshot().expect("a snapshot");
+    let command = |id: &str| {
+        snap.get(tables::COMMANDS, id.as_bytes())
+            .expect("read the command index")
+    };
+    assert_eq!(
+        command("doomed"),
+        None,
+        "the closed index vouches for the group whose sync failed"
+    );
+    assert!(command("base").is_some(), "the base group is indexed");
+    drop(snap);
+    drop(index);
+    let ledger = open_ledger(&dir, Backend::Redb, SMALL_SEGMENT_BYTES);
+    assert_verifies(&ledger, ledger.head(), "after reopening");
+    assert!(ledger.head().position >= base.position);
 }

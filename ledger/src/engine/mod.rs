@@ -66,6 +66,30 @@ pub trait Engine: Send + Sync + 'static {
         self.commit(batch)
     }
 
+    /// True when [`Engine::commit_undoable`] can take a commit back (redb); the writer then runs
+    /// a group's index commit beside its frame's `fdatasync`, and takes it back if the sync fails.
+    fn undoable_commits(&self) -> bool {
+        false
+    }
+
+    /// Commits `batch` unsynced, keeping what it takes to undo it ([`Engine::undo_last_commit`])
+    /// until [`Engine::keep_last_commit`]. Only called when [`Engine::undoable_commits`].
+    fn commit_undoable(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.commit_with(batch, Durability::Unsynced)
+    }
+
+    /// Takes back the last [`Engine::commit_undoable`], durably: the state before it is what a
+    /// reopen finds, even though the backend may make unsynced commits durable when it closes.
+    fn undo_last_commit(&self) -> Result<(), EngineError> {
+        Err(EngineError::Io {
+            operation: "undo",
+            reason: format!("{} cannot take a commit back", self.name()),
+        })
+    }
+
+    /// Keeps the last [`Engine::commit_undoable`] (frees what undoing it needed).
+    fn keep_last_commit(&self) {}
+
     /// Creates a durable rollback point for a bulk operation (the migration gate): the state as
     /// of now, which [`Engine::rollback_to`] can restore. It survives a crash until released.
     /// `Ok(None)`: the backend has no rollback points (callers then work on a copy instead).

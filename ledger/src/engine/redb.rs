@@ -62,6 +62,9 @@ pub struct RedbEngine {
     path: PathBuf,
     /// What redb panicked on, once it has: every later operation is refused (module doc).
     poisoned: OnceLock<String>,
+    /// The state before the last undoable commit ([`Engine::commit_undoable`]), until it is
+    /// kept or undone.
+    undo: std::sync::Mutex<Option<redb::Savepoint>>,
     /// Test-only: panic inside the next write transaction ([`RedbEngine::panic_in_next_commit`]).
     #[cfg(feature = "fault-injection")]
     panic_next_commit: AtomicBool,
@@ -176,6 +179,7 @@ impl RedbEngine {
             db: Some(db),
             path: path.to_path_buf(),
             poisoned: OnceLock::new(),
+            undo: std::sync::Mutex::new(None),
             #[cfg(feature = "fault-injection")]
             panic_next_commit: AtomicBool::new(false),
         }
@@ -228,11 +232,26 @@ impl RedbEngine {
         }
     }
 
-    fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
+    /// Applies `batch` in one transaction; with `undoable`, keeps a savepoint of the state before
+    /// it for [`Engine::undo_last_commit`].
+    fn apply(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        undoable: bool,
+    ) -> Result<(), EngineError> {
         let mut txn = self
             .db()
             .begin_write()
             .map_err(|e| self.storage_error("begin write", e))?;
+        let savepoint = if undoable {
+            Some(
+                txn.ephemeral_savepoint()
+                    .map_err(|e| EngineError::io("create savepoint", e))?,
+            )
+        } else {
+            None
+        };
         #[cfg(feature = "fault-injection")]
         if self.panic_next_commit.swap(false, Ordering::SeqCst) {
             panic!(
@@ -273,7 +292,11 @@ impl RedbEngine {
                 }
             }
         }
-        txn.commit().map_err(|e| self.storage_error("commit", e))
+        txn.commit().map_err(|e| self.storage_error("commit", e))?;
+        if savepoint.is_some() {
+            *self.undo.lock().unwrap_or_else(|e| e.into_inner()) = savepoint;
+        }
+        Ok(())
     }
 }
 
@@ -361,12 +384,47 @@ impl Engine for RedbEngine {
         self.commit_with(batch, Durability::Synced)
     }
 
+    fn undoable_commits(&self) -> bool {
+        true
+    }
+
+    fn commit_undoable(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        self.check_poisoned()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.apply(batch, Durability::Unsynced, true)
+        })) {
+            Ok(result) => result,
+            Err(_) => Err(self.poison("redb panicked while committing".into())),
+        }
+    }
+
+    fn undo_last_commit(&self) -> Result<(), EngineError> {
+        self.check_poisoned()?;
+        let savepoint = self
+            .undo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| EngineError::io("undo", "no undoable commit to take back"))?;
+        let mut txn = self
+            .db()
+            .begin_write()
+            .map_err(|e| self.storage_error("begin write", e))?;
+        txn.restore_savepoint(&savepoint)
+            .map_err(|e| EngineError::io("restore savepoint", e))?;
+        txn.commit().map_err(|e| self.storage_error("commit", e))
+    }
+
+    fn keep_last_commit(&self) {
+        drop(self.undo.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
     fn commit_with(&self, batch: WriteBatch, durability: Durability) -> Result<(), EngineError> {
         self.check_poisoned()?;
         // A damaged file can make redb panic mid-transaction; report it as corruption instead,
         // and poison the engine: redb's state after the panic is not to be trusted.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.apply(batch, durability)
+            self.apply(batch, durability, false)
         })) {
             Ok(result) => result,
             Err(_) => Err(self.poison("redb panicked while committing".into())),

@@ -7,7 +7,9 @@
 //! writes (projections write their views here), writes the group's frame to the segment log
 //! with one write and one `fdatasync`, commits the index and views (synced only at a
 //! checkpoint, see [`crate::limits::CHECKPOINT_EVENTS`]: the rest is replayed from the log after
-//! a crash), and only then answers each caller. If the group fails before its frame is written,
+//! a crash; between checkpoints, on redb, on a thread of its own while the frame syncs, hidden
+//! from readers until the sync returns and taken back if it fails, see `write_group`), and only
+//! then answers each caller. If the group fails before its frame is written,
 //! every caller in it gets the error and the writer re-reads the head: the log is as it was. If
 //! the frame's write or sync fails, or the index commit after it, the writer stops: every caller
 //! of that group gets [`AppendError::OutcomeUnknown`] (the frame may be on disk: a retry with

@@ -9,7 +9,7 @@
 //! [`Store`] joins the two behind the [`Engine`] trait: its snapshots serve the `events` table
 //! from the segments (up to the checkpoint the snapshot's index holds, so events, indexes and
 //! views always agree), every other table from the index engine. Only the ledger's writer
-//! appends events ([`Store::append_frame`]); an [`Engine::commit`] that touches `events` is
+//! appends events (through [`Store::log`]); an [`Engine::commit`] that touches `events` is
 //! refused.
 //!
 //! Opening recovers in this order: roll back an interrupted guarded operation ([`Guard`]), find
@@ -416,11 +416,6 @@ impl Store {
     /// A synced commit of index tables ([`Engine::commit`], callable without the trait).
     pub fn commit(&self, batch: WriteBatch) -> Result<(), EngineError> {
         Engine::commit(self, batch)
-    }
-
-    /// Writes one frame durably (one write, one fdatasync); see [`EventLog::append`].
-    pub fn append_frame(&self, frame: &[u8], first_position: u64) -> Result<Location, LogError> {
-        self.log.append(frame, first_position)
     }
 
     /// Holds every new snapshot back until the guard is dropped: the writer holds it from the

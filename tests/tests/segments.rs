@@ -298,6 +298,22 @@ fn assert_refused_naming(dir: &Path, backend: Backend, frame: &FrameInfo) {
     }
 }
 
+/// No reader of the running store sees a group (command ids starting with "doomed") whose
+/// frame's fdatasync failed: the store refuses reads until it is reopened, or the reads leave
+/// the group out (its index commit was taken back, or never made).
+fn assert_no_reader_sees_doomed(ledger: &Ledger) {
+    match ledger.read_all(Position(1), usize::MAX) {
+        Err(e) => assert!(
+            e.to_string().contains("refuses reads until it is reopened"),
+            "{e}"
+        ),
+        Ok(events) => assert!(
+            events.iter().all(|r| !r.command_id.starts_with("doomed")),
+            "a reader saw a group whose fdatasync failed"
+        ),
+    }
+}
+
 fn an_injected_fdatasync_failure_fails_the_group_and_stops_the_writer(backend: Backend) {
     // Proves issue 12 item 4: when a frame's fdatasync fails, every caller of that group gets an
     // error and nothing is acknowledged; every later append fails too without writing (no retry
@@ -376,16 +392,7 @@ fn an_injected_fdatasync_failure_fails_the_group_and_stops_the_writer(backend: B
     // No reader sees the doomed group: its index commit ran while its frame synced, so after
     // the failed sync the store refuses reads until it is reopened (or, when the group was a
     // synced checkpoint, its index was never committed).
-    match ledger.read_all(Position(1), usize::MAX) {
-        Err(e) => assert!(
-            e.to_string().contains("refuses reads until it is reopened"),
-            "{e}"
-        ),
-        Ok(events) => assert!(
-            events.iter().all(|r| !r.command_id.starts_with("doomed")),
-            "a reader saw a group whose fdatasync failed"
-        ),
-    }
+    assert_no_reader_sees_doomed(&ledger);
     let end = ledger.engine().log().end();
     match append(&ledger, "later", "s-later", 1, 5) {
         Err(AppendError::Storage { reason }) => assert!(reason.contains("stopped"), "{reason}"),
@@ -702,16 +709,7 @@ fn a_failed_sync_takes_back_the_index_commit_that_ran_beside_it() {
         }
         other => panic!("expected an unknown outcome, got {other:?}"),
     }
-    match ledger.read_all(Position(1), usize::MAX) {
-        Err(e) => assert!(
-            e.to_string().contains("refuses reads until it is reopened"),
-            "{e}"
-        ),
-        Ok(events) => assert!(
-            events.iter().all(|r| r.command_id != "doomed"),
-            "a reader saw the group whose sync failed"
-        ),
-    }
+    assert_no_reader_sees_doomed(&ledger);
     drop(ledger);
     let index = ledger::engine::redb::RedbEngine::open(&dir.join(ledger::store::REDB_FILE), false)
         .expect("open the closed index");
